@@ -1,0 +1,42 @@
+# Lumen — the two commands a fresh machine needs are `make serve` and `make test`.
+SHELL := /bin/bash
+export LUMEN_HOME ?= $(HOME)/.lumen
+CARGO ?= cargo
+PYTHON ?= python3
+VENV := target/venv
+FIXTURE_VENV := target/fixture-venv
+THREADS ?= 2
+
+.PHONY: serve test models build fixtures fmt clippy bench
+
+## Fetch the default models (checksummed), build, and start the server on 127.0.0.1:8080.
+serve: models build
+	@echo
+	@echo "Lumen is starting on http://127.0.0.1:8080 — try:"
+	@echo "  curl -s http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\"
+	@echo "    -d '{\"model\":\"smollm2\",\"messages\":[{\"role\":\"user\",\"content\":\"Write a haiku about the sea.\"}]}'"
+	@echo
+	./target/release/lumen serve --host 127.0.0.1 --port 8080
+
+## Fetch what the tests need and run the whole suite (release build, shared by every test).
+test: models
+	$(CARGO) test --release --workspace
+
+## Download the default models into $(LUMEN_HOME)/models and verify their SHA-256.
+models:
+	./scripts/fetch-models.sh
+
+build:
+	$(CARGO) build --release -p lumen-cli
+
+## Regenerate llama.cpp reference fixtures (by hand, not in CI: compiles llama.cpp).
+fixtures: models
+	test -x $(FIXTURE_VENV)/bin/python || $(PYTHON) -m venv $(FIXTURE_VENV)
+	$(FIXTURE_VENV)/bin/pip install -q llama-cpp-python==0.3.16 gguf==0.17.1 numpy jinja2
+	$(FIXTURE_VENV)/bin/python scripts/make_llama_fixtures.py
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --release --workspace --all-targets

@@ -1,0 +1,264 @@
+//! [`GgufFile`]: owning the bytes, parsing the header, metadata and tensor table.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::Mmap;
+
+use crate::error::GgufError;
+use crate::metadata::Metadata;
+use crate::reader::Reader;
+use crate::tensor::{read_tensor_info, validate, TensorInfo, MIN_TENSOR_INFO_SIZE};
+use crate::value::{read_value, Value};
+
+/// Alignment of the data section when `general.alignment` is absent.
+pub const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// Metadata key that overrides [`DEFAULT_ALIGNMENT`].
+pub const ALIGNMENT_KEY: &str = "general.alignment";
+
+/// Fewest bytes one metadata entry can occupy: key length, value type, a one-byte value.
+const MIN_KV_SIZE: u64 = 8 + 4 + 1;
+
+/// The bytes behind a [`GgufFile`].
+enum Storage {
+    /// A read-only map of a file on disk.
+    Mapped(Mmap),
+    /// Bytes handed over by the caller.
+    Owned(Vec<u8>),
+}
+
+impl Storage {
+    /// The whole file.
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m,
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
+/// A parsed GGUF file that owns its bytes; tensor data is borrowed from it.
+pub struct GgufFile {
+    storage: Storage,
+    version: u32,
+    metadata: Metadata,
+    tensors: Vec<TensorInfo>,
+    by_name: HashMap<String, usize>,
+    alignment: u64,
+    data_offset: u64,
+}
+
+/// Everything parsed out of the bytes, before they are moved into the [`GgufFile`].
+struct Parsed {
+    version: u32,
+    metadata: Metadata,
+    tensors: Vec<TensorInfo>,
+    by_name: HashMap<String, usize>,
+    alignment: u64,
+    data_offset: u64,
+}
+
+impl GgufFile {
+    /// Maps the file at `path` read-only and parses it.
+    pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
+        let file = File::open(path)?;
+        if file.metadata()?.len() == 0 {
+            // Mapping an empty file fails on some platforms; the parse reports it properly.
+            return GgufFile::from_bytes(Vec::new());
+        }
+        // SAFETY: the map is read-only and private to this value. Like every mmap-based
+        // reader we rely on the file not being truncated or rewritten by another process
+        // while it is open; model files are treated as immutable once written.
+        let map = unsafe { Mmap::map(&file)? };
+        GgufFile::with_storage(Storage::Mapped(map))
+    }
+
+    /// Parses a GGUF file held in memory.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
+        GgufFile::with_storage(Storage::Owned(bytes))
+    }
+
+    /// Parses `storage` and takes ownership of it.
+    fn with_storage(storage: Storage) -> Result<GgufFile, GgufError> {
+        let p = parse(storage.bytes())?;
+        Ok(GgufFile {
+            storage,
+            version: p.version,
+            metadata: p.metadata,
+            tensors: p.tensors,
+            by_name: p.by_name,
+            alignment: p.alignment,
+            data_offset: p.data_offset,
+        })
+    }
+
+    /// GGUF format version (2 or 3).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The key-value metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Tensor descriptors in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    /// The descriptor of the tensor called `name`.
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(*self.by_name.get(name)?)
+    }
+
+    /// The `t.n_bytes` bytes of tensor `t`'s data. `t` must come from this file; a
+    /// descriptor whose range lies outside it yields an empty slice rather than a panic.
+    ///
+    /// The slice's address is aligned to [`alignment`](Self::alignment) when the file was
+    /// opened with [`open`](Self::open) (maps are page-aligned); bytes given to
+    /// [`from_bytes`](Self::from_bytes) carry no alignment guarantee.
+    pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
+        let range = usize::try_from(t.offset).ok().and_then(|start| {
+            let len = usize::try_from(t.n_bytes).ok()?;
+            Some(start..start.checked_add(len)?)
+        });
+        range
+            .and_then(|r| self.storage.bytes().get(r))
+            .unwrap_or(&[])
+    }
+
+    /// Alignment of the data section and of every tensor's data, in bytes.
+    pub fn alignment(&self) -> u64 {
+        self.alignment
+    }
+
+    /// Absolute byte offset where the data section starts.
+    pub fn data_offset(&self) -> u64 {
+        self.data_offset
+    }
+
+    /// Size of the whole file in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.storage.bytes().len() as u64
+    }
+}
+
+impl fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("version", &self.version)
+            .field("file_len", &self.file_len())
+            .field("metadata_len", &self.metadata.len())
+            .field("tensors_len", &self.tensors.len())
+            .field("alignment", &self.alignment)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses header, metadata and tensor table, validating every tensor against `bytes`.
+fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
+    let mut r = Reader::new(bytes);
+    if r.take(4, "magic")? != b"GGUF" {
+        return Err(GgufError::BadMagic);
+    }
+    let version = r.u32("version")?;
+    if !(2..=3).contains(&version) {
+        return Err(GgufError::UnsupportedVersion(version));
+    }
+    let n_tensors = r.u64("tensor count")?;
+    let n_kv = r.u64("metadata count")?;
+    // Early, cheap rejection; each count is checked again right before it is used.
+    r.bounded_count(n_tensors, MIN_TENSOR_INFO_SIZE, "tensor count")?;
+    let n_kv = r.bounded_count(n_kv, MIN_KV_SIZE, "metadata count")?;
+
+    let mut metadata = Metadata::with_capacity(n_kv);
+    for _ in 0..n_kv {
+        let key = r.string("metadata key")?;
+        let ty = r.u32("metadata value type")?;
+        let value = read_value(&mut r, ty, 0)?;
+        metadata.insert(key, value)?;
+    }
+    let alignment = alignment(&metadata)?;
+
+    let n_tensors = r.bounded_count(n_tensors, MIN_TENSOR_INFO_SIZE, "tensor count")?;
+    let mut raw = Vec::with_capacity(n_tensors);
+    let mut by_name = HashMap::with_capacity(n_tensors);
+    for i in 0..n_tensors {
+        let t = read_tensor_info(&mut r)?;
+        if by_name.insert(t.name().to_owned(), i).is_some() {
+            return Err(GgufError::DuplicateTensor(t.name().to_owned()));
+        }
+        raw.push(t);
+    }
+
+    let data_offset = align_up(r.pos() as u64, alignment)?;
+    let file_len = bytes.len() as u64;
+    let tensors = raw
+        .into_iter()
+        .map(|t| validate(t, data_offset, alignment, file_len))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(Parsed {
+        version,
+        metadata,
+        tensors,
+        by_name,
+        alignment,
+        data_offset,
+    })
+}
+
+/// The data alignment: `general.alignment` if present (an unsigned integer that is a
+/// non-zero power of two), else [`DEFAULT_ALIGNMENT`].
+fn alignment(metadata: &Metadata) -> Result<u64, GgufError> {
+    let align = match metadata.get(ALIGNMENT_KEY) {
+        None => return Ok(DEFAULT_ALIGNMENT),
+        Some(Value::U8(v)) => u64::from(*v),
+        Some(Value::U16(v)) => u64::from(*v),
+        Some(Value::U32(v)) => u64::from(*v),
+        Some(Value::U64(v)) => *v,
+        Some(other) => {
+            return Err(GgufError::WrongType {
+                key: ALIGNMENT_KEY.to_owned(),
+                expected: "unsigned integer",
+                found: other.type_name(),
+            })
+        }
+    };
+    if align.is_power_of_two() {
+        Ok(align)
+    } else {
+        Err(GgufError::BadAlignment(align))
+    }
+}
+
+/// `pos` rounded up to a multiple of `align` (a power of two).
+fn align_up(pos: u64, align: u64) -> Result<u64, GgufError> {
+    let mask = align.checked_sub(1).ok_or(GgufError::BadAlignment(align))?;
+    pos.checked_add(mask)
+        .map(|p| p & !mask)
+        .ok_or(GgufError::BadAlignment(align))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn align_up_rounds_and_reports_overflow() {
+        assert_eq!(align_up(0, 32).unwrap(), 0);
+        assert_eq!(align_up(33, 32).unwrap(), 64);
+        assert_eq!(align_up(64, 64).unwrap(), 64);
+        assert!(align_up((1 << 63) + 1, 1 << 63).is_err());
+    }
+
+    #[test]
+    fn gguf_file_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<GgufFile>();
+    }
+}
