@@ -1,0 +1,112 @@
+//! Micro-benchmarks: one GEMV/GEMM per weight format, pool dispatch cost.
+//!
+//! `cargo bench -p lumen-kernels --bench matmul [-- FILTER]`; `LUMEN_KERNELS=scalar` for the
+//! portable path; `LUMEN_BENCH_THREADS=n` for the pool size (default 1).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use lumen_kernels::{
+    matmul, quantize_row, simd_level, MatRef, MatmulScratch, ThreadPool, WeightFormat, ALL_FORMATS,
+};
+
+/// Mean seconds per call of `f`: calls are timed in ~2 ms windows for about `budget`, and the
+/// fastest window counts, so that preemption on a busy machine does not skew the result.
+fn time_it(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let t = Instant::now();
+    f();
+    let one = t.elapsed().as_secs_f64().max(1e-8);
+    let per_window = ((2e-3 / one) as u64).max(1);
+    let start = Instant::now();
+    let mut best = f64::MAX;
+    while start.elapsed() < budget {
+        let t = Instant::now();
+        for _ in 0..per_window {
+            f();
+        }
+        best = best.min(t.elapsed().as_secs_f64() / per_window as f64);
+    }
+    best
+}
+
+fn weights(format: WeightFormat, rows: usize, cols: usize) -> Vec<u8> {
+    let rb = format.row_bytes(cols).unwrap();
+    let mut data = vec![0u8; rows * rb];
+    let mut seed = 12345u32;
+    let mut src = vec![0.0f32; cols];
+    for r in 0..rows {
+        for v in src.iter_mut() {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            *v = (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+        }
+        let row = &mut data[r * rb..(r + 1) * rb];
+        if quantize_row(format, &src, row).is_err() {
+            // K-quants: random bits with small f16 scales.
+            for (k, b) in row.iter_mut().enumerate() {
+                *b = (k as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) as u8;
+            }
+            let bb = format.block_bytes();
+            let d = half::f16::from_f32(0.002).to_bits().to_le_bytes();
+            for blk in row.chunks_exact_mut(bb) {
+                let off = if format == WeightFormat::Q6_K { 208 } else { 0 };
+                blk[off..off + 2].copy_from_slice(&d);
+                if format != WeightFormat::Q6_K {
+                    blk[2..4].copy_from_slice(&d);
+                }
+            }
+        }
+    }
+    data
+}
+
+fn main() {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let threads: usize = std::env::var("LUMEN_BENCH_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let pool = ThreadPool::new(threads);
+    let budget = Duration::from_millis(400);
+    println!("simd level: {}, threads: {threads}", simd_level());
+
+    if filter.as_deref().is_none_or(|f| "dispatch".contains(f)) {
+        let p2 = ThreadPool::new(2);
+        let s = time_it(budget, || {
+            p2.run(|t, _| {
+                black_box(t);
+            })
+        });
+        println!("pool dispatch (2 threads, empty job): {:.0} ns", s * 1e9);
+    }
+
+    let mut shapes: Vec<(WeightFormat, usize, usize)> = vec![
+        (WeightFormat::Q4_1, 576, 576),
+        (WeightFormat::Q4_1, 1536, 576),
+    ];
+    for &f in &ALL_FORMATS {
+        shapes.push((f, 1536, 1536));
+    }
+    for (format, rows, cols) in shapes {
+        let name = format!("{}_{rows}x{cols}", format.name());
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let data = weights(format, rows, cols);
+        let w = MatRef::new(format, rows, cols, &data).unwrap();
+        for m in [1usize, 4, 32] {
+            let x: Vec<f32> = (0..m * cols)
+                .map(|k| ((k * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let mut out = vec![0.0f32; m * rows];
+            let mut scratch = MatmulScratch::new();
+            let s = time_it(budget, || matmul(&pool, &w, &x, m, &mut out, &mut scratch));
+            let gbs = data.len() as f64 / s / 1e9;
+            let gmacs = (rows * cols * m) as f64 / s / 1e9;
+            println!(
+                "{name:<18} m={m:<3} {:>9.1} us  {gbs:>6.2} GB/s weights  {gmacs:>7.2} GMAC/s",
+                s * 1e6
+            );
+        }
+    }
+}

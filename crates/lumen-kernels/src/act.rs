@@ -1,0 +1,358 @@
+//! Quantized activations: `matmul` quantizes its m input rows once per call into an [`ActBuf`]
+//! that every tile then reads. The block arithmetic is ggml's reference
+//! (`quantize_row_q8_0_ref`, `_q8_1_ref`, `_q8_K_ref`); the AVX2 versions are bit-identical.
+
+use crate::blocks::{round_f16, QK, QK_K};
+use crate::simd::SimdLevel;
+use crate::WeightFormat;
+
+/// The activation format a weight format is dotted against (ggml's `vec_dot_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ActKind {
+    /// Plain f32 rows (float weights).
+    F32,
+    /// 32-value blocks, f16 scale (for Q4_0 and Q8_0 weights).
+    Q8_0,
+    /// Q8_0 plus `s = d * sum(q)` as f16 (for Q4_1 weights).
+    Q8_1,
+    /// 256-value blocks, f32 scale, sums per 16 values (for K-quant weights).
+    Q8K,
+}
+
+impl ActKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ActKind::F32 => "f32",
+            ActKind::Q8_0 => "q8_0",
+            ActKind::Q8_1 => "q8_1",
+            ActKind::Q8K => "q8_K",
+        }
+    }
+}
+
+/// m quantized activation rows. Per-block scalars are stored block-major (`[block][row]`, row
+/// stride `stride`, padded by 8) so a tile loads the scales of its rows with one vector load.
+#[derive(Debug, Default)]
+pub(crate) struct ActBuf {
+    pub m: usize,
+    pub cols: usize,
+    /// Blocks per row.
+    pub nb: usize,
+    /// Row stride of the block-major scalar arrays (a multiple of 8, at least m).
+    pub stride: usize,
+    /// Quants, row-major `[m][cols]`.
+    pub qs: Vec<i8>,
+    /// Block scales as f32 (f16-rounded for Q8_0/Q8_1), `[nb][stride]`.
+    pub d: Vec<f32>,
+    /// Q8_1 `s` (f16-rounded `d * sum`), `[nb][stride]`.
+    pub s: Vec<f32>,
+    /// Sum of the quants of each 32-block, `[nb][stride]`.
+    pub isum: Vec<i32>,
+    /// Q8_K sums per 16 values, `[m][nb][16]`.
+    pub bs16: Vec<i16>,
+    /// Q8_K sums per 32 values, `[m][nb][8]`.
+    pub bs32: Vec<i16>,
+}
+
+fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+}
+
+impl ActBuf {
+    /// Quantizes the m rows of `x` (m x cols) for weights that dot against `kind`.
+    pub(crate) fn prepare(
+        &mut self,
+        kind: ActKind,
+        x: &[f32],
+        m: usize,
+        cols: usize,
+        level: SimdLevel,
+    ) {
+        self.m = m;
+        self.cols = cols;
+        self.stride = m.next_multiple_of(8);
+        match kind {
+            ActKind::F32 => self.nb = 0,
+            ActKind::Q8_0 | ActKind::Q8_1 => self.prepare_q8(x, level),
+            ActKind::Q8K => self.prepare_q8k(x, level),
+        }
+    }
+
+    fn prepare_q8(&mut self, x: &[f32], level: SimdLevel) {
+        let (m, cols) = (self.m, self.cols);
+        let nb = cols / QK;
+        self.nb = nb;
+        let n = nb * self.stride + 8;
+        grow(&mut self.qs, m * cols);
+        grow(&mut self.d, n);
+        grow(&mut self.s, n);
+        grow(&mut self.isum, n);
+        for i in 0..m {
+            for b in 0..nb {
+                let off = i * cols + b * QK;
+                let xs = &x[off..off + QK];
+                let q = &mut self.qs[off..off + QK];
+                let (d, sum) = q8_block(level, xs, q);
+                let k = b * self.stride + i;
+                self.d[k] = round_f16(d);
+                self.isum[k] = sum;
+                self.s[k] = round_f16(sum as f32 * d);
+            }
+        }
+    }
+
+    fn prepare_q8k(&mut self, x: &[f32], level: SimdLevel) {
+        let (m, cols) = (self.m, self.cols);
+        let nb = cols / QK_K;
+        self.nb = nb;
+        grow(&mut self.qs, m * cols);
+        grow(&mut self.d, nb * self.stride + 8);
+        grow(&mut self.bs16, m * nb * 16);
+        grow(&mut self.bs32, m * nb * 8);
+        for i in 0..m {
+            for b in 0..nb {
+                let off = i * cols + b * QK_K;
+                let xs = &x[off..off + QK_K];
+                let q = &mut self.qs[off..off + QK_K];
+                let bs = &mut self.bs16[(i * nb + b) * 16..][..16];
+                self.d[b * self.stride + i] = q8k_block(level, xs, q, bs);
+                let b32 = &mut self.bs32[(i * nb + b) * 8..][..8];
+                for k in 0..8 {
+                    b32[k] = bs[2 * k] + bs[2 * k + 1];
+                }
+            }
+        }
+    }
+
+    /// Quants of row i.
+    #[inline]
+    pub(crate) fn row_qs(&self, i: usize) -> &[i8] {
+        &self.qs[i * self.cols..(i + 1) * self.cols]
+    }
+
+    /// Index of (block b, row i) in the block-major arrays.
+    #[inline]
+    pub(crate) fn at(&self, b: usize, i: usize) -> usize {
+        b * self.stride + i
+    }
+}
+
+fn q8_block(level: SimdLevel, x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if level == SimdLevel::Avx2 {
+        assert!(x.len() >= QK && q.len() >= QK);
+        // SAFETY: Avx2 is only selected when the CPU supports it; both slices hold 32 elements.
+        return unsafe { crate::x86::quant::q8_block(x.as_ptr(), q.as_mut_ptr()) };
+    }
+    let _ = level;
+    q8_block_scalar(x, q)
+}
+
+fn q8k_block(level: SimdLevel, x: &[f32], q: &mut [i8], bs: &mut [i16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if level == SimdLevel::Avx2 {
+        assert!(x.len() >= QK_K && q.len() >= QK_K && bs.len() >= 16);
+        // SAFETY: Avx2 is only selected when the CPU supports it; the slices hold 256/256/16.
+        return unsafe {
+            crate::x86::quant::q8k_block(x.as_ptr(), q.as_mut_ptr(), bs.as_mut_ptr())
+        };
+    }
+    let _ = level;
+    q8k_block_scalar(x, q, bs)
+}
+
+/// One Q8_0/Q8_1 block: returns the unrounded scale `amax / 127` and the sum of the quants.
+pub(crate) fn q8_block_scalar(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let amax = x[..QK]
+        .iter()
+        .fold(0.0f32, |a, v| if v.abs() > a { v.abs() } else { a });
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (o, v) in q[..QK].iter_mut().zip(&x[..QK]) {
+        *o = (v * id).round() as i8;
+        sum += *o as i32;
+    }
+    (d, sum)
+}
+
+/// ggml's `nearest_int`: round half to even through the float mantissa.
+#[inline]
+fn nearest_int(v: f32) -> i32 {
+    let t = v + 12_582_912.0;
+    (t.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
+}
+
+/// One Q8_K block: fills quants and 16-value sums, returns the f32 scale.
+pub(crate) fn q8k_block_scalar(x: &[f32], q: &mut [i8], bs: &mut [i16]) -> f32 {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in &x[..QK_K] {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        q[..QK_K].fill(0);
+        bs[..16].fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (o, v) in q[..QK_K].iter_mut().zip(&x[..QK_K]) {
+        *o = nearest_int(iscale * v).min(127) as i8;
+    }
+    for (k, s) in bs[..16].iter_mut().enumerate() {
+        *s = q[16 * k..16 * k + 16].iter().map(|&v| v as i16).sum();
+    }
+    1.0 / iscale
+}
+
+/// Quantizes `x` the way `matmul` does for weights in `format`, then dequantizes it into `out`
+/// (what the weights are effectively dotted with; for tests and diagnostics).
+pub fn activation_roundtrip(format: WeightFormat, x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "activation_roundtrip: length mismatch");
+    match format.act_kind() {
+        ActKind::F32 => out.copy_from_slice(x),
+        ActKind::Q8_0 | ActKind::Q8_1 => {
+            assert_eq!(
+                x.len() % QK,
+                0,
+                "activation_roundtrip: length not a multiple of 32"
+            );
+            let mut q = [0i8; QK];
+            for (xs, o) in x.chunks_exact(QK).zip(out.chunks_exact_mut(QK)) {
+                let d = round_f16(q8_block_scalar(xs, &mut q).0);
+                for (v, &qv) in o.iter_mut().zip(&q) {
+                    *v = qv as f32 * d;
+                }
+            }
+        }
+        ActKind::Q8K => {
+            assert_eq!(
+                x.len() % QK_K,
+                0,
+                "activation_roundtrip: length not a multiple of 256"
+            );
+            let mut q = [0i8; QK_K];
+            let mut bs = [0i16; 16];
+            for (xs, o) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(QK_K)) {
+                let d = q8k_block_scalar(xs, &mut q, &mut bs);
+                for (v, &qv) in o.iter_mut().zip(&q) {
+                    *v = d * qv as f32;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// Inputs that hit the rounding edge cases: exact ties after scaling, zeros, repeated maxima.
+    fn cases() -> Vec<Vec<f32>> {
+        let mut seed = 42u64;
+        let mut v: Vec<Vec<f32>> = (0..200)
+            .map(|k| {
+                (0..QK_K)
+                    .map(|_| lcg(&mut seed) * (1.0 + k as f32))
+                    .collect()
+            })
+            .collect();
+        // amax = 127 gives d = 1 and id = 1, so x.5 values are exact ties.
+        v.push(
+            (0..QK_K)
+                .map(|j| {
+                    if j % 32 == 0 {
+                        127.0
+                    } else {
+                        (j % 64) as f32 - 31.5
+                    }
+                })
+                .collect(),
+        );
+        v.push(
+            (0..QK_K)
+                .map(|j| {
+                    if j % 32 == 7 {
+                        -127.0
+                    } else {
+                        0.5 * ((j % 9) as f32 - 4.0)
+                    }
+                })
+                .collect(),
+        );
+        v.push(vec![0.0; QK_K]);
+        v.push(
+            (0..QK_K)
+                .map(|j| if j % 2 == 0 { 3.0 } else { -3.0 })
+                .collect(),
+        );
+        v.push(
+            (0..QK_K)
+                .map(|j| if j == 200 { -1e-3 } else { 0.0 })
+                .collect(),
+        );
+        v
+    }
+
+    #[test]
+    fn roundf_semantics_on_ties() {
+        let mut x = [0.0f32; QK];
+        x[0] = 127.0;
+        x[1] = 2.5;
+        x[2] = -3.5;
+        x[3] = 0.5;
+        x[4] = -0.5;
+        let mut q = [0i8; QK];
+        q8_block_scalar(&x, &mut q);
+        assert_eq!(&q[..5], &[127, 3, -4, 1, -1]);
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_activation_quantizers_are_bit_identical() {
+        if !SimdLevel::Avx2.is_supported() {
+            return;
+        }
+        for x in cases() {
+            for blk in x.chunks_exact(QK) {
+                let (mut qa, mut qb) = ([0i8; QK], [0i8; QK]);
+                let a = q8_block(SimdLevel::Scalar, blk, &mut qa);
+                let b = q8_block(SimdLevel::Avx2, blk, &mut qb);
+                assert_eq!((a.0.to_bits(), a.1), (b.0.to_bits(), b.1));
+                assert_eq!(qa, qb);
+            }
+            let (mut qa, mut qb) = ([0i8; QK_K], [0i8; QK_K]);
+            let (mut ba, mut bb) = ([0i16; 16], [0i16; 16]);
+            let a = q8k_block(SimdLevel::Scalar, &x, &mut qa, &mut ba);
+            let b = q8k_block(SimdLevel::Avx2, &x, &mut qb, &mut bb);
+            assert_eq!(a.to_bits(), b.to_bits());
+            assert_eq!(qa, qb);
+            assert_eq!(ba, bb);
+        }
+    }
+
+    #[test]
+    fn q8k_matches_ggml_reference_formula() {
+        // First maximum is negative: iscale = -127 / max > 0, so it quantizes to -127.
+        let mut x = vec![0.25f32; QK_K];
+        x[10] = -2.0;
+        x[20] = 2.0;
+        let (mut q, mut bs) = ([0i8; QK_K], [0i16; 16]);
+        let d = q8k_block_scalar(&x, &mut q, &mut bs);
+        assert_eq!(q[10], -127);
+        assert_eq!(q[20], 127);
+        assert_eq!(d, 1.0 / (-127.0 / -2.0));
+        assert_eq!(bs[0] as i32, q[..16].iter().map(|&v| v as i32).sum::<i32>());
+    }
+}

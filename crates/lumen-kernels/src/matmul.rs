@@ -1,0 +1,236 @@
+//! The quantized matmul: `out[i][j] = dot(x row i, W row j)` for a weight matrix read in place.
+
+use std::ops::Range;
+
+use crate::act::ActBuf;
+use crate::dequant::dequantize_row;
+use crate::dot::dot;
+use crate::pool::{split_range, ThreadPool};
+use crate::simd::SimdLevel;
+use crate::{KernelError, WeightFormat};
+
+/// Weight rows are handed to threads in whole tiles of this many rows.
+pub(crate) const TILE_ROWS: usize = 8;
+
+/// Below this many multiply-adds a matmul runs on the calling thread alone.
+const PARALLEL_MIN_MACS: usize = 64 * 1024;
+
+/// A borrowed weight matrix: `rows` output features, each a row of `cols` input features stored
+/// in `format` (ggml layout, row-major, exactly like a GGUF tensor with dims `[cols, rows]`).
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: &'a [u8],
+}
+
+impl<'a> MatRef<'a> {
+    /// Wraps `data`, checking that it holds exactly `rows` rows of `cols` values in `format`.
+    pub fn new(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+    ) -> Result<Self, KernelError> {
+        let row_bytes = format
+            .row_bytes(cols)
+            .ok_or(KernelError::RowNotBlockAligned {
+                format: format.name(),
+                cols,
+                block: format.block_elems(),
+            })?;
+        let total = row_bytes.checked_mul(rows).ok_or(KernelError::TooLarge {
+            format: format.name(),
+            rows,
+            cols,
+        })?;
+        if data.len() != total {
+            return Err(KernelError::ShapeMismatch {
+                what: "weight data bytes",
+                expected: total,
+                actual: data.len(),
+            });
+        }
+        Ok(MatRef {
+            format,
+            rows,
+            cols,
+            row_bytes,
+            data,
+        })
+    }
+
+    /// Number of rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Storage format.
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+
+    /// The whole matrix's bytes.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// The bytes of row `r`.
+    pub fn row_data(&self, r: usize) -> &'a [u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// Dequantizes row `r` into `out` (`cols` values).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        dequantize_row(self.format, self.row_data(r), out);
+    }
+}
+
+/// Reusable buffers (quantized activations) so that the steady-state step allocates nothing.
+#[derive(Debug)]
+pub struct MatmulScratch {
+    level: SimdLevel,
+    act: ActBuf,
+}
+
+impl MatmulScratch {
+    /// Scratch using the process's detected SIMD level.
+    pub fn new() -> Self {
+        Self::with_level(SimdLevel::detect())
+    }
+
+    /// Scratch pinned to `level` (falls back to scalar if the CPU lacks it); for tests and benches.
+    pub fn with_level(level: SimdLevel) -> Self {
+        let level = if level.is_supported() {
+            level
+        } else {
+            SimdLevel::Scalar
+        };
+        MatmulScratch {
+            level,
+            act: ActBuf::default(),
+        }
+    }
+
+    /// The SIMD level matmuls with this scratch run at.
+    pub fn level(&self) -> SimdLevel {
+        self.level
+    }
+}
+
+impl Default for MatmulScratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A raw output pointer shared by the threads of one matmul; each writes disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: threads write disjoint elements (their own weight-row columns) and the pool joins
+// them before `matmul` returns.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `out[i*rows + j] = dot(x[i*cols .. (i+1)*cols], W row j)` for `i` in `0..m`.
+///
+/// `x` is m x cols f32 row-major, `out` is m x rows. Each output value is bit-identical whatever
+/// m, the other rows, and the pool size. Panics if the buffer lengths do not match the shape.
+pub fn matmul(
+    pool: &ThreadPool,
+    w: &MatRef,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    scratch: &mut MatmulScratch,
+) {
+    let (rows, cols) = (w.rows, w.cols);
+    assert_eq!(
+        x.len(),
+        m * cols,
+        "matmul: x has {} values, expected {m} x {cols}",
+        x.len()
+    );
+    assert_eq!(
+        out.len(),
+        m * rows,
+        "matmul: out has {} values, expected {m} x {rows}",
+        out.len()
+    );
+    if m == 0 || rows == 0 {
+        return;
+    }
+    let level = scratch.level;
+    scratch.act.prepare(w.format.act_kind(), x, m, cols, level);
+    let act = &scratch.act;
+    let tiles = rows.div_ceil(TILE_ROWS);
+    let macs = rows.saturating_mul(cols).saturating_mul(m);
+    let n = if macs < PARALLEL_MIN_MACS {
+        1
+    } else {
+        pool.n_threads().min(tiles)
+    };
+    let outp = OutPtr(out.as_mut_ptr());
+    let job = |t: usize, _: usize| {
+        if t >= n {
+            return;
+        }
+        let tr = split_range(tiles, n, t);
+        let r = (tr.start * TILE_ROWS).min(rows)..(tr.end * TILE_ROWS).min(rows);
+        if !r.is_empty() {
+            // SAFETY: `out` holds m x rows values and this thread writes only columns `r`,
+            // which no other thread of this call touches.
+            unsafe { compute_rows(level, w, x, act, r, outp.get()) };
+        }
+    };
+    if n == 1 {
+        job(0, 1);
+    } else {
+        pool.run(job);
+    }
+}
+
+/// Computes columns `r` of all m output rows.
+///
+/// # Safety
+/// `out` must be valid for m x `w.rows` writes, and no other thread may access columns `r`.
+unsafe fn compute_rows(
+    level: SimdLevel,
+    w: &MatRef,
+    x: &[f32],
+    act: &ActBuf,
+    r: Range<usize>,
+    out: *mut f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if level == SimdLevel::Avx2 {
+        crate::x86::compute_rows(w, x, act, r, out);
+        return;
+    }
+    let _ = level;
+    let (m, cols, rows) = (act.m, w.cols, w.rows);
+    for j in r {
+        let wr = w.row_data(j);
+        for i in 0..m {
+            *out.add(i * rows + j) = dot(w.format, wr, &x[i * cols..(i + 1) * cols], act, i);
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The persistent worker pool: `n - 1` OS threads plus the caller, woken per job through an
+//! epoch counter they spin on (then park on, once idle for a while).
+//!
+//! A job has `n` parts. Every thread (the caller included) claims part indices from one atomic
+//! word that holds `(epoch << 32) | next_part`, so a claim is only valid for the job it was
+//! made for, and a worker that is slow to wake (or descheduled on a busy machine) simply finds
+//! its part already taken by the caller or another worker. A warm dispatch costs a pointer
+//! store, a few atomic operations and cache-line transfers, no syscall: workers are unparked
+//! only if they actually parked, and the caller parks only if it waits unusually long.
+
+use std::cell::UnsafeCell;
+use std::ops::Range;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before parking.
+const DEFAULT_SPIN: Duration = Duration::from_micros(500);
+/// How long the caller spins waiting for the last part before parking.
+const CALLER_SPIN: Duration = Duration::from_micros(100);
+
+/// Keeps a hot atomic on its own cache lines.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+type Job = *const (dyn Fn(usize, usize) + Sync + 'static);
+
+struct Shared {
+    /// `(epoch << 32) | next unclaimed part`.
+    state: Padded<AtomicU64>,
+    /// Parts of the current job finished.
+    done: Padded<AtomicUsize>,
+    /// Per worker: set while it is (about to be) parked.
+    sleeping: Vec<Padded<AtomicBool>>,
+    /// Set while the caller is (about to be) parked waiting for the last part.
+    caller_waiting: AtomicBool,
+    caller: Mutex<Option<Thread>>,
+    job: UnsafeCell<Option<Job>>,
+    panicked: AtomicBool,
+    shutdown: AtomicBool,
+    n_threads: usize,
+    spin: Duration,
+}
+
+// SAFETY: `job` is written only by the dispatcher while `busy` is held and no part of the
+// previous job is claimed or running; it is read only by a thread holding a claim on a part
+// of the current job, which keeps the job from completing. The closure it points to is Sync.
+unsafe impl Sync for Shared {}
+// SAFETY: as above; the raw pointer is only dereferenced under that protocol.
+unsafe impl Send for Shared {}
+
+impl Shared {
+    /// Claims the next part of the job of `epoch`, if that job still has unclaimed parts.
+    fn claim(&self, epoch: u32) -> Option<usize> {
+        let mut s = self.state.0.load(Ordering::Acquire);
+        loop {
+            if (s >> 32) as u32 != epoch || (s as u32 as usize) >= self.n_threads {
+                return None;
+            }
+            match self
+                .state
+                .0
+                .compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(s as u32 as usize),
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// Runs claimed part `t` (worker side) and counts it done, waking a parked caller after the last.
+    fn run_part(&self, t: usize) {
+        // SAFETY: this thread holds a claim on part `t` of the current job, so the job cannot
+        // complete (and its closure cannot be dropped) before `done` is incremented below.
+        let job = unsafe { *self.job.get() };
+        if let Some(job) = job {
+            // SAFETY: as above; the closure is Sync, so calling it from any thread is sound.
+            let r = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(t, self.n_threads) }));
+            if r.is_err() {
+                self.panicked.store(true, Ordering::Relaxed);
+            }
+        }
+        if self.done.0.fetch_add(1, Ordering::SeqCst) + 1 == self.n_threads
+            && self.caller_waiting.load(Ordering::SeqCst)
+        {
+            if let Some(c) = self
+                .caller
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+            {
+                c.unpark();
+            }
+        }
+    }
+}
+
+/// Persistent worker pool: `n_threads - 1` OS threads plus the calling thread.
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    busy: AtomicBool,
+}
+
+impl ThreadPool {
+    /// A pool of `n_threads` threads including the caller (0 is taken as 1).
+    pub fn new(n_threads: usize) -> ThreadPool {
+        Self::with_spin(n_threads, DEFAULT_SPIN)
+    }
+
+    /// Like [`ThreadPool::new`], with how long idle workers spin before parking.
+    pub fn with_spin(n_threads: usize, spin: Duration) -> ThreadPool {
+        let n = n_threads.clamp(1, u32::MAX as usize / 2);
+        let shared = Arc::new(Shared {
+            state: Padded(AtomicU64::new(n as u64)),
+            done: Padded(AtomicUsize::new(0)),
+            sleeping: (1..n).map(|_| Padded(AtomicBool::new(false))).collect(),
+            caller_waiting: AtomicBool::new(false),
+            caller: Mutex::new(None),
+            job: UnsafeCell::new(None),
+            panicked: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            n_threads: n,
+            spin,
+        });
+        let workers = (1..n)
+            .map(|idx| {
+                let sh = Arc::clone(&shared);
+                thread::Builder::new()
+                    .name(format!("lumen-worker-{idx}"))
+                    .spawn(move || worker_loop(&sh, idx))
+                    .expect("spawning a pool worker thread")
+            })
+            .collect();
+        ThreadPool {
+            shared,
+            workers,
+            busy: AtomicBool::new(false),
+        }
+    }
+
+    /// Number of threads, the caller included.
+    pub fn n_threads(&self) -> usize {
+        self.shared.n_threads
+    }
+
+    /// Runs `f(part, n_threads)` once for every part in `0..n_threads`, in parallel, and returns
+    /// when all are done. Each part runs on exactly one thread (not necessarily a distinct one:
+    /// the caller takes over parts a slow worker has not started). A panic in any part is
+    /// re-raised here after every part has finished.
+    ///
+    /// If the pool is already running a job (a nested call from inside `f`, or a concurrent call
+    /// from another thread), the parts run one after another on the calling thread instead.
+    pub fn run<F: Fn(usize, usize) + Sync>(&self, f: F) {
+        let sh = &*self.shared;
+        let n = sh.n_threads;
+        if n == 1 || self.busy.swap(true, Ordering::Acquire) {
+            for t in 0..n {
+                f(t, n);
+            }
+            return;
+        }
+        let job: &(dyn Fn(usize, usize) + Sync) = &f;
+        // SAFETY: only the lifetime is erased. The pointer is dereferenced only by threads that
+        // hold a claim on a part of this job, and this function does not return (nor unwind)
+        // before every part is done, so `f` outlives every use.
+        let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize, usize) + Sync), Job>(job) };
+        // SAFETY: `busy` is held and every part of the previous job is done, so no thread reads
+        // the slot now.
+        unsafe { *sh.job.get() = Some(job) };
+        sh.done.0.store(0, Ordering::Relaxed);
+        let epoch = ((sh.state.0.load(Ordering::Relaxed) >> 32) as u32).wrapping_add(1);
+        sh.state.0.store((epoch as u64) << 32, Ordering::SeqCst);
+        for (k, s) in sh.sleeping.iter().enumerate() {
+            if s.0.load(Ordering::SeqCst) {
+                self.workers[k].thread().unpark();
+            }
+        }
+        let mut mine = None;
+        while let Some(t) = sh.claim(epoch) {
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(t, n))) {
+                mine.get_or_insert(p);
+            }
+            sh.done.0.fetch_add(1, Ordering::SeqCst);
+        }
+        self.wait_done(n);
+        // SAFETY: every part is done, so no thread reads the slot any more.
+        unsafe { *sh.job.get() = None };
+        let worker_panicked = sh.panicked.swap(false, Ordering::Relaxed);
+        self.busy.store(false, Ordering::Release);
+        if let Some(p) = mine {
+            resume_unwind(p);
+        }
+        if worker_panicked {
+            panic!("a ThreadPool worker panicked while running a job");
+        }
+    }
+
+    /// Waits until all `n` parts are done: spins briefly, then parks until the last one ends.
+    fn wait_done(&self, n: usize) {
+        let sh = &*self.shared;
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while sh.done.0.load(Ordering::Acquire) != n {
+            spins = spins.wrapping_add(1);
+            if spins & 127 != 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            if start.elapsed() < CALLER_SPIN {
+                continue;
+            }
+            *sh.caller.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread::current());
+            sh.caller_waiting.store(true, Ordering::SeqCst);
+            while sh.done.0.load(Ordering::SeqCst) != n {
+                thread::park();
+            }
+            sh.caller_waiting.store(false, Ordering::SeqCst);
+            break;
+        }
+        // Pairs with the workers' SeqCst increments: their writes are visible from here on.
+        std::sync::atomic::fence(Ordering::Acquire);
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        let sh = &*self.shared;
+        sh.shutdown.store(true, Ordering::SeqCst);
+        let epoch = ((sh.state.0.load(Ordering::Relaxed) >> 32) as u32).wrapping_add(1);
+        sh.state.0.store(
+            ((epoch as u64) << 32) | sh.n_threads as u64,
+            Ordering::SeqCst,
+        );
+        for w in &self.workers {
+            w.thread().unpark();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadPool")
+            .field("n_threads", &self.shared.n_threads)
+            .finish()
+    }
+}
+
+/// Waits until the epoch moves past `seen`: spins for `sh.spin`, then parks.
+fn wait_epoch(sh: &Shared, idx: usize, seen: u32) -> u32 {
+    let epoch = || (sh.state.0.load(Ordering::SeqCst) >> 32) as u32;
+    let start = Instant::now();
+    let mut spins = 0u32;
+    loop {
+        let e = (sh.state.0.load(Ordering::Acquire) >> 32) as u32;
+        if e != seen {
+            return e;
+        }
+        spins = spins.wrapping_add(1);
+        if spins & 255 == 0 && start.elapsed() > sh.spin {
+            break;
+        }
+        std::hint::spin_loop();
+    }
+    let flag = &sh.sleeping[idx - 1].0;
+    loop {
+        flag.store(true, Ordering::SeqCst);
+        let e = epoch();
+        if e != seen {
+            flag.store(false, Ordering::Relaxed);
+            return e;
+        }
+        thread::park();
+        flag.store(false, Ordering::Relaxed);
+    }
+}
+
+fn worker_loop(sh: &Shared, idx: usize) {
+    let mut seen = 0u32;
+    loop {
+        seen = wait_epoch(sh, idx, seen);
+        if sh.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        while let Some(t) = sh.claim(seen) {
+            sh.run_part(t);
+        }
+    }
+}
+
+/// The `index`-th of `parts` even, contiguous pieces of `0..len` (earlier pieces get the extras).
+pub fn split_range(len: usize, parts: usize, index: usize) -> Range<usize> {
+    let parts = parts.max(1);
+    let (base, rem) = (len / parts, len % parts);
+    let start = index * base + index.min(rem);
+    let end = start + base + usize::from(index < rem);
+    start.min(len)..end.min(len)
+}

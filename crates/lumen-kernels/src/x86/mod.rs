@@ -1,0 +1,102 @@
+//! AVX2 + FMA + F16C kernels, selected at run time (see [`crate::simd`]).
+//!
+//! Every tile computes, for each (weight row, activation row) pair and each block, the same
+//! exact integer sum and the same float update as the scalar reference in [`crate::dot`], so
+//! results do not depend on the tile shape. Pairs are laid out `p = c * R + r` for a tile of R
+//! weight rows by C activation rows, eight pairs to a vector.
+
+pub(crate) mod fl;
+pub(crate) mod kdirect;
+pub(crate) mod kq;
+pub(crate) mod q32;
+pub(crate) mod quant;
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use crate::act::ActBuf;
+use crate::matmul::MatRef;
+use crate::WeightFormat;
+
+/// Activation rows processed together, so that their quantized rows stay in cache.
+pub(crate) const M_CHUNK: usize = 64;
+
+/// Computes columns `r` of all output rows with the AVX2 kernels.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `out` must be valid for `act.m * w.rows()` writes
+/// and columns `r` must not be accessed by anyone else meanwhile; `act` must hold `x` quantized
+/// for `w.format()`.
+pub(crate) unsafe fn compute_rows(
+    w: &MatRef,
+    x: &[f32],
+    act: &ActBuf,
+    r: Range<usize>,
+    out: *mut f32,
+) {
+    match w.format() {
+        WeightFormat::F32 => fl::rows::<{ fl::F32 }>(w, x, act.m, r, out),
+        WeightFormat::F16 => fl::rows::<{ fl::F16 }>(w, x, act.m, r, out),
+        WeightFormat::BF16 => fl::rows::<{ fl::BF16 }>(w, x, act.m, r, out),
+        WeightFormat::Q4_0 => q32::rows::<{ q32::Q4_0 }>(w, act, r, out),
+        WeightFormat::Q4_1 => q32::rows::<{ q32::Q4_1 }>(w, act, r, out),
+        WeightFormat::Q8_0 => q32::rows::<{ q32::Q8_0 }>(w, act, r, out),
+        WeightFormat::Q4_K => kq::rows::<{ kq::Q4K }>(w, act, r, out),
+        WeightFormat::Q5_K => kq::rows::<{ kq::Q5K }>(w, act, r, out),
+        WeightFormat::Q6_K => kq::rows::<{ kq::Q6K }>(w, act, r, out),
+    }
+}
+
+/// Lane k of the result is the sum of the eight i32 lanes of `v[k]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn reduce8(v: [__m256i; 8]) -> __m256i {
+    let h01 = _mm256_hadd_epi32(v[0], v[1]);
+    let h23 = _mm256_hadd_epi32(v[2], v[3]);
+    let h45 = _mm256_hadd_epi32(v[4], v[5]);
+    let h67 = _mm256_hadd_epi32(v[6], v[7]);
+    let q0 = _mm256_hadd_epi32(h01, h23);
+    let q1 = _mm256_hadd_epi32(h45, h67);
+    let lo = _mm256_permute2x128_si256::<0x20>(q0, q1);
+    let hi = _mm256_permute2x128_si256::<0x31>(q0, q1);
+    _mm256_add_epi32(lo, hi)
+}
+
+/// Lane k of the result is the sum of the four i32 lanes of `v[k]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn reduce8_128(v: [__m128i; 8]) -> __m256i {
+    let q0 = _mm_hadd_epi32(_mm_hadd_epi32(v[0], v[1]), _mm_hadd_epi32(v[2], v[3]));
+    let q1 = _mm_hadd_epi32(_mm_hadd_epi32(v[4], v[5]), _mm_hadd_epi32(v[6], v[7]));
+    _mm256_set_m128i(q1, q0)
+}
+
+/// Sum of the eight i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn hsum_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// For the pairs `8v..8v+8` of an R x C tile: the weight-row and activation-row index of each
+/// lane (padding lanes point at pair 0).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn pair_index(rn: usize, cn: usize, v: usize) -> (__m256i, __m256i) {
+    let mut ir = [0i32; 8];
+    let mut ic = [0i32; 8];
+    for l in 0..8 {
+        let p = 8 * v + l;
+        if p < rn * cn {
+            ir[l] = (p % rn) as i32;
+            ic[l] = (p / rn) as i32;
+        }
+    }
+    (
+        _mm256_loadu_si256(ir.as_ptr().cast()),
+        _mm256_loadu_si256(ic.as_ptr().cast()),
+    )
+}

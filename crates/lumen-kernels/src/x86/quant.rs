@@ -1,0 +1,117 @@
+//! AVX2 activation quantizers, bit-identical to the scalar ones in [`crate::act`].
+
+use std::arch::x86_64::*;
+
+use super::hsum_epi32;
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn abs_ps(v: __m256) -> __m256 {
+    _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hmax_ps(a: __m256) -> f32 {
+    let h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+    let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    let h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    _mm_cvtss_f32(h)
+}
+
+/// Packs 32 i32 lanes (values in -127..=127) to 32 bytes in order and stores them.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store_packed(q: *mut i8, i: [__m256i; 4]) {
+    let p0 = _mm256_packs_epi32(i[0], i[1]);
+    let p1 = _mm256_packs_epi32(i[2], i[3]);
+    let p = _mm256_packs_epi16(p0, p1);
+    let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(q.cast(), p);
+}
+
+/// One Q8_0/Q8_1 block of 32 values: returns `(amax / 127, sum of quants)`.
+///
+/// Rounds half away from zero like C `roundf`: truncating `v + copysign(0.49999997, v)`
+/// gives exactly `roundf(v)` for every float.
+///
+/// # Safety
+/// AVX2 must be available; `x` must be readable for 32 floats and `q` writable for 32 bytes.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn q8_block(x: *const f32, q: *mut i8) -> (f32, i32) {
+    let v = [
+        _mm256_loadu_ps(x),
+        _mm256_loadu_ps(x.add(8)),
+        _mm256_loadu_ps(x.add(16)),
+        _mm256_loadu_ps(x.add(24)),
+    ];
+    let a = _mm256_max_ps(
+        _mm256_max_ps(abs_ps(v[0]), abs_ps(v[1])),
+        _mm256_max_ps(abs_ps(v[2]), abs_ps(v[3])),
+    );
+    let amax = hmax_ps(a);
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let idv = _mm256_set1_ps(id);
+    let half = _mm256_set1_ps(f32::from_bits(0x3eff_ffff));
+    let sign = _mm256_set1_ps(-0.0);
+    let mut iv = [_mm256_setzero_si256(); 4];
+    for k in 0..4 {
+        let s = _mm256_mul_ps(v[k], idv);
+        let bias = _mm256_or_ps(_mm256_and_ps(s, sign), half);
+        iv[k] = _mm256_cvttps_epi32(_mm256_add_ps(s, bias));
+    }
+    let sum = hsum_epi32(_mm256_add_epi32(
+        _mm256_add_epi32(iv[0], iv[1]),
+        _mm256_add_epi32(iv[2], iv[3]),
+    ));
+    store_packed(q, iv);
+    (d, sum)
+}
+
+/// One Q8_K block of 256 values: fills 256 quants and 16 sums, returns the f32 scale.
+///
+/// # Safety
+/// AVX2 must be available; `x` readable for 256 floats, `q` writable for 256 bytes and `bs`
+/// for 16 i16.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn q8k_block(x: *const f32, q: *mut i8, bs: *mut i16) -> f32 {
+    let mut a = _mm256_setzero_ps();
+    for k in 0..32 {
+        a = _mm256_max_ps(a, abs_ps(_mm256_loadu_ps(x.add(8 * k))));
+    }
+    let amax = hmax_ps(a);
+    if amax == 0.0 {
+        std::ptr::write_bytes(q, 0, 256);
+        std::ptr::write_bytes(bs, 0, 16);
+        return 0.0;
+    }
+    // The signed value of the first element with the largest magnitude, as the scalar scan finds.
+    let av = _mm256_set1_ps(amax);
+    let mut first = 0usize;
+    for k in 0..32 {
+        let mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(
+            abs_ps(_mm256_loadu_ps(x.add(8 * k))),
+            av,
+        ));
+        if mask != 0 {
+            first = 8 * k + mask.trailing_zeros() as usize;
+            break;
+        }
+    }
+    let max = *x.add(first);
+    let iscale = -127.0 / max;
+    let isv = _mm256_set1_ps(iscale);
+    let cap = _mm256_set1_epi32(127);
+    for k in 0..8 {
+        let mut iv = [_mm256_setzero_si256(); 4];
+        for (j, o) in iv.iter_mut().enumerate() {
+            let s = _mm256_mul_ps(_mm256_loadu_ps(x.add(32 * k + 8 * j)), isv);
+            *o = _mm256_min_epi32(_mm256_cvtps_epi32(s), cap);
+        }
+        *bs.add(2 * k) = hsum_epi32(_mm256_add_epi32(iv[0], iv[1])) as i16;
+        *bs.add(2 * k + 1) = hsum_epi32(_mm256_add_epi32(iv[2], iv[3])) as i16;
+        store_packed(q.add(32 * k), iv);
+    }
+    1.0 / iscale
+}

@@ -1,0 +1,81 @@
+//! Shared helpers for the kernel tests: random weights in every format and a naive reference.
+#![allow(dead_code)]
+
+use half::f16;
+use lumen_kernels::{activation_roundtrip, quantize_row, MatRef, WeightFormat};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+pub fn random_f32(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| rng.gen_range(-1.0f32..1.0) * scale)
+        .collect()
+}
+
+fn put_f16(b: &mut [u8], off: usize, v: f32) {
+    b[off..off + 2].copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
+}
+
+/// A random `rows` x `cols` matrix in `format`: quantized from random floats where a reference
+/// quantizer exists, random valid blocks (random bits, sane f16 scales) for the K-quants.
+pub fn random_weights(rng: &mut StdRng, format: WeightFormat, rows: usize, cols: usize) -> Vec<u8> {
+    let rb = format.row_bytes(cols).expect("block-aligned cols");
+    let mut data = vec![0u8; rows * rb];
+    match format {
+        WeightFormat::Q4_K | WeightFormat::Q5_K | WeightFormat::Q6_K => {
+            rng.fill(&mut data[..]);
+            let bb = format.block_bytes();
+            for blk in data.chunks_exact_mut(bb) {
+                let d = rng.gen_range(0.0005f32..0.004);
+                let dmin = rng.gen_range(0.0005f32..0.004);
+                if format == WeightFormat::Q6_K {
+                    put_f16(blk, 208, d);
+                } else {
+                    put_f16(blk, 0, d);
+                    put_f16(blk, 2, dmin);
+                }
+            }
+        }
+        _ => {
+            for r in 0..rows {
+                let src = random_f32(rng, cols, 0.5);
+                quantize_row(format, &src, &mut data[r * rb..(r + 1) * rb]).unwrap();
+            }
+        }
+    }
+    data
+}
+
+/// Naive reference: dequantized weights dotted (in f64) with x as the matmul quantizes it.
+/// Returns (value, sum of |w x|) per output, the latter for scaling tolerances.
+pub fn reference(w: &MatRef, x: &[f32], m: usize) -> Vec<(f64, f64)> {
+    let (rows, cols) = (w.rows(), w.cols());
+    let mut xq = vec![0.0f32; x.len()];
+    for i in 0..m {
+        activation_roundtrip(
+            w.format(),
+            &x[i * cols..(i + 1) * cols],
+            &mut xq[i * cols..(i + 1) * cols],
+        );
+    }
+    let mut wr = vec![0.0f32; cols];
+    let mut out = vec![(0.0, 0.0); m * rows];
+    for j in 0..rows {
+        w.dequantize_row(j, &mut wr);
+        for i in 0..m {
+            let xi = &xq[i * cols..(i + 1) * cols];
+            let (mut s, mut a) = (0.0f64, 0.0f64);
+            for k in 0..cols {
+                let p = wr[k] as f64 * xi[k] as f64;
+                s += p;
+                a += p.abs();
+            }
+            out[i * rows + j] = (s, a);
+        }
+    }
+    out
+}
