@@ -1,0 +1,228 @@
+//! One BERT encoder layer: its weights and its forward pass over a ragged batch.
+//!
+//! All linear layers are one kernels GEMM over every row of the batch (weights read once per
+//! step, not once per sequence); the bias, residual, LayerNorm and activation that follow are
+//! fused into a single row-wise pass each, split across the pool.
+
+use std::ops::Range;
+
+use lumen_kernels::{matmul, MatmulScratch, ThreadPool};
+
+use super::attention::{attention, Heads};
+use super::config::{Activation, BertConfig};
+use super::ops::{bias_activate, layer_norm_inplace, par_rows};
+use super::weights::{MatSlot, WeightFile};
+use crate::error::ModelError;
+
+/// A linear layer `y = x Wᵀ + b`, weight left in the file.
+pub(crate) struct Linear {
+    w: MatSlot,
+    b: Vec<f32>,
+}
+
+impl Linear {
+    /// Loads `{name}.weight` (`out × inp`) and `{name}.bias` (`out`).
+    pub(crate) fn load(
+        file: &WeightFile,
+        name: &str,
+        out: usize,
+        inp: usize,
+    ) -> Result<Linear, ModelError> {
+        Ok(Linear {
+            w: file.matrix(&format!("{name}.weight"), out, inp)?,
+            b: file.vector(&format!("{name}.bias"), out)?,
+        })
+    }
+
+    /// `out = x Wᵀ` for the `m` rows of `x`, without the bias.
+    fn matmul(
+        &self,
+        cx: &mut Cx<'_>,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        let w = cx.file.mat_ref(&self.w)?;
+        matmul(
+            cx.pool,
+            &w,
+            &x[..m * self.w.cols],
+            m,
+            &mut out[..m * self.w.rows],
+            cx.scratch,
+        );
+        Ok(())
+    }
+
+    /// `out = x Wᵀ + b`.
+    fn forward(
+        &self,
+        cx: &mut Cx<'_>,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        self.matmul(cx, x, m, out)?;
+        let b = &self.b;
+        par_rows(cx.pool, &mut out[..m * b.len()], b.len(), |_, row| {
+            for (v, &bias) in row.iter_mut().zip(b) {
+                *v += bias;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// LayerNorm parameters.
+pub(crate) struct Norm {
+    pub(crate) w: Vec<f32>,
+    pub(crate) b: Vec<f32>,
+}
+
+impl Norm {
+    /// Loads `{name}.weight`/`{name}.bias` (or the older `gamma`/`beta`).
+    pub(crate) fn load(file: &WeightFile, name: &str, len: usize) -> Result<Norm, ModelError> {
+        let w = file.vector_any(&[&format!("{name}.weight"), &format!("{name}.gamma")], len)?;
+        let b = file.vector_any(&[&format!("{name}.bias"), &format!("{name}.beta")], len)?;
+        Ok(Norm { w, b })
+    }
+}
+
+/// Everything a layer's forward pass needs besides its own weights.
+pub(crate) struct Cx<'a> {
+    pub(crate) pool: &'a ThreadPool,
+    pub(crate) file: &'a WeightFile,
+    pub(crate) scratch: &'a mut MatmulScratch,
+    pub(crate) heads: Heads,
+    pub(crate) eps: f32,
+    pub(crate) act: Activation,
+    /// Row range of each sequence in the batch.
+    pub(crate) seqs: &'a [Range<usize>],
+}
+
+/// Activations of one step; every buffer is sized for the largest step and used as a prefix.
+#[derive(Default)]
+pub(crate) struct Buffers {
+    /// The residual stream, `rows × hidden`.
+    pub(crate) x: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    heads: Vec<f32>,
+    ctx: Vec<f32>,
+    tmp: Vec<f32>,
+    inter: Vec<f32>,
+}
+
+impl Buffers {
+    /// Grows the buffers to hold `rows` rows.
+    pub(crate) fn reserve(&mut self, rows: usize, hidden: usize, intermediate: usize) {
+        for b in [
+            &mut self.x,
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.heads,
+            &mut self.ctx,
+            &mut self.tmp,
+        ] {
+            if b.len() < rows * hidden {
+                b.resize(rows * hidden, 0.0);
+            }
+        }
+        if self.inter.len() < rows * intermediate {
+            self.inter.resize(rows * intermediate, 0.0);
+        }
+    }
+}
+
+/// The weights of one encoder layer.
+pub(crate) struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: Norm,
+    inter: Linear,
+    out: Linear,
+    out_norm: Norm,
+}
+
+impl Layer {
+    /// Loads layer `i` and checks every shape against `cfg`.
+    pub(crate) fn load(file: &WeightFile, cfg: &BertConfig, i: usize) -> Result<Layer, ModelError> {
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let p = format!("encoder.layer.{i}");
+        Ok(Layer {
+            query: Linear::load(file, &format!("{p}.attention.self.query"), h, h)?,
+            key: Linear::load(file, &format!("{p}.attention.self.key"), h, h)?,
+            value: Linear::load(file, &format!("{p}.attention.self.value"), h, h)?,
+            attn_out: Linear::load(file, &format!("{p}.attention.output.dense"), h, h)?,
+            attn_norm: Norm::load(file, &format!("{p}.attention.output.LayerNorm"), h)?,
+            inter: Linear::load(file, &format!("{p}.intermediate.dense"), f, h)?,
+            out: Linear::load(file, &format!("{p}.output.dense"), h, f)?,
+            out_norm: Norm::load(file, &format!("{p}.output.LayerNorm"), h)?,
+        })
+    }
+
+    /// Runs the layer over the `rows` rows of `buf.x`, in place.
+    pub(crate) fn forward(
+        &self,
+        cx: &mut Cx<'_>,
+        buf: &mut Buffers,
+        rows: usize,
+    ) -> Result<(), ModelError> {
+        let hidden = self.query.b.len();
+        let width = self.inter.b.len();
+        let n = rows * hidden;
+        self.query.forward(cx, &buf.x, rows, &mut buf.q)?;
+        self.key.forward(cx, &buf.x, rows, &mut buf.k)?;
+        self.value.forward(cx, &buf.x, rows, &mut buf.v)?;
+        let qkv = (&buf.q[..n], &buf.k[..n], &buf.v[..n]);
+        attention(
+            cx.pool,
+            cx.heads,
+            cx.seqs,
+            qkv,
+            &mut buf.heads[..n],
+            &mut buf.ctx[..n],
+        );
+
+        self.attn_out.matmul(cx, &buf.ctx, rows, &mut buf.tmp)?;
+        residual_norm(
+            cx,
+            &mut buf.x[..n],
+            &buf.tmp[..n],
+            &self.attn_out.b,
+            &self.attn_norm,
+        );
+
+        self.inter.matmul(cx, &buf.x, rows, &mut buf.inter)?;
+        let (bias, act) = (&self.inter.b, cx.act);
+        par_rows(cx.pool, &mut buf.inter[..rows * width], width, |_, row| {
+            bias_activate(act, row, bias)
+        });
+
+        self.out.matmul(cx, &buf.inter, rows, &mut buf.tmp)?;
+        residual_norm(
+            cx,
+            &mut buf.x[..n],
+            &buf.tmp[..n],
+            &self.out.b,
+            &self.out_norm,
+        );
+        Ok(())
+    }
+}
+
+/// `x = LayerNorm((y + bias) + x)` row by row, the order PyTorch's BERT adds them in.
+fn residual_norm(cx: &Cx<'_>, x: &mut [f32], y: &[f32], bias: &[f32], norm: &Norm) {
+    let (width, eps) = (bias.len(), cx.eps);
+    par_rows(cx.pool, x, width, |r, row| {
+        let yr = &y[r * width..(r + 1) * width];
+        for ((v, &y), &b) in row.iter_mut().zip(yr).zip(bias) {
+            *v += y + b;
+        }
+        layer_norm_inplace(row, &norm.w, &norm.b, eps);
+    });
+}

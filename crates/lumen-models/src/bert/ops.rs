@@ -1,0 +1,247 @@
+//! BERT's small row-wise ops (LayerNorm, GELU) and spreading row-wise work over the pool.
+//!
+//! Every op here transforms one row (or one contiguous chunk) on its own and reduces in a fixed
+//! order, so which rows share a batch, and how they are split among threads, never changes a
+//! row's bits.
+
+use std::sync::{Mutex, PoisonError};
+
+use lumen_kernels::{split_range, ThreadPool};
+
+use super::config::Activation;
+
+/// Below this many elements a pass runs on the calling thread; waking the pool costs more.
+const PAR_MIN_ELEMS: usize = 8 * 1024;
+
+/// Runs `f(part, chunk)` for the chunks `data[cuts[p]..cuts[p + 1]]`, one part per pool thread.
+///
+/// `cuts` must be non-decreasing, start at 0, end at `data.len()` and have at most
+/// `pool.n_threads() + 1` entries. Each chunk goes to exactly one thread, so the chunks can be
+/// written without `unsafe`: each sits behind its own (never contended) mutex.
+pub(crate) fn par_chunks<F>(pool: &ThreadPool, data: &mut [f32], cuts: &[usize], f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    debug_assert!(cuts.len() >= 2 && cuts.len() <= pool.n_threads() + 1);
+    debug_assert!(cuts.first() == Some(&0) && cuts.last() == Some(&data.len()));
+    let mut parts = Vec::with_capacity(cuts.len().saturating_sub(1));
+    let mut rest = data;
+    for w in cuts.windows(2) {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(w[1] - w[0]);
+        parts.push(Mutex::new(head));
+        rest = tail;
+    }
+    if parts.len() == 1 {
+        for (p, part) in parts.iter_mut().enumerate() {
+            f(p, part.get_mut().unwrap_or_else(PoisonError::into_inner));
+        }
+        return;
+    }
+    pool.run(|thread, _| {
+        if let Some(part) = parts.get(thread) {
+            let mut guard = part.lock().unwrap_or_else(PoisonError::into_inner);
+            f(thread, &mut guard);
+        }
+    });
+}
+
+/// Runs `f(row_index, row)` over every `row_len`-wide row of `data`, rows split among threads.
+pub(crate) fn par_rows<F>(pool: &ThreadPool, data: &mut [f32], row_len: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    let n_rows = data.len() / row_len.max(1);
+    let parts = if data.len() < PAR_MIN_ELEMS {
+        1
+    } else {
+        pool.n_threads().clamp(1, n_rows.max(1))
+    };
+    let mut cuts = Vec::with_capacity(parts + 1);
+    cuts.push(0);
+    let mut first_rows = Vec::with_capacity(parts);
+    for p in 0..parts {
+        let r = split_range(n_rows, parts, p);
+        first_rows.push(r.start);
+        cuts.push(r.end * row_len);
+    }
+    par_chunks(pool, data, &cuts, |p, chunk| {
+        for (i, row) in chunk.chunks_exact_mut(row_len).enumerate() {
+            f(first_rows[p] + i, row);
+        }
+    });
+}
+
+/// LayerNorm of one row in place: `x = (x - mean) / sqrt(var + eps) * weight + bias`.
+pub(crate) fn layer_norm_inplace(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let n = x.len() as f64;
+    // f64 sums keep the statistics exact enough that summation order stops mattering.
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let inv = (1.0 / (var + eps as f64).sqrt()) as f32;
+    let mean = mean as f32;
+    for ((v, &w), &b) in x.iter_mut().zip(weight).zip(bias) {
+        *v = (*v - mean) * inv * w + b;
+    }
+}
+
+/// Error function, Abramowitz–Stegun 7.1.26 (absolute error below 1.5e-7).
+///
+/// This is the formula PyTorch's vectorized CPU `erf` uses (and so its default GELU), which
+/// keeps us close to the reference while costing one `exp` and one division per element. With
+/// [`exp_nonpos`] it is branch-free, so a loop of GELUs compiles to SIMD code.
+#[inline]
+pub(crate) fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_8,
+        -1.453_152_1,
+        1.061_405_4,
+    ];
+    let ax = x.abs();
+    let t = 1.0 / (P * ax + 1.0);
+    let r = (((A[4] * t + A[3]) * t + A[2]) * t + A[1]) * t + A[0];
+    let y = 1.0 - r * t * exp_nonpos(-x * x);
+    y.copysign(x)
+}
+
+/// `e^x` for `x <= 0`, branch-free (Cephes' `expf` polynomial; relative error about 2e-7).
+///
+/// Inputs below -87 (where `e^x` leaves the normal range) return about `e^-87` (1.6e-38),
+/// which is as good as 0 for every use here. libm's `expf` is a call the compiler cannot vectorize; this is plain arithmetic.
+#[inline]
+pub(crate) fn exp_nonpos(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer.
+    let x = x.clamp(-87.0, 0.0);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    // x - n ln 2, with ln 2 split in two so the reduction stays exact.
+    let r = (x - n * 0.693_359_4) + n * 2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let y = p * r * r + r + 1.0;
+    // n is in [-126, 0], so 2^n is a normal float built from its exponent bits.
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Applies `act` to one value.
+#[inline]
+pub(crate) fn activate(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::GeluTanh => {
+            const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+            0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
+        }
+        Activation::Relu => x.max(0.0),
+    }
+}
+
+/// `row[i] = act(row[i] + bias[i])`, the activation chosen once outside the loop so that
+/// each arm compiles to a vectorized loop.
+pub(crate) fn bias_activate(act: Activation, row: &mut [f32], bias: &[f32]) {
+    let pairs = row.iter_mut().zip(bias);
+    match act {
+        Activation::Gelu => pairs.for_each(|(v, &b)| *v = activate(Activation::Gelu, *v + b)),
+        Activation::GeluTanh => {
+            pairs.for_each(|(v, &b)| *v = activate(Activation::GeluTanh, *v + b))
+        }
+        Activation::Relu => pairs.for_each(|(v, &b)| *v = activate(Activation::Relu, *v + b)),
+    }
+}
+
+/// Dot product with eight independent accumulators (vectorizes; fixed order per call).
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in ar.iter().zip(br) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_is_accurate() {
+        let cases = [
+            (0.0, 0.0),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (2.0, 0.995_322_3),
+            (-1.0, -0.842_700_8),
+        ];
+        for (x, want) in cases {
+            assert!((erf(x) - want).abs() < 3e-7, "erf({x}) = {}", erf(x));
+        }
+    }
+
+    #[test]
+    fn exp_nonpos_is_accurate() {
+        let mut x = 0.0f32;
+        while x > -87.0 {
+            let want = (x as f64).exp();
+            let got = exp_nonpos(x) as f64;
+            assert!(
+                ((got - want) / want).abs() < 4e-7,
+                "exp({x}) = {got}, want {want}"
+            );
+            x -= 0.013;
+        }
+        assert_eq!(exp_nonpos(0.0), 1.0);
+        assert!(exp_nonpos(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn activations() {
+        assert!((activate(Activation::Gelu, 1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((activate(Activation::Gelu, -3.0) - -0.004_049_7).abs() < 1e-6);
+        assert!((activate(Activation::GeluTanh, 1.0) - 0.841_192).abs() < 1e-5);
+        assert_eq!(activate(Activation::Relu, -2.0), 0.0);
+        assert_eq!(activate(Activation::Relu, 2.0), 2.0);
+    }
+
+    #[test]
+    fn layer_norm_normalizes() {
+        let mut x = [1.0, 2.0, 3.0, 4.0];
+        layer_norm_inplace(&mut x, &[1.0; 4], &[0.5; 4], 0.0);
+        let want = [-1.341_640_8, -0.447_213_6, 0.447_213_6, 1.341_640_8];
+        for (v, w) in x.iter().zip(want) {
+            assert!((v - (w + 0.5)).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn dot_matches_naive() {
+        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32).collect();
+        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - naive).abs() < 1e-3);
+    }
+
+    #[test]
+    fn par_rows_visits_every_row_once() {
+        let pool = ThreadPool::new(2);
+        for rows in [1, 3, 5000] {
+            let mut data = vec![0.0f32; rows * 4];
+            par_rows(&pool, &mut data, 4, |i, row| {
+                row.iter_mut().for_each(|v| *v += i as f32 + 1.0)
+            });
+            for (i, row) in data.chunks_exact(4).enumerate() {
+                assert!(row.iter().all(|&v| v == i as f32 + 1.0));
+            }
+        }
+    }
+}

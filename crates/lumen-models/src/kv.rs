@@ -1,0 +1,63 @@
+//! Storage for the paged KV cache: the memory only. Which block belongs to which sequence is
+//! the engine's business (its block manager hands the forward pass a block table per sequence).
+
+use half::f16;
+use lumen_kernels::attention::KvGeometry;
+
+/// Keys and values for every layer, `n_blocks` blocks each.
+pub struct KvStorage {
+    geo: KvGeometry,
+    n_blocks: usize,
+    k: Vec<Vec<f16>>,
+    v: Vec<Vec<f16>>,
+}
+
+impl KvStorage {
+    /// Allocates `n_blocks` blocks per layer for `n_layers` layers.
+    pub fn new(geo: KvGeometry, n_layers: usize, n_blocks: usize) -> Self {
+        let per_layer = n_blocks * geo.block_elems();
+        KvStorage { geo, n_blocks, k: vec![vec![f16::ZERO; per_layer]; n_layers], v: vec![vec![f16::ZERO; per_layer]; n_layers] }
+    }
+
+    /// Bytes one block takes across all layers (keys and values).
+    pub fn bytes_per_block(geo: KvGeometry, n_layers: usize) -> usize {
+        2 * n_layers * geo.block_elems() * std::mem::size_of::<f16>()
+    }
+
+    /// The cache geometry.
+    pub fn geometry(&self) -> KvGeometry {
+        self.geo
+    }
+
+    /// Blocks per layer.
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+
+    /// One layer's keys and values, for reading.
+    pub fn layer(&self, layer: usize) -> (&[f16], &[f16]) {
+        (&self.k[layer], &self.v[layer])
+    }
+
+    /// Writes one token's key and value rows (`kv_dim` each) at `pos` of a sequence.
+    pub fn write(&mut self, layer: usize, block_table: &[u32], pos: usize, key: &[f32], value: &[f32]) {
+        let off = self.geo.slot_offset(block_table, pos);
+        let kv_dim = self.geo.kv_dim();
+        for (dst, &src) in self.k[layer][off..off + kv_dim].iter_mut().zip(key) {
+            *dst = f16::from_f32(src);
+        }
+        for (dst, &src) in self.v[layer][off..off + kv_dim].iter_mut().zip(value) {
+            *dst = f16::from_f32(src);
+        }
+    }
+
+    /// Copies one block's contents (all layers) to another: copy-on-write for shared blocks.
+    pub fn copy_block(&mut self, from: u32, to: u32) {
+        let n = self.geo.block_elems();
+        let (f, t) = (from as usize * n, to as usize * n);
+        for layer in 0..self.k.len() {
+            self.k[layer].copy_within(f..f + n, t);
+            self.v[layer].copy_within(f..f + n, t);
+        }
+    }
+}

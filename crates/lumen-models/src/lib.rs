@@ -1,0 +1,15 @@
+//! Model architectures and their forward passes.
+//!
+//! `lumen-models` turns weight files into something that computes: it validates a file's
+//! hyper-parameters and tensor shapes at load time, so the forward pass can assume them, and
+//! runs the forward pass over a ragged batch on the kernels crate. It never owns the KV block
+//! pool's bookkeeping or sampling (that is `lumen-engine`); [`KvStorage`] is only the memory.
+pub mod bert;
+pub mod error;
+pub mod kv;
+pub mod llama;
+pub mod weights;
+
+pub use error::ModelError;
+pub use kv::KvStorage;
+pub use llama::{ForwardWorkspace, LlamaConfig, LlamaModel, LogitsWanted, SeqChunk};

@@ -1,0 +1,209 @@
+//! The forward pass over a ragged batch.
+//!
+//! A step's input is the new tokens of every scheduled sequence laid end to end. Linear layers
+//! run as one GEMM over all those rows (weights read once per step); attention runs per token
+//! over its own sequence's blocks; logits are computed only for the rows that ask for them.
+
+use lumen_kernels::attention::{paged_attention, AttnQuery, AttnScratch};
+use lumen_kernels::ops::{add_inplace, rms_norm, rms_norm_heads_inplace, swiglu_inplace};
+use lumen_kernels::{matmul, MatmulScratch, ThreadPool};
+
+use super::model::LlamaModel;
+use crate::kv::KvStorage;
+use crate::weights::Linear;
+use crate::ModelError;
+
+/// Which logits a sequence wants back from a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsWanted {
+    /// None (a prefill chunk that is not the prompt's last).
+    None,
+    /// Only the last token's (to sample the next token).
+    Last,
+    /// Every token's (prompt logprobs).
+    All,
+}
+
+/// One sequence's share of a step.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqChunk<'a> {
+    /// The tokens to run now.
+    pub tokens: &'a [u32],
+    /// Tokens of this sequence already in the KV cache (the first new token's position).
+    pub start_pos: usize,
+    /// The sequence's KV blocks, enough for `start_pos + tokens.len()` positions.
+    pub block_table: &'a [u32],
+    /// Which logits to return.
+    pub logits: LogitsWanted,
+}
+
+/// Activation buffers reused from step to step, so a steady-state step allocates nothing.
+#[derive(Default)]
+pub struct ForwardWorkspace {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    cos_sin: Vec<f32>,
+    selected: Vec<f32>,
+    logits: Vec<f32>,
+    mm: MatmulScratch,
+    attn_scratch: AttnScratch,
+}
+
+impl ForwardWorkspace {
+    /// An empty workspace; buffers grow to the largest batch seen.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+fn add_bias_rows(x: &mut [f32], bias: Option<&Vec<f32>>) {
+    if let Some(b) = bias {
+        for row in x.chunks_exact_mut(b.len()) {
+            add_inplace(row, b);
+        }
+    }
+}
+
+impl LlamaModel {
+    fn check_batch(&self, seqs: &[SeqChunk<'_>], kv: &KvStorage) -> Result<usize, ModelError> {
+        let geo = kv.geometry();
+        if geo != self.kv_geometry(geo.block_size) {
+            return Err(ModelError::BadBatch("KV cache geometry does not match the model".into()));
+        }
+        let mut total = 0usize;
+        for (i, s) in seqs.iter().enumerate() {
+            if s.tokens.is_empty() {
+                return Err(ModelError::BadBatch(format!("sequence {i} has no tokens")));
+            }
+            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+                return Err(ModelError::BadBatch(format!("token id {t} is outside the vocabulary ({})", self.config.vocab_size)));
+            }
+            let end = s.start_pos + s.tokens.len();
+            if end.div_ceil(geo.block_size) > s.block_table.len() {
+                return Err(ModelError::BadBatch(format!("sequence {i}: block table too short for {end} positions")));
+            }
+            if let Some(&b) = s.block_table.iter().find(|&&b| b as usize >= kv.n_blocks()) {
+                return Err(ModelError::BadBatch(format!("sequence {i}: block {b} outside the pool")));
+            }
+            total += s.tokens.len();
+        }
+        Ok(total)
+    }
+
+    fn linear(&self, pool: &ThreadPool, w: &Linear, x: &[f32], m: usize, out: &mut [f32], mm: &mut MatmulScratch) {
+        matmul(pool, &w.mat(&self.file), x, m, out, mm);
+    }
+
+    /// Runs one step; returns the requested logits rows (`vocab_size` each), in batch order.
+    pub fn forward<'w>(&self, pool: &ThreadPool, seqs: &[SeqChunk<'_>], kv: &mut KvStorage, ws: &'w mut ForwardWorkspace) -> Result<&'w [f32], ModelError> {
+        let t_total = self.check_batch(seqs, kv)?;
+        let c = &self.config;
+        let (d, qd, kvd, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.d_ff);
+        let ws_ = &mut *ws;
+        let x = grow(&mut ws_.x, t_total * d);
+        let h = grow(&mut ws_.h, t_total * d);
+        let q = grow(&mut ws_.q, t_total * qd);
+        let k = grow(&mut ws_.k, t_total * kvd);
+        let v = grow(&mut ws_.v, t_total * kvd);
+        let attn = grow(&mut ws_.attn, t_total * qd);
+        let o = grow(&mut ws_.o, t_total * d);
+        let gate = grow(&mut ws_.gate, t_total * ff);
+        let up = grow(&mut ws_.up, t_total * ff);
+        let rd = self.rope.rot_dims();
+        let cos_sin = grow(&mut ws_.cos_sin, t_total * rd);
+
+        // Per-token bookkeeping: embedding rows, RoPE angles, attention queries.
+        let emb = self.embedding.mat(&self.file);
+        let mut queries = Vec::with_capacity(t_total);
+        let mut row = 0;
+        for s in seqs {
+            for (i, &tok) in s.tokens.iter().enumerate() {
+                let pos = s.start_pos + i;
+                emb.dequantize_row(tok as usize, &mut x[row * d..(row + 1) * d]);
+                self.rope.cos_sin(pos, &mut cos_sin[row * rd..(row + 1) * rd]);
+                queries.push(AttnQuery { n_ctx: pos + 1, block_table: s.block_table });
+                row += 1;
+            }
+        }
+
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let geo = kv.geometry();
+        for (li, b) in self.blocks.iter().enumerate() {
+            for t in 0..t_total {
+                rms_norm(&x[t * d..(t + 1) * d], &b.attn_norm, c.rms_eps, &mut h[t * d..(t + 1) * d]);
+            }
+            self.linear(pool, &b.wq, h, t_total, q, &mut ws_.mm);
+            self.linear(pool, &b.wk, h, t_total, k, &mut ws_.mm);
+            self.linear(pool, &b.wv, h, t_total, v, &mut ws_.mm);
+            add_bias_rows(q, b.bq.as_ref());
+            add_bias_rows(k, b.bk.as_ref());
+            add_bias_rows(v, b.bv.as_ref());
+            if let Some(w) = &b.q_norm {
+                rms_norm_heads_inplace(q, c.head_dim, w, c.rms_eps);
+            }
+            if let Some(w) = &b.k_norm {
+                rms_norm_heads_inplace(k, c.head_dim, w, c.rms_eps);
+            }
+            let mut t = 0;
+            for s in seqs {
+                for i in 0..s.tokens.len() {
+                    let cs = &cos_sin[t * rd..(t + 1) * rd];
+                    self.rope.apply(&mut q[t * qd..(t + 1) * qd], c.head_dim, cs);
+                    self.rope.apply(&mut k[t * kvd..(t + 1) * kvd], c.head_dim, cs);
+                    kv.write(li, s.block_table, s.start_pos + i, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
+                    t += 1;
+                }
+            }
+            let (k_layer, v_layer) = kv.layer(li);
+            paged_attention(pool, geo, &queries, q, k_layer, v_layer, scale, &mut ws_.attn_scratch, attn);
+            self.linear(pool, &b.wo, attn, t_total, o, &mut ws_.mm);
+            add_inplace(x, o);
+
+            for t in 0..t_total {
+                rms_norm(&x[t * d..(t + 1) * d], &b.ffn_norm, c.rms_eps, &mut h[t * d..(t + 1) * d]);
+            }
+            self.linear(pool, &b.w_gate, h, t_total, gate, &mut ws_.mm);
+            self.linear(pool, &b.w_up, h, t_total, up, &mut ws_.mm);
+            swiglu_inplace(gate, up);
+            self.linear(pool, &b.w_down, gate, t_total, o, &mut ws_.mm);
+            add_inplace(x, o);
+        }
+
+        // Final norm and head, only for the rows that were asked for.
+        let mut n_sel = 0;
+        let mut first = 0;
+        for s in seqs {
+            let rows = match s.logits {
+                LogitsWanted::None => 0..0,
+                LogitsWanted::Last => s.tokens.len() - 1..s.tokens.len(),
+                LogitsWanted::All => 0..s.tokens.len(),
+            };
+            for r in rows {
+                let src = (first + r) * d;
+                let dst = grow(&mut ws_.selected, (n_sel + 1) * d);
+                rms_norm(&x[src..src + d], &self.output_norm, c.rms_eps, &mut dst[n_sel * d..]);
+                n_sel += 1;
+            }
+            first += s.tokens.len();
+        }
+        let logits = grow(&mut ws_.logits, n_sel * c.vocab_size);
+        if n_sel > 0 {
+            matmul(pool, &self.output.mat(&self.file), &ws_.selected[..n_sel * d], n_sel, logits, &mut ws_.mm);
+        }
+        Ok(&ws.logits[..n_sel * c.vocab_size])
+    }
+}

@@ -1,0 +1,12 @@
+//! Llama-family decoder models (llama, mistral, qwen2, qwen3, smollm).
+//!
+//! One loader and one forward pass serve every variant: what differs between them (Q/K/V
+//! biases, per-head Q/K norms, RoPE layout) is read from the file as optional tensors and a
+//! per-architecture RoPE style, never a copied loader.
+mod config;
+mod forward;
+mod model;
+
+pub use config::{LlamaConfig, LlamaVariant};
+pub use forward::{ForwardWorkspace, LogitsWanted, SeqChunk};
+pub use model::LlamaModel;

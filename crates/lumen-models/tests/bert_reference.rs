@@ -1,0 +1,180 @@
+//! all-MiniLM-L6-v2 against sentence-transformers' own embeddings.
+//!
+//! The fixture (`tests/fixtures/minilm_reference.json`, written by
+//! `scripts/make_embedding_fixtures.py`) holds, per sentence, the token ids the model's
+//! tokenizer produced and the embedding sentence-transformers computed. The tests feed the same
+//! ids to `BertModel` and compare. They skip, with a note, when the model is not installed
+//! (`scripts/fetch-models.sh` puts it in `$LUMEN_HOME/models`).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use lumen_kernels::ThreadPool;
+use lumen_models::bert::{BertModel, PoolingMode};
+use lumen_models::ModelError;
+
+struct Reference {
+    text: String,
+    ids: Vec<u32>,
+    embedding: Vec<f32>,
+}
+
+fn model_dir() -> PathBuf {
+    let home = std::env::var_os("LUMEN_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".lumen")
+        });
+    home.join("models").join("all-minilm-l6-v2")
+}
+
+/// The model, loaded once for all tests; `None` (with a note) when it is not installed.
+fn model() -> Option<&'static BertModel> {
+    static MODEL: OnceLock<Option<BertModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let dir = model_dir();
+            if !dir.join("model.safetensors").exists() {
+                eprintln!(
+                    "skipping: all-minilm-l6-v2 not found in {} (run scripts/fetch-models.sh)",
+                    dir.display()
+                );
+                return None;
+            }
+            Some(BertModel::load(&dir).expect("load all-minilm-l6-v2"))
+        })
+        .as_ref()
+}
+
+fn references() -> Vec<Reference> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/minilm_reference.json"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let floats = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    doc["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| Reference {
+            text: s["text"].as_str().unwrap().to_string(),
+            ids: s["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect(),
+            embedding: floats(&s["embedding"]),
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn config_matches_sentence_transformers() {
+    let Some(model) = model() else { return };
+    assert_eq!(model.dims(), 384);
+    assert_eq!(model.max_seq_len(), 256);
+    assert_eq!(model.max_positions(), 512);
+    assert!(model.normalize());
+    assert_eq!(model.pooling().modes(), &[PoolingMode::Mean]);
+    assert_eq!(model.config().num_layers, 6);
+}
+
+#[test]
+fn embeddings_match_sentence_transformers() {
+    let Some(model) = model() else { return };
+    let refs = references();
+    assert!(refs.len() >= 24);
+    let pool = ThreadPool::new(2);
+    let batch: Vec<&[u32]> = refs.iter().map(|r| r.ids.as_slice()).collect();
+    let got = model.embed_batch(&pool, &batch).unwrap();
+    assert_eq!(got.len(), refs.len());
+    let mut worst = (f64::INFINITY, "");
+    let mut max_diff = 0.0f32;
+    for (r, e) in refs.iter().zip(&got) {
+        assert_eq!(e.len(), 384);
+        let norm: f32 = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "norm {norm} for {:?}", r.text);
+        let c = cosine(e, &r.embedding);
+        if c < worst.0 {
+            worst = (c, &r.text);
+        }
+        assert!(c >= 0.9999, "cosine {c} for {:?}", r.text);
+        let diff = e
+            .iter()
+            .zip(&r.embedding)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        max_diff = max_diff.max(diff);
+    }
+    let head: String = worst.1.chars().take(40).collect();
+    eprintln!(
+        "min cosine vs sentence-transformers: {:.9} (1 - cos = {:.1e}, {head:?}); max |diff| {max_diff:.1e}",
+        worst.0,
+        1.0 - worst.0
+    );
+}
+
+#[test]
+fn a_sentence_embeds_identically_alone_and_in_a_batch_of_64() {
+    let Some(model) = model() else { return };
+    let refs = references();
+    let pool = ThreadPool::new(2);
+    // 64 items, fixture sentences repeated in a scrambled order (includes the 256-token ones,
+    // so the batch also spans several forward steps).
+    let order: Vec<usize> = (0..64)
+        .map(|i| (i * 11 + i / refs.len()) % refs.len())
+        .collect();
+    let batch: Vec<&[u32]> = order.iter().map(|&i| refs[i].ids.as_slice()).collect();
+    let together = model.embed_batch(&pool, &batch).unwrap();
+    for (k, &i) in order.iter().enumerate() {
+        let alone = model.embed_batch(&pool, &[refs[i].ids.as_slice()]).unwrap();
+        let (a, b) = (&alone[0], &together[k]);
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "item {k} ({:?}) differs",
+            refs[i].text
+        );
+    }
+    // And with one thread instead of two.
+    let single = ThreadPool::new(1);
+    let again = model.embed_batch(&single, &batch[..8]).unwrap();
+    for (a, b) in again.iter().zip(&together) {
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let Some(model) = model() else { return };
+    let pool = ThreadPool::new(2);
+    let good: &[u32] = &[101, 7592, 2088, 102];
+    let vocab = model.config().vocab_size as u32;
+    let out_of_range: &[u32] = &[101, vocab, 102];
+    let huge_id: &[u32] = &[101, u32::MAX, 102];
+    let too_long = vec![1000u32; model.max_positions() + 1];
+    let empty: &[u32] = &[];
+    for bad in [out_of_range, huge_id, &too_long, empty] {
+        let err = model.embed_batch(&pool, &[good, bad]).unwrap_err();
+        assert!(matches!(err, ModelError::BadBatch(_)), "{err}");
+    }
+    assert!(model.embed_batch(&pool, &[]).unwrap().is_empty());
+    // The full position table is usable, beyond sentence-transformers' 256.
+    let longest = vec![1000u32; model.max_positions()];
+    assert_eq!(model.embed_batch(&pool, &[&longest]).unwrap()[0].len(), 384);
+}

@@ -1,0 +1,92 @@
+//! Tiny random-weight models (written by `scripts/make_llama_fixtures.py` with the `gguf`
+//! package and quantized by llama.cpp) against llama.cpp's logits for a fixed input.
+//!
+//! They cover what SmolLM2 does not: Qwen2 (NeoX RoPE, Q/K/V biases, separate head, F16),
+//! Qwen3 (per-head Q/K norm, F32), and Q4_K, Q5_K, Q6_K, Q4_0, Q8_0 and BF16 weights.
+//!
+//! Tolerance: Lumen quantizes activations exactly as llama.cpp does (Q8_0/Q8_1/Q8_K per weight
+//! type, same rounding), keeps the KV cache in f16 and rounds Q and the attention weights to
+//! f16 as llama.cpp's CPU path does. What remains is summation order inside dot products and
+//! libm differences in exp/sin/cos, which move a logit by ~1e-4 relative per layer. A flipped
+//! 8-bit rounding of one activation can move a logit by up to ~1e-2 of its scale. So we allow
+//! 2% of the row's logit range — still far below what a real bug (a wrong RoPE pair, a
+//! missing bias, a mis-decoded scale) does, which moves logits by tens of percent.
+
+mod common;
+
+use common::{fixtures, Runner};
+use lumen_models::{LlamaModel, LogitsWanted};
+use serde_json::Value;
+
+fn check(name: &str) {
+    let dir = fixtures();
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+    let ids: Vec<u32> = reference["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let want: Vec<Vec<f32>> = reference["logits"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect()).collect();
+    let model = LlamaModel::open(&dir.join(format!("{name}.gguf"))).unwrap();
+    let vocab = model.config().vocab_size;
+    let mut runner = Runner::new(model, 2, ids.len());
+    let got = runner.step(&ids, LogitsWanted::All);
+    assert_eq!(got.len(), ids.len() * vocab);
+    let mut worst = 0.0f32;
+    for (t, want_row) in want.iter().enumerate() {
+        let got_row = &got[t * vocab..(t + 1) * vocab];
+        let range = want_row.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0);
+        for (g, w) in got_row.iter().zip(want_row) {
+            let err = (g - w).abs() / range;
+            worst = worst.max(err);
+        }
+    }
+    eprintln!("{name}: worst relative logit error {worst:.5}");
+    assert!(worst < 0.02, "{name}: logits differ from llama.cpp by {worst} of the range");
+
+    // Same input token by token (prefill of 5, then decode steps) gives the same bits:
+    // chunking must not change any row (batch invariance of kernels and attention).
+    let model = LlamaModel::open(&dir.join(format!("{name}.gguf"))).unwrap();
+    let mut stepwise = Runner::new(model, 3, ids.len());
+    let mut rows = stepwise.step(&ids[..5], LogitsWanted::All);
+    for &t in &ids[5..] {
+        rows.extend(stepwise.step(&[t], LogitsWanted::Last));
+    }
+    assert!(rows == got, "{name}: token-by-token logits differ from the one-shot prefill");
+}
+
+#[test]
+fn qwen2_f16_with_biases() {
+    check("tiny_qwen2_f16");
+}
+
+#[test]
+fn qwen3_f32_with_qk_norm() {
+    check("tiny_qwen3_f32");
+}
+
+#[test]
+fn llama_q4_k_m() {
+    check("tiny_llama_q4_k_m");
+}
+
+#[test]
+fn llama_q5_k_m() {
+    check("tiny_llama_q5_k_m");
+}
+
+#[test]
+fn llama_q4_0() {
+    check("tiny_llama_q4_0");
+}
+
+#[test]
+fn llama_q8_0() {
+    check("tiny_llama_q8_0");
+}
+
+#[test]
+fn llama_bf16() {
+    check("tiny_llama_bf16");
+}
+
+#[test]
+fn llama_q4_1() {
+    check("tiny_llama_q4_1");
+}
