@@ -1,0 +1,224 @@
+//! Chat templates: the model's Jinja template turns a conversation into a prompt.
+//!
+//! Templates are written for Python's Jinja2 as Hugging Face runs it, so the
+//! environment copies those settings: `trim_blocks` and `lstrip_blocks` on, loop
+//! controls, Python string/dict methods (`.strip()`, `.startswith()`, `.items()`, via
+//! `minijinja_contrib::pycompat`), `raise_exception`, `strftime_now`, and a `tojson`
+//! that writes what Python's `json.dumps` writes. String literals continued over a line
+//! break with a backslash are joined as Python joins them.
+
+mod pyjson;
+mod source;
+mod strftime;
+
+use lumen_gguf::Metadata;
+use minijinja::value::Value;
+use minijinja::{Environment, Error, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::EngineError;
+use crate::tokenizer::Tokenizer;
+
+/// The ChatML template, used when a model ships none.
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// GGUF key holding the default chat template.
+pub const CHAT_TEMPLATE_KEY: &str = "tokenizer.chat_template";
+
+/// Name of the template inside the environment.
+const NAME: &str = "chat_template";
+
+/// Prefix that marks an error raised by the template's own `raise_exception`.
+const RAISED: &str = "raise_exception: ";
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, `tool`, ...
+    pub role: String,
+    /// The text; OpenAI content-part lists are flattened when deserialized.
+    #[serde(deserialize_with = "content::deserialize", default)]
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with the given role and text.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    /// Reads an OpenAI-style message object (`content` may be a list of text parts).
+    pub fn from_json(value: &serde_json::Value) -> Result<ChatMessage, EngineError> {
+        ChatMessage::deserialize(value).map_err(|e| EngineError::InvalidMessage(e.to_string()))
+    }
+}
+
+mod content {
+    //! `content` as a string, `null`, or a list of `{"type": "text", "text": ...}` parts.
+
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Content {
+        Text(String),
+        Parts(Vec<Part>),
+    }
+
+    #[derive(Deserialize)]
+    struct Part {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        text: Option<String>,
+    }
+
+    /// Flattens text parts with newlines, as vLLM does; other part types are rejected.
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        match Option::<Content>::deserialize(d)? {
+            None => Ok(String::new()),
+            Some(Content::Text(s)) => Ok(s),
+            Some(Content::Parts(parts)) => {
+                let mut texts = Vec::with_capacity(parts.len());
+                for p in parts {
+                    match (p.kind.as_str(), p.text) {
+                        ("text", Some(t)) => texts.push(t),
+                        ("text", None) => {
+                            return Err(serde::de::Error::custom("text part without 'text'"))
+                        }
+                        (other, _) => {
+                            return Err(serde::de::Error::custom(format!(
+                                "content parts of type '{other}' are not supported"
+                            )))
+                        }
+                    }
+                }
+                Ok(texts.join("\n"))
+            }
+        }
+    }
+}
+
+/// A compiled chat template plus the special-token texts it may print.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    source: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; `bos_token`/`eos_token` are the texts templates see.
+    pub fn new(
+        source: &str,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<ChatTemplate, EngineError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime::strftime_now);
+        env.add_filter("tojson", pyjson::tojson);
+        env.add_template_owned(NAME, source::normalize(source).into_owned())
+            .map_err(|e| EngineError::TemplateSyntax(describe(&e)))?;
+        Ok(ChatTemplate {
+            env,
+            source: source.to_owned(),
+            bos_token: bos_token.to_owned(),
+            eos_token: eos_token.to_owned(),
+        })
+    }
+
+    /// The ChatML template with the given special-token texts.
+    pub fn chatml(bos_token: &str, eos_token: &str) -> Result<ChatTemplate, EngineError> {
+        ChatTemplate::new(CHATML_TEMPLATE, bos_token, eos_token)
+    }
+
+    /// The model's `tokenizer.chat_template`, or ChatML when the file has none.
+    pub fn from_metadata(
+        meta: &Metadata,
+        tokenizer: &Tokenizer,
+    ) -> Result<ChatTemplate, EngineError> {
+        let text = |id: Option<u32>| {
+            id.and_then(|i| tokenizer.token_to_piece(i).ok())
+                .unwrap_or_default()
+        };
+        let (bos, eos) = (text(tokenizer.bos_id()), text(tokenizer.eos_id()));
+        match meta.get(CHAT_TEMPLATE_KEY) {
+            Some(_) => ChatTemplate::new(meta.get_str(CHAT_TEMPLATE_KEY)?, &bos, &eos),
+            None => ChatTemplate::chatml(&bos, &eos),
+        }
+    }
+
+    /// The template source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders the conversation; `tools` (OpenAI tool definitions) is passed through as is.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String, EngineError> {
+        let tpl = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| EngineError::TemplateRender(describe(&e)))?;
+        let ctx = minijinja::context! {
+            messages => Value::from_serialize(messages),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.as_str(),
+            eos_token => self.eos_token.as_str(),
+            tools => tools.map(Value::from_serialize).unwrap_or(Value::from(())),
+        };
+        tpl.render(ctx).map_err(|e| match raised_message(&e) {
+            Some(msg) => EngineError::TemplateException(msg),
+            None => EngineError::TemplateRender(describe(&e)),
+        })
+    }
+}
+
+/// `raise_exception(message)`: lets a template reject a conversation.
+fn raise_exception(message: String) -> Result<Value, Error> {
+    Err(Error::new(
+        ErrorKind::InvalidOperation,
+        format!("{RAISED}{message}"),
+    ))
+}
+
+/// The message of a `raise_exception` call somewhere in the error chain.
+fn raised_message(e: &Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(mj) = err.downcast_ref::<Error>() {
+            if let Some(msg) = mj.detail().and_then(|d| d.strip_prefix(RAISED)) {
+                return Some(msg.to_owned());
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// An error with its causes, e.g. `syntax error: unexpected end of input (in chat_template:3)`.
+fn describe(e: &Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(err) = cur {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        cur = err.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

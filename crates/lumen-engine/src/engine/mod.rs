@@ -1,0 +1,266 @@
+//! The engine: one thread per loaded model that owns the weights, the KV pool and the
+//! scheduler, and an async-friendly handle that submits requests and streams events back.
+//!
+//! The async world never computes: [`EngineHandle::submit`] validates the request, sends it
+//! over a channel and returns a [`RequestStream`]. The engine thread loops: take new commands,
+//! plan a step, run the forward pass on the worker pool, sample, and push events. Dropping a
+//! stream sends a cancel; the thread frees the sequence's blocks before its next step.
+
+mod choice;
+mod stats;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use lumen_models::{KvStorage, LlamaModel};
+use tokio::sync::mpsc as tmpsc;
+
+pub use stats::EngineStats;
+
+use crate::request::{Event, GenerateRequest};
+use crate::scheduler::SchedulerConfig;
+use crate::tokenizer::Tokenizer;
+use crate::EngineError;
+
+/// Tokens per KV block.
+pub const BLOCK_SIZE: usize = 16;
+/// Most choices one request may ask for.
+pub const MAX_CHOICES: usize = 16;
+
+/// How an engine is sized.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The model's public name (also mixed into prefix-cache keys).
+    pub model_name: String,
+    /// Compute threads (one per physical core is best).
+    pub threads: usize,
+    /// Memory for the KV cache, in bytes.
+    pub kv_cache_bytes: usize,
+    /// Step limits.
+    pub scheduler: SchedulerConfig,
+    /// Requests accepted but not yet finished, beyond which `submit` refuses (back-pressure).
+    pub max_queued_requests: usize,
+}
+
+impl EngineConfig {
+    /// Defaults for `model_name`: 256 MiB of KV, 2 threads.
+    pub fn new(model_name: impl Into<String>) -> Self {
+        EngineConfig {
+            model_name: model_name.into(),
+            threads: 2,
+            kv_cache_bytes: 256 << 20,
+            scheduler: SchedulerConfig::default(),
+            max_queued_requests: 256,
+        }
+    }
+}
+
+enum Command {
+    Submit { id: u64, request: GenerateRequest, events: tmpsc::UnboundedSender<Event> },
+    Cancel(u64),
+    Shutdown,
+}
+
+/// Facts about the loaded model that request validation needs.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// Public name.
+    pub name: String,
+    /// Context length.
+    pub context_len: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// KV blocks in the pool.
+    pub kv_blocks: usize,
+}
+
+struct Shared {
+    commands: mpsc::Sender<Command>,
+    info: ModelInfo,
+    stats: Arc<EngineStats>,
+    tokenizer: Arc<Tokenizer>,
+    next_id: AtomicU64,
+    in_flight: Arc<AtomicU64>,
+    alive: Arc<AtomicBool>,
+    max_queued: usize,
+}
+
+/// A cheap, cloneable handle to a running engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+}
+
+/// The events of one request; dropping it cancels the request.
+pub struct RequestStream {
+    id: u64,
+    events: tmpsc::UnboundedReceiver<Event>,
+    commands: mpsc::Sender<Command>,
+    done: bool,
+}
+
+impl RequestStream {
+    /// The next event, `None` after [`Event::Done`] or [`Event::Error`].
+    pub async fn recv(&mut self) -> Option<Event> {
+        if self.done {
+            return None;
+        }
+        let ev = self.events.recv().await;
+        self.note(&ev);
+        ev
+    }
+
+    /// Blocking version of [`RequestStream::recv`] for synchronous callers (not in async code).
+    pub fn blocking_recv(&mut self) -> Option<Event> {
+        if self.done {
+            return None;
+        }
+        let ev = self.events.blocking_recv();
+        self.note(&ev);
+        ev
+    }
+
+    fn note(&mut self, ev: &Option<Event>) {
+        if matches!(ev, None | Some(Event::Done(_)) | Some(Event::Error(_))) {
+            self.done = true;
+        }
+    }
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        if !self.done {
+            // The engine may already be gone; nothing to cancel then.
+            let _ = self.commands.send(Command::Cancel(self.id));
+        }
+    }
+}
+
+/// The running engine thread; dropping it stops the thread.
+pub struct Engine {
+    handle: EngineHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the engine thread for `model`.
+    pub fn start(model: Arc<LlamaModel>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Result<Engine, EngineError> {
+        let geo = model.kv_geometry(BLOCK_SIZE);
+        let per_block = KvStorage::bytes_per_block(geo, model.config().n_layers);
+        let kv_blocks = config.kv_cache_bytes / per_block;
+        if kv_blocks < 2 {
+            return Err(EngineError::Config(format!("KV cache of {} bytes holds fewer than 2 blocks of {per_block} bytes", config.kv_cache_bytes)));
+        }
+        let info = ModelInfo { name: config.model_name.clone(), context_len: model.config().context_len, vocab_size: model.config().vocab_size, kv_blocks };
+        let stats = Arc::new(EngineStats::default());
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel();
+        let alive = Arc::new(AtomicBool::new(true));
+        let worker = worker::Worker::new(model, tokenizer.clone(), &config, kv_blocks, stats.clone(), in_flight.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("lumen-engine-{}", config.model_name))
+            .spawn({
+                let alive = alive.clone();
+                move || worker.run(rx, alive)
+            })
+            .map_err(|e| EngineError::Config(format!("cannot spawn engine thread: {e}")))?;
+        let shared = Shared { commands: tx, info, stats, tokenizer, next_id: AtomicU64::new(1), in_flight, alive, max_queued: config.max_queued_requests };
+        Ok(Engine { handle: EngineHandle { shared: Arc::new(shared) }, thread: Some(thread) })
+    }
+
+    /// A handle for submitting requests.
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Stop the thread (cancelling anything still running) and wait for it, so the
+        // weights and KV memory are released when the engine is dropped.
+        let _ = self.handle.shared.commands.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl EngineHandle {
+    /// Facts about the model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.shared.info
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Arc<EngineStats> {
+        &self.shared.stats
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.shared.tokenizer
+    }
+
+    /// Checks a request against the model and the engine's limits, without queueing it.
+    pub fn validate(&self, req: &GenerateRequest) -> Result<(), EngineError> {
+        let info = &self.shared.info;
+        let bad = |param: &'static str, message: String| Err(EngineError::InvalidRequest { param, message });
+        if req.prompt.is_empty() {
+            return bad("prompt", "the prompt is empty".into());
+        }
+        if let Some(&t) = req.prompt.iter().find(|&&t| t as usize >= info.vocab_size) {
+            return bad("prompt", format!("token id {t} is outside the vocabulary of {} tokens", info.vocab_size));
+        }
+        if req.max_tokens == 0 {
+            return bad("max_tokens", "max_tokens must be at least 1".into());
+        }
+        if req.n == 0 || req.n > MAX_CHOICES {
+            return bad("n", format!("n must be between 1 and {MAX_CHOICES}"));
+        }
+        let total = req.prompt.len().saturating_add(req.max_tokens);
+        if total > info.context_len {
+            return bad("max_tokens", format!("prompt ({} tokens) plus max_tokens ({}) exceeds the context length of {}", req.prompt.len(), req.max_tokens, info.context_len));
+        }
+        if total.div_ceil(BLOCK_SIZE) > info.kv_blocks {
+            return bad("max_tokens", format!("prompt plus max_tokens ({total} tokens) does not fit in the KV cache ({} tokens)", info.kv_blocks * BLOCK_SIZE));
+        }
+        if let Some(n) = req.prompt_logprobs {
+            if n > 20 {
+                return bad("prompt_logprobs", "at most 20 prompt logprobs".into());
+            }
+        }
+        req.sampling.validate_for_vocab(info.vocab_size)?;
+        Ok(())
+    }
+
+    /// Queues a request; events arrive on the returned stream.
+    pub fn submit(&self, req: GenerateRequest) -> Result<RequestStream, EngineError> {
+        self.validate(&req)?;
+        let s = &self.shared;
+        // Reserve a place in the queue first so concurrent submits cannot overshoot it.
+        let prev = s.in_flight.fetch_add(1, Ordering::SeqCst);
+        if prev as usize >= s.max_queued {
+            s.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::QueueFull);
+        }
+        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+        let (etx, erx) = tmpsc::unbounded_channel();
+        if s.commands.send(Command::Submit { id, request: req, events: etx }).is_err() {
+            s.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::Stopped);
+        }
+        Ok(RequestStream { id, events: erx, commands: s.commands.clone(), done: false })
+    }
+
+    /// Whether the engine thread is still running (false after a shutdown or a crash).
+    pub fn is_running(&self) -> bool {
+        self.shared.alive.load(Ordering::SeqCst)
+    }
+
+    /// Requests accepted and not yet finished.
+    pub fn in_flight(&self) -> u64 {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,58 @@
+//! Live counters the engine thread publishes and the server's metrics read.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::request::FinishReason;
+
+/// Counters and gauges of one engine, updated by its thread after every step.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Sequences being computed.
+    pub running: AtomicU64,
+    /// Sequences queued.
+    pub waiting: AtomicU64,
+    /// KV blocks referenced by a sequence.
+    pub blocks_in_use: AtomicU64,
+    /// KV blocks in the pool.
+    pub total_blocks: AtomicU64,
+    /// Prompt tokens of finished requests.
+    pub prompt_tokens: AtomicU64,
+    /// Tokens generated.
+    pub generation_tokens: AtomicU64,
+    /// Prompt tokens looked up in the prefix cache.
+    pub prefix_queries: AtomicU64,
+    /// Prompt tokens found in the prefix cache.
+    pub prefix_hits: AtomicU64,
+    /// Sequences preempted.
+    pub preemptions: AtomicU64,
+    /// Requests finished with `stop`.
+    pub finished_stop: AtomicU64,
+    /// Requests finished with `length`.
+    pub finished_length: AtomicU64,
+    /// Requests finished with `cancelled`.
+    pub finished_cancelled: AtomicU64,
+    /// Forward steps run.
+    pub steps: AtomicU64,
+}
+
+impl EngineStats {
+    /// Fraction of KV blocks in use, 0..=1.
+    pub fn kv_usage(&self) -> f64 {
+        let total = self.total_blocks.load(Relaxed);
+        if total == 0 {
+            0.0
+        } else {
+            self.blocks_in_use.load(Relaxed) as f64 / total as f64
+        }
+    }
+
+    /// Counts one finished choice.
+    pub fn record_finish(&self, reason: FinishReason) {
+        let c = match reason {
+            FinishReason::Stop => &self.finished_stop,
+            FinishReason::Length => &self.finished_length,
+            FinishReason::Cancelled => &self.finished_cancelled,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+}

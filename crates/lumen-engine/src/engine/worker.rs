@@ -1,0 +1,446 @@
+//! The engine thread's loop: commands in, one scheduled step at a time, events out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{mpsc, Arc};
+
+use lumen_kernels::ThreadPool;
+use lumen_models::{ForwardWorkspace, KvStorage, LlamaModel, LogitsWanted, SeqChunk};
+use tokio::sync::mpsc as tmpsc;
+
+use super::choice::ChoiceOutput;
+use super::{Command, EngineConfig, EngineStats, BLOCK_SIZE};
+use crate::kv::{root_hash, BlockPool};
+use crate::request::{Event, FinishReason, GenerateRequest, TokenLogprob, Usage};
+use crate::sampler::{log_softmax_top_n, logsumexp, Sampler};
+use crate::scheduler::{Chunk, Scheduler, Sequence};
+use crate::tokenizer::Tokenizer;
+
+/// Per-sequence state the scheduler carries for the engine.
+pub(crate) struct SeqData {
+    req_id: u64,
+    choice: usize,
+    prompt_len: usize,
+    sampler: Sampler,
+    output: ChoiceOutput,
+    /// Choices still to fork from this one once its prompt is computed.
+    pending_forks: usize,
+    /// Prompt logprobs being collected (when asked for).
+    prompt_lp: Option<Vec<Option<TokenLogprob>>>,
+    /// Prompt tokens that came from the prefix cache on first admission.
+    cached: Option<usize>,
+}
+
+struct RequestState {
+    request: Arc<GenerateRequest>,
+    events: tmpsc::UnboundedSender<Event>,
+    live_choices: usize,
+    usage: Usage,
+}
+
+pub(crate) struct Worker {
+    model: Arc<LlamaModel>,
+    tokenizer: Arc<Tokenizer>,
+    threads: ThreadPool,
+    kv: KvStorage,
+    ws: ForwardWorkspace,
+    pool: BlockPool,
+    sched: Scheduler<SeqData>,
+    requests: HashMap<u64, RequestState>,
+    stats: Arc<EngineStats>,
+    in_flight: Arc<AtomicU64>,
+    model_key: String,
+    eog_ids: Vec<u32>,
+    arrivals: u64,
+    row: Vec<f32>,
+}
+
+impl Worker {
+    pub fn new(model: Arc<LlamaModel>, tokenizer: Arc<Tokenizer>, config: &EngineConfig, kv_blocks: usize, stats: Arc<EngineStats>, in_flight: Arc<AtomicU64>) -> Self {
+        let kv = KvStorage::new(model.kv_geometry(BLOCK_SIZE), model.config().n_layers, kv_blocks);
+        stats.total_blocks.store(kv_blocks as u64, Relaxed);
+        let eog_ids = (0..tokenizer.vocab_size() as u32).filter(|&t| tokenizer.is_eog(t)).collect();
+        Worker {
+            threads: ThreadPool::new(config.threads),
+            kv,
+            ws: ForwardWorkspace::new(),
+            pool: BlockPool::new(kv_blocks, BLOCK_SIZE),
+            sched: Scheduler::new(config.scheduler),
+            requests: HashMap::new(),
+            stats,
+            in_flight,
+            model_key: config.model_name.clone(),
+            eog_ids,
+            arrivals: 0,
+            row: Vec::new(),
+            model,
+            tokenizer,
+        }
+    }
+
+    pub fn run(mut self, commands: mpsc::Receiver<Command>, alive: Arc<AtomicBool>) {
+        // Cleared however the loop ends, a panic included, so readiness checks see it.
+        struct Alive(Arc<AtomicBool>);
+        impl Drop for Alive {
+            fn drop(&mut self) {
+                self.0.store(false, SeqCst);
+            }
+        }
+        let _alive = Alive(alive);
+        loop {
+            if self.sched.is_idle() {
+                match commands.recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match commands.try_recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            return;
+                        }
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        if self.sched.is_idle() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            self.step();
+            self.publish_stats();
+        }
+    }
+
+    /// Applies one command; false means shut down.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Submit { id, request, events } => self.admit(id, request, events),
+            Command::Cancel(id) => self.cancel(id),
+            Command::Shutdown => {
+                let ids: Vec<u64> = self.requests.keys().copied().collect();
+                for id in ids {
+                    self.cancel(id);
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    fn new_sampler(&self, request: &GenerateRequest, choice: usize) -> Result<Sampler, String> {
+        let mut params = request.sampling.clone();
+        params.seed = params.seed.map(|s| s.wrapping_add(choice as u64));
+        let mut sampler = Sampler::new(params, self.model.config().vocab_size).map_err(|e| e.to_string())?;
+        sampler.set_prompt_len(request.prompt.len());
+        Ok(sampler)
+    }
+
+    fn admit(&mut self, id: u64, request: GenerateRequest, events: tmpsc::UnboundedSender<Event>) {
+        let request = Arc::new(request);
+        let root = root_hash(&self.model_key, request.cache_salt.as_deref());
+        let sampler = match self.new_sampler(&request, 0) {
+            Ok(s) => s,
+            Err(message) => {
+                // Validated at submit; reaching this means the request changed meaning.
+                let _ = events.send(Event::Error(message));
+                self.in_flight.fetch_sub(1, SeqCst);
+                return;
+            }
+        };
+        let data = SeqData {
+            req_id: id,
+            choice: 0,
+            prompt_len: request.prompt.len(),
+            sampler,
+            output: ChoiceOutput::new(request.clone(), self.tokenizer.clone()),
+            pending_forks: request.n - 1,
+            prompt_lp: request.prompt_logprobs.map(|_| vec![None]),
+            cached: None,
+        };
+        self.arrivals += 1;
+        self.sched.add(Sequence {
+            priority: request.priority,
+            arrival: self.arrivals,
+            tokens: request.prompt.clone(),
+            num_computed: 0,
+            block_table: Vec::new(),
+            root,
+            hashes: Vec::new(),
+            use_prefix_cache: request.prompt_logprobs.is_none(),
+            preemptions: 0,
+            data,
+        });
+        self.stats.prompt_tokens.fetch_add(request.prompt.len() as u64, Relaxed);
+        let usage = Usage { prompt_tokens: request.prompt.len(), ..Usage::default() };
+        self.requests.insert(id, RequestState { request, events, live_choices: 1, usage });
+    }
+
+    fn cancel(&mut self, id: u64) {
+        let gone = self.sched.remove_where(&mut self.pool, |d| d.req_id == id);
+        // Choices not forked yet count as cancelled too.
+        let unforked: usize = gone.iter().map(|s| s.data.pending_forks).sum();
+        for _ in 0..gone.len() + unforked {
+            self.stats.record_finish(FinishReason::Cancelled);
+        }
+        if self.requests.remove(&id).is_some() {
+            self.in_flight.fetch_sub(1, SeqCst);
+        }
+    }
+
+    fn publish_stats(&self) {
+        let ps = self.pool.stats();
+        let s = &self.stats;
+        s.running.store(self.sched.running().len() as u64, Relaxed);
+        s.waiting.store(self.sched.num_waiting() as u64, Relaxed);
+        s.blocks_in_use.store(ps.blocks_in_use as u64, Relaxed);
+        s.prefix_queries.store(ps.query_tokens, Relaxed);
+        s.prefix_hits.store(ps.hit_tokens, Relaxed);
+        s.preemptions.store(self.sched.preemptions(), Relaxed);
+    }
+
+    fn step(&mut self) {
+        let plan = self.sched.schedule(&mut self.pool);
+        if plan.is_empty() {
+            return;
+        }
+        let running = self.sched.running();
+        let mut kinds = Vec::with_capacity(plan.len());
+        let chunks: Vec<SeqChunk<'_>> = plan
+            .iter()
+            .map(|c| {
+                let s = &running[c.index];
+                let end = c.start + c.len;
+                let logits = if s.data.prompt_lp.is_some() && c.start < s.data.prompt_len {
+                    LogitsWanted::All
+                } else if end == s.tokens.len() {
+                    LogitsWanted::Last
+                } else {
+                    LogitsWanted::None
+                };
+                kinds.push(logits);
+                SeqChunk { tokens: &s.tokens[c.start..end], start_pos: c.start, block_table: &s.block_table, logits }
+            })
+            .collect();
+        let result = self.model.forward(&self.threads, &chunks, &mut self.kv, &mut self.ws);
+        drop(chunks);
+        let logits = match result {
+            Ok(l) => l.to_vec(),
+            Err(e) => {
+                tracing::error!(error = %e, "forward pass failed");
+                let ids: Vec<u64> = plan.iter().map(|c| self.sched.running()[c.index].data.req_id).collect();
+                for id in ids {
+                    self.fail(id, e.to_string());
+                }
+                return;
+            }
+        };
+        self.stats.steps.fetch_add(1, Relaxed);
+        self.sched.complete(&plan, &mut self.pool);
+        self.consume(&plan, &kinds, &logits);
+    }
+
+    fn fail(&mut self, id: u64, message: String) {
+        self.sched.remove_where(&mut self.pool, |d| d.req_id == id);
+        if let Some(state) = self.requests.remove(&id) {
+            let _ = state.events.send(Event::Error(message));
+            self.in_flight.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// Samples, forks and finishes sequences from one step's logits.
+    fn consume(&mut self, plan: &[Chunk], kinds: &[LogitsWanted], logits: &[f32]) {
+        let vocab = self.model.config().vocab_size;
+        let ctx = self.model.config().context_len;
+        let mut row = 0usize;
+        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
+        let mut forks: Vec<(usize, usize)> = Vec::new();
+        for (c, &kind) in plan.iter().zip(kinds) {
+            let n_rows = match kind {
+                LogitsWanted::None => 0,
+                LogitsWanted::Last => 1,
+                LogitsWanted::All => c.len,
+            };
+            let rows = &logits[row * vocab..(row + n_rows) * vocab];
+            row += n_rows;
+            let seq = &mut self.sched.running_mut()[c.index];
+            if seq.data.cached.is_none() {
+                seq.data.cached = Some(c.start);
+            }
+            if kind == LogitsWanted::All {
+                let top_n = self.requests.get(&seq.data.req_id).and_then(|r| r.request.prompt_logprobs).unwrap_or(0);
+                collect_prompt_logprobs(seq, c, rows, vocab, top_n);
+            }
+            if c.start + c.len != seq.tokens.len() || n_rows == 0 {
+                continue;
+            }
+            let last = &rows[(n_rows - 1) * vocab..n_rows * vocab];
+            if seq.data.pending_forks > 0 {
+                forks.push((c.index, row - 1));
+            }
+            let Some(state) = self.requests.get_mut(&seq.data.req_id) else { continue };
+            if let Some(lp) = seq.data.prompt_lp.take() {
+                let _ = state.events.send(Event::PromptLogprobs(lp));
+            }
+            let finish = sample_into(seq, last, &mut self.row, &self.eog_ids, ctx, state);
+            self.stats.generation_tokens.fetch_add(1, Relaxed);
+            if let Some(reason) = finish {
+                finished.push((c.index, reason));
+            }
+        }
+        for (index, logits_row) in forks {
+            self.fork(index, &logits[logits_row * vocab..(logits_row + 1) * vocab]);
+        }
+        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        for (index, reason) in finished {
+            let seq = self.sched.finish_running(index, &mut self.pool);
+            self.finish_choice(seq, reason);
+        }
+    }
+
+    /// Starts the other `n - 1` choices of a request from its leader's computed prompt.
+    fn fork(&mut self, leader: usize, last_logits: &[f32]) {
+        let ctx = self.model.config().context_len;
+        let (req_id, n_forks) = {
+            let seq = &mut self.sched.running_mut()[leader];
+            let n = seq.data.pending_forks;
+            seq.data.pending_forks = 0;
+            (seq.data.req_id, n)
+        };
+        let Some(request) = self.requests.get(&req_id).map(|s| s.request.clone()) else { return };
+        for choice in 1..=n_forks {
+            let Ok(sampler) = self.new_sampler(&request, choice) else { continue };
+            let (prompt_len, root, hashes, table, cached) = {
+                let l = &self.sched.running()[leader];
+                (l.data.prompt_len, l.root, l.hashes.clone(), l.block_table.clone(), l.data.cached)
+            };
+            // Share full prompt blocks; copy the partial last block (copy-on-write, done now).
+            let full = prompt_len / BLOCK_SIZE;
+            let needs_copy = prompt_len % BLOCK_SIZE != 0;
+            let copy_to = if needs_copy { self.pool.allocate() } else { None };
+            let data = SeqData {
+                req_id,
+                choice,
+                prompt_len,
+                sampler,
+                output: ChoiceOutput::new(request.clone(), self.tokenizer.clone()),
+                pending_forks: 0,
+                prompt_lp: None,
+                cached,
+            };
+            let mut seq = Sequence {
+                priority: request.priority,
+                arrival: self.sched.running()[leader].arrival,
+                tokens: request.prompt.clone(),
+                num_computed: 0,
+                block_table: Vec::new(),
+                root,
+                hashes: Vec::new(),
+                use_prefix_cache: true,
+                preemptions: 0,
+                data,
+            };
+            if !needs_copy || copy_to.is_some() {
+                for &b in &table[..full] {
+                    self.pool.share(b);
+                }
+                seq.block_table = table[..full].to_vec();
+                if let Some(to) = copy_to {
+                    self.kv.copy_block(table[full], to);
+                    seq.block_table.push(to);
+                }
+                seq.hashes = hashes[..full.min(hashes.len())].to_vec();
+                seq.num_computed = prompt_len;
+            }
+            let state = match self.requests.get_mut(&req_id) {
+                Some(s) => s,
+                None => return,
+            };
+            state.live_choices += 1;
+            let finish = if seq.num_computed == prompt_len {
+                self.stats.generation_tokens.fetch_add(1, Relaxed);
+                sample_into(&mut seq, last_logits, &mut self.row, &self.eog_ids, ctx, state)
+            } else {
+                // No block for the copy: recompute the prompt (full blocks hit the cache).
+                None
+            };
+            match finish {
+                Some(reason) => {
+                    self.pool.release_all(&seq.block_table);
+                    self.finish_choice(seq, reason);
+                }
+                None if seq.num_computed == prompt_len => self.sched.push_running(seq),
+                None => self.sched.add(seq),
+            }
+        }
+    }
+
+    fn finish_choice(&mut self, seq: Sequence<SeqData>, reason: FinishReason) {
+        self.stats.record_finish(reason);
+        let id = seq.data.req_id;
+        let Some(state) = self.requests.get_mut(&id) else { return };
+        state.usage.completion_tokens += seq.data.output.generated;
+        if seq.data.choice == 0 {
+            state.usage.cached_prompt_tokens = seq.data.cached.unwrap_or(0);
+        }
+        let mut out = seq.data.output;
+        let text = if reason == FinishReason::Stop { String::new() } else { out.flush() };
+        let _ = state.events.send(Event::Finished { choice: seq.data.choice, reason, text });
+        state.live_choices -= 1;
+        if state.live_choices == 0 {
+            let usage = state.usage;
+            let _ = state.events.send(Event::Done(usage));
+            self.requests.remove(&id);
+            self.in_flight.fetch_sub(1, SeqCst);
+        }
+    }
+}
+
+/// Records logprobs of the prompt tokens predicted by a chunk's rows.
+fn collect_prompt_logprobs(seq: &mut Sequence<SeqData>, c: &Chunk, rows: &[f32], vocab: usize, top_n: usize) {
+    let top_n = top_n.min(vocab);
+    let Some(lp) = seq.data.prompt_lp.as_mut() else { return };
+    for i in 0..c.len {
+        let next = c.start + i + 1;
+        if next >= seq.data.prompt_len {
+            break;
+        }
+        let row = &rows[i * vocab..(i + 1) * vocab];
+        // After a preemption the prompt is recomputed: keep what was already recorded.
+        if lp.len() != next {
+            continue;
+        }
+        let token = seq.tokens[next];
+        let logprob = row[token as usize] - logsumexp(row);
+        lp.push(Some(TokenLogprob { token, logprob, top: log_softmax_top_n(row, top_n) }));
+    }
+}
+
+/// Samples the next token of `seq` from `logits`, streams it, and says if the choice ended.
+fn sample_into(seq: &mut Sequence<SeqData>, logits: &[f32], scratch: &mut Vec<f32>, eog_ids: &[u32], ctx: usize, state: &mut RequestState) -> Option<FinishReason> {
+    scratch.clear();
+    scratch.extend_from_slice(logits);
+    if seq.data.output.suppress_stop_tokens() {
+        for &t in eog_ids.iter().chain(&state.request.stop_token_ids) {
+            if let Some(v) = scratch.get_mut(t as usize) {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let sampled = seq.data.sampler.sample(scratch, &seq.tokens);
+    seq.tokens.push(sampled.token);
+    let at_end = seq.tokens.len() >= ctx;
+    let outcome = seq.data.output.push(sampled.token, at_end);
+    let logprob = state.request.sampling.logprobs.map(|_| TokenLogprob { token: sampled.token, logprob: sampled.logprob, top: sampled.top_logprobs });
+    if outcome.visible || !outcome.text.is_empty() {
+        let _ = state.events.send(Event::Token { choice: seq.data.choice, token: sampled.token, text: outcome.text, logprob });
+    }
+    outcome.finish
+}

@@ -1,0 +1,147 @@
+//! Where models live on disk and how a name or path becomes a loaded chat model.
+//!
+//! `$LUMEN_HOME/models/<name>/` holds one model: a single `.gguf` file (chat models) or a
+//! sentence-transformers folder with `config.json` and `model.safetensors` (embedding models).
+//! A name may also be a path to a `.gguf` file or to such a folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lumen_gguf::GgufFile;
+use lumen_models::LlamaModel;
+
+use crate::chat_template::ChatTemplate;
+use crate::tokenizer::Tokenizer;
+use crate::EngineError;
+
+/// What kind of model a location holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// A GGUF decoder model for chat and completions.
+    Chat,
+    /// A BERT-family sentence embedding model.
+    Embedding,
+}
+
+/// A model found on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelLocation {
+    /// The name it is served under.
+    pub name: String,
+    /// Chat or embedding.
+    pub kind: ModelKind,
+    /// The `.gguf` file, or the embedding model's folder.
+    pub path: PathBuf,
+}
+
+/// `$LUMEN_HOME`, or `~/.lumen` when unset.
+pub fn lumen_home() -> PathBuf {
+    match std::env::var_os("LUMEN_HOME") {
+        Some(h) if !h.is_empty() => PathBuf::from(h),
+        _ => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".lumen"),
+    }
+}
+
+fn classify_dir(dir: &Path) -> Option<(ModelKind, PathBuf)> {
+    if dir.join("config.json").is_file() && dir.join("model.safetensors").is_file() {
+        return Some((ModelKind::Embedding, dir.to_path_buf()));
+    }
+    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "gguf")).collect();
+    ggufs.sort();
+    ggufs.into_iter().next().map(|p| (ModelKind::Chat, p))
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+}
+
+/// Resolves a model name (under `home/models`) or a path.
+pub fn resolve(name_or_path: &str, home: &Path) -> Result<ModelLocation, EngineError> {
+    let as_path = Path::new(name_or_path);
+    if as_path.is_file() {
+        return Ok(ModelLocation { name: stem(as_path), kind: ModelKind::Chat, path: as_path.to_path_buf() });
+    }
+    if as_path.is_dir() {
+        if let Some((kind, path)) = classify_dir(as_path) {
+            return Ok(ModelLocation { name: stem(as_path), kind, path });
+        }
+    }
+    let dir = home.join("models").join(name_or_path);
+    let valid_name = !name_or_path.is_empty() && !name_or_path.contains(['/', '\\']) && name_or_path != "..";
+    if valid_name && dir.is_dir() {
+        if let Some((kind, path)) = classify_dir(&dir) {
+            return Ok(ModelLocation { name: name_or_path.to_string(), kind, path });
+        }
+    }
+    Err(EngineError::ModelNotFound { name: name_or_path.to_string(), looked_in: dir })
+}
+
+/// Every model under `home/models`, sorted by name.
+pub fn list(home: &Path) -> Vec<ModelLocation> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(home.join("models")) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some((kind, path)) = classify_dir(&e.path()) {
+                out.push(ModelLocation { name, kind, path });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// A chat model with what it needs to turn messages into tokens and back.
+pub struct ChatModel {
+    /// Served name.
+    pub name: String,
+    /// Weights and forward pass.
+    pub model: Arc<LlamaModel>,
+    /// The tokenizer from the file's metadata.
+    pub tokenizer: Arc<Tokenizer>,
+    /// The file's chat template (ChatML when it has none).
+    pub template: ChatTemplate,
+}
+
+impl ChatModel {
+    /// Loads the GGUF model at `loc`.
+    pub fn load(loc: &ModelLocation) -> Result<ChatModel, EngineError> {
+        if loc.kind != ModelKind::Chat {
+            return Err(EngineError::WrongModelKind { name: loc.name.clone(), expected: "chat" });
+        }
+        let file = Arc::new(GgufFile::open(&loc.path)?);
+        let model = LlamaModel::load(file.clone())?;
+        let tokenizer = Tokenizer::from_gguf(file.metadata())?;
+        let template = ChatTemplate::from_metadata(file.metadata(), &tokenizer)?;
+        Ok(ChatModel { name: loc.name.clone(), model: Arc::new(model), tokenizer: Arc::new(tokenizer), template })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_model_names_the_place_looked() {
+        let home = std::env::temp_dir().join("lumen-registry-test-none");
+        let err = resolve("nope", &home).unwrap_err().to_string();
+        assert!(err.contains("nope") && err.contains("lumen-registry-test-none"), "{err}");
+    }
+
+    #[test]
+    fn finds_gguf_and_embedding_dirs() {
+        let home = std::env::temp_dir().join(format!("lumen-registry-test-{}", std::process::id()));
+        let chat = home.join("models/chatty");
+        let emb = home.join("models/embedder");
+        std::fs::create_dir_all(&chat).unwrap();
+        std::fs::create_dir_all(&emb).unwrap();
+        std::fs::write(chat.join("m.gguf"), b"x").unwrap();
+        std::fs::write(emb.join("config.json"), b"{}").unwrap();
+        std::fs::write(emb.join("model.safetensors"), b"x").unwrap();
+        let c = resolve("chatty", &home).unwrap();
+        assert_eq!((c.kind, c.path.clone()), (ModelKind::Chat, chat.join("m.gguf")));
+        assert_eq!(resolve("embedder", &home).unwrap().kind, ModelKind::Embedding);
+        assert_eq!(list(&home).len(), 2);
+        std::fs::remove_dir_all(&home).unwrap();
+    }
+}

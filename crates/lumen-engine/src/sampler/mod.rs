@@ -1,0 +1,236 @@
+//! Per-sequence sampling: logits in, one token (with its logprob) out.
+//!
+//! Every sequence owns a [`Sampler`]: its parameters, its penalty state and its own
+//! seeded random generator. Nothing is shared between sequences, so a seeded request
+//! samples the same tokens whether it runs alone or in a batch of 64 (batch invariance),
+//! and the engine can sample rows in any order or in parallel.
+//!
+//! # Order of operations
+//!
+//! As vLLM does: `logit_bias`, then penalties (repetition over prompt + output;
+//! frequency and presence over the output), then temperature, top-k, top-p, min-p, and
+//! the draw. Greedy (temperature 0 or top-k 1) takes the argmax, ties to the lowest id.
+//!
+//! # Logprobs
+//!
+//! Reported logprobs are the log-softmax of the logits after `logit_bias` and penalties
+//! and before temperature and truncation: the model's distribution with the request's
+//! hard adjustments, independent of how randomly it was sampled. With default parameters
+//! this equals vLLM's default (`raw_logprobs`); vLLM takes raw logprobs before bias and
+//! penalties too, so the two differ only for requests that set those.
+//!
+//! # Cost
+//!
+//! Scratch buffers live in the sampler, so the steady state does not allocate (apart from
+//! the `top_logprobs` vector when asked for). Penalty state is updated incrementally.
+//! Top-p sorts only as many candidates as it needs.
+
+mod logprobs;
+mod params;
+mod penalties;
+mod rng;
+
+pub use logprobs::{log_softmax_top_n, logsumexp};
+pub use params::{SamplingParams, MAX_LOGPROBS};
+
+use crate::error::EngineError;
+use penalties::PenaltyState;
+use rng::Rng;
+
+/// The token chosen for one sequence at one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    /// The chosen token.
+    pub token: u32,
+    /// Its logprob (see the module docs for which distribution).
+    pub logprob: f32,
+    /// The `params.logprobs` most likely tokens with their logprobs, most likely first.
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// One sequence's sampling state.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    vocab_size: usize,
+    seed: u64,
+    rng: Rng,
+    penalties: Option<PenaltyState>,
+    /// Scratch: candidate (id, scaled logit) pairs.
+    cand: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    /// A sampler for one sequence; fails if a parameter is out of range.
+    pub fn new(params: SamplingParams, vocab_size: usize) -> Result<Sampler, EngineError> {
+        params.validate_for_vocab(vocab_size)?;
+        let seed = params.seed.unwrap_or_else(rng::random_seed);
+        let penalties = params
+            .has_penalties()
+            .then(|| PenaltyState::new(vocab_size, None));
+        Ok(Sampler {
+            rng: Rng::from_seed(seed),
+            seed,
+            penalties,
+            vocab_size,
+            cand: Vec::with_capacity(if params.is_greedy() { 0 } else { vocab_size }),
+            params,
+        })
+    }
+
+    /// The parameters this sampler was built with.
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// The seed in use (drawn at random when the request gave none).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Says how many leading history tokens are prompt. Without it, the history passed to
+    /// the first [`sample`](Self::sample) call is taken as the prompt.
+    pub fn set_prompt_len(&mut self, prompt_len: usize) {
+        if let Some(p) = &mut self.penalties {
+            p.reset(Some(prompt_len));
+        }
+    }
+
+    /// Picks the next token. `logits` (one row, modified in place) must be this
+    /// sequence's; `history` is prompt + generated tokens, used for penalties.
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> Sampled {
+        let n = logits.len().min(self.vocab_size);
+        let logits = &mut logits[..n];
+        for &(id, bias) in &self.params.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
+        if let Some(p) = &mut self.penalties {
+            p.observe(history);
+            let sp = &self.params;
+            p.apply(
+                logits,
+                sp.repetition_penalty,
+                sp.frequency_penalty,
+                sp.presence_penalty,
+            );
+        }
+        let lse = logsumexp(logits);
+        let top_logprobs = match self.params.logprobs {
+            Some(k) => logprobs::top_n_with_lse(logits, k, lse),
+            None => Vec::new(),
+        };
+        let token = if self.params.is_greedy() {
+            argmax(logits)
+        } else {
+            self.draw(logits)
+        };
+        let logprob =
+            logprobs::logprob(logits.get(token as usize).copied().unwrap_or(f32::NAN), lse);
+        Sampled {
+            token,
+            logprob,
+            top_logprobs,
+        }
+    }
+
+    /// Temperature, top-k, top-p, min-p, then one random draw.
+    fn draw(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        let inv_t = 1.0 / p.temperature;
+        self.cand.clear();
+        self.cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| **l > f32::NEG_INFINITY) // also drops NaN
+                .map(|(i, &l)| (i as u32, l * inv_t)),
+        );
+        if self.cand.is_empty() {
+            return argmax(logits);
+        }
+        if p.top_k > 0 && p.top_k < self.cand.len() {
+            self.cand.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
+            self.cand.truncate(p.top_k);
+        }
+        if p.top_p < 1.0 {
+            top_p(&mut self.cand, p.top_p);
+        }
+        let max = self
+            .cand
+            .iter()
+            .map(|c| c.1)
+            .fold(f32::NEG_INFINITY, f32::max);
+        if p.min_p > 0.0 {
+            let floor = max + p.min_p.ln();
+            self.cand.retain(|c| c.1 >= floor);
+        }
+        let total: f64 = self.cand.iter().map(|c| f64::from(c.1 - max).exp()).sum();
+        let target = self.rng.next_f64() * total;
+        let mut acc = 0.0f64;
+        for &(id, l) in &self.cand {
+            acc += f64::from(l - max).exp();
+            if acc > target {
+                return id;
+            }
+        }
+        self.cand
+            .last()
+            .map(|c| c.0)
+            .unwrap_or_else(|| argmax(logits))
+    }
+}
+
+/// Descending by logit, ties to the lower id.
+fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Keeps the most likely candidates until their mass reaches `top_p` (vLLM's rule: a
+/// token stays if the mass ranked above it is below `top_p`). Sorts only a growing
+/// prefix of the candidates, since the kept set is usually small.
+fn top_p(cand: &mut Vec<(u32, f32)>, top_p: f32) {
+    let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+    let total: f64 = cand.iter().map(|c| f64::from(c.1 - max).exp()).sum();
+    let limit = f64::from(top_p) * total;
+    let mut sorted = 0;
+    let mut m = 64.min(cand.len());
+    let mut acc = 0.0f64;
+    loop {
+        if m < cand.len() {
+            cand[sorted..].select_nth_unstable_by(m - 1 - sorted, by_logit_desc);
+        }
+        cand[sorted..m].sort_unstable_by(by_logit_desc);
+        for i in sorted..m {
+            if acc >= limit {
+                cand.truncate(i.max(1));
+                return;
+            }
+            acc += f64::from(cand[i].1 - max).exp();
+        }
+        sorted = m;
+        if m == cand.len() {
+            return;
+        }
+        m = (m * 4).min(cand.len());
+    }
+}
+
+/// Index of the largest logit, ties to the lowest id; NaN never wins.
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_val = f32::NEG_INFINITY;
+    let mut found = false;
+    for (i, &l) in logits.iter().enumerate() {
+        if !l.is_nan() && (!found || l > best_val) {
+            best = i;
+            best_val = l;
+            found = true;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests;

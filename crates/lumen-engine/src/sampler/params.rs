@@ -1,0 +1,156 @@
+//! Per-request sampling parameters and their validation.
+
+use crate::error::EngineError;
+
+/// Most `top_logprobs` a request may ask for (the OpenAI limit).
+pub const MAX_LOGPROBS: usize = 20;
+
+/// How one sequence picks its next token (OpenAI / vLLM semantics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 means greedy.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; 0 turns it off.
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches `top_p`; 1 turns it off.
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one; 0 turns it off.
+    pub min_p: f32,
+    /// Divides positive / multiplies negative logits of tokens in prompt or output; 1 is off.
+    pub repetition_penalty: f32,
+    /// Subtracted once from the logit of every token already generated.
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated.
+    pub frequency_penalty: f32,
+    /// Added to the logits of the given tokens.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Seed for this sequence's random generator; `None` draws a random one.
+    pub seed: Option<u64>,
+    /// Return this many most likely alternatives with each token (0..=20).
+    pub logprobs: Option<usize>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            seed: None,
+            logprobs: None,
+        }
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> EngineError {
+    EngineError::InvalidSampling {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding.
+    pub fn greedy() -> SamplingParams {
+        SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        }
+    }
+
+    /// Checks every field's range, naming the first one that is out of range.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(invalid(
+                "temperature",
+                format!("must be a finite number >= 0, got {}", self.temperature),
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(invalid(
+                "top_p",
+                format!("must be in (0, 1], got {}", self.top_p),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(invalid(
+                "min_p",
+                format!("must be in [0, 1], got {}", self.min_p),
+            ));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err(invalid(
+                "repetition_penalty",
+                format!(
+                    "must be a finite number > 0, got {}",
+                    self.repetition_penalty
+                ),
+            ));
+        }
+        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+            return Err(invalid(
+                "presence_penalty",
+                format!("must be in [-2, 2], got {}", self.presence_penalty),
+            ));
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return Err(invalid(
+                "frequency_penalty",
+                format!("must be in [-2, 2], got {}", self.frequency_penalty),
+            ));
+        }
+        if let Some(&(id, b)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(-100.0..=100.0).contains(b))
+        {
+            return Err(invalid(
+                "logit_bias",
+                format!("bias for token {id} must be in [-100, 100], got {b}"),
+            ));
+        }
+        if let Some(n) = self.logprobs.filter(|&n| n > MAX_LOGPROBS) {
+            return Err(invalid(
+                "logprobs",
+                format!("at most {MAX_LOGPROBS} alternatives, got {n}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`validate`](Self::validate), plus every `logit_bias` id below `vocab_size`.
+    pub fn validate_for_vocab(&self, vocab_size: usize) -> Result<(), EngineError> {
+        self.validate()?;
+        if vocab_size == 0 {
+            return Err(invalid("vocab_size", "the vocabulary is empty"));
+        }
+        if let Some(&(id, _)) = self
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= vocab_size)
+        {
+            return Err(invalid(
+                "logit_bias",
+                format!("token {id} is out of range for a vocabulary of {vocab_size}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the next token is the argmax (no randomness involved).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature < 1e-5 || self.top_k == 1
+    }
+
+    /// Whether any repetition, presence or frequency penalty is active.
+    pub fn has_penalties(&self) -> bool {
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+    }
+}

@@ -1,0 +1,274 @@
+//! Continuous batching: which sequences run in the next step, and how many tokens each.
+//!
+//! Every step has a token budget (`max_num_batched_tokens`) and a sequence cap
+//! (`max_num_seqs`). Running decodes go first (one token each, so streams keep flowing), then
+//! running prefills continue in chunks, then waiting requests are admitted by priority and
+//! arrival, reusing the longest cached prefix. When the pool runs out of blocks for a running
+//! sequence, the lowest-priority, newest running sequence is preempted: its blocks are released
+//! (full ones stay in the prefix cache) and it waits to be recomputed. Sequences carry an
+//! opaque payload `T` (the engine's sampler, channels…) so this module stays pure scheduling.
+
+use std::collections::VecDeque;
+
+use crate::kv::{block_hash, chain, BlockHash, BlockPool};
+use crate::request::Priority;
+
+/// Limits for one step.
+#[derive(Clone, Copy, Debug)]
+pub struct SchedulerConfig {
+    /// Most tokens (prefill and decode) computed in one step.
+    pub max_num_batched_tokens: usize,
+    /// Most sequences running at once.
+    pub max_num_seqs: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { max_num_batched_tokens: 512, max_num_seqs: 64 }
+    }
+}
+
+/// Scheduling state of one sequence.
+pub struct Sequence<T> {
+    /// Interactive before batch.
+    pub priority: Priority,
+    /// Arrival order (smaller is older).
+    pub arrival: u64,
+    /// Every known token: prompt, then generated.
+    pub tokens: Vec<u32>,
+    /// Tokens whose keys and values are in the cache.
+    pub num_computed: usize,
+    /// KV blocks in order.
+    pub block_table: Vec<u32>,
+    /// Chain root (model and tenant salt).
+    pub root: BlockHash,
+    /// Hashes of the full blocks computed so far.
+    pub hashes: Vec<BlockHash>,
+    /// Whether this sequence may reuse cached blocks on admission (not when prompt logprobs
+    /// are wanted: cached positions have no logits).
+    pub use_prefix_cache: bool,
+    /// How many times it was preempted.
+    pub preemptions: u32,
+    /// The engine's per-sequence state.
+    pub data: T,
+}
+
+impl<T> Sequence<T> {
+    /// Tokens still to compute before the next sample.
+    pub fn pending(&self) -> usize {
+        self.tokens.len() - self.num_computed
+    }
+}
+
+/// One sequence's work in a step: `len` tokens from position `start`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// Index into [`Scheduler::running`].
+    pub index: usize,
+    /// First position computed.
+    pub start: usize,
+    /// Tokens computed.
+    pub len: usize,
+}
+
+/// Waiting and running sequences.
+pub struct Scheduler<T> {
+    config: SchedulerConfig,
+    waiting: VecDeque<Sequence<T>>,
+    running: Vec<Sequence<T>>,
+    preemptions: u64,
+}
+
+fn order_key<T>(s: &Sequence<T>) -> (Priority, u64) {
+    (s.priority, s.arrival)
+}
+
+impl<T> Scheduler<T> {
+    /// An empty scheduler.
+    pub fn new(config: SchedulerConfig) -> Self {
+        Scheduler { config, waiting: VecDeque::new(), running: Vec::new(), preemptions: 0 }
+    }
+
+    /// Queues a sequence, keeping the waiting list in (priority, arrival) order.
+    pub fn add(&mut self, seq: Sequence<T>) {
+        let key = order_key(&seq);
+        let at = self.waiting.iter().position(|s| order_key(s) > key).unwrap_or(self.waiting.len());
+        self.waiting.insert(at, seq);
+    }
+
+    /// Sequences being computed.
+    pub fn running(&self) -> &[Sequence<T>] {
+        &self.running
+    }
+
+    /// Sequences being computed, mutably.
+    pub fn running_mut(&mut self) -> &mut [Sequence<T>] {
+        &mut self.running
+    }
+
+    /// Sequences queued (never started or preempted).
+    pub fn waiting(&self) -> impl Iterator<Item = &Sequence<T>> {
+        self.waiting.iter()
+    }
+
+    /// Number of queued sequences.
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Whether nothing is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// Preemptions so far.
+    pub fn preemptions(&self) -> u64 {
+        self.preemptions
+    }
+
+    /// Removes running sequence `index`, releasing its blocks.
+    pub fn finish_running(&mut self, index: usize, pool: &mut BlockPool) -> Sequence<T> {
+        let seq = self.running.remove(index);
+        pool.release_all(&seq.block_table);
+        seq
+    }
+
+    /// Removes every sequence (running or waiting) for which `pred` holds, releasing blocks.
+    pub fn remove_where(&mut self, pool: &mut BlockPool, mut pred: impl FnMut(&T) -> bool) -> Vec<Sequence<T>> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() {
+            if pred(&self.running[i].data) {
+                out.push(self.finish_running(i, pool));
+            } else {
+                i += 1;
+            }
+        }
+        let (gone, keep): (Vec<_>, Vec<_>) = self.waiting.drain(..).partition(|s| pred(&s.data));
+        self.waiting = keep.into();
+        for s in gone {
+            pool.release_all(&s.block_table);
+            out.push(s);
+        }
+        out
+    }
+
+    /// Starts an already computed sequence directly in the running set (a fork for `n > 1`).
+    pub fn push_running(&mut self, seq: Sequence<T>) {
+        self.running.push(seq);
+    }
+
+    fn preempt(&mut self, index: usize, pool: &mut BlockPool) {
+        let mut seq = self.running.remove(index);
+        pool.release_all(&seq.block_table);
+        seq.block_table.clear();
+        seq.num_computed = 0;
+        seq.preemptions += 1;
+        self.preemptions += 1;
+        tracing::debug!(arrival = seq.arrival, tokens = seq.tokens.len(), "preempted");
+        self.add(seq);
+    }
+
+    /// Grows `running[index]`'s block table to hold `upto` positions, preempting later
+    /// (lower-priority, newer) unscheduled sequences if needed. Returns false if the sequence
+    /// itself had to be preempted.
+    fn reserve(&mut self, index: usize, upto: usize, plan: &mut [Chunk], pool: &mut BlockPool) -> bool {
+        let bs = pool.block_size();
+        let needed = upto.div_ceil(bs).saturating_sub(self.running[index].block_table.len());
+        // Everything already planned is off limits as a victim.
+        let scheduled = plan.iter().map(|c| c.index + 1).max().unwrap_or(0);
+        while pool.available() < needed {
+            let victim = self.running.len() - 1;
+            if victim <= index || victim < scheduled {
+                self.preempt(index, pool);
+                for c in plan.iter_mut().filter(|c| c.index > index) {
+                    c.index -= 1;
+                }
+                return false;
+            }
+            self.preempt(victim, pool);
+        }
+        for _ in 0..needed {
+            let Some(b) = pool.allocate() else { return false };
+            self.running[index].block_table.push(b);
+        }
+        true
+    }
+
+    /// Plans the next step. Chunks refer to `running()` indices as they are after this call.
+    pub fn schedule(&mut self, pool: &mut BlockPool) -> Vec<Chunk> {
+        let mut budget = self.config.max_num_batched_tokens;
+        self.running.sort_by_key(order_key);
+        let mut plan = Vec::new();
+        // Decodes first, then continuing prefills, each in priority order.
+        for pass_decode in [true, false] {
+            let mut i = 0;
+            while i < self.running.len() && budget > 0 {
+                let pending = self.running[i].pending();
+                let is_decode = pending == 1;
+                let already = plan.iter().any(|c: &Chunk| c.index == i);
+                if is_decode != pass_decode || already || pending == 0 {
+                    i += 1;
+                    continue;
+                }
+                let len = pending.min(budget);
+                let start = self.running[i].num_computed;
+                if self.reserve(i, start + len, &mut plan, pool) {
+                    plan.push(Chunk { index: i, start, len });
+                    budget -= len;
+                    i += 1;
+                }
+            }
+        }
+        while budget > 0 && self.running.len() < self.config.max_num_seqs {
+            let Some(mut seq) = self.waiting.pop_front() else { break };
+            if seq.block_table.is_empty() && seq.use_prefix_cache {
+                // Never reuse the whole prompt: the last token must run to give logits.
+                let bs = pool.block_size();
+                let reusable = (seq.tokens.len() - 1) / bs;
+                let hashes = chain(&seq.root, &seq.tokens[..reusable * bs], bs);
+                let hits = pool.lookup(&hashes, seq.tokens.len());
+                seq.num_computed = hits.len() * bs;
+                seq.hashes = hashes[..hits.len()].to_vec();
+                seq.block_table = hits;
+            }
+            let len = seq.pending().min(budget);
+            let needed = (seq.num_computed + len).div_ceil(pool.block_size()).saturating_sub(seq.block_table.len());
+            if pool.available() < needed {
+                // Not enough memory to admit now; give back what the lookup took and wait.
+                pool.release_all(&seq.block_table);
+                seq.block_table.clear();
+                seq.hashes.clear();
+                seq.num_computed = 0;
+                self.waiting.push_front(seq);
+                break;
+            }
+            for _ in 0..needed {
+                if let Some(b) = pool.allocate() {
+                    seq.block_table.push(b);
+                }
+            }
+            plan.push(Chunk { index: self.running.len(), start: seq.num_computed, len });
+            budget -= len;
+            self.running.push(seq);
+        }
+        plan
+    }
+
+    /// After a step: marks chunks computed and publishes newly full blocks in the prefix cache.
+    pub fn complete(&mut self, plan: &[Chunk], pool: &mut BlockPool) {
+        let bs = pool.block_size();
+        for c in plan {
+            let seq = &mut self.running[c.index];
+            seq.num_computed = c.start + c.len;
+            let full = seq.num_computed / bs;
+            while seq.hashes.len() < full {
+                let b = seq.hashes.len();
+                let parent = seq.hashes.last().copied().unwrap_or(seq.root);
+                let h = block_hash(&parent, &seq.tokens[b * bs..(b + 1) * bs]);
+                pool.register(seq.block_table[b], h);
+                seq.hashes.push(h);
+            }
+        }
+    }
+}
