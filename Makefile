@@ -7,7 +7,7 @@ VENV := target/venv
 FIXTURE_VENV := target/fixture-venv
 THREADS ?= 2
 
-.PHONY: serve test models build fixtures fmt clippy bench
+.PHONY: serve test models build fixtures fmt clippy bench venv
 
 ## Fetch the default models (checksummed), build, and start the server on 127.0.0.1:8080.
 serve: models build
@@ -19,8 +19,16 @@ serve: models build
 	./target/release/lumen serve --host 127.0.0.1 --port 8080
 
 ## Fetch what the tests need and run the whole suite (release build, shared by every test).
-test: models
+test: models venv
 	$(CARGO) test --release --workspace
+
+## Python venv for the end-to-end tests: the official openai client (idempotent, stamped).
+venv: $(VENV)/.stamp-e2e
+
+$(VENV)/.stamp-e2e:
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q openai==1.109.1 pytest==8.4.2
+	touch $@
 
 ## Download the default models into $(LUMEN_HOME)/models and verify their SHA-256.
 models:
@@ -40,3 +48,8 @@ fmt:
 
 clippy:
 	$(CARGO) clippy --release --workspace --all-targets
+
+## Lumen vs llama.cpp side by side (builds llama.cpp into target/ once; THREADS, REPS, MODEL...).
+.PHONY: bench-compare
+bench-compare: models
+	THREADS=$(THREADS) ./scripts/bench-compare.sh

@@ -1,0 +1,65 @@
+//! `lumen`: the command-line front end. Each subcommand is a thin shell over the library
+//! crates; the logic lives there so the server and tests share it.
+
+mod bench;
+mod run;
+mod serve;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "lumen", version, about = "Serve and run language and embedding models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate from a model in the terminal: one prompt, or an interactive chat.
+    Run(run::RunArgs),
+    /// List the models under $LUMEN_HOME/models.
+    List,
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
+    /// Benchmark a model (pp/tg/batched decode, like llama-bench) or load-test a server.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // Logs go to stderr only, so stdout carries nothing but the model's output; the server
+    // logs at info by default (where it listens, when it is ready).
+    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LUMEN_LOG").unwrap_or_else(|_| default_level.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result: Result<()> = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::List => list(),
+        Command::Serve(args) => serve::serve(args),
+        Command::Bench(args) => bench::bench(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn list() -> Result<()> {
+    let home = lumen_engine::registry::lumen_home();
+    let models = lumen_engine::registry::list(&home);
+    if models.is_empty() {
+        println!("no models in {} (run `make models` to fetch the defaults)", home.join("models").display());
+    }
+    for m in models {
+        let kind = match m.kind {
+            lumen_engine::registry::ModelKind::Chat => "chat",
+            lumen_engine::registry::ModelKind::Embedding => "embedding",
+        };
+        println!("{:<24} {:<10} {}", m.name, kind, m.path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! `lumen serve`: the OpenAI-compatible HTTP service (all logic lives in `lumen-server`).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use lumen_engine::registry::lumen_home;
+use lumen_server::{ServerConfig, DEFAULT_MODELS};
+
+/// Flags of `lumen serve` (each with a `LUMEN_*` environment fallback).
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to bind.
+    #[arg(long, env = "LUMEN_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to bind (0 picks a free one).
+    #[arg(long, env = "LUMEN_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Model to serve, by name under $LUMEN_HOME/models or by path; repeatable
+    /// (LUMEN_MODEL takes a comma-separated list). Default: the default models.
+    #[arg(long = "model", env = "LUMEN_MODEL", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Accepted API key; repeatable (LUMEN_API_KEY takes a comma-separated list). None: open.
+    #[arg(
+        long = "api-key",
+        env = "LUMEN_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// Requests in flight per model (running or queued) beyond which new ones get 429.
+    #[arg(long, env = "LUMEN_MAX_QUEUED_REQUESTS", default_value_t = 256)]
+    pub max_queued_requests: usize,
+    /// KV cache per model, in MiB.
+    #[arg(long, env = "LUMEN_KV_CACHE_MB", default_value_t = 256)]
+    pub kv_cache_mb: usize,
+    /// Compute threads per model (default: one per CPU).
+    #[arg(long, env = "LUMEN_THREADS")]
+    pub threads: Option<usize>,
+    /// Seconds after which a request is cancelled (finish_reason "cancelled"); 0: never.
+    #[arg(long, env = "LUMEN_REQUEST_TIMEOUT", default_value_t = 600)]
+    pub request_timeout: u64,
+    /// Seconds in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "LUMEN_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "LUMEN_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = ServerConfig::new(lumen_home());
+    config.host = args.host;
+    config.port = args.port;
+    config.models = if args.models.is_empty() {
+        DEFAULT_MODELS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.models
+    };
+    config.api_keys = args
+        .api_keys
+        .into_iter()
+        .filter(|k| !k.is_empty())
+        .collect();
+    config.max_queued_requests = args.max_queued_requests;
+    config.kv_cache_mb = args.kv_cache_mb;
+    if let Some(t) = args.threads {
+        config.threads = t.max(1);
+    }
+    config.request_timeout =
+        (args.request_timeout > 0).then(|| Duration::from_secs(args.request_timeout));
+    config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    config.max_body_bytes = args.max_body_bytes;
+    lumen_server::run(config)?;
+    Ok(())
+}

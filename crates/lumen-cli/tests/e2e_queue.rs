@@ -1,0 +1,62 @@
+//! Overload and shutdown end to end: a full queue answers 429 with `Retry-After` and the
+//! server serves normally right after; SIGTERM lets a running stream finish and exits 0.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+#[test]
+fn queue_full_then_graceful_shutdown() {
+    let Some(python) = common::prerequisites() else {
+        return;
+    };
+    let mut server =
+        common::Server::start(&["--max-queued-requests", "4", "--shutdown-grace", "30"]);
+    server.pytest(&python, "test_queue.py", Duration::from_secs(600));
+
+    // A streaming request is in flight when SIGTERM arrives: it must run to its end.
+    let body = format!(
+        r#"{{"model":"{}","prompt":"Once upon a time","max_tokens":48,"ignore_eos":true,"stream":true,"temperature":0}}"#,
+        common::MODEL
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        common::API_KEY,
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 512];
+    let n = s.read(&mut first).expect("first bytes of the stream");
+    assert!(
+        String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    let signalled = Instant::now();
+    server.sigterm();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        TcpStream::connect(("127.0.0.1", server.port)).is_err(),
+        "new connections must be refused after SIGTERM"
+    );
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).expect("rest of the stream");
+    assert!(
+        rest.contains("\"finish_reason\":\"length\""),
+        "the in-flight stream must finish normally:\n{rest}"
+    );
+    assert!(rest.contains("data: [DONE]"), "{rest}");
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("server exits after draining");
+    assert!(status.success(), "exit status {status}\n{}", server.log());
+    eprintln!(
+        "drained and exited {:.2}s after SIGTERM",
+        signalled.elapsed().as_secs_f32()
+    );
+}

@@ -1,0 +1,95 @@
+//! API keys: `Authorization: Bearer KEY`, compared in constant time.
+//!
+//! Keys are kept only as SHA-256 digests. A presented key is hashed and compared with every
+//! stored digest by an xor fold over all 32 bytes, without an early exit, so neither the
+//! position of the first differing byte nor which key matched shows in the timing. Hashing
+//! first also makes the comparison independent of the keys' lengths.
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use sha2::{Digest, Sha256};
+
+use crate::error::ServerError;
+use crate::state::AppState;
+
+/// The set of accepted API keys (empty: the API is open).
+#[derive(Clone, Default)]
+pub struct ApiKeys {
+    digests: Vec<[u8; 32]>,
+}
+
+fn digest(key: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&Sha256::digest(key));
+    out
+}
+
+impl ApiKeys {
+    /// Accepts exactly `keys` (none: everything is accepted).
+    pub fn new<S: AsRef<str>>(keys: &[S]) -> Self {
+        ApiKeys {
+            digests: keys.iter().map(|k| digest(k.as_ref().as_bytes())).collect(),
+        }
+    }
+
+    /// Whether no key is required.
+    pub fn is_open(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// Whether `presented` is one of the keys, in time independent of where it differs.
+    pub fn accepts(&self, presented: &str) -> bool {
+        let d = digest(presented.as_bytes());
+        let mut any = 0u8;
+        for k in &self.digests {
+            let diff = k.iter().zip(&d).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            // 1 when equal, 0 otherwise, without a branch on the secret.
+            any |= 1 ^ ((diff | diff.wrapping_neg()) >> 7);
+        }
+        any == 1
+    }
+}
+
+/// Middleware that answers 401 unless the request carries an accepted key.
+pub async fn require_key(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ServerError> {
+    let keys = state.keys();
+    if keys.is_open() {
+        return Ok(next.run(req).await);
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match presented {
+        Some(k) if keys.accepts(k) => Ok(next.run(req).await),
+        _ => Err(ServerError::Unauthorized),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_only_configured_keys() {
+        let keys = ApiKeys::new(&["alpha", "beta-longer-key"]);
+        assert!(keys.accepts("alpha"));
+        assert!(keys.accepts("beta-longer-key"));
+        assert!(!keys.accepts("alph"));
+        assert!(!keys.accepts("alphaa"));
+        assert!(!keys.accepts(""));
+        assert!(!keys.is_open());
+        assert!(ApiKeys::new::<&str>(&[]).is_open());
+    }
+}

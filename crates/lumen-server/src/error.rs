@@ -1,0 +1,249 @@
+//! The crate's single error type and its one mapping to HTTP.
+//!
+//! Every failure a client can see is a [`ServerError`]; [`IntoResponse`] turns it into
+//! OpenAI's shape `{"error":{"message","type","param","code"}}` with one status per variant,
+//! so the table below is the whole contract (as TGI and vLLM keep theirs in one place).
+//!
+//! | variant | status | type | code |
+//! | --- | --- | --- | --- |
+//! | `InvalidJson`, `UnsupportedMediaType`, `InvalidParam`, `WrongModelKind` | 400 | `invalid_request_error` | `invalid_json` / `unsupported_media_type` / `invalid_value` / `model_not_supported` |
+//! | `Unauthorized` | 401 | `invalid_request_error` | `invalid_api_key` |
+//! | `ModelNotFound`, `RouteNotFound` | 404 | `invalid_request_error` | `model_not_found` / `not_found` |
+//! | `PayloadTooLarge` | 413 | `invalid_request_error` | `request_too_large` |
+//! | `QueueFull` | 429 (+ `Retry-After: 1`) | `rate_limit_error` | `queue_full` |
+//! | `NotReady`, `ShuttingDown`, `EngineStopped` | 503 | `server_error` | `not_ready` / `shutting_down` / `engine_stopped` |
+//! | `Internal`, `Startup` | 500 | `server_error` | `internal_error` |
+//!
+//! Engine errors are sorted into these variants once, in `From<EngineError>`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use lumen_engine::EngineError;
+use serde_json::json;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The body is not valid JSON.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// The body is not declared as JSON.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// A parameter is missing, of the wrong type or out of range.
+    #[error("{message}")]
+    InvalidParam {
+        /// The OpenAI parameter name (`messages[1].role`), if one is to blame.
+        param: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// The model exists but cannot serve this endpoint.
+    #[error("model '{model}' is not a {expected} model")]
+    WrongModelKind {
+        /// The model asked for.
+        model: String,
+        /// What the endpoint needs.
+        expected: &'static str,
+    },
+    /// No or a wrong API key.
+    #[error("Incorrect or missing API key. Send it as 'Authorization: Bearer KEY'.")]
+    Unauthorized,
+    /// No model of that name is served.
+    #[error("The model '{0}' does not exist or is not served here.")]
+    ModelNotFound(String),
+    /// No route for this path.
+    #[error("No route for {0}.")]
+    RouteNotFound(String),
+    /// The body is over the configured limit.
+    #[error("The request body is larger than the limit of {limit} bytes.")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The engine's queue is full; the client should retry shortly.
+    #[error("The server is at capacity (queue full); retry shortly.")]
+    QueueFull,
+    /// Models are still loading.
+    #[error("The server is still loading its models.")]
+    NotReady,
+    /// The model's engine thread has stopped (it failed).
+    #[error("The engine serving this model has stopped.")]
+    EngineStopped,
+    /// The server is draining for shutdown.
+    #[error("The server is shutting down.")]
+    ShuttingDown,
+    /// A bug or an engine failure.
+    #[error("{0}")]
+    Internal(String),
+    /// The server could not start (never sent to a client).
+    #[error("{0}")]
+    Startup(String),
+}
+
+impl ServerError {
+    /// A 400 naming `param`.
+    pub fn param(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ServerError::InvalidParam {
+            param: Some(param.into()),
+            message: message.into(),
+        }
+    }
+
+    /// The (status, type, code, param) this error is answered with.
+    fn parts(&self) -> (StatusCode, &'static str, &'static str, Option<String>) {
+        use ServerError::*;
+        let invalid = "invalid_request_error";
+        match self {
+            InvalidJson(_) => (StatusCode::BAD_REQUEST, invalid, "invalid_json", None),
+            UnsupportedMediaType => (
+                StatusCode::BAD_REQUEST,
+                invalid,
+                "unsupported_media_type",
+                None,
+            ),
+            InvalidParam { param, .. } => (
+                StatusCode::BAD_REQUEST,
+                invalid,
+                "invalid_value",
+                param.clone(),
+            ),
+            WrongModelKind { .. } => (
+                StatusCode::BAD_REQUEST,
+                invalid,
+                "model_not_supported",
+                Some("model".into()),
+            ),
+            Unauthorized => (StatusCode::UNAUTHORIZED, invalid, "invalid_api_key", None),
+            ModelNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                invalid,
+                "model_not_found",
+                Some("model".into()),
+            ),
+            RouteNotFound(_) => (StatusCode::NOT_FOUND, invalid, "not_found", None),
+            PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                invalid,
+                "request_too_large",
+                None,
+            ),
+            QueueFull => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "queue_full",
+                None,
+            ),
+            NotReady => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "not_ready",
+                None,
+            ),
+            ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "shutting_down",
+                None,
+            ),
+            EngineStopped => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "engine_stopped",
+                None,
+            ),
+            Internal(_) | Startup(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal_error",
+                None,
+            ),
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// The OpenAI error object (`{"error":{...}}`), also used inside event streams.
+    pub fn body(&self) -> serde_json::Value {
+        let (_, kind, code, param) = self.parts();
+        json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}})
+    }
+}
+
+impl From<EngineError> for ServerError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::QueueFull => ServerError::QueueFull,
+            EngineError::InvalidRequest { param, message } => ServerError::param(param, message),
+            EngineError::InvalidSampling { field, reason } => ServerError::param(field, reason),
+            EngineError::TokenOutOfRange { .. } => ServerError::param("prompt", e.to_string()),
+            EngineError::TemplateException(_)
+            | EngineError::TemplateRender(_)
+            | EngineError::InvalidMessage(_) => ServerError::param("messages", e.to_string()),
+            EngineError::Stopped => ServerError::EngineStopped,
+            other => ServerError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
+        }
+        let mut resp = (status, axum::Json(self.body())).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_openai_shape() {
+        let e = ServerError::param("temperature", "temperature must be in [0, 2]");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let b = e.body();
+        assert_eq!(b["error"]["param"], "temperature");
+        assert_eq!(b["error"]["type"], "invalid_request_error");
+        assert_eq!(b["error"]["message"], "temperature must be in [0, 2]");
+        assert!(b["error"].get("code").is_some());
+    }
+
+    #[test]
+    fn queue_full_says_when_to_retry() {
+        let r = ServerError::QueueFull.into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn engine_errors_keep_their_param() {
+        let e: ServerError = EngineError::InvalidRequest {
+            param: "max_tokens",
+            message: "too long".into(),
+        }
+        .into();
+        assert_eq!(e.body()["error"]["param"], "max_tokens");
+        assert_eq!(
+            ServerError::from(EngineError::QueueFull).status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        let nf = ServerError::ModelNotFound("x".into()).body();
+        assert_eq!(
+            (nf["error"]["code"].as_str(), nf["error"]["param"].as_str()),
+            (Some("model_not_found"), Some("model"))
+        );
+    }
+}

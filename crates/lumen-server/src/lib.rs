@@ -1,0 +1,37 @@
+//! Lumen's OpenAI-compatible HTTP service.
+//!
+//! Any client of the OpenAI API (the official SDKs, LangChain, curl) can point at Lumen:
+//! `/v1/chat/completions` and `/v1/completions` with streaming, `/v1/models`, vLLM's
+//! `/tokenize` and `/detokenize` and sampling extensions, and `/health`, `/ready` and
+//! `/metrics` for operations.
+//!
+//! Design choices:
+//! - **No compute here.** Handlers validate, render the chat template and tokenize (on the
+//!   blocking pool), then hand an engine request to the model's engine thread and relay its
+//!   events. The async runtime needs two worker threads at most.
+//! - **Errors mapped once.** Every failure is a [`ServerError`]; its `IntoResponse` is the
+//!   single table from variant to status and OpenAI `{"error": {...}}` body. Even malformed
+//!   JSON and wrong content types go through it ([`extract::OpenAiJson`]).
+//! - **Back-pressure, not buffering.** The engine bounds the requests in flight; past that
+//!   a request is answered 429 with `Retry-After` at once. Bodies are capped (4 MiB by
+//!   default) and every request must fit the KV cache, so no client can make the server
+//!   allocate without bound.
+//! - **Cancellation by ownership.** The engine streams of a request live in the handler's
+//!   future or the streaming body; when a client disconnects, hyper drops them and the engine
+//!   cancels the request before its next step (the same path serves `--request-timeout`).
+//! - **A model map of variants.** [`state::ServedModel`] is an enum so embedding models (and
+//!   models loaded on demand) join as variants without touching the routes' plumbing.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod gen;
+pub mod metrics;
+pub mod server;
+pub mod sse;
+pub mod state;
+
+pub use error::ServerError;
+pub use server::{router, run, serve, ServerConfig, DEFAULT_MODELS};
+pub use state::AppState;

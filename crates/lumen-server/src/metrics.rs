@@ -1,0 +1,280 @@
+//! `/metrics` in the Prometheus text format, written by hand (no client crate needed).
+//!
+//! Gauges and token counters are read from each engine's [`EngineStats`] atomics at scrape
+//! time, so they cannot drift from what the engine did. Latency histograms (time to first
+//! token, inter-token latency, end-to-end) are recorded by the handlers, which see the
+//! request arrive and each token leave. Names follow vLLM's with the `lumen:` prefix, so
+//! dashboards and the Gateway API Inference Extension can read them the same way (see
+//! `docs/metrics.md`). Every series carries a `model_name` label.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
+
+use lumen_engine::EngineStats;
+
+use crate::state::{AppState, ServedModel};
+
+/// Buckets for time to first token, seconds.
+const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+];
+/// Buckets for the time between two tokens of a choice, seconds.
+const ITL_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+    10.0, 20.0, 80.0,
+];
+/// Buckets for a whole request, seconds.
+const E2E_BUCKETS: &[f64] = &[
+    0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+    240.0, 480.0, 960.0, 1920.0,
+];
+
+#[derive(Default)]
+struct HistData {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+/// A fixed-bucket histogram.
+pub struct Histogram {
+    bounds: &'static [f64],
+    data: Mutex<HistData>,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            data: Mutex::new(HistData {
+                counts: vec![0; bounds.len()],
+                ..HistData::default()
+            }),
+        }
+    }
+
+    /// Records one observation in seconds.
+    pub fn observe(&self, v: f64) {
+        let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
+            d.counts[i] += 1;
+        }
+        d.sum += v;
+        d.count += 1;
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.data.lock().unwrap_or_else(|p| p.into_inner()).count
+    }
+
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let d = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cum = 0;
+        for (b, c) in self.bounds.iter().zip(&d.counts) {
+            cum += c;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cum}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", d.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", d.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", d.count);
+    }
+}
+
+/// Latency histograms of one model.
+pub struct ModelMetrics {
+    /// Request arrival to first token.
+    pub ttft: Histogram,
+    /// Between consecutive tokens of one choice.
+    pub itl: Histogram,
+    /// Request arrival to its last byte.
+    pub e2e: Histogram,
+}
+
+impl Default for ModelMetrics {
+    fn default() -> Self {
+        ModelMetrics {
+            ttft: Histogram::new(TTFT_BUCKETS),
+            itl: Histogram::new(ITL_BUCKETS),
+            e2e: Histogram::new(E2E_BUCKETS),
+        }
+    }
+}
+
+/// Escapes a label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+type Reader = fn(&EngineStats) -> f64;
+
+const GAUGES: &[(&str, &str, Reader)] = &[
+    (
+        "lumen:num_requests_running",
+        "Sequences being computed by the engine.",
+        |s| s.running.load(Relaxed) as f64,
+    ),
+    (
+        "lumen:num_requests_waiting",
+        "Sequences queued in the engine.",
+        |s| s.waiting.load(Relaxed) as f64,
+    ),
+    (
+        "lumen:kv_cache_usage_perc",
+        "Fraction of KV-cache blocks in use (0..1).",
+        |s| s.kv_usage(),
+    ),
+];
+
+const COUNTERS: &[(&str, &str, Reader)] = &[
+    (
+        "lumen:prompt_tokens_total",
+        "Prompt tokens of finished requests.",
+        |s| s.prompt_tokens.load(Relaxed) as f64,
+    ),
+    ("lumen:generation_tokens_total", "Tokens generated.", |s| {
+        s.generation_tokens.load(Relaxed) as f64
+    }),
+    (
+        "lumen:prefix_cache_queries_total",
+        "Prompt tokens looked up in the prefix cache.",
+        |s| s.prefix_queries.load(Relaxed) as f64,
+    ),
+    (
+        "lumen:prefix_cache_hits_total",
+        "Prompt tokens found in the prefix cache.",
+        |s| s.prefix_hits.load(Relaxed) as f64,
+    ),
+    (
+        "lumen:num_preemptions_total",
+        "Sequences preempted for lack of KV blocks.",
+        |s| s.preemptions.load(Relaxed) as f64,
+    ),
+];
+
+/// The whole exposition for every served model.
+pub fn render(state: &AppState) -> String {
+    let chats: Vec<_> = state
+        .models()
+        .into_iter()
+        .map(|m| match m {
+            ServedModel::Chat(c) => c,
+        })
+        .collect();
+    let mut out = String::new();
+    for &(name, help, read) in GAUGES {
+        family(&mut out, name, "gauge", help);
+        for c in &chats {
+            let _ = writeln!(
+                out,
+                "{name}{{model_name=\"{}\"}} {}",
+                label(&c.name),
+                read(c.handle.stats())
+            );
+        }
+    }
+    family(
+        &mut out,
+        "lumen:cache_config_info",
+        "gauge",
+        "KV cache configuration.",
+    );
+    for c in &chats {
+        let blocks = c.handle.info().kv_blocks;
+        let _ = writeln!(out, "lumen:cache_config_info{{model_name=\"{}\",block_size=\"{}\",num_gpu_blocks=\"{blocks}\"}} 1", label(&c.name), lumen_engine::BLOCK_SIZE);
+    }
+    for &(name, help, read) in COUNTERS {
+        family(&mut out, name, "counter", help);
+        for c in &chats {
+            let _ = writeln!(
+                out,
+                "{name}{{model_name=\"{}\"}} {}",
+                label(&c.name),
+                read(c.handle.stats())
+            );
+        }
+    }
+    family(
+        &mut out,
+        "lumen:request_success_total",
+        "counter",
+        "Finished choices by finish reason.",
+    );
+    for c in &chats {
+        let s = c.handle.stats();
+        for (reason, v) in [
+            ("stop", &s.finished_stop),
+            ("length", &s.finished_length),
+            ("cancelled", &s.finished_cancelled),
+        ] {
+            let _ = writeln!(
+                out,
+                "lumen:request_success_total{{model_name=\"{}\",finished_reason=\"{reason}\"}} {}",
+                label(&c.name),
+                v.load(Relaxed)
+            );
+        }
+    }
+    type Pick = fn(&ModelMetrics) -> &Histogram;
+    let hists: [(&str, &str, Pick); 3] = [
+        (
+            "lumen:time_to_first_token_seconds",
+            "Time from request arrival to its first token.",
+            |m| &m.ttft,
+        ),
+        (
+            "lumen:inter_token_latency_seconds",
+            "Time between consecutive tokens of a choice.",
+            |m| &m.itl,
+        ),
+        (
+            "lumen:e2e_request_latency_seconds",
+            "Time from request arrival to its end.",
+            |m| &m.e2e,
+        ),
+    ];
+    for (name, help, pick) in hists {
+        family(&mut out, name, "histogram", help);
+        for c in &chats {
+            pick(&c.metrics).write(
+                &mut out,
+                name,
+                &format!("model_name=\"{}\"", label(&c.name)),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let h = Histogram::new(&[0.1, 1.0]);
+        h.observe(0.05);
+        h.observe(0.5);
+        h.observe(5.0);
+        let mut s = String::new();
+        h.write(&mut s, "x", "m=\"a\"");
+        assert!(s.contains("x_bucket{m=\"a\",le=\"0.1\"} 1\n"), "{s}");
+        assert!(s.contains("x_bucket{m=\"a\",le=\"1\"} 2\n"), "{s}");
+        assert!(s.contains("x_bucket{m=\"a\",le=\"+Inf\"} 3\n"), "{s}");
+        assert!(s.contains("x_count{m=\"a\"} 3\n"), "{s}");
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(label("a\"b\\c"), "a\\\"b\\\\c");
+    }
+}

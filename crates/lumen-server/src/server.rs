@@ -1,0 +1,267 @@
+//! Start-up, routing and shutdown.
+//!
+//! The listener is bound first and models load in the background, so `/health` answers at
+//! once and `/ready` turns 200 when every model is loaded and warmed up (a load balancer or
+//! Kubernetes sends traffic only then). SIGTERM or SIGINT flips `/ready` to 503, stops
+//! accepting connections, lets in-flight requests finish for up to the grace period, stops
+//! the engines and returns, so the process exits 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use lumen_engine::registry::{resolve, ChatModel, ModelKind};
+use lumen_engine::{Engine, EngineConfig, Event, GenerateRequest};
+use tokio::net::TcpListener;
+
+use crate::api::{chat, completions, models, ops};
+use crate::auth::{require_key, ApiKeys};
+use crate::error::ServerError;
+use crate::state::{unix_now, AppState, ChatServed, Limits, ServedModel};
+
+/// Everything `lumen serve` can be told.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind (0: any free port).
+    pub port: u16,
+    /// Model names (under `$LUMEN_HOME/models`) or paths.
+    pub models: Vec<String>,
+    /// Accepted API keys (none: open).
+    pub api_keys: Vec<String>,
+    /// Requests in flight per model (running or queued) beyond which new ones get 429.
+    pub max_queued_requests: usize,
+    /// KV cache per model, MiB.
+    pub kv_cache_mb: usize,
+    /// Compute threads per model.
+    pub threads: usize,
+    /// Cancel requests running longer than this.
+    pub request_timeout: Option<Duration>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Where named models are looked up (`$LUMEN_HOME`).
+    pub home: PathBuf,
+}
+
+/// The default models served when none are named.
+pub const DEFAULT_MODELS: &[&str] = &["smollm2"];
+
+impl ServerConfig {
+    /// Defaults: 127.0.0.1:8080, the default models, open, 256 queued, 256 MiB KV.
+    pub fn new(home: PathBuf) -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            models: DEFAULT_MODELS.iter().map(|s| s.to_string()).collect(),
+            api_keys: Vec::new(),
+            max_queued_requests: 256,
+            kv_cache_mb: 256,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            request_timeout: Some(Duration::from_secs(600)),
+            shutdown_grace: Duration::from_secs(30),
+            max_body_bytes: 4 << 20,
+            home,
+        }
+    }
+}
+
+/// The router over `state`.
+pub fn router(state: AppState) -> Router {
+    let limit = state.limits().max_body_bytes;
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/models", get(models::list_models))
+        .route("/v1/models/{id}", get(models::get_model))
+        .route("/tokenize", post(models::tokenize))
+        .route("/detokenize", post(models::detokenize))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .merge(api)
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Loads, starts and warms up one chat model's engine.
+pub fn start_chat_model(
+    name_or_path: &str,
+    config: &ServerConfig,
+) -> Result<(ServedModel, Engine), ServerError> {
+    let loc = resolve(name_or_path, &config.home).map_err(|e| {
+        ServerError::Startup(format!("{e} (fetch the default models with `make models`)"))
+    })?;
+    if loc.kind != ModelKind::Chat {
+        return Err(ServerError::Startup(format!(
+            "'{}' is an embedding model; serving embedding models is not supported yet",
+            loc.name
+        )));
+    }
+    let started = std::time::Instant::now();
+    let chat = ChatModel::load(&loc)
+        .map_err(|e| ServerError::Startup(format!("loading {}: {e}", loc.path.display())))?;
+    let mut ec = EngineConfig::new(chat.name.clone());
+    ec.threads = config.threads.max(1);
+    ec.kv_cache_bytes = config.kv_cache_mb.saturating_mul(1 << 20);
+    ec.max_queued_requests = config.max_queued_requests.max(1);
+    let engine = Engine::start(chat.model.clone(), chat.tokenizer.clone(), ec)
+        .map_err(|e| ServerError::Startup(format!("starting the engine for {}: {e}", chat.name)))?;
+    let handle = engine.handle();
+    warm_up(&handle);
+    tracing::info!(model = %chat.name, path = %loc.path.display(), kv_blocks = handle.info().kv_blocks, context = handle.info().context_len, secs = started.elapsed().as_secs_f32(), "model loaded");
+    let served = ChatServed {
+        name: chat.name,
+        handle,
+        template: chat.template,
+        created: unix_now(),
+        metrics: Default::default(),
+    };
+    Ok((ServedModel::Chat(std::sync::Arc::new(served)), engine))
+}
+
+/// Runs one tiny generation so the first client does not pay for cold caches.
+fn warm_up(handle: &lumen_engine::EngineHandle) {
+    let tok = handle.tokenizer();
+    let Ok(prompt) = tok.encode("Hello", true, false) else {
+        return;
+    };
+    let mut req = GenerateRequest::new(prompt);
+    req.max_tokens = 2;
+    if let Ok(mut s) = handle.submit(req) {
+        while let Some(ev) = s.blocking_recv() {
+            if matches!(ev, Event::Done(_) | Event::Error(_)) {
+                break;
+            }
+        }
+    }
+}
+
+fn load_all(config: &ServerConfig, state: &AppState) -> Result<Vec<Engine>, ServerError> {
+    let mut engines = Vec::new();
+    for name in &config.models {
+        let (served, engine) = start_chat_model(name, config)?;
+        if !state.add_model(served) {
+            return Err(ServerError::Startup(format!(
+                "two models are named '{name}'"
+            )));
+        }
+        engines.push(engine);
+    }
+    Ok(engines)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received; draining"),
+                    _ = int.recv() => tracing::info!("SIGINT received; draining"),
+                }
+                return;
+            }
+            _ => tracing::warn!("cannot install signal handlers; only Ctrl-C stops the server"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Binds, loads the models and serves until SIGTERM/SIGINT, then drains and returns.
+pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
+    let listener = TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .map_err(|e| {
+            ServerError::Startup(format!(
+                "cannot listen on {}:{}: {e}",
+                config.host, config.port
+            ))
+        })?;
+    let addr: SocketAddr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Startup(e.to_string()))?;
+    let keys = ApiKeys::new(&config.api_keys);
+    if keys.is_open() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "no --api-key given and not bound to loopback: anyone who can reach this address can use the API");
+    }
+    let limits = Limits {
+        max_body_bytes: config.max_body_bytes,
+        request_timeout: config.request_timeout,
+        max_prompts: config.max_queued_requests.max(1),
+    };
+    let state = AppState::new(keys, limits);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    });
+    let mut server = tokio::spawn(std::future::IntoFuture::into_future(server));
+    tracing::info!("listening on http://{addr}");
+
+    let (cfg, st) = (config.clone(), state.clone());
+    let loader = tokio::task::spawn_blocking(move || load_all(&cfg, &st));
+    let engines = tokio::select! {
+        loaded = loader => match loaded {
+            Ok(Ok(engines)) => engines,
+            Ok(Err(e)) => {
+                let _ = stop_tx.send(true);
+                return Err(e);
+            }
+            Err(e) => {
+                let _ = stop_tx.send(true);
+                return Err(ServerError::Startup(format!("model loading panicked: {e}")));
+            }
+        },
+        _ = shutdown_signal() => {
+            let _ = stop_tx.send(true);
+            return Ok(());
+        }
+        r = &mut server => return Err(ServerError::Startup(format!("the HTTP server stopped: {r:?}"))),
+    };
+    state.set_ready();
+    tracing::info!(models = ?config.models, "ready");
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        r = &mut server => return Err(ServerError::Startup(format!("the HTTP server stopped: {r:?}"))),
+    }
+    state.set_draining();
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+        Ok(_) => tracing::info!("all requests finished"),
+        Err(_) => tracing::warn!(
+            grace_secs = config.shutdown_grace.as_secs_f32(),
+            "grace period over; cancelling requests still running"
+        ),
+    }
+    server.abort();
+    drop(engines);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Runs [`serve`] on its own multi-threaded runtime (for a synchronous `main`).
+pub fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lumen-http")
+        .enable_all()
+        .build()
+        .map_err(|e| ServerError::Startup(format!("cannot start the async runtime: {e}")))?;
+    let result = rt.block_on(serve(config));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}

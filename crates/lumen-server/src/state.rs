@@ -1,0 +1,215 @@
+//! What every handler shares: the served models, limits, keys and metrics.
+//!
+//! Models sit in a map from public name to [`ServedModel`], an enum so that embedding models
+//! (and later models loaded on demand) slot in as further variants; an endpoint asks for the
+//! kind it needs and answers 400 for a model of another kind. The map is filled after the
+//! listener is up, so `/health` answers while models load and `/ready` says 503 until then.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lumen_engine::{ChatTemplate, EngineHandle};
+
+use crate::auth::ApiKeys;
+use crate::error::ServerError;
+use crate::metrics::ModelMetrics;
+
+/// A chat/completions model behind its engine.
+pub struct ChatServed {
+    /// Public name (the `model` field).
+    pub name: String,
+    /// The engine.
+    pub handle: EngineHandle,
+    /// How messages become a prompt.
+    pub template: ChatTemplate,
+    /// Unix time it was loaded.
+    pub created: u64,
+    /// Latency histograms recorded by the handlers.
+    pub metrics: Arc<ModelMetrics>,
+}
+
+/// A model the server answers for.
+#[derive(Clone)]
+pub enum ServedModel {
+    /// Chat and text completions.
+    Chat(Arc<ChatServed>),
+}
+
+impl ServedModel {
+    /// Public name.
+    pub fn name(&self) -> &str {
+        match self {
+            ServedModel::Chat(c) => &c.name,
+        }
+    }
+
+    /// Unix time it was loaded.
+    pub fn created(&self) -> u64 {
+        match self {
+            ServedModel::Chat(c) => c.created,
+        }
+    }
+
+    /// Whether the model's engine thread is alive.
+    pub fn is_running(&self) -> bool {
+        match self {
+            ServedModel::Chat(c) => c.handle.is_running(),
+        }
+    }
+
+    /// Longest sequence the model takes.
+    pub fn context_len(&self) -> usize {
+        match self {
+            ServedModel::Chat(c) => c.handle.info().context_len,
+        }
+    }
+}
+
+/// Request limits set by flags.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// A request running longer is cancelled (`finish_reason: "cancelled"`).
+    pub request_timeout: Option<Duration>,
+    /// Most prompts in one completions request.
+    pub max_prompts: usize,
+}
+
+struct Inner {
+    models: RwLock<BTreeMap<String, ServedModel>>,
+    ready: AtomicBool,
+    draining: AtomicBool,
+    keys: ApiKeys,
+    limits: Limits,
+    next_id: AtomicU64,
+    id_base: u64,
+}
+
+/// Shared server state (cheap to clone).
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl AppState {
+    /// An empty, not yet ready state.
+    pub fn new(keys: ApiKeys, limits: Limits) -> Self {
+        let id_base = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let inner = Inner {
+            models: RwLock::new(BTreeMap::new()),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            keys,
+            limits,
+            next_id: AtomicU64::new(0),
+            id_base,
+        };
+        AppState {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Adds a model; false when the name is taken.
+    pub fn add_model(&self, model: ServedModel) -> bool {
+        let mut map = self.inner.models.write().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(model.name()) {
+            return false;
+        }
+        map.insert(model.name().to_string(), model);
+        true
+    }
+
+    /// Every served model, by name.
+    pub fn models(&self) -> Vec<ServedModel> {
+        self.inner
+            .models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Marks the models as loaded (`/ready` turns 200).
+    pub fn set_ready(&self) {
+        self.inner.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the models are loaded and the server is not draining.
+    pub fn is_ready(&self) -> bool {
+        // An engine thread that died (a bug) makes the server unready, so orchestrators
+        // take it out of rotation instead of sending it traffic it can only fail.
+        self.inner.ready.load(Ordering::SeqCst) && !self.is_draining() && self.models().iter().all(ServedModel::is_running)
+    }
+
+    /// Marks the server as shutting down (`/ready` turns 503, new generations are refused).
+    pub fn set_draining(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// The model called `name`, once the server is ready.
+    pub fn model(&self, name: &str) -> Result<ServedModel, ServerError> {
+        if !self.inner.ready.load(Ordering::SeqCst) {
+            return Err(ServerError::NotReady);
+        }
+        let map = self.inner.models.read().unwrap_or_else(|p| p.into_inner());
+        map.get(name)
+            .cloned()
+            .ok_or_else(|| ServerError::ModelNotFound(name.to_string()))
+    }
+
+    /// The chat model called `name` (or the first chat model when `name` is `None`).
+    pub fn chat_model(&self, name: Option<&str>) -> Result<Arc<ChatServed>, ServerError> {
+        let model = match name {
+            Some(n) => self.model(n)?,
+            None => {
+                if !self.inner.ready.load(Ordering::SeqCst) {
+                    return Err(ServerError::NotReady);
+                }
+                let first = self
+                    .models()
+                    .into_iter()
+                    .find(|m| matches!(m, ServedModel::Chat(_)));
+                first.ok_or_else(|| ServerError::param("model", "no chat model is served"))?
+            }
+        };
+        match model {
+            ServedModel::Chat(c) => Ok(c),
+        }
+    }
+
+    /// Accepted API keys.
+    pub fn keys(&self) -> &ApiKeys {
+        &self.inner.keys
+    }
+
+    /// Request limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// A fresh response id such as `chatcmpl-…`.
+    pub fn new_id(&self, prefix: &str) -> String {
+        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-{:016x}{n:08x}", self.inner.id_base)
+    }
+}
