@@ -2,7 +2,10 @@
 //! that every tile then reads. The block arithmetic is ggml's reference
 //! (`quantize_row_q8_0_ref`, `_q8_1_ref`, `_q8_K_ref`); the AVX2 versions are bit-identical.
 
+use std::ops::Range;
+
 use crate::blocks::{round_f16, QK, QK_K};
+use crate::pool::{split_range, ThreadPool};
 use crate::simd::SimdLevel;
 use crate::WeightFormat;
 
@@ -32,7 +35,7 @@ impl ActKind {
 
 /// m quantized activation rows. Per-block scalars are stored block-major (`[block][row]`, row
 /// stride `stride`, padded by 8) so a tile loads the scales of its rows with one vector load.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct ActBuf {
     pub m: usize,
     pub cols: usize,
@@ -60,8 +63,12 @@ fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
     }
 }
 
+/// Below this many values (or 4 rows) activations are quantized on the calling thread alone.
+const PARALLEL_MIN_VALUES: usize = 8192;
+
 impl ActBuf {
-    /// Quantizes the m rows of `x` (m x cols) for weights that dot against `kind`.
+    /// Quantizes the m rows of `x` (m x cols) for weights that dot against `kind`, splitting the
+    /// rows over `pool` when there are enough of them.
     pub(crate) fn prepare(
         &mut self,
         kind: ActKind,
@@ -69,60 +76,54 @@ impl ActBuf {
         m: usize,
         cols: usize,
         level: SimdLevel,
+        pool: &ThreadPool,
     ) {
+        assert!(x.len() >= m * cols, "ActBuf::prepare: x too short");
         self.m = m;
         self.cols = cols;
         self.stride = m.next_multiple_of(8);
-        match kind {
-            ActKind::F32 => self.nb = 0,
-            ActKind::Q8_0 | ActKind::Q8_1 => self.prepare_q8(x, level),
-            ActKind::Q8K => self.prepare_q8k(x, level),
-        }
-    }
-
-    fn prepare_q8(&mut self, x: &[f32], level: SimdLevel) {
-        let (m, cols) = (self.m, self.cols);
-        let nb = cols / QK;
-        self.nb = nb;
-        let n = nb * self.stride + 8;
+        self.nb = match kind {
+            ActKind::F32 => return,
+            ActKind::Q8_0 | ActKind::Q8_1 => cols / QK,
+            ActKind::Q8K => cols / QK_K,
+        };
+        let n = self.nb * self.stride + 8;
         grow(&mut self.qs, m * cols);
         grow(&mut self.d, n);
-        grow(&mut self.s, n);
-        grow(&mut self.isum, n);
-        for i in 0..m {
-            for b in 0..nb {
-                let off = i * cols + b * QK;
-                let xs = &x[off..off + QK];
-                let q = &mut self.qs[off..off + QK];
-                let (d, sum) = q8_block(level, xs, q);
-                let k = b * self.stride + i;
-                self.d[k] = round_f16(d);
-                self.isum[k] = sum;
-                self.s[k] = round_f16(sum as f32 * d);
-            }
+        if kind == ActKind::Q8K {
+            grow(&mut self.bs16, m * self.nb * 16);
+            grow(&mut self.bs32, m * self.nb * 8);
+        } else {
+            grow(&mut self.s, n);
+            grow(&mut self.isum, n);
         }
-    }
-
-    fn prepare_q8k(&mut self, x: &[f32], level: SimdLevel) {
-        let (m, cols) = (self.m, self.cols);
-        let nb = cols / QK_K;
-        self.nb = nb;
-        grow(&mut self.qs, m * cols);
-        grow(&mut self.d, nb * self.stride + 8);
-        grow(&mut self.bs16, m * nb * 16);
-        grow(&mut self.bs32, m * nb * 8);
-        for i in 0..m {
-            for b in 0..nb {
-                let off = i * cols + b * QK_K;
-                let xs = &x[off..off + QK_K];
-                let q = &mut self.qs[off..off + QK_K];
-                let bs = &mut self.bs16[(i * nb + b) * 16..][..16];
-                self.d[b * self.stride + i] = q8k_block(level, xs, q, bs);
-                let b32 = &mut self.bs32[(i * nb + b) * 8..][..8];
-                for k in 0..8 {
-                    b32[k] = bs[2 * k] + bs[2 * k + 1];
+        let fill = Fill {
+            qs: self.qs.as_mut_ptr(),
+            d: self.d.as_mut_ptr(),
+            s: self.s.as_mut_ptr(),
+            isum: self.isum.as_mut_ptr(),
+            bs16: self.bs16.as_mut_ptr(),
+            bs32: self.bs32.as_mut_ptr(),
+            cols,
+            nb: self.nb,
+            stride: self.stride,
+        };
+        let job = |t: usize, parts: usize| {
+            let rows = split_range(m, parts, t);
+            // SAFETY: the buffers were sized above for m rows of this geometry, and each part
+            // writes only its own rows (disjoint elements), all before `prepare` returns.
+            unsafe {
+                if kind == ActKind::Q8K {
+                    fill.q8k_rows(x, rows, level)
+                } else {
+                    fill.q8_rows(x, rows, level)
                 }
             }
+        };
+        if m >= 4 && m * cols >= PARALLEL_MIN_VALUES && pool.n_threads() > 1 {
+            pool.run(job);
+        } else {
+            job(0, 1);
         }
     }
 
@@ -136,6 +137,64 @@ impl ActBuf {
     #[inline]
     pub(crate) fn at(&self, b: usize, i: usize) -> usize {
         b * self.stride + i
+    }
+}
+
+/// Raw views of an [`ActBuf`]'s arrays, so that several threads can fill disjoint rows.
+#[derive(Clone, Copy)]
+struct Fill {
+    qs: *mut i8,
+    d: *mut f32,
+    s: *mut f32,
+    isum: *mut i32,
+    bs16: *mut i16,
+    bs32: *mut i16,
+    cols: usize,
+    nb: usize,
+    stride: usize,
+}
+
+// SAFETY: a Fill is only used inside `ActBuf::prepare`, by parts that write disjoint rows.
+unsafe impl Send for Fill {}
+// SAFETY: as above.
+unsafe impl Sync for Fill {}
+
+impl Fill {
+    /// Quantizes rows `rows` to Q8_0/Q8_1 blocks.
+    ///
+    /// # Safety
+    /// The arrays must be sized for these rows, and no one else may access them meanwhile.
+    unsafe fn q8_rows(self, x: &[f32], rows: Range<usize>, level: SimdLevel) {
+        for i in rows {
+            for b in 0..self.nb {
+                let off = i * self.cols + b * QK;
+                let q = std::slice::from_raw_parts_mut(self.qs.add(off), QK);
+                let (d, sum) = q8_block(level, &x[off..off + QK], q);
+                let k = b * self.stride + i;
+                *self.d.add(k) = round_f16(d);
+                *self.isum.add(k) = sum;
+                *self.s.add(k) = round_f16(sum as f32 * d);
+            }
+        }
+    }
+
+    /// Quantizes rows `rows` to Q8_K blocks.
+    ///
+    /// # Safety
+    /// As [`Fill::q8_rows`].
+    unsafe fn q8k_rows(self, x: &[f32], rows: Range<usize>, level: SimdLevel) {
+        for i in rows {
+            for b in 0..self.nb {
+                let off = i * self.cols + b * QK_K;
+                let q = std::slice::from_raw_parts_mut(self.qs.add(off), QK_K);
+                let bs = std::slice::from_raw_parts_mut(self.bs16.add((i * self.nb + b) * 16), 16);
+                *self.d.add(b * self.stride + i) = q8k_block(level, &x[off..off + QK_K], q, bs);
+                let b32 = self.bs32.add((i * self.nb + b) * 8);
+                for k in 0..8 {
+                    *b32.add(k) = bs[2 * k] + bs[2 * k + 1];
+                }
+            }
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! # The quantized matmul
 //!
-//! [`matmul`] multiplies m activation rows (f32) by a weight matrix read in place from its GGUF
+//! [`matmul()`] multiplies m activation rows (f32) by a weight matrix read in place from its GGUF
 //! bytes ([`MatRef`], ggml block layouts). It is the engine's hot spot; four decisions shape it.
 //!
 //! **Activations follow llama.cpp.** Each weight format is dotted against the activation format

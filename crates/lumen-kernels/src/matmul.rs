@@ -99,7 +99,6 @@ impl<'a> MatRef<'a> {
 }
 
 /// Reusable buffers (quantized activations) so that the steady-state step allocates nothing.
-#[derive(Debug)]
 pub struct MatmulScratch {
     level: SimdLevel,
     act: ActBuf,
@@ -127,6 +126,15 @@ impl MatmulScratch {
     /// The SIMD level matmuls with this scratch run at.
     pub fn level(&self) -> SimdLevel {
         self.level
+    }
+}
+
+impl std::fmt::Debug for MatmulScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MatmulScratch")
+            .field("level", &self.level)
+            .field("act_bytes", &self.act.qs.capacity())
+            .finish()
     }
 }
 
@@ -179,7 +187,9 @@ pub fn matmul(
         return;
     }
     let level = scratch.level;
-    scratch.act.prepare(w.format.act_kind(), x, m, cols, level);
+    scratch
+        .act
+        .prepare(w.format.act_kind(), x, m, cols, level, pool);
     let act = &scratch.act;
     let tiles = rows.div_ceil(TILE_ROWS);
     let macs = rows.saturating_mul(cols).saturating_mul(m);

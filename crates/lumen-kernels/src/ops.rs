@@ -1,4 +1,4 @@
-//! Element-wise and row-wise ops: RMSNorm, LayerNorm, RoPE, SiLU/SwiGLU, GELU, softmax.
+//! Element-wise and row-wise ops of the llama family: RMSNorm, RoPE, SiLU/SwiGLU, softmax.
 //!
 //! Every op works on one row at a time and reduces in a fixed order, so a row's result never
 //! depends on which other rows share the batch (batch invariance). Reductions that feed a
@@ -24,18 +24,6 @@ pub fn rms_norm_heads_inplace(x: &mut [f32], head_dim: usize, weight: &[f32], ep
         for (v, &w) in head.iter_mut().zip(weight) {
             *v = (*v * scale) * w;
         }
-    }
-}
-
-/// LayerNorm of one row with affine weight and bias (BERT).
-pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
-    let n = x.len();
-    assert!(weight.len() == n && bias.len() == n && out.len() == n, "layer_norm: length mismatch");
-    let mean = (x.iter().map(|&v| v as f64).sum::<f64>() / n as f64) as f32;
-    let var = (x.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>() / n as f64) as f32;
-    let inv = 1.0 / (var + eps).sqrt();
-    for i in 0..n {
-        out[i] = (x[i] - mean) * inv * weight[i] + bias[i];
     }
 }
 
@@ -119,52 +107,6 @@ pub fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// Exact (erf) GELU, PyTorch's default.
-#[inline]
-pub fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2))
-}
-
-/// Error function, computed in f64 for accuracy (Abramowitz–Stegun 7.1.26 is too coarse for
-/// a 0.9999 cosine target, so this uses the complementary series/continued fraction split).
-pub fn erf(x: f32) -> f32 {
-    erf64(x as f64) as f32
-}
-
-fn erf64(x: f64) -> f64 {
-    // W. J. Cody's rational approximations would do; this uses the Taylor series for |x| < 2.5
-    // and the asymptotic continued fraction beyond, both good to ~1e-13.
-    let ax = x.abs();
-    let r = if ax < 2.5 {
-        let x2 = ax * ax;
-        let mut term = ax;
-        let mut sum = ax;
-        let mut n = 0.0;
-        loop {
-            n += 1.0;
-            term *= -x2 / n;
-            let add = term / (2.0 * n + 1.0);
-            sum += add;
-            if add.abs() < 1e-17 * sum.abs() {
-                break;
-            }
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    } else {
-        // erfc(x) = exp(-x^2)/sqrt(pi) * 1/(x + 1/2/(x + 1/(x + 3/2/(x + ...))))
-        let mut f = ax;
-        for k in (1..60).rev() {
-            f = ax + (k as f64 / 2.0) / f;
-        }
-        1.0 - (-ax * ax).exp() / std::f64::consts::PI.sqrt() / f
-    };
-    if x < 0.0 {
-        -r
-    } else {
-        r
-    }
-}
-
 /// Softmax in place over one row; returns nothing, the row sums to one afterwards.
 pub fn softmax_inplace(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -189,14 +131,6 @@ pub fn add_inplace(a: &mut [f32], b: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn erf_matches_known_values() {
-        let cases = [(0.0, 0.0), (0.5, 0.5204998778130465), (1.0, 0.8427007929497149), (2.0, 0.9953222650189527), (3.0, 0.9999779095030014), (-1.0, -0.8427007929497149)];
-        for (x, want) in cases {
-            assert!((erf64(x) - want).abs() < 1e-12, "erf({x}) = {} want {want}", erf64(x));
-        }
-    }
 
     #[test]
     fn rms_norm_unit_weight() {
@@ -242,14 +176,5 @@ mod tests {
         softmax_inplace(&mut x);
         assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert_eq!(x[3], 0.0);
-    }
-
-    #[test]
-    fn layer_norm_centres_and_scales() {
-        let x = [1.0f32, 2.0, 3.0, 4.0];
-        let mut out = [0.0; 4];
-        layer_norm(&x, &[1.0; 4], &[0.5; 4], 0.0, &mut out);
-        let mean: f32 = out.iter().sum::<f32>() / 4.0;
-        assert!((mean - 0.5).abs() < 1e-6);
     }
 }

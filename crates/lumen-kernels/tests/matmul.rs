@@ -163,7 +163,8 @@ fn batch_invariance() {
 
 #[test]
 fn large_matrices_split_across_threads_agree() {
-    // Big enough that the pool is used and every thread gets several tiles.
+    // Big enough that the pool is used (for the activations too) and every thread gets several
+    // tiles.
     let pools: Vec<ThreadPool> = (1..=3).map(ThreadPool::new).collect();
     for format in [
         WeightFormat::Q4_1,
@@ -173,7 +174,7 @@ fn large_matrices_split_across_threads_agree() {
         WeightFormat::F16,
     ] {
         let mut r = rng(9);
-        let (rows, cols, m) = (203, 768, 6);
+        let (rows, cols, m) = (203, 768, 24);
         let data = random_weights(&mut r, format, rows, cols);
         let w = MatRef::new(format, rows, cols, &data).unwrap();
         let x = random_f32(&mut r, m * cols, 1.0);
