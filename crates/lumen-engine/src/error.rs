@@ -62,7 +62,7 @@ pub enum EngineError {
     },
 
     /// The model exists but is of the other kind (chat vs embedding).
-    #[error("model '{name}' is not a {expected} model")]
+    #[error("model '{name}' is of another kind than needed here ({expected})")]
     WrongModelKind {
         /// The model.
         name: String,

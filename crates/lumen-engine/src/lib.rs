@@ -38,10 +38,15 @@
 //! and per-request event streams, so no async task ever computes. Full KV blocks are named
 //! by SHA-256 chain hashes ([`kv`]) and reused across requests with a shared prefix.
 //!
+//! **Embedding models get their own, simpler engine.** [`EmbedEngine`] is one thread per
+//! BERT-family model that drains its queue into forward passes under a token budget, so
+//! concurrent requests share passes; see [`embed`].
+//!
 //! **One error type.** Every module reports through [`EngineError`].
 
 pub mod chat_template;
 pub mod detokenize;
+pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod kv;
@@ -54,6 +59,7 @@ pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenize::IncrementalDecoder;
+pub use embed::{EmbedConfig, EmbedEngine, EmbedHandle, EmbedInfo, EmbedInput, EmbedStats, EmbeddingModel, MAX_EMBED_INPUTS};
 pub use engine::{Engine, EngineConfig, EngineHandle, EngineStats, ModelInfo, RequestStream, BLOCK_SIZE, MAX_CHOICES};
 pub use error::{ChatTemplateError, EngineError, SamplingError, TokenizerError};
 pub use request::{Event, FinishReason, GenerateRequest, Priority, TokenLogprob, Usage};

@@ -14,6 +14,8 @@ use crate::chat_template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
 
+pub use crate::embed::EmbeddingModel;
+
 /// What kind of model a location holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModelKind {

@@ -38,12 +38,13 @@ pub enum ServerError {
         /// What is wrong.
         message: String,
     },
-    /// The model exists but cannot serve this endpoint.
-    #[error("model '{model}' is not a {expected} model")]
+    /// The model exists but cannot serve this endpoint (a chat model asked for embeddings or
+    /// the reverse).
+    #[error("The model '{model}' does not support this endpoint: it needs a model of kind '{expected}'.")]
     WrongModelKind {
         /// The model asked for.
         model: String,
-        /// What the endpoint needs.
+        /// The kind the endpoint needs (`chat` or `embedding`).
         expected: &'static str,
     },
     /// No or a wrong API key.

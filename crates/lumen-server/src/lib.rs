@@ -1,7 +1,7 @@
 //! Lumen's OpenAI-compatible HTTP service.
 //!
 //! Any client of the OpenAI API (the official SDKs, LangChain, curl) can point at Lumen:
-//! `/v1/chat/completions` and `/v1/completions` with streaming, `/v1/models`, vLLM's
+//! `/v1/chat/completions` and `/v1/completions` with streaming, `/v1/embeddings`, `/v1/models`, vLLM's
 //! `/tokenize` and `/detokenize` and sampling extensions, and `/health`, `/ready` and
 //! `/metrics` for operations.
 //!

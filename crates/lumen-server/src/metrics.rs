@@ -11,7 +11,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 
-use lumen_engine::EngineStats;
+use lumen_engine::{EmbedStats, EngineStats};
 
 use crate::state::{AppState, ServedModel};
 
@@ -161,16 +161,68 @@ const COUNTERS: &[(&str, &str, Reader)] = &[
     ),
 ];
 
+type EmbedReader = fn(&EmbedStats) -> u64;
+
+const EMBED_COUNTERS: &[(&str, &str, EmbedReader)] = &[
+    (
+        "lumen:embedding_requests_total",
+        "Embedding requests answered.",
+        |s| s.requests.load(Relaxed),
+    ),
+    ("lumen:embedding_inputs_total", "Inputs embedded.", |s| {
+        s.inputs.load(Relaxed)
+    }),
+    (
+        "lumen:embedding_tokens_total",
+        "Tokens embedded (special tokens included).",
+        |s| s.tokens.load(Relaxed),
+    ),
+    (
+        "lumen:embedding_batches_total",
+        "Embedding forward passes run (requests share passes).",
+        |s| s.batches.load(Relaxed),
+    ),
+    (
+        "lumen:embedding_cancelled_total",
+        "Embedding requests dropped by their client before they ran.",
+        |s| s.cancelled.load(Relaxed),
+    ),
+];
+
+/// The embedding models' series.
+fn render_embeddings(out: &mut String, models: &[std::sync::Arc<crate::state::EmbeddingServed>]) {
+    let name = "lumen:embedding_requests_in_flight";
+    family(out, name, "gauge", "Embedding requests queued or running.");
+    for e in models {
+        let _ = writeln!(out, "{name}{{model_name=\"{}\"}} {}", label(&e.name), e.handle.in_flight());
+    }
+    for &(name, help, read) in EMBED_COUNTERS {
+        family(out, name, "counter", help);
+        for e in models {
+            let _ = writeln!(out, "{name}{{model_name=\"{}\"}} {}", label(&e.name), read(e.handle.stats()));
+        }
+    }
+}
+
 /// The whole exposition for every served model.
 pub fn render(state: &AppState) -> String {
-    let chats: Vec<_> = state
-        .models()
-        .into_iter()
-        .map(|m| match m {
-            ServedModel::Chat(c) => c,
+    let models = state.models();
+    let chats: Vec<_> = models
+        .iter()
+        .filter_map(|m| match m {
+            ServedModel::Chat(c) => Some(c.clone()),
+            ServedModel::Embedding(_) => None,
+        })
+        .collect();
+    let embedders: Vec<_> = models
+        .iter()
+        .filter_map(|m| match m {
+            ServedModel::Embedding(e) => Some(e.clone()),
+            ServedModel::Chat(_) => None,
         })
         .collect();
     let mut out = String::new();
+    render_embeddings(&mut out, &embedders);
     for &(name, help, read) in GAUGES {
         family(&mut out, name, "gauge", help);
         for c in &chats {

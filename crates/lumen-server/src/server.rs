@@ -13,14 +13,14 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
-use lumen_engine::registry::{resolve, ChatModel, ModelKind};
-use lumen_engine::{Engine, EngineConfig, Event, GenerateRequest};
+use lumen_engine::registry::{resolve, ChatModel, EmbeddingModel, ModelKind};
+use lumen_engine::{EmbedConfig, EmbedEngine, Engine, EngineConfig, Event, GenerateRequest};
 use tokio::net::TcpListener;
 
-use crate::api::{chat, completions, models, ops};
+use crate::api::{chat, completions, embeddings, models, ops};
 use crate::auth::{require_key, ApiKeys};
 use crate::error::ServerError;
-use crate::state::{unix_now, AppState, ChatServed, Limits, ServedModel};
+use crate::state::{unix_now, AppState, ChatServed, EmbeddingServed, Limits, ServedModel};
 
 /// Everything `lumen serve` can be told.
 #[derive(Clone, Debug)]
@@ -49,8 +49,11 @@ pub struct ServerConfig {
     pub home: PathBuf,
 }
 
-/// The default models served when none are named.
-pub const DEFAULT_MODELS: &[&str] = &["smollm2"];
+/// The default models served when none are named: a chat model and an embedding model.
+pub const DEFAULT_MODELS: &[&str] = &["smollm2", "all-minilm-l6-v2"];
+
+/// Most tokens one embedding forward pass takes.
+const EMBED_BATCH_TOKENS: usize = 8192;
 
 impl ServerConfig {
     /// Defaults: 127.0.0.1:8080, the default models, open, 256 queued, 256 MiB KV.
@@ -79,6 +82,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{id}", get(models::get_model))
         .route("/tokenize", post(models::tokenize))
@@ -94,22 +98,68 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Loads, starts and warms up one chat model's engine.
-pub fn start_chat_model(
+/// A running engine of either kind; dropping it stops its thread.
+pub enum RunningEngine {
+    /// A chat model's engine.
+    Chat(Engine),
+    /// An embedding model's engine.
+    Embedding(EmbedEngine),
+}
+
+/// Loads, starts and warms up one model's engine, of the kind found on disk.
+pub fn start_model(
     name_or_path: &str,
     config: &ServerConfig,
-) -> Result<(ServedModel, Engine), ServerError> {
+) -> Result<(ServedModel, RunningEngine), ServerError> {
     let loc = resolve(name_or_path, &config.home).map_err(|e| {
         ServerError::Startup(format!("{e} (fetch the default models with `make models`)"))
     })?;
-    if loc.kind != ModelKind::Chat {
-        return Err(ServerError::Startup(format!(
-            "'{}' is an embedding model; serving embedding models is not supported yet",
-            loc.name
-        )));
+    match loc.kind {
+        ModelKind::Chat => {
+            start_chat_model(&loc, config).map(|(s, e)| (s, RunningEngine::Chat(e)))
+        }
+        ModelKind::Embedding => {
+            start_embedding_model(&loc, config).map(|(s, e)| (s, RunningEngine::Embedding(e)))
+        }
     }
+}
+
+/// Loads, starts and warms up one embedding model's engine.
+pub fn start_embedding_model(
+    loc: &lumen_engine::registry::ModelLocation,
+    config: &ServerConfig,
+) -> Result<(ServedModel, EmbedEngine), ServerError> {
     let started = std::time::Instant::now();
-    let chat = ChatModel::load(&loc)
+    let em = EmbeddingModel::load(loc)
+        .map_err(|e| ServerError::Startup(format!("loading {}: {e}", loc.path.display())))?;
+    let ec = EmbedConfig {
+        threads: config.threads.max(1),
+        max_batch_tokens: EMBED_BATCH_TOKENS,
+        max_queued: config.max_queued_requests.max(1),
+    };
+    let engine = EmbedEngine::start(em.model.clone(), em.tokenizer.clone(), ec)
+        .map_err(|e| ServerError::Startup(format!("starting the engine for {}: {e}", em.name)))?;
+    let handle = engine.handle();
+    // One tiny pass so the first client does not pay for cold caches.
+    if let Ok(ids) = handle.prepare(vec![lumen_engine::EmbedInput::Text("Hello".into())], None) {
+        let _ = handle.embed_blocking(ids);
+    }
+    tracing::info!(model = %em.name, path = %loc.path.display(), dims = handle.info().dims, max_seq_len = handle.info().max_seq_len, secs = started.elapsed().as_secs_f32(), "embedding model loaded");
+    let served = EmbeddingServed {
+        name: em.name,
+        handle,
+        created: unix_now(),
+    };
+    Ok((ServedModel::Embedding(std::sync::Arc::new(served)), engine))
+}
+
+/// Loads, starts and warms up one chat model's engine.
+pub fn start_chat_model(
+    loc: &lumen_engine::registry::ModelLocation,
+    config: &ServerConfig,
+) -> Result<(ServedModel, Engine), ServerError> {
+    let started = std::time::Instant::now();
+    let chat = ChatModel::load(loc)
         .map_err(|e| ServerError::Startup(format!("loading {}: {e}", loc.path.display())))?;
     let mut ec = EngineConfig::new(chat.name.clone());
     ec.threads = config.threads.max(1);
@@ -147,10 +197,10 @@ fn warm_up(handle: &lumen_engine::EngineHandle) {
     }
 }
 
-fn load_all(config: &ServerConfig, state: &AppState) -> Result<Vec<Engine>, ServerError> {
+fn load_all(config: &ServerConfig, state: &AppState) -> Result<Vec<RunningEngine>, ServerError> {
     let mut engines = Vec::new();
     for name in &config.models {
-        let (served, engine) = start_chat_model(name, config)?;
+        let (served, engine) = start_model(name, config)?;
         if !state.add_model(served) {
             return Err(ServerError::Startup(format!(
                 "two models are named '{name}'"

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lumen_engine::{ChatTemplate, EngineHandle};
+use lumen_engine::{ChatTemplate, EmbedHandle, EngineHandle};
 
 use crate::auth::ApiKeys;
 use crate::error::ServerError;
@@ -30,11 +30,23 @@ pub struct ChatServed {
     pub metrics: Arc<ModelMetrics>,
 }
 
+/// An embedding model behind its engine.
+pub struct EmbeddingServed {
+    /// Public name (the `model` field).
+    pub name: String,
+    /// The engine.
+    pub handle: EmbedHandle,
+    /// Unix time it was loaded.
+    pub created: u64,
+}
+
 /// A model the server answers for.
 #[derive(Clone)]
 pub enum ServedModel {
     /// Chat and text completions.
     Chat(Arc<ChatServed>),
+    /// Embeddings.
+    Embedding(Arc<EmbeddingServed>),
 }
 
 impl ServedModel {
@@ -42,6 +54,7 @@ impl ServedModel {
     pub fn name(&self) -> &str {
         match self {
             ServedModel::Chat(c) => &c.name,
+            ServedModel::Embedding(e) => &e.name,
         }
     }
 
@@ -49,6 +62,7 @@ impl ServedModel {
     pub fn created(&self) -> u64 {
         match self {
             ServedModel::Chat(c) => c.created,
+            ServedModel::Embedding(e) => e.created,
         }
     }
 
@@ -56,6 +70,7 @@ impl ServedModel {
     pub fn is_running(&self) -> bool {
         match self {
             ServedModel::Chat(c) => c.handle.is_running(),
+            ServedModel::Embedding(e) => e.handle.is_running(),
         }
     }
 
@@ -63,6 +78,15 @@ impl ServedModel {
     pub fn context_len(&self) -> usize {
         match self {
             ServedModel::Chat(c) => c.handle.info().context_len,
+            ServedModel::Embedding(e) => e.handle.info().max_seq_len,
+        }
+    }
+
+    /// `chat` or `embedding`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServedModel::Chat(_) => "chat",
+            ServedModel::Embedding(_) => "embedding",
         }
     }
 }
@@ -194,6 +218,21 @@ impl AppState {
         };
         match model {
             ServedModel::Chat(c) => Ok(c),
+            ServedModel::Embedding(e) => Err(ServerError::WrongModelKind {
+                model: e.name.clone(),
+                expected: "chat",
+            }),
+        }
+    }
+
+    /// The embedding model called `name`.
+    pub fn embedding_model(&self, name: &str) -> Result<Arc<EmbeddingServed>, ServerError> {
+        match self.model(name)? {
+            ServedModel::Embedding(e) => Ok(e),
+            ServedModel::Chat(c) => Err(ServerError::WrongModelKind {
+                model: c.name.clone(),
+                expected: "embedding",
+            }),
         }
     }
 

@@ -1,8 +1,9 @@
-//! The HTTP endpoints: OpenAI's (`/v1/...`), vLLM's tokenizer extensions and operations
+//! The HTTP endpoints: OpenAI's (`/v1/...`, chat, completions and embeddings), vLLM's tokenizer extensions and operations
 //! (`/health`, `/ready`, `/metrics`).
 
 pub mod chat;
 pub mod completions;
+pub mod embeddings;
 pub mod logprobs;
 pub mod models;
 pub mod ops;

@@ -12,10 +12,11 @@ use crate::extract::OpenAiJson;
 use crate::state::{AppState, ServedModel};
 
 fn model_json(m: &ServedModel) -> Value {
-    let kind = match m {
-        ServedModel::Chat(_) => "chat",
-    };
-    json!({"id": m.name(), "object": "model", "created": m.created(), "owned_by": "lumen", "max_model_len": m.context_len(), "lumen_kind": kind})
+    let mut v = json!({"id": m.name(), "object": "model", "created": m.created(), "owned_by": "lumen", "max_model_len": m.context_len(), "lumen_kind": m.kind()});
+    if let ServedModel::Embedding(e) = m {
+        v["lumen_dimensions"] = json!(e.handle.info().dims);
+    }
+    v
 }
 
 /// `GET /v1/models`.
