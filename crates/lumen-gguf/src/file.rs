@@ -2,10 +2,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
 use std::path::Path;
 
-use memmap2::Mmap;
+use crate::bytes::FileBytes;
 
 use crate::error::GgufError;
 use crate::metadata::Metadata;
@@ -22,27 +21,9 @@ pub const ALIGNMENT_KEY: &str = "general.alignment";
 /// Fewest bytes one metadata entry can occupy: key length, value type, a one-byte value.
 const MIN_KV_SIZE: u64 = 8 + 4 + 1;
 
-/// The bytes behind a [`GgufFile`].
-enum Storage {
-    /// A read-only map of a file on disk.
-    Mapped(Mmap),
-    /// Bytes handed over by the caller.
-    Owned(Vec<u8>),
-}
-
-impl Storage {
-    /// The whole file.
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Storage::Mapped(m) => m,
-            Storage::Owned(v) => v,
-        }
-    }
-}
-
 /// A parsed GGUF file that owns its bytes; tensor data is borrowed from it.
 pub struct GgufFile {
-    storage: Storage,
+    storage: FileBytes,
     version: u32,
     metadata: Metadata,
     tensors: Vec<TensorInfo>,
@@ -64,26 +45,17 @@ struct Parsed {
 impl GgufFile {
     /// Maps the file at `path` read-only and parses it.
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
-        let file = File::open(path)?;
-        if file.metadata()?.len() == 0 {
-            // Mapping an empty file fails on some platforms; the parse reports it properly.
-            return GgufFile::from_bytes(Vec::new());
-        }
-        // SAFETY: the map is read-only and private to this value. Like every mmap-based
-        // reader we rely on the file not being truncated or rewritten by another process
-        // while it is open; model files are treated as immutable once written.
-        let map = unsafe { Mmap::map(&file)? };
-        GgufFile::with_storage(Storage::Mapped(map))
+        GgufFile::with_storage(FileBytes::map(path)?)
     }
 
     /// Parses a GGUF file held in memory.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
-        GgufFile::with_storage(Storage::Owned(bytes))
+        GgufFile::with_storage(FileBytes::Owned(bytes))
     }
 
     /// Parses `storage` and takes ownership of it.
-    fn with_storage(storage: Storage) -> Result<GgufFile, GgufError> {
-        let p = parse(storage.bytes())?;
+    fn with_storage(storage: FileBytes) -> Result<GgufFile, GgufError> {
+        let p = parse(&storage[..])?;
         Ok(GgufFile {
             storage,
             version: p.version,
@@ -127,7 +99,7 @@ impl GgufFile {
             Some(start..start.checked_add(len)?)
         });
         range
-            .and_then(|r| self.storage.bytes().get(r))
+            .and_then(|r| self.storage.get(r))
             .unwrap_or(&[])
     }
 
@@ -143,7 +115,7 @@ impl GgufFile {
 
     /// Size of the whole file in bytes.
     pub fn file_len(&self) -> u64 {
-        self.storage.bytes().len() as u64
+        self.storage.len() as u64
     }
 }
 

@@ -60,6 +60,7 @@
     )
 )]
 
+mod bytes;
 mod error;
 mod file;
 mod metadata;
@@ -68,6 +69,7 @@ mod tensor;
 mod types;
 mod value;
 
+pub use bytes::FileBytes;
 pub use error::GgufError;
 pub use file::{GgufFile, ALIGNMENT_KEY, DEFAULT_ALIGNMENT};
 pub use metadata::Metadata;

@@ -11,12 +11,11 @@
 //! parameters `gamma`/`beta`; both spellings are accepted.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
 
 use lumen_kernels::{MatRef, WeightFormat};
-use memmap2::Mmap;
+use lumen_gguf::FileBytes;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::ModelError;
@@ -79,21 +78,6 @@ impl FloatType {
     }
 }
 
-/// The bytes of the file: a map in production, an owned buffer in tests.
-enum Storage {
-    Mapped(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Storage {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Storage::Mapped(m) => m,
-            Storage::Owned(v) => v,
-        }
-    }
-}
-
 /// A tensor found in the file: its type, shape and absolute byte range.
 #[derive(Clone, Debug)]
 struct Slot {
@@ -113,7 +97,7 @@ pub(crate) struct MatSlot {
 
 /// A parsed safetensors file whose tensors are borrowed on demand.
 pub(crate) struct WeightFile {
-    storage: Storage,
+    storage: FileBytes,
     slots: HashMap<String, Result<Slot, String>>,
     prefix: &'static str,
 }
@@ -125,26 +109,17 @@ impl WeightFile {
             path: path.display().to_string(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
-        if file.metadata().map_err(io)?.len() == 0 {
-            // Mapping an empty file fails on some platforms; the parser reports it properly.
-            return WeightFile::from_bytes(Vec::new());
-        }
-        // SAFETY: the map is read-only and owned by the returned value, which hands out
-        // slices borrowed from it only. Like every mmap-based reader we rely on the model file
-        // not being truncated or rewritten while it is open (model files are immutable once
-        // written); the same caveat and reasoning as `lumen_gguf::GgufFile::open`.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        WeightFile::with_storage(Storage::Mapped(map))
+        WeightFile::with_storage(FileBytes::map(path).map_err(io)?)
     }
 
     /// Parses a safetensors file held in memory.
+    #[cfg(test)]
     pub(crate) fn from_bytes(bytes: Vec<u8>) -> Result<WeightFile, ModelError> {
-        WeightFile::with_storage(Storage::Owned(bytes))
+        WeightFile::with_storage(FileBytes::Owned(bytes))
     }
 
-    fn with_storage(storage: Storage) -> Result<WeightFile, ModelError> {
-        let bytes = storage.bytes();
+    fn with_storage(storage: FileBytes) -> Result<WeightFile, ModelError> {
+        let bytes = &storage[..];
         // `read_metadata` checks that the tensors tile the data section exactly, that each
         // byte length matches its shape and dtype, and that the data section ends the file.
         let (header_len, meta) = SafeTensors::read_metadata(bytes)
@@ -183,7 +158,7 @@ impl WeightFile {
 
     /// The whole file.
     pub(crate) fn bytes(&self) -> &[u8] {
-        self.storage.bytes()
+        &self.storage[..]
     }
 
     /// Looks up `name` (any of `names`, the first spelling found) and checks its shape.
