@@ -53,3 +53,8 @@ clippy:
 .PHONY: bench-compare
 bench-compare: models
 	THREADS=$(THREADS) ./scripts/bench-compare.sh
+
+## Embedding throughput, Lumen vs sentence-transformers (venv target/st-venv; THREADS, ROUNDS).
+.PHONY: bench-embeddings
+bench-embeddings: models
+	THREADS=$(THREADS) ./scripts/bench-embeddings.sh

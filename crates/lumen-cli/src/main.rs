@@ -2,6 +2,7 @@
 //! crates; the logic lives there so the server and tests share it.
 
 mod bench;
+mod embed;
 mod run;
 mod serve;
 
@@ -25,6 +26,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Benchmark a model (pp/tg/batched decode, like llama-bench) or load-test a server.
     Bench(bench::BenchArgs),
+    /// Embed texts with an embedding model; prints one JSON line per input.
+    Embed(embed::EmbedArgs),
 }
 
 fn main() {
@@ -41,6 +44,7 @@ fn main() {
         Command::List => list(),
         Command::Serve(args) => serve::serve(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Embed(args) => embed::embed(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -37,7 +37,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("need a batch of at least 1 and sentences on stdin".into());
     }
     let em = EmbeddingModel::load(&resolve(&model, &lumen_home())?)?;
-    let config = EmbedConfig { threads, ..EmbedConfig::default() };
+    let config = EmbedConfig {
+        threads,
+        ..EmbedConfig::default()
+    };
     let engine = EmbedEngine::start(em.model.clone(), em.tokenizer.clone(), config)?;
     let h = engine.handle();
     let inputs: Vec<EmbedInput> = (0..batch)

@@ -1,5 +1,5 @@
 //! End-to-end harness: starts the real `lumen serve` on a free loopback port with the real
-//! default model, and runs the Python test scripts (official `openai` client, pytest) from
+//! default models (the chat model and the embedding model), and runs the Python test scripts (official `openai` client, pytest) from
 //! `tests/e2e/` against it.
 //!
 //! Prerequisites are the Makefile's `models` and `venv` targets. When one is missing the test
@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 /// The API key every e2e server is started with.
 pub const API_KEY: &str = "e2e-test-key";
-/// The model the tests use.
+/// The chat model the tests use.
 pub const MODEL: &str = "smollm2";
+/// The embedding model the tests use.
+pub const EMBED_MODEL: &str = "all-minilm-l6-v2";
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -33,15 +35,17 @@ pub fn venv_python() -> Option<PathBuf> {
 /// Skips (or fails under CI) when the model or the venv is missing.
 pub fn prerequisites() -> Option<PathBuf> {
     let home = lumen_engine::registry::lumen_home();
-    let model_ok = lumen_engine::registry::resolve(MODEL, &home).is_ok();
+    let missing_model = [MODEL, EMBED_MODEL]
+        .into_iter()
+        .find(|m| lumen_engine::registry::resolve(m, &home).is_err());
     let python = venv_python();
-    let missing = match (model_ok, &python) {
-        (true, Some(_)) => return python,
-        (false, _) => format!(
-            "model '{MODEL}' under {} (run `make models`)",
+    let missing = match (missing_model, &python) {
+        (None, Some(_)) => return python,
+        (Some(m), _) => format!(
+            "model '{m}' under {} (run `make models`)",
             home.join("models").display()
         ),
-        (true, None) => "target/venv (run `make venv`)".to_string(),
+        (None, None) => "target/venv (run `make venv`)".to_string(),
     };
     if std::env::var_os("CI").is_some() {
         panic!("end-to-end prerequisite missing: {missing}");
@@ -77,6 +81,8 @@ impl Server {
             API_KEY,
             "--model",
             MODEL,
+            "--model",
+            EMBED_MODEL,
         ])
         .args(extra);
         cmd.env("LUMEN_LOG", "info")
@@ -157,6 +163,7 @@ impl Server {
             .env("LUMEN_BASE_URL", &self.base)
             .env("LUMEN_API_KEY", API_KEY)
             .env("LUMEN_MODEL", MODEL)
+            .env("LUMEN_EMBED_MODEL", EMBED_MODEL)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -9,6 +9,7 @@ import openai
 BASE = os.environ["LUMEN_BASE_URL"]
 KEY = os.environ["LUMEN_API_KEY"]
 MODEL = os.environ.get("LUMEN_MODEL", "smollm2")
+EMBED_MODEL = os.environ.get("LUMEN_EMBED_MODEL", "all-minilm-l6-v2")
 
 
 def client(**kw):

@@ -42,10 +42,10 @@ pub(crate) fn special_suffix(tok: &Tokenizer) -> Result<Vec<u32>, EngineError> {
     if bare.is_empty() {
         return Ok(Vec::new());
     }
-    let pos = full
-        .windows(bare.len())
-        .position(|w| w == bare.as_slice());
-    Ok(pos.map(|p| full[p + bare.len()..].to_vec()).unwrap_or_default())
+    let pos = full.windows(bare.len()).position(|w| w == bare.as_slice());
+    Ok(pos
+        .map(|p| full[p + bare.len()..].to_vec())
+        .unwrap_or_default())
 }
 
 /// Cuts a tokenized text to `k` tokens, keeping its trailing special tokens.
@@ -107,7 +107,10 @@ pub fn prepare(
             }
             EmbedInput::Text(t) => (tok.encode(&t, true, false)?, true),
             EmbedInput::Tokens(ids) if ids.is_empty() => {
-                return Err(bad("input", format!("{} is an empty list of token ids", name(i))))
+                return Err(bad(
+                    "input",
+                    format!("{} is an empty list of token ids", name(i)),
+                ))
             }
             EmbedInput::Tokens(ids) => {
                 if let Some(&t) = ids.iter().find(|&&t| t as usize >= info.vocab_size) {

@@ -303,8 +303,7 @@ impl EmbedHandle {
             return Err(EngineError::QueueFull);
         }
         let (tx, rx) = oneshot::channel();
-        if s
-            .commands
+        if s.commands
             .send(Command::Embed(Job { inputs, reply: tx }))
             .is_err()
         {

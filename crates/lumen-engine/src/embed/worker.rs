@@ -25,7 +25,11 @@ impl Pending {
     fn new(job: Job) -> Pending {
         let remaining = job.inputs.iter().map(Vec::len).sum();
         let out = Vec::with_capacity(job.inputs.len());
-        Pending { job, out, remaining }
+        Pending {
+            job,
+            out,
+            remaining,
+        }
     }
 
     fn next(&self) -> usize {
@@ -146,8 +150,10 @@ impl Worker {
         let s = &self.stats;
         s.requests.fetch_add(1, Relaxed);
         s.inputs.fetch_add(p.job.inputs.len() as u64, Relaxed);
-        s.tokens
-            .fetch_add(p.job.inputs.iter().map(Vec::len).sum::<usize>() as u64, Relaxed);
+        s.tokens.fetch_add(
+            p.job.inputs.iter().map(Vec::len).sum::<usize>() as u64,
+            Relaxed,
+        );
         let Pending { job, out, .. } = p;
         self.reply(job, Ok(out));
     }

@@ -71,7 +71,10 @@ fn token_id(v: &Value, at: &str) -> Result<u32, ServerError> {
     v.as_u64()
         .and_then(|t| u32::try_from(t).ok())
         .ok_or_else(|| {
-            ServerError::param("input", format!("{at} must be a token id (a non-negative integer), not {v}"))
+            ServerError::param(
+                "input",
+                format!("{at} must be a token id (a non-negative integer), not {v}"),
+            )
         })
 }
 
@@ -123,7 +126,10 @@ pub fn parse_input(input: Option<Value>) -> Result<Vec<EmbedInput>, ServerError>
                 } else {
                     "a string"
                 };
-                return Err(bad(format!("{SHAPES}; input[{i}] is {}, expected {want}", kind_of(&other))));
+                return Err(bad(format!(
+                    "{SHAPES}; input[{i}] is {}, expected {want}",
+                    kind_of(&other)
+                )));
             }
         }
     }
@@ -135,7 +141,11 @@ pub fn base64(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for k in 0..4 {
             if k <= chunk.len() {
@@ -246,9 +256,13 @@ pub async fn embeddings(
             object: "list",
             data,
             model: name,
-            usage: Usage { prompt_tokens, total_tokens: prompt_tokens },
+            usage: Usage {
+                prompt_tokens,
+                total_tokens: prompt_tokens,
+            },
         };
-        serde_json::to_vec(&resp).map_err(|e| ServerError::Internal(format!("writing the response: {e}")))
+        serde_json::to_vec(&resp)
+            .map_err(|e| ServerError::Internal(format!("writing the response: {e}")))
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
@@ -261,7 +275,15 @@ mod tests {
 
     #[test]
     fn base64_matches_the_standard_vectors() {
-        for (plain, coded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(plain.as_bytes()), coded);
         }
         // 1.0f32 is 00 00 80 3f little-endian.
@@ -280,15 +302,38 @@ mod tests {
         let t = |s: &str| EmbedInput::Text(s.into());
         assert_eq!(shape(json!("a")).unwrap(), vec![t("a")]);
         assert_eq!(shape(json!(["a", "b"])).unwrap(), vec![t("a"), t("b")]);
-        assert_eq!(shape(json!([101, 7592, 102])).unwrap(), vec![EmbedInput::Tokens(vec![101, 7592, 102])]);
-        assert_eq!(shape(json!([[101, 102], [101, 7, 102]])).unwrap(), vec![EmbedInput::Tokens(vec![101, 102]), EmbedInput::Tokens(vec![101, 7, 102])]);
+        assert_eq!(
+            shape(json!([101, 7592, 102])).unwrap(),
+            vec![EmbedInput::Tokens(vec![101, 7592, 102])]
+        );
+        assert_eq!(
+            shape(json!([[101, 102], [101, 7, 102]])).unwrap(),
+            vec![
+                EmbedInput::Tokens(vec![101, 102]),
+                EmbedInput::Tokens(vec![101, 7, 102])
+            ]
+        );
         // A long list of ids is one input, not many.
         assert_eq!(shape(json!(vec![7; 3000])).unwrap().len(), 1);
     }
 
     #[test]
     fn refuses_other_shapes_naming_input() {
-        for bad in [json!([]), json!(null), json!(3), json!({"a": 1}), json!(["a", 1]), json!(["a", null]), json!([1, "a"]), json!([1, -2]), json!([1.5]), json!([[1], "a"]), json!([[1, "x"]]), json!([true]), json!(vec!["a"; MAX_EMBED_INPUTS + 1])] {
+        for bad in [
+            json!([]),
+            json!(null),
+            json!(3),
+            json!({"a": 1}),
+            json!(["a", 1]),
+            json!(["a", null]),
+            json!([1, "a"]),
+            json!([1, -2]),
+            json!([1.5]),
+            json!([[1], "a"]),
+            json!([[1, "x"]]),
+            json!([true]),
+            json!(vec!["a"; MAX_EMBED_INPUTS + 1]),
+        ] {
             assert!(shape(bad.clone()).is_err(), "{bad}");
         }
         assert!(parse_input(None).is_err());
