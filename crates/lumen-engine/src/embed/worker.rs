@@ -164,9 +164,10 @@ impl Worker {
     }
 
     fn reply(&self, job: Job, reply: Reply) {
-        // The caller may have gone; its place in the queue is freed all the same.
-        let _ = job.reply.send(reply);
+        // Free the request's place before answering, so a caller that has its answer can
+        // submit again at once. The caller may have gone; the place is freed all the same.
         self.in_flight.fetch_sub(1, SeqCst);
+        let _ = job.reply.send(reply);
     }
 }
 

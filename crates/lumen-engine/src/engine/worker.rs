@@ -250,8 +250,8 @@ impl Worker {
     fn fail(&mut self, id: u64, message: String) {
         self.sched.remove_where(&mut self.pool, |d| d.req_id == id);
         if let Some(state) = self.requests.remove(&id) {
-            let _ = state.events.send(Event::Error(message));
             self.in_flight.fetch_sub(1, SeqCst);
+            let _ = state.events.send(Event::Error(message));
         }
     }
 
@@ -395,10 +395,11 @@ impl Worker {
         let _ = state.events.send(Event::Finished { choice: seq.data.choice, reason, text });
         state.live_choices -= 1;
         if state.live_choices == 0 {
-            let usage = state.usage;
-            let _ = state.events.send(Event::Done(usage));
-            self.requests.remove(&id);
+            // Free the queue place before the last event, so a caller that saw `Done` can
+            // submit again without racing the counter.
             self.in_flight.fetch_sub(1, SeqCst);
+            let _ = state.events.send(Event::Done(state.usage));
+            self.requests.remove(&id);
         }
     }
 }
