@@ -15,7 +15,9 @@
 # with an old one. Every server listens on 127.0.0.1 only and is stopped on exit.
 #
 # Environment: LUMEN_HOME, MODEL (a .gguf path), THREADS (2), REPS (5), BATCHED_REPS (3),
-# BATCHES (1,32), CLIENTS (16), REQUESTS (64), MAX_TOKENS (128), KV_MB (256), ENGINE (1: also
+# ROUNDS (1: how many times the pp/tg and batched pairs run; the report takes the median of
+# the per-round ratios), BATCHES (1,32), CLIENTS (16), REQUESTS (64), MAX_TOKENS (128),
+# LOAD_SECONDS (600: no load-test request starts later), KV_MB (256), ENGINE (1: also
 # time batched generation end to end through Lumen's engine; an extra row, Lumen only),
 # PROFILE (release; `bench` builds with thin LTO and one codegen unit, slower to build, and
 # its binary also lands in target/release), SKIP_BUILD=1 (use the binaries as they are),
@@ -34,6 +36,8 @@ clients="${CLIENTS:-16}"
 requests="${REQUESTS:-64}"
 max_tokens="${MAX_TOKENS:-128}"
 kv_mb="${KV_MB:-256}"
+rounds="${ROUNDS:-1}"
+load_seconds="${LOAD_SECONDS:-600}"
 python="${PYTHON:-python3}"
 lumen="$root/target/release/lumen"
 llama_bin="$root/target/llama.cpp-build/bin"
@@ -93,32 +97,36 @@ stop_server() {
   wait "$pid" 2>/dev/null || true
 }
 
-# run_load NAME URL: the same load test for either server.
+# run_load NAME URL: the same load test for either server. The generator stops starting
+# requests after LOAD_SECONDS and reports what finished, so a slow server still gets a row.
 run_load() {
-  timeout 900 "$lumen" bench serve --url "$2" -c "$clients" --requests "$requests" \
-    --max-tokens "$max_tokens" --json >"$out/$1-serve.json" 2>"$out/$1-serve.err" ||
-    log "$1 load test failed (see $out/$1-serve.err)"
+  timeout $((load_seconds + 900)) "$lumen" bench serve --url "$2" -c "$clients" --requests "$requests" \
+    --max-tokens "$max_tokens" --max-duration-s "$load_seconds" --timeout-s 600 --json \
+    >"$out/$1-serve.json" 2>"$out/$1-serve.err" || log "$1 load test failed (see $out/$1-serve.err)"
 }
 
-# 1. pp512 and tg128.
-log "lumen: pp512 tg128 (-r $reps, -t $threads)"
-timeout 1200 "$lumen" bench "$model" -p 512 -n 128 -b 0 -r "$reps" -t "$threads" --json \
-  >"$out/lumen-pptg.json" 2>"$out/lumen-pptg.err" || log "lumen bench failed (see $out/lumen-pptg.err)"
-log "llama-bench: pp512 tg128"
-timeout 1200 "$llama_bin/llama-bench" -m "$model" -p 512 -n 128 -t "$threads" -r "$reps" -o json \
-  >"$out/llama-pptg.json" 2>"$out/llama-pptg.err" || log "llama-bench failed (see $out/llama-pptg.err)"
-
-# 2. Batched decode: B sequences of 128 prompt tokens, then 128 steps; S_TG.
 engine_flag=()
 [[ "${ENGINE:-1}" == 1 ]] && engine_flag=(--engine)
-log "lumen: batched decode at $batches ${engine_flag[*]}"
-timeout 2400 "$lumen" bench "$model" -p 0 -n 0 -b "$batches" --npp 128 --ntg 128 -r "$batched_reps" -t "$threads" "${engine_flag[@]}" --json \
-  >"$out/lumen-batched.json" 2>"$out/lumen-batched.err" || log "lumen batched bench failed (see $out/lumen-batched.err)"
 max_b="$(tr ',' '\n' <<<"$batches" | sort -n | tail -1)"
-log "llama-batched-bench: $batches"
-timeout 1800 "$llama_bin/llama-batched-bench" -m "$model" -c $((max_b * 256)) -b 2048 -ub 512 \
-  -npp 128 -ntg 128 -npl "$batches" -t "$threads" -tb "$threads" --output-format jsonl \
-  >"$out/llama-batched.jsonl" 2>"$out/llama-batched.err" || log "llama-batched-bench failed (see $out/llama-batched.err)"
+
+# 1 and 2, ROUNDS times, Lumen then llama.cpp each time (the report pairs each round's two).
+for ((round = 1; round <= rounds; round++)); do
+  log "round $round/$rounds: lumen pp512 tg128 (-r $reps, -t $threads)"
+  timeout 1200 "$lumen" bench "$model" -p 512 -n 128 -b 0 -r "$reps" -t "$threads" --json \
+    >"$out/lumen-pptg.r$round.json" 2>"$out/lumen-pptg.r$round.err" || log "lumen bench failed (see $out/lumen-pptg.r$round.err)"
+  log "round $round/$rounds: llama-bench pp512 tg128"
+  timeout 1200 "$llama_bin/llama-bench" -m "$model" -p 512 -n 128 -t "$threads" -r "$reps" -o json \
+    >"$out/llama-pptg.r$round.json" 2>"$out/llama-pptg.r$round.err" || log "llama-bench failed (see $out/llama-pptg.r$round.err)"
+
+  # Batched decode: B sequences of 128 prompt tokens, then 128 steps; S_TG.
+  log "round $round/$rounds: lumen batched decode at $batches ${engine_flag[*]}"
+  timeout 2400 "$lumen" bench "$model" -p 0 -n 0 -b "$batches" --npp 128 --ntg 128 -r "$batched_reps" -t "$threads" "${engine_flag[@]}" --json \
+    >"$out/lumen-batched.r$round.json" 2>"$out/lumen-batched.r$round.err" || log "lumen batched bench failed (see $out/lumen-batched.r$round.err)"
+  log "round $round/$rounds: llama-batched-bench $batches"
+  timeout 1800 "$llama_bin/llama-batched-bench" -m "$model" -c $((max_b * 256)) -b 2048 -ub 512 \
+    -npp 128 -ntg 128 -npl "$batches" -t "$threads" -tb "$threads" --output-format jsonl \
+    >"$out/llama-batched.r$round.jsonl" 2>"$out/llama-batched.r$round.err" || log "llama-batched-bench failed (see $out/llama-batched.r$round.err)"
+done
 
 # 3. Servers, one at a time (16 slots of 1024 tokens for llama-server), then the idle RSS.
 lumen_serve_state=pending
