@@ -338,4 +338,25 @@ mod tests {
         paged_attention(&ThreadPool::new(1), geo, &queries2, &q2, &k, &v, 0.5, &mut AttnScratch::new(), &mut out2);
         assert_eq!(&out2[32..], &out[..]);
     }
+
+    #[test]
+    fn short_call_after_long_one_reuses_scratch() {
+        // The scratch only grows; a later, shorter call must slice exactly what it needs.
+        let geo = KvGeometry { block_size: 4, n_heads: 2, n_kv_heads: 1, head_dim: 8 };
+        let k: Vec<f16> = (0..8 * geo.block_elems()).map(|i| f16::from_f32((i % 7) as f32 * 0.1)).collect();
+        let v = k.clone();
+        let table: Vec<u32> = (0..8).collect();
+        let pool = ThreadPool::new(2);
+        let mut scratch = AttnScratch::new();
+        let long: Vec<AttnQuery> = (1..=30).map(|n| AttnQuery { n_ctx: n, block_table: &table }).collect();
+        let q = vec![0.1f32; long.len() * 16];
+        let mut out = vec![0.0; q.len()];
+        paged_attention(&pool, geo, &long, &q, &k, &v, 0.3, &mut scratch, &mut out);
+        let short = [AttnQuery { n_ctx: 3, block_table: &table }];
+        let mut after = vec![0.0; 16];
+        paged_attention(&pool, geo, &short, &q[..16], &k, &v, 0.3, &mut scratch, &mut after);
+        let mut fresh = vec![0.0; 16];
+        paged_attention(&pool, geo, &short, &q[..16], &k, &v, 0.3, &mut AttnScratch::new(), &mut fresh);
+        assert_eq!(after, fresh);
+    }
 }
