@@ -204,6 +204,16 @@ fn render_embeddings(out: &mut String, models: &[std::sync::Arc<crate::state::Em
     }
 }
 
+/// One family per table entry, one series per chat model.
+fn per_model(out: &mut String, table: &[(&str, &str, Reader)], kind: &str, chats: &[std::sync::Arc<crate::state::ChatServed>]) {
+    for &(name, help, read) in table {
+        family(out, name, kind, help);
+        for c in chats {
+            let _ = writeln!(out, "{name}{{model_name=\"{}\"}} {}", label(&c.name), read(c.handle.stats()));
+        }
+    }
+}
+
 /// The whole exposition for every served model.
 pub fn render(state: &AppState) -> String {
     let models = state.models();
@@ -223,17 +233,7 @@ pub fn render(state: &AppState) -> String {
         .collect();
     let mut out = String::new();
     render_embeddings(&mut out, &embedders);
-    for &(name, help, read) in GAUGES {
-        family(&mut out, name, "gauge", help);
-        for c in &chats {
-            let _ = writeln!(
-                out,
-                "{name}{{model_name=\"{}\"}} {}",
-                label(&c.name),
-                read(c.handle.stats())
-            );
-        }
-    }
+    per_model(&mut out, GAUGES, "gauge", &chats);
     family(
         &mut out,
         "lumen:cache_config_info",
@@ -244,17 +244,7 @@ pub fn render(state: &AppState) -> String {
         let blocks = c.handle.info().kv_blocks;
         let _ = writeln!(out, "lumen:cache_config_info{{model_name=\"{}\",block_size=\"{}\",num_gpu_blocks=\"{blocks}\"}} 1", label(&c.name), lumen_engine::BLOCK_SIZE);
     }
-    for &(name, help, read) in COUNTERS {
-        family(&mut out, name, "counter", help);
-        for c in &chats {
-            let _ = writeln!(
-                out,
-                "{name}{{model_name=\"{}\"}} {}",
-                label(&c.name),
-                read(c.handle.stats())
-            );
-        }
-    }
+    per_model(&mut out, COUNTERS, "counter", &chats);
     family(
         &mut out,
         "lumen:request_success_total",

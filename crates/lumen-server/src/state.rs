@@ -201,6 +201,14 @@ impl AppState {
             .ok_or_else(|| ServerError::ModelNotFound(name.to_string()))
     }
 
+    /// Refuses new generation work once shutdown has begun (503 `ShuttingDown`).
+    pub fn ensure_accepting(&self) -> Result<(), ServerError> {
+        if self.is_draining() {
+            return Err(ServerError::ShuttingDown);
+        }
+        Ok(())
+    }
+
     /// The chat model called `name` (or the first chat model when `name` is `None`).
     pub fn chat_model(&self, name: Option<&str>) -> Result<Arc<ChatServed>, ServerError> {
         let model = match name {

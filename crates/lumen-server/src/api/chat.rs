@@ -129,9 +129,7 @@ pub async fn chat_completions(
     let req: ChatBody = from_value(&body)?;
     let fields: GenFields = from_value(&body)?;
     let model = state.chat_model(Some(&req.model))?;
-    if state.is_draining() {
-        return Err(ServerError::ShuttingDown);
-    }
+    state.ensure_accepting()?;
     let messages = convert_messages(&req.messages)?;
     let top = top_logprobs("top_logprobs", req.top_logprobs)?;
     let want_logprobs = req.logprobs.unwrap_or(false);

@@ -110,9 +110,7 @@ pub async fn completions(
     let req: CompletionBody = from_value(&body)?;
     let fields: GenFields = from_value(&body)?;
     let model = state.chat_model(Some(&req.model))?;
-    if state.is_draining() {
-        return Err(ServerError::ShuttingDown);
-    }
+    state.ensure_accepting()?;
     let logprobs = match req.logprobs {
         None => None,
         Some(k) => Some(top_logprobs("logprobs", Some(k))?),

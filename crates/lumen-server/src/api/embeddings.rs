@@ -199,9 +199,7 @@ pub async fn embeddings(
 ) -> Result<Response, ServerError> {
     let req: EmbeddingsBody = from_value(&body)?;
     let model = state.embedding_model(&req.model)?;
-    if state.is_draining() {
-        return Err(ServerError::ShuttingDown);
-    }
+    state.ensure_accepting()?;
     let format = match req.encoding_format.as_deref() {
         None | Some("float") => Format::Float,
         Some("base64") => Format::Base64,
