@@ -1,6 +1,7 @@
 //! Quantized activations: `matmul` quantizes its m input rows once per call into an [`ActBuf`]
-//! that every tile then reads. The block arithmetic is ggml's reference
-//! (`quantize_row_q8_0_ref`, `_q8_1_ref`, `_q8_K_ref`); the AVX2 versions are bit-identical.
+//! that every tile then reads. The block arithmetic is what llama.cpp's x86 build computes
+//! (`quantize_row_q8_0`/`_q8_1` with AVX2: `127 / amax`, ties to even; `quantize_row_q8_K_ref`),
+//! so quantized activations equal llama.cpp's bit for bit; the AVX2 versions equal the scalar.
 
 use std::ops::Range;
 
@@ -223,15 +224,18 @@ fn q8k_block(level: SimdLevel, x: &[f32], q: &mut [i8], bs: &mut [i16]) -> f32 {
 }
 
 /// One Q8_0/Q8_1 block: returns the unrounded scale `amax / 127` and the sum of the quants.
+///
+/// This is llama.cpp's x86 quantizer (`quantize_row_q8_0`/`_q8_1` built with AVX2), not its
+/// portable reference: the inverse scale is `127 / amax` (not `1 / d`) and ties round to even.
 pub(crate) fn q8_block_scalar(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     let amax = x[..QK]
         .iter()
         .fold(0.0f32, |a, v| if v.abs() > a { v.abs() } else { a });
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut sum = 0i32;
     for (o, v) in q[..QK].iter_mut().zip(&x[..QK]) {
-        *o = (v * id).round() as i8;
+        *o = (v * id).round_ties_even() as i8;
         sum += *o as i32;
     }
     (d, sum)
@@ -365,7 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn roundf_semantics_on_ties() {
+    fn ties_round_to_even() {
         let mut x = [0.0f32; QK];
         x[0] = 127.0;
         x[1] = 2.5;
@@ -374,7 +378,7 @@ mod tests {
         x[4] = -0.5;
         let mut q = [0i8; QK];
         q8_block_scalar(&x, &mut q);
-        assert_eq!(&q[..5], &[127, 3, -4, 1, -1]);
+        assert_eq!(&q[..5], &[127, 2, -4, 0, 0]);
     }
 
     #[test]

@@ -18,9 +18,7 @@ pub(crate) fn dot(format: WeightFormat, w: &[u8], x: &[f32], a: &ActBuf, i: usiz
         WeightFormat::F32 => dot_float(x, |j| f32_at(w, 4 * j)),
         WeightFormat::F16 => dot_float(x, |j| f16_at(w, 2 * j)),
         WeightFormat::BF16 => dot_float(x, |j| bf16_at(w, 2 * j)),
-        WeightFormat::Q4_0 => dot_q4_0(w, a, i),
-        WeightFormat::Q4_1 => dot_q4_1(w, a, i),
-        WeightFormat::Q8_0 => dot_q8_0(w, a, i),
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 => dot_q32(format, w, a, i),
         WeightFormat::Q4_K => dot_q45k(w, a, i, 144, unpack_q4k),
         WeightFormat::Q5_K => dot_q45k(w, a, i, 176, unpack_q5k),
         WeightFormat::Q6_K => dot_q6k(w, a, i),
@@ -48,50 +46,60 @@ fn dot_float(x: &[f32], w: impl Fn(usize) -> f32) -> f32 {
     s
 }
 
-fn dot_q4_0(w: &[u8], a: &ActBuf, i: usize) -> f32 {
-    let xq = a.row_qs(i);
-    let mut acc = 0.0f32;
-    for (b, blk) in w.chunks_exact(18).enumerate() {
-        let x = &xq[b * QK..b * QK + QK];
-        let mut s = 0i32;
-        for l in 0..16 {
-            let q = blk[2 + l];
-            s += (q & 0xF) as i32 * x[l] as i32 + (q >> 4) as i32 * x[l + 16] as i32;
-        }
-        let k = a.at(b, i);
-        s -= 8 * a.isum[k];
-        acc += (f16_at(blk, 0) * a.d[k]) * s as f32;
-    }
-    acc
+/// Sums the eight lanes of a 32-block accumulator the way ggml's `hsum_float_8` does: upper
+/// half onto lower, then `(l0 + l2) + (l1 + l3)`.
+#[inline]
+pub(crate) fn hsum8(l: &[f32; 8]) -> f32 {
+    let r = [l[4] + l[0], l[5] + l[1], l[6] + l[2], l[7] + l[3]];
+    (r[0] + r[2]) + (r[1] + r[3])
 }
 
-fn dot_q4_1(w: &[u8], a: &ActBuf, i: usize) -> f32 {
-    let xq = a.row_qs(i);
-    let mut acc = 0.0f32;
-    for (b, blk) in w.chunks_exact(20).enumerate() {
-        let x = &xq[b * QK..b * QK + QK];
-        let mut s = 0i32;
-        for l in 0..16 {
-            let q = blk[4 + l];
-            s += (q & 0xF) as i32 * x[l] as i32 + (q >> 4) as i32 * x[l + 16] as i32;
+/// Weight value `e` (0..32) of a Q4_0/Q4_1/Q8_0 block, in ggml's element order.
+#[inline]
+fn q32_value(format: WeightFormat, blk: &[u8], e: usize) -> i32 {
+    match format {
+        WeightFormat::Q8_0 => (blk[2 + e] as i8) as i32,
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
+            let qs = if format == WeightFormat::Q4_1 { &blk[4..20] } else { &blk[2..18] };
+            let nib = if e < 16 { qs[e] & 0xF } else { qs[e - 16] >> 4 } as i32;
+            if format == WeightFormat::Q4_0 {
+                nib - 8
+            } else {
+                nib
+            }
         }
-        let k = a.at(b, i);
-        acc += (f16_at(blk, 0) * a.d[k]) * s as f32 + f16_at(blk, 2) * a.s[k];
+        _ => unreachable!("q32_value: {format:?} is not a 32-value block format"),
     }
-    acc
 }
 
-fn dot_q8_0(w: &[u8], a: &ActBuf, i: usize) -> f32 {
+/// ggml's AVX2 `vec_dot_q4_0_q8_0` / `_q4_1_q8_1` / `_q8_0_q8_0` arithmetic, lane by lane.
+///
+/// Lane `l` of a block is the exact integer sum of elements `4l..4l+4`; it is folded into an
+/// eight-lane accumulator with one fused multiply-add by `d_w * d_x`. Q4_1's min term
+/// accumulates separately (`summs = fma(m, s, summs)`) and is added after the lane sum.
+fn dot_q32(format: WeightFormat, w: &[u8], a: &ActBuf, i: usize) -> f32 {
+    let bb = format.block_bytes();
     let xq = a.row_qs(i);
-    let mut acc = 0.0f32;
-    for (b, blk) in w.chunks_exact(34).enumerate() {
+    let mut lanes = [0.0f32; 8];
+    let mut summs = 0.0f32;
+    for (b, blk) in w.chunks_exact(bb).enumerate() {
         let x = &xq[b * QK..b * QK + QK];
-        let s: i32 = (0..32)
-            .map(|l| (blk[2 + l] as i8) as i32 * x[l] as i32)
-            .sum();
-        acc += (f16_at(blk, 0) * a.d[a.at(b, i)]) * s as f32;
+        let k = a.at(b, i);
+        let dd = f16_at(blk, 0) * a.d[k];
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            let s: i32 = (4 * l..4 * l + 4).map(|e| q32_value(format, blk, e) * x[e] as i32).sum();
+            *lane = (s as f32).mul_add(dd, *lane);
+        }
+        if format == WeightFormat::Q4_1 {
+            summs = f16_at(blk, 2).mul_add(a.s[k], summs);
+        }
     }
-    acc
+    let h = hsum8(&lanes);
+    if format == WeightFormat::Q4_1 {
+        h + summs
+    } else {
+        h
+    }
 }
 
 fn dot_q45k(w: &[u8], a: &ActBuf, i: usize, bb: usize, unpack: fn(&[u8]) -> KUnpacked) -> f32 {

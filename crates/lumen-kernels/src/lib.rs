@@ -64,7 +64,7 @@ pub use blocks::get_scale_min_k4;
 pub use dequant::dequantize_row;
 pub use error::KernelError;
 pub use format::{WeightFormat, ALL_FORMATS};
-pub use matmul::{matmul, MatRef, MatmulScratch};
+pub use matmul::{matmul, matmul_many, MatRef, MatmulScratch};
 pub use pool::{split_range, ThreadPool};
 pub use quantize::quantize_row;
 pub use simd::{simd_level, SimdLevel};

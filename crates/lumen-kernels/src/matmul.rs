@@ -170,45 +170,75 @@ pub fn matmul(
     out: &mut [f32],
     scratch: &mut MatmulScratch,
 ) {
-    let (rows, cols) = (w.rows, w.cols);
-    assert_eq!(
-        x.len(),
-        m * cols,
-        "matmul: x has {} values, expected {m} x {cols}",
-        x.len()
-    );
-    assert_eq!(
-        out.len(),
-        m * rows,
-        "matmul: out has {} values, expected {m} x {rows}",
-        out.len()
-    );
-    if m == 0 || rows == 0 {
+    matmul_many(pool, &[*w], x, m, &mut [out], scratch);
+}
+
+/// Several matmuls of the same input in one pass: `outs[k] = x * ws[k]^T`, as [`matmul`] each.
+///
+/// When every matrix has the same format, the activations are quantized once and all the
+/// matrices' rows are shared out over the pool in one dispatch (the Q/K/V and gate/up
+/// projections of a layer); otherwise it falls back to one [`matmul`] per matrix. The results
+/// are bit-identical to separate calls either way.
+pub fn matmul_many(
+    pool: &ThreadPool,
+    ws: &[MatRef],
+    x: &[f32],
+    m: usize,
+    outs: &mut [&mut [f32]],
+    scratch: &mut MatmulScratch,
+) {
+    assert_eq!(ws.len(), outs.len(), "matmul_many: {} matrices but {} outputs", ws.len(), outs.len());
+    let Some(first) = ws.first() else { return };
+    if ws.iter().any(|w| w.format != first.format || w.cols != first.cols) {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            matmul_many(pool, std::slice::from_ref(w), x, m, std::slice::from_mut(out), scratch);
+        }
+        return;
+    }
+    let cols = first.cols;
+    assert_eq!(x.len(), m * cols, "matmul: x has {} values, expected {m} x {cols}", x.len());
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        assert_eq!(out.len(), m * w.rows, "matmul: out has {} values, expected {m} x {}", out.len(), w.rows);
+    }
+    if m == 0 {
         return;
     }
     let level = scratch.level;
-    scratch
-        .act
-        .prepare(w.format.act_kind(), x, m, cols, level, pool);
+    scratch.act.prepare(first.format.act_kind(), x, m, cols, level, pool);
     let act = &scratch.act;
-    let tiles = rows.div_ceil(TILE_ROWS);
-    let macs = rows.saturating_mul(cols).saturating_mul(m);
-    let n = if macs < PARALLEL_MIN_MACS {
-        1
-    } else {
-        pool.n_threads().min(tiles)
-    };
-    let outp = OutPtr(out.as_mut_ptr());
+    // Tiles of all matrices, numbered consecutively; thread t takes one contiguous range.
+    let mut tile_end = [0usize; MAX_MATS];
+    assert!(ws.len() <= MAX_MATS, "matmul_many: at most {MAX_MATS} matrices");
+    let mut total = 0;
+    for (k, w) in ws.iter().enumerate() {
+        total += w.rows.div_ceil(TILE_ROWS);
+        tile_end[k] = total;
+    }
+    if total == 0 {
+        return;
+    }
+    let rows_all: usize = ws.iter().map(|w| w.rows).sum();
+    let macs = rows_all.saturating_mul(cols).saturating_mul(m);
+    let n = if macs < PARALLEL_MIN_MACS { 1 } else { pool.n_threads().min(total) };
+    let mut ptrs = [OutPtr(std::ptr::null_mut()); MAX_MATS];
+    for (p, out) in ptrs.iter_mut().zip(outs.iter_mut()) {
+        *p = OutPtr(out.as_mut_ptr());
+    }
     let job = |t: usize, _: usize| {
         if t >= n {
             return;
         }
-        let tr = split_range(tiles, n, t);
-        let r = (tr.start * TILE_ROWS).min(rows)..(tr.end * TILE_ROWS).min(rows);
-        if !r.is_empty() {
-            // SAFETY: `out` holds m x rows values and this thread writes only columns `r`,
-            // which no other thread of this call touches.
-            unsafe { compute_rows(level, w, x, act, r, outp.get()) };
+        let mine = split_range(total, n, t);
+        let mut start = 0;
+        for (k, w) in ws.iter().enumerate() {
+            let (lo, hi) = (mine.start.max(start), mine.end.min(tile_end[k]));
+            if lo < hi {
+                let r = ((lo - start) * TILE_ROWS).min(w.rows)..((hi - start) * TILE_ROWS).min(w.rows);
+                // SAFETY: `outs[k]` holds m x rows values and this thread writes only columns
+                // `r` of it, which no other thread of this call touches.
+                unsafe { compute_rows(level, w, x, act, r, ptrs[k].get()) };
+            }
+            start = tile_end[k];
         }
     };
     if n == 1 {
@@ -217,6 +247,9 @@ pub fn matmul(
         pool.run(job);
     }
 }
+
+/// Most matrices one [`matmul_many`] call takes.
+const MAX_MATS: usize = 4;
 
 /// Computes columns `r` of all m output rows.
 ///

@@ -4,7 +4,7 @@ mod common;
 
 use common::{random_f32, random_weights, reference, rng};
 use lumen_kernels::{
-    matmul, MatRef, MatmulScratch, SimdLevel, ThreadPool, WeightFormat, ALL_FORMATS,
+    matmul, matmul_many, MatRef, MatmulScratch, SimdLevel, ThreadPool, WeightFormat, ALL_FORMATS,
 };
 
 /// Column counts every format can take (256 is the K-quant block).
@@ -213,6 +213,32 @@ fn zero_rows_and_zero_activations() {
                 &mut empty,
                 &mut MatmulScratch::with_level(level),
             );
+        }
+    }
+}
+
+#[test]
+fn matmul_many_equals_separate_calls() {
+    // Same format (one fused dispatch, several threads) and mixed formats (the fallback).
+    let pool = ThreadPool::new(3);
+    let mut r = rng(77);
+    for formats in [
+        [WeightFormat::Q4_1; 3],
+        [WeightFormat::Q8_0; 3],
+        [WeightFormat::Q4_K, WeightFormat::Q4_K, WeightFormat::Q6_K],
+    ] {
+        for m in [1, 7] {
+            let shapes = [203, 64, 9];
+            let data: Vec<Vec<u8>> = formats.iter().zip(shapes).map(|(&f, rows)| random_weights(&mut r, f, rows, COLS)).collect();
+            let ws: Vec<MatRef> = formats.iter().zip(shapes).zip(&data).map(|((&f, rows), d)| MatRef::new(f, rows, COLS, d).unwrap()).collect();
+            let x = random_f32(&mut r, m * COLS, 1.0);
+            let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&rows| vec![f32::NAN; m * rows]).collect();
+            let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            matmul_many(&pool, &ws, &x, m, &mut refs, &mut MatmulScratch::new());
+            for (w, got) in ws.iter().zip(&outs) {
+                let want = run(&pool, SimdLevel::detect(), w, &x, m);
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{:?} m={m}", w.format());
+            }
         }
     }
 }

@@ -1,9 +1,8 @@
 //! AVX2 + FMA + F16C kernels, selected at run time (see [`crate::simd`]).
 //!
 //! Every tile computes, for each (weight row, activation row) pair and each block, the same
-//! exact integer sum and the same float update as the scalar reference in [`crate::dot`], so
-//! results do not depend on the tile shape. Pairs are laid out `p = c * R + r` for a tile of R
-//! weight rows by C activation rows, eight pairs to a vector.
+//! exact integer sums and the same float updates as the scalar reference in [`crate::dot`], so
+//! results do not depend on the tile shape.
 
 pub(crate) mod fl;
 pub(crate) mod kdirect;
@@ -79,24 +78,4 @@ pub(crate) unsafe fn hsum_epi32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
     _mm_cvtsi128_si32(s)
-}
-
-/// For the pairs `8v..8v+8` of an R x C tile: the weight-row and activation-row index of each
-/// lane (padding lanes point at pair 0).
-#[inline]
-#[target_feature(enable = "avx2")]
-pub(crate) unsafe fn pair_index(rn: usize, cn: usize, v: usize) -> (__m256i, __m256i) {
-    let mut ir = [0i32; 8];
-    let mut ic = [0i32; 8];
-    for l in 0..8 {
-        let p = 8 * v + l;
-        if p < rn * cn {
-            ir[l] = (p % rn) as i32;
-            ic[l] = (p / rn) as i32;
-        }
-    }
-    (
-        _mm256_loadu_si256(ir.as_ptr().cast()),
-        _mm256_loadu_si256(ic.as_ptr().cast()),
-    )
 }

@@ -32,8 +32,7 @@ unsafe fn store_packed(q: *mut i8, i: [__m256i; 4]) {
 
 /// One Q8_0/Q8_1 block of 32 values: returns `(amax / 127, sum of quants)`.
 ///
-/// Rounds half away from zero like C `roundf`: truncating `v + copysign(0.49999997, v)`
-/// gives exactly `roundf(v)` for every float.
+/// llama.cpp's x86 quantizer: multiply by `127 / amax` and round half to even.
 ///
 /// # Safety
 /// AVX2 must be available; `x` must be readable for 32 floats and `q` writable for 32 bytes.
@@ -51,15 +50,12 @@ pub(crate) unsafe fn q8_block(x: *const f32, q: *mut i8) -> (f32, i32) {
     );
     let amax = hmax_ps(a);
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let idv = _mm256_set1_ps(id);
-    let half = _mm256_set1_ps(f32::from_bits(0x3eff_ffff));
-    let sign = _mm256_set1_ps(-0.0);
     let mut iv = [_mm256_setzero_si256(); 4];
     for k in 0..4 {
         let s = _mm256_mul_ps(v[k], idv);
-        let bias = _mm256_or_ps(_mm256_and_ps(s, sign), half);
-        iv[k] = _mm256_cvttps_epi32(_mm256_add_ps(s, bias));
+        iv[k] = _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(s));
     }
     let sum = hsum_epi32(_mm256_add_epi32(
         _mm256_add_epi32(iv[0], iv[1]),
