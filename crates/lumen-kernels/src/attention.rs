@@ -5,16 +5,31 @@
 //! its keys and values through its block table: token position `p` lives in block
 //! `table[p / block_size]`, slot `p % block_size`.
 //!
-//! Numerics follow llama.cpp's CPU path with an f16 cache: the query is rounded to f16 before
-//! the dot with each key, scores are scaled and soft-maxed in f32, and the probabilities are
-//! rounded to f16 before weighting the values. Each (token, head) is computed by one thread in a
-//! fixed order, so results do not depend on how the batch is split (batch invariance).
+//! Numerics reproduce, bit for bit, llama.cpp's CPU decode path (no flash attention, f16 cache,
+//! ggml built for AVX-512), for one query token at a time:
+//!
+//! - the query is rounded to f16 and each score is `ggml_vec_dot_f16(k, q)`: 64-element chunks
+//!   accumulate in four 16-lane FMA accumulators, which are then summed `(s0 + s2) + (s1 + s3)`
+//!   and reduced in `_mm512_reduce_add_ps` order, in f64 from there on with the `head_dim % 64`
+//!   leftover products added one by one;
+//! - llama.cpp pads the KV length to `n_kv`, a multiple of 32, and masks the padding. The softmax
+//!   computes `exp(w - max)` with ggml's exp polynomial and sums it in f64 one 16-lane reduction
+//!   at a time; probabilities are `e * (1 / sum)` rounded to f16;
+//! - each output dimension is `ggml_vec_dot_f16` over the `n_kv` positions of the value column
+//!   and the probabilities, so position `p` feeds accumulator lane `p % 64` while `p` is below
+//!   `n_kv & !63`, the rest is added in f64. We vectorise across the head dimension instead: 64
+//!   rows of `head_dim` accumulators, reduced per dimension in ggml's tree order.
+//!
+//! The AVX2 and scalar paths perform the same operations in the same order (products of two f16
+//! values are exact in f32, so FMA and multiply-then-add agree there) and give the same bits.
+//! Each (token, head) depends only on its own query and context and is computed by one thread
+//! in a fixed order, so results do not depend on how the batch is split (batch invariance).
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use crate::ggml_math;
 use crate::pool::{split_range, ThreadPool};
-use crate::simd::SimdLevel;
 
 /// Shape of the KV cache and the attention heads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +72,7 @@ pub struct AttnQuery<'a> {
     pub block_table: &'a [u32],
 }
 
-/// Per-thread scratch (converted keys and values, scores) reused across calls.
+/// Per-thread scratch (converted keys and values, scores, accumulators) reused across calls.
 #[derive(Default)]
 pub struct AttnScratch {
     buf: Vec<f32>,
@@ -77,6 +92,9 @@ struct Task {
 /// get work, while each task still converts its context's keys and values only once.
 const RUN_TOKENS: usize = 16;
 
+/// Accumulator rows of the weighted sum of values: ggml's `vec_dot_f16` keeps 4 x 16 lanes.
+const ROWS: usize = 64;
+
 impl AttnScratch {
     /// An empty scratch; it grows on first use.
     pub fn new() -> Self {
@@ -84,7 +102,7 @@ impl AttnScratch {
     }
 
     fn ensure(&mut self, parts: usize, max_ctx: usize, head_dim: usize) {
-        let stride = max_ctx * (2 * head_dim + 1) + 2 * head_dim;
+        let stride = 2 * max_ctx * head_dim + max_ctx.next_multiple_of(64) + (ROWS + 2) * head_dim;
         if self.stride < stride || self.buf.len() < parts * self.stride.max(stride) {
             self.stride = stride.max(self.stride);
             self.buf = vec![0.0; parts * self.stride];
@@ -144,6 +162,24 @@ pub fn paged_attention(
     scratch: &mut AttnScratch,
     out: &mut [f32],
 ) {
+    let avx2 = ggml_math::use_avx2() && geo.head_dim & 7 == 0;
+    paged_attention_with(avx2, pool, geo, queries, q, k_layer, v_layer, scale, scratch, out);
+}
+
+/// [`paged_attention`] on the AVX2 path or the scalar one (`avx2` requires CPU support).
+#[allow(clippy::too_many_arguments)]
+fn paged_attention_with(
+    avx2: bool,
+    pool: &ThreadPool,
+    geo: KvGeometry,
+    queries: &[AttnQuery<'_>],
+    q: &[f32],
+    k_layer: &[f16],
+    v_layer: &[f16],
+    scale: f32,
+    scratch: &mut AttnScratch,
+    out: &mut [f32],
+) {
     let q_dim = geo.n_heads * geo.head_dim;
     assert_eq!(q.len(), queries.len() * q_dim, "paged_attention: q shape");
     assert_eq!(out.len(), q.len(), "paged_attention: out shape");
@@ -164,15 +200,16 @@ pub fn paged_attention(
     let scratch_ptr = SharedMut(scratch.buf.as_mut_ptr());
     let out_ptr = SharedMut(out.as_mut_ptr());
     let (hd, group) = (geo.head_dim, geo.n_heads / geo.n_kv_heads);
-    let avx2 = SimdLevel::detect() == SimdLevel::Avx2;
+    assert!(!avx2 || (ggml_math::use_avx2() && hd & 7 == 0), "paged_attention: AVX2 path unavailable");
     pool.run(|part, n_parts| {
         // SAFETY: each part index runs exactly once per call and owns
         // scratch[part*stride .. (part+1)*stride]; part < n_parts == the pool's size.
         let buf = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.ptr().add(part * stride), stride) };
         let (kf, rest) = buf.split_at_mut(max_ctx * hd);
         let (vf, rest) = rest.split_at_mut(max_ctx * hd);
-        let (scores, rest) = rest.split_at_mut(max_ctx);
+        let (scores, rest) = rest.split_at_mut(max_ctx.next_multiple_of(64));
         let (qh, rest) = rest.split_at_mut(hd);
+        let (rows, rest) = rest.split_at_mut(ROWS * hd);
         let acc = &mut rest[..hd];
         for task in &tasks[split_range(tasks.len(), n_parts, part)] {
             // Convert this run's context for its KV head once; every query of the run and
@@ -187,7 +224,8 @@ pub fn paged_attention(
             for t in task.first..task.end {
                 for head in task.kv_head * group..(task.kv_head + 1) * group {
                     let qoff = t * q_dim + head * hd;
-                    attend(avx2, &q[qoff..qoff + hd], queries[t].n_ctx, kf, vf, scale, scores, qh, acc);
+                    let bufs = Bufs { scores: &mut *scores, qh: &mut *qh, rows: &mut *rows, out: &mut *acc };
+                    attend(avx2, &q[qoff..qoff + hd], queries[t].n_ctx, kf, vf, scale, bufs);
                     // SAFETY: (token, head) belongs to exactly one task, run by one part, so
                     // this output range is written by nobody else.
                     let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add(qoff), hd) };
@@ -198,79 +236,289 @@ pub fn paged_attention(
     });
 }
 
-/// One query head over `n_ctx` converted key/value rows (`head_dim` each).
-///
-/// The body is compiled twice: for the baseline target and with AVX2 enabled, so the dot
-/// products and the weighted sum of values vectorise 8 lanes wide where the CPU allows. Rust
-/// never contracts `a * b + c` into an FMA, so both versions compute the same bits.
-#[allow(clippy::too_many_arguments)]
-fn attend(avx2: bool, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, scores: &mut [f32], qh: &mut [f32], acc: &mut [f32]) {
+/// Scratch slices for one (token, head): `scores` holds at least `n_ctx` rounded up to 64,
+/// `qh` and `out` `head_dim` values, `rows` `ROWS * head_dim`.
+struct Bufs<'a> {
+    scores: &'a mut [f32],
+    qh: &'a mut [f32],
+    rows: &'a mut [f32],
+    out: &'a mut [f32],
+}
+
+/// One query head over `n_ctx` converted key/value rows (`head_dim` each); the result is left
+/// in `bufs.out`.
+fn attend(avx2: bool, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
-        // SAFETY: `avx2` is true only when the CPU supports AVX2 (checked by the caller).
-        return unsafe { attend_avx2(q, n_ctx, kf, vf, scale, scores, qh, acc) };
+        // SAFETY: `avx2` is true only when the CPU supports AVX2, FMA and F16C, and
+        // head_dim % 8 == 0 (checked by the caller).
+        return unsafe { avx2::attend(q, n_ctx, kf, vf, scale, bufs) };
     }
     let _ = avx2;
-    attend_body(q, n_ctx, kf, vf, scale, scores, qh, acc)
+    attend_scalar(q, n_ctx, kf, vf, scale, bufs)
 }
 
-/// [`attend`] compiled with AVX2.
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx2(q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, scores: &mut [f32], qh: &mut [f32], acc: &mut [f32]) {
-    attend_body(q, n_ctx, kf, vf, scale, scores, qh, acc)
-}
-
+/// `x` rounded to the nearest f16 and back.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_body(q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, scores: &mut [f32], qh: &mut [f32], acc: &mut [f32]) {
+fn round_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// llama.cpp's padded KV length for a context of `n_ctx` positions.
+#[inline(always)]
+fn padded_kv(n_ctx: usize) -> usize {
+    n_ctx.next_multiple_of(32)
+}
+
+/// [`attend`] in portable Rust.
+fn attend_scalar(q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
     let hd = q.len();
-    // Round the query to f16 as llama.cpp does before its f16 dot products.
+    let Bufs { scores, qh, rows, out } = bufs;
     for (d, &s) in qh.iter_mut().zip(q) {
-        *d = f16::from_f32(s).to_f32();
+        *d = round_f16(s);
     }
-    let scores = &mut scores[..n_ctx];
+    let n16 = n_ctx.next_multiple_of(16);
+    let scores = &mut scores[..n16];
     let mut max = f32::NEG_INFINITY;
-    for (pos, s) in scores.iter_mut().enumerate() {
-        *s = dot(qh, &kf[pos * hd..(pos + 1) * hd]) * scale;
+    for (pos, s) in scores[..n_ctx].iter_mut().enumerate() {
+        *s = dot_f16(qh, &kf[pos * hd..(pos + 1) * hd]) * scale;
         max = max.max(*s);
     }
-    let mut sum = 0.0f64;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s as f64;
-    }
-    let inv = (1.0 / sum) as f32;
-    acc.fill(0.0);
-    for (pos, &s) in scores.iter().enumerate() {
-        let p = f16::from_f32(s * inv).to_f32();
-        for (a, &v) in acc.iter_mut().zip(&vf[pos * hd..(pos + 1) * hd]) {
-            *a += p * v;
+    scores[n_ctx..].fill(f32::NEG_INFINITY);
+    // Chunks past n16 (up to the padded length) are all zero and add nothing.
+    let mut total = 0.0f64;
+    for c in scores.chunks_exact_mut(16) {
+        for e in c.iter_mut() {
+            *e = ggml_math::exp(*e - max);
         }
+        total += ggml_math::reduce16((&*c).try_into().expect("16 lanes")) as f64;
+    }
+    let inv = (1.0 / total) as f32;
+    for s in scores[..n_ctx].iter_mut() {
+        *s = round_f16(*s * inv);
+    }
+    let p = &scores[..n_ctx];
+
+    // Weighted sum of values: position `pos < np` goes to accumulator row `pos % 64`.
+    let n_kv = padded_kv(n_ctx);
+    let np = n_kv & !(ROWS - 1);
+    let real = n_ctx.min(np);
+    for pos in 0..np {
+        let row = &mut rows[(pos % ROWS) * hd..(pos % ROWS + 1) * hd];
+        if pos < real {
+            let (pv, v) = (p[pos], &vf[pos * hd..(pos + 1) * hd]);
+            if pos < ROWS {
+                for (a, &x) in row.iter_mut().zip(v) {
+                    *a = 0.0 + x * pv;
+                }
+            } else {
+                for (a, &x) in row.iter_mut().zip(v) {
+                    *a += x * pv;
+                }
+            }
+        } else if pos < ROWS {
+            row.fill(0.0);
+        } else {
+            // A masked position adds an exact +0 product.
+            for a in row.iter_mut() {
+                *a += 0.0;
+            }
+        }
+    }
+    for (d, o) in out.iter_mut().enumerate() {
+        let mut sumf = 0.0f64;
+        if np > 0 {
+            let r = |i: usize| rows[i * hd + d];
+            let mut s = [0.0f32; 16];
+            for (l, x) in s.iter_mut().enumerate() {
+                *x = (r(l) + r(32 + l)) + (r(16 + l) + r(48 + l));
+            }
+            sumf = ggml_math::reduce16(&s) as f64;
+        }
+        for pos in np..n_kv {
+            sumf += if pos < n_ctx { (vf[pos * hd + d] * p[pos]) as f64 } else { 0.0 };
+        }
+        *o = sumf as f32;
     }
 }
 
-/// Dot product with eight independent accumulators in a fixed order (vectorises, and is
-/// independent of anything but the two inputs).
+/// ggml's `ggml_vec_dot_f16` on two vectors of f16 values held as f32 (AVX-512 build).
+///
+/// Products of two f16 values are exact in f32, so `acc + x * y` is the FMA ggml computes.
 #[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
+fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len();
+    let np = n & !63;
+    let mut sums = [[0.0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, sum) in sums.iter_mut().enumerate() {
+            let (xs, ys) = (&x[i + 16 * j..i + 16 * j + 16], &y[i + 16 * j..i + 16 * j + 16]);
+            for l in 0..16 {
+                sum[l] += xs[l] * ys[l];
+            }
         }
     }
-    let mut tail = 0.0;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
+    let mut sumf = 0.0f64;
+    if np > 0 {
+        let mut s = [0.0f32; 16];
+        for (l, v) in s.iter_mut().enumerate() {
+            *v = (sums[0][l] + sums[2][l]) + (sums[1][l] + sums[3][l]);
+        }
+        sumf = ggml_math::reduce16(&s) as f64;
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    for i in np..n {
+        sumf += (x[i] * y[i]) as f64;
+    }
+    sumf as f32
+}
+
+/// The AVX2 path of [`attend`].
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{padded_kv, Bufs, ROWS};
+    use crate::ggml_math::x86::{exp8, reduce16};
+
+    /// [`super::attend_scalar`] with AVX2, FMA and F16C; same bits.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `q.len() % 8 == 0`; the slices as for the
+    /// scalar version.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn attend(q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+        let hd = q.len();
+        let Bufs { scores, qh, rows, out } = bufs;
+        let n16 = n_ctx.next_multiple_of(16);
+        let n_kv = padded_kv(n_ctx);
+        assert!(hd & 7 == 0 && qh.len() >= hd && out.len() >= hd && rows.len() >= ROWS * hd && scores.len() >= n_kv);
+        assert!(kf.len() >= n_ctx * hd && vf.len() >= n_ctx * hd);
+        let qh = qh.as_mut_ptr();
+        for d in (0..hd).step_by(8) {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(q.as_ptr().add(d)));
+            _mm256_storeu_ps(qh.add(d), _mm256_cvtph_ps(h));
+        }
+
+        // Scores and their maximum.
+        let sp = scores.as_mut_ptr();
+        let mut max = f32::NEG_INFINITY;
+        for pos in 0..n_ctx {
+            let s = dot_f16(qh, kf.as_ptr().add(pos * hd), hd) * scale;
+            *sp.add(pos) = s;
+            max = max.max(s);
+        }
+        for pos in n_ctx..n16 {
+            *sp.add(pos) = f32::NEG_INFINITY;
+        }
+
+        // exp(w - max), summed one 16-lane reduction at a time in f64.
+        let maxv = _mm256_set1_ps(max);
+        let mut total = 0.0f64;
+        for i in (0..n16).step_by(16) {
+            let lo = exp8(_mm256_sub_ps(_mm256_loadu_ps(sp.add(i)), maxv));
+            let hi = exp8(_mm256_sub_ps(_mm256_loadu_ps(sp.add(i + 8)), maxv));
+            _mm256_storeu_ps(sp.add(i), lo);
+            _mm256_storeu_ps(sp.add(i + 8), hi);
+            total += reduce16(lo, hi) as f64;
+        }
+        let inv = _mm256_set1_ps((1.0 / total) as f32);
+        // Probabilities rounded to f16 (the masked lanes up to n16 become 0).
+        for i in (0..n16).step_by(8) {
+            let p = _mm256_mul_ps(_mm256_loadu_ps(sp.add(i)), inv);
+            _mm256_storeu_ps(sp.add(i), _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(p)));
+        }
+
+        // Weighted sum of values into ROWS accumulator rows.
+        let np = n_kv & !(ROWS - 1);
+        let real = n_ctx.min(np);
+        let rp = rows.as_mut_ptr();
+        let zero = _mm256_setzero_ps();
+        for pos in 0..np {
+            let row = rp.add((pos % ROWS) * hd);
+            if pos < real {
+                let pv = _mm256_set1_ps(*sp.add(pos));
+                let v = vf.as_ptr().add(pos * hd);
+                if pos < ROWS {
+                    for d in (0..hd).step_by(8) {
+                        _mm256_storeu_ps(row.add(d), _mm256_fmadd_ps(_mm256_loadu_ps(v.add(d)), pv, zero));
+                    }
+                } else {
+                    for d in (0..hd).step_by(8) {
+                        _mm256_storeu_ps(row.add(d), _mm256_fmadd_ps(_mm256_loadu_ps(v.add(d)), pv, _mm256_loadu_ps(row.add(d))));
+                    }
+                }
+            } else if pos < ROWS {
+                for d in (0..hd).step_by(8) {
+                    _mm256_storeu_ps(row.add(d), zero);
+                }
+            } else {
+                for d in (0..hd).step_by(8) {
+                    _mm256_storeu_ps(row.add(d), _mm256_add_ps(_mm256_loadu_ps(row.add(d)), zero));
+                }
+            }
+        }
+
+        // Per dimension: ggml's reduction of the rows, then the leftover positions in f64.
+        let op = out.as_mut_ptr();
+        for d in (0..hd).step_by(8) {
+            let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+            if np > 0 {
+                let rd = rp.add(d);
+                let mut s = [zero; 16];
+                for (l, x) in s.iter_mut().enumerate() {
+                    let (a, b) = (_mm256_loadu_ps(rd.add(l * hd)), _mm256_loadu_ps(rd.add((32 + l) * hd)));
+                    let (c, e) = (_mm256_loadu_ps(rd.add((16 + l) * hd)), _mm256_loadu_ps(rd.add((48 + l) * hd)));
+                    *x = _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, e));
+                }
+                let mut t8 = [zero; 8];
+                for (l, x) in t8.iter_mut().enumerate() {
+                    *x = _mm256_add_ps(s[8 + l], s[l]);
+                }
+                let mut t4 = [zero; 4];
+                for (l, x) in t4.iter_mut().enumerate() {
+                    *x = _mm256_add_ps(t8[4 + l], t8[l]);
+                }
+                let f = _mm256_add_ps(_mm256_add_ps(t4[0], t4[2]), _mm256_add_ps(t4[1], t4[3]));
+                lo = _mm256_cvtps_pd(_mm256_castps256_ps128(f));
+                hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(f));
+            }
+            for pos in np..n_kv {
+                if pos < n_ctx {
+                    let prod = _mm256_mul_ps(_mm256_loadu_ps(vf.as_ptr().add(pos * hd + d)), _mm256_set1_ps(*sp.add(pos)));
+                    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(prod)));
+                    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(prod)));
+                } else {
+                    lo = _mm256_add_pd(lo, _mm256_setzero_pd());
+                    hi = _mm256_add_pd(hi, _mm256_setzero_pd());
+                }
+            }
+            _mm256_storeu_ps(op.add(d), _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo)));
+        }
+    }
+
+    /// [`super::dot_f16`] of `n` values at `x` and `y`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_f16(x: *const f32, y: *const f32, n: usize) -> f32 {
+        let np = n & !63;
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for i in (0..np).step_by(64) {
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i + 8 * k)), _mm256_loadu_ps(y.add(i + 8 * k)), *a);
+            }
+        }
+        let mut sumf = 0.0f64;
+        if np > 0 {
+            // Accumulator j (16 lanes) is acc[2j] (lanes 0..8) and acc[2j + 1] (lanes 8..16).
+            let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+            let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+            sumf = reduce16(lo, hi) as f64;
+        }
+        for i in np..n {
+            sumf += (*x.add(i) * *y.add(i)) as f64;
+        }
+        sumf as f32
+    }
 }
 
 #[cfg(test)]
@@ -358,5 +606,155 @@ mod tests {
         let mut fresh = vec![0.0; 16];
         paged_attention(&pool, geo, &short, &q[..16], &k, &v, 0.3, &mut AttnScratch::new(), &mut fresh);
         assert_eq!(after, fresh);
+    }
+
+    /// llama.cpp's `ggml_vec_dot_f16` written out literally (AVX-512 build), on f16 values.
+    fn ggml_vec_dot(x: &[f32], y: &[f32]) -> f32 {
+        let n = x.len();
+        let np = n & !63;
+        let mut sums = [[0.0f32; 16]; 4];
+        for i in (0..np).step_by(64) {
+            for j in 0..4 {
+                for l in 0..16 {
+                    sums[j][l] = x[i + 16 * j + l].mul_add(y[i + 16 * j + l], sums[j][l]);
+                }
+            }
+        }
+        let mut sumf = 0.0f64;
+        if np > 0 {
+            let [mut s0, mut s1, s2, s3] = sums;
+            for l in 0..16 {
+                s0[l] += s2[l];
+                s1[l] += s3[l];
+            }
+            for l in 0..16 {
+                s0[l] += s1[l];
+            }
+            sums[0] = s0;
+            sumf = ggml_math::reduce16(&sums[0]) as f64;
+        }
+        for i in np..n {
+            sumf += (x[i] * y[i]) as f64;
+        }
+        sumf as f32
+    }
+
+    /// llama.cpp's decode attention for one head, step by step: KQ, masked soft_max over the
+    /// padded KV length, f16 probabilities, KQV. Unused cache cells hold zeros.
+    fn ggml_reference(q: &[f32], ks: &[Vec<f32>], vs: &[Vec<f32>], scale: f32, n_ctx: usize) -> Vec<f32> {
+        let hd = q.len();
+        let n_kv = n_ctx.next_multiple_of(32);
+        let qh: Vec<f32> = q.iter().map(|&x| round_f16(x)).collect();
+        let zeros = vec![0.0f32; hd];
+        let cell = |c: &'_ [Vec<f32>], pos: usize| if pos < n_ctx { c[pos].clone() } else { zeros.clone() };
+        let mut w: Vec<f32> = (0..n_kv).map(|pos| ggml_vec_dot(&cell(ks, pos), &qh) * scale).collect();
+        for x in &mut w[n_ctx..] {
+            *x += f32::NEG_INFINITY;
+        }
+        let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0f64;
+        for c in w.chunks_exact_mut(16) {
+            for x in c.iter_mut() {
+                *x = ggml_math::exp(*x - max);
+            }
+            total += ggml_math::reduce16((&*c).try_into().unwrap()) as f64;
+        }
+        let inv = (1.0 / total) as f32;
+        let p: Vec<f32> = w.iter().map(|&e| round_f16(e * inv)).collect();
+        (0..hd)
+            .map(|d| {
+                let col: Vec<f32> = (0..n_kv).map(|pos| cell(vs, pos)[d]).collect();
+                ggml_vec_dot(&col, &p)
+            })
+            .collect()
+    }
+
+    struct Case {
+        geo: KvGeometry,
+        k: Vec<f16>,
+        v: Vec<f16>,
+        table: Vec<u32>,
+        /// [kv_head][pos] -> head_dim values
+        ks: Vec<Vec<Vec<f32>>>,
+        vs: Vec<Vec<Vec<f32>>>,
+    }
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+
+    fn make_case(head_dim: usize, max_ctx: usize, amp: f32, seed: &mut u64) -> Case {
+        let geo = KvGeometry { block_size: 16, n_heads: 4, n_kv_heads: 2, head_dim };
+        let n_blocks = max_ctx.div_ceil(16);
+        // Blocks in a scattered order, with one unused block in the pool.
+        let table: Vec<u32> = (0..n_blocks as u32).map(|b| (b * 7 + 3) % (n_blocks as u32 + 1)).collect();
+        let mut k = vec![f16::ZERO; (n_blocks + 1) * geo.block_elems()];
+        let mut v = k.clone();
+        let mut ks = vec![vec![vec![0.0f32; head_dim]; max_ctx]; 2];
+        let mut vs = ks.clone();
+        for pos in 0..max_ctx {
+            let off = geo.slot_offset(&table, pos);
+            for h in 0..2 {
+                for d in 0..head_dim {
+                    let (a, b) = (f16::from_f32(lcg(seed) * amp), f16::from_f32(lcg(seed)));
+                    k[off + h * head_dim + d] = a;
+                    v[off + h * head_dim + d] = b;
+                    ks[h][pos][d] = a.to_f32();
+                    vs[h][pos][d] = b.to_f32();
+                }
+            }
+        }
+        Case { geo, k, v, table, ks, vs }
+    }
+
+    /// Runs `paged_attention_with` for queries with the given context lengths.
+    fn run(case: &Case, avx2: bool, threads: usize, n_ctxs: &[usize], q: &[f32], scale: f32) -> Vec<f32> {
+        let queries: Vec<AttnQuery> = n_ctxs.iter().map(|&n| AttnQuery { n_ctx: n, block_table: &case.table }).collect();
+        let mut out = vec![0.0; q.len()];
+        paged_attention_with(avx2, &ThreadPool::new(threads), case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
+        out
+    }
+
+    fn bits(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn bit_exact_with_ggml_and_avx2_matches_scalar() {
+        let avx2 = ggml_math::use_avx2();
+        let mut seed = 42u64;
+        for head_dim in [64, 128, 80, 8] {
+            let max_ctx = 300;
+            for amp in [0.3f32, 3.0, 30.0] {
+                let case = make_case(head_dim, max_ctx, amp, &mut seed);
+                let n_ctxs: Vec<usize> = [1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 95, 96, 97, 127, 128, 129, 160, 191, 192, 193, 255, 256, 257, 300]
+                    .into_iter()
+                    .collect();
+                let q_dim = 4 * head_dim;
+                let q: Vec<f32> = (0..n_ctxs.len() * q_dim).map(|_| lcg(&mut seed) * amp).collect();
+                let scale = 1.0 / (head_dim as f32).sqrt();
+                let scalar = run(&case, false, 2, &n_ctxs, &q, scale);
+                for (t, &n_ctx) in n_ctxs.iter().enumerate() {
+                    for h in 0..4 {
+                        let qo = t * q_dim + h * head_dim;
+                        let want = ggml_reference(&q[qo..qo + head_dim], &case.ks[h / 2], &case.vs[h / 2], scale, n_ctx);
+                        assert_eq!(bits(&scalar[qo..qo + head_dim]), bits(&want), "hd {head_dim} amp {amp} n_ctx {n_ctx} head {h}");
+                    }
+                }
+                if avx2 && head_dim % 8 == 0 {
+                    let fast = run(&case, true, 2, &n_ctxs, &q, scale);
+                    assert_eq!(bits(&fast), bits(&scalar), "hd {head_dim} amp {amp}");
+                    // A run of consecutive tokens and a different thread count: same bits.
+                    let run_ctxs: Vec<usize> = (250..=300).collect();
+                    let q2: Vec<f32> = (0..run_ctxs.len() * q_dim).map(|_| lcg(&mut seed) * amp).collect();
+                    let a = run(&case, true, 3, &run_ctxs, &q2, scale);
+                    let b = run(&case, false, 1, &run_ctxs, &q2, scale);
+                    assert_eq!(bits(&a), bits(&b), "run, hd {head_dim} amp {amp}");
+                    let last = run(&case, true, 1, &[300], &q2[50 * q_dim..], scale);
+                    assert_eq!(bits(&a[50 * q_dim..]), bits(&last), "batch invariance, hd {head_dim}");
+                }
+            }
+        }
     }
 }

@@ -52,6 +52,7 @@ mod dequant;
 mod dot;
 mod error;
 mod format;
+mod ggml_math;
 mod matmul;
 mod pool;
 mod quantize;

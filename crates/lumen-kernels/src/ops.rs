@@ -2,25 +2,39 @@
 //!
 //! Every op works on one row at a time and reduces in a fixed order, so a row's result never
 //! depends on which other rows share the batch (batch invariance). Reductions that feed a
-//! normalisation accumulate in f64, as ggml does, which keeps us close to llama.cpp's numbers.
+//! normalisation accumulate in f64, as ggml does. RMSNorm, RoPE and SwiGLU reproduce the bits of
+//! llama.cpp's CPU backend (built for AVX-512): see the `ggml_math` module for the exp recipe.
+
+use crate::ggml_math::{self, use_avx2};
 
 /// RMSNorm of one row, scaled element-wise by `weight`: `out = x / rms(x) * weight`.
+///
+/// ggml's arithmetic: each square is rounded to f32 and summed sequentially in f64, the mean
+/// is rounded to f32, and `scale = 1 / sqrt(mean + eps)` in f32.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     assert!(x.len() == weight.len() && x.len() == out.len(), "rms_norm: length mismatch");
-    let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
-    let mean = (sum / x.len() as f64) as f32;
-    let scale = 1.0 / (mean + eps).sqrt();
+    let scale = rms_scale(x, eps);
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
         *o = (v * scale) * w;
     }
+}
+
+/// `1 / sqrt(mean(x^2) + eps)` as ggml's `rms_norm` computes it.
+#[inline]
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let mut sum = 0.0f64;
+    for &v in x {
+        sum += (v * v) as f64;
+    }
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
 }
 
 /// RMSNorm applied to each `head_dim` slice of `x` in place (Qwen3's per-head Q/K norm).
 pub fn rms_norm_heads_inplace(x: &mut [f32], head_dim: usize, weight: &[f32], eps: f32) {
     assert_eq!(weight.len(), head_dim, "rms_norm_heads: weight length");
     for head in x.chunks_exact_mut(head_dim) {
-        let sum: f64 = head.iter().map(|&v| (v as f64) * (v as f64)).sum();
-        let scale = 1.0 / ((sum / head_dim as f64) as f32 + eps).sqrt();
+        let scale = rms_scale(head, eps);
         for (v, &w) in head.iter_mut().zip(weight) {
             *v = (*v * scale) * w;
         }
@@ -63,28 +77,90 @@ impl Rope {
     }
 
     /// Rotates every head (each `head_dim` long) of one token's `x` in place, given its `cos_sin`.
+    ///
+    /// Each pair becomes `(fma(x0, c, -(x1 * s)), fma(x0, s, x1 * c))`, the products inside
+    /// rounded to f32: what llama.cpp's CPU rope compiles to with FMA contraction.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, cos_sin: &[f32]) {
-        let n = self.rot_dims;
+        self.apply_with(use_avx2(), x, head_dim, cos_sin);
+    }
+
+    fn apply_with(&self, avx2: bool, x: &mut [f32], head_dim: usize, cos_sin: &[f32]) {
+        assert!(self.rot_dims <= head_dim && cos_sin.len() >= self.rot_dims, "rope: shape");
+        assert!(!avx2 || use_avx2(), "rope: AVX2 path unavailable");
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: `avx2` is true only when the CPU supports AVX2 and FMA.
+            return unsafe { self.apply_avx2(x, head_dim, cos_sin) };
+        }
+        let _ = avx2;
         for head in x.chunks_exact_mut(head_dim) {
+            self.apply_head_scalar(head, cos_sin, 0);
+        }
+    }
+
+    /// Rotates one head from pair `first` on, in portable Rust.
+    fn apply_head_scalar(&self, head: &mut [f32], cos_sin: &[f32], first: usize) {
+        let n = self.rot_dims;
+        let half = n / 2;
+        for i in first..half {
+            let (c, s) = (cos_sin[2 * i], cos_sin[2 * i + 1]);
+            let (a, b) = match self.style {
+                RopeStyle::Normal => (2 * i, 2 * i + 1),
+                RopeStyle::Neox => (i, i + half),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0.mul_add(c, -(x1 * s));
+            head[b] = x0.mul_add(s, x1 * c);
+        }
+    }
+
+    /// [`Rope::apply`] with AVX2+FMA, eight dimensions at a time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn apply_avx2(&self, x: &mut [f32], head_dim: usize, cos_sin: &[f32]) {
+        use std::arch::x86_64::*;
+        let half = self.rot_dims / 2;
+        let cs = cos_sin.as_ptr();
+        for head in x.chunks_exact_mut(head_dim) {
+            let h = head.as_mut_ptr();
+            let mut i = 0;
             match self.style {
                 RopeStyle::Normal => {
-                    for (i, pair) in head[..n].chunks_exact_mut(2).enumerate() {
-                        let (c, s) = (cos_sin[2 * i], cos_sin[2 * i + 1]);
-                        let (x0, x1) = (pair[0], pair[1]);
-                        pair[0] = x0 * c - x1 * s;
-                        pair[1] = x0 * s + x1 * c;
+                    // Negates the even lanes.
+                    let sign = _mm256_setr_ps(-0.0, 0.0, -0.0, 0.0, -0.0, 0.0, -0.0, 0.0);
+                    while i + 4 <= half {
+                        let xv = _mm256_loadu_ps(h.add(2 * i));
+                        let cv = _mm256_loadu_ps(cs.add(2 * i)); // c s c s ...
+                        let x0 = _mm256_moveldup_ps(xv);
+                        let x1 = _mm256_movehdup_ps(xv);
+                        let sc = _mm256_permute_ps::<0b10_11_00_01>(cv); // s c s c ...
+                        let t = _mm256_xor_ps(_mm256_mul_ps(x1, sc), sign); // -(x1 s), x1 c
+                        _mm256_storeu_ps(h.add(2 * i), _mm256_fmadd_ps(x0, cv, t));
+                        i += 4;
                     }
                 }
                 RopeStyle::Neox => {
-                    let half = n / 2;
-                    for i in 0..half {
-                        let (c, s) = (cos_sin[2 * i], cos_sin[2 * i + 1]);
-                        let (x0, x1) = (head[i], head[i + half]);
-                        head[i] = x0 * c - x1 * s;
-                        head[i + half] = x0 * s + x1 * c;
+                    let sign = _mm256_set1_ps(-0.0);
+                    while i + 8 <= half {
+                        let a = _mm256_loadu_ps(cs.add(2 * i));
+                        let b = _mm256_loadu_ps(cs.add(2 * i + 8));
+                        // De-interleave (c, s) pairs into eight c and eight s.
+                        let c = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0x88>(a, b))));
+                        let s = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0xdd>(a, b))));
+                        let x0 = _mm256_loadu_ps(h.add(i));
+                        let x1 = _mm256_loadu_ps(h.add(i + half));
+                        let t0 = _mm256_xor_ps(_mm256_mul_ps(x1, s), sign);
+                        let t1 = _mm256_mul_ps(x1, c);
+                        _mm256_storeu_ps(h.add(i), _mm256_fmadd_ps(x0, c, t0));
+                        _mm256_storeu_ps(h.add(i + half), _mm256_fmadd_ps(x0, s, t1));
+                        i += 8;
                     }
                 }
             }
+            self.apply_head_scalar(head, cos_sin, i);
         }
     }
 
@@ -94,17 +170,49 @@ impl Rope {
     }
 }
 
-/// SiLU, `x * sigmoid(x)`.
+/// SiLU, `x * sigmoid(x)`, computed as ggml does: `x / (1 + exp(0 - x))` with ggml's
+/// AVX-512 exp polynomial (module `ggml_math`).
 #[inline]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    ggml_math::silu(x)
 }
 
-/// SwiGLU in place: `gate[i] = silu(gate[i]) * up[i]`.
+/// SwiGLU in place: `gate[i] = silu(gate[i]) * up[i]`, bit-identical to llama.cpp's
+/// `ggml_vec_swiglu_f32` on AVX-512 (AVX2 and scalar paths agree bit for bit).
 pub fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = silu(*g) * u;
+    assert_eq!(gate.len(), up.len(), "swiglu: length mismatch");
+    swiglu_with(use_avx2(), gate, up);
+}
+
+fn swiglu_with(avx2: bool, gate: &mut [f32], up: &[f32]) {
+    assert!(!avx2 || use_avx2(), "swiglu: AVX2 path unavailable");
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when the CPU supports AVX2 and FMA.
+        i = unsafe { swiglu_avx2(gate, up) };
     }
+    let _ = avx2;
+    for (g, &u) in gate[i..].iter_mut().zip(&up[i..]) {
+        *g = ggml_math::silu(*g) * u;
+    }
+}
+
+/// The whole 8-lane part of [`swiglu_inplace`]; returns how many elements it did.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `up` at least as long as `gate`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_avx2(gate: &mut [f32], up: &[f32]) -> usize {
+    use std::arch::x86_64::*;
+    let n = gate.len() / 8 * 8;
+    let (g, u) = (gate.as_mut_ptr(), up.as_ptr());
+    for i in (0..n).step_by(8) {
+        let s = ggml_math::x86::silu8(_mm256_loadu_ps(g.add(i)));
+        _mm256_storeu_ps(g.add(i), _mm256_mul_ps(s, _mm256_loadu_ps(u.add(i))));
+    }
+    n
 }
 
 /// Softmax in place over one row; returns nothing, the row sums to one afterwards.
@@ -176,5 +284,83 @@ mod tests {
         softmax_inplace(&mut x);
         assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert_eq!(x[3], 0.0);
+    }
+
+    /// Deterministic pseudo-random f32 in [-amp, amp).
+    fn rnd(seed: &mut u64, amp: f32) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
+    }
+
+    #[test]
+    fn rms_norm_follows_ggml_arithmetic() {
+        let mut seed = 3;
+        let x: Vec<f32> = (0..257).map(|_| rnd(&mut seed, 3.0)).collect();
+        let w: Vec<f32> = (0..257).map(|_| rnd(&mut seed, 1.0)).collect();
+        let mut out = vec![0.0; 257];
+        rms_norm(&x, &w, 1e-5, &mut out);
+        let mut sum = 0.0f64;
+        for &v in &x {
+            sum += (v * v) as f64;
+        }
+        let scale = 1.0f32 / ((sum / 257.0) as f32 + 1e-5).sqrt();
+        for i in 0..257 {
+            assert_eq!(out[i].to_bits(), ((x[i] * scale) * w[i]).to_bits());
+        }
+        let mut heads = x[..256].to_vec();
+        rms_norm_heads_inplace(&mut heads, 64, &w[..64], 1e-6);
+        let mut one = vec![0.0; 64];
+        rms_norm(&x[64..128], &w[..64], 1e-6, &mut one);
+        assert_eq!(&heads[64..128], &one[..]);
+    }
+
+    #[test]
+    fn rope_avx2_matches_scalar_and_fma_recipe() {
+        let mut seed = 5;
+        for style in [RopeStyle::Normal, RopeStyle::Neox] {
+            for (head_dim, rot) in [(64, 64), (128, 128), (80, 80), (128, 64), (64, 20), (6, 6)] {
+                let rope = Rope::new(style, rot, 10000.0);
+                let mut cs = vec![0.0; rot];
+                rope.cos_sin(1234, &mut cs);
+                let x: Vec<f32> = (0..3 * head_dim).map(|_| rnd(&mut seed, 4.0)).collect();
+                let mut a = x.clone();
+                rope.apply_with(false, &mut a, head_dim, &cs);
+                // The recipe, written out.
+                let mut want = x.clone();
+                for h in want.chunks_exact_mut(head_dim) {
+                    for i in 0..rot / 2 {
+                        let (p, q) = if style == RopeStyle::Normal { (2 * i, 2 * i + 1) } else { (i, i + rot / 2) };
+                        let (c, s, x0, x1) = (cs[2 * i], cs[2 * i + 1], h[p], h[q]);
+                        h[p] = x0.mul_add(c, -(x1 * s));
+                        h[q] = x0.mul_add(s, x1 * c);
+                    }
+                }
+                assert_eq!(a, want, "{style:?} {head_dim}/{rot}");
+                if use_avx2() {
+                    let mut b = x.clone();
+                    rope.apply_with(true, &mut b, head_dim, &cs);
+                    assert_eq!(b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{style:?} {head_dim}/{rot}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn swiglu_avx2_matches_scalar() {
+        let mut seed = 11;
+        for n in [1, 7, 8, 9, 16, 17, 63, 64, 100, 1000] {
+            let g: Vec<f32> = (0..n).map(|i| rnd(&mut seed, if i % 5 == 0 { 200.0 } else { 8.0 })).collect();
+            let u: Vec<f32> = (0..n).map(|_| rnd(&mut seed, 2.0)).collect();
+            let mut a = g.clone();
+            swiglu_with(false, &mut a, &u);
+            for i in 0..n {
+                assert_eq!(a[i].to_bits(), (g[i] / (1.0 + crate::ggml_math::exp(0.0 - g[i])) * u[i]).to_bits());
+            }
+            if use_avx2() {
+                let mut b = g.clone();
+                swiglu_with(true, &mut b, &u);
+                assert_eq!(b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "n = {n}");
+            }
+        }
     }
 }
