@@ -300,6 +300,7 @@ impl Bench<'_> {
                     start_pos: 0,
                     block_table: &table,
                     logits: LogitsWanted::Last,
+                    prompt_len: n_prompt,
                 };
                 self.model
                     .forward(&self.pool, &[chunk], &mut self.kv, &mut self.ws)?;
@@ -319,6 +320,7 @@ impl Bench<'_> {
                         start_pos: pos,
                         block_table: &table,
                         logits: LogitsWanted::Last,
+                        prompt_len: 0,
                     };
                     self.model
                         .forward(&self.pool, &[chunk], &mut self.kv, &mut self.ws)?;
@@ -355,6 +357,7 @@ impl Bench<'_> {
                     start_pos: start,
                     block_table: &tables[s],
                     logits: LogitsWanted::Last,
+                    prompt_len: n_prompt,
                 })
                 .collect();
             self.model
@@ -372,6 +375,7 @@ impl Bench<'_> {
                     start_pos: n_prompt + i,
                     block_table: &tables[s],
                     logits: LogitsWanted::Last,
+                    prompt_len: n_prompt,
                 })
                 .collect();
             self.model

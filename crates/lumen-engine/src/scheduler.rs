@@ -36,6 +36,12 @@ pub struct Sequence<T> {
     pub arrival: u64,
     /// Every known token: prompt, then generated.
     pub tokens: Vec<u32>,
+    /// How many of `tokens` are the prompt. Only blocks made entirely of prompt tokens go into
+    /// the prefix cache: generated tokens are computed with llama.cpp's single-token arithmetic
+    /// and prompt tokens with its batched one (see `SeqChunk::prompt_len`), so a later request
+    /// that has those tokens in its prompt must compute them itself to get the same bits as a
+    /// cold run.
+    pub prompt_len: usize,
     /// Tokens whose keys and values are in the cache.
     pub num_computed: usize,
     /// KV blocks in order.
@@ -266,7 +272,9 @@ impl<T> Scheduler<T> {
                 let b = seq.hashes.len();
                 let parent = seq.hashes.last().copied().unwrap_or(seq.root);
                 let h = block_hash(&parent, &seq.tokens[b * bs..(b + 1) * bs]);
-                pool.register(seq.block_table[b], h);
+                if (b + 1) * bs <= seq.prompt_len {
+                    pool.register(seq.block_table[b], h);
+                }
                 seq.hashes.push(h);
             }
         }

@@ -83,6 +83,28 @@ fn shared_prefix_is_computed_once() {
     assert_eq!(blocks_in_use(&warm), 0);
 }
 
+/// Blocks holding generated tokens are not offered to later prompts: those tokens were computed
+/// with the single-token arithmetic, a prompt computes them with the batched one, and reusing
+/// them would make a warm answer differ from a cold one.
+#[test]
+fn generated_blocks_are_not_reused_as_prompt() {
+    let Some(chat) = smollm2() else { return };
+    let first_prompt = prompt(21, 40);
+    let warm = engine(&chat, 256, 8);
+    let first = run_all(&warm, vec![greedy(first_prompt.clone(), 40)]).remove(0);
+    // A follow-up turn: the first prompt, its whole answer, and a new message.
+    let mut follow = first_prompt;
+    follow.extend(&first.tokens[0]);
+    follow.extend(prompt(22, 10));
+    let second = run_all(&warm, vec![greedy(follow.clone(), 8)]).remove(0);
+    // Only the 2 full blocks of the first prompt (32 of its 40 tokens) come from the cache.
+    assert_eq!(second.usage.cached_prompt_tokens, 32);
+    let cold = run_all(&engine(&chat, 256, 8), vec![greedy(follow, 8)]).remove(0);
+    assert_eq!(second.tokens, cold.tokens);
+    wait_idle(&warm);
+    assert_eq!(blocks_in_use(&warm), 0);
+}
+
 /// A KV budget too small for all requests at once: sequences are preempted and recomputed,
 /// every request completes, and outputs equal the unpreempted ones.
 #[test]

@@ -5,8 +5,13 @@
 //! its keys and values through its block table: token position `p` lives in block
 //! `table[p / block_size]`, slot `p % block_size`.
 //!
-//! Numerics reproduce, bit for bit, llama.cpp's CPU decode path (no flash attention, f16 cache,
-//! ggml built for AVX-512), for one query token at a time:
+//! Numerics reproduce, bit for bit, llama.cpp's CPU path (no flash attention, f16 cache, ggml
+//! built for AVX-512). llama.cpp has two: a step with one token uses `ggml_vec_dot_f16`, a step
+//! with several uses llamafile's tinyBLAS F16 GEMM, and they round differently. Lumen picks per
+//! query token ([`AttnQuery::prompt`]): prompt tokens get the batched arithmetic, generated
+//! tokens the single-token one, which is what llama.cpp does when it evaluates a prompt and
+//! then decodes — but here the choice never depends on what else shares the step, so results
+//! stay batch-invariant. The single-token arithmetic:
 //!
 //! - the query is rounded to f16 and each score is `ggml_vec_dot_f16(k, q)`: 64-element chunks
 //!   accumulate in four 16-lane FMA accumulators, which are then summed `(s0 + s2) + (s1 + s3)`
@@ -19,6 +24,11 @@
 //!   and the probabilities, so position `p` feeds accumulator lane `p % 64` while `p` is below
 //!   `n_kv & !63`, the rest is added in f64. We vectorise across the head dimension instead: 64
 //!   rows of `head_dim` accumulators, reduced per dimension in ggml's tree order.
+//!
+//! The batched arithmetic (only when `head_dim % 16 == 0`, else llama.cpp falls back to the
+//! single-token dots): each score is one 16-lane FMA accumulator over the head dimension in
+//! order, then `_mm512_reduce_add_ps`; the softmax is the same; each output dimension
+//! accumulates position `p` into lane `p % 16` in order and reduces the 16 lanes the same way.
 //!
 //! The AVX2 and scalar paths perform the same operations in the same order (products of two f16
 //! values are exact in f32, so FMA and multiply-then-add agree there) and give the same bits.
@@ -70,6 +80,9 @@ pub struct AttnQuery<'a> {
     pub n_ctx: usize,
     /// The sequence's block table.
     pub block_table: &'a [u32],
+    /// The token is part of a multi-token prompt: llama.cpp evaluates those with its batched
+    /// (tinyBLAS) arithmetic, generated tokens with the single-token one. See the module docs.
+    pub prompt: bool,
 }
 
 /// Per-thread scratch (converted keys and values, scores, accumulators) reused across calls.
@@ -225,7 +238,8 @@ fn paged_attention_with(
                 for head in task.kv_head * group..(task.kv_head + 1) * group {
                     let qoff = t * q_dim + head * hd;
                     let bufs = Bufs { scores: &mut *scores, qh: &mut *qh, rows: &mut *rows, out: &mut *acc };
-                    attend(avx2, &q[qoff..qoff + hd], queries[t].n_ctx, kf, vf, scale, bufs);
+                    let mode = if queries[t].prompt && hd % 16 == 0 { Arith::Batched } else { Arith::Single };
+                    attend(avx2, mode, &q[qoff..qoff + hd], queries[t].n_ctx, kf, vf, scale, bufs);
                     // SAFETY: (token, head) belongs to exactly one task, run by one part, so
                     // this output range is written by nobody else.
                     let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add(qoff), hd) };
@@ -247,15 +261,41 @@ struct Bufs<'a> {
 
 /// One query head over `n_ctx` converted key/value rows (`head_dim` each); the result is left
 /// in `bufs.out`.
-fn attend(avx2: bool, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+#[allow(clippy::too_many_arguments)]
+fn attend(avx2: bool, mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: `avx2` is true only when the CPU supports AVX2, FMA and F16C, and
         // head_dim % 8 == 0 (checked by the caller).
-        return unsafe { avx2::attend(q, n_ctx, kf, vf, scale, bufs) };
+        return unsafe { avx2::attend(mode, q, n_ctx, kf, vf, scale, bufs) };
     }
     let _ = avx2;
-    attend_scalar(q, n_ctx, kf, vf, scale, bufs)
+    attend_scalar(mode, q, n_ctx, kf, vf, scale, bufs)
+}
+
+/// Which of llama.cpp's two attention arithmetics a (token, head) follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arith {
+    /// One token per step: `ggml_vec_dot_f16` for scores and for the weighted values.
+    Single,
+    /// A token of a multi-token batch: llamafile's tinyBLAS F16 GEMM (`head_dim % 16 == 0`).
+    Batched,
+}
+
+/// Accumulator rows of the batched weighted sum: tinyBLAS keeps one 16-lane accumulator.
+const BATCH_ROWS: usize = 16;
+
+/// tinyBLAS's dot of two f16 vectors held as f32 (`len % 16 == 0`): one 16-lane accumulator
+/// fed 16 products at a time, then `_mm512_reduce_add_ps`.
+#[inline(always)]
+fn dot_tiny(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    for (xs, ys) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
+        for l in 0..16 {
+            acc[l] += xs[l] * ys[l];
+        }
+    }
+    ggml_math::reduce16(&acc)
 }
 
 /// `x` rounded to the nearest f16 and back.
@@ -271,7 +311,7 @@ fn padded_kv(n_ctx: usize) -> usize {
 }
 
 /// [`attend`] in portable Rust.
-fn attend_scalar(q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+fn attend_scalar(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
     let hd = q.len();
     let Bufs { scores, qh, rows, out } = bufs;
     for (d, &s) in qh.iter_mut().zip(q) {
@@ -281,7 +321,8 @@ fn attend_scalar(q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bu
     let scores = &mut scores[..n16];
     let mut max = f32::NEG_INFINITY;
     for (pos, s) in scores[..n_ctx].iter_mut().enumerate() {
-        *s = dot_f16(qh, &kf[pos * hd..(pos + 1) * hd]) * scale;
+        let k = &kf[pos * hd..(pos + 1) * hd];
+        *s = if mode == Arith::Batched { dot_tiny(qh, k) } else { dot_f16(qh, k) } * scale;
         max = max.max(*s);
     }
     scores[n_ctx..].fill(f32::NEG_INFINITY);
@@ -298,6 +339,22 @@ fn attend_scalar(q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bu
         *s = round_f16(*s * inv);
     }
     let p = &scores[..n_ctx];
+
+    if mode == Arith::Batched {
+        // Position `pos` feeds lane `pos % 16` in order; masked positions would add +0.
+        rows[..BATCH_ROWS * hd].fill(0.0);
+        for (pos, &pv) in p.iter().enumerate() {
+            let row = &mut rows[(pos % BATCH_ROWS) * hd..(pos % BATCH_ROWS + 1) * hd];
+            for (a, &x) in row.iter_mut().zip(&vf[pos * hd..(pos + 1) * hd]) {
+                *a += x * pv;
+            }
+        }
+        for (d, o) in out.iter_mut().enumerate() {
+            let lanes: [f32; 16] = std::array::from_fn(|l| rows[l * hd + d]);
+            *o = ggml_math::reduce16(&lanes);
+        }
+        return;
+    }
 
     // Weighted sum of values: position `pos < np` goes to accumulator row `pos % 64`.
     let n_kv = padded_kv(n_ctx);
@@ -377,7 +434,7 @@ fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{padded_kv, Bufs, ROWS};
+    use super::{padded_kv, Arith, Bufs, BATCH_ROWS, ROWS};
     use crate::ggml_math::x86::{exp8, reduce16};
 
     /// [`super::attend_scalar`] with AVX2, FMA and F16C; same bits.
@@ -386,7 +443,8 @@ mod avx2 {
     /// The CPU must support AVX2, FMA and F16C; `q.len() % 8 == 0`; the slices as for the
     /// scalar version.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn attend(q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn attend(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
         let hd = q.len();
         let Bufs { scores, qh, rows, out } = bufs;
         let n16 = n_ctx.next_multiple_of(16);
@@ -403,7 +461,8 @@ mod avx2 {
         let sp = scores.as_mut_ptr();
         let mut max = f32::NEG_INFINITY;
         for pos in 0..n_ctx {
-            let s = dot_f16(qh, kf.as_ptr().add(pos * hd), hd) * scale;
+            let k = kf.as_ptr().add(pos * hd);
+            let s = if mode == Arith::Batched { dot_tiny(qh, k, hd) } else { dot_f16(qh, k, hd) } * scale;
             *sp.add(pos) = s;
             max = max.max(s);
         }
@@ -426,6 +485,11 @@ mod avx2 {
         for i in (0..n16).step_by(8) {
             let p = _mm256_mul_ps(_mm256_loadu_ps(sp.add(i)), inv);
             _mm256_storeu_ps(sp.add(i), _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(p)));
+        }
+
+        if mode == Arith::Batched {
+            weighted_sum_tiny(sp, n_ctx, vf.as_ptr(), hd, rows.as_mut_ptr(), out.as_mut_ptr());
+            return;
         }
 
         // Weighted sum of values into ROWS accumulator rows.
@@ -493,6 +557,44 @@ mod avx2 {
                 }
             }
             _mm256_storeu_ps(op.add(d), _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo)));
+        }
+    }
+
+    /// [`super::dot_tiny`] of `n` values at `x` and `y` (`n % 16 == 0`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_tiny(x: *const f32, y: *const f32, n: usize) -> f32 {
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for i in (0..n).step_by(16) {
+            lo = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i)), _mm256_loadu_ps(y.add(i)), lo);
+            hi = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i + 8)), _mm256_loadu_ps(y.add(i + 8)), hi);
+        }
+        reduce16(lo, hi)
+    }
+
+    /// The batched weighted sum of values: position `pos` feeds accumulator row `pos % 16`
+    /// (tinyBLAS's lanes), then each dimension reduces its 16 rows like `_mm512_reduce_add_ps`.
+    /// `rows` holds `BATCH_ROWS * hd` floats, `p` the f16-rounded probabilities.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weighted_sum_tiny(p: *const f32, n_ctx: usize, vf: *const f32, hd: usize, rows: *mut f32, out: *mut f32) {
+        let zero = _mm256_setzero_ps();
+        for i in (0..BATCH_ROWS * hd).step_by(8) {
+            _mm256_storeu_ps(rows.add(i), zero);
+        }
+        for pos in 0..n_ctx {
+            let row = rows.add((pos % BATCH_ROWS) * hd);
+            let (pv, v) = (_mm256_set1_ps(*p.add(pos)), vf.add(pos * hd));
+            for d in (0..hd).step_by(8) {
+                _mm256_storeu_ps(row.add(d), _mm256_fmadd_ps(_mm256_loadu_ps(v.add(d)), pv, _mm256_loadu_ps(row.add(d))));
+            }
+        }
+        for d in (0..hd).step_by(8) {
+            let r = |l: usize| _mm256_loadu_ps(rows.add(l * hd + d));
+            let t8: [__m256; 8] = std::array::from_fn(|l| _mm256_add_ps(r(8 + l), r(l)));
+            let t4: [__m256; 4] = std::array::from_fn(|l| _mm256_add_ps(t8[4 + l], t8[l]));
+            let f = _mm256_add_ps(_mm256_add_ps(t4[0], t4[2]), _mm256_add_ps(t4[1], t4[3]));
+            _mm256_storeu_ps(out.add(d), f);
         }
     }
 
@@ -570,7 +672,7 @@ mod tests {
         let q: Vec<f32> = (0..32).map(|_| f16::from_f32(rnd()).to_f32()).collect();
         let pool = ThreadPool::new(3);
         let mut out = vec![0.0; 32];
-        let queries = [AttnQuery { n_ctx, block_table: &table }];
+        let queries = [AttnQuery { n_ctx, block_table: &table, prompt: false }];
         paged_attention(&pool, geo, &queries, &q, &k, &v, 0.5, &mut AttnScratch::new(), &mut out);
         for h in 0..4 {
             let want = reference(&q[h * 8..h * 8 + 8], &ks[h / 2], &vs[h / 2], 0.5);
@@ -579,7 +681,7 @@ mod tests {
             }
         }
         // Causality and batch invariance: the same query inside a batch gives the same bits.
-        let queries2 = [AttnQuery { n_ctx: 3, block_table: &table }, AttnQuery { n_ctx, block_table: &table }];
+        let queries2 = [AttnQuery { n_ctx: 3, block_table: &table, prompt: false }, AttnQuery { n_ctx, block_table: &table, prompt: false }];
         let mut q2 = q.clone();
         q2.extend_from_slice(&q);
         let mut out2 = vec![0.0; 64];
@@ -596,11 +698,11 @@ mod tests {
         let table: Vec<u32> = (0..8).collect();
         let pool = ThreadPool::new(2);
         let mut scratch = AttnScratch::new();
-        let long: Vec<AttnQuery> = (1..=30).map(|n| AttnQuery { n_ctx: n, block_table: &table }).collect();
+        let long: Vec<AttnQuery> = (1..=30).map(|n| AttnQuery { n_ctx: n, block_table: &table, prompt: false }).collect();
         let q = vec![0.1f32; long.len() * 16];
         let mut out = vec![0.0; q.len()];
         paged_attention(&pool, geo, &long, &q, &k, &v, 0.3, &mut scratch, &mut out);
-        let short = [AttnQuery { n_ctx: 3, block_table: &table }];
+        let short = [AttnQuery { n_ctx: 3, block_table: &table, prompt: false }];
         let mut after = vec![0.0; 16];
         paged_attention(&pool, geo, &short, &q[..16], &k, &v, 0.3, &mut scratch, &mut after);
         let mut fresh = vec![0.0; 16];
@@ -687,6 +789,7 @@ mod tests {
     fn make_case(head_dim: usize, max_ctx: usize, amp: f32, seed: &mut u64) -> Case {
         let geo = KvGeometry { block_size: 16, n_heads: 4, n_kv_heads: 2, head_dim };
         let n_blocks = max_ctx.div_ceil(16);
+        assert!((n_blocks + 1) % 7 != 0, "the scattered table below needs n_blocks + 1 coprime with 7");
         // Blocks in a scattered order, with one unused block in the pool.
         let table: Vec<u32> = (0..n_blocks as u32).map(|b| (b * 7 + 3) % (n_blocks as u32 + 1)).collect();
         let mut k = vec![f16::ZERO; (n_blocks + 1) * geo.block_elems()];
@@ -710,7 +813,11 @@ mod tests {
 
     /// Runs `paged_attention_with` for queries with the given context lengths.
     fn run(case: &Case, avx2: bool, threads: usize, n_ctxs: &[usize], q: &[f32], scale: f32) -> Vec<f32> {
-        let queries: Vec<AttnQuery> = n_ctxs.iter().map(|&n| AttnQuery { n_ctx: n, block_table: &case.table }).collect();
+        run_as(false, case, avx2, threads, n_ctxs, q, scale)
+    }
+
+    fn run_as(prompt: bool, case: &Case, avx2: bool, threads: usize, n_ctxs: &[usize], q: &[f32], scale: f32) -> Vec<f32> {
+        let queries: Vec<AttnQuery> = n_ctxs.iter().map(|&n| AttnQuery { n_ctx: n, block_table: &case.table, prompt }).collect();
         let mut out = vec![0.0; q.len()];
         paged_attention_with(avx2, &ThreadPool::new(threads), case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
         out
@@ -754,6 +861,59 @@ mod tests {
                     let last = run(&case, true, 1, &[300], &q2[50 * q_dim..], scale);
                     assert_eq!(bits(&a[50 * q_dim..]), bits(&last), "batch invariance, hd {head_dim}");
                 }
+            }
+        }
+    }
+
+    /// llama.cpp's batched (tinyBLAS) arithmetic written out: every dot is one 16-lane FMA
+    /// accumulator over the elements in order, then `_mm512_reduce_add_ps`.
+    fn tiny_reference(q: &[f32], ks: &[Vec<f32>], vs: &[Vec<f32>], scale: f32, n_ctx: usize) -> Vec<f32> {
+        let tiny = |x: &[f32], y: &[f32]| {
+            let mut lanes = [0.0f32; 16];
+            for (i, (&a, &b)) in x.iter().zip(y).enumerate() {
+                lanes[i % 16] = a.mul_add(b, lanes[i % 16]);
+            }
+            ggml_math::reduce16(&lanes)
+        };
+        let qh: Vec<f32> = q.iter().map(|&x| round_f16(x)).collect();
+        let w: Vec<f32> = (0..n_ctx).map(|pos| tiny(&ks[pos], &qh) * scale).collect();
+        let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut e: Vec<f32> = w.iter().map(|&x| ggml_math::exp(x - max)).collect();
+        e.resize(n_ctx.next_multiple_of(16), 0.0);
+        let total: f64 = e.chunks_exact(16).map(|c| ggml_math::reduce16(c.try_into().unwrap()) as f64).sum();
+        let inv = (1.0 / total) as f32;
+        let p: Vec<f32> = e[..n_ctx].iter().map(|&x| round_f16(x * inv)).collect();
+        (0..q.len()).map(|d| tiny(&(0..n_ctx).map(|pos| vs[pos][d]).collect::<Vec<_>>(), &p)).collect()
+    }
+
+    #[test]
+    fn prompt_tokens_follow_llama_cpp_batched_arithmetic() {
+        let avx2 = ggml_math::use_avx2();
+        let mut seed = 7u64;
+        for head_dim in [64, 128, 80] {
+            let case = make_case(head_dim, 300, 3.0, &mut seed);
+            let n_ctxs: Vec<usize> = [1, 2, 15, 16, 17, 31, 32, 33, 63, 64, 65, 129, 300].into_iter().collect();
+            let q_dim = 4 * head_dim;
+            let q: Vec<f32> = (0..n_ctxs.len() * q_dim).map(|_| lcg(&mut seed) * 3.0).collect();
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            let scalar = run_as(true, &case, false, 2, &n_ctxs, &q, scale);
+            let single = run_as(false, &case, false, 2, &n_ctxs, &q, scale);
+            if head_dim % 16 != 0 {
+                // tinyBLAS needs head_dim % 16 == 0; llama.cpp falls back to the single-token dots.
+                assert_eq!(bits(&scalar), bits(&single), "hd {head_dim}");
+                continue;
+            }
+            assert_ne!(bits(&scalar), bits(&single), "hd {head_dim}: the two arithmetics should differ somewhere");
+            for (t, &n_ctx) in n_ctxs.iter().enumerate() {
+                for h in 0..4 {
+                    let qo = t * q_dim + h * head_dim;
+                    let want = tiny_reference(&q[qo..qo + head_dim], &case.ks[h / 2], &case.vs[h / 2], scale, n_ctx);
+                    assert_eq!(bits(&scalar[qo..qo + head_dim]), bits(&want), "hd {head_dim} n_ctx {n_ctx} head {h}");
+                }
+            }
+            if avx2 {
+                let fast = run_as(true, &case, true, 3, &n_ctxs, &q, scale);
+                assert_eq!(bits(&fast), bits(&scalar), "hd {head_dim}");
             }
         }
     }

@@ -5,30 +5,32 @@
 //! [`matmul()`] multiplies m activation rows (f32) by a weight matrix read in place from its GGUF
 //! bytes ([`MatRef`], ggml block layouts). It is the engine's hot spot; four decisions shape it.
 //!
-//! **Activations follow llama.cpp.** Each weight format is dotted against the activation format
-//! llama.cpp's CPU backend uses for it (its `vec_dot_type`): Q4_0 and Q8_0 weights against
-//! Q8_0 activations, Q4_1 against Q8_1 (whose `s = d * sum(q)` carries the min term), the
-//! K-quants against Q8_K. The activation quantizers use ggml's reference arithmetic
-//! (`amax / 127`, `roundf`; `-127 / max` and round-half-even for Q8_K), so Lumen's logits stay
-//! within float rounding of llama.cpp's, and integer dot products do the bulk of the work.
-//! (llama.cpp's own AVX2 Q8_0/Q8_1 quantizer rounds ties to even with `127 / amax`; the two
-//! differ only on exact ties.) Float weights (F32, F16, BF16) are dotted against f32
-//! activations: unlike llama.cpp, which rounds activations to f16 for F16 weights, Lumen keeps
-//! them in f32, which is more accurate and just as fast with F16C conversions of the weights.
+//! **Arithmetic follows llama.cpp bit for bit.** Each weight format is dotted against the
+//! activation format llama.cpp's CPU backend uses for it (its `vec_dot_type`): Q4_0 and Q8_0
+//! weights against Q8_0 activations, Q4_1 against Q8_1 (whose `s = d * sum(q)` carries the min
+//! term), the K-quants against Q8_K. Activations are quantized as llama.cpp's x86 build does
+//! (`127 / amax`, ties to even), and the 32-block formats accumulate each block's integer dot
+//! in eight f32 lanes with one FMA, summed once per row in `hsum_float_8` order, so Q4_0, Q4_1
+//! and Q8_0 matmuls give llama.cpp's exact outputs; so do RMSNorm, RoPE, SwiGLU (ggml's exp
+//! polynomial) and attention ([`attention`]). The point is reproducibility against the
+//! reference everyone knows: a greedy continuation is token for token llama.cpp's. Float
+//! weights (F32, F16, BF16) are dotted against f32 activations (llama.cpp rounds them to
+//! f16/bf16 first), and the K-quants sum in our own order, so those agree within rounding.
 //!
 //! **Tiling.** Activations are quantized once per call, weight rows are split across the pool
 //! in contiguous whole tiles of 8 rows (each core streams its own slice of the weights), and a
 //! tile unpacks each weight block once and dots it with several activation rows using
-//! `maddubs`: 4 weight rows x 4 activation rows for the 32-value formats, K-quant super-blocks
+//! `maddubs`: 4 weight rows x 2 activation rows for the 32-value formats (8 x 1 for decode, with
+//! software prefetch of the rows two tiles ahead), K-quant super-blocks
 //! unpacked once per 8 rows and reused by every activation row of the call (a register-only
 //! path serves single-row decode), 4 x 2 FMA tiles for float weights. A decode step with 32
 //! sequences therefore reads the weights from memory once, not 32 times.
 //!
 //! **Batch invariance.** Every output value is bit-identical whatever m, the other rows of the
 //! call, the tile shape or the thread count. For the quantized formats, each (row, column, block)
-//! yields an exact integer sum and the accumulator update is one fixed float expression; the
-//! AVX2 tiles evaluate it lane-wise in the same order as the scalar reference in `dot.rs`, so
-//! the scalar and AVX2 paths even agree bit for bit. Float weights accumulate in eight FMA lanes
+//! yields exact integer sums and the accumulator update is one fixed float expression; the
+//! AVX2 tiles evaluate it in the same order as the scalar reference in `dot.rs`, so the scalar
+//! and AVX2 paths even agree bit for bit. Float weights accumulate in eight FMA lanes
 //! summed in a fixed tree (scalar and AVX2 agree within rounding there).
 //!
 //! **The pool.** [`ThreadPool`] keeps `n - 1` OS threads that spin on an epoch counter for a

@@ -26,7 +26,7 @@ fn ragged_batch_equals_solo_runs() {
         let mut kv = KvStorage::new(geo, model.config().n_layers, 8);
         let table: Vec<u32> = (0..8).collect();
         let mut ws = ForwardWorkspace::new();
-        let chunk = SeqChunk { tokens: p, start_pos: 0, block_table: &table, logits: LogitsWanted::Last };
+        let chunk = SeqChunk { tokens: p, start_pos: 0, block_table: &table, logits: LogitsWanted::Last, prompt_len: p.len() };
         solo.push(model.forward(&pool, &[chunk], &mut kv, &mut ws).unwrap().to_vec());
     }
 
@@ -34,11 +34,11 @@ fn ragged_batch_equals_solo_runs() {
     let mut kv = KvStorage::new(geo, model.config().n_layers, 64);
     let tables: Vec<Vec<u32>> = (0..lens.len() as u32).map(|s| (0..8).map(|b| 63 - (b * 5 + s)).collect()).collect();
     let mut ws = ForwardWorkspace::new();
-    let first: Vec<SeqChunk> = prompts.iter().zip(&tables).filter(|(p, _)| p.len() > 1).map(|(p, t)| SeqChunk { tokens: &p[..p.len() / 2], start_pos: 0, block_table: t, logits: LogitsWanted::None }).collect();
+    let first: Vec<SeqChunk> = prompts.iter().zip(&tables).filter(|(p, _)| p.len() > 1).map(|(p, t)| SeqChunk { tokens: &p[..p.len() / 2], start_pos: 0, block_table: t, logits: LogitsWanted::None, prompt_len: p.len() }).collect();
     model.forward(&pool, &first, &mut kv, &mut ws).unwrap();
     let second: Vec<SeqChunk> = prompts.iter().zip(&tables).map(|(p, t)| {
         let start = if p.len() > 1 { p.len() / 2 } else { 0 };
-        SeqChunk { tokens: &p[start..], start_pos: start, block_table: t, logits: LogitsWanted::Last }
+        SeqChunk { tokens: &p[start..], start_pos: start, block_table: t, logits: LogitsWanted::Last, prompt_len: p.len() }
     }).collect();
     let together = model.forward(&pool, &second, &mut kv, &mut ws).unwrap().to_vec();
     for (i, s) in solo.iter().enumerate() {

@@ -3,14 +3,12 @@
 //! Lumen follows llama.cpp's path token by token (teacher forcing on llama.cpp's greedy
 //! continuation of every fixture prompt) and compares the top-5 logprobs at every step.
 //!
-//! Known gap (issue 2): on this 30-layer model Lumen's logprobs differ from llama.cpp's by
-//! ~0.1 nats on average (max ~0.5), so near-tied greedy choices can flip and the 32-token
-//! continuations are not all identical. The tiny fixtures match llama.cpp to 1e-6 for Q4_0 and
-//! the K-quants but only to ~1% for Q4_1 and Q8_0, although Lumen's Q4_1/Q8_0 dot products
-//! equal ggml's reference arithmetic exactly (checked block by block), so the remaining
-//! difference is in how llama.cpp's build on this CPU evaluates those two formats. The strict
-//! check is kept as an ignored test until that is found; the bounds below still catch real
-//! bugs (a wrong RoPE pair, bias or scale moves logprobs by several nats).
+//! Lumen reproduces llama.cpp's CPU arithmetic for this model bit for bit (the Q4_1/Q8_0 lane
+//! order and activation rounding, RMSNorm, RoPE, the exp polynomial in softmax and SiLU, and
+//! both attention paths: batched for prompt tokens, single-token for generated ones), so the
+//! logprobs agree to the fixture's rounding and every greedy continuation is identical. The
+//! reference is llama.cpp as built natively on an AVX-512 machine by the fixture script;
+//! Lumen computes the same bits with AVX2 or portable code on any x86-64.
 
 mod common;
 
@@ -24,16 +22,19 @@ struct Comparison {
     steps: usize,
     argmax_agree: usize,
     identical_cases: usize,
+    cases: usize,
 }
 
 fn compare(path: &std::path::Path) -> Comparison {
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2_reference.json")).unwrap()).unwrap();
     let mut runner = Runner::new(LlamaModel::open(path).unwrap(), 2, 256);
     let (mut worst, mut sum, mut n, mut steps, mut agree, mut identical) = (0.0f64, 0.0f64, 0usize, 0usize, 0usize, 0usize);
+    let cases = reference["cases"].as_array().unwrap().len();
     for case in reference["cases"].as_array().unwrap() {
         let ids: Vec<u32> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let want: Vec<u32> = case["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         runner.pos = 0;
+        runner.prompt_len = ids.len();
         let mut logits = runner.step(&ids, LogitsWanted::Last);
         let mut all_agree = true;
         for (step, top) in case["top_logprobs"].as_array().unwrap().iter().enumerate() {
@@ -56,23 +57,18 @@ fn compare(path: &std::path::Path) -> Comparison {
         }
         identical += all_agree as usize;
     }
-    Comparison { worst, mean: sum / n as f64, steps, argmax_agree: agree, identical_cases: identical }
+    Comparison { worst, mean: sum / n as f64, steps, argmax_agree: agree, identical_cases: identical, cases }
 }
 
 #[test]
-fn follows_llama_cpp_greedy_path_closely() {
+fn greedy_continuations_and_logprobs_match_llama_cpp() {
     let Some(path) = smollm2() else { return };
     let c = compare(&path);
-    eprintln!("top-5 logprob error: worst {:.3}, mean {:.3}; greedy token agrees at {}/{} steps; {} of 8 continuations identical", c.worst, c.mean, c.argmax_agree, c.steps, c.identical_cases);
-    assert!(c.worst < 1.0, "a logprob differs from llama.cpp by {:.3} nats", c.worst);
-    assert!(c.mean < 0.2, "mean logprob difference {:.3} nats", c.mean);
-    assert!(c.argmax_agree * 10 >= c.steps * 9, "greedy token agrees at only {}/{} steps", c.argmax_agree, c.steps);
-}
-
-#[test]
-#[ignore = "known gap: Q4_1/Q8_0 numerics differ from llama.cpp's build (see module docs)"]
-fn greedy_continuations_and_logprobs_match_llama_cpp_exactly() {
-    let Some(path) = smollm2() else { return };
-    let c = compare(&path);
-    assert!(c.worst < 0.05 && c.argmax_agree == c.steps, "worst {:.3}, agree {}/{}", c.worst, c.argmax_agree, c.steps);
+    eprintln!("top-5 logprob error: worst {:.6}, mean {:.6}; greedy token agrees at {}/{} steps; {} of {} continuations identical", c.worst, c.mean, c.argmax_agree, c.steps, c.identical_cases, c.cases);
+    // The issue's bound is 0.05 nats; the mean bound catches a loss of bit-exactness long
+    // before it moves a logprob that far (the fixture rounds logprobs to 1e-6).
+    assert!(c.worst < 0.05, "a logprob differs from llama.cpp by {:.4} nats", c.worst);
+    assert!(c.mean < 1e-4, "mean logprob difference {:.6} nats: no longer bit-exact with llama.cpp", c.mean);
+    assert_eq!(c.argmax_agree, c.steps, "greedy token differs at {} of {} steps", c.steps - c.argmax_agree, c.steps);
+    assert_eq!(c.identical_cases, c.cases, "not every greedy continuation equals llama.cpp's");
 }

@@ -4,13 +4,17 @@
 //! They cover what SmolLM2 does not: Qwen2 (NeoX RoPE, Q/K/V biases, separate head, F16),
 //! Qwen3 (per-head Q/K norm, F32), and Q4_K, Q5_K, Q6_K, Q4_0, Q8_0 and BF16 weights.
 //!
-//! Tolerance: Lumen quantizes activations exactly as llama.cpp does (Q8_0/Q8_1/Q8_K per weight
-//! type, same rounding), keeps the KV cache in f16 and rounds Q and the attention weights to
-//! f16 as llama.cpp's CPU path does. What remains is summation order inside dot products and
-//! libm differences in exp/sin/cos, which move a logit by ~1e-4 relative per layer. A flipped
-//! 8-bit rounding of one activation can move a logit by up to ~1e-2 of its scale. So we allow
-//! 2% of the row's logit range — still far below what a real bug (a wrong RoPE pair, a
-//! missing bias, a mis-decoded scale) does, which moves logits by tens of percent.
+//! Tolerance, per weight format. Lumen reproduces llama.cpp's CPU arithmetic bit for bit for
+//! Q4_0, Q4_1 and Q8_0 weights and for everything around the matmuls (RMSNorm, RoPE, SwiGLU,
+//! attention), so those models must match to the fixture's rounding (logits are written with 6
+//! decimals). F32 weights are summed in another order than llama.cpp's, but with no quantized
+//! activations to amplify it that stays at float rounding, so Qwen3/F32 is held to the same
+//! bound. For the others llama.cpp's own kernels differ from ours
+//! in summation order (it repacks Q4_K/Q6_K into interleaved 8-row blocks, and rounds
+//! activations to f16/bf16 for F16/BF16 weights where Lumen keeps them in f32), and one
+//! flipped 8-bit activation rounding moves a logit by up to ~1e-2 of its range: 2% there is
+//! still far below what a real bug (a wrong RoPE pair, a missing bias, a mis-decoded scale)
+//! does, which moves logits by tens of percent.
 
 mod common;
 
@@ -18,7 +22,12 @@ use common::{fixtures, Runner};
 use lumen_models::{LlamaModel, LogitsWanted};
 use serde_json::Value;
 
-fn check(name: &str) {
+/// Bit-exact formats: the fixture writes logits with 6 decimals.
+const EXACT: f32 = 1e-5;
+/// Formats whose llama.cpp kernels sum in another order than ours (see the module docs).
+const APPROX: f32 = 0.02;
+
+fn check(name: &str, tolerance: f32) {
     let dir = fixtures();
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
     let ids: Vec<u32> = reference["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
@@ -26,6 +35,8 @@ fn check(name: &str) {
     let model = LlamaModel::open(&dir.join(format!("{name}.gguf"))).unwrap();
     let vocab = model.config().vocab_size;
     let mut runner = Runner::new(model, 2, ids.len());
+    // llama.cpp evaluated the whole input as one batch: every token is a prompt token.
+    runner.prompt_len = ids.len();
     let got = runner.step(&ids, LogitsWanted::All);
     assert_eq!(got.len(), ids.len() * vocab);
     let mut worst = 0.0f32;
@@ -38,12 +49,13 @@ fn check(name: &str) {
         }
     }
     eprintln!("{name}: worst relative logit error {worst:.5}");
-    assert!(worst < 0.02, "{name}: logits differ from llama.cpp by {worst} of the range");
+    assert!(worst <= tolerance, "{name}: logits differ from llama.cpp by {worst} of the range (allowed {tolerance})");
 
     // Same input token by token (prefill of 5, then decode steps) gives the same bits:
     // chunking must not change any row (batch invariance of kernels and attention).
     let model = LlamaModel::open(&dir.join(format!("{name}.gguf"))).unwrap();
     let mut stepwise = Runner::new(model, 3, ids.len());
+    stepwise.prompt_len = ids.len();
     let mut rows = stepwise.step(&ids[..5], LogitsWanted::All);
     for &t in &ids[5..] {
         rows.extend(stepwise.step(&[t], LogitsWanted::Last));
@@ -53,40 +65,40 @@ fn check(name: &str) {
 
 #[test]
 fn qwen2_f16_with_biases() {
-    check("tiny_qwen2_f16");
+    check("tiny_qwen2_f16", APPROX);
 }
 
 #[test]
 fn qwen3_f32_with_qk_norm() {
-    check("tiny_qwen3_f32");
+    check("tiny_qwen3_f32", EXACT);
 }
 
 #[test]
 fn llama_q4_k_m() {
-    check("tiny_llama_q4_k_m");
+    check("tiny_llama_q4_k_m", APPROX);
 }
 
 #[test]
 fn llama_q5_k_m() {
-    check("tiny_llama_q5_k_m");
+    check("tiny_llama_q5_k_m", APPROX);
 }
 
 #[test]
 fn llama_q4_0() {
-    check("tiny_llama_q4_0");
+    check("tiny_llama_q4_0", EXACT);
 }
 
 #[test]
 fn llama_q8_0() {
-    check("tiny_llama_q8_0");
+    check("tiny_llama_q8_0", EXACT);
 }
 
 #[test]
 fn llama_bf16() {
-    check("tiny_llama_bf16");
+    check("tiny_llama_bf16", APPROX);
 }
 
 #[test]
 fn llama_q4_1() {
-    check("tiny_llama_q4_1");
+    check("tiny_llama_q4_1", EXACT);
 }

@@ -170,6 +170,7 @@ impl Worker {
             priority: request.priority,
             arrival: self.arrivals,
             tokens: request.prompt.clone(),
+            prompt_len: request.prompt.len(),
             num_computed: 0,
             block_table: Vec::new(),
             root,
@@ -226,7 +227,7 @@ impl Worker {
                     LogitsWanted::None
                 };
                 kinds.push(logits);
-                SeqChunk { tokens: &s.tokens[c.start..end], start_pos: c.start, block_table: &s.block_table, logits }
+                SeqChunk { tokens: &s.tokens[c.start..end], start_pos: c.start, block_table: &s.block_table, logits, prompt_len: s.data.prompt_len }
             })
             .collect();
         let result = self.model.forward(&self.threads, &chunks, &mut self.kv, &mut self.ws);
@@ -339,6 +340,7 @@ impl Worker {
                 priority: request.priority,
                 arrival: self.sched.running()[leader].arrival,
                 tokens: request.prompt.clone(),
+                prompt_len: request.prompt.len(),
                 num_computed: 0,
                 block_table: Vec::new(),
                 root,

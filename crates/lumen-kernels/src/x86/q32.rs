@@ -54,29 +54,46 @@ pub(crate) unsafe fn rows<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>
         }
         return;
     }
+    batch::<F, BATCH_R, BATCH_C>(w, act, r, out);
+}
+
+/// Tile shape for several activation rows: weight rows x activation rows. Four by two keeps
+/// the eight accumulators (and Q4_1's two min-term vectors) in AVX2's sixteen registers;
+/// larger tiles spill and measured no faster.
+const BATCH_R: usize = 4;
+const BATCH_C: usize = 2;
+
+/// Computes columns `r` of `m > 1` output rows with BR x BC tiles.
+///
+/// # Safety
+/// As [`rows`].
+unsafe fn batch<const F: u8, const BR: usize, const BC: usize>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+    let (rb, base, ors, m) = (w.row_bytes(), w.data().as_ptr(), w.rows(), act.m);
     let mut i0 = 0;
     while i0 < m {
         let i1 = m.min(i0 + M_CHUNK);
         let mut j = r.start;
         while j < r.end {
             let wp = base.add(j * rb);
-            let four = j + 4 <= r.end;
+            let full = j + BR <= r.end;
             let mut i = i0;
             while i < i1 {
                 let o = out.add(i * ors + j);
-                match (four, i + 2 <= i1) {
-                    (true, true) => tile::<F, 4, 2>(wp, rb, act, i, o, ors),
-                    (true, false) => tile::<F, 4, 1>(wp, rb, act, i, o, ors),
-                    (false, true) => tile::<F, 1, 2>(wp, rb, act, i, o, ors),
+                let wide = i + BC <= i1;
+                match (full, wide) {
+                    (true, true) => tile::<F, BR, BC>(wp, rb, act, i, o, ors),
+                    (true, false) => tile::<F, BR, 1>(wp, rb, act, i, o, ors),
+                    (false, true) => tile::<F, 1, BC>(wp, rb, act, i, o, ors),
                     (false, false) => tile::<F, 1, 1>(wp, rb, act, i, o, ors),
                 }
-                i += 2;
+                i += if wide { BC } else { 1 };
             }
-            j += if four { 4 } else { 1 };
+            j += if full { BR } else { 1 };
         }
         i0 = i1;
     }
 }
+
 
 /// One block of one weight row as (unsigned operand for `maddubs`, sign source): Q4_1 nibbles
 /// are already unsigned; Q4_0 (`nibble - 8`) and Q8_0 use `|w|` with the sign moved onto x.
@@ -152,36 +169,33 @@ unsafe fn tile<const F: u8, const R: usize, const C: usize>(
         }
         let g = _mm256_setr_epi32(h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]);
         let g = _mm256_permute4x64_epi64::<0xD8>(_mm256_shuffle_epi8(g, shuf));
-        let dw = _mm256_cvtph_ps(_mm256_castsi256_si128(g));
-        let mut xq = [_mm256_setzero_si256(); C];
-        let mut dx = [_mm256_setzero_ps(); C];
-        for c in 0..C {
-            xq[c] = _mm256_loadu_si256(xp.add(c * cols + b * 32).cast());
-            dx[c] = _mm256_broadcast_ss(&*dp.add(b * stride + c));
-        }
+        // Scales go through memory: broadcasting from there keeps registers for accumulators.
+        let mut dw = [0.0f32; 8];
+        _mm256_storeu_ps(dw.as_mut_ptr(), _mm256_cvtph_ps(_mm256_castsi256_si128(g)));
         if F == Q4_1 {
             let mw = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(g));
-            for c in 0..C {
+            for (c, sm) in summs.iter_mut().enumerate() {
                 let sx = _mm256_broadcast_ss(&*sp.add(b * stride + c));
-                summs[c] = _mm256_fmadd_ps(mw, sx, summs[c]);
+                *sm = _mm256_fmadd_ps(mw, sx, *sm);
             }
         }
-        for r in 0..R {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
             let (wu, ws) = load_w::<F>(bp.add(r * rb), m4);
-            let dwr = _mm256_permutevar8x32_ps(dw, _mm256_set1_epi32(r as i32));
-            for c in 0..C {
-                let xv = if F == Q4_1 { xq[c] } else { _mm256_sign_epi8(xq[c], ws) };
+            let dwr = _mm256_broadcast_ss(&dw[r]);
+            for (c, a) in acc_r.iter_mut().enumerate() {
+                let xq = _mm256_loadu_si256(xp.add(c * cols + b * 32).cast());
+                let xv = if F == Q4_1 { xq } else { _mm256_sign_epi8(xq, ws) };
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xv), ones);
-                let dd = _mm256_mul_ps(dwr, dx[c]);
-                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), dd, acc[r][c]);
+                let dd = _mm256_mul_ps(dwr, _mm256_broadcast_ss(&*dp.add(b * stride + c)));
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), dd, *a);
             }
         }
     }
-    for c in 0..C {
+    for (c, sm) in summs.iter().enumerate() {
         let mut s = [0.0f32; 8];
-        _mm256_storeu_ps(s.as_mut_ptr(), summs[c]);
-        for r in 0..R {
-            let h = hsum_ps(acc[r][c]);
+        _mm256_storeu_ps(s.as_mut_ptr(), *sm);
+        for (r, acc_r) in acc.iter().enumerate() {
+            let h = hsum_ps(acc_r[c]);
             *out.add(c * ors + r) = if F == Q4_1 { h + s[r] } else { h };
         }
     }

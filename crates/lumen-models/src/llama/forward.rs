@@ -35,6 +35,11 @@ pub struct SeqChunk<'a> {
     pub block_table: &'a [u32],
     /// Which logits to return.
     pub logits: LogitsWanted,
+    /// Length of the sequence's prompt. Positions below it are prompt tokens and follow
+    /// llama.cpp's arithmetic for multi-token batches; later positions are generated tokens and
+    /// follow its single-token decode arithmetic (a one-token prompt counts as generated, as in
+    /// llama.cpp). The choice depends only on the position, never on how the work is batched.
+    pub prompt_len: usize,
 }
 
 /// Activation buffers reused from step to step, so a steady-state step allocates nothing.
@@ -135,7 +140,8 @@ impl LlamaModel {
                 let pos = s.start_pos + i;
                 emb.dequantize_row(tok as usize, &mut x[row * d..(row + 1) * d]);
                 self.rope.cos_sin(pos, &mut cos_sin[row * rd..(row + 1) * rd]);
-                queries.push(AttnQuery { n_ctx: pos + 1, block_table: s.block_table });
+                let prompt = s.prompt_len >= 2 && pos < s.prompt_len;
+                queries.push(AttnQuery { n_ctx: pos + 1, block_table: s.block_table, prompt });
                 row += 1;
             }
         }
