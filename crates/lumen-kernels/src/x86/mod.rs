@@ -17,6 +17,17 @@ use crate::act::ActBuf;
 use crate::matmul::MatRef;
 use crate::WeightFormat;
 
+/// Whether the integer dots may use AVX512-VNNI's `vpdpbusd` on 256-bit registers (same
+/// results as AVX2's `maddubs` + `madd`, one instruction instead of two).
+/// `LUMEN_KERNELS=avx2` turns it off.
+pub(crate) fn vnni() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| {
+        let off = std::env::var("LUMEN_KERNELS").is_ok_and(|v| v.trim().eq_ignore_ascii_case("avx2"));
+        !off && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+    })
+}
+
 /// Activation rows processed together, so that their quantized rows stay in cache.
 pub(crate) const M_CHUNK: usize = 64;
 

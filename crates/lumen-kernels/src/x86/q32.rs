@@ -40,21 +40,31 @@ const fn block_bytes(f: u8) -> usize {
 /// # Safety
 /// As [`super::compute_rows`].
 pub(crate) unsafe fn rows<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+    if super::vnni() {
+        rows_with::<F, true>(w, act, r, out)
+    } else {
+        rows_with::<F, false>(w, act, r, out)
+    }
+}
+
+/// [`rows`] with the integer dots done by `vpdpbusd` (`V`, AVX512-VNNI on 256-bit registers)
+/// or by `maddubs` + `madd` (plain AVX2). Both give the same exact lane sums.
+unsafe fn rows_with<const F: u8, const V: bool>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     let (rb, base, ors, m) = (w.row_bytes(), w.data().as_ptr(), w.rows(), act.m);
     if m == 1 {
         // Decode: stream the weight rows eight at a time.
         let mut j = r.start;
         while j + 8 <= r.end {
-            tile::<F, 8, 1>(base.add(j * rb), rb, act, 0, out.add(j), ors);
+            tile::<F, V, 8, 1>(base.add(j * rb), rb, act, 0, out.add(j), ors);
             j += 8;
         }
         while j < r.end {
-            tile::<F, 1, 1>(base.add(j * rb), rb, act, 0, out.add(j), ors);
+            tile::<F, V, 1, 1>(base.add(j * rb), rb, act, 0, out.add(j), ors);
             j += 1;
         }
         return;
     }
-    batch::<F, BATCH_R, BATCH_C>(w, act, r, out);
+    batch::<F, V, BATCH_R, BATCH_C>(w, act, r, out);
 }
 
 /// Tile shape for several activation rows: weight rows x activation rows. Four by two keeps
@@ -67,7 +77,7 @@ const BATCH_C: usize = 2;
 ///
 /// # Safety
 /// As [`rows`].
-unsafe fn batch<const F: u8, const BR: usize, const BC: usize>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+unsafe fn batch<const F: u8, const V: bool, const BR: usize, const BC: usize>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     let (rb, base, ors, m) = (w.row_bytes(), w.data().as_ptr(), w.rows(), act.m);
     let mut i0 = 0;
     while i0 < m {
@@ -81,10 +91,10 @@ unsafe fn batch<const F: u8, const BR: usize, const BC: usize>(w: &MatRef, act: 
                 let o = out.add(i * ors + j);
                 let wide = i + BC <= i1;
                 match (full, wide) {
-                    (true, true) => tile::<F, BR, BC>(wp, rb, act, i, o, ors),
-                    (true, false) => tile::<F, BR, 1>(wp, rb, act, i, o, ors),
-                    (false, true) => tile::<F, 1, BC>(wp, rb, act, i, o, ors),
-                    (false, false) => tile::<F, 1, 1>(wp, rb, act, i, o, ors),
+                    (true, true) => tile::<F, V, BR, BC>(wp, rb, act, i, o, ors),
+                    (true, false) => tile::<F, V, BR, 1>(wp, rb, act, i, o, ors),
+                    (false, true) => tile::<F, V, 1, BC>(wp, rb, act, i, o, ors),
+                    (false, false) => tile::<F, V, 1, 1>(wp, rb, act, i, o, ors),
                 }
                 i += if wide { BC } else { 1 };
             }
@@ -128,9 +138,37 @@ unsafe fn hsum_ps(v: __m256) -> f32 {
 }
 
 /// R weight rows starting at `w` (stride `rb`, R <= 8) times activation rows `i0..i0+C`;
-/// writes pair (r, c) to `out[c * ors + r]`.
+/// writes pair (r, c) to `out[c * ors + r]`. `V` picks the VNNI build of the same body.
+#[inline(always)]
+unsafe fn tile<const F: u8, const V: bool, const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    act: &ActBuf,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+) {
+    if V {
+        tile_vnni::<F, R, C>(w, rb, act, i0, out, ors)
+    } else {
+        tile_avx2::<F, R, C>(w, rb, act, i0, out, ors)
+    }
+}
+
+/// [`tile_body`] compiled for AVX2.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<const F: u8, const R: usize, const C: usize>(
+unsafe fn tile_avx2<const F: u8, const R: usize, const C: usize>(w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize) {
+    tile_body::<F, false, R, C>(w, rb, act, i0, out, ors)
+}
+
+/// [`tile_body`] compiled for AVX2 plus AVX512-VNNI on 256-bit registers.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn tile_vnni<const F: u8, const R: usize, const C: usize>(w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize) {
+    tile_body::<F, true, R, C>(w, rb, act, i0, out, ors)
+}
+
+#[inline(always)]
+unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
     w: *const u8,
     rb: usize,
     act: &ActBuf,
@@ -185,7 +223,12 @@ unsafe fn tile<const F: u8, const R: usize, const C: usize>(
             for (c, a) in acc_r.iter_mut().enumerate() {
                 let xq = _mm256_loadu_si256(xp.add(c * cols + b * 32).cast());
                 let xv = if F == Q4_1 { xq } else { _mm256_sign_epi8(xq, ws) };
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xv), ones);
+                // Lane l: the exact sum of products 4l..4l+4 (no i16 saturation: |w| <= 128, |x| <= 127).
+                let p = if V {
+                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu, xv)
+                } else {
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xv), ones)
+                };
                 let dd = _mm256_mul_ps(dwr, _mm256_broadcast_ss(&*dp.add(b * stride + c)));
                 *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), dd, *a);
             }
@@ -197,6 +240,58 @@ unsafe fn tile<const F: u8, const R: usize, const C: usize>(
         for (r, acc_r) in acc.iter().enumerate() {
             let h = hsum_ps(acc_r[c]);
             *out.add(c * ors + r) = if F == Q4_1 { h + s[r] } else { h };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::act::ActKind;
+    use crate::pool::ThreadPool;
+    use crate::simd::SimdLevel;
+    use crate::{quantize_row, WeightFormat};
+
+    /// The VNNI and plain AVX2 builds give the same bits for every format and tile shape.
+    #[test]
+    fn vnni_and_avx2_agree() {
+        if !SimdLevel::Avx2.is_supported() || !(is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")) {
+            eprintln!("AVX512-VNNI not available; skipping");
+            return;
+        }
+        let (rows, cols) = (21, 256);
+        let mut seed = 5u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for (format, kind) in [(WeightFormat::Q4_0, ActKind::Q8_0), (WeightFormat::Q4_1, ActKind::Q8_1), (WeightFormat::Q8_0, ActKind::Q8_0)] {
+            let rb = format.row_bytes(cols).unwrap();
+            let mut data = vec![0u8; rows * rb];
+            for r in 0..rows {
+                let src: Vec<f32> = (0..cols).map(|_| rnd() * 3.0).collect();
+                quantize_row(format, &src, &mut data[r * rb..(r + 1) * rb]).unwrap();
+            }
+            let w = MatRef::new(format, rows, cols, &data).unwrap();
+            for m in [1, 2, 5] {
+                let x: Vec<f32> = (0..m * cols).map(|_| rnd()).collect();
+                let mut act = ActBuf::default();
+                act.prepare(kind, &x, m, cols, SimdLevel::Avx2, &ThreadPool::new(1));
+                let (mut a, mut b) = (vec![0.0f32; m * rows], vec![1.0f32; m * rows]);
+                let run = |v: bool, out: &mut [f32]| unsafe {
+                    match (format, v) {
+                        (WeightFormat::Q4_0, false) => rows_with::<Q4_0, false>(&w, &act, 0..rows, out.as_mut_ptr()),
+                        (WeightFormat::Q4_0, true) => rows_with::<Q4_0, true>(&w, &act, 0..rows, out.as_mut_ptr()),
+                        (WeightFormat::Q4_1, false) => rows_with::<Q4_1, false>(&w, &act, 0..rows, out.as_mut_ptr()),
+                        (WeightFormat::Q4_1, true) => rows_with::<Q4_1, true>(&w, &act, 0..rows, out.as_mut_ptr()),
+                        (_, false) => rows_with::<Q8_0, false>(&w, &act, 0..rows, out.as_mut_ptr()),
+                        (_, true) => rows_with::<Q8_0, true>(&w, &act, 0..rows, out.as_mut_ptr()),
+                    }
+                };
+                run(false, &mut a);
+                run(true, &mut b);
+                assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{format} m={m}");
+            }
         }
     }
 }

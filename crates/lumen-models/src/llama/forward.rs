@@ -6,7 +6,7 @@
 
 use lumen_kernels::attention::{paged_attention, AttnQuery, AttnScratch};
 use lumen_kernels::ops::{add_inplace, rms_norm, rms_norm_heads_inplace, swiglu_inplace};
-use lumen_kernels::{matmul, MatmulScratch, ThreadPool};
+use lumen_kernels::{matmul, matmul_many, MatmulScratch, ThreadPool};
 
 use super::model::LlamaModel;
 use crate::kv::KvStorage;
@@ -152,9 +152,9 @@ impl LlamaModel {
             for t in 0..t_total {
                 rms_norm(&x[t * d..(t + 1) * d], &b.attn_norm, c.rms_eps, &mut h[t * d..(t + 1) * d]);
             }
-            self.linear(pool, &b.wq, h, t_total, q, &mut ws_.mm);
-            self.linear(pool, &b.wk, h, t_total, k, &mut ws_.mm);
-            self.linear(pool, &b.wv, h, t_total, v, &mut ws_.mm);
+            // Q, K and V read the same input: quantize it once, one dispatch for all three.
+            let qkv = [b.wq.mat(&self.file), b.wk.mat(&self.file), b.wv.mat(&self.file)];
+            matmul_many(pool, &qkv, h, t_total, &mut [&mut q[..], &mut k[..], &mut v[..]], &mut ws_.mm);
             add_bias_rows(q, b.bq.as_ref());
             add_bias_rows(k, b.bk.as_ref());
             add_bias_rows(v, b.bv.as_ref());
@@ -182,8 +182,8 @@ impl LlamaModel {
             for t in 0..t_total {
                 rms_norm(&x[t * d..(t + 1) * d], &b.ffn_norm, c.rms_eps, &mut h[t * d..(t + 1) * d]);
             }
-            self.linear(pool, &b.w_gate, h, t_total, gate, &mut ws_.mm);
-            self.linear(pool, &b.w_up, h, t_total, up, &mut ws_.mm);
+            let gate_up = [b.w_gate.mat(&self.file), b.w_up.mat(&self.file)];
+            matmul_many(pool, &gate_up, h, t_total, &mut [&mut gate[..], &mut up[..]], &mut ws_.mm);
             swiglu_inplace(gate, up);
             self.linear(pool, &b.w_down, gate, t_total, o, &mut ws_.mm);
             add_inplace(x, o);
