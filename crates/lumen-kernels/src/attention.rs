@@ -115,7 +115,10 @@ impl AttnScratch {
     }
 
     fn ensure(&mut self, parts: usize, max_ctx: usize, head_dim: usize) {
-        let stride = 2 * max_ctx * head_dim + max_ctx.next_multiple_of(64) + (ROWS + 2) * head_dim;
+        // Room for a whole 256-token stretch of context, so that a decode step (one more
+        // position each time) reallocates once per 256 steps, not every step.
+        let room = max_ctx.next_multiple_of(256);
+        let stride = 2 * room * head_dim + room + (ROWS + 2) * head_dim;
         if self.stride < stride || self.buf.len() < parts * self.stride.max(stride) {
             self.stride = stride.max(self.stride);
             self.buf = vec![0.0; parts * self.stride];

@@ -59,6 +59,15 @@ pub struct ForwardWorkspace {
     logits: Vec<f32>,
     mm: MatmulScratch,
     attn_scratch: AttnScratch,
+    /// The attention queries' storage, kept empty between steps (see `recycle`).
+    queries: Vec<AttnQuery<'static>>,
+}
+
+/// Reuses an empty vector's allocation for another lifetime of the same type; collecting a
+/// mapped `into_iter` of an equal-layout type happens in place, so this never allocates.
+fn recycle<'a, 'b>(mut v: Vec<AttnQuery<'a>>) -> Vec<AttnQuery<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("the vector is empty")).collect()
 }
 
 impl ForwardWorkspace {
@@ -133,7 +142,8 @@ impl LlamaModel {
 
         // Per-token bookkeeping: embedding rows, RoPE angles, attention queries.
         let emb = self.embedding.mat(&self.file);
-        let mut queries = Vec::with_capacity(t_total);
+        let mut queries = recycle(std::mem::take(&mut ws_.queries));
+        queries.reserve(t_total);
         let mut row = 0;
         for s in seqs {
             for (i, &tok) in s.tokens.iter().enumerate() {
@@ -188,6 +198,8 @@ impl LlamaModel {
             self.linear(pool, &b.w_down, gate, t_total, o, &mut ws_.mm);
             add_inplace(x, o);
         }
+
+        ws_.queries = recycle(queries);
 
         // Final norm and head, only for the rows that were asked for.
         let mut n_sel = 0;
