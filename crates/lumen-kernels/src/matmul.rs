@@ -1,6 +1,7 @@
 //! The quantized matmul: `out[i][j] = dot(x row i, W row j)` for a weight matrix read in place.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::act::ActBuf;
 use crate::dequant::dequantize_row;
@@ -224,18 +225,24 @@ pub fn matmul_many(
     for (p, out) in ptrs.iter_mut().zip(outs.iter_mut()) {
         *p = OutPtr(out.as_mut_ptr());
     }
-    let job = |t: usize, _: usize| {
-        if t >= n {
+    // The tiles are cut into a few chunks per thread, claimed from a shared counter: a thread
+    // that starts late (woken from sleep, or sharing its core) takes fewer, so nobody waits
+    // long at the end. Which thread computes a chunk never changes its values.
+    let n_chunks = if n == 1 { 1 } else { total.min(n * CHUNKS_PER_THREAD) };
+    let next = AtomicUsize::new(0);
+    let job = |_: usize, _: usize| loop {
+        let c = next.fetch_add(1, Ordering::Relaxed);
+        if c >= n_chunks {
             return;
         }
-        let mine = split_range(total, n, t);
+        let mine = split_range(total, n_chunks, c);
         let mut start = 0;
         for (k, w) in ws.iter().enumerate() {
             let (lo, hi) = (mine.start.max(start), mine.end.min(tile_end[k]));
             if lo < hi {
                 let r = ((lo - start) * TILE_ROWS).min(w.rows)..((hi - start) * TILE_ROWS).min(w.rows);
-                // SAFETY: `outs[k]` holds m x rows values and this thread writes only columns
-                // `r` of it, which no other thread of this call touches.
+                // SAFETY: `outs[k]` holds m x rows values and only the claimer of this chunk
+                // writes its columns `r`.
                 unsafe { compute_rows(level, w, x, act, r, ptrs[k].get()) };
             }
             start = tile_end[k];
@@ -247,6 +254,9 @@ pub fn matmul_many(
         pool.run(job);
     }
 }
+
+/// Chunks of tiles per pool thread in one matmul (see `matmul_many`).
+const CHUNKS_PER_THREAD: usize = 4;
 
 /// Most matrices one [`matmul_many`] call takes.
 const MAX_MATS: usize = 4;

@@ -208,8 +208,13 @@ unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
         let g = _mm256_setr_epi32(h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]);
         let g = _mm256_permute4x64_epi64::<0xD8>(_mm256_shuffle_epi8(g, shuf));
         // Scales go through memory: broadcasting from there keeps registers for accumulators.
-        let mut dw = [0.0f32; 8];
-        _mm256_storeu_ps(dw.as_mut_ptr(), _mm256_cvtph_ps(_mm256_castsi256_si128(g)));
+        // d_w * d_x for every pair, one vector multiply per activation row; they go through
+        // memory so that broadcasting them back keeps registers for the accumulators.
+        let dw = _mm256_cvtph_ps(_mm256_castsi256_si128(g));
+        let mut dd = [[0.0f32; 8]; C];
+        for (c, ddc) in dd.iter_mut().enumerate() {
+            _mm256_storeu_ps(ddc.as_mut_ptr(), _mm256_mul_ps(dw, _mm256_broadcast_ss(&*dp.add(b * stride + c))));
+        }
         if F == Q4_1 {
             let mw = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(g));
             for (c, sm) in summs.iter_mut().enumerate() {
@@ -219,7 +224,6 @@ unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let (wu, ws) = load_w::<F>(bp.add(r * rb), m4);
-            let dwr = _mm256_broadcast_ss(&dw[r]);
             for (c, a) in acc_r.iter_mut().enumerate() {
                 let xq = _mm256_loadu_si256(xp.add(c * cols + b * 32).cast());
                 let xv = if F == Q4_1 { xq } else { _mm256_sign_epi8(xq, ws) };
@@ -229,8 +233,7 @@ unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
                 } else {
                     _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xv), ones)
                 };
-                let dd = _mm256_mul_ps(dwr, _mm256_broadcast_ss(&*dp.add(b * stride + c)));
-                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), dd, *a);
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&dd[c][r]), *a);
             }
         }
     }
