@@ -20,7 +20,7 @@
 //! **Tiling.** Activations are quantized once per call, weight rows are split across the pool
 //! in contiguous whole tiles of 8 rows (each core streams its own slice of the weights), and a
 //! tile unpacks each weight block once and dots it with several activation rows using
-//! `maddubs`: 4 weight rows x 2 activation rows for the 32-value formats (8 x 1 for decode, with
+//! `maddubs` (or VNNI `vpdpbusd`): 4 weight rows x 4 activation rows for the 32-value formats (8 x 1 for decode, with
 //! software prefetch of the rows two tiles ahead), K-quant super-blocks
 //! unpacked once per 8 rows and reused by every activation row of the call (a register-only
 //! path serves single-row decode), 4 x 2 FMA tiles for float weights. A decode step with 32
