@@ -17,14 +17,15 @@
 //! weights (F32, F16, BF16) are dotted against f32 activations (llama.cpp rounds them to
 //! f16/bf16 first), and the K-quants sum in our own order, so those agree within rounding.
 //!
-//! **Tiling.** Activations are quantized once per call, weight rows are split across the pool
-//! in contiguous whole tiles of 8 rows (each core streams its own slice of the weights), and a
-//! tile unpacks each weight block once and dots it with several activation rows using
-//! `maddubs` (or VNNI `vpdpbusd`): 4 weight rows x 4 activation rows for the 32-value formats (8 x 1 for decode, with
-//! software prefetch of the rows two tiles ahead), K-quant super-blocks
-//! unpacked once per 8 rows and reused by every activation row of the call (a register-only
-//! path serves single-row decode), 4 x 2 FMA tiles for float weights. A decode step with 32
-//! sequences therefore reads the weights from memory once, not 32 times.
+//! **Tiling.** Activations are quantized once per call (once for Q/K/V together, see
+//! [`matmul_many`]), weight rows are cut into chunks of whole 8-row tiles that the pool's
+//! threads claim from a shared counter (each core streams its own slices of the weights), and a
+//! tile unpacks each weight block once and dots it with several activation rows using `maddubs`
+//! (or VNNI `vpdpbusd`): 4 weight rows x 4 activation rows for the 32-value formats (8 x 1 for
+//! decode, with software prefetch of the rows two tiles ahead), K-quant super-blocks unpacked
+//! once per 8 rows and reused by every activation row of the call (a register-only path serves
+//! single-row decode), 4 x 2 FMA tiles for float weights. A decode step with 32 sequences
+//! therefore reads the weights from memory once, not 32 times.
 //!
 //! **Batch invariance.** Every output value is bit-identical whatever m, the other rows of the
 //! call, the tile shape or the thread count. For the quantized formats, each (row, column, block)
