@@ -111,7 +111,7 @@ impl ChatModel {
         if loc.kind != ModelKind::Chat {
             return Err(EngineError::WrongModelKind { name: loc.name.clone(), expected: "chat" });
         }
-        let file = Arc::new(GgufFile::open(&loc.path)?);
+        let file = Arc::new(GgufFile::load(&loc.path)?);
         let model = LlamaModel::load(file.clone())?;
         let tokenizer = Tokenizer::from_gguf(file.metadata())?;
         let template = ChatTemplate::from_metadata(file.metadata(), &tokenizer)?;

@@ -1,17 +1,19 @@
-//! The bytes of a model file: a read-only memory map, or a buffer the caller owns.
+//! The bytes of a model file: a read-only memory map, a resident copy in huge pages, or a
+//! buffer the caller owns.
 //!
 //! Every weight file Lumen reads (GGUF here, safetensors in `lumen-models`) goes through this
 //! one type, so the project's only file mapping, and its `unsafe`, live in one place.
 
 use std::fs::File;
+use std::io::Read;
 use std::ops::Deref;
 use std::path::Path;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
 
 /// Immutable bytes of a whole file.
 pub enum FileBytes {
-    /// A read-only map of a file on disk.
+    /// A read-only map: of a file on disk, or of anonymous memory holding a copy of one.
     Mapped(Mmap),
     /// Bytes handed over by the caller (tests, fuzzing, files read some other way).
     Owned(Vec<u8>),
@@ -31,6 +33,29 @@ impl FileBytes {
         // immutable once written.
         let map = unsafe { Mmap::map(&file)? };
         Ok(FileBytes::Mapped(map))
+    }
+
+    /// Reads the whole file at `path` into anonymous memory advised for transparent huge pages,
+    /// then makes it read-only.
+    ///
+    /// For weights that every decode step streams in full: with 4 KiB pages of a file map each
+    /// step walks the page tables tens of thousands of times, with 2 MiB pages a few dozen
+    /// (tg128 on SmolLM2 measured 3-18% faster, side by side). The cost is a read of the file
+    /// at load and no sharing of the pages between processes.
+    pub fn read_resident(path: &Path) -> std::io::Result<FileBytes> {
+        let mut file = File::open(path)?;
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::OutOfMemory, "file larger than the address space"))?;
+        if len == 0 {
+            return Ok(FileBytes::Owned(Vec::new()));
+        }
+        let mut anon = MmapOptions::new().len(len).map_anon()?;
+        // Best effort: without transparent huge pages this is plain anonymous memory.
+        #[cfg(target_os = "linux")]
+        let _ = anon.advise(memmap2::Advice::HugePage);
+        // A file truncated since its length was read fails here, not later.
+        file.read_exact(&mut anon[..])?;
+        Ok(FileBytes::Mapped(anon.make_read_only()?))
     }
 }
 

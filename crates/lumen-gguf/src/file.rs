@@ -48,6 +48,13 @@ impl GgufFile {
         GgufFile::with_storage(FileBytes::map(path)?)
     }
 
+    /// Reads the file at `path` into resident huge-page memory and parses it: for a model
+    /// that is about to run (see [`FileBytes::read_resident`]). [`GgufFile::open`] maps it
+    /// lazily instead, for reading metadata.
+    pub fn load(path: &Path) -> Result<GgufFile, GgufError> {
+        GgufFile::with_storage(FileBytes::read_resident(path)?)
+    }
+
     /// Parses a GGUF file held in memory.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
         GgufFile::with_storage(FileBytes::Owned(bytes))

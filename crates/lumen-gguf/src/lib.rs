@@ -38,7 +38,10 @@
 //! parameter and no self-reference, is `Send + Sync`, and can be shared in an `Arc` by
 //! the engine thread; tensor bytes are borrowed from `&self` only when asked for. The
 //! one `unsafe` block is the map itself, which relies on the file not being modified
-//! while open (the usual caveat of every mmap-based reader).
+//! while open (the usual caveat of every mmap-based reader). A model about to run is read
+//! instead with [`GgufFile::load`] into anonymous memory advised for transparent huge pages
+//! (decode streams every weight each step, and 2 MiB pages spare it most TLB misses); the
+//! API is the same.
 //!
 //! # Format
 //!

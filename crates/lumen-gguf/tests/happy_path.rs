@@ -231,21 +231,21 @@ fn open_maps_a_file_from_disk() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("sample.gguf");
     std::fs::write(&path, sample_builder(3).build()).unwrap();
-    let f = GgufFile::open(&path).unwrap();
-    let a = f.tensor("a.f32").unwrap();
-    assert_eq!(f.tensor_data(a), &f32_bytes(8)[..]);
-    // Maps are page-aligned, so aligned offsets give aligned addresses.
-    assert_eq!(f.tensor_data(a).as_ptr() as usize % 32, 0);
+    // `open` maps the file; `load` reads it into resident (huge-page) memory. Same contents.
+    for f in [GgufFile::open(&path).unwrap(), GgufFile::load(&path).unwrap()] {
+        let a = f.tensor("a.f32").unwrap();
+        assert_eq!(f.tensor_data(a), &f32_bytes(8)[..]);
+        // Maps are page-aligned, so aligned offsets give aligned addresses.
+        assert_eq!(f.tensor_data(a).as_ptr() as usize % 32, 0);
+    }
 
     let empty = dir.join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();
-    assert!(matches!(
-        GgufFile::open(&empty),
-        Err(GgufError::Truncated { what: "magic", .. })
-    ));
-    assert!(matches!(
-        GgufFile::open(&dir.join("absent.gguf")),
-        Err(GgufError::Io(_))
-    ));
+    for r in [GgufFile::open(&empty), GgufFile::load(&empty)] {
+        assert!(matches!(r, Err(GgufError::Truncated { what: "magic", .. })));
+    }
+    for r in [GgufFile::open(&dir.join("absent.gguf")), GgufFile::load(&dir.join("absent.gguf"))] {
+        assert!(matches!(r, Err(GgufError::Io(_))));
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -52,7 +52,13 @@ pub(crate) unsafe fn rows<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>
 unsafe fn rows_with<const F: u8, const V: bool>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     let (rb, base, ors, m) = (w.row_bytes(), w.data().as_ptr(), w.rows(), act.m);
     if m == 1 {
-        // Decode: stream the weight rows eight at a time.
+        // Decode: stream the weight rows eight at a time. Each tile prefetches the rows two
+        // tiles ahead; the first two tiles of this range are requested here.
+        let first = base.add(r.start * rb);
+        let lead = (PREFETCH_TILES * 8).min(r.len()) * rb;
+        for off in (0..lead).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(first.add(off).cast());
+        }
         let mut j = r.start;
         while j + 8 <= r.end {
             tile::<F, V, 8, 1>(base.add(j * rb), rb, act, 0, out.add(j), ors);

@@ -44,7 +44,7 @@ pub struct LlamaModel {
 impl LlamaModel {
     /// Opens and loads a GGUF file.
     pub fn open(path: &Path) -> Result<Self, ModelError> {
-        Self::load(Arc::new(GgufFile::open(path)?))
+        Self::load(Arc::new(GgufFile::load(path)?))
     }
 
     /// Loads from an already parsed file (shared with the tokenizer).
