@@ -1,0 +1,192 @@
+//! The AVX2 path of [`super::attend`]: the same operations in the same order as
+//! [`super::scalar`], eight lanes at a time.
+
+use std::arch::x86_64::*;
+
+use super::{padded_kv, Arith, Bufs, BATCH_ROWS, ROWS};
+use crate::ggml_math::x86::{exp8, reduce16};
+
+/// [`super::scalar::attend_scalar`] with AVX2, FMA and F16C; same bits.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `q.len() % 8 == 0`; the slices as for the
+/// scalar version.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn attend(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+    let hd = q.len();
+    let Bufs { scores, qh, rows, out } = bufs;
+    let n16 = n_ctx.next_multiple_of(16);
+    let n_kv = padded_kv(n_ctx);
+    assert!(hd & 7 == 0 && qh.len() >= hd && out.len() >= hd && rows.len() >= ROWS * hd && scores.len() >= n_kv);
+    assert!(kf.len() >= n_ctx * hd && vf.len() >= n_ctx * hd);
+    let qh = qh.as_mut_ptr();
+    for d in (0..hd).step_by(8) {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(q.as_ptr().add(d)));
+        _mm256_storeu_ps(qh.add(d), _mm256_cvtph_ps(h));
+    }
+
+    // Scores and their maximum.
+    let sp = scores.as_mut_ptr();
+    let mut max = f32::NEG_INFINITY;
+    for pos in 0..n_ctx {
+        let k = kf.as_ptr().add(pos * hd);
+        let s = if mode == Arith::Batched { dot_tiny(qh, k, hd) } else { dot_f16(qh, k, hd) } * scale;
+        *sp.add(pos) = s;
+        max = max.max(s);
+    }
+    for pos in n_ctx..n16 {
+        *sp.add(pos) = f32::NEG_INFINITY;
+    }
+
+    // exp(w - max), summed one 16-lane reduction at a time in f64.
+    let maxv = _mm256_set1_ps(max);
+    let mut total = 0.0f64;
+    for i in (0..n16).step_by(16) {
+        let lo = exp8(_mm256_sub_ps(_mm256_loadu_ps(sp.add(i)), maxv));
+        let hi = exp8(_mm256_sub_ps(_mm256_loadu_ps(sp.add(i + 8)), maxv));
+        _mm256_storeu_ps(sp.add(i), lo);
+        _mm256_storeu_ps(sp.add(i + 8), hi);
+        total += reduce16(lo, hi) as f64;
+    }
+    let inv = _mm256_set1_ps((1.0 / total) as f32);
+    // Probabilities rounded to f16 (the masked lanes up to n16 become 0).
+    for i in (0..n16).step_by(8) {
+        let p = _mm256_mul_ps(_mm256_loadu_ps(sp.add(i)), inv);
+        _mm256_storeu_ps(sp.add(i), _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(p)));
+    }
+
+    if mode == Arith::Batched {
+        weighted_sum_tiny(sp, n_ctx, vf.as_ptr(), hd, rows.as_mut_ptr(), out.as_mut_ptr());
+        return;
+    }
+
+    // Weighted sum of values into ROWS accumulator rows.
+    let np = n_kv & !(ROWS - 1);
+    let real = n_ctx.min(np);
+    let rp = rows.as_mut_ptr();
+    let zero = _mm256_setzero_ps();
+    for pos in 0..np {
+        let row = rp.add((pos % ROWS) * hd);
+        if pos < real {
+            let pv = _mm256_set1_ps(*sp.add(pos));
+            let v = vf.as_ptr().add(pos * hd);
+            if pos < ROWS {
+                for d in (0..hd).step_by(8) {
+                    _mm256_storeu_ps(row.add(d), _mm256_fmadd_ps(_mm256_loadu_ps(v.add(d)), pv, zero));
+                }
+            } else {
+                for d in (0..hd).step_by(8) {
+                    _mm256_storeu_ps(row.add(d), _mm256_fmadd_ps(_mm256_loadu_ps(v.add(d)), pv, _mm256_loadu_ps(row.add(d))));
+                }
+            }
+        } else if pos < ROWS {
+            for d in (0..hd).step_by(8) {
+                _mm256_storeu_ps(row.add(d), zero);
+            }
+        } else {
+            for d in (0..hd).step_by(8) {
+                _mm256_storeu_ps(row.add(d), _mm256_add_ps(_mm256_loadu_ps(row.add(d)), zero));
+            }
+        }
+    }
+
+    // Per dimension: ggml's reduction of the rows, then the leftover positions in f64.
+    let op = out.as_mut_ptr();
+    for d in (0..hd).step_by(8) {
+        let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        if np > 0 {
+            let rd = rp.add(d);
+            let mut s = [zero; 16];
+            for (l, x) in s.iter_mut().enumerate() {
+                let (a, b) = (_mm256_loadu_ps(rd.add(l * hd)), _mm256_loadu_ps(rd.add((32 + l) * hd)));
+                let (c, e) = (_mm256_loadu_ps(rd.add((16 + l) * hd)), _mm256_loadu_ps(rd.add((48 + l) * hd)));
+                *x = _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, e));
+            }
+            let mut t8 = [zero; 8];
+            for (l, x) in t8.iter_mut().enumerate() {
+                *x = _mm256_add_ps(s[8 + l], s[l]);
+            }
+            let mut t4 = [zero; 4];
+            for (l, x) in t4.iter_mut().enumerate() {
+                *x = _mm256_add_ps(t8[4 + l], t8[l]);
+            }
+            let f = _mm256_add_ps(_mm256_add_ps(t4[0], t4[2]), _mm256_add_ps(t4[1], t4[3]));
+            lo = _mm256_cvtps_pd(_mm256_castps256_ps128(f));
+            hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(f));
+        }
+        for pos in np..n_kv {
+            if pos < n_ctx {
+                let prod = _mm256_mul_ps(_mm256_loadu_ps(vf.as_ptr().add(pos * hd + d)), _mm256_set1_ps(*sp.add(pos)));
+                lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(prod)));
+                hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(prod)));
+            } else {
+                lo = _mm256_add_pd(lo, _mm256_setzero_pd());
+                hi = _mm256_add_pd(hi, _mm256_setzero_pd());
+            }
+        }
+        _mm256_storeu_ps(op.add(d), _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo)));
+    }
+}
+
+/// [`super::scalar::dot_tiny`] of `n` values at `x` and `y` (`n % 16 == 0`).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_tiny(x: *const f32, y: *const f32, n: usize) -> f32 {
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for i in (0..n).step_by(16) {
+        lo = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i)), _mm256_loadu_ps(y.add(i)), lo);
+        hi = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i + 8)), _mm256_loadu_ps(y.add(i + 8)), hi);
+    }
+    reduce16(lo, hi)
+}
+
+/// The batched weighted sum of values: position `pos` feeds accumulator row `pos % 16`
+/// (tinyBLAS's lanes), then each dimension reduces its 16 rows like `_mm512_reduce_add_ps`.
+/// `rows` holds `BATCH_ROWS * hd` floats, `p` the f16-rounded probabilities.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_sum_tiny(p: *const f32, n_ctx: usize, vf: *const f32, hd: usize, rows: *mut f32, out: *mut f32) {
+    let zero = _mm256_setzero_ps();
+    for i in (0..BATCH_ROWS * hd).step_by(8) {
+        _mm256_storeu_ps(rows.add(i), zero);
+    }
+    for pos in 0..n_ctx {
+        let row = rows.add((pos % BATCH_ROWS) * hd);
+        let (pv, v) = (_mm256_set1_ps(*p.add(pos)), vf.add(pos * hd));
+        for d in (0..hd).step_by(8) {
+            _mm256_storeu_ps(row.add(d), _mm256_fmadd_ps(_mm256_loadu_ps(v.add(d)), pv, _mm256_loadu_ps(row.add(d))));
+        }
+    }
+    for d in (0..hd).step_by(8) {
+        let r = |l: usize| _mm256_loadu_ps(rows.add(l * hd + d));
+        let t8: [__m256; 8] = std::array::from_fn(|l| _mm256_add_ps(r(8 + l), r(l)));
+        let t4: [__m256; 4] = std::array::from_fn(|l| _mm256_add_ps(t8[4 + l], t8[l]));
+        let f = _mm256_add_ps(_mm256_add_ps(t4[0], t4[2]), _mm256_add_ps(t4[1], t4[3]));
+        _mm256_storeu_ps(out.add(d), f);
+    }
+}
+
+/// [`super::scalar::dot_f16`] of `n` values at `x` and `y`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f16(x: *const f32, y: *const f32, n: usize) -> f32 {
+    let np = n & !63;
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for i in (0..np).step_by(64) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i + 8 * k)), _mm256_loadu_ps(y.add(i + 8 * k)), *a);
+        }
+    }
+    let mut sumf = 0.0f64;
+    if np > 0 {
+        // Accumulator j (16 lanes) is acc[2j] (lanes 0..8) and acc[2j + 1] (lanes 8..16).
+        let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+        let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+        sumf = reduce16(lo, hi) as f64;
+    }
+    for i in np..n {
+        sumf += (*x.add(i) * *y.add(i)) as f64;
+    }
+    sumf as f32
+}

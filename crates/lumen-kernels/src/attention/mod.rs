@@ -1,0 +1,309 @@
+//! Causal attention over a paged KV cache.
+//!
+//! The cache for one layer is a pool of fixed-size blocks, each `block_size` token slots of
+//! `n_kv_heads * head_dim` f16 values, block-major so one block is contiguous. A sequence sees
+//! its keys and values through its block table: token position `p` lives in block
+//! `table[p / block_size]`, slot `p % block_size`.
+//!
+//! Numerics reproduce, bit for bit, llama.cpp's CPU path (no flash attention, f16 cache, ggml
+//! built for AVX-512). llama.cpp has two: a step with one token uses `ggml_vec_dot_f16`, a step
+//! with several uses llamafile's tinyBLAS F16 GEMM, and they round differently. Lumen picks per
+//! query token ([`AttnQuery::prompt`]): prompt tokens get the batched arithmetic, generated
+//! tokens the single-token one, which is what llama.cpp does when it evaluates a prompt and
+//! then decodes — but here the choice never depends on what else shares the step, so results
+//! stay batch-invariant. The single-token arithmetic:
+//!
+//! - the query is rounded to f16 and each score is `ggml_vec_dot_f16(k, q)`: 64-element chunks
+//!   accumulate in four 16-lane FMA accumulators, which are then summed `(s0 + s2) + (s1 + s3)`
+//!   and reduced in `_mm512_reduce_add_ps` order, in f64 from there on with the `head_dim % 64`
+//!   leftover products added one by one;
+//! - llama.cpp pads the KV length to `n_kv`, a multiple of 32, and masks the padding. The softmax
+//!   computes `exp(w - max)` with ggml's exp polynomial and sums it in f64 one 16-lane reduction
+//!   at a time; probabilities are `e * (1 / sum)` rounded to f16;
+//! - each output dimension is `ggml_vec_dot_f16` over the `n_kv` positions of the value column
+//!   and the probabilities, so position `p` feeds accumulator lane `p % 64` while `p` is below
+//!   `n_kv & !63`, the rest is added in f64. We vectorise across the head dimension instead: 64
+//!   rows of `head_dim` accumulators, reduced per dimension in ggml's tree order.
+//!
+//! The batched arithmetic (only when `head_dim % 16 == 0`, else llama.cpp falls back to the
+//! single-token dots): each score is one 16-lane FMA accumulator over the head dimension in
+//! order, then `_mm512_reduce_add_ps`; the softmax is the same; each output dimension
+//! accumulates position `p` into lane `p % 16` in order and reduces the 16 lanes the same way.
+//!
+//! The AVX2 and scalar paths perform the same operations in the same order (products of two f16
+//! values are exact in f32, so FMA and multiply-then-add agree there) and give the same bits.
+//! Each (token, head) depends only on its own query and context and is computed by one thread
+//! in a fixed order, so results do not depend on how the batch is split (batch invariance).
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use crate::ggml_math;
+use crate::pool::{split_range, ThreadPool};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod scalar;
+#[cfg(test)]
+mod tests;
+
+use scalar::attend_scalar;
+
+/// Shape of the KV cache and the attention heads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvGeometry {
+    /// Token slots per block.
+    pub block_size: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_heads`).
+    pub n_kv_heads: usize,
+    /// Dimensions per head.
+    pub head_dim: usize,
+}
+
+impl KvGeometry {
+    /// f16 values per token slot (all KV heads).
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// f16 values per block.
+    pub fn block_elems(&self) -> usize {
+        self.block_size * self.kv_dim()
+    }
+
+    /// Offset of token position `pos` in a layer's storage, given the block table.
+    #[inline]
+    pub fn slot_offset(&self, block_table: &[u32], pos: usize) -> usize {
+        let block = block_table[pos / self.block_size] as usize;
+        block * self.block_elems() + (pos % self.block_size) * self.kv_dim()
+    }
+}
+
+/// One query token of a batch: how much context it sees and where that context lives.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnQuery<'a> {
+    /// The token attends to positions `0..n_ctx` (its own position is `n_ctx - 1`).
+    pub n_ctx: usize,
+    /// The sequence's block table.
+    pub block_table: &'a [u32],
+    /// The token is part of a multi-token prompt: llama.cpp evaluates those with its batched
+    /// (tinyBLAS) arithmetic, generated tokens with the single-token one. See the module docs.
+    pub prompt: bool,
+}
+
+/// Per-thread scratch (converted keys and values, scores, accumulators) reused across calls.
+#[derive(Default)]
+pub struct AttnScratch {
+    buf: Vec<f32>,
+    stride: usize,
+    tasks: Vec<Task>,
+}
+
+/// A run of consecutive query tokens of one sequence, for one KV head.
+#[derive(Clone, Copy, Debug)]
+struct Task {
+    first: usize,
+    end: usize,
+    kv_head: usize,
+}
+
+/// Most query tokens one task covers: long prefills split into several tasks so both cores
+/// get work, while each task still converts its context's keys and values only once.
+const RUN_TOKENS: usize = 16;
+
+/// Accumulator rows of the weighted sum of values: ggml's `vec_dot_f16` keeps 4 x 16 lanes.
+const ROWS: usize = 64;
+
+impl AttnScratch {
+    /// An empty scratch; it grows on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn ensure(&mut self, parts: usize, max_ctx: usize, head_dim: usize) {
+        // Room for a whole 256-token stretch of context, so that a decode step (one more
+        // position each time) reallocates once per 256 steps, not every step.
+        let room = max_ctx.next_multiple_of(256);
+        let stride = 2 * room * head_dim + room + (ROWS + 2) * head_dim;
+        if self.stride < stride || self.buf.len() < parts * self.stride.max(stride) {
+            self.stride = stride.max(self.stride);
+            self.buf = vec![0.0; parts * self.stride];
+        }
+    }
+
+    /// Splits the batch into runs of consecutive tokens of one sequence, times KV heads.
+    fn plan(&mut self, queries: &[AttnQuery<'_>], n_kv_heads: usize) {
+        self.tasks.clear();
+        let mut first = 0;
+        while first < queries.len() {
+            let mut end = first + 1;
+            while end < queries.len() && end - first < RUN_TOKENS && same_run(&queries[end - 1], &queries[end]) {
+                end += 1;
+            }
+            for kv_head in 0..n_kv_heads {
+                self.tasks.push(Task { first, end, kv_head });
+            }
+            first = end;
+        }
+    }
+}
+
+/// Whether `b` is the token right after `a` in the same sequence.
+fn same_run(a: &AttnQuery<'_>, b: &AttnQuery<'_>) -> bool {
+    std::ptr::eq(a.block_table, b.block_table) && b.n_ctx == a.n_ctx + 1
+}
+
+/// Raw pointer that may be shared across the pool's threads for disjoint writes.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: every use below writes only to ranges owned by one thread (disjoint by construction).
+unsafe impl Send for SharedMut {}
+// SAFETY: as above; the pointer is only dereferenced on disjoint ranges.
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// Going through a method makes closures capture the whole (Sync) wrapper, not the raw field.
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Attention for a batch of query tokens: `q` is `queries.len() × n_heads·head_dim`, `out` the same.
+///
+/// `k_layer`/`v_layer` are one layer's cache storage; every position below each query's
+/// `n_ctx` must already hold its key and value.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    pool: &ThreadPool,
+    geo: KvGeometry,
+    queries: &[AttnQuery<'_>],
+    q: &[f32],
+    k_layer: &[f16],
+    v_layer: &[f16],
+    scale: f32,
+    scratch: &mut AttnScratch,
+    out: &mut [f32],
+) {
+    let avx2 = ggml_math::use_avx2() && geo.head_dim & 7 == 0;
+    paged_attention_with(avx2, pool, geo, queries, q, k_layer, v_layer, scale, scratch, out);
+}
+
+/// [`paged_attention`] on the AVX2 path or the scalar one (`avx2` requires CPU support).
+#[allow(clippy::too_many_arguments)]
+fn paged_attention_with(
+    avx2: bool,
+    pool: &ThreadPool,
+    geo: KvGeometry,
+    queries: &[AttnQuery<'_>],
+    q: &[f32],
+    k_layer: &[f16],
+    v_layer: &[f16],
+    scale: f32,
+    scratch: &mut AttnScratch,
+    out: &mut [f32],
+) {
+    let q_dim = geo.n_heads * geo.head_dim;
+    assert_eq!(q.len(), queries.len() * q_dim, "paged_attention: q shape");
+    assert_eq!(out.len(), q.len(), "paged_attention: out shape");
+    assert!(geo.n_heads % geo.n_kv_heads == 0, "paged_attention: heads not divisible");
+    let max_ctx = queries.iter().map(|t| t.n_ctx).max().unwrap_or(0);
+    for t in queries {
+        let blocks_needed = t.n_ctx.div_ceil(geo.block_size);
+        assert!(t.n_ctx > 0 && t.block_table.len() >= blocks_needed, "paged_attention: block table too short");
+        for &b in &t.block_table[..blocks_needed] {
+            assert!((b as usize + 1) * geo.block_elems() <= k_layer.len().min(v_layer.len()), "paged_attention: block out of range");
+        }
+    }
+    let parts = pool.n_threads();
+    scratch.ensure(parts, max_ctx, geo.head_dim);
+    scratch.plan(queries, geo.n_kv_heads);
+    let stride = scratch.stride;
+    let tasks = &scratch.tasks;
+    let scratch_ptr = SharedMut(scratch.buf.as_mut_ptr());
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let (hd, group) = (geo.head_dim, geo.n_heads / geo.n_kv_heads);
+    assert!(!avx2 || (ggml_math::use_avx2() && hd & 7 == 0), "paged_attention: AVX2 path unavailable");
+    pool.run(|part, n_parts| {
+        // SAFETY: each part index runs exactly once per call and owns
+        // scratch[part*stride .. (part+1)*stride]; part < n_parts == the pool's size.
+        let buf = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.ptr().add(part * stride), stride) };
+        let (kf, rest) = buf.split_at_mut(max_ctx * hd);
+        let (vf, rest) = rest.split_at_mut(max_ctx * hd);
+        let (scores, rest) = rest.split_at_mut(max_ctx.next_multiple_of(64));
+        let (qh, rest) = rest.split_at_mut(hd);
+        let (rows, rest) = rest.split_at_mut(ROWS * hd);
+        let acc = &mut rest[..hd];
+        for task in &tasks[split_range(tasks.len(), n_parts, part)] {
+            // Convert this run's context for its KV head once; every query of the run and
+            // every query head of the group reads it.
+            let ctx = queries[task.end - 1].n_ctx;
+            let table = queries[task.first].block_table;
+            for pos in 0..ctx {
+                let off = geo.slot_offset(table, pos) + task.kv_head * hd;
+                k_layer[off..off + hd].convert_to_f32_slice(&mut kf[pos * hd..(pos + 1) * hd]);
+                v_layer[off..off + hd].convert_to_f32_slice(&mut vf[pos * hd..(pos + 1) * hd]);
+            }
+            for t in task.first..task.end {
+                for head in task.kv_head * group..(task.kv_head + 1) * group {
+                    let qoff = t * q_dim + head * hd;
+                    let bufs = Bufs { scores: &mut *scores, qh: &mut *qh, rows: &mut *rows, out: &mut *acc };
+                    let mode = if queries[t].prompt && hd % 16 == 0 { Arith::Batched } else { Arith::Single };
+                    attend(avx2, mode, &q[qoff..qoff + hd], queries[t].n_ctx, kf, vf, scale, bufs);
+                    // SAFETY: (token, head) belongs to exactly one task, run by one part, so
+                    // this output range is written by nobody else.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add(qoff), hd) };
+                    dst.copy_from_slice(acc);
+                }
+            }
+        }
+    });
+}
+
+/// Scratch slices for one (token, head): `scores` holds at least `n_ctx` rounded up to 64,
+/// `qh` and `out` `head_dim` values, `rows` `ROWS * head_dim`.
+struct Bufs<'a> {
+    scores: &'a mut [f32],
+    qh: &'a mut [f32],
+    rows: &'a mut [f32],
+    out: &'a mut [f32],
+}
+
+/// One query head over `n_ctx` converted key/value rows (`head_dim` each); the result is left
+/// in `bufs.out`.
+#[allow(clippy::too_many_arguments)]
+fn attend(avx2: bool, mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when the CPU supports AVX2, FMA and F16C, and
+        // head_dim % 8 == 0 (checked by the caller).
+        return unsafe { avx2::attend(mode, q, n_ctx, kf, vf, scale, bufs) };
+    }
+    let _ = avx2;
+    attend_scalar(mode, q, n_ctx, kf, vf, scale, bufs)
+}
+
+/// Which of llama.cpp's two attention arithmetics a (token, head) follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arith {
+    /// One token per step: `ggml_vec_dot_f16` for scores and for the weighted values.
+    Single,
+    /// A token of a multi-token batch: llamafile's tinyBLAS F16 GEMM (`head_dim % 16 == 0`).
+    Batched,
+}
+
+/// Accumulator rows of the batched weighted sum: tinyBLAS keeps one 16-lane accumulator.
+const BATCH_ROWS: usize = 16;
+
+/// `x` rounded to the nearest f16 and back.
+#[inline(always)]
+fn round_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// llama.cpp's padded KV length for a context of `n_ctx` positions.
+#[inline(always)]
+fn padded_kv(n_ctx: usize) -> usize {
+    n_ctx.next_multiple_of(32)
+}
