@@ -198,14 +198,16 @@ unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
     let dp = act.d.as_ptr().add(i0);
     let sp = act.s.as_ptr().add(i0);
     let xp = act.qs.as_ptr().add(i0 * cols);
-    // Weight rows are contiguous, so the next tile's rows start right after this tile's. Asking
-    // for them one block per row ahead hides the memory latency the hardware prefetcher leaves
-    // (single-row decode is bound by it, not by arithmetic).
-    let ahead = PREFETCH_TILES * R * rb;
+    // Weight rows are contiguous, so the tile PREFETCH_TILES ahead is one contiguous region.
+    // Asking for its cache lines a few per block hides the memory latency the hardware
+    // prefetcher leaves (single-row decode is bound by it, not by arithmetic).
+    let ahead = w.add(PREFETCH_TILES * R * rb);
+    let lines = (R * rb).div_ceil(64);
+    let lines_per_block = lines.div_ceil(nb.max(1));
     for b in 0..nb {
         let bp = w.add(b * bb);
-        for r in 0..R {
-            _mm_prefetch::<_MM_HINT_T0>(bp.add(r * rb + ahead).cast());
+        for l in b * lines_per_block..((b + 1) * lines_per_block).min(lines) {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.add(l * 64).cast());
         }
         let mut h = [0i32; 8];
         for (r, hv) in h.iter_mut().enumerate().take(R) {
