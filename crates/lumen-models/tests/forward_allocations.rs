@@ -47,6 +47,9 @@ fn warm_decode_steps_do_not_allocate() {
     let tables: &'static [Vec<u32>] = tables.leak();
     let prefill: Vec<SeqChunk> = (0..n_seqs).map(|s| chunk(s, tokens, 0, tables)).collect();
     model.forward(&pool, &prefill, &mut kv, &mut ws).unwrap();
+    // Let the workers go idle and park once: the first park of a thread makes std set up that
+    // thread's handle lazily (a one-time allocation that is not the forward pass's).
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let mut batch: Vec<SeqChunk> = Vec::with_capacity(n_seqs);
     for step in 0..steps {
         // One warm-up step for each batch shape, then every step is counted.
