@@ -46,14 +46,6 @@ fn dot_float(x: &[f32], w: impl Fn(usize) -> f32) -> f32 {
     s
 }
 
-/// Sums the eight lanes of a 32-block accumulator the way ggml's `hsum_float_8` does: upper
-/// half onto lower, then `(l0 + l2) + (l1 + l3)`.
-#[inline]
-pub(crate) fn hsum8(l: &[f32; 8]) -> f32 {
-    let r = [l[4] + l[0], l[5] + l[1], l[6] + l[2], l[7] + l[3]];
-    (r[0] + r[2]) + (r[1] + r[3])
-}
-
 /// Weight value `e` (0..32) of a Q4_0/Q4_1/Q8_0 block, in ggml's element order.
 #[inline]
 fn q32_value(format: WeightFormat, blk: &[u8], e: usize) -> i32 {
@@ -94,7 +86,7 @@ fn dot_q32(format: WeightFormat, w: &[u8], a: &ActBuf, i: usize) -> f32 {
             summs = f16_at(blk, 2).mul_add(a.s[k], summs);
         }
     }
-    let h = hsum8(&lanes);
+    let h = crate::ggml_math::hsum8(&lanes);
     if format == WeightFormat::Q4_1 {
         h + summs
     } else {

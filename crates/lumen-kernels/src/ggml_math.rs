@@ -58,18 +58,18 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(0.0 - x))
 }
 
-/// `_mm512_reduce_add_ps`: lanes `i + 8`, then `i + 4`, then `(t0 + t2) + (t1 + t3)`.
+/// `_mm512_reduce_add_ps`: lanes `i + 8` onto `i`, then [`hsum8`].
 #[inline(always)]
 pub fn reduce16(v: &[f32; 16]) -> f32 {
-    let mut t8 = [0.0f32; 8];
-    for i in 0..8 {
-        t8[i] = v[i + 8] + v[i];
-    }
-    let mut t4 = [0.0f32; 4];
-    for i in 0..4 {
-        t4[i] = t8[i + 4] + t8[i];
-    }
-    (t4[0] + t4[2]) + (t4[1] + t4[3])
+    hsum8(&std::array::from_fn(|i| v[i + 8] + v[i]))
+}
+
+/// ggml's `hsum_float_8` (and the tail of `_mm512_reduce_add_ps`): lanes `i + 4` onto `i`,
+/// then `(t0 + t2) + (t1 + t3)`.
+#[inline(always)]
+pub fn hsum8(l: &[f32; 8]) -> f32 {
+    let t = [l[4] + l[0], l[5] + l[1], l[6] + l[2], l[7] + l[3]];
+    (t[0] + t[2]) + (t[1] + t[3])
 }
 
 /// AVX2 versions.
@@ -129,8 +129,17 @@ pub mod x86 {
     #[inline]
     #[target_feature(enable = "avx2")]
     pub unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
-        let t8 = _mm256_add_ps(hi, lo);
-        let t4 = _mm_add_ps(_mm256_extractf128_ps::<1>(t8), _mm256_castps256_ps128(t8));
+        hsum8(_mm256_add_ps(hi, lo))
+    }
+
+    /// [`hsum8`](super::hsum8) of eight lanes, as ggml's `hsum_float_8`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn hsum8(v: __m256) -> f32 {
+        let t4 = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
         // (t0 + t2), (t1 + t3), then their sum.
         let t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
         _mm_cvtss_f32(_mm_add_ss(t2, _mm_movehdup_ps(t2)))

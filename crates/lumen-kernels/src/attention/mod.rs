@@ -38,6 +38,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use crate::blocks::round_f16;
 use crate::ggml_math;
 use crate::pool::{split_range, ThreadPool};
 
@@ -295,12 +296,6 @@ enum Arith {
 
 /// Accumulator rows of the batched weighted sum: tinyBLAS keeps one 16-lane accumulator.
 const BATCH_ROWS: usize = 16;
-
-/// `x` rounded to the nearest f16 and back.
-#[inline(always)]
-fn round_f16(x: f32) -> f32 {
-    f16::from_f32(x).to_f32()
-}
 
 /// llama.cpp's padded KV length for a context of `n_ctx` positions.
 #[inline(always)]

@@ -15,6 +15,7 @@ use std::ops::Range;
 
 use super::M_CHUNK;
 use crate::act::ActBuf;
+use crate::ggml_math::x86::hsum8;
 use crate::matmul::MatRef;
 
 /// Format tag: Q4_0 weights.
@@ -133,16 +134,6 @@ unsafe fn load_w<const F: u8>(p: *const u8, m4: __m256i) -> (__m256i, __m256i) {
     }
 }
 
-/// ggml's `hsum_float_8`: upper half onto lower, then `(l0 + l2) + (l1 + l3)`.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn hsum_ps(v: __m256) -> f32 {
-    let r = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
-    let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    let r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    _mm_cvtss_f32(r)
-}
-
 /// R weight rows starting at `w` (stride `rb`, R <= 8) times activation rows `i0..i0+C`;
 /// writes pair (r, c) to `out[c * ors + r]`. `V` picks the VNNI build of the same body.
 #[inline(always)]
@@ -249,7 +240,7 @@ unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
         let mut s = [0.0f32; 8];
         _mm256_storeu_ps(s.as_mut_ptr(), *sm);
         for (r, acc_r) in acc.iter().enumerate() {
-            let h = hsum_ps(acc_r[c]);
+            let h = hsum8(acc_r[c]);
             *out.add(c * ors + r) = if F == Q4_1 { h + s[r] } else { h };
         }
     }
