@@ -62,11 +62,11 @@ unsafe fn rows_with<const F: u8, const V: bool>(w: &MatRef, act: &ActBuf, r: Ran
         }
         let mut j = r.start;
         while j + 8 <= r.end {
-            tile::<F, V, 8, 1>(base.add(j * rb), rb, act, 0, out.add(j), ors);
+            tile::<F, V, 8, 1>(base.add(j * rb), rb, act, 0, out.add(j), ors, true);
             j += 8;
         }
         while j < r.end {
-            tile::<F, V, 1, 1>(base.add(j * rb), rb, act, 0, out.add(j), ors);
+            tile::<F, V, 1, 1>(base.add(j * rb), rb, act, 0, out.add(j), ors, true);
             j += 1;
         }
         return;
@@ -96,12 +96,15 @@ unsafe fn batch<const F: u8, const V: bool, const BR: usize, const BC: usize>(w:
             let mut i = i0;
             while i < i1 {
                 let o = out.add(i * ors + j);
+                // The weight tile stays in cache across the activation tiles: the first one
+                // prefetches the tiles ahead for all of them.
+                let pf = i == i0;
                 let wide = i + BC <= i1;
                 match (full, wide) {
-                    (true, true) => tile::<F, V, BR, BC>(wp, rb, act, i, o, ors),
-                    (true, false) => tile::<F, V, BR, 1>(wp, rb, act, i, o, ors),
-                    (false, true) => tile::<F, V, 1, BC>(wp, rb, act, i, o, ors),
-                    (false, false) => tile::<F, V, 1, 1>(wp, rb, act, i, o, ors),
+                    (true, true) => tile::<F, V, BR, BC>(wp, rb, act, i, o, ors, pf),
+                    (true, false) => tile::<F, V, BR, 1>(wp, rb, act, i, o, ors, pf),
+                    (false, true) => tile::<F, V, 1, BC>(wp, rb, act, i, o, ors, pf),
+                    (false, false) => tile::<F, V, 1, 1>(wp, rb, act, i, o, ors, pf),
                 }
                 i += if wide { BC } else { 1 };
             }
@@ -134,6 +137,20 @@ unsafe fn load_w<const F: u8>(p: *const u8, m4: __m256i) -> (__m256i, __m256i) {
     }
 }
 
+/// One block of one weight row as the unsigned operand of `vpdpbusd`: Q4_0 and Q4_1 nibbles
+/// as they are, Q8_0 values plus 128 (the caller starts the sums at `-k * sum(x)`).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load_w_unsigned<const F: u8>(p: *const u8, m4: __m256i) -> __m256i {
+    if F == Q8_0 {
+        _mm256_xor_si256(_mm256_loadu_si256(p.add(2).cast()), _mm256_set1_epi8(-128))
+    } else {
+        let off = if F == Q4_1 { 4 } else { 2 };
+        let q = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(off).cast()));
+        _mm256_and_si256(_mm256_srlv_epi64(q, _mm256_setr_epi64x(0, 0, 4, 4)), m4)
+    }
+}
+
 /// R weight rows starting at `w` (stride `rb`, R <= 8) times activation rows `i0..i0+C`;
 /// writes pair (r, c) to `out[c * ors + r]`. `V` picks the VNNI build of the same body.
 #[inline(always)]
@@ -144,24 +161,66 @@ unsafe fn tile<const F: u8, const V: bool, const R: usize, const C: usize>(
     i0: usize,
     out: *mut f32,
     ors: usize,
+    prefetch: bool,
 ) {
     if V {
-        tile_vnni::<F, R, C>(w, rb, act, i0, out, ors)
+        tile_vnni::<F, R, C>(w, rb, act, i0, out, ors, prefetch)
     } else {
-        tile_avx2::<F, R, C>(w, rb, act, i0, out, ors)
+        tile_avx2::<F, R, C>(w, rb, act, i0, out, ors, prefetch)
     }
 }
 
 /// [`tile_body`] compiled for AVX2.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2<const F: u8, const R: usize, const C: usize>(w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize) {
-    tile_body::<F, false, R, C>(w, rb, act, i0, out, ors)
+unsafe fn tile_avx2<const F: u8, const R: usize, const C: usize>(w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, prefetch: bool) {
+    tile_body::<F, false, R, C>(w, rb, act, i0, out, ors, prefetch)
 }
 
 /// [`tile_body`] compiled for AVX2 plus AVX512-VNNI on 256-bit registers.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn tile_vnni<const F: u8, const R: usize, const C: usize>(w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize) {
-    tile_body::<F, true, R, C>(w, rb, act, i0, out, ors)
+unsafe fn tile_vnni<const F: u8, const R: usize, const C: usize>(w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, prefetch: bool) {
+    tile_body::<F, true, R, C>(w, rb, act, i0, out, ors, prefetch)
+}
+
+/// Scales of block `b` for [`tile_body`]: `d_w * d_x` of every pair into `dd[b % 2]` (as
+/// `[c * 8 + r]`), and Q4_1's min term of block `b` added to `summs`.
+#[inline(always)]
+unsafe fn block_scales<const F: u8, const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    act: &ActBuf,
+    i0: usize,
+    b: usize,
+    dd: &mut [[f32; 64]; 2],
+    summs: &mut [__m256; C],
+) {
+    // The first word of each row's block holds d and m (Q4_1) as two f16 (Q4_0/Q8_0: d and two
+    // quants): move the d halves to qwords 0,1 and the m halves to qwords 2,3.
+    let shuf = _mm256_setr_epi8(
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7,
+        10, 11, 14, 15,
+    );
+    let bp = w.add(b * block_bytes(F));
+    let mut h = [0i32; 8];
+    for (r, hv) in h.iter_mut().enumerate().take(R) {
+        *hv = std::ptr::read_unaligned(bp.add(r * rb).cast::<i32>());
+    }
+    let g = _mm256_setr_epi32(h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]);
+    let g = _mm256_permute4x64_epi64::<0xD8>(_mm256_shuffle_epi8(g, shuf));
+    let dw = _mm256_cvtph_ps(_mm256_castsi256_si128(g));
+    let at = i0 + b * act.stride;
+    let buf = dd[b & 1].as_mut_ptr();
+    for c in 0..C {
+        let dx = _mm256_broadcast_ss(&*act.d.as_ptr().add(at + c));
+        _mm256_storeu_ps(buf.add(c * 8), _mm256_mul_ps(dw, dx));
+    }
+    if F == Q4_1 {
+        let mw = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(g));
+        for (c, sm) in summs.iter_mut().enumerate() {
+            let sx = _mm256_broadcast_ss(&*act.s.as_ptr().add(at + c));
+            *sm = _mm256_fmadd_ps(mw, sx, *sm);
+        }
+    }
 }
 
 #[inline(always)]
@@ -172,23 +231,23 @@ unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
     i0: usize,
     out: *mut f32,
     ors: usize,
+    prefetch: bool,
 ) {
     let bb = block_bytes(F);
-    let (nb, stride, cols) = (act.nb, act.stride, act.cols);
+    let (nb, cols) = (act.nb, act.cols);
     let ones = _mm256_set1_epi16(1);
     let m4 = _mm256_set1_epi8(0x0F);
-    // The first word of each row's block holds d and m (Q4_1) as two f16 (Q4_0/Q8_0: d and two
-    // quants): move the d halves to qwords 0,1 and the m halves to qwords 2,3.
-    let shuf = _mm256_setr_epi8(
-        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7,
-        10, 11, 14, 15,
-    );
     let mut acc = [[_mm256_setzero_ps(); C]; R];
     // Q4_1's min term, one lane per weight row.
     let mut summs = [_mm256_setzero_ps(); C];
-    let dp = act.d.as_ptr().add(i0);
-    let sp = act.s.as_ptr().add(i0);
+    // d_w * d_x of every pair, as dd[c * 8 + r], read back by broadcasting loads (a load
+    // instead of a shuffle and a broadcast on the vector ports). Two buffers: block b + 1's
+    // scales are stored while block b runs, so its loads never wait on a fresh store.
+    let mut dd = [[0.0f32; 64]; 2];
     let xp = act.qs.as_ptr().add(i0 * cols);
+    if nb > 0 {
+        block_scales::<F, R, C>(w, rb, act, i0, 0, &mut dd, &mut summs);
+    }
     // Weight rows are contiguous, so the tile PREFETCH_TILES ahead is one contiguous region.
     // Asking for its cache lines a few per block hides the memory latency the hardware
     // prefetcher leaves (single-row decode is bound by it, not by arithmetic).
@@ -197,42 +256,41 @@ unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
     let lines_per_block = lines.div_ceil(nb.max(1));
     for b in 0..nb {
         let bp = w.add(b * bb);
-        for l in b * lines_per_block..((b + 1) * lines_per_block).min(lines) {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.add(l * 64).cast());
+        if prefetch {
+            for l in b * lines_per_block..((b + 1) * lines_per_block).min(lines) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.add(l * 64).cast());
+            }
         }
-        let mut h = [0i32; 8];
-        for (r, hv) in h.iter_mut().enumerate().take(R) {
-            *hv = std::ptr::read_unaligned(bp.add(r * rb).cast::<i32>());
+        if b + 1 < nb {
+            block_scales::<F, R, C>(w, rb, act, i0, b + 1, &mut dd, &mut summs);
         }
-        let g = _mm256_setr_epi32(h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]);
-        let g = _mm256_permute4x64_epi64::<0xD8>(_mm256_shuffle_epi8(g, shuf));
-        // Scales go through memory: broadcasting from there keeps registers for accumulators.
-        // d_w * d_x for every pair, one vector multiply per activation row; they go through
-        // memory so that broadcasting them back keeps registers for the accumulators.
-        let dw = _mm256_cvtph_ps(_mm256_castsi256_si128(g));
-        let mut dd = [[0.0f32; 8]; C];
-        for (c, ddc) in dd.iter_mut().enumerate() {
-            _mm256_storeu_ps(ddc.as_mut_ptr(), _mm256_mul_ps(dw, _mm256_broadcast_ss(&*dp.add(b * stride + c))));
-        }
-        if F == Q4_1 {
-            let mw = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(g));
-            for (c, sm) in summs.iter_mut().enumerate() {
-                let sx = _mm256_broadcast_ss(&*sp.add(b * stride + c));
-                *sm = _mm256_fmadd_ps(mw, sx, *sm);
+        // Make the loads below read memory rather than forward the values just computed.
+        std::hint::black_box(dd.as_mut_ptr());
+        let ddb = dd[b & 1].as_ptr();
+        let xb = |c: usize| xp.add(c * cols + b * 32).cast::<__m256i>();
+        // VNNI, Q4_0/Q8_0: `vpdpbusd` wants unsigned weights, so it multiplies `w + k` (k = 8
+        // or 128) and starts from `-k * (x[4l] + .. + x[4l+3])`: the same exact lane sums as
+        // the sign trick, without a sign instruction per pair.
+        let mut start = [_mm256_setzero_si256(); C];
+        if V && F != Q4_1 {
+            let k = _mm256_set1_epi8(if F == Q4_0 { 8 } else { -128 });
+            for (c, s) in start.iter_mut().enumerate() {
+                let kx = _mm256_dpbusd_epi32(_mm256_setzero_si256(), k, _mm256_loadu_si256(xb(c)));
+                *s = _mm256_sub_epi32(_mm256_setzero_si256(), kx);
             }
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let (wu, ws) = load_w::<F>(bp.add(r * rb), m4);
+            let (wu, ws) = if V { (load_w_unsigned::<F>(bp.add(r * rb), m4), m4) } else { load_w::<F>(bp.add(r * rb), m4) };
             for (c, a) in acc_r.iter_mut().enumerate() {
-                let xq = _mm256_loadu_si256(xp.add(c * cols + b * 32).cast());
-                let xv = if F == Q4_1 { xq } else { _mm256_sign_epi8(xq, ws) };
+                let xq = _mm256_loadu_si256(xb(c));
                 // Lane l: the exact sum of products 4l..4l+4 (no i16 saturation: |w| <= 128, |x| <= 127).
                 let p = if V {
-                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu, xv)
+                    _mm256_dpbusd_epi32(start[c], wu, xq)
                 } else {
+                    let xv = if F == Q4_1 { xq } else { _mm256_sign_epi8(xq, ws) };
                     _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xv), ones)
                 };
-                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&dd[c][r]), *a);
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&*ddb.add(c * 8 + r)), *a);
             }
         }
     }
