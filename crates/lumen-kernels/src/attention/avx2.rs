@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::{padded_kv, Arith, Bufs, BATCH_ROWS, ROWS};
-use crate::ggml_math::x86::{exp8, reduce16};
+use crate::ggml_math::x86::{exp8, hsum8, reduce16};
 
 /// [`super::scalar::attend_scalar`] with AVX2, FMA and F16C; same bits.
 ///
@@ -26,12 +26,29 @@ pub(super) unsafe fn attend(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf
         _mm256_storeu_ps(qh.add(d), _mm256_cvtph_ps(h));
     }
 
-    // Scores and their maximum.
+    // Scores and their maximum: eight positions at a time when the dot's lanes allow it
+    // (their eight final reductions done together, in the same order), then one at a time.
     let sp = scores.as_mut_ptr();
-    let mut max = f32::NEG_INFINITY;
-    for pos in 0..n_ctx {
+    let batched = mode == Arith::Batched;
+    let eights = if batched || hd.is_multiple_of(64) { n_ctx & !7 } else { 0 };
+    let scalev = _mm256_set1_ps(scale);
+    let mut maxv = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut lanes = [_mm256_setzero_ps(); 8];
+    for pos in (0..eights).step_by(8) {
+        for (i, l) in lanes.iter_mut().enumerate() {
+            let k = kf.as_ptr().add((pos + i) * hd);
+            *l = if batched { lanes_tiny(qh, k, hd) } else { lanes_f16(qh, k, hd) };
+        }
+        let s = _mm256_mul_ps(hsum8x8(&lanes), scalev);
+        _mm256_storeu_ps(sp.add(pos), s);
+        maxv = _mm256_max_ps(maxv, s);
+    }
+    let mut m8 = [0.0f32; 8];
+    _mm256_storeu_ps(m8.as_mut_ptr(), maxv);
+    let mut max = m8.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for pos in eights..n_ctx {
         let k = kf.as_ptr().add(pos * hd);
-        let s = if mode == Arith::Batched { dot_tiny(qh, k, hd) } else { dot_f16(qh, k, hd) } * scale;
+        let s = if batched { dot_tiny(qh, k, hd) } else { dot_f16(qh, k, hd) } * scale;
         *sp.add(pos) = s;
         max = max.max(s);
     }
@@ -133,38 +150,60 @@ pub(super) unsafe fn attend(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_tiny(x: *const f32, y: *const f32, n: usize) -> f32 {
+    hsum8(lanes_tiny(x, y, n))
+}
+
+/// The eight lanes whose [`hsum8`] is [`dot_tiny`]: the 16-lane accumulator's halves added.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn lanes_tiny(x: *const f32, y: *const f32, n: usize) -> __m256 {
     let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for i in (0..n).step_by(16) {
         lo = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i)), _mm256_loadu_ps(y.add(i)), lo);
         hi = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i + 8)), _mm256_loadu_ps(y.add(i + 8)), hi);
     }
-    reduce16(lo, hi)
+    _mm256_add_ps(hi, lo)
 }
 
-/// The batched weighted sum of values: position `pos` feeds accumulator row `pos % 16`
-/// (tinyBLAS's lanes), then each dimension reduces its 16 rows like `_mm512_reduce_add_ps`.
-/// `rows` holds `BATCH_ROWS * hd` floats, `p` the f16-rounded probabilities.
+/// The eight lanes whose [`hsum8`] is [`dot_f16`] when `n % 64 == 0`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_sum_tiny(p: *const f32, n_ctx: usize, vf: *const f32, hd: usize, rows: *mut f32, out: *mut f32) {
-    let zero = _mm256_setzero_ps();
-    for i in (0..BATCH_ROWS * hd).step_by(8) {
-        _mm256_storeu_ps(rows.add(i), zero);
-    }
-    for pos in 0..n_ctx {
-        let row = rows.add((pos % BATCH_ROWS) * hd);
-        let (pv, v) = (_mm256_set1_ps(*p.add(pos)), vf.add(pos * hd));
-        for d in (0..hd).step_by(8) {
-            _mm256_storeu_ps(row.add(d), _mm256_fmadd_ps(_mm256_loadu_ps(v.add(d)), pv, _mm256_loadu_ps(row.add(d))));
+unsafe fn lanes_f16(x: *const f32, y: *const f32, n: usize) -> __m256 {
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for i in (0..n).step_by(64) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i + 8 * k)), _mm256_loadu_ps(y.add(i + 8 * k)), *a);
         }
     }
-    for d in (0..hd).step_by(8) {
-        let r = |l: usize| _mm256_loadu_ps(rows.add(l * hd + d));
-        let t8: [__m256; 8] = std::array::from_fn(|l| _mm256_add_ps(r(8 + l), r(l)));
-        let t4: [__m256; 4] = std::array::from_fn(|l| _mm256_add_ps(t8[4 + l], t8[l]));
-        let f = _mm256_add_ps(_mm256_add_ps(t4[0], t4[2]), _mm256_add_ps(t4[1], t4[3]));
-        _mm256_storeu_ps(out.add(d), f);
-    }
+    // Accumulator j (16 lanes) is acc[2j] (lanes 0..8) and acc[2j + 1] (lanes 8..16).
+    let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+    let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+    _mm256_add_ps(hi, lo)
+}
+
+/// Lane `i` is [`hsum8`] of `v[i]`, with the same additions in the same order.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum8x8(v: &[__m256; 8]) -> __m256 {
+    let (t01, t23, t45, t67) = (fold_halves(v[0], v[1]), fold_halves(v[2], v[3]), fold_halves(v[4], v[5]), fold_halves(v[6], v[7]));
+    let (e0123, e4567) = (fold_pairs(t01, t23), fold_pairs(t45, t67));
+    // (t0 + t2) + (t1 + t3), in lanes o0 o2 o4 o6 | o1 o3 o5 o7.
+    let o = _mm256_add_ps(_mm256_shuffle_ps::<0x88>(e0123, e4567), _mm256_shuffle_ps::<0xDD>(e0123, e4567));
+    _mm256_permutevar8x32_ps(o, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// hsum8's first step for two vectors: `t[i] = l[i + 4] + l[i]`, `a`'s in the low half.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn fold_halves(a: __m256, b: __m256) -> __m256 {
+    _mm256_add_ps(_mm256_permute2f128_ps::<0x31>(a, b), _mm256_permute2f128_ps::<0x20>(a, b))
+}
+
+/// hsum8's second step: per 128-bit half, `(t0 + t2, t1 + t3)` of `a`, then of `b`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn fold_pairs(a: __m256, b: __m256) -> __m256 {
+    _mm256_add_ps(_mm256_shuffle_ps::<0x44>(a, b), _mm256_shuffle_ps::<0xEE>(a, b))
 }
 
 /// [`super::scalar::dot_f16`] of `n` values at `x` and `y`.
@@ -172,21 +211,79 @@ unsafe fn weighted_sum_tiny(p: *const f32, n_ctx: usize, vf: *const f32, hd: usi
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_f16(x: *const f32, y: *const f32, n: usize) -> f32 {
     let np = n & !63;
-    let mut acc = [_mm256_setzero_ps(); 8];
-    for i in (0..np).step_by(64) {
-        for (k, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i + 8 * k)), _mm256_loadu_ps(y.add(i + 8 * k)), *a);
-        }
-    }
     let mut sumf = 0.0f64;
     if np > 0 {
-        // Accumulator j (16 lanes) is acc[2j] (lanes 0..8) and acc[2j + 1] (lanes 8..16).
-        let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
-        let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
-        sumf = reduce16(lo, hi) as f64;
+        sumf = hsum8(lanes_f16(x, y, np)) as f64;
     }
     for i in np..n {
         sumf += (*x.add(i) * *y.add(i)) as f64;
     }
     sumf as f32
+}
+
+/// The batched weighted sum of values: position `pos` feeds accumulator row `pos % 16`
+/// (tinyBLAS's lanes), then each dimension reduces its 16 rows like `_mm512_reduce_add_ps`.
+/// `rows` holds `BATCH_ROWS * hd` floats, `p` the f16-rounded probabilities.
+///
+/// Each row's sum runs in registers, 16 dimensions of 4 rows at a time over the positions in
+/// order (a row in memory would cost a load and a store per position and dimension).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_sum_tiny(p: *const f32, n_ctx: usize, vf: *const f32, hd: usize, rows: *mut f32, out: *mut f32) {
+    const R: usize = 4;
+    for r0 in (0..BATCH_ROWS).step_by(R) {
+        for d in (0..hd).step_by(16) {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            // Whole groups of 16 positions, then the last partial one.
+            let full = n_ctx - n_ctx % BATCH_ROWS;
+            let mut pos = r0;
+            while pos < full {
+                for (r, a) in acc.iter_mut().enumerate() {
+                    madd16(a, p.add(pos + r), vf.add((pos + r) * hd + d));
+                }
+                pos += BATCH_ROWS;
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                if pos + r < n_ctx {
+                    madd16(a, p.add(pos + r), vf.add((pos + r) * hd + d));
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                let row = rows.add((r0 + r) * hd + d);
+                _mm256_storeu_ps(row, a[0]);
+                _mm256_storeu_ps(row.add(8), a[1]);
+            }
+        }
+    }
+    for d in (0..hd).step_by(8) {
+        let mut t8 = [_mm256_setzero_ps(); 8];
+        for (l, t) in t8.iter_mut().enumerate() {
+            *t = _mm256_add_ps(_mm256_loadu_ps(rows.add((8 + l) * hd + d)), _mm256_loadu_ps(rows.add(l * hd + d)));
+        }
+        let t4 = [_mm256_add_ps(t8[4], t8[0]), _mm256_add_ps(t8[5], t8[1]), _mm256_add_ps(t8[6], t8[2]), _mm256_add_ps(t8[7], t8[3])];
+        let f = _mm256_add_ps(_mm256_add_ps(t4[0], t4[2]), _mm256_add_ps(t4[1], t4[3]));
+        _mm256_storeu_ps(out.add(d), f);
+    }
+}
+
+/// `a += v[0..16] * p` (two FMAs on one broadcast weight).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn madd16(a: &mut [__m256; 2], p: *const f32, v: *const f32) {
+    let pv = _mm256_set1_ps(*p);
+    a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(v), pv, a[0]);
+    a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(v.add(8)), pv, a[1]);
+}
+
+/// `dst[i] = src[i]` as f32, eight at a time (`src.len() == dst.len()`, a multiple of 8).
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn widen(src: &[half::f16], dst: &mut [f32]) {
+    assert!(src.len() == dst.len() && src.len().is_multiple_of(8));
+    for i in (0..src.len()).step_by(8) {
+        let h = _mm_loadu_si128(src.as_ptr().add(i).cast());
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+    }
 }

@@ -243,8 +243,8 @@ fn paged_attention_with(
             let table = queries[task.first].block_table;
             for pos in 0..ctx {
                 let off = geo.slot_offset(table, pos) + task.kv_head * hd;
-                k_layer[off..off + hd].convert_to_f32_slice(&mut kf[pos * hd..(pos + 1) * hd]);
-                v_layer[off..off + hd].convert_to_f32_slice(&mut vf[pos * hd..(pos + 1) * hd]);
+                widen(avx2, &k_layer[off..off + hd], &mut kf[pos * hd..(pos + 1) * hd]);
+                widen(avx2, &v_layer[off..off + hd], &mut vf[pos * hd..(pos + 1) * hd]);
             }
             for t in task.first..task.end {
                 for head in task.kv_head * group..(task.kv_head + 1) * group {
@@ -283,6 +283,17 @@ fn attend(avx2: bool, mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f3
     }
     let _ = avx2;
     attend_scalar(mode, q, n_ctx, kf, vf, scale, bufs)
+}
+
+/// Keys or values of one position as f32 (exact either way; F16C when `avx2`).
+fn widen(avx2: bool, src: &[f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when the CPU supports AVX2 and F16C, and head_dim % 8 == 0.
+        return unsafe { avx2::widen(src, dst) };
+    }
+    let _ = avx2;
+    src.convert_to_f32_slice(dst);
 }
 
 /// Which of llama.cpp's two attention arithmetics a (token, head) follows.
