@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 use lumen_engine::registry::lumen_home;
+use lumen_engine::SchedulerConfig;
 use lumen_server::{ServerConfig, DEFAULT_MODELS};
 
 /// Flags of `lumen serve` (each with a `LUMEN_*` environment fallback).
@@ -34,6 +35,13 @@ pub struct ServeArgs {
     /// KV cache per model, in MiB.
     #[arg(long, env = "LUMEN_KV_CACHE_MB", default_value_t = 256)]
     pub kv_cache_mb: usize,
+    /// Most tokens (prompt chunks and decodes) one engine step computes: smaller gives
+    /// steadier streams, larger gives faster prefill of long prompts.
+    #[arg(long, env = "LUMEN_MAX_NUM_BATCHED_TOKENS", default_value_t = SchedulerConfig::default().max_num_batched_tokens as u32, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_num_batched_tokens: u32,
+    /// Most sequences one engine step runs at once.
+    #[arg(long, env = "LUMEN_MAX_NUM_SEQS", default_value_t = SchedulerConfig::default().max_num_seqs as u32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_num_seqs: u32,
     /// Compute threads per model (default: one per CPU).
     #[arg(long, env = "LUMEN_THREADS")]
     pub threads: Option<usize>,
@@ -64,6 +72,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .collect();
     config.max_queued_requests = args.max_queued_requests;
     config.kv_cache_mb = args.kv_cache_mb;
+    config.scheduler = SchedulerConfig {
+        max_num_batched_tokens: args.max_num_batched_tokens as usize,
+        max_num_seqs: args.max_num_seqs as usize,
+    };
     if let Some(t) = args.threads {
         config.threads = t.max(1);
     }

@@ -14,7 +14,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use lumen_engine::registry::{resolve, ChatModel, EmbeddingModel, ModelKind};
-use lumen_engine::{EmbedConfig, EmbedEngine, Engine, EngineConfig, Event, GenerateRequest};
+use lumen_engine::{EmbedConfig, EmbedEngine, Engine, EngineConfig, Event, GenerateRequest, SchedulerConfig};
 use tokio::net::TcpListener;
 
 use crate::api::{chat, completions, embeddings, models, ops};
@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub max_queued_requests: usize,
     /// KV cache per model, MiB.
     pub kv_cache_mb: usize,
+    /// Per-step limits of each chat model's scheduler.
+    pub scheduler: SchedulerConfig,
     /// Compute threads per model.
     pub threads: usize,
     /// Cancel requests running longer than this.
@@ -65,6 +67,7 @@ impl ServerConfig {
             api_keys: Vec::new(),
             max_queued_requests: 256,
             kv_cache_mb: 256,
+            scheduler: SchedulerConfig::default(),
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
@@ -165,11 +168,13 @@ pub fn start_chat_model(
     ec.threads = config.threads.max(1);
     ec.kv_cache_bytes = config.kv_cache_mb.saturating_mul(1 << 20);
     ec.max_queued_requests = config.max_queued_requests.max(1);
+    ec.scheduler = config.scheduler;
+    let sched = ec.scheduler;
     let engine = Engine::start(chat.model.clone(), chat.tokenizer.clone(), ec)
         .map_err(|e| ServerError::Startup(format!("starting the engine for {}: {e}", chat.name)))?;
     let handle = engine.handle();
     warm_up(&handle);
-    tracing::info!(model = %chat.name, path = %loc.path.display(), kv_blocks = handle.info().kv_blocks, context = handle.info().context_len, secs = started.elapsed().as_secs_f32(), "model loaded");
+    tracing::info!(model = %chat.name, path = %loc.path.display(), kv_blocks = handle.info().kv_blocks, context = handle.info().context_len, max_num_batched_tokens = sched.max_num_batched_tokens, max_num_seqs = sched.max_num_seqs, secs = started.elapsed().as_secs_f32(), "model loaded");
     let served = ChatServed {
         name: chat.name,
         handle,

@@ -1,0 +1,71 @@
+//! Scheduler limits from the command line: values out of range are refused before anything
+//! loads, and good ones reach the engine, which still serves concurrent prompts longer than
+//! one step's token budget, one sequence at a time.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn scheduler_limits_from_flags() {
+    for (flag, value) in [("--max-num-batched-tokens", "0"), ("--max-num-batched-tokens", "70000"), ("--max-num-seqs", "0"), ("--max-num-seqs", "x")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lumen"))
+            .args(["serve", "--port", "0", flag, value])
+            .output()
+            .expect("run lumen serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} must be refused");
+        assert!(err.contains(&format!("invalid value '{value}' for '{flag}")), "{flag} {value}: {err}");
+    }
+
+    if common::prerequisites().is_none() {
+        return;
+    }
+    let server = common::Server::start(&["--max-num-batched-tokens", "8", "--max-num-seqs", "1"]);
+    let log = strip_ansi(&server.log());
+    assert!(log.contains("max_num_batched_tokens=8") && log.contains("max_num_seqs=1"), "{log}");
+
+    // Two requests at once, each prompt several steps long: both complete, with the same
+    // greedy answer, while only one sequence runs at a time.
+    let body = format!(
+        r#"{{"model":"{}","prompt":"The river ran past the old mill and the garden where the children played every summer, and","max_tokens":12,"temperature":0,"ignore_eos":true}}"#,
+        common::MODEL
+    );
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (port, body) = (server.port, body.clone());
+            std::thread::spawn(move || common::http_post_json(port, "/v1/completions", &body).expect("request"))
+        })
+        .collect();
+    let answers: Vec<serde_json::Value> = threads
+        .into_iter()
+        .map(|t| {
+            let (status, body) = t.join().expect("client thread");
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str(&body).expect("JSON body")
+        })
+        .collect();
+    for a in &answers {
+        assert!(a["usage"]["prompt_tokens"].as_u64().unwrap() > 8, "{a}");
+        assert_eq!(a["usage"]["completion_tokens"], 12, "{a}");
+    }
+    assert_eq!(answers[0]["choices"][0]["text"], answers[1]["choices"][0]["text"]);
+}
+
+/// The log without its terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
