@@ -12,8 +12,24 @@ use crate::ggml_math::x86::{exp8, hsum8, reduce16};
 /// The CPU must support AVX2, FMA and F16C; `q.len() % 8 == 0`; the slices as for the
 /// scalar version.
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn attend(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+    if crate::x86::avx512vl() {
+        attend_vl(mode, q, n_ctx, kf, vf, scale, bufs)
+    } else {
+        attend_body::<false>(mode, q, n_ctx, kf, vf, scale, bufs)
+    }
+}
+
+/// [`attend`] compiled with AVX-512VL's 32 registers: the query stays in registers while the
+/// scores of eight positions are computed.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+unsafe fn attend_vl(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+    attend_body::<true>(mode, q, n_ctx, kf, vf, scale, bufs)
+}
+
+/// The body of [`attend`]; `VL`: compiled with AVX-512VL's 32 registers.
+#[inline(always)]
+unsafe fn attend_body<const VL: bool>(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
     let hd = q.len();
     let Bufs { scores, qh, rows, out } = bufs;
     let n16 = n_ctx.next_multiple_of(16);
@@ -33,13 +49,15 @@ pub(super) unsafe fn attend(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf
     let eights = if batched || hd.is_multiple_of(64) { n_ctx & !7 } else { 0 };
     let scalev = _mm256_set1_ps(scale);
     let mut maxv = _mm256_set1_ps(f32::NEG_INFINITY);
-    let mut lanes = [_mm256_setzero_ps(); 8];
     for pos in (0..eights).step_by(8) {
-        for (i, l) in lanes.iter_mut().enumerate() {
-            let k = kf.as_ptr().add((pos + i) * hd);
-            *l = if batched { lanes_tiny(qh, k, hd) } else { lanes_f16(qh, k, hd) };
-        }
-        let s = _mm256_mul_ps(hsum8x8(&lanes), scalev);
+        let k = kf.as_ptr().add(pos * hd);
+        // The common head sizes get loops the compiler unrolls, with the query in registers.
+        let lanes = match hd {
+            64 => lanes8::<64>(batched, qh, k, hd),
+            128 => lanes8::<128>(batched, qh, k, hd),
+            _ => lanes8::<0>(batched, qh, k, hd),
+        };
+        let s = _mm256_mul_ps(hsum8x8(lanes), scalev);
         _mm256_storeu_ps(sp.add(pos), s);
         maxv = _mm256_max_ps(maxv, s);
     }
@@ -74,7 +92,7 @@ pub(super) unsafe fn attend(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf
     }
 
     if mode == Arith::Batched {
-        weighted_sum_tiny(sp, n_ctx, vf.as_ptr(), hd, rows.as_mut_ptr(), out.as_mut_ptr());
+        weighted_sum_tiny::<VL>(sp, n_ctx, vf.as_ptr(), hd, rows.as_mut_ptr(), out.as_mut_ptr());
         return;
     }
 
@@ -154,8 +172,7 @@ unsafe fn dot_tiny(x: *const f32, y: *const f32, n: usize) -> f32 {
 }
 
 /// The eight lanes whose [`hsum8`] is [`dot_tiny`]: the 16-lane accumulator's halves added.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
 unsafe fn lanes_tiny(x: *const f32, y: *const f32, n: usize) -> __m256 {
     let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for i in (0..n).step_by(16) {
@@ -166,8 +183,7 @@ unsafe fn lanes_tiny(x: *const f32, y: *const f32, n: usize) -> __m256 {
 }
 
 /// The eight lanes whose [`hsum8`] is [`dot_f16`] when `n % 64 == 0`.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
 unsafe fn lanes_f16(x: *const f32, y: *const f32, n: usize) -> __m256 {
     let mut acc = [_mm256_setzero_ps(); 8];
     for i in (0..n).step_by(64) {
@@ -181,10 +197,22 @@ unsafe fn lanes_f16(x: *const f32, y: *const f32, n: usize) -> __m256 {
     _mm256_add_ps(hi, lo)
 }
 
+/// The eight-lane vectors whose [`hsum8`]s are the dots of `q` with the eight rows from `k`
+/// (stride `hd`); `HD` is `hd` when it is known at compile time, else 0.
+#[inline(always)]
+unsafe fn lanes8<const HD: usize>(batched: bool, q: *const f32, k: *const f32, hd: usize) -> [__m256; 8] {
+    let n = if HD > 0 { HD } else { hd };
+    let mut lanes = [_mm256_setzero_ps(); 8];
+    for (i, l) in lanes.iter_mut().enumerate() {
+        *l = if batched { lanes_tiny(q, k.add(i * n), n) } else { lanes_f16(q, k.add(i * n), n) };
+    }
+    lanes
+}
+
 /// Lane `i` is [`hsum8`] of `v[i]`, with the same additions in the same order.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn hsum8x8(v: &[__m256; 8]) -> __m256 {
+unsafe fn hsum8x8(v: [__m256; 8]) -> __m256 {
     let (t01, t23, t45, t67) = (fold_halves(v[0], v[1]), fold_halves(v[2], v[3]), fold_halves(v[4], v[5]), fold_halves(v[6], v[7]));
     let (e0123, e4567) = (fold_pairs(t01, t23), fold_pairs(t45, t67));
     // (t0 + t2) + (t1 + t3), in lanes o0 o2 o4 o6 | o1 o3 o5 o7.
@@ -223,37 +251,14 @@ unsafe fn dot_f16(x: *const f32, y: *const f32, n: usize) -> f32 {
 
 /// The batched weighted sum of values: position `pos` feeds accumulator row `pos % 16`
 /// (tinyBLAS's lanes), then each dimension reduces its 16 rows like `_mm512_reduce_add_ps`.
-/// `rows` holds `BATCH_ROWS * hd` floats, `p` the f16-rounded probabilities.
-///
-/// Each row's sum runs in registers, 16 dimensions of 4 rows at a time over the positions in
-/// order (a row in memory would cost a load and a store per position and dimension).
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_sum_tiny(p: *const f32, n_ctx: usize, vf: *const f32, hd: usize, rows: *mut f32, out: *mut f32) {
-    const R: usize = 4;
-    for r0 in (0..BATCH_ROWS).step_by(R) {
-        for d in (0..hd).step_by(16) {
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            // Whole groups of 16 positions, then the last partial one.
-            let full = n_ctx - n_ctx % BATCH_ROWS;
-            let mut pos = r0;
-            while pos < full {
-                for (r, a) in acc.iter_mut().enumerate() {
-                    madd16(a, p.add(pos + r), vf.add((pos + r) * hd + d));
-                }
-                pos += BATCH_ROWS;
-            }
-            for (r, a) in acc.iter_mut().enumerate() {
-                if pos + r < n_ctx {
-                    madd16(a, p.add(pos + r), vf.add((pos + r) * hd + d));
-                }
-            }
-            for (r, a) in acc.iter().enumerate() {
-                let row = rows.add((r0 + r) * hd + d);
-                _mm256_storeu_ps(row, a[0]);
-                _mm256_storeu_ps(row.add(8), a[1]);
-            }
-        }
+/// `rows` holds `BATCH_ROWS * hd` floats, `p` the f16-rounded probabilities. `VL`: 32
+/// registers are available.
+#[inline(always)]
+unsafe fn weighted_sum_tiny<const VL: bool>(p: *const f32, n_ctx: usize, vf: *const f32, hd: usize, rows: *mut f32, out: *mut f32) {
+    if VL && hd.is_multiple_of(64) {
+        tiny_rows::<2, 8>(p, n_ctx, vf, hd, rows);
+    } else {
+        tiny_rows::<4, 2>(p, n_ctx, vf, hd, rows);
     }
     for d in (0..hd).step_by(8) {
         let mut t8 = [_mm256_setzero_ps(); 8];
@@ -266,13 +271,46 @@ unsafe fn weighted_sum_tiny(p: *const f32, n_ctx: usize, vf: *const f32, hd: usi
     }
 }
 
-/// `a += v[0..16] * p` (two FMAs on one broadcast weight).
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn madd16(a: &mut [__m256; 2], p: *const f32, v: *const f32) {
+/// The 16 accumulator rows of [`weighted_sum_tiny`]: row `l` is `+0`, then `+= v[pos] * p[pos]`
+/// for pos = l, l + 16, ... in order. The products are of two f16 values, exact in f32, so the
+/// FMA equals the multiply-add. `R` rows of `8 * W` dimensions at a time stay in registers
+/// over the positions (a row in memory would cost a load and a store per position).
+#[inline(always)]
+unsafe fn tiny_rows<const R: usize, const W: usize>(p: *const f32, n_ctx: usize, vf: *const f32, hd: usize, rows: *mut f32) {
+    let full = n_ctx - n_ctx % BATCH_ROWS;
+    for r0 in (0..BATCH_ROWS).step_by(R) {
+        for d in (0..hd).step_by(8 * W) {
+            let mut acc = [[_mm256_setzero_ps(); W]; R];
+            // Whole groups of 16 positions, then the last partial one.
+            let mut pos = r0;
+            while pos < full {
+                for (r, a) in acc.iter_mut().enumerate() {
+                    madd(a, p.add(pos + r), vf.add((pos + r) * hd + d));
+                }
+                pos += BATCH_ROWS;
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                if pos + r < n_ctx {
+                    madd(a, p.add(pos + r), vf.add((pos + r) * hd + d));
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                let row = rows.add((r0 + r) * hd + d);
+                for (k, v) in a.iter().enumerate() {
+                    _mm256_storeu_ps(row.add(8 * k), *v);
+                }
+            }
+        }
+    }
+}
+
+/// `a[k] += v[8k..8k + 8] * p` (one broadcast weight).
+#[inline(always)]
+unsafe fn madd<const W: usize>(a: &mut [__m256; W], p: *const f32, v: *const f32) {
     let pv = _mm256_set1_ps(*p);
-    a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(v), pv, a[0]);
-    a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(v.add(8)), pv, a[1]);
+    for (k, x) in a.iter_mut().enumerate() {
+        *x = _mm256_fmadd_ps(_mm256_loadu_ps(v.add(8 * k)), pv, *x);
+    }
 }
 
 /// `dst[i] = src[i]` as f32, eight at a time (`src.len() == dst.len()`, a multiple of 8).

@@ -22,9 +22,16 @@ use crate::WeightFormat;
 /// `LUMEN_KERNELS=avx2` turns it off.
 pub(crate) fn vnni() -> bool {
     static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *VNNI.get_or_init(|| {
+    *VNNI.get_or_init(|| avx512vl() && is_x86_feature_detected!("avx512vnni"))
+}
+
+/// Whether 256-bit code may use AVX-512VL's 32 vector registers (same results, fewer
+/// spills). `LUMEN_KERNELS=avx2` turns it off.
+pub(crate) fn avx512vl() -> bool {
+    static VL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VL.get_or_init(|| {
         let off = std::env::var("LUMEN_KERNELS").is_ok_and(|v| v.trim().eq_ignore_ascii_case("avx2"));
-        !off && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+        !off && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl")
     })
 }
 
