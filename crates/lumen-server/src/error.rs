@@ -193,7 +193,10 @@ impl From<EngineError> for ServerError {
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // Not ready (still loading) and shutting down are the server's announced states,
+        // polled by health checks and load balancers: not failures worth an error line.
+        let expected = matches!(self, ServerError::NotReady | ServerError::ShuttingDown);
+        if status.is_server_error() && !expected {
             tracing::error!(status = status.as_u16(), error = %self, "request failed");
         } else {
             tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
