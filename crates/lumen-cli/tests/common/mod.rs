@@ -249,18 +249,7 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         s,
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    read_response(s)
 }
 
 /// A minimal HTTP/1.1 POST of a JSON body with the test API key: (status, body).
@@ -272,6 +261,11 @@ pub fn http_post_json(port: u16, path: &str, body: &str) -> std::io::Result<(u16
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
+    read_response(s)
+}
+
+/// Reads a `Connection: close` response to its end: (status, body).
+fn read_response(mut s: TcpStream) -> std::io::Result<(u16, String)> {
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
     let status = raw
