@@ -96,34 +96,23 @@ unsafe fn attend_body<const VL: bool>(mode: Arith, q: &[f32], n_ctx: usize, kf: 
         return;
     }
 
-    // Weighted sum of values into ROWS accumulator rows.
+    // Weighted sum of values into ROWS accumulator rows: row `l` takes positions l, l + ROWS,
+    // ... below `real` in order (the first onto +0), then +0 once if a masked position below
+    // `np` falls on it.
     let np = n_kv & !(ROWS - 1);
     let real = n_ctx.min(np);
     let rp = rows.as_mut_ptr();
     let zero = _mm256_setzero_ps();
-    for pos in 0..np {
-        let row = rp.add((pos % ROWS) * hd);
-        if pos < real {
-            let pv = _mm256_set1_ps(*sp.add(pos));
-            let v = vf.as_ptr().add(pos * hd);
-            if pos < ROWS {
-                for d in (0..hd).step_by(8) {
-                    _mm256_storeu_ps(row.add(d), _mm256_fmadd_ps(_mm256_loadu_ps(v.add(d)), pv, zero));
-                }
-            } else {
-                for d in (0..hd).step_by(8) {
-                    _mm256_storeu_ps(row.add(d), _mm256_fmadd_ps(_mm256_loadu_ps(v.add(d)), pv, _mm256_loadu_ps(row.add(d))));
-                }
-            }
-        } else if pos < ROWS {
-            for d in (0..hd).step_by(8) {
-                _mm256_storeu_ps(row.add(d), zero);
-            }
+    if real >= 2 * ROWS {
+        // Rows in registers pay once each row has a few positions (measured: 32-sequence
+        // decode at 128..256 positions faster, single-stream decode below 128 slower).
+        if VL && hd.is_multiple_of(64) {
+            chain_rows::<2, 8>(sp, vf.as_ptr(), hd, ROWS, real, np, rp);
         } else {
-            for d in (0..hd).step_by(8) {
-                _mm256_storeu_ps(row.add(d), _mm256_add_ps(_mm256_loadu_ps(row.add(d)), zero));
-            }
+            chain_rows::<4, 2>(sp, vf.as_ptr(), hd, ROWS, real, np, rp);
         }
+    } else {
+        single_rows_by_position(sp, vf.as_ptr(), hd, real, np, rp);
     }
 
     // Per dimension: ggml's reduction of the rows, then the leftover positions in f64.
@@ -256,9 +245,9 @@ unsafe fn dot_f16(x: *const f32, y: *const f32, n: usize) -> f32 {
 #[inline(always)]
 unsafe fn weighted_sum_tiny<const VL: bool>(p: *const f32, n_ctx: usize, vf: *const f32, hd: usize, rows: *mut f32, out: *mut f32) {
     if VL && hd.is_multiple_of(64) {
-        tiny_rows::<2, 8>(p, n_ctx, vf, hd, rows);
+        chain_rows::<2, 8>(p, vf, hd, BATCH_ROWS, n_ctx, n_ctx, rows);
     } else {
-        tiny_rows::<4, 2>(p, n_ctx, vf, hd, rows);
+        chain_rows::<4, 2>(p, vf, hd, BATCH_ROWS, n_ctx, n_ctx, rows);
     }
     for d in (0..hd).step_by(8) {
         let mut t8 = [_mm256_setzero_ps(); 8];
@@ -271,33 +260,71 @@ unsafe fn weighted_sum_tiny<const VL: bool>(p: *const f32, n_ctx: usize, vf: *co
     }
 }
 
-/// The 16 accumulator rows of [`weighted_sum_tiny`]: row `l` is `+0`, then `+= v[pos] * p[pos]`
-/// for pos = l, l + 16, ... in order. The products are of two f16 values, exact in f32, so the
+/// The rows of the single-token weighted sum, one position after the other (each row lives
+/// in memory): row `pos % ROWS` gets `0 + v * p` for its first position, `+= v * p` after,
+/// and `+0` (or `0` for an untouched row) for a masked position below `np`.
+#[inline(always)]
+unsafe fn single_rows_by_position(sp: *const f32, vf: *const f32, hd: usize, real: usize, np: usize, rp: *mut f32) {
+    let zero = _mm256_setzero_ps();
+    for pos in 0..np {
+        let row = rp.add((pos % ROWS) * hd);
+        if pos < real {
+            let pv = _mm256_set1_ps(*sp.add(pos));
+            let v = vf.add(pos * hd);
+            if pos < ROWS {
+                for d in (0..hd).step_by(8) {
+                    _mm256_storeu_ps(row.add(d), _mm256_fmadd_ps(_mm256_loadu_ps(v.add(d)), pv, zero));
+                }
+            } else {
+                for d in (0..hd).step_by(8) {
+                    _mm256_storeu_ps(row.add(d), _mm256_fmadd_ps(_mm256_loadu_ps(v.add(d)), pv, _mm256_loadu_ps(row.add(d))));
+                }
+            }
+        } else if pos < ROWS {
+            for d in (0..hd).step_by(8) {
+                _mm256_storeu_ps(row.add(d), zero);
+            }
+        } else {
+            for d in (0..hd).step_by(8) {
+                _mm256_storeu_ps(row.add(d), _mm256_add_ps(_mm256_loadu_ps(row.add(d)), zero));
+            }
+        }
+    }
+}
+
+/// Accumulator rows `0..n_rows` of a weighted sum: row `l` is `+0`, then `+= v[pos] * p[pos]`
+/// for pos = l, l + n_rows, ... below `end` in order, then `+0` once if a position of its own
+/// lies in `end..np` (a masked one). The products are of two f16 values, exact in f32, so the
 /// FMA equals the multiply-add. `R` rows of `8 * W` dimensions at a time stay in registers
 /// over the positions (a row in memory would cost a load and a store per position).
 #[inline(always)]
-unsafe fn tiny_rows<const R: usize, const W: usize>(p: *const f32, n_ctx: usize, vf: *const f32, hd: usize, rows: *mut f32) {
-    let full = n_ctx - n_ctx % BATCH_ROWS;
-    for r0 in (0..BATCH_ROWS).step_by(R) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn chain_rows<const R: usize, const W: usize>(p: *const f32, vf: *const f32, hd: usize, n_rows: usize, end: usize, np: usize, rows: *mut f32) {
+    let full = end - end % n_rows;
+    for r0 in (0..n_rows).step_by(R) {
         for d in (0..hd).step_by(8 * W) {
             let mut acc = [[_mm256_setzero_ps(); W]; R];
-            // Whole groups of 16 positions, then the last partial one.
+            // Whole groups of `n_rows` positions, then the last partial one.
             let mut pos = r0;
             while pos < full {
                 for (r, a) in acc.iter_mut().enumerate() {
                     madd(a, p.add(pos + r), vf.add((pos + r) * hd + d));
                 }
-                pos += BATCH_ROWS;
+                pos += n_rows;
             }
             for (r, a) in acc.iter_mut().enumerate() {
-                if pos + r < n_ctx {
+                if pos + r < end {
                     madd(a, p.add(pos + r), vf.add((pos + r) * hd + d));
                 }
             }
             for (r, a) in acc.iter().enumerate() {
-                let row = rows.add((r0 + r) * hd + d);
+                let l = r0 + r;
+                // The first position of row l at or past `end`.
+                let first_masked = if l >= end { l } else { l + (end - l).div_ceil(n_rows) * n_rows };
+                let row = rows.add(l * hd + d);
                 for (k, v) in a.iter().enumerate() {
-                    _mm256_storeu_ps(row.add(8 * k), *v);
+                    let v = if first_masked < np { _mm256_add_ps(*v, _mm256_setzero_ps()) } else { *v };
+                    _mm256_storeu_ps(row.add(8 * k), v);
                 }
             }
         }
