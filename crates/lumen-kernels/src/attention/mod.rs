@@ -35,12 +35,14 @@
 //! Each (token, head) depends only on its own query and context and is computed by one thread
 //! in a fixed order, so results do not depend on how the batch is split (batch invariance).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::blocks::round_f16;
 use crate::ggml_math;
-use crate::pool::{split_range, ThreadPool};
+use crate::pool::ThreadPool;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -148,6 +150,10 @@ impl AttnScratch {
             }
             first = end;
         }
+        // Threads claim tasks in this order: longest first, so that under a causal prompt
+        // (whose late tokens see the most context) no thread is left with the long tail.
+        // The order never changes a result: every (token, head) is computed the same way.
+        self.tasks.sort_unstable_by_key(|t| std::cmp::Reverse((t.end - t.first) * queries[t.end - 1].n_ctx));
     }
 }
 
@@ -226,7 +232,8 @@ fn paged_attention_with(
     let out_ptr = SharedMut(out.as_mut_ptr());
     let (hd, group) = (geo.head_dim, geo.n_heads / geo.n_kv_heads);
     assert!(!avx2 || (ggml_math::use_avx2() && hd & 7 == 0), "paged_attention: AVX2 path unavailable");
-    pool.run(|part, n_parts| {
+    let next_task = AtomicUsize::new(0);
+    pool.run(|part, _| {
         // SAFETY: each part index runs exactly once per call and owns
         // scratch[part*stride .. (part+1)*stride]; part < n_parts == the pool's size.
         let buf = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.ptr().add(part * stride), stride) };
@@ -236,7 +243,9 @@ fn paged_attention_with(
         let (qh, rest) = rest.split_at_mut(hd);
         let (rows, rest) = rest.split_at_mut(ROWS * hd);
         let acc = &mut rest[..hd];
-        for task in &tasks[split_range(tasks.len(), n_parts, part)] {
+        loop {
+            let claimed = next_task.fetch_add(1, Ordering::Relaxed);
+            let Some(task) = tasks.get(claimed) else { break };
             // Convert this run's context for its KV head once; every query of the run and
             // every query head of the group reads it.
             let ctx = queries[task.end - 1].n_ctx;
