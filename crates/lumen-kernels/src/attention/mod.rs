@@ -214,7 +214,7 @@ fn paged_attention_with(
     let q_dim = geo.n_heads * geo.head_dim;
     assert_eq!(q.len(), queries.len() * q_dim, "paged_attention: q shape");
     assert_eq!(out.len(), q.len(), "paged_attention: out shape");
-    assert!(geo.n_heads % geo.n_kv_heads == 0, "paged_attention: heads not divisible");
+    assert!(geo.n_heads.is_multiple_of(geo.n_kv_heads), "paged_attention: heads not divisible");
     let max_ctx = queries.iter().map(|t| t.n_ctx).max().unwrap_or(0);
     for t in queries {
         let blocks_needed = t.n_ctx.div_ceil(geo.block_size);
