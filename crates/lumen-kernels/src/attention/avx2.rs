@@ -1,5 +1,7 @@
 //! The AVX2 path of [`super::attend`]: the same operations in the same order as
-//! [`super::scalar`], eight lanes at a time.
+//! [`super::scalar`], eight lanes at a time. Where AVX-512VL is present the same code is
+//! compiled a second time for its 32 registers (queries and accumulator rows stay in
+//! registers); the instructions and their order, hence the bits, are the same.
 
 use std::arch::x86_64::*;
 
