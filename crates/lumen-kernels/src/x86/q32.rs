@@ -233,6 +233,8 @@ unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
     ors: usize,
     prefetch: bool,
 ) {
+    // dd holds eight rows per activation row, for at most eight activation rows.
+    const { assert!(R <= 8 && C <= 8) };
     let bb = block_bytes(F);
     let (nb, cols) = (act.nb, act.cols);
     let ones = _mm256_set1_epi16(1);
