@@ -2,6 +2,7 @@
 //! the engine's business (its block manager hands the forward pass a block table per sequence).
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use lumen_kernels::attention::KvGeometry;
 
 /// Keys and values for every layer, `n_blocks` blocks each.
@@ -43,12 +44,11 @@ impl KvStorage {
     pub fn write(&mut self, layer: usize, block_table: &[u32], pos: usize, key: &[f32], value: &[f32]) {
         let off = self.geo.slot_offset(block_table, pos);
         let kv_dim = self.geo.kv_dim();
-        for (dst, &src) in self.k[layer][off..off + kv_dim].iter_mut().zip(key) {
-            *dst = f16::from_f32(src);
-        }
-        for (dst, &src) in self.v[layer][off..off + kv_dim].iter_mut().zip(value) {
-            *dst = f16::from_f32(src);
-        }
+        // The slice conversion uses F16C when the CPU has it (the scalar one is software);
+        // both round to nearest even, like ggml's f32 -> f16.
+        let (nk, nv) = (kv_dim.min(key.len()), kv_dim.min(value.len()));
+        self.k[layer][off..off + nk].convert_from_f32_slice(&key[..nk]);
+        self.v[layer][off..off + nv].convert_from_f32_slice(&value[..nv]);
     }
 
     /// Copies one block's contents (all layers) to another: copy-on-write for shared blocks.
