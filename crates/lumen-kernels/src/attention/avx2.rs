@@ -108,11 +108,7 @@ unsafe fn attend_body<const VL: bool>(mode: Arith, q: &[f32], n_ctx: usize, kf: 
     if real >= 2 * ROWS {
         // Rows in registers pay once each row has a few positions (measured: 32-sequence
         // decode at 128..256 positions faster, single-stream decode below 128 slower).
-        if VL && hd.is_multiple_of(64) {
-            chain_rows::<2, 8>(sp, vf.as_ptr(), hd, ROWS, real, np, rp);
-        } else {
-            chain_rows::<4, 2>(sp, vf.as_ptr(), hd, ROWS, real, np, rp);
-        }
+        value_rows::<VL>(sp, vf.as_ptr(), hd, ROWS, real, np, rp);
     } else {
         single_rows_by_position(sp, vf.as_ptr(), hd, real, np, rp);
     }
@@ -129,15 +125,7 @@ unsafe fn attend_body<const VL: bool>(mode: Arith, q: &[f32], n_ctx: usize, kf: 
                 let (c, e) = (_mm256_loadu_ps(rd.add((16 + l) * hd)), _mm256_loadu_ps(rd.add((48 + l) * hd)));
                 *x = _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, e));
             }
-            let mut t8 = [zero; 8];
-            for (l, x) in t8.iter_mut().enumerate() {
-                *x = _mm256_add_ps(s[8 + l], s[l]);
-            }
-            let mut t4 = [zero; 4];
-            for (l, x) in t4.iter_mut().enumerate() {
-                *x = _mm256_add_ps(t8[4 + l], t8[l]);
-            }
-            let f = _mm256_add_ps(_mm256_add_ps(t4[0], t4[2]), _mm256_add_ps(t4[1], t4[3]));
+            let f = reduce16_lanes(&s);
             lo = _mm256_cvtps_pd(_mm256_castps256_ps128(f));
             hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(f));
         }
@@ -246,19 +234,38 @@ unsafe fn dot_f16(x: *const f32, y: *const f32, n: usize) -> f32 {
 /// registers are available.
 #[inline(always)]
 unsafe fn weighted_sum_tiny<const VL: bool>(p: *const f32, n_ctx: usize, vf: *const f32, hd: usize, rows: *mut f32, out: *mut f32) {
-    if VL && hd.is_multiple_of(64) {
-        chain_rows::<2, 8>(p, vf, hd, BATCH_ROWS, n_ctx, n_ctx, rows);
-    } else {
-        chain_rows::<4, 2>(p, vf, hd, BATCH_ROWS, n_ctx, n_ctx, rows);
-    }
+    value_rows::<VL>(p, vf, hd, BATCH_ROWS, n_ctx, n_ctx, rows);
     for d in (0..hd).step_by(8) {
-        let mut t8 = [_mm256_setzero_ps(); 8];
-        for (l, t) in t8.iter_mut().enumerate() {
-            *t = _mm256_add_ps(_mm256_loadu_ps(rows.add((8 + l) * hd + d)), _mm256_loadu_ps(rows.add(l * hd + d)));
+        let mut r = [_mm256_setzero_ps(); 16];
+        for (l, x) in r.iter_mut().enumerate() {
+            *x = _mm256_loadu_ps(rows.add(l * hd + d));
         }
-        let t4 = [_mm256_add_ps(t8[4], t8[0]), _mm256_add_ps(t8[5], t8[1]), _mm256_add_ps(t8[6], t8[2]), _mm256_add_ps(t8[7], t8[3])];
-        let f = _mm256_add_ps(_mm256_add_ps(t4[0], t4[2]), _mm256_add_ps(t4[1], t4[3]));
-        _mm256_storeu_ps(out.add(d), f);
+        _mm256_storeu_ps(out.add(d), reduce16_lanes(&r));
+    }
+}
+
+/// Lane-wise [`reduce16`](crate::ggml_math::reduce16) of 16 vectors: lane `i` of the result
+/// reduces lane `i` of `v[0..16]` as `_mm512_reduce_add_ps` does.
+#[inline(always)]
+unsafe fn reduce16_lanes(v: &[__m256; 16]) -> __m256 {
+    // A loop, not a closure: closures do not inherit the caller's target features.
+    let mut t8 = [_mm256_setzero_ps(); 8];
+    for (l, t) in t8.iter_mut().enumerate() {
+        *t = _mm256_add_ps(v[8 + l], v[l]);
+    }
+    let t4 = [_mm256_add_ps(t8[4], t8[0]), _mm256_add_ps(t8[5], t8[1]), _mm256_add_ps(t8[6], t8[2]), _mm256_add_ps(t8[7], t8[3])];
+    _mm256_add_ps(_mm256_add_ps(t4[0], t4[2]), _mm256_add_ps(t4[1], t4[3]))
+}
+
+/// [`chain_rows`] in the register shape that suits the build: with `VL`'s 32 registers two
+/// rows of 64 dimensions, else four rows of 16.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn value_rows<const VL: bool>(p: *const f32, vf: *const f32, hd: usize, n_rows: usize, end: usize, np: usize, rows: *mut f32) {
+    if VL && hd.is_multiple_of(64) {
+        chain_rows::<2, 8>(p, vf, hd, n_rows, end, np, rows);
+    } else {
+        chain_rows::<4, 2>(p, vf, hd, n_rows, end, np, rows);
     }
 }
 

@@ -124,10 +124,7 @@ unsafe fn load_w<const F: u8>(p: *const u8, m4: __m256i) -> (__m256i, __m256i) {
         let raw = _mm256_loadu_si256(p.add(2).cast());
         (_mm256_abs_epi8(raw), raw)
     } else {
-        let off = if F == Q4_1 { 4 } else { 2 };
-        // Low nibbles are elements 0..16, high nibbles 16..32: shift only the upper copy.
-        let q = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(off).cast()));
-        let v = _mm256_and_si256(_mm256_srlv_epi64(q, _mm256_setr_epi64x(0, 0, 4, 4)), m4);
+        let v = nibbles::<F>(p, m4);
         if F == Q4_0 {
             let s = _mm256_sub_epi8(v, _mm256_set1_epi8(8));
             (_mm256_abs_epi8(s), s)
@@ -145,10 +142,18 @@ unsafe fn load_w_unsigned<const F: u8>(p: *const u8, m4: __m256i) -> __m256i {
     if F == Q8_0 {
         _mm256_xor_si256(_mm256_loadu_si256(p.add(2).cast()), _mm256_set1_epi8(-128))
     } else {
-        let off = if F == Q4_1 { 4 } else { 2 };
-        let q = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(off).cast()));
-        _mm256_and_si256(_mm256_srlv_epi64(q, _mm256_setr_epi64x(0, 0, 4, 4)), m4)
+        nibbles::<F>(p, m4)
     }
+}
+
+/// The 32 nibbles of a Q4_0/Q4_1 block as bytes in element order.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn nibbles<const F: u8>(p: *const u8, m4: __m256i) -> __m256i {
+    let off = if F == Q4_1 { 4 } else { 2 };
+    // Low nibbles are elements 0..16, high nibbles 16..32: shift only the upper copy.
+    let q = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(off).cast()));
+    _mm256_and_si256(_mm256_srlv_epi64(q, _mm256_setr_epi64x(0, 0, 4, 4)), m4)
 }
 
 /// R weight rows starting at `w` (stride `rb`, R <= 8) times activation rows `i0..i0+C`;
