@@ -24,6 +24,8 @@ pub struct MatRef<'a> {
     rows: usize,
     cols: usize,
     row_bytes: usize,
+    /// Whether `data` is in the row-interleaved layout of [`crate::packed`].
+    packed: bool,
     data: &'a [u8],
 }
 
@@ -59,8 +61,41 @@ impl<'a> MatRef<'a> {
             rows,
             cols,
             row_bytes,
+            packed: false,
             data,
         })
+    }
+
+    /// Wraps `data` in the row-interleaved layout made by [`crate::pack`] (Q4_0, Q4_1, Q8_0),
+    /// checking its length against the shape.
+    pub fn packed(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+    ) -> Result<Self, KernelError> {
+        let total = crate::packed::packed_len(format, rows, cols)?;
+        if data.len() != total {
+            return Err(KernelError::ShapeMismatch {
+                what: "packed weight data bytes",
+                expected: total,
+                actual: data.len(),
+            });
+        }
+        let row_bytes = format.row_bytes(cols).unwrap_or(0);
+        Ok(MatRef {
+            format,
+            rows,
+            cols,
+            row_bytes,
+            packed: true,
+            data,
+        })
+    }
+
+    /// Whether the data is in the packed layout rather than ggml's.
+    pub fn is_packed(&self) -> bool {
+        self.packed
     }
 
     /// Number of rows (output features).
@@ -78,7 +113,7 @@ impl<'a> MatRef<'a> {
         self.format
     }
 
-    /// Bytes per row.
+    /// Bytes per row in ggml's layout.
     pub fn row_bytes(&self) -> usize {
         self.row_bytes
     }
@@ -88,14 +123,20 @@ impl<'a> MatRef<'a> {
         self.data
     }
 
-    /// The bytes of row `r`.
+    /// The bytes of row `r` in ggml's layout. Panics for a packed matrix, whose rows are
+    /// interleaved (use [`MatRef::dequantize_row`]).
     pub fn row_data(&self, r: usize) -> &'a [u8] {
+        assert!(!self.packed, "row_data: a packed matrix has no contiguous rows");
         &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
     /// Dequantizes row `r` into `out` (`cols` values).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        dequantize_row(self.format, self.row_data(r), out);
+        if self.packed {
+            crate::packed::dequantize_row(self.format, self.data, self.cols, r, out);
+        } else {
+            dequantize_row(self.format, self.row_data(r), out);
+        }
     }
 }
 
@@ -190,7 +231,7 @@ pub fn matmul_many(
 ) {
     assert_eq!(ws.len(), outs.len(), "matmul_many: {} matrices but {} outputs", ws.len(), outs.len());
     let Some(first) = ws.first() else { return };
-    if ws.iter().any(|w| w.format != first.format || w.cols != first.cols) {
+    if ws.iter().any(|w| w.format != first.format || w.cols != first.cols || w.packed != first.packed) {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             matmul_many(pool, std::slice::from_ref(w), x, m, std::slice::from_mut(out), scratch);
         }
@@ -280,6 +321,14 @@ unsafe fn compute_rows(
     }
     let _ = level;
     let (m, cols, rows) = (act.m, w.cols, w.rows);
+    if w.packed {
+        for j in r {
+            for i in 0..m {
+                *out.add(i * rows + j) = crate::packed::dot(w.format, w.data, cols, j, act, i);
+            }
+        }
+        return;
+    }
     for j in r {
         let wr = w.row_data(j);
         for i in 0..m {

@@ -7,6 +7,7 @@
 pub(crate) mod fl;
 pub(crate) mod kdirect;
 pub(crate) mod kq;
+pub(crate) mod p8;
 pub(crate) mod q32;
 pub(crate) mod quant;
 
@@ -51,6 +52,15 @@ pub(crate) unsafe fn compute_rows(
     r: Range<usize>,
     out: *mut f32,
 ) {
+    if w.is_packed() {
+        match w.format() {
+            WeightFormat::Q4_0 => p8::rows::<{ p8::Q4_0 }>(w, act, r, out),
+            WeightFormat::Q4_1 => p8::rows::<{ p8::Q4_1 }>(w, act, r, out),
+            WeightFormat::Q8_0 => p8::rows::<{ p8::Q8_0 }>(w, act, r, out),
+            other => unreachable!("packed {other:?}: MatRef::packed admits only Q4_0, Q4_1, Q8_0"),
+        }
+        return;
+    }
     match w.format() {
         WeightFormat::F32 => fl::rows::<{ fl::F32 }>(w, x, act.m, r, out),
         WeightFormat::F16 => fl::rows::<{ fl::F16 }>(w, x, act.m, r, out),

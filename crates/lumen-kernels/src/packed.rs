@@ -1,0 +1,193 @@
+//! The row-interleaved ("packed") layout of the 32-value block formats, and its reference dot.
+//!
+//! # Why a second layout
+//!
+//! In ggml's layout a block's 32 values sit in one row, so a SIMD dot gets eight partial sums
+//! of *one* (weight row, activation row) pair per instruction and must convert and scale them
+//! as eight float lanes before the next block: per pair and block an integer dot, a convert
+//! and an FMA. That is what llama.cpp does, and it caps a 32-sequence decode step at about a
+//! third of what the integer units could do (measured in issue 6's notes).
+//!
+//! Here the rows are taken eight at a time ("groups") and, per block, their bytes are
+//! interleaved four at a time: lane `j` of a 32-byte vector holds four consecutive values of
+//! row `j`. One `vpdpbusd` (or `maddubs` + `madd`) with four activation bytes broadcast to all
+//! lanes then adds four products to each of eight *different* rows' sums, so after the eight
+//! such steps of a block every lane holds one row's exact block sum. The float work (a convert,
+//! the scale product and one FMA, plus Q4_1's min term) is then shared by eight pairs instead
+//! of being repeated for each, and the tile becomes bound by the integer dots alone.
+//!
+//! # The record
+//!
+//! Group `g` (rows `8g..8g+8`, zero rows padding the last group) stores its blocks one after
+//! the other, so a thread streaming its groups reads memory linearly. Record `(g, b)`:
+//!
+//! | bytes | Q4_0 | Q4_1 | Q8_0 |
+//! | --- | --- | --- | --- |
+//! | `d`, eight f16 | 0..16 | 0..16 | 0..16 |
+//! | `m`, eight f16 | - | 16..32 | - |
+//! | quants | 16..144 | 32..160 | 16..272 |
+//!
+//! Quants are 32-byte vectors; byte `4j + t` of vector `v` is row `j`'s byte `4v + t` of the
+//! block's ggml quants. For the 4-bit formats that byte carries elements `4v + t` (low nibble)
+//! and `16 + 4v + t` (high nibble), so vectors `0..4` pair with activation chunks `v` and
+//! `v + 4`; for Q8_0 vector `v` holds elements `4v..4v + 4`.
+//!
+//! # The arithmetic
+//!
+//! Per (weight row, activation row) pair and block `b`, with `isum` the exact integer dot of
+//! the block's signed weight values with the activation quants:
+//! `acc = fma(isum as f32, d_w * d_x, acc)`, then for Q4_1 `acc = fma(m_w, s_x, acc)`;
+//! the output is `acc` after the last block. [`dot`] is that, one pair at a time, and every
+//! SIMD tile evaluates it lane-wise in the same order, so all paths agree bit for bit and no
+//! result depends on which rows share a call. It is not llama.cpp's summation order (that
+//! one lives on in the ggml-layout kernels), so results differ from it by float rounding.
+
+use crate::act::ActBuf;
+use crate::blocks::{f16_at, QK};
+use crate::{KernelError, WeightFormat};
+
+/// Rows per interleaved group.
+pub const PACK_ROWS: usize = 8;
+
+/// Bytes before the quants in a record (the scales).
+pub(crate) const fn scale_bytes(format: WeightFormat) -> usize {
+    match format {
+        WeightFormat::Q4_1 => 32,
+        _ => 16,
+    }
+}
+
+/// Bytes of one (group, block) record, or `None` for a format without a packed layout.
+pub(crate) const fn record_bytes(format: WeightFormat) -> Option<usize> {
+    match format {
+        WeightFormat::Q4_0 => Some(144),
+        WeightFormat::Q4_1 => Some(160),
+        WeightFormat::Q8_0 => Some(272),
+        _ => None,
+    }
+}
+
+/// Whether `format` has a packed layout (the 32-value block formats).
+pub fn packs(format: WeightFormat) -> bool {
+    record_bytes(format).is_some()
+}
+
+/// Bytes of one packed group of `cols` columns.
+pub fn packed_group_bytes(format: WeightFormat, cols: usize) -> Result<usize, KernelError> {
+    let rec = record_bytes(format).ok_or(KernelError::Unsupported { op: "packed layout", format: format.name() })?;
+    if cols % QK != 0 {
+        return Err(KernelError::RowNotBlockAligned { format: format.name(), cols, block: QK });
+    }
+    (cols / QK).checked_mul(rec).ok_or(KernelError::TooLarge { format: format.name(), rows: PACK_ROWS, cols })
+}
+
+/// Bytes of a packed `rows x cols` matrix (rows rounded up to whole groups).
+pub fn packed_len(format: WeightFormat, rows: usize, cols: usize) -> Result<usize, KernelError> {
+    packed_group_bytes(format, cols)?
+        .checked_mul(rows.div_ceil(PACK_ROWS))
+        .ok_or(KernelError::TooLarge { format: format.name(), rows, cols })
+}
+
+/// Packs up to [`PACK_ROWS`] consecutive ggml-layout rows (`src`, whole rows) into one group
+/// (`dst`, [`packed_group_bytes`] long). Missing rows are zero (they compute to 0).
+pub fn pack_group(format: WeightFormat, cols: usize, src: &[u8], dst: &mut [u8]) -> Result<(), KernelError> {
+    let group = packed_group_bytes(format, cols)?;
+    let (Some(rec), Some(rb)) = (record_bytes(format), format.row_bytes(cols)) else {
+        return Err(KernelError::Unsupported { op: "packed layout", format: format.name() });
+    };
+    if dst.len() != group {
+        return Err(KernelError::ShapeMismatch { what: "packed group bytes", expected: group, actual: dst.len() });
+    }
+    if src.len() % rb.max(1) != 0 || src.len() > PACK_ROWS * rb {
+        return Err(KernelError::ShapeMismatch { what: "rows packed into one group", expected: PACK_ROWS * rb, actual: src.len() });
+    }
+    dst.fill(0);
+    let (bb, sb) = (format.block_bytes(), scale_bytes(format));
+    // The ggml block starts with d (and m for Q4_1), then the quants.
+    let q_off = if format == WeightFormat::Q4_1 { 4 } else { 2 };
+    for (j, row) in src.chunks_exact(rb.max(1)).enumerate() {
+        for (b, blk) in row.chunks_exact(bb).enumerate() {
+            let r = &mut dst[b * rec..(b + 1) * rec];
+            r[2 * j..2 * j + 2].copy_from_slice(&blk[0..2]);
+            if format == WeightFormat::Q4_1 {
+                r[16 + 2 * j..16 + 2 * j + 2].copy_from_slice(&blk[2..4]);
+            }
+            let qs = &blk[q_off..];
+            for v in 0..qs.len() / 4 {
+                let at = sb + 32 * v + 4 * j;
+                r[at..at + 4].copy_from_slice(&qs[4 * v..4 * v + 4]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Packs a whole ggml-layout matrix.
+pub fn pack(format: WeightFormat, rows: usize, cols: usize, src: &[u8]) -> Result<Vec<u8>, KernelError> {
+    let rb = format.row_bytes(cols).ok_or(KernelError::RowNotBlockAligned { format: format.name(), cols, block: format.block_elems() })?;
+    let want = rb.checked_mul(rows).ok_or(KernelError::TooLarge { format: format.name(), rows, cols })?;
+    if src.len() != want {
+        return Err(KernelError::ShapeMismatch { what: "weight data bytes", expected: want, actual: src.len() });
+    }
+    let group = packed_group_bytes(format, cols)?;
+    let mut out = vec![0u8; packed_len(format, rows, cols)?];
+    if group > 0 {
+        for (dst, src) in out.chunks_exact_mut(group).zip(src.chunks(PACK_ROWS * rb.max(1))) {
+            pack_group(format, cols, src, dst)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Signed weight value `e` (0..32) of row `j` in record `r`, as ggml defines it.
+#[inline]
+fn value(format: WeightFormat, r: &[u8], j: usize, e: usize) -> i32 {
+    let sb = scale_bytes(format);
+    match format {
+        WeightFormat::Q8_0 => r[sb + 32 * (e / 4) + 4 * j + e % 4] as i8 as i32,
+        _ => {
+            let byte = r[sb + 32 * ((e % 16) / 4) + 4 * j + e % 4];
+            let nib = if e < 16 { byte & 0xF } else { byte >> 4 } as i32;
+            if format == WeightFormat::Q4_0 {
+                nib - 8
+            } else {
+                nib
+            }
+        }
+    }
+}
+
+/// Row `r` of a packed matrix (`data`, `cols` columns) as f32.
+pub(crate) fn dequantize_row(format: WeightFormat, data: &[u8], cols: usize, r: usize, out: &mut [f32]) {
+    let (rec, nb) = (record_bytes(format).unwrap_or(0), cols / QK);
+    let (g, j) = (r / PACK_ROWS, r % PACK_ROWS);
+    for b in 0..nb {
+        let rd = &data[(g * nb + b) * rec..(g * nb + b + 1) * rec];
+        let d = f16_at(rd, 2 * j);
+        for e in 0..QK {
+            let v = value(format, rd, j, e) as f32 * d;
+            // As ggml: only Q4_1 adds its min (adding 0.0 would turn -0.0 into 0.0).
+            out[b * QK + e] = if format == WeightFormat::Q4_1 { v + f16_at(rd, 16 + 2 * j) } else { v };
+        }
+    }
+}
+
+/// The reference dot of packed row `r` with activation row `i` (the arithmetic in the module
+/// doc; the SIMD tiles must match it bit for bit).
+pub(crate) fn dot(format: WeightFormat, data: &[u8], cols: usize, r: usize, a: &ActBuf, i: usize) -> f32 {
+    let (rec, nb) = (record_bytes(format).unwrap_or(0), cols / QK);
+    let (g, j) = (r / PACK_ROWS, r % PACK_ROWS);
+    let xq = a.row_qs(i);
+    let mut acc = 0.0f32;
+    for b in 0..nb {
+        let rd = &data[(g * nb + b) * rec..(g * nb + b + 1) * rec];
+        let x = &xq[b * QK..(b + 1) * QK];
+        let isum: i32 = (0..QK).map(|e| value(format, rd, j, e) * x[e] as i32).sum();
+        let k = a.at(b, i);
+        acc = (isum as f32).mul_add(f16_at(rd, 2 * j) * a.d[k], acc);
+        if format == WeightFormat::Q4_1 {
+            acc = f16_at(rd, 16 + 2 * j).mul_add(a.s[k], acc);
+        }
+    }
+    acc
+}

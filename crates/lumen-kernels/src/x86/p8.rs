@@ -1,0 +1,299 @@
+//! Tiles for the packed layout ([`crate::packed`]): G groups of eight weight rows by C
+//! activation rows, each lane one weight row.
+//!
+//! Per block and (group, activation row) the integer dot accumulates in one vector whose lane
+//! `j` is row `j`'s exact block sum: eight steps (four for the 4-bit formats, which unpack
+//! two steps from each loaded vector), each broadcasting four activation bytes to all lanes.
+//! Then one convert, one scale product and one FMA (two for Q4_1) update eight pairs at once,
+//! in the order of [`crate::packed::dot`], so the scalar reference and every tile shape give
+//! the same bits.
+//!
+//! With AVX512-VNNI a step is one `vpdpbusd` (whose unsigned operand is the weights: Q4_0 and
+//! Q4_1 nibbles as they are, Q8_0 bytes plus 128, with the sums started at `-k * sum(x)` to
+//! take the offsets back out); plain AVX2 uses `maddubs` + `madd` (Q8_0 with the sign trick).
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::M_CHUNK;
+use crate::act::ActBuf;
+use crate::matmul::MatRef;
+use crate::packed::PACK_ROWS;
+
+/// Format tag: Q4_0 weights.
+pub(crate) const Q4_0: u8 = 0;
+/// Format tag: Q4_1 weights.
+pub(crate) const Q4_1: u8 = 1;
+/// Format tag: Q8_0 weights.
+pub(crate) const Q8_0: u8 = 2;
+
+/// Bytes of a (group, block) record.
+const fn record(f: u8) -> usize {
+    match f {
+        Q4_0 => 144,
+        Q4_1 => 160,
+        _ => 272,
+    }
+}
+
+/// Bytes of scales before the quants.
+const fn scales(f: u8) -> usize {
+    if f == Q4_1 {
+        32
+    } else {
+        16
+    }
+}
+
+/// Computes columns `r` (whole groups: `r.start` is a multiple of 8) of every output row.
+///
+/// # Safety
+/// As [`super::compute_rows`], and `w` must be packed in format `F`.
+pub(crate) unsafe fn rows<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+    if super::vnni() {
+        rows_vnni::<F>(w, act, r, out)
+    } else {
+        rows_avx2::<F>(w, act, r, out)
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn rows_vnni<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+    rows_with::<F, true, 2, 4, 4>(w, act, r, out)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_avx2<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+    rows_with::<F, false, 1, 4, 4>(w, act, r, out)
+}
+
+/// Walks the groups of `r` with G x C tiles (D x 1 for a single activation row).
+#[inline(always)]
+unsafe fn rows_with<const F: u8, const V: bool, const G: usize, const C: usize, const D: usize>(
+    w: &MatRef,
+    act: &ActBuf,
+    r: Range<usize>,
+    out: *mut f32,
+) {
+    debug_assert!(r.start % PACK_ROWS == 0);
+    let (ors, m) = (w.rows(), act.m);
+    let gb = act.nb * record(F);
+    let (g0, g1) = (r.start / PACK_ROWS, r.end.div_ceil(PACK_ROWS));
+    let base = w.data().as_ptr();
+    if m == 1 {
+        let mut g = g0;
+        while g + D <= g1 {
+            tile::<F, V, D, 1>(base.add(g * gb), gb, act, 0, out.add(g * PACK_ROWS), ors, ors - g * PACK_ROWS);
+            g += D;
+        }
+        while g < g1 {
+            tile::<F, V, 1, 1>(base.add(g * gb), gb, act, 0, out.add(g * PACK_ROWS), ors, ors - g * PACK_ROWS);
+            g += 1;
+        }
+        return;
+    }
+    let mut i0 = 0;
+    while i0 < m {
+        let i1 = m.min(i0 + M_CHUNK);
+        let mut g = g0;
+        while g < g1 {
+            let full = g + G <= g1;
+            let mut i = i0;
+            while i < i1 {
+                let o = out.add(i * ors + g * PACK_ROWS);
+                let wide = i + C <= i1;
+                match (full, wide) {
+                    (true, true) => tile::<F, V, G, C>(base.add(g * gb), gb, act, i, o, ors, ors - g * PACK_ROWS),
+                    (true, false) => tile::<F, V, G, 1>(base.add(g * gb), gb, act, i, o, ors, ors - g * PACK_ROWS),
+                    (false, true) => tile::<F, V, 1, C>(base.add(g * gb), gb, act, i, o, ors, ors - g * PACK_ROWS),
+                    (false, false) => tile::<F, V, 1, 1>(base.add(g * gb), gb, act, i, o, ors, ors - g * PACK_ROWS),
+                }
+                i += if wide { C } else { 1 };
+            }
+            g += if full { G } else { 1 };
+        }
+        i0 = i1;
+    }
+}
+
+/// Four activation bytes at `p` broadcast to every lane.
+#[inline(always)]
+unsafe fn bcast4(p: *const i8) -> __m256i {
+    _mm256_set1_epi32(std::ptr::read_unaligned(p.cast::<i32>()))
+}
+
+/// G groups starting at `w` (stride `gb` bytes) times activation rows `i0..i0+C`; writes the
+/// eight rows of group g for activation row c to `out[c * ors + 8g ..]`, at most `left` rows
+/// counted from the tile's first one (the matrix may end inside the last group).
+#[inline(always)]
+unsafe fn tile<const F: u8, const V: bool, const G: usize, const C: usize>(
+    w: *const u8,
+    gb: usize,
+    act: &ActBuf,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+    left: usize,
+) {
+    let (rec, sb, nb, cols) = (record(F), scales(F), act.nb, act.cols);
+    let xp = act.qs.as_ptr().add(i0 * cols);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); C]; G];
+    for b in 0..nb {
+        // Integer block sums, started at -k * sum(x) where the weights carry an offset k.
+        let mut isum = [[_mm256_setzero_si256(); C]; G];
+        if F == Q4_0 || (F == Q8_0 && V) {
+            let k = if F == Q4_0 { 8 } else { 128 };
+            for c in 0..C {
+                let s = _mm256_set1_epi32(-k * *act.isum.as_ptr().add(act.at(b, i0 + c)));
+                for is in isum.iter_mut() {
+                    is[c] = s;
+                }
+            }
+        }
+        // Pointer arithmetic only (closures would not inherit the target features).
+        let xrow = xp.add(b * 32);
+        let qrow = w.add(b * rec + sb);
+        if F == Q8_0 {
+            for v in 0..8 {
+                for (g, is) in isum.iter_mut().enumerate() {
+                    let q = _mm256_loadu_si256(qrow.add(g * gb + 32 * v).cast());
+                    if V {
+                        let u = _mm256_xor_si256(q, _mm256_set1_epi8(-128));
+                        for (c, s) in is.iter_mut().enumerate() {
+                            *s = _mm256_dpbusd_epi32(*s, u, bcast4(xrow.add(c * cols + 4 * v)));
+                        }
+                    } else {
+                        let u = _mm256_abs_epi8(q);
+                        for (c, s) in is.iter_mut().enumerate() {
+                            let x = _mm256_sign_epi8(bcast4(xrow.add(c * cols + 4 * v)), q);
+                            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
+                        }
+                    }
+                }
+            }
+        } else if V {
+            for v in 0..4 {
+                for (g, is) in isum.iter_mut().enumerate() {
+                    let q = _mm256_loadu_si256(qrow.add(g * gb + 32 * v).cast());
+                    let lo = _mm256_and_si256(q, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                    for (c, s) in is.iter_mut().enumerate() {
+                        *s = _mm256_dpbusd_epi32(*s, lo, bcast4(xrow.add(c * cols + 4 * v)));
+                        *s = _mm256_dpbusd_epi32(*s, hi, bcast4(xrow.add(c * cols + 16 + 4 * v)));
+                    }
+                }
+            }
+        } else {
+            // Nibble x quant pairs are at most 2 * 15 * 127 in magnitude, so all eight steps of
+            // a block fit in i16 lanes before the one `madd` that widens them.
+            let mut s16 = [[_mm256_setzero_si256(); C]; G];
+            for v in 0..4 {
+                for (g, s16g) in s16.iter_mut().enumerate() {
+                    let q = _mm256_loadu_si256(qrow.add(g * gb + 32 * v).cast());
+                    let lo = _mm256_and_si256(q, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                    for (c, s) in s16g.iter_mut().enumerate() {
+                        let p = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, bcast4(xrow.add(c * cols + 4 * v))),
+                            _mm256_maddubs_epi16(hi, bcast4(xrow.add(c * cols + 16 + 4 * v))),
+                        );
+                        *s = _mm256_add_epi16(*s, p);
+                    }
+                }
+            }
+            for (is, s16g) in isum.iter_mut().zip(&s16) {
+                for (s, p) in is.iter_mut().zip(s16g) {
+                    *s = _mm256_add_epi32(*s, _mm256_madd_epi16(*p, ones));
+                }
+            }
+        }
+        for (g, (acc_g, is)) in acc.iter_mut().zip(&isum).enumerate() {
+            let sp = w.add(g * gb + b * rec);
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(sp.cast()));
+            let mw = if F == Q4_1 { _mm256_cvtph_ps(_mm_loadu_si128(sp.add(16).cast())) } else { dw };
+            for (c, (a, s)) in acc_g.iter_mut().zip(is).enumerate() {
+                let k = act.at(b, i0 + c);
+                let dd = _mm256_mul_ps(dw, _mm256_set1_ps(*act.d.as_ptr().add(k)));
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s), dd, *a);
+                if F == Q4_1 {
+                    *a = _mm256_fmadd_ps(mw, _mm256_set1_ps(*act.s.as_ptr().add(k)), *a);
+                }
+            }
+        }
+    }
+    for (g, acc_g) in acc.iter().enumerate() {
+        let n = left.saturating_sub(g * PACK_ROWS).min(PACK_ROWS);
+        for (c, a) in acc_g.iter().enumerate() {
+            let o = out.add(c * ors + g * PACK_ROWS);
+            if n == PACK_ROWS {
+                _mm256_storeu_ps(o, *a);
+            } else {
+                let mut t = [0.0f32; PACK_ROWS];
+                _mm256_storeu_ps(t.as_mut_ptr(), *a);
+                std::ptr::copy_nonoverlapping(t.as_ptr(), o, n);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::act::ActKind;
+    use crate::pool::ThreadPool;
+    use crate::simd::SimdLevel;
+    use crate::{pack, quantize_row, WeightFormat};
+
+    /// The VNNI and plain AVX2 builds give the same bits (and the scalar reference's) for
+    /// every format, with the matrix ending inside a group and tiles of every shape.
+    #[test]
+    fn vnni_avx2_and_scalar_agree() {
+        if !SimdLevel::Avx2.is_supported() {
+            eprintln!("AVX2 not available; skipping");
+            return;
+        }
+        let vnni = is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
+        let (rows, cols) = (45, 256);
+        let mut seed = 5u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for (format, kind) in [(WeightFormat::Q4_0, ActKind::Q8_0), (WeightFormat::Q4_1, ActKind::Q8_1), (WeightFormat::Q8_0, ActKind::Q8_0)] {
+            let rb = format.row_bytes(cols).unwrap();
+            let mut data = vec![0u8; rows * rb];
+            for r in 0..rows {
+                let src: Vec<f32> = (0..cols).map(|_| rnd() * 3.0).collect();
+                quantize_row(format, &src, &mut data[r * rb..(r + 1) * rb]).unwrap();
+            }
+            let packed = pack(format, rows, cols, &data).unwrap();
+            let w = MatRef::packed(format, rows, cols, &packed).unwrap();
+            for m in [1, 2, 5, 11] {
+                let x: Vec<f32> = (0..m * cols).map(|_| rnd()).collect();
+                let mut act = ActBuf::default();
+                act.prepare(kind, &x, m, cols, SimdLevel::Avx2, &ThreadPool::new(1));
+                let scalar: Vec<u32> = (0..m * rows).map(|k| crate::packed::dot(format, &packed, cols, k % rows, &act, k / rows).to_bits()).collect();
+                let run = |v: bool| {
+                    let mut out = vec![f32::NAN; m * rows];
+                    unsafe {
+                        match (format, v) {
+                            (WeightFormat::Q4_0, false) => rows_avx2::<Q4_0>(&w, &act, 0..rows, out.as_mut_ptr()),
+                            (WeightFormat::Q4_0, true) => rows_vnni::<Q4_0>(&w, &act, 0..rows, out.as_mut_ptr()),
+                            (WeightFormat::Q4_1, false) => rows_avx2::<Q4_1>(&w, &act, 0..rows, out.as_mut_ptr()),
+                            (WeightFormat::Q4_1, true) => rows_vnni::<Q4_1>(&w, &act, 0..rows, out.as_mut_ptr()),
+                            (_, false) => rows_avx2::<Q8_0>(&w, &act, 0..rows, out.as_mut_ptr()),
+                            (_, true) => rows_vnni::<Q8_0>(&w, &act, 0..rows, out.as_mut_ptr()),
+                        }
+                    }
+                    out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+                };
+                assert_eq!(run(false), scalar, "{format} m={m}: AVX2 build");
+                if vnni {
+                    assert_eq!(run(true), scalar, "{format} m={m}: VNNI build");
+                }
+            }
+        }
+    }
+}

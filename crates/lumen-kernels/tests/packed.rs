@@ -1,0 +1,159 @@
+//! The packed (row-interleaved) layout: same values as ggml's, matmul against the naive
+//! reference, SIMD bit-identical to scalar, batch- and thread-invariant, bad shapes rejected.
+
+mod common;
+
+use common::{random_f32, random_weights, reference, rng};
+use lumen_kernels::{
+    matmul, matmul_many, pack, pack_group, packed_len, packs, KernelError, MatRef, MatmulScratch, SimdLevel,
+    ThreadPool, WeightFormat, ALL_FORMATS, PACK_ROWS,
+};
+
+const FORMATS: [WeightFormat; 3] = [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0];
+const COLS: usize = 512;
+
+fn run(pool: &ThreadPool, level: SimdLevel, w: &MatRef, x: &[f32], m: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; m * w.rows()];
+    matmul(pool, w, x, m, &mut out, &mut MatmulScratch::with_level(level));
+    out
+}
+
+fn levels() -> Vec<SimdLevel> {
+    [SimdLevel::Scalar, SimdLevel::Avx2].into_iter().filter(|l| l.is_supported()).collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn only_the_32_value_block_formats_pack() {
+    for f in ALL_FORMATS {
+        assert_eq!(packs(f), FORMATS.contains(&f), "{f}");
+    }
+    assert!(matches!(pack(WeightFormat::Q4_K, 1, 256, &[0; 144]), Err(KernelError::Unsupported { .. })));
+}
+
+#[test]
+fn packed_rows_dequantize_like_ggml_rows() {
+    for (fi, format) in FORMATS.into_iter().enumerate() {
+        for rows in [1, 8, 13, 24] {
+            let mut r = rng(10 + fi as u64 + rows as u64);
+            let data = random_weights(&mut r, format, rows, 96);
+            let packed = pack(format, rows, 96, &data).unwrap();
+            assert_eq!(packed.len(), packed_len(format, rows, 96).unwrap());
+            let (g, p) = (MatRef::new(format, rows, 96, &data).unwrap(), MatRef::packed(format, rows, 96, &packed).unwrap());
+            assert!(p.is_packed() && !g.is_packed());
+            let (mut a, mut b) = (vec![0.0f32; 96], vec![1.0f32; 96]);
+            for j in 0..rows {
+                g.dequantize_row(j, &mut a);
+                p.dequantize_row(j, &mut b);
+                assert_eq!(bits(&a), bits(&b), "{format} rows={rows} row {j}");
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_matmul_matches_naive_reference() {
+    let pool = ThreadPool::new(2);
+    for (fi, format) in FORMATS.into_iter().enumerate() {
+        for level in levels() {
+            let mut r = rng(100 + fi as u64);
+            let (rows, m) = (37, 5);
+            let data = random_weights(&mut r, format, rows, COLS);
+            let packed = pack(format, rows, COLS, &data).unwrap();
+            let w = MatRef::packed(format, rows, COLS, &packed).unwrap();
+            let x = random_f32(&mut r, m * COLS, 2.0);
+            let got = run(&pool, level, &w, &x, m);
+            let want = reference(&w, &x, m);
+            // Q4_1's min term uses the f16-rounded block sum `s`, as in the ggml layout.
+            let tol = if format == WeightFormat::Q4_1 { 2e-3 } else { 1e-4 };
+            for (k, (&g, &(v, a))) in got.iter().zip(&want).enumerate() {
+                assert!((g as f64 - v).abs() <= tol * a + 1e-6, "{format} {level:?} out[{k}]: got {g}, want {v}");
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_simd_equals_scalar_bit_for_bit() {
+    if !SimdLevel::Avx2.is_supported() {
+        eprintln!("AVX2 not available; skipping");
+        return;
+    }
+    let pool = ThreadPool::new(2);
+    for (fi, format) in FORMATS.into_iter().enumerate() {
+        // Row counts around the group and tile edges, one and several activation rows.
+        for &(rows, m) in &[(1, 1), (8, 1), (19, 3), (64, 4), (33, 9), (16, 2), (45, 1), (72, 13)] {
+            let mut r = rng(200 + fi as u64 * 31 + rows as u64);
+            let data = random_weights(&mut r, format, rows, COLS);
+            let packed = pack(format, rows, COLS, &data).unwrap();
+            let w = MatRef::packed(format, rows, COLS, &packed).unwrap();
+            let x = random_f32(&mut r, m * COLS, 1.0);
+            let s = run(&pool, SimdLevel::Scalar, &w, &x, m);
+            let v = run(&pool, SimdLevel::Avx2, &w, &x, m);
+            assert_eq!(bits(&s), bits(&v), "{format} {rows}x{m}");
+        }
+    }
+}
+
+#[test]
+fn packed_batch_and_thread_invariance() {
+    let pools: Vec<ThreadPool> = (1..=3).map(ThreadPool::new).collect();
+    for (fi, format) in FORMATS.into_iter().enumerate() {
+        for level in levels() {
+            let mut r = rng(300 + fi as u64);
+            let (rows, m) = (203, 13);
+            let data = random_weights(&mut r, format, rows, COLS);
+            let packed = pack(format, rows, COLS, &data).unwrap();
+            let w = MatRef::packed(format, rows, COLS, &packed).unwrap();
+            let x = random_f32(&mut r, m * COLS, 1.5);
+            let all = run(&pools[1], level, &w, &x, m);
+            for (a, b) in [(0, 1), (4, 5), (1, 4), (3, 10), (5, 13)] {
+                let part = run(&pools[1], level, &w, &x[a * COLS..b * COLS], b - a);
+                assert_eq!(bits(&all[a * rows..b * rows]), bits(&part), "{format} {level:?} rows {a}..{b}");
+            }
+            for pool in &pools {
+                assert_eq!(bits(&run(pool, level, &w, &x, m)), bits(&all), "{format} {level:?} {} threads", pool.n_threads());
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_matmul_many_equals_separate_calls() {
+    let pool = ThreadPool::new(3);
+    let mut r = rng(77);
+    for format in FORMATS {
+        for m in [1, 7] {
+            let shapes = [203, 64, 9];
+            let data: Vec<Vec<u8>> = shapes.iter().map(|&rows| pack(format, rows, COLS, &random_weights(&mut r, format, rows, COLS)).unwrap()).collect();
+            let ws: Vec<MatRef> = shapes.iter().zip(&data).map(|(&rows, d)| MatRef::packed(format, rows, COLS, d).unwrap()).collect();
+            let x = random_f32(&mut r, m * COLS, 1.0);
+            let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&rows| vec![f32::NAN; m * rows]).collect();
+            let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            matmul_many(&pool, &ws, &x, m, &mut refs, &mut MatmulScratch::new());
+            for (w, got) in ws.iter().zip(&outs) {
+                assert_eq!(bits(got), bits(&run(&pool, SimdLevel::detect(), w, &x, m)), "{format} m={m}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_packed_shapes_are_errors() {
+    let f = WeightFormat::Q4_1;
+    let len = packed_len(f, 9, 64).unwrap();
+    assert_eq!(len, 2 * 2 * 160);
+    let data = vec![0u8; len];
+    assert!(matches!(MatRef::packed(f, 9, 64, &data[1..]), Err(KernelError::ShapeMismatch { .. })));
+    assert!(matches!(MatRef::packed(f, 9, 60, &data), Err(KernelError::RowNotBlockAligned { .. })));
+    assert!(matches!(MatRef::packed(f, usize::MAX, 64, &data), Err(KernelError::TooLarge { .. })));
+    let rb = f.row_bytes(64).unwrap();
+    let mut group = vec![0u8; 2 * 160];
+    assert!(pack_group(f, 64, &vec![0u8; (PACK_ROWS + 1) * rb], &mut group).is_err());
+    assert!(pack_group(f, 64, &vec![0u8; rb + 1], &mut group).is_err());
+    assert!(pack_group(f, 64, &vec![0u8; rb], &mut group[1..]).is_err());
+    assert!(pack(f, 3, 64, &vec![0u8; 2 * rb]).is_err());
+}
