@@ -74,6 +74,7 @@ def main():
     ap.add_argument("--kv-mb", type=int, required=True)
     ap.add_argument("--clients", type=int, required=True)
     ap.add_argument("--lumen-serve", default="done")
+    ap.add_argument("--layout", default="ggml")
     ap.add_argument("--json-out", required=True)
     a = ap.parse_args()
     print_and_save(a)
@@ -166,7 +167,7 @@ def print_and_save(a):
     widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     print()
-    print(f"model {os.path.basename(a.model)}, {a.threads} threads")
+    print(f"model {os.path.basename(a.model)}, {a.threads} threads, lumen weight layout {a.layout}")
     print(line(header))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for t in table:
@@ -179,7 +180,7 @@ def print_and_save(a):
         print(f"note: {n} ({', '.join(figures)})")
     print()
 
-    out = {"model": a.model, "threads": a.threads, "clients": a.clients, "kv_mb": a.kv_mb,
+    out = {"model": a.model, "threads": a.threads, "clients": a.clients, "kv_mb": a.kv_mb, "layout": a.layout,
            "run_dir": d, "rows": rows,
            "raw": {"rounds": [{**r, "llama_b": list(r["llama_b"].values())} for r in per_round],
                    "lumen_serve": lumen_s, "llama_serve": llama_s}}

@@ -21,7 +21,9 @@
 # time batched generation end to end through Lumen's engine; an extra row, Lumen only),
 # PROFILE (release; `bench` builds with thin LTO and one codegen unit, slower to build, and
 # its binary also lands in target/release), SKIP_BUILD=1 (use the binaries as they are),
-# SKIP_SERVER=1 (leave the server rows out).
+# SKIP_SERVER=1 (leave the server rows out), LAYOUT (ggml: Lumen's weight layout, `ggml` for
+# llama.cpp's arithmetic bit for bit or `packed` for the row-interleaved kernels; see
+# `lumen serve --help`).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -37,6 +39,8 @@ requests="${REQUESTS:-64}"
 max_tokens="${MAX_TOKENS:-128}"
 kv_mb="${KV_MB:-256}"
 rounds="${ROUNDS:-1}"
+# Every lumen command below reads its --weight-layout from here.
+export LUMEN_WEIGHT_LAYOUT="${LAYOUT:-ggml}"
 load_seconds="${LOAD_SECONDS:-600}"
 python="${PYTHON:-python3}"
 lumen="$root/target/release/lumen"
@@ -170,6 +174,6 @@ fi
 # 4. The table and its JSON.
 "$python" "$root/scripts/bench-compare-report.py" "$out" \
   --model "$model" --threads "$threads" --kv-mb "$kv_mb" --clients "$clients" \
-  --lumen-serve "$lumen_serve_state" --json-out "$root/target/bench/compare-$stamp.json"
+  --lumen-serve "$lumen_serve_state" --layout "$LUMEN_WEIGHT_LAYOUT" --json-out "$root/target/bench/compare-$stamp.json"
 cp "$root/target/bench/compare-$stamp.json" "$root/target/bench/compare-latest.json"
 log "saved target/bench/compare-$stamp.json (raw outputs in $out)"

@@ -40,6 +40,8 @@ pub struct EngineBenchConfig {
     pub seed: u64,
     /// A test stops repeating once it has run this long (it always runs once).
     pub max_seconds_per_test: f64,
+    /// How the weights are laid out in memory.
+    pub layout: lumen_models::WeightLayout,
 }
 
 /// Runs the engine tests; one [`TestResult`] per batch size.
@@ -65,7 +67,7 @@ pub fn run_engine_bench(
         kind: ModelKind::Chat,
         path: path.to_path_buf(),
     };
-    let chat = ChatModel::load(&loc)?;
+    let chat = ChatModel::load_with(&loc, config.layout)?;
     let c = chat.model.config();
     let per_block = KvStorage::bytes_per_block(chat.model.kv_geometry(BLOCK_SIZE), c.n_layers);
     let span = config.prompt_tokens + config.gen_tokens;

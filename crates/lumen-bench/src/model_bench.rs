@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lumen_kernels::ThreadPool;
-use lumen_models::{ForwardWorkspace, KvStorage, LlamaModel, LogitsWanted, SeqChunk};
+use lumen_models::{ForwardWorkspace, KvStorage, LlamaModel, LogitsWanted, SeqChunk, WeightLayout};
 use serde::Serialize;
 
 use crate::rng::SplitMix64;
@@ -54,6 +54,8 @@ pub struct ModelBenchConfig {
     pub seed: u64,
     /// A test stops repeating once it has run this long (it always runs at least once).
     pub max_seconds_per_test: f64,
+    /// How the weights are laid out in memory.
+    pub layout: WeightLayout,
 }
 
 impl Default for ModelBenchConfig {
@@ -68,6 +70,7 @@ impl Default for ModelBenchConfig {
             threads: 2,
             seed: 1234,
             max_seconds_per_test: 300.0,
+            layout: WeightLayout::default(),
         }
     }
 }
@@ -121,6 +124,8 @@ pub struct ModelBenchReport {
     pub threads: usize,
     /// Kernel path in use (`avx2` or `scalar`).
     pub simd: String,
+    /// Weight layout (`ggml` or `packed`).
+    pub layout: String,
     /// Timed repetitions asked for.
     pub reps: usize,
     /// The tests, in the order they ran.
@@ -133,7 +138,7 @@ pub fn run_model_bench(
     config: &ModelBenchConfig,
 ) -> Result<ModelBenchReport, BenchError> {
     validate(config)?;
-    let model = LlamaModel::open(path)?;
+    let model = LlamaModel::open_with(path, config.layout)?;
     let c = model.config();
     let longest =
         config
@@ -185,6 +190,7 @@ pub fn run_model_bench(
         arch: c.arch.clone(),
         threads: bench.pool.n_threads(),
         simd: lumen_kernels::simd_level().to_string(),
+        layout: config.layout.to_string(),
         reps: config.reps,
         results,
     })

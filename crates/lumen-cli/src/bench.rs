@@ -9,6 +9,7 @@ use lumen_bench::{
     ModelBenchConfig, PromptMix, ServeConfig, Slo,
 };
 use lumen_engine::registry::{lumen_home, resolve};
+use lumen_models::WeightLayout;
 
 /// Flags of `lumen bench`.
 #[derive(Args, Debug)]
@@ -65,6 +66,10 @@ pub struct ModelArgs {
     /// Also run each batched test end to end through the engine (scheduler and sampling too).
     #[arg(long)]
     pub engine: bool,
+    /// Weight layout: `ggml` (llama.cpp's arithmetic, bit for bit) or `packed` (row-interleaved
+    /// Q4_0/Q4_1/Q8_0, faster, equal within float rounding).
+    #[arg(long, env = "LUMEN_WEIGHT_LAYOUT", default_value_t = WeightLayout::default())]
+    pub weight_layout: WeightLayout,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -176,6 +181,7 @@ fn model(a: ModelArgs) -> Result<()> {
         threads: a.threads,
         seed: a.seed,
         max_seconds_per_test: a.max_seconds,
+        layout: a.weight_layout,
     };
     let mut report = run_model_bench(&loc.path, &config)
         .with_context(|| format!("benchmarking {}", loc.path.display()))?;
@@ -188,6 +194,7 @@ fn model(a: ModelArgs) -> Result<()> {
             threads: config.threads,
             seed: config.seed,
             max_seconds_per_test: config.max_seconds_per_test,
+            layout: config.layout,
         };
         report
             .results

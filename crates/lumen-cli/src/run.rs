@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use lumen_models::WeightLayout;
 use lumen_engine::registry::{lumen_home, resolve, ChatModel};
 use lumen_engine::{ChatMessage, Engine, EngineConfig, EngineHandle, Event, GenerateRequest, SamplingParams};
 
@@ -37,6 +38,10 @@ pub struct RunArgs {
     /// Compute threads.
     #[arg(long, env = "LUMEN_THREADS", default_value_t = default_threads())]
     pub threads: usize,
+    /// Weight layout: `ggml` (llama.cpp's arithmetic, bit for bit) or `packed` (row-interleaved
+    /// Q4_0/Q4_1/Q8_0, faster, equal within float rounding).
+    #[arg(long, env = "LUMEN_WEIGHT_LAYOUT", default_value_t = WeightLayout::default())]
+    pub weight_layout: WeightLayout,
 }
 
 fn default_threads() -> usize {
@@ -46,7 +51,7 @@ fn default_threads() -> usize {
 pub fn run(args: RunArgs) -> Result<()> {
     let home = lumen_home();
     let loc = resolve(&args.model, &home).with_context(|| "fetch the default models with `make models`".to_string())?;
-    let chat = ChatModel::load(&loc).with_context(|| format!("loading {}", loc.path.display()))?;
+    let chat = ChatModel::load_with(&loc, args.weight_layout).with_context(|| format!("loading {}", loc.path.display()))?;
     let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed, ..SamplingParams::default() };
     sampling.validate().context("invalid sampling flags")?;
     if args.max_tokens == 0 {

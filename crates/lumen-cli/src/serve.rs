@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 use lumen_engine::registry::lumen_home;
-use lumen_engine::SchedulerConfig;
+use lumen_engine::{SchedulerConfig, WeightLayout};
 use lumen_server::{ServerConfig, DEFAULT_MODELS};
 
 /// Flags of `lumen serve` (each with a `LUMEN_*` environment fallback).
@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// Most sequences one engine step runs at once.
     #[arg(long, env = "LUMEN_MAX_NUM_SEQS", default_value_t = SchedulerConfig::default().max_num_seqs as u32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_num_seqs: u32,
+    /// Weight layout of chat models: `ggml` (llama.cpp's arithmetic, bit for bit) or `packed`
+    /// (row-interleaved Q4_0/Q4_1/Q8_0: faster, equal within float rounding).
+    #[arg(long, env = "LUMEN_WEIGHT_LAYOUT", default_value_t = WeightLayout::default())]
+    pub weight_layout: WeightLayout,
     /// Compute threads per model (default: one per CPU).
     #[arg(long, env = "LUMEN_THREADS")]
     pub threads: Option<usize>,
@@ -76,6 +80,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         max_num_batched_tokens: args.max_num_batched_tokens as usize,
         max_num_seqs: args.max_num_seqs as usize,
     };
+    config.weight_layout = args.weight_layout;
     if let Some(t) = args.threads {
         config.threads = t.max(1);
     }

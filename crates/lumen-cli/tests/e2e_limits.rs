@@ -1,14 +1,15 @@
-//! Scheduler limits from the command line: values out of range are refused before anything
-//! loads, and good ones reach the engine, which still serves concurrent prompts longer than
-//! one step's token budget, one sequence at a time.
+//! Scheduler limits and the weight layout from the command line: values out of range are
+//! refused before anything loads, and good ones reach the engine, which still serves
+//! concurrent prompts longer than one step's token budget, one sequence at a time, with its
+//! weights in the packed layout.
 
 mod common;
 
 use std::process::Command;
 
 #[test]
-fn scheduler_limits_from_flags() {
-    for (flag, value) in [("--max-num-batched-tokens", "0"), ("--max-num-batched-tokens", "70000"), ("--max-num-seqs", "0"), ("--max-num-seqs", "x")] {
+fn scheduler_limits_and_layout_from_flags() {
+    for (flag, value) in [("--max-num-batched-tokens", "0"), ("--max-num-batched-tokens", "70000"), ("--max-num-seqs", "0"), ("--max-num-seqs", "x"), ("--weight-layout", "fast")] {
         let out = Command::new(env!("CARGO_BIN_EXE_lumen"))
             .args(["serve", "--port", "0", flag, value])
             .output()
@@ -21,9 +22,9 @@ fn scheduler_limits_from_flags() {
     if common::prerequisites().is_none() {
         return;
     }
-    let server = common::Server::start(&["--max-num-batched-tokens", "8", "--max-num-seqs", "1"]);
+    let server = common::Server::start(&["--max-num-batched-tokens", "8", "--max-num-seqs", "1", "--weight-layout", "packed"]);
     let log = strip_ansi(&server.log());
-    assert!(log.contains("max_num_batched_tokens=8") && log.contains("max_num_seqs=1"), "{log}");
+    assert!(log.contains("max_num_batched_tokens=8") && log.contains("max_num_seqs=1") && log.contains("weight_layout=packed"), "{log}");
     // The readiness polls that got 503 while the models loaded are not errors.
     assert!(!log.contains(" ERROR "), "{log}");
 

@@ -57,6 +57,7 @@ pub mod scheduler;
 pub mod stop;
 pub mod tokenizer;
 
+pub use lumen_models::WeightLayout;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenize::IncrementalDecoder;
 pub use embed::{EmbedConfig, EmbedEngine, EmbedHandle, EmbedInfo, EmbedInput, EmbedStats, EmbeddingModel, MAX_EMBED_INPUTS};

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lumen_gguf::GgufFile;
+use lumen_models::weights::{load_gguf, WeightLayout};
 use lumen_models::LlamaModel;
 
 use crate::chat_template::ChatTemplate;
@@ -106,12 +106,17 @@ pub struct ChatModel {
 }
 
 impl ChatModel {
-    /// Loads the GGUF model at `loc`.
+    /// Loads the GGUF model at `loc`, weights in the default layout.
     pub fn load(loc: &ModelLocation) -> Result<ChatModel, EngineError> {
+        Self::load_with(loc, WeightLayout::default())
+    }
+
+    /// Loads the GGUF model at `loc` with its linear weights in `layout`.
+    pub fn load_with(loc: &ModelLocation, layout: WeightLayout) -> Result<ChatModel, EngineError> {
         if loc.kind != ModelKind::Chat {
             return Err(EngineError::WrongModelKind { name: loc.name.clone(), expected: "chat" });
         }
-        let file = Arc::new(GgufFile::load(&loc.path)?);
+        let file = Arc::new(load_gguf(&loc.path, layout)?);
         let model = LlamaModel::load(file.clone())?;
         let tokenizer = Tokenizer::from_gguf(file.metadata())?;
         let template = ChatTemplate::from_metadata(file.metadata(), &tokenizer)?;

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::ops::Deref;
 use std::path::Path;
 
-use memmap2::{Mmap, MmapOptions};
+use memmap2::{Mmap, MmapMut, MmapOptions};
 
 /// Immutable bytes of a whole file.
 pub enum FileBytes {
@@ -43,11 +43,20 @@ impl FileBytes {
     /// (tg128 on SmolLM2 measured 3-18% faster, side by side). The cost is a read of the file
     /// at load and no sharing of the pages between processes.
     pub fn read_resident(path: &Path) -> std::io::Result<FileBytes> {
+        Ok(match FileBytes::read_writable(path)? {
+            Writable::Anon(m) => FileBytes::Mapped(m.make_read_only()?),
+            Writable::Owned(v) => FileBytes::Owned(v),
+        })
+    }
+
+    /// [`FileBytes::read_resident`] before it is made read-only, so that a loader can rewrite
+    /// parts in place (see [`Writable::freeze`]).
+    pub(crate) fn read_writable(path: &Path) -> std::io::Result<Writable> {
         let mut file = File::open(path)?;
         let len = usize::try_from(file.metadata()?.len())
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::OutOfMemory, "file larger than the address space"))?;
         if len == 0 {
-            return Ok(FileBytes::Owned(Vec::new()));
+            return Ok(Writable::Owned(Vec::new()));
         }
         let mut anon = MmapOptions::new().len(len).map_anon()?;
         // Best effort: without transparent huge pages this is plain anonymous memory.
@@ -55,7 +64,33 @@ impl FileBytes {
         let _ = anon.advise(memmap2::Advice::HugePage);
         // A file truncated since its length was read fails here, not later.
         file.read_exact(&mut anon[..])?;
-        Ok(FileBytes::Mapped(anon.make_read_only()?))
+        Ok(Writable::Anon(anon))
+    }
+}
+
+/// A resident copy of a file that may still be written.
+pub(crate) enum Writable {
+    /// Anonymous memory (huge pages where the kernel gives them).
+    Anon(MmapMut),
+    /// An empty file.
+    Owned(Vec<u8>),
+}
+
+impl Writable {
+    /// The bytes, writable.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Writable::Anon(m) => &mut m[..],
+            Writable::Owned(v) => v,
+        }
+    }
+
+    /// Makes the copy read-only.
+    pub(crate) fn freeze(self) -> std::io::Result<FileBytes> {
+        Ok(match self {
+            Writable::Anon(m) => FileBytes::Mapped(m.make_read_only()?),
+            Writable::Owned(v) => FileBytes::Owned(v),
+        })
     }
 }
 

@@ -18,12 +18,21 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// Metadata key that overrides [`DEFAULT_ALIGNMENT`].
 pub const ALIGNMENT_KEY: &str = "general.alignment";
 
+/// The byte range of `t`'s data in the file, if it fits in `usize`.
+fn tensor_range(t: &TensorInfo) -> Option<std::ops::Range<usize>> {
+    let start = usize::try_from(t.offset).ok()?;
+    let len = usize::try_from(t.n_bytes).ok()?;
+    Some(start..start.checked_add(len)?)
+}
+
 /// Fewest bytes one metadata entry can occupy: key length, value type, a one-byte value.
 const MIN_KV_SIZE: u64 = 8 + 4 + 1;
 
 /// A parsed GGUF file that owns its bytes; tensor data is borrowed from it.
 pub struct GgufFile {
     storage: FileBytes,
+    /// Per tensor: whether a loader rewrote its bytes ([`GgufFile::load_rewriting`]).
+    rewritten: Vec<bool>,
     version: u32,
     metadata: Metadata,
     tensors: Vec<TensorInfo>,
@@ -55,6 +64,34 @@ impl GgufFile {
         GgufFile::with_storage(FileBytes::read_resident(path)?)
     }
 
+    /// Like [`GgufFile::load`], and before the bytes become read-only, hands each tensor's
+    /// data to `rewrite`, which may transform it in place (same length) and returns whether it
+    /// did; [`GgufFile::is_rewritten`] reports that afterwards. For a model loader that keeps
+    /// weights in a layout of its own without holding a second copy of them.
+    pub fn load_rewriting<E>(
+        path: &Path,
+        mut rewrite: impl FnMut(&TensorInfo, &mut [u8]) -> Result<bool, E>,
+    ) -> Result<GgufFile, E>
+    where
+        E: From<GgufError>,
+    {
+        let mut bytes = FileBytes::read_writable(path).map_err(GgufError::from)?;
+        let p = parse(bytes.bytes_mut()).map_err(E::from)?;
+        let mut rewritten = vec![false; p.tensors.len()];
+        for (t, done) in p.tensors.iter().zip(rewritten.iter_mut()) {
+            if let Some(data) = tensor_range(t).and_then(|r| bytes.bytes_mut().get_mut(r)) {
+                *done = rewrite(t, data)?;
+            }
+        }
+        let storage = bytes.freeze().map_err(GgufError::from)?;
+        Ok(GgufFile::from_parts(storage, p, rewritten))
+    }
+
+    /// Whether `t`'s bytes were rewritten by the loader (see [`GgufFile::load_rewriting`]).
+    pub fn is_rewritten(&self, t: &TensorInfo) -> bool {
+        self.by_name.get(&t.name).is_some_and(|&i| self.rewritten[i])
+    }
+
     /// Parses a GGUF file held in memory.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
         GgufFile::with_storage(FileBytes::Owned(bytes))
@@ -63,15 +100,21 @@ impl GgufFile {
     /// Parses `storage` and takes ownership of it.
     fn with_storage(storage: FileBytes) -> Result<GgufFile, GgufError> {
         let p = parse(&storage[..])?;
-        Ok(GgufFile {
+        let rewritten = vec![false; p.tensors.len()];
+        Ok(GgufFile::from_parts(storage, p, rewritten))
+    }
+
+    fn from_parts(storage: FileBytes, p: Parsed, rewritten: Vec<bool>) -> GgufFile {
+        GgufFile {
             storage,
+            rewritten,
             version: p.version,
             metadata: p.metadata,
             tensors: p.tensors,
             by_name: p.by_name,
             alignment: p.alignment,
             data_offset: p.data_offset,
-        })
+        }
     }
 
     /// GGUF format version (2 or 3).
@@ -101,11 +144,7 @@ impl GgufFile {
     /// opened with [`open`](Self::open) (maps are page-aligned); bytes given to
     /// [`from_bytes`](Self::from_bytes) carry no alignment guarantee.
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
-        let range = usize::try_from(t.offset).ok().and_then(|start| {
-            let len = usize::try_from(t.n_bytes).ok()?;
-            Some(start..start.checked_add(len)?)
-        });
-        range
+        tensor_range(t)
             .and_then(|r| self.storage.get(r))
             .unwrap_or(&[])
     }

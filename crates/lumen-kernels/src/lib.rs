@@ -3,7 +3,7 @@
 //! # The quantized matmul
 //!
 //! [`matmul()`] multiplies m activation rows (f32) by a weight matrix read in place from its GGUF
-//! bytes ([`MatRef`], ggml block layouts). It is the engine's hot spot; four decisions shape it.
+//! bytes ([`MatRef`], ggml block layouts). It is the engine's hot spot; five decisions shape it.
 //!
 //! **Arithmetic follows llama.cpp bit for bit.** Each weight format is dotted against the
 //! activation format llama.cpp's CPU backend uses for it (its `vec_dot_type`): Q4_0 and Q8_0
@@ -26,6 +26,15 @@
 //! once per 8 rows and reused by every activation row of the call (a register-only path serves
 //! single-row decode), 4 x 2 FMA tiles for float weights. A decode step with 32 sequences
 //! therefore reads the weights from memory once, not 32 times.
+//!
+//! **A second, faster layout, opt-in.** Exactness has a price: per (weight row, activation
+//! row, block) llama.cpp's order needs an integer dot, a convert and an FMA of eight lanes, and
+//! a 32-row batch is bound by that. [`pack`] interleaves eight rows so that each SIMD lane is
+//! one row ([`MatRef::packed`], module `packed`): the block's integer dot is finished before
+//! it is scaled, and one convert and one FMA serve eight rows, about 2.4x the throughput for
+//! batches. Its results differ from llama.cpp's by float rounding, so the model loader only
+//! packs when asked (`--weight-layout packed`); both layouts have exact-equality tests between
+//! their scalar and SIMD paths.
 //!
 //! **Batch invariance.** Every output value is bit-identical whatever m, the other rows of the
 //! call, the tile shape or the thread count. For the quantized formats, each (row, column, block)

@@ -13,3 +13,4 @@ pub mod weights;
 pub use error::ModelError;
 pub use kv::KvStorage;
 pub use llama::{ForwardWorkspace, LlamaConfig, LlamaModel, LogitsWanted, SeqChunk};
+pub use weights::WeightLayout;

@@ -5,7 +5,7 @@ mod common;
 
 use common::fixtures;
 use lumen_kernels::ThreadPool;
-use lumen_models::{ForwardWorkspace, KvStorage, LlamaModel, LogitsWanted, SeqChunk};
+use lumen_models::{ForwardWorkspace, KvStorage, LlamaModel, LogitsWanted, SeqChunk, WeightLayout};
 
 fn ids(seed: u32, n: usize, vocab: u32) -> Vec<u32> {
     (0..n as u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed * 97)) % vocab).collect()
@@ -13,7 +13,16 @@ fn ids(seed: u32, n: usize, vocab: u32) -> Vec<u32> {
 
 #[test]
 fn ragged_batch_equals_solo_runs() {
-    let model = LlamaModel::open(&fixtures().join("tiny_llama_q4_1.gguf")).unwrap();
+    ragged_batch_equals_solo_runs_in(WeightLayout::Ggml);
+}
+
+#[test]
+fn ragged_batch_equals_solo_runs_packed() {
+    ragged_batch_equals_solo_runs_in(WeightLayout::Packed);
+}
+
+fn ragged_batch_equals_solo_runs_in(layout: WeightLayout) {
+    let model = LlamaModel::open_with(&fixtures().join("tiny_llama_q4_1.gguf"), layout).unwrap();
     let vocab = model.config().vocab_size;
     let pool = ThreadPool::new(2);
     let geo = model.kv_geometry(16);

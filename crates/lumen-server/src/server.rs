@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub scheduler: SchedulerConfig,
     /// Compute threads per model.
     pub threads: usize,
+    /// How chat models' weights are laid out in memory.
+    pub weight_layout: lumen_engine::WeightLayout,
     /// Cancel requests running longer than this.
     pub request_timeout: Option<Duration>,
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -74,6 +76,7 @@ impl ServerConfig {
             request_timeout: Some(Duration::from_secs(600)),
             shutdown_grace: Duration::from_secs(30),
             max_body_bytes: 4 << 20,
+            weight_layout: lumen_engine::WeightLayout::default(),
             home,
         }
     }
@@ -162,7 +165,7 @@ pub fn start_chat_model(
     config: &ServerConfig,
 ) -> Result<(ServedModel, Engine), ServerError> {
     let started = std::time::Instant::now();
-    let chat = ChatModel::load(loc)
+    let chat = ChatModel::load_with(loc, config.weight_layout)
         .map_err(|e| ServerError::Startup(format!("loading {}: {e}", loc.path.display())))?;
     let mut ec = EngineConfig::new(chat.name.clone());
     ec.threads = config.threads.max(1);
@@ -174,7 +177,7 @@ pub fn start_chat_model(
         .map_err(|e| ServerError::Startup(format!("starting the engine for {}: {e}", chat.name)))?;
     let handle = engine.handle();
     warm_up(&handle);
-    tracing::info!(model = %chat.name, path = %loc.path.display(), kv_blocks = handle.info().kv_blocks, context = handle.info().context_len, max_num_batched_tokens = sched.max_num_batched_tokens, max_num_seqs = sched.max_num_seqs, secs = started.elapsed().as_secs_f32(), "model loaded");
+    tracing::info!(model = %chat.name, path = %loc.path.display(), kv_blocks = handle.info().kv_blocks, context = handle.info().context_len, max_num_batched_tokens = sched.max_num_batched_tokens, max_num_seqs = sched.max_num_seqs, weight_layout = %config.weight_layout, secs = started.elapsed().as_secs_f32(), "model loaded");
     let served = ChatServed {
         name: chat.name,
         handle,

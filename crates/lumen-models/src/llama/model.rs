@@ -9,7 +9,7 @@ use lumen_kernels::attention::KvGeometry;
 use lumen_kernels::ops::Rope;
 
 use super::config::{LlamaConfig, LlamaVariant};
-use crate::weights::{load_vector, load_vector_optional, Linear};
+use crate::weights::{load_gguf, load_vector, load_vector_optional, Linear, WeightLayout};
 use crate::ModelError;
 
 /// Weights of one transformer block.
@@ -42,9 +42,14 @@ pub struct LlamaModel {
 }
 
 impl LlamaModel {
-    /// Opens and loads a GGUF file.
+    /// Opens and loads a GGUF file, weights in the default layout (llama.cpp's arithmetic).
     pub fn open(path: &Path) -> Result<Self, ModelError> {
-        Self::load(Arc::new(GgufFile::load(path)?))
+        Self::open_with(path, WeightLayout::default())
+    }
+
+    /// Opens and loads a GGUF file with its linear weights in `layout`.
+    pub fn open_with(path: &Path, layout: WeightLayout) -> Result<Self, ModelError> {
+        Self::load(Arc::new(load_gguf(path, layout)?))
     }
 
     /// Loads from an already parsed file (shared with the tokenizer).
