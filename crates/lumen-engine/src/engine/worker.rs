@@ -441,7 +441,7 @@ fn sample_into(seq: &mut Sequence<SeqData>, logits: &[f32], scratch: &mut Vec<f3
     seq.tokens.push(sampled.token);
     let at_end = seq.tokens.len() >= ctx;
     let outcome = seq.data.output.push(sampled.token, at_end);
-    let logprob = state.request.sampling.logprobs.map(|_| TokenLogprob { token: sampled.token, logprob: sampled.logprob, top: sampled.top_logprobs });
+    let logprob = state.request.sampling.logprobs.map(|_| TokenLogprob { token: sampled.token, logprob: sampled.logprob.unwrap_or(f32::NAN), top: sampled.top_logprobs });
     if outcome.visible || !outcome.text.is_empty() {
         let _ = state.events.send(Event::Token { choice: seq.data.choice, token: sampled.token, text: outcome.text, logprob });
     }

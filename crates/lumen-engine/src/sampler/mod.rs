@@ -42,8 +42,10 @@ use rng::Rng;
 pub struct Sampled {
     /// The chosen token.
     pub token: u32,
-    /// Its logprob (see the module docs for which distribution).
-    pub logprob: f32,
+    /// Its logprob (see the module docs for which distribution), when `params.logprobs` asks
+    /// for logprobs: the normaliser is a pass of `exp` over the whole vocabulary, which a
+    /// 16-stream decode step cannot afford for every sequence that does not want it.
+    pub logprob: Option<f32>,
     /// The `params.logprobs` most likely tokens with their logprobs, most likely first.
     pub top_logprobs: Vec<(u32, f32)>,
 }
@@ -116,18 +118,17 @@ impl Sampler {
                 sp.presence_penalty,
             );
         }
-        let lse = logsumexp(logits);
-        let top_logprobs = match self.params.logprobs {
-            Some(k) => logprobs::top_n_with_lse(logits, k, lse),
-            None => Vec::new(),
+        let lse = self.params.logprobs.map(|_| logsumexp(logits));
+        let top_logprobs = match (self.params.logprobs, lse) {
+            (Some(k), Some(lse)) => logprobs::top_n_with_lse(logits, k, lse),
+            _ => Vec::new(),
         };
         let token = if self.params.is_greedy() {
             argmax(logits)
         } else {
             self.draw(logits)
         };
-        let logprob =
-            logprobs::logprob(logits.get(token as usize).copied().unwrap_or(f32::NAN), lse);
+        let logprob = lse.map(|lse| logprobs::logprob(logits.get(token as usize).copied().unwrap_or(f32::NAN), lse));
         Sampled {
             token,
             logprob,

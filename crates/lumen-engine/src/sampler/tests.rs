@@ -25,7 +25,13 @@ fn greedy_picks_argmax_with_lowest_id_on_ties() {
     let mut s = Sampler::new(SamplingParams::greedy(), 5).unwrap();
     let out = s.sample(&mut [0.1, 3.0, -2.0, 3.0, f32::NAN], &[]);
     assert_eq!(out.token, 1);
-    assert!(out.logprob < 0.0 && out.logprob > -1.0);
+    // No logprobs asked for: none computed.
+    assert_eq!(out.logprob, None);
+    assert!(out.top_logprobs.is_empty());
+    let mut s = Sampler::new(SamplingParams { logprobs: Some(0), ..SamplingParams::greedy() }, 5).unwrap();
+    let out = s.sample(&mut [0.1, 3.0, -2.0, 3.0, f32::NAN], &[]);
+    assert_eq!(out.token, 1);
+    assert!(out.logprob.is_some_and(|l| l < 0.0 && l > -1.0), "{out:?}");
     assert!(out.top_logprobs.is_empty());
 }
 
@@ -207,7 +213,7 @@ fn logit_bias_and_logprobs() {
     assert_eq!(out.token, 3);
     assert_eq!(out.top_logprobs.len(), 4);
     assert_eq!(out.top_logprobs[0].0, 3);
-    assert_eq!(out.logprob, out.top_logprobs[0].1);
+    assert_eq!(out.logprob, Some(out.top_logprobs[0].1));
     let lps: Vec<f32> = out.top_logprobs.iter().map(|x| x.1).collect();
     assert!(
         logsumexp(&lps).abs() < 1e-5,
@@ -238,7 +244,7 @@ fn logprobs_ignore_temperature() {
     let a = hot.sample(&mut logits.to_vec(), &[]);
     let b = greedy.sample(&mut logits.to_vec(), &[]);
     assert_eq!(a.top_logprobs, b.top_logprobs);
-    assert!((log_softmax_top_n(&logits, 1)[0].1 - b.logprob).abs() < 1e-6);
+    assert!((log_softmax_top_n(&logits, 1)[0].1 - b.logprob.unwrap()).abs() < 1e-6);
 }
 
 #[test]
@@ -298,14 +304,15 @@ fn degenerate_logits_do_not_panic() {
         params(|p| {
             p.seed = Some(1);
             p.top_p = 0.5;
-            p.min_p = 0.5
+            p.min_p = 0.5;
+            p.logprobs = Some(1)
         }),
         3,
     )
     .unwrap();
     let out = s.sample(&mut [f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY], &[]);
     assert!(out.token < 3);
-    assert_eq!(out.logprob, f32::NEG_INFINITY);
+    assert_eq!(out.logprob, Some(f32::NEG_INFINITY));
     // Fewer logits than the vocabulary, history ids out of range: still fine.
     let mut s = Sampler::new(
         params(|p| {
