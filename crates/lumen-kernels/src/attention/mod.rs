@@ -248,12 +248,19 @@ fn paged_attention_with(
             let Some(task) = tasks.get(claimed) else { break };
             // Convert this run's context for its KV head once; every query of the run and
             // every query head of the group reads it.
+            // One call per cache block (its slots are `kv_dim` apart) rather than per position.
             let ctx = queries[task.end - 1].n_ctx;
             let table = queries[task.first].block_table;
-            for pos in 0..ctx {
+            let kv_dim = geo.kv_dim();
+            let mut pos = 0;
+            while pos < ctx {
+                let n = (geo.block_size - pos % geo.block_size).min(ctx - pos);
                 let off = geo.slot_offset(table, pos) + task.kv_head * hd;
-                widen(avx2, &k_layer[off..off + hd], &mut kf[pos * hd..(pos + 1) * hd]);
-                widen(avx2, &v_layer[off..off + hd], &mut vf[pos * hd..(pos + 1) * hd]);
+                let src = off..off + (n - 1) * kv_dim + hd;
+                let dst = pos * hd..(pos + n) * hd;
+                widen_rows(avx2, &k_layer[src.clone()], kv_dim, hd, &mut kf[dst.clone()]);
+                widen_rows(avx2, &v_layer[src], kv_dim, hd, &mut vf[dst]);
+                pos += n;
             }
             for t in task.first..task.end {
                 for head in task.kv_head * group..(task.kv_head + 1) * group {
@@ -294,15 +301,18 @@ fn attend(avx2: bool, mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f3
     attend_scalar(mode, q, n_ctx, kf, vf, scale, bufs)
 }
 
-/// Keys or values of one position as f32 (exact either way; F16C when `avx2`).
-fn widen(avx2: bool, src: &[f16], dst: &mut [f32]) {
+/// Keys or values of consecutive positions as f32 (exact either way; F16C when `avx2`):
+/// `dst` holds rows of `hd` values, row `r` taken from `src[r * stride..][..hd]`.
+fn widen_rows(avx2: bool, src: &[f16], stride: usize, hd: usize, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: `avx2` is true only when the CPU supports AVX2 and F16C, and head_dim % 8 == 0.
-        return unsafe { avx2::widen(src, dst) };
+        return unsafe { avx2::widen_rows(src, stride, hd, dst) };
     }
     let _ = avx2;
-    src.convert_to_f32_slice(dst);
+    for (r, row) in dst.chunks_exact_mut(hd).enumerate() {
+        src[r * stride..r * stride + hd].convert_to_f32_slice(row);
+    }
 }
 
 /// Which of llama.cpp's two attention arithmetics a (token, head) follows.
