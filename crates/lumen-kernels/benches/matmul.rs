@@ -83,6 +83,9 @@ fn main() {
     let mut shapes: Vec<(WeightFormat, usize, usize)> = vec![
         (WeightFormat::Q4_1, 576, 576),
         (WeightFormat::Q4_1, 1536, 576),
+        // Bigger than the last-level cache: weights stream from memory, as in a model.
+        (WeightFormat::Q4_1, 65536, 576),
+        (WeightFormat::Q8_0, 49152, 576),
     ];
     for &f in &ALL_FORMATS {
         shapes.push((f, 1536, 1536));

@@ -27,6 +27,9 @@ pub(crate) const Q4_1: u8 = 1;
 /// Format tag: Q8_0 weights.
 pub(crate) const Q8_0: u8 = 2;
 
+/// How many tiles ahead a tile prefetches its weights.
+const PREFETCH_TILES: usize = 2;
+
 /// Bytes of a (group, block) record.
 const fn record(f: u8) -> usize {
     match f {
@@ -83,11 +86,11 @@ unsafe fn rows_with<const F: u8, const V: bool, const G: usize, const C: usize, 
     if m == 1 {
         let mut g = g0;
         while g + D <= g1 {
-            tile::<F, V, D, 1>(base.add(g * gb), gb, act, 0, out.add(g * PACK_ROWS), ors, ors - g * PACK_ROWS);
+            tile::<F, V, D, 1>(base.add(g * gb), gb, act, 0, out.add(g * PACK_ROWS), ors, ors - g * PACK_ROWS, true);
             g += D;
         }
         while g < g1 {
-            tile::<F, V, 1, 1>(base.add(g * gb), gb, act, 0, out.add(g * PACK_ROWS), ors, ors - g * PACK_ROWS);
+            tile::<F, V, 1, 1>(base.add(g * gb), gb, act, 0, out.add(g * PACK_ROWS), ors, ors - g * PACK_ROWS, true);
             g += 1;
         }
         return;
@@ -102,11 +105,14 @@ unsafe fn rows_with<const F: u8, const V: bool, const G: usize, const C: usize, 
             while i < i1 {
                 let o = out.add(i * ors + g * PACK_ROWS);
                 let wide = i + C <= i1;
+                // The weight tile stays in cache across the activation tiles: the first one
+                // prefetches the tiles ahead for all of them.
+                let (wp, left, pf) = (base.add(g * gb), ors - g * PACK_ROWS, i == i0);
                 match (full, wide) {
-                    (true, true) => tile::<F, V, G, C>(base.add(g * gb), gb, act, i, o, ors, ors - g * PACK_ROWS),
-                    (true, false) => tile::<F, V, G, 1>(base.add(g * gb), gb, act, i, o, ors, ors - g * PACK_ROWS),
-                    (false, true) => tile::<F, V, 1, C>(base.add(g * gb), gb, act, i, o, ors, ors - g * PACK_ROWS),
-                    (false, false) => tile::<F, V, 1, 1>(base.add(g * gb), gb, act, i, o, ors, ors - g * PACK_ROWS),
+                    (true, true) => tile::<F, V, G, C>(wp, gb, act, i, o, ors, left, pf),
+                    (true, false) => tile::<F, V, G, 1>(wp, gb, act, i, o, ors, left, pf),
+                    (false, true) => tile::<F, V, 1, C>(wp, gb, act, i, o, ors, left, pf),
+                    (false, false) => tile::<F, V, 1, 1>(wp, gb, act, i, o, ors, left, pf),
                 }
                 i += if wide { C } else { 1 };
             }
@@ -124,8 +130,12 @@ unsafe fn bcast4(p: *const i8) -> __m256i {
 
 /// G groups starting at `w` (stride `gb` bytes) times activation rows `i0..i0+C`; writes the
 /// eight rows of group g for activation row c to `out[c * ors + 8g ..]`, at most `left` rows
-/// counted from the tile's first one (the matrix may end inside the last group).
+/// counted from the tile's first one (the matrix may end inside the last group). With
+/// `prefetch`, each block also asks for the same block of the groups [`PREFETCH_TILES`] tiles
+/// ahead: the hardware prefetcher alone leaves memory latency exposed when the weights come
+/// from memory (a model's do; a micro-benchmark's may not).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile<const F: u8, const V: bool, const G: usize, const C: usize>(
     w: *const u8,
     gb: usize,
@@ -134,13 +144,24 @@ unsafe fn tile<const F: u8, const V: bool, const G: usize, const C: usize>(
     out: *mut f32,
     ors: usize,
     left: usize,
+    prefetch: bool,
 ) {
     let (rec, sb, nb, cols) = (record(F), scales(F), act.nb, act.cols);
     let xp = act.qs.as_ptr().add(i0 * cols);
     let m4 = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); C]; G];
+    // Past the matrix's end a prefetch is harmless; `wrapping_add` keeps the address
+    // arithmetic defined there.
+    let ahead = w.wrapping_add(PREFETCH_TILES * G * gb);
     for b in 0..nb {
+        if prefetch {
+            for g in 0..G {
+                for off in (0..rec).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(g * gb + b * rec + off).cast());
+                }
+            }
+        }
         // Integer block sums, started at -k * sum(x) where the weights carry an offset k.
         let mut isum = [[_mm256_setzero_si256(); C]; G];
         if F == Q4_0 || (F == Q8_0 && V) {
