@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::act::ActBuf;
 use crate::dequant::dequantize_row;
 use crate::dot::dot;
-use crate::pool::{split_range, ThreadPool};
+use crate::pool::{split_range, PartsPtr, ThreadPool};
 use crate::simd::SimdLevel;
 use crate::{KernelError, WeightFormat};
 
@@ -186,20 +186,6 @@ impl Default for MatmulScratch {
     }
 }
 
-/// A raw output pointer shared by the threads of one matmul; each writes disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: threads write disjoint elements (their own weight-row columns) and the pool joins
-// them before `matmul` returns.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `out[i*rows + j] = dot(x[i*cols .. (i+1)*cols], W row j)` for `i` in `0..m`.
 ///
 /// `x` is m x cols f32 row-major, `out` is m x rows. Each output value is bit-identical whatever
@@ -262,9 +248,10 @@ pub fn matmul_many(
     let rows_all: usize = ws.iter().map(|w| w.rows).sum();
     let macs = rows_all.saturating_mul(cols).saturating_mul(m);
     let n = if macs < PARALLEL_MIN_MACS { 1 } else { pool.n_threads().min(total) };
-    let mut ptrs = [OutPtr(std::ptr::null_mut()); MAX_MATS];
+    // Each chunk's claimer writes only its own weight rows' columns (see `compute_rows`).
+    let mut ptrs = [PartsPtr(std::ptr::null_mut::<f32>()); MAX_MATS];
     for (p, out) in ptrs.iter_mut().zip(outs.iter_mut()) {
-        *p = OutPtr(out.as_mut_ptr());
+        *p = PartsPtr(out.as_mut_ptr());
     }
     // The tiles are cut into a few chunks per thread, claimed from a shared counter: a thread
     // that starts late (woken from sleep, or sharing its core) takes fewer, so nobody waits

@@ -5,7 +5,51 @@
 //! normalisation accumulate in f64, as ggml does. RMSNorm, RoPE and SwiGLU reproduce the bits of
 //! llama.cpp's CPU backend (built for AVX-512): see the `ggml_math` module for the exp recipe.
 
+use std::ops::Range;
+
 use crate::ggml_math::{self, use_avx2};
+use crate::pool::{split_range, PartsPtr, ThreadPool};
+
+/// Below this many values a batch of rows is done on the calling thread alone.
+const PARALLEL_MIN_VALUES: usize = 16 * 1024;
+
+/// Calls `f` on the rows `0..m` (of `row_len` values), split over `pool` when there are
+/// enough of them. Rows are independent, so the split never changes a result.
+fn for_row_parts(pool: &ThreadPool, m: usize, row_len: usize, f: impl Fn(Range<usize>) + Sync) {
+    if m < 2 || m * row_len < PARALLEL_MIN_VALUES || pool.n_threads() == 1 {
+        f(0..m);
+    } else {
+        pool.run(|t, n| f(split_range(m, n, t)));
+    }
+}
+
+/// [`rms_norm`] of every `weight.len()`-value row of `x` into the same row of `out`, the rows
+/// split over `pool`.
+pub fn rms_norm_rows(pool: &ThreadPool, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    assert!(d > 0 && x.len() == out.len() && x.len() % d == 0, "rms_norm_rows: length mismatch");
+    let o = PartsPtr(out.as_mut_ptr());
+    for_row_parts(pool, x.len() / d, d, |rows| {
+        // SAFETY: each part gets its own rows of `out`, and `run` joins the parts before the
+        // borrow of `out` ends.
+        let dst = unsafe { std::slice::from_raw_parts_mut(o.get().add(rows.start * d), rows.len() * d) };
+        for (src, dst) in x[rows.start * d..rows.end * d].chunks_exact(d).zip(dst.chunks_exact_mut(d)) {
+            rms_norm(src, weight, eps, dst);
+        }
+    });
+}
+
+/// [`swiglu_inplace`] over rows of `row_len` values, the rows split over `pool`.
+pub fn swiglu_rows(pool: &ThreadPool, gate: &mut [f32], up: &[f32], row_len: usize) {
+    assert!(row_len > 0 && gate.len() == up.len() && gate.len() % row_len == 0, "swiglu_rows: length mismatch");
+    let g = PartsPtr(gate.as_mut_ptr());
+    for_row_parts(pool, gate.len() / row_len, row_len, |rows| {
+        let span = rows.start * row_len..rows.end * row_len;
+        // SAFETY: as in `rms_norm_rows`: disjoint rows per part, joined before the borrow ends.
+        let dst = unsafe { std::slice::from_raw_parts_mut(g.get().add(span.start), span.len()) };
+        swiglu_inplace(dst, &up[span]);
+    });
+}
 
 /// RMSNorm of one row, scaled element-wise by `weight`: `out = x / rms(x) * weight`.
 ///
@@ -239,6 +283,34 @@ pub fn add_inplace(a: &mut [f32], b: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pool-split row ops give each row the bits of the one-row op, for batches below and
+    /// above the parallel threshold and pools of one to three threads.
+    #[test]
+    fn row_ops_split_over_the_pool_equal_one_row_at_a_time() {
+        let d = 576;
+        let weight: Vec<f32> = (0..d).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
+        for m in [1, 3, 40, 57] {
+            let x: Vec<f32> = (0..m * d).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+            let up: Vec<f32> = x.iter().map(|v| v * 0.5 + 0.1).collect();
+            let mut norm_want = vec![0.0f32; m * d];
+            let mut glu_want = x.clone();
+            for r in 0..m {
+                rms_norm(&x[r * d..(r + 1) * d], &weight, 1e-5, &mut norm_want[r * d..(r + 1) * d]);
+                swiglu_inplace(&mut glu_want[r * d..(r + 1) * d], &up[r * d..(r + 1) * d]);
+            }
+            for threads in 1..=3 {
+                let pool = ThreadPool::new(threads);
+                let mut norm = vec![f32::NAN; m * d];
+                rms_norm_rows(&pool, &x, &weight, 1e-5, &mut norm);
+                let mut glu = x.clone();
+                swiglu_rows(&pool, &mut glu, &up, d);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&norm), bits(&norm_want), "rms_norm_rows m={m} threads={threads}");
+                assert_eq!(bits(&glu), bits(&glu_want), "swiglu_rows m={m} threads={threads}");
+            }
+        }
+    }
 
     #[test]
     fn rms_norm_unit_weight() {

@@ -293,6 +293,25 @@ fn worker_loop(sh: &Shared, idx: usize) {
     }
 }
 
+/// A raw pointer the parts of one pool job share to write disjoint elements of one buffer.
+///
+/// Every user must make each part write only its own elements and let the pool join the
+/// parts before the buffer's borrow ends (`ThreadPool::run` returns only then).
+#[derive(Clone, Copy)]
+pub(crate) struct PartsPtr<T>(pub(crate) *mut T);
+// SAFETY: shared only by the parts of one job, which write disjoint elements (see above).
+unsafe impl<T> Send for PartsPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for PartsPtr<T> {}
+
+impl<T> PartsPtr<T> {
+    /// The pointer. Going through a method makes closures capture the whole (Sync) wrapper,
+    /// not the raw field.
+    pub(crate) fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
 /// The `index`-th of `parts` even, contiguous pieces of `0..len` (earlier pieces get the extras).
 pub fn split_range(len: usize, parts: usize, index: usize) -> Range<usize> {
     let parts = parts.max(1);

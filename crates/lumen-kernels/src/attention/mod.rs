@@ -42,7 +42,7 @@ use half::slice::HalfFloatSliceExt;
 
 use crate::blocks::round_f16;
 use crate::ggml_math;
-use crate::pool::ThreadPool;
+use crate::pool::{PartsPtr, ThreadPool};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -162,21 +162,6 @@ fn same_run(a: &AttnQuery<'_>, b: &AttnQuery<'_>) -> bool {
     std::ptr::eq(a.block_table, b.block_table) && b.n_ctx == a.n_ctx + 1
 }
 
-/// Raw pointer that may be shared across the pool's threads for disjoint writes.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: every use below writes only to ranges owned by one thread (disjoint by construction).
-unsafe impl Send for SharedMut {}
-// SAFETY: as above; the pointer is only dereferenced on disjoint ranges.
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    /// Going through a method makes closures capture the whole (Sync) wrapper, not the raw field.
-    fn ptr(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Attention for a batch of query tokens: `q` is `queries.len() × n_heads·head_dim`, `out` the same.
 ///
 /// `k_layer`/`v_layer` are one layer's cache storage; every position below each query's
@@ -228,15 +213,15 @@ fn paged_attention_with(
     scratch.plan(queries, geo.n_kv_heads);
     let stride = scratch.stride;
     let tasks = &scratch.tasks;
-    let scratch_ptr = SharedMut(scratch.buf.as_mut_ptr());
-    let out_ptr = SharedMut(out.as_mut_ptr());
+    let scratch_ptr = PartsPtr(scratch.buf.as_mut_ptr());
+    let out_ptr = PartsPtr(out.as_mut_ptr());
     let (hd, group) = (geo.head_dim, geo.n_heads / geo.n_kv_heads);
     assert!(!avx2 || (ggml_math::use_avx2() && hd & 7 == 0), "paged_attention: AVX2 path unavailable");
     let next_task = AtomicUsize::new(0);
     pool.run(|part, _| {
         // SAFETY: each part index runs exactly once per call and owns
         // scratch[part*stride .. (part+1)*stride]; part < n_parts == the pool's size.
-        let buf = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.ptr().add(part * stride), stride) };
+        let buf = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(part * stride), stride) };
         let (kf, rest) = buf.split_at_mut(max_ctx * hd);
         let (vf, rest) = rest.split_at_mut(max_ctx * hd);
         let (scores, rest) = rest.split_at_mut(max_ctx.next_multiple_of(64));
@@ -270,7 +255,7 @@ fn paged_attention_with(
                     attend(avx2, mode, &q[qoff..qoff + hd], queries[t].n_ctx, kf, vf, scale, bufs);
                     // SAFETY: (token, head) belongs to exactly one task, run by one part, so
                     // this output range is written by nobody else.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add(qoff), hd) };
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(qoff), hd) };
                     dst.copy_from_slice(acc);
                 }
             }

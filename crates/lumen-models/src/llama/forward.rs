@@ -5,7 +5,7 @@
 //! over its own sequence's blocks; logits are computed only for the rows that ask for them.
 
 use lumen_kernels::attention::{paged_attention, AttnQuery, AttnScratch};
-use lumen_kernels::ops::{add_inplace, rms_norm, rms_norm_heads_inplace, swiglu_inplace};
+use lumen_kernels::ops::{add_inplace, rms_norm, rms_norm_heads_inplace, rms_norm_rows, swiglu_rows};
 use lumen_kernels::{matmul, matmul_many, MatmulScratch, ThreadPool};
 
 use super::model::LlamaModel;
@@ -159,9 +159,7 @@ impl LlamaModel {
         let scale = 1.0 / (c.head_dim as f32).sqrt();
         let geo = kv.geometry();
         for (li, b) in self.blocks.iter().enumerate() {
-            for t in 0..t_total {
-                rms_norm(&x[t * d..(t + 1) * d], &b.attn_norm, c.rms_eps, &mut h[t * d..(t + 1) * d]);
-            }
+            rms_norm_rows(pool, x, &b.attn_norm, c.rms_eps, h);
             // Q, K and V read the same input: quantize it once, one dispatch for all three.
             let qkv = [b.wq.mat(&self.file), b.wk.mat(&self.file), b.wv.mat(&self.file)];
             matmul_many(pool, &qkv, h, t_total, &mut [&mut q[..], &mut k[..], &mut v[..]], &mut ws_.mm);
@@ -189,12 +187,10 @@ impl LlamaModel {
             self.linear(pool, &b.wo, attn, t_total, o, &mut ws_.mm);
             add_inplace(x, o);
 
-            for t in 0..t_total {
-                rms_norm(&x[t * d..(t + 1) * d], &b.ffn_norm, c.rms_eps, &mut h[t * d..(t + 1) * d]);
-            }
+            rms_norm_rows(pool, x, &b.ffn_norm, c.rms_eps, h);
             let gate_up = [b.w_gate.mat(&self.file), b.w_up.mat(&self.file)];
             matmul_many(pool, &gate_up, h, t_total, &mut [&mut gate[..], &mut up[..]], &mut ws_.mm);
-            swiglu_inplace(gate, up);
+            swiglu_rows(pool, gate, up, c.d_ff);
             self.linear(pool, &b.w_down, gate, t_total, o, &mut ws_.mm);
             add_inplace(x, o);
         }
