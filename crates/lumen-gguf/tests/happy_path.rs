@@ -249,3 +249,49 @@ fn open_maps_a_file_from_disk() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn load_rewriting_transforms_chosen_tensors_in_place() {
+    let dir = std::env::temp_dir().join(format!("lumen-gguf-rewrite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sample.gguf");
+    std::fs::write(&path, sample_builder(3).build()).unwrap();
+    let plain = GgufFile::load(&path).unwrap();
+    let original = plain.tensor_data(plain.tensor("b.q8_0").unwrap()).to_vec();
+
+    // Reverse the Q8_0 tensor's bytes, leave the F32 one alone.
+    let mut seen = Vec::new();
+    let f = GgufFile::load_rewriting(&path, |t, data| -> Result<bool, GgufError> {
+        seen.push((t.name.clone(), data.len() as u64 == t.n_bytes));
+        if t.name == "b.q8_0" {
+            data.reverse();
+            return Ok(true);
+        }
+        Ok(false)
+    })
+    .unwrap();
+    assert_eq!(seen, [("a.f32".to_string(), true), ("b.q8_0".to_string(), true)]);
+    let (a, b) = (f.tensor("a.f32").unwrap(), f.tensor("b.q8_0").unwrap());
+    assert!(!f.is_rewritten(a) && f.is_rewritten(b));
+    assert!(!plain.is_rewritten(plain.tensor("b.q8_0").unwrap()));
+    assert_eq!(f.tensor_data(a), &f32_bytes(8)[..]);
+    let mut want = original;
+    want.reverse();
+    assert_eq!(f.tensor_data(b), &want[..]);
+
+    // The rewriter's error stops the load and comes back as is.
+    #[derive(Debug, PartialEq)]
+    struct Refused;
+    impl From<GgufError> for Refused {
+        fn from(_: GgufError) -> Self {
+            Refused
+        }
+    }
+    let r = GgufFile::load_rewriting(&path, |_, _| -> Result<bool, Refused> { Err(Refused) });
+    assert_eq!(r.err(), Some(Refused));
+    // A file that does not parse fails before any tensor is handed out.
+    std::fs::write(dir.join("bad.gguf"), b"GGUF").unwrap();
+    let r = GgufFile::load_rewriting(&dir.join("bad.gguf"), |_, _| -> Result<bool, GgufError> { panic!("no tensors to rewrite") });
+    assert!(matches!(r, Err(GgufError::Truncated { .. })));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
