@@ -27,7 +27,7 @@ fn for_row_parts(pool: &ThreadPool, m: usize, row_len: usize, f: impl Fn(Range<u
 /// split over `pool`.
 pub fn rms_norm_rows(pool: &ThreadPool, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len();
-    assert!(d > 0 && x.len() == out.len() && x.len() % d == 0, "rms_norm_rows: length mismatch");
+    assert!(d > 0 && x.len() == out.len() && x.len().is_multiple_of(d), "rms_norm_rows: length mismatch");
     let o = PartsPtr(out.as_mut_ptr());
     for_row_parts(pool, x.len() / d, d, |rows| {
         // SAFETY: each part gets its own rows of `out`, and `run` joins the parts before the
@@ -41,7 +41,7 @@ pub fn rms_norm_rows(pool: &ThreadPool, x: &[f32], weight: &[f32], eps: f32, out
 
 /// [`swiglu_inplace`] over rows of `row_len` values, the rows split over `pool`.
 pub fn swiglu_rows(pool: &ThreadPool, gate: &mut [f32], up: &[f32], row_len: usize) {
-    assert!(row_len > 0 && gate.len() == up.len() && gate.len() % row_len == 0, "swiglu_rows: length mismatch");
+    assert!(row_len > 0 && gate.len() == up.len() && gate.len().is_multiple_of(row_len), "swiglu_rows: length mismatch");
     let g = PartsPtr(gate.as_mut_ptr());
     for_row_parts(pool, gate.len() / row_len, row_len, |rows| {
         let span = rows.start * row_len..rows.end * row_len;

@@ -75,7 +75,7 @@ pub fn packs(format: WeightFormat) -> bool {
 /// Bytes of one packed group of `cols` columns.
 pub fn packed_group_bytes(format: WeightFormat, cols: usize) -> Result<usize, KernelError> {
     let rec = record_bytes(format).ok_or(KernelError::Unsupported { op: "packed layout", format: format.name() })?;
-    if cols % QK != 0 {
+    if !cols.is_multiple_of(QK) {
         return Err(KernelError::RowNotBlockAligned { format: format.name(), cols, block: QK });
     }
     (cols / QK).checked_mul(rec).ok_or(KernelError::TooLarge { format: format.name(), rows: PACK_ROWS, cols })
@@ -98,7 +98,7 @@ pub fn pack_group(format: WeightFormat, cols: usize, src: &[u8], dst: &mut [u8])
     if dst.len() != group {
         return Err(KernelError::ShapeMismatch { what: "packed group bytes", expected: group, actual: dst.len() });
     }
-    if src.len() % rb.max(1) != 0 || src.len() > PACK_ROWS * rb {
+    if !src.len().is_multiple_of(rb.max(1)) || src.len() > PACK_ROWS * rb {
         return Err(KernelError::ShapeMismatch { what: "rows packed into one group", expected: PACK_ROWS * rb, actual: src.len() });
     }
     dst.fill(0);

@@ -73,7 +73,7 @@ fn pack_in_place(t: &TensorInfo, data: &mut [u8]) -> Result<bool, ModelError> {
     let (Ok(cols), Ok(rows)) = (usize::try_from(cols), usize::try_from(rows)) else { return Ok(false) };
     let Some(rb) = format.row_bytes(cols) else { return Ok(false) };
     let group = PACK_ROWS * rb;
-    if rows % PACK_ROWS != 0 || rows.checked_mul(rb) != Some(data.len()) || group == 0 {
+    if !rows.is_multiple_of(PACK_ROWS) || rows.checked_mul(rb) != Some(data.len()) || group == 0 {
         return Ok(false);
     }
     let mut rows_buf = vec![0u8; group];

@@ -78,7 +78,7 @@ unsafe fn rows_with<const F: u8, const V: bool, const G: usize, const C: usize, 
     r: Range<usize>,
     out: *mut f32,
 ) {
-    debug_assert!(r.start % PACK_ROWS == 0);
+    debug_assert!(r.start.is_multiple_of(PACK_ROWS));
     let (ors, m) = (w.rows(), act.m);
     let gb = act.nb * record(F);
     let (g0, g1) = (r.start / PACK_ROWS, r.end.div_ceil(PACK_ROWS));
