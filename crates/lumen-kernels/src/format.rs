@@ -71,6 +71,12 @@ impl WeightFormat {
         blocks.checked_mul(self.block_bytes())
     }
 
+    /// Bytes of a `rows x cols` matrix in ggml's layout, or why it has none.
+    pub(crate) fn matrix_bytes(self, rows: usize, cols: usize) -> Result<usize, crate::KernelError> {
+        let rb = self.row_bytes(cols).ok_or(crate::KernelError::RowNotBlockAligned { format: self.name(), cols, block: self.block_elems() })?;
+        rb.checked_mul(rows).ok_or(crate::KernelError::TooLarge { format: self.name(), rows, cols })
+    }
+
     /// Name as llama.cpp prints it ("q4_0", "f16", ...).
     pub fn name(self) -> &'static str {
         match self {

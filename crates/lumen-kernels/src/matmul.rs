@@ -37,33 +37,8 @@ impl<'a> MatRef<'a> {
         cols: usize,
         data: &'a [u8],
     ) -> Result<Self, KernelError> {
-        let row_bytes = format
-            .row_bytes(cols)
-            .ok_or(KernelError::RowNotBlockAligned {
-                format: format.name(),
-                cols,
-                block: format.block_elems(),
-            })?;
-        let total = row_bytes.checked_mul(rows).ok_or(KernelError::TooLarge {
-            format: format.name(),
-            rows,
-            cols,
-        })?;
-        if data.len() != total {
-            return Err(KernelError::ShapeMismatch {
-                what: "weight data bytes",
-                expected: total,
-                actual: data.len(),
-            });
-        }
-        Ok(MatRef {
-            format,
-            rows,
-            cols,
-            row_bytes,
-            packed: false,
-            data,
-        })
+        let total = format.matrix_bytes(rows, cols)?;
+        Self::with_layout(format, rows, cols, data, false, total, "weight data bytes")
     }
 
     /// Wraps `data` in the row-interleaved layout made by [`crate::pack`] (Q4_0, Q4_1, Q8_0),
@@ -75,22 +50,25 @@ impl<'a> MatRef<'a> {
         data: &'a [u8],
     ) -> Result<Self, KernelError> {
         let total = crate::packed::packed_len(format, rows, cols)?;
+        Self::with_layout(format, rows, cols, data, true, total, "packed weight data bytes")
+    }
+
+    /// The view, once `data` is checked to be the `total` bytes its layout needs.
+    fn with_layout(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+        packed: bool,
+        total: usize,
+        what: &'static str,
+    ) -> Result<Self, KernelError> {
         if data.len() != total {
-            return Err(KernelError::ShapeMismatch {
-                what: "packed weight data bytes",
-                expected: total,
-                actual: data.len(),
-            });
+            return Err(KernelError::ShapeMismatch { what, expected: total, actual: data.len() });
         }
+        // Both layouts exist only for block-aligned rows, so this is never the fallback.
         let row_bytes = format.row_bytes(cols).unwrap_or(0);
-        Ok(MatRef {
-            format,
-            rows,
-            cols,
-            row_bytes,
-            packed: true,
-            data,
-        })
+        Ok(MatRef { format, rows, cols, row_bytes, packed, data })
     }
 
     /// Whether the data is in the packed layout rather than ggml's.

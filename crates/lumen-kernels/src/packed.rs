@@ -124,8 +124,8 @@ pub fn pack_group(format: WeightFormat, cols: usize, src: &[u8], dst: &mut [u8])
 
 /// Packs a whole ggml-layout matrix.
 pub fn pack(format: WeightFormat, rows: usize, cols: usize, src: &[u8]) -> Result<Vec<u8>, KernelError> {
-    let rb = format.row_bytes(cols).ok_or(KernelError::RowNotBlockAligned { format: format.name(), cols, block: format.block_elems() })?;
-    let want = rb.checked_mul(rows).ok_or(KernelError::TooLarge { format: format.name(), rows, cols })?;
+    let want = format.matrix_bytes(rows, cols)?;
+    let rb = format.row_bytes(cols).unwrap_or(0);
     if src.len() != want {
         return Err(KernelError::ShapeMismatch { what: "weight data bytes", expected: want, actual: src.len() });
     }

@@ -19,33 +19,33 @@ use super::M_CHUNK;
 use crate::act::ActBuf;
 use crate::matmul::MatRef;
 use crate::packed::PACK_ROWS;
-
-/// Format tag: Q4_0 weights.
-pub(crate) const Q4_0: u8 = 0;
-/// Format tag: Q4_1 weights.
-pub(crate) const Q4_1: u8 = 1;
-/// Format tag: Q8_0 weights.
-pub(crate) const Q8_0: u8 = 2;
+use crate::WeightFormat;
+// The same format tags as the ggml-layout tiles.
+pub(crate) use super::q32::{Q4_0, Q4_1, Q8_0};
 
 /// How many tiles ahead a tile prefetches its weights.
 const PREFETCH_TILES: usize = 2;
 
+/// The weight format a tag stands for.
+const fn format(f: u8) -> WeightFormat {
+    match f {
+        Q4_0 => WeightFormat::Q4_0,
+        Q4_1 => WeightFormat::Q4_1,
+        _ => WeightFormat::Q8_0,
+    }
+}
+
 /// Bytes of a (group, block) record.
 const fn record(f: u8) -> usize {
-    match f {
-        Q4_0 => 144,
-        Q4_1 => 160,
-        _ => 272,
+    match crate::packed::record_bytes(format(f)) {
+        Some(n) => n,
+        None => 0,
     }
 }
 
 /// Bytes of scales before the quants.
 const fn scales(f: u8) -> usize {
-    if f == Q4_1 {
-        32
-    } else {
-        16
-    }
+    crate::packed::scale_bytes(format(f))
 }
 
 /// Computes columns `r` (whole groups: `r.start` is a multiple of 8) of every output row.
