@@ -102,7 +102,7 @@ fn main() {
             layouts.push(("packed", MatRef::packed(format, rows, cols, p).unwrap()));
         }
         for (layout, w) in layouts {
-        for m in [1usize, 4, 32] {
+        for m in [1usize, 4, 15, 32] {
             let x: Vec<f32> = (0..m * cols)
                 .map(|k| ((k * 7919) % 1000) as f32 / 500.0 - 1.0)
                 .collect();

@@ -62,17 +62,20 @@ pub(crate) unsafe fn rows<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>
 
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
 unsafe fn rows_vnni<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
-    rows_with::<F, true, 2, 4, 4>(w, act, r, out)
+    rows_with::<F, true, 2, 4>(w, act, r, out)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_avx2<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
-    rows_with::<F, false, 1, 4, 4>(w, act, r, out)
+    rows_with::<F, false, 1, 4>(w, act, r, out)
 }
 
-/// Walks the groups of `r` with G x C tiles (D x 1 for a single activation row).
+/// Activation rows per tile (fewer only for the last rows of a chunk).
+const C: usize = 4;
+
+/// Walks the groups of `r` with G x [`C`] tiles (D x 1 for a single activation row).
 #[inline(always)]
-unsafe fn rows_with<const F: u8, const V: bool, const G: usize, const C: usize, const D: usize>(
+unsafe fn rows_with<const F: u8, const V: bool, const G: usize, const D: usize>(
     w: &MatRef,
     act: &ActBuf,
     r: Range<usize>,
@@ -104,21 +107,45 @@ unsafe fn rows_with<const F: u8, const V: bool, const G: usize, const C: usize, 
             let mut i = i0;
             while i < i1 {
                 let o = out.add(i * ors + g * PACK_ROWS);
-                let wide = i + C <= i1;
+                // Leftover rows get a tile of their own height, not one-row tiles: batches of
+                // any size are common (sequences finish at different steps).
+                let n = (i1 - i).min(C);
                 // The weight tile stays in cache across the activation tiles: the first one
                 // prefetches the tiles ahead for all of them.
                 let (wp, left, pf) = (base.add(g * gb), ors - g * PACK_ROWS, i == i0);
-                match (full, wide) {
-                    (true, true) => tile::<F, V, G, C>(wp, gb, act, i, o, ors, left, pf),
-                    (true, false) => tile::<F, V, G, 1>(wp, gb, act, i, o, ors, left, pf),
-                    (false, true) => tile::<F, V, 1, C>(wp, gb, act, i, o, ors, left, pf),
-                    (false, false) => tile::<F, V, 1, 1>(wp, gb, act, i, o, ors, left, pf),
+                if full {
+                    tile_n::<F, V, G>(n, wp, gb, act, i, o, ors, left, pf);
+                } else {
+                    tile_n::<F, V, 1>(n, wp, gb, act, i, o, ors, left, pf);
                 }
-                i += if wide { C } else { 1 };
+                i += n;
             }
             g += if full { G } else { 1 };
         }
         i0 = i1;
+    }
+}
+
+/// [`tile`] for `n` (1..=[`C`]) activation rows.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_n<const F: u8, const V: bool, const G: usize>(
+    n: usize,
+    w: *const u8,
+    gb: usize,
+    act: &ActBuf,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+    left: usize,
+    prefetch: bool,
+) {
+    const { assert!(C == 4) };
+    match n {
+        4 => tile::<F, V, G, 4>(w, gb, act, i0, out, ors, left, prefetch),
+        3 => tile::<F, V, G, 3>(w, gb, act, i0, out, ors, left, prefetch),
+        2 => tile::<F, V, G, 2>(w, gb, act, i0, out, ors, left, prefetch),
+        _ => tile::<F, V, G, 1>(w, gb, act, i0, out, ors, left, prefetch),
     }
 }
 
