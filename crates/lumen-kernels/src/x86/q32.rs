@@ -99,14 +99,14 @@ unsafe fn batch<const F: u8, const V: bool, const BR: usize, const BC: usize>(w:
                 // The weight tile stays in cache across the activation tiles: the first one
                 // prefetches the tiles ahead for all of them.
                 let pf = i == i0;
-                let wide = i + BC <= i1;
-                match (full, wide) {
-                    (true, true) => tile::<F, V, BR, BC>(wp, rb, act, i, o, ors, pf),
-                    (true, false) => tile::<F, V, BR, 1>(wp, rb, act, i, o, ors, pf),
-                    (false, true) => tile::<F, V, 1, BC>(wp, rb, act, i, o, ors, pf),
-                    (false, false) => tile::<F, V, 1, 1>(wp, rb, act, i, o, ors, pf),
+                // Leftover rows get a tile of their own height, not one-row tiles.
+                let n = (i1 - i).min(BC);
+                if full {
+                    tile_n::<F, V, BR>(n, wp, rb, act, i, o, ors, pf);
+                } else {
+                    tile_n::<F, V, 1>(n, wp, rb, act, i, o, ors, pf);
                 }
-                i += if wide { BC } else { 1 };
+                i += n;
             }
             j += if full { BR } else { 1 };
         }
@@ -114,6 +114,19 @@ unsafe fn batch<const F: u8, const V: bool, const BR: usize, const BC: usize>(w:
     }
 }
 
+
+/// [`tile`] for `n` (1..=4) activation rows.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_n<const F: u8, const V: bool, const R: usize>(n: usize, w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, prefetch: bool) {
+    const { assert!(BATCH_C == 4) };
+    match n {
+        4 => tile::<F, V, R, 4>(w, rb, act, i0, out, ors, prefetch),
+        3 => tile::<F, V, R, 3>(w, rb, act, i0, out, ors, prefetch),
+        2 => tile::<F, V, R, 2>(w, rb, act, i0, out, ors, prefetch),
+        _ => tile::<F, V, R, 1>(w, rb, act, i0, out, ors, prefetch),
+    }
+}
 
 /// One block of one weight row as (unsigned operand for `maddubs`, sign source): Q4_1 nibbles
 /// are already unsigned; Q4_0 (`nibble - 8`) and Q8_0 use `|w|` with the sign moved onto x.
