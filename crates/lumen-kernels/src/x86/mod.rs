@@ -107,3 +107,35 @@ pub(crate) unsafe fn hsum_epi32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
     _mm_cvtsi128_si32(s)
 }
+
+/// Random weights and activations shared by the tile tests of [`q32`] and [`p8`].
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::act::ActKind;
+    use crate::{quantize_row, WeightFormat};
+
+    /// The 32-value block formats, each with the activation format it is dotted against.
+    pub(crate) const Q32_FORMATS: [(WeightFormat, ActKind); 3] =
+        [(WeightFormat::Q4_0, ActKind::Q8_0), (WeightFormat::Q4_1, ActKind::Q8_1), (WeightFormat::Q8_0, ActKind::Q8_0)];
+
+    /// A deterministic stream of values in -1..1.
+    pub(crate) struct Lcg(pub(crate) u64);
+
+    impl Lcg {
+        pub(crate) fn next(&mut self) -> f32 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+    }
+
+    /// `rows` rows of `cols` random values (-3..3) quantized to `format`, ggml layout.
+    pub(crate) fn random_rows(rng: &mut Lcg, format: WeightFormat, rows: usize, cols: usize) -> Vec<u8> {
+        let rb = format.row_bytes(cols).expect("block-aligned cols");
+        let mut data = vec![0u8; rows * rb];
+        for row in data.chunks_exact_mut(rb) {
+            let src: Vec<f32> = (0..cols).map(|_| rng.next() * 3.0).collect();
+            quantize_row(format, &src, row).expect("a quantizable format");
+        }
+        data
+    }
+}

@@ -292,10 +292,10 @@ unsafe fn tile<const F: u8, const V: bool, const G: usize, const C: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::act::ActKind;
+    use crate::pack;
     use crate::pool::ThreadPool;
     use crate::simd::SimdLevel;
-    use crate::{pack, quantize_row, WeightFormat};
+    use crate::x86::test_support::{random_rows, Lcg, Q32_FORMATS};
 
     /// The VNNI and plain AVX2 builds give the same bits (and the scalar reference's) for
     /// every format, with the matrix ending inside a group and tiles of every shape.
@@ -307,22 +307,12 @@ mod tests {
         }
         let vnni = is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
         let (rows, cols) = (45, 256);
-        let mut seed = 5u64;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
-        for (format, kind) in [(WeightFormat::Q4_0, ActKind::Q8_0), (WeightFormat::Q4_1, ActKind::Q8_1), (WeightFormat::Q8_0, ActKind::Q8_0)] {
-            let rb = format.row_bytes(cols).unwrap();
-            let mut data = vec![0u8; rows * rb];
-            for r in 0..rows {
-                let src: Vec<f32> = (0..cols).map(|_| rnd() * 3.0).collect();
-                quantize_row(format, &src, &mut data[r * rb..(r + 1) * rb]).unwrap();
-            }
-            let packed = pack(format, rows, cols, &data).unwrap();
+        let mut rng = Lcg(5);
+        for (format, kind) in Q32_FORMATS {
+            let packed = pack(format, rows, cols, &random_rows(&mut rng, format, rows, cols)).unwrap();
             let w = MatRef::packed(format, rows, cols, &packed).unwrap();
             for m in [1, 2, 5, 11] {
-                let x: Vec<f32> = (0..m * cols).map(|_| rnd()).collect();
+                let x: Vec<f32> = (0..m * cols).map(|_| rng.next()).collect();
                 let mut act = ActBuf::default();
                 act.prepare(kind, &x, m, cols, SimdLevel::Avx2, &ThreadPool::new(1));
                 let scalar: Vec<u32> = (0..m * rows).map(|k| crate::packed::dot(format, &packed, cols, k % rows, &act, k / rows).to_bits()).collect();

@@ -327,10 +327,10 @@ unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::act::ActKind;
     use crate::pool::ThreadPool;
     use crate::simd::SimdLevel;
-    use crate::{quantize_row, WeightFormat};
+    use crate::x86::test_support::{random_rows, Lcg, Q32_FORMATS};
+    use crate::WeightFormat;
 
     /// The VNNI and plain AVX2 builds give the same bits for every format and tile shape.
     #[test]
@@ -340,21 +340,12 @@ mod tests {
             return;
         }
         let (rows, cols) = (21, 256);
-        let mut seed = 5u64;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
-        for (format, kind) in [(WeightFormat::Q4_0, ActKind::Q8_0), (WeightFormat::Q4_1, ActKind::Q8_1), (WeightFormat::Q8_0, ActKind::Q8_0)] {
-            let rb = format.row_bytes(cols).unwrap();
-            let mut data = vec![0u8; rows * rb];
-            for r in 0..rows {
-                let src: Vec<f32> = (0..cols).map(|_| rnd() * 3.0).collect();
-                quantize_row(format, &src, &mut data[r * rb..(r + 1) * rb]).unwrap();
-            }
+        let mut rng = Lcg(5);
+        for (format, kind) in Q32_FORMATS {
+            let data = random_rows(&mut rng, format, rows, cols);
             let w = MatRef::new(format, rows, cols, &data).unwrap();
             for m in [1, 2, 5] {
-                let x: Vec<f32> = (0..m * cols).map(|_| rnd()).collect();
+                let x: Vec<f32> = (0..m * cols).map(|_| rng.next()).collect();
                 let mut act = ActBuf::default();
                 act.prepare(kind, &x, m, cols, SimdLevel::Avx2, &ThreadPool::new(1));
                 let (mut a, mut b) = (vec![0.0f32; m * rows], vec![1.0f32; m * rows]);
