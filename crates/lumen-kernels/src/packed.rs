@@ -124,11 +124,8 @@ pub fn pack_group(format: WeightFormat, cols: usize, src: &[u8], dst: &mut [u8])
 
 /// Packs a whole ggml-layout matrix.
 pub fn pack(format: WeightFormat, rows: usize, cols: usize, src: &[u8]) -> Result<Vec<u8>, KernelError> {
-    let want = format.matrix_bytes(rows, cols)?;
-    let rb = format.row_bytes(cols).unwrap_or(0);
-    if src.len() != want {
-        return Err(KernelError::ShapeMismatch { what: "weight data bytes", expected: want, actual: src.len() });
-    }
+    // The same shape check as any ggml-layout matrix.
+    let rb = crate::MatRef::new(format, rows, cols, src)?.row_bytes();
     let group = packed_group_bytes(format, cols)?;
     let mut out = vec![0u8; packed_len(format, rows, cols)?];
     if group > 0 {
@@ -137,6 +134,15 @@ pub fn pack(format: WeightFormat, rows: usize, cols: usize, src: &[u8]) -> Resul
         }
     }
     Ok(out)
+}
+
+/// Row `r`'s lane in its group, and its group's records (one per block, in order).
+fn row_records(format: WeightFormat, data: &[u8], cols: usize, r: usize) -> (usize, std::slice::ChunksExact<'_, u8>) {
+    // Only called for a packed MatRef, whose format has records (checked at construction).
+    let rec = record_bytes(format).unwrap_or(1);
+    let group = (cols / QK) * rec;
+    let g = r / PACK_ROWS;
+    (r % PACK_ROWS, data[g * group..(g + 1) * group].chunks_exact(rec))
 }
 
 /// Signed weight value `e` (0..32) of row `j` in record `r`, as ggml defines it.
@@ -159,10 +165,8 @@ fn value(format: WeightFormat, r: &[u8], j: usize, e: usize) -> i32 {
 
 /// Row `r` of a packed matrix (`data`, `cols` columns) as f32.
 pub(crate) fn dequantize_row(format: WeightFormat, data: &[u8], cols: usize, r: usize, out: &mut [f32]) {
-    let (rec, nb) = (record_bytes(format).unwrap_or(0), cols / QK);
-    let (g, j) = (r / PACK_ROWS, r % PACK_ROWS);
-    for b in 0..nb {
-        let rd = &data[(g * nb + b) * rec..(g * nb + b + 1) * rec];
+    let (j, records) = row_records(format, data, cols, r);
+    for (b, rd) in records.enumerate() {
         let d = f16_at(rd, 2 * j);
         for e in 0..QK {
             let v = value(format, rd, j, e) as f32 * d;
@@ -175,12 +179,10 @@ pub(crate) fn dequantize_row(format: WeightFormat, data: &[u8], cols: usize, r: 
 /// The reference dot of packed row `r` with activation row `i` (the arithmetic in the module
 /// doc; the SIMD tiles must match it bit for bit).
 pub(crate) fn dot(format: WeightFormat, data: &[u8], cols: usize, r: usize, a: &ActBuf, i: usize) -> f32 {
-    let (rec, nb) = (record_bytes(format).unwrap_or(0), cols / QK);
-    let (g, j) = (r / PACK_ROWS, r % PACK_ROWS);
+    let (j, records) = row_records(format, data, cols, r);
     let xq = a.row_qs(i);
     let mut acc = 0.0f32;
-    for b in 0..nb {
-        let rd = &data[(g * nb + b) * rec..(g * nb + b + 1) * rec];
+    for (b, rd) in records.enumerate() {
         let x = &xq[b * QK..(b + 1) * QK];
         let isum: i32 = (0..QK).map(|e| value(format, rd, j, e) * x[e] as i32).sum();
         let k = a.at(b, i);
