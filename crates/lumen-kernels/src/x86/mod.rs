@@ -8,6 +8,7 @@ pub(crate) mod fl;
 pub(crate) mod kdirect;
 pub(crate) mod kq;
 pub(crate) mod p8;
+mod p8x2;
 pub(crate) mod q32;
 pub(crate) mod quant;
 
@@ -18,12 +19,13 @@ use crate::act::ActBuf;
 use crate::matmul::MatRef;
 use crate::WeightFormat;
 
-/// Whether the integer dots may use AVX512-VNNI's `vpdpbusd` on 256-bit registers (same
-/// results as AVX2's `maddubs` + `madd`, one instruction instead of two).
-/// `LUMEN_KERNELS=avx2` turns it off.
+/// Whether the integer dots may use AVX512-VNNI's `vpdpbusd` (same results as AVX2's
+/// `maddubs` + `madd`, one instruction instead of two), on 256-bit registers or, for the
+/// packed layout, 512-bit ones (hence AVX512-BW, which every VNNI core has, for the 512-bit
+/// byte operations). `LUMEN_KERNELS=avx2` turns it off.
 pub(crate) fn vnni() -> bool {
     static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *VNNI.get_or_init(|| avx512vl() && is_x86_feature_detected!("avx512vnni"))
+    *VNNI.get_or_init(|| avx512vl() && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw"))
 }
 
 /// Whether 256-bit code may use AVX-512VL's 32 vector registers (same results, fewer

@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::M_CHUNK;
+use super::{p8x2, M_CHUNK};
 use crate::act::ActBuf;
 use crate::matmul::MatRef;
 use crate::packed::PACK_ROWS;
@@ -24,7 +24,7 @@ use crate::WeightFormat;
 pub(crate) use super::q32::{Q4_0, Q4_1, Q8_0};
 
 /// How many tiles ahead a tile prefetches its weights.
-const PREFETCH_TILES: usize = 2;
+pub(super) const PREFETCH_TILES: usize = 2;
 
 /// The weight format a tag stands for.
 const fn format(f: u8) -> WeightFormat {
@@ -36,7 +36,7 @@ const fn format(f: u8) -> WeightFormat {
 }
 
 /// Bytes of a (group, block) record.
-const fn record(f: u8) -> usize {
+pub(super) const fn record(f: u8) -> usize {
     match crate::packed::record_bytes(format(f)) {
         Some(n) => n,
         None => 0,
@@ -44,7 +44,7 @@ const fn record(f: u8) -> usize {
 }
 
 /// Bytes of scales before the quants.
-const fn scales(f: u8) -> usize {
+pub(super) const fn scales(f: u8) -> usize {
     crate::packed::scale_bytes(format(f))
 }
 
@@ -60,11 +60,11 @@ pub(crate) unsafe fn rows<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>
     }
 }
 
-/// 2 groups x 4 rows with AVX-512VL's 32 registers (one thread, m=32: 3x4, 2x6, 4x2, 1x8 and
-/// 1x12 measured no faster), 4 groups for single-row decode.
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+/// Pairs of groups as 512-bit tiles ([`super::p8x2`]), a last odd group as 1 x 4; 4 groups
+/// for single-row decode.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512f,avx512bw")]
 unsafe fn rows_vnni<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
-    rows_with::<F, true, 2, 4>(w, act, r, out)
+    rows_with::<F, true, 1, 4>(w, act, r, out)
 }
 
 /// 1 group x 4 rows: the accumulators of a wider tile would not fit AVX2's 16 registers.
@@ -76,7 +76,8 @@ unsafe fn rows_avx2<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>, out:
 /// Activation rows per tile (fewer only for the last rows of a chunk).
 const C: usize = 4;
 
-/// Walks the groups of `r` with G x [`C`] tiles (D x 1 for a single activation row).
+/// Walks the groups of `r` with G x [`C`] tiles (D x 1 for a single activation row); with
+/// VNNI (`V`), pairs of groups go to 512-bit tiles of [`p8x2::C`] rows.
 #[inline(always)]
 unsafe fn rows_with<const F: u8, const V: bool, const G: usize, const D: usize>(
     w: &MatRef,
@@ -106,24 +107,27 @@ unsafe fn rows_with<const F: u8, const V: bool, const G: usize, const D: usize>(
         let i1 = m.min(i0 + M_CHUNK);
         let mut g = g0;
         while g < g1 {
+            let pair = V && g + 2 <= g1;
             let full = g + G <= g1;
             let mut i = i0;
             while i < i1 {
                 let o = out.add(i * ors + g * PACK_ROWS);
                 // Leftover rows get a tile of their own height, not one-row tiles: batches of
                 // any size are common (sequences finish at different steps).
-                let n = (i1 - i).min(C);
+                let n = (i1 - i).min(if pair { p8x2::C } else { C });
                 // The weight tile stays in cache across the activation tiles: the first one
                 // prefetches the tiles ahead for all of them.
                 let (wp, left, pf) = (base.add(g * gb), ors - g * PACK_ROWS, i == i0);
-                if full {
+                if pair {
+                    p8x2::tile_n::<F>(n, wp, gb, act, i, o, ors, left, pf);
+                } else if full {
                     tile_n::<F, V, G>(n, wp, gb, act, i, o, ors, left, pf);
                 } else {
                     tile_n::<F, V, 1>(n, wp, gb, act, i, o, ors, left, pf);
                 }
                 i += n;
             }
-            g += if full { G } else { 1 };
+            g += if pair { 2 } else if full { G } else { 1 };
         }
         i0 = i1;
     }
@@ -298,20 +302,21 @@ mod tests {
     use crate::x86::test_support::{random_rows, Lcg, Q32_FORMATS};
 
     /// The VNNI and plain AVX2 builds give the same bits (and the scalar reference's) for
-    /// every format, with the matrix ending inside a group and tiles of every shape.
+    /// every format, with the matrix ending inside a group and tiles of every shape (on VNNI
+    /// cores the pairs of groups run as 512-bit tiles of 8, 3 and 5 rows).
     #[test]
     fn vnni_avx2_and_scalar_agree() {
         if !SimdLevel::Avx2.is_supported() {
             eprintln!("AVX2 not available; skipping");
             return;
         }
-        let vnni = is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
+        let vnni = crate::x86::vnni();
         let (rows, cols) = (45, 256);
         let mut rng = Lcg(5);
         for (format, kind) in Q32_FORMATS {
             let packed = pack(format, rows, cols, &random_rows(&mut rng, format, rows, cols)).unwrap();
             let w = MatRef::packed(format, rows, cols, &packed).unwrap();
-            for m in [1, 2, 5, 11] {
+            for m in [1, 2, 5, 8, 11, 19] {
                 let x: Vec<f32> = (0..m * cols).map(|_| rng.next()).collect();
                 let mut act = ActBuf::default();
                 act.prepare(kind, &x, m, cols, SimdLevel::Avx2, &ThreadPool::new(1));
