@@ -67,7 +67,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub engine: bool,
     /// Weight layout: `ggml` (llama.cpp's arithmetic, bit for bit) or `packed` (row-interleaved
-    /// Q4_0/Q4_1/Q8_0, faster, equal within float rounding).
+    /// Q4_0/Q4_1/Q8_0 and fast attention arithmetic: faster, equal within float rounding).
     #[arg(long, env = "LUMEN_WEIGHT_LAYOUT", default_value_t = WeightLayout::default())]
     pub weight_layout: WeightLayout,
     /// Print JSON instead of a table.

@@ -117,7 +117,7 @@ impl ChatModel {
             return Err(EngineError::WrongModelKind { name: loc.name.clone(), expected: "chat" });
         }
         let file = Arc::new(load_gguf(&loc.path, layout)?);
-        let model = LlamaModel::load(file.clone())?;
+        let model = LlamaModel::load(file.clone(), layout)?;
         let tokenizer = Tokenizer::from_gguf(file.metadata())?;
         let template = ChatTemplate::from_metadata(file.metadata(), &tokenizer)?;
         Ok(ChatModel { name: loc.name.clone(), model: Arc::new(model), tokenizer: Arc::new(tokenizer), template })

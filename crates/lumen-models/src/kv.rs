@@ -42,13 +42,16 @@ impl KvStorage {
 
     /// Writes one token's key and value rows (`kv_dim` each) at `pos` of a sequence.
     pub fn write(&mut self, layer: usize, block_table: &[u32], pos: usize, key: &[f32], value: &[f32]) {
-        let off = self.geo.slot_offset(block_table, pos);
-        let kv_dim = self.geo.kv_dim();
-        // The slice conversion uses F16C when the CPU has it (the scalar one is software);
-        // both round to nearest even, like ggml's f32 -> f16.
-        let (nk, nv) = (kv_dim.min(key.len()), kv_dim.min(value.len()));
-        self.k[layer][off..off + nk].convert_from_f32_slice(&key[..nk]);
-        self.v[layer][off..off + nv].convert_from_f32_slice(&value[..nv]);
+        let hd = self.geo.head_dim;
+        assert!(key.len() == self.geo.kv_dim() && value.len() == key.len(), "KvStorage::write: rows of {} values", self.geo.kv_dim());
+        // Each KV head's values sit in their own part of the block (see KvGeometry).
+        for (h, (k, v)) in key.chunks_exact(hd).zip(value.chunks_exact(hd)).enumerate() {
+            let off = self.geo.head_offset(block_table, pos, h);
+            // The slice conversion uses F16C when the CPU has it (the scalar one is software);
+            // both round to nearest even, like ggml's f32 -> f16.
+            self.k[layer][off..off + hd].convert_from_f32_slice(k);
+            self.v[layer][off..off + hd].convert_from_f32_slice(v);
+        }
     }
 
     /// Copies one block's contents (all layers) to another: copy-on-write for shared blocks.

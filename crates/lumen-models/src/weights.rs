@@ -2,19 +2,22 @@
 //! the file's resident copy (never a second copy), small vectors (norms, biases) are converted
 //! to f32 once at load.
 //!
-//! Two layouts ([`WeightLayout`]). By default matrices stay as stored, and their matmuls
-//! reproduce llama.cpp's summation order bit for bit. With [`WeightLayout::Packed`], Q4_0, Q4_1
+//! Two layouts ([`WeightLayout`]), each with the attention arithmetic that goes with it. By
+//! default matrices stay as stored, and their matmuls (and attention) reproduce llama.cpp's
+//! summation order bit for bit. With [`WeightLayout::Packed`], Q4_0, Q4_1
 //! and Q8_0 matrices whose row count is a multiple of eight are rewritten in place at load into
 //! the kernels' row-interleaved layout ([`lumen_kernels::pack`]): same bytes per row, about
 //! 2.4x the multiply throughput for batches, and outputs that differ from llama.cpp's by float
 //! rounding. On a model whose activations have large outliers (SmolLM2) that rounding can flip
 //! an 8-bit activation quant, so logits move by up to a few tenths and greedy text can diverge
-//! from llama.cpp's after some tokens; hence opt-in.
+//! from llama.cpp's after some tokens; hence opt-in. The packed layout also switches attention
+//! to its fast arithmetic (f32 sums in the cheapest order), which is no further from llama.cpp.
 
 use std::path::Path;
 
 use half::{bf16, f16};
 use lumen_gguf::{GgmlType, GgufFile, TensorInfo};
+use lumen_kernels::attention::AttnArith;
 use lumen_kernels::{pack_group, packs, MatRef, WeightFormat, PACK_ROWS};
 
 use crate::ModelError;
@@ -25,11 +28,23 @@ pub enum WeightLayout {
     /// As in the file (the default): outputs equal llama.cpp's bit for bit.
     #[default]
     Ggml,
-    /// Row-interleaved for the kernels: fastest, equal to llama.cpp within float rounding.
+    /// Row-interleaved for the kernels, with the fast attention arithmetic: fastest, equal
+    /// to llama.cpp within float rounding.
     Packed,
 }
 
 impl WeightLayout {
+    /// The attention arithmetic that goes with the layout: llama.cpp's with its weights,
+    /// the fast one with the packed layout, whose results are already equal to llama.cpp's
+    /// only within float rounding (the fast attention is about twice as fast when 32
+    /// sequences' caches stream from memory; see `lumen_kernels::attention`).
+    pub fn attention(self) -> AttnArith {
+        match self {
+            WeightLayout::Ggml => AttnArith::LlamaCpp,
+            WeightLayout::Packed => AttnArith::Fast,
+        }
+    }
+
     /// The name `FromStr` takes.
     pub fn name(self) -> &'static str {
         match self {

@@ -5,7 +5,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lumen_kernels::ThreadPool;
-use lumen_models::{ForwardWorkspace, KvStorage, LlamaModel, LogitsWanted, SeqChunk};
+use lumen_models::{ForwardWorkspace, KvStorage, LlamaModel, LogitsWanted, SeqChunk, WeightLayout};
 
 struct Counting;
 
@@ -31,8 +31,15 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn warm_decode_steps_do_not_allocate() {
+    // One test, not two: the counter is global, and tests of one binary run in parallel.
+    for layout in [WeightLayout::Ggml, WeightLayout::Packed] {
+        warm_decode_steps_do_not_allocate_in(layout);
+    }
+}
+
+fn warm_decode_steps_do_not_allocate_in(layout: WeightLayout) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llama/tiny_llama_q4_1.gguf");
-    let model = LlamaModel::open(&path).unwrap();
+    let model = LlamaModel::open_with(&path, layout).unwrap();
     let geo = model.kv_geometry(16);
     let (n_seqs, prompt, steps) = (4usize, 20usize, 12usize);
     let blocks_per_seq = (prompt + steps + 8).div_ceil(16);
@@ -62,7 +69,7 @@ fn warm_decode_steps_do_not_allocate() {
             model.forward(&pool, &batch, &mut kv, &mut ws).unwrap();
             let made = ALLOCATIONS.load(Ordering::Relaxed) - before;
             if step > 0 {
-                assert_eq!(made, 0, "step {step}, {width} sequence(s): {made} allocations");
+                assert_eq!(made, 0, "{layout}: step {step}, {width} sequence(s): {made} allocations");
             }
         }
     }

@@ -191,7 +191,7 @@ unsafe fn lanes8<const HD: usize>(batched: bool, q: *const f32, k: *const f32, h
 /// Lane `i` is [`hsum8`] of `v[i]`, with the same additions in the same order.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn hsum8x8(v: [__m256; 8]) -> __m256 {
+pub(super) unsafe fn hsum8x8(v: [__m256; 8]) -> __m256 {
     let (t01, t23, t45, t67) = (fold_halves(v[0], v[1]), fold_halves(v[2], v[3]), fold_halves(v[4], v[5]), fold_halves(v[6], v[7]));
     let (e0123, e4567) = (fold_pairs(t01, t23), fold_pairs(t45, t67));
     // (t0 + t2) + (t1 + t3), in lanes o0 o2 o4 o6 | o1 o3 o5 o7.

@@ -3,7 +3,9 @@
 //! The cache for one layer is a pool of fixed-size blocks, each `block_size` token slots of
 //! `n_kv_heads * head_dim` f16 values, block-major so one block is contiguous. A sequence sees
 //! its keys and values through its block table: token position `p` lives in block
-//! `table[p / block_size]`, slot `p % block_size`.
+//! `table[p / block_size]`, slot `p % block_size`. Inside a block the values are head-major
+//! (`[kv_head][slot][head_dim]`), so that one KV head's keys of a block are one contiguous
+//! piece, not `head_dim`-sized pieces `kv_dim` apart.
 //!
 //! Numerics reproduce, bit for bit, llama.cpp's CPU path (no flash attention, f16 cache, ggml
 //! built for AVX-512). llama.cpp has two: a step with one token uses `ggml_vec_dot_f16`, a step
@@ -46,7 +48,10 @@ use crate::pool::{PartsPtr, ThreadPool};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod fast;
 mod scalar;
+#[cfg(test)]
+mod fast_tests;
 #[cfg(test)]
 mod tests;
 
@@ -76,12 +81,25 @@ impl KvGeometry {
         self.block_size * self.kv_dim()
     }
 
-    /// Offset of token position `pos` in a layer's storage, given the block table.
+    /// Offset of KV head `kv_head`'s `head_dim` values for token position `pos` in a layer's
+    /// storage, given the block table. Later positions of the same block follow contiguously.
     #[inline]
-    pub fn slot_offset(&self, block_table: &[u32], pos: usize) -> usize {
+    pub fn head_offset(&self, block_table: &[u32], pos: usize, kv_head: usize) -> usize {
         let block = block_table[pos / self.block_size] as usize;
-        block * self.block_elems() + (pos % self.block_size) * self.kv_dim()
+        block * self.block_elems() + (kv_head * self.block_size + pos % self.block_size) * self.head_dim
     }
+}
+
+/// Which arithmetic attention follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttnArith {
+    /// llama.cpp's, bit for bit (the default; see the module docs).
+    #[default]
+    LlamaCpp,
+    /// f32 sums in the cheapest order, straight from the f16 cache block by block
+    /// (`fast.rs`): llama.cpp's roundings but not its summation order, about twice as fast
+    /// when the cache streams from memory.
+    Fast,
 }
 
 /// One query token of a batch: how much context it sees and where that context lives.
@@ -101,15 +119,17 @@ pub struct AttnQuery<'a> {
 pub struct AttnScratch {
     buf: Vec<f32>,
     stride: usize,
+    runs: Vec<Task>,
     tasks: Vec<Task>,
 }
 
-/// A run of consecutive query tokens of one sequence, for one KV head.
+/// A run of consecutive query tokens of one sequence, for KV heads `kv_head..kv_head + n_kv`.
 #[derive(Clone, Copy, Debug)]
 struct Task {
     first: usize,
     end: usize,
     kv_head: usize,
+    n_kv: usize,
 }
 
 /// Most query tokens one task covers: long prefills split into several tasks so both cores
@@ -125,30 +145,44 @@ impl AttnScratch {
         Self::default()
     }
 
-    fn ensure(&mut self, parts: usize, max_ctx: usize, head_dim: usize) {
+    fn ensure(&mut self, arith: AttnArith, parts: usize, max_ctx: usize, geo: &KvGeometry) {
         // Room for a whole 256-token stretch of context, so that a decode step (one more
         // position each time) reallocates once per 256 steps, not every step.
         let room = max_ctx.next_multiple_of(256);
-        let stride = 2 * room * head_dim + room + (ROWS + 2) * head_dim;
+        let head_dim = geo.head_dim;
+        let stride = match arith {
+            AttnArith::LlamaCpp => 2 * room * head_dim + room + (ROWS + 2) * head_dim,
+            AttnArith::Fast => {
+                let nq = RUN_TOKENS * geo.n_heads;
+                geo.block_elems() + nq * (fast::score_stride(room) + 2 * head_dim)
+            }
+        };
         if self.stride < stride || self.buf.len() < parts * self.stride.max(stride) {
             self.stride = stride.max(self.stride);
             self.buf = vec![0.0; parts * self.stride];
         }
     }
 
-    /// Splits the batch into runs of consecutive tokens of one sequence, times KV heads.
-    fn plan(&mut self, queries: &[AttnQuery<'_>], n_kv_heads: usize) {
-        self.tasks.clear();
+    /// Splits the batch into runs of consecutive tokens of one sequence, times KV heads:
+    /// one task per KV head, or, when `whole` and there are runs enough to keep `threads`
+    /// busy, one task for all of a run's heads (it then reads each cache block as one
+    /// contiguous piece, which streams from memory faster: see `fast.rs`).
+    fn plan(&mut self, queries: &[AttnQuery<'_>], n_kv_heads: usize, whole: bool, threads: usize) {
+        self.runs.clear();
         let mut first = 0;
         while first < queries.len() {
             let mut end = first + 1;
             while end < queries.len() && end - first < RUN_TOKENS && same_run(&queries[end - 1], &queries[end]) {
                 end += 1;
             }
-            for kv_head in 0..n_kv_heads {
-                self.tasks.push(Task { first, end, kv_head });
-            }
+            self.runs.push(Task { first, end, kv_head: 0, n_kv: n_kv_heads });
             first = end;
+        }
+        self.tasks.clear();
+        if whole && self.runs.len() >= 2 * threads {
+            self.tasks.extend_from_slice(&self.runs);
+        } else {
+            self.tasks.extend(self.runs.iter().flat_map(|r| (0..n_kv_heads).map(move |kv_head| Task { kv_head, n_kv: 1, ..*r })));
         }
         // Threads claim tasks in this order: longest first, so that under a causal prompt
         // (whose late tokens see the most context) no thread is left with the long tail.
@@ -169,6 +203,7 @@ fn same_run(a: &AttnQuery<'_>, b: &AttnQuery<'_>) -> bool {
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     pool: &ThreadPool,
+    arith: AttnArith,
     geo: KvGeometry,
     queries: &[AttnQuery<'_>],
     q: &[f32],
@@ -179,7 +214,7 @@ pub fn paged_attention(
     out: &mut [f32],
 ) {
     let avx2 = ggml_math::use_avx2() && geo.head_dim & 7 == 0;
-    paged_attention_with(avx2, pool, geo, queries, q, k_layer, v_layer, scale, scratch, out);
+    paged_attention_with(avx2, pool, arith, geo, queries, q, k_layer, v_layer, scale, scratch, out);
 }
 
 /// [`paged_attention`] on the AVX2 path or the scalar one (`avx2` requires CPU support).
@@ -187,6 +222,7 @@ pub fn paged_attention(
 fn paged_attention_with(
     avx2: bool,
     pool: &ThreadPool,
+    arith: AttnArith,
     geo: KvGeometry,
     queries: &[AttnQuery<'_>],
     q: &[f32],
@@ -209,8 +245,8 @@ fn paged_attention_with(
         }
     }
     let parts = pool.n_threads();
-    scratch.ensure(parts, max_ctx, geo.head_dim);
-    scratch.plan(queries, geo.n_kv_heads);
+    scratch.ensure(arith, parts, max_ctx, &geo);
+    scratch.plan(queries, geo.n_kv_heads, arith == AttnArith::Fast, parts);
     let stride = scratch.stride;
     let tasks = &scratch.tasks;
     let scratch_ptr = PartsPtr(scratch.buf.as_mut_ptr());
@@ -222,6 +258,9 @@ fn paged_attention_with(
         // SAFETY: each part index runs exactly once per call and owns
         // scratch[part*stride .. (part+1)*stride]; part < n_parts == the pool's size.
         let buf = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(part * stride), stride) };
+        if arith == AttnArith::Fast {
+            return run_fast_tasks(avx2, &geo, queries, tasks, &next_task, q, k_layer, v_layer, scale, buf, out_ptr);
+        }
         let (kf, rest) = buf.split_at_mut(max_ctx * hd);
         let (vf, rest) = rest.split_at_mut(max_ctx * hd);
         let (scores, rest) = rest.split_at_mut(max_ctx.next_multiple_of(64));
@@ -233,18 +272,16 @@ fn paged_attention_with(
             let Some(task) = tasks.get(claimed) else { break };
             // Convert this run's context for its KV head once; every query of the run and
             // every query head of the group reads it.
-            // One call per cache block (its slots are `kv_dim` apart) rather than per position.
+            // One call per cache block, whose rows for this head are contiguous.
             let ctx = queries[task.end - 1].n_ctx;
             let table = queries[task.first].block_table;
-            let kv_dim = geo.kv_dim();
             let mut pos = 0;
             while pos < ctx {
                 let n = (geo.block_size - pos % geo.block_size).min(ctx - pos);
-                let off = geo.slot_offset(table, pos) + task.kv_head * hd;
-                let src = off..off + (n - 1) * kv_dim + hd;
-                let dst = pos * hd..(pos + n) * hd;
-                widen_rows(avx2, &k_layer[src.clone()], kv_dim, hd, &mut kf[dst.clone()]);
-                widen_rows(avx2, &v_layer[src], kv_dim, hd, &mut vf[dst]);
+                let off = geo.head_offset(table, pos, task.kv_head);
+                let (src, dst) = (off..off + n * hd, pos * hd..(pos + n) * hd);
+                widen_rows(avx2, &k_layer[src.clone()], hd, hd, &mut kf[dst.clone()]);
+                widen_rows(avx2, &v_layer[src], hd, hd, &mut vf[dst]);
                 pos += n;
             }
             for t in task.first..task.end {
@@ -261,6 +298,44 @@ fn paged_attention_with(
             }
         }
     });
+}
+
+/// The tasks this thread claims, with the fast arithmetic; `buf` is its scratch.
+#[allow(clippy::too_many_arguments)]
+fn run_fast_tasks(
+    avx2: bool,
+    geo: &KvGeometry,
+    queries: &[AttnQuery<'_>],
+    tasks: &[Task],
+    next_task: &AtomicUsize,
+    q: &[f32],
+    k_layer: &[f16],
+    v_layer: &[f16],
+    scale: f32,
+    buf: &mut [f32],
+    out: PartsPtr<f32>,
+) {
+    let (hd, group) = (geo.head_dim, geo.n_heads / geo.n_kv_heads);
+    let q_dim = geo.n_heads * hd;
+    let max_ctx = queries.iter().map(|t| t.n_ctx).max().unwrap_or(0);
+    let nq = RUN_TOKENS * geo.n_heads;
+    let (kv, rest) = buf.split_at_mut(geo.block_elems());
+    let (scores, rest) = rest.split_at_mut(nq * fast::score_stride(max_ctx));
+    let (acc, rest) = rest.split_at_mut(nq * hd);
+    let qh = &mut rest[..nq * hd];
+    loop {
+        let claimed = next_task.fetch_add(1, Ordering::Relaxed);
+        let Some(&task) = tasks.get(claimed) else { break };
+        let bufs = fast::FastBufs { kv: &mut *kv, scores: &mut *scores, acc: &mut *acc, qh: &mut *qh };
+        fast::run_task(avx2, geo, queries, task, q, k_layer, v_layer, scale, bufs);
+        let heads = task.n_kv * group;
+        for (j, res) in acc.chunks_exact(hd).take((task.end - task.first) * heads).enumerate() {
+            let qoff = (task.first + j / heads) * q_dim + (task.kv_head * group + j % heads) * hd;
+            // SAFETY: (token, head) belongs to exactly one task, run by one thread, so this
+            // output range is written by nobody else.
+            unsafe { std::slice::from_raw_parts_mut(out.get().add(qoff), hd) }.copy_from_slice(res);
+        }
+    }
 }
 
 /// Scratch slices for one (token, head): `scores` holds at least `n_ctx` rounded up to 64,

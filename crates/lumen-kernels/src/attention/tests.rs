@@ -33,12 +33,12 @@ fn matches_reference_through_scattered_blocks() {
     let mut ks = vec![vec![vec![0.0f32; 8]; n_ctx]; 2];
     let mut vs = ks.clone();
     for pos in 0..n_ctx {
-        let off = geo.slot_offset(&table, pos);
         for kvh in 0..2 {
+            let off = geo.head_offset(&table, pos, kvh);
             for d in 0..8 {
                 let (a, b) = (f16::from_f32(rnd()), f16::from_f32(rnd()));
-                k[off + kvh * 8 + d] = a;
-                v[off + kvh * 8 + d] = b;
+                k[off + d] = a;
+                v[off + d] = b;
                 ks[kvh][pos][d] = a.to_f32();
                 vs[kvh][pos][d] = b.to_f32();
             }
@@ -48,7 +48,7 @@ fn matches_reference_through_scattered_blocks() {
     let pool = ThreadPool::new(3);
     let mut out = vec![0.0; 32];
     let queries = [AttnQuery { n_ctx, block_table: &table, prompt: false }];
-    paged_attention(&pool, geo, &queries, &q, &k, &v, 0.5, &mut AttnScratch::new(), &mut out);
+    paged_attention(&pool, AttnArith::LlamaCpp, geo, &queries, &q, &k, &v, 0.5, &mut AttnScratch::new(), &mut out);
     for h in 0..4 {
         let want = reference(&q[h * 8..h * 8 + 8], &ks[h / 2], &vs[h / 2], 0.5);
         for d in 0..8 {
@@ -60,7 +60,7 @@ fn matches_reference_through_scattered_blocks() {
     let mut q2 = q.clone();
     q2.extend_from_slice(&q);
     let mut out2 = vec![0.0; 64];
-    paged_attention(&ThreadPool::new(1), geo, &queries2, &q2, &k, &v, 0.5, &mut AttnScratch::new(), &mut out2);
+    paged_attention(&ThreadPool::new(1), AttnArith::LlamaCpp, geo, &queries2, &q2, &k, &v, 0.5, &mut AttnScratch::new(), &mut out2);
     assert_eq!(&out2[32..], &out[..]);
 }
 
@@ -76,12 +76,12 @@ fn short_call_after_long_one_reuses_scratch() {
     let long: Vec<AttnQuery> = (1..=30).map(|n| AttnQuery { n_ctx: n, block_table: &table, prompt: false }).collect();
     let q = vec![0.1f32; long.len() * 16];
     let mut out = vec![0.0; q.len()];
-    paged_attention(&pool, geo, &long, &q, &k, &v, 0.3, &mut scratch, &mut out);
+    paged_attention(&pool, AttnArith::LlamaCpp, geo, &long, &q, &k, &v, 0.3, &mut scratch, &mut out);
     let short = [AttnQuery { n_ctx: 3, block_table: &table, prompt: false }];
     let mut after = vec![0.0; 16];
-    paged_attention(&pool, geo, &short, &q[..16], &k, &v, 0.3, &mut scratch, &mut after);
+    paged_attention(&pool, AttnArith::LlamaCpp, geo, &short, &q[..16], &k, &v, 0.3, &mut scratch, &mut after);
     let mut fresh = vec![0.0; 16];
-    paged_attention(&pool, geo, &short, &q[..16], &k, &v, 0.3, &mut AttnScratch::new(), &mut fresh);
+    paged_attention(&pool, AttnArith::LlamaCpp, geo, &short, &q[..16], &k, &v, 0.3, &mut AttnScratch::new(), &mut fresh);
     assert_eq!(after, fresh);
 }
 
@@ -146,22 +146,22 @@ fn ggml_reference(q: &[f32], ks: &[Vec<f32>], vs: &[Vec<f32>], scale: f32, n_ctx
         .collect()
 }
 
-struct Case {
-    geo: KvGeometry,
-    k: Vec<f16>,
-    v: Vec<f16>,
-    table: Vec<u32>,
+pub(super) struct Case {
+    pub(super) geo: KvGeometry,
+    pub(super) k: Vec<f16>,
+    pub(super) v: Vec<f16>,
+    pub(super) table: Vec<u32>,
     /// [kv_head][pos] -> head_dim values
-    ks: Vec<Vec<Vec<f32>>>,
-    vs: Vec<Vec<Vec<f32>>>,
+    pub(super) ks: Vec<Vec<Vec<f32>>>,
+    pub(super) vs: Vec<Vec<Vec<f32>>>,
 }
 
-fn lcg(seed: &mut u64) -> f32 {
+pub(super) fn lcg(seed: &mut u64) -> f32 {
     *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
 }
 
-fn make_case(head_dim: usize, max_ctx: usize, amp: f32, seed: &mut u64) -> Case {
+pub(super) fn make_case(head_dim: usize, max_ctx: usize, amp: f32, seed: &mut u64) -> Case {
     let geo = KvGeometry { block_size: 16, n_heads: 4, n_kv_heads: 2, head_dim };
     let n_blocks = max_ctx.div_ceil(16);
     assert!((n_blocks + 1) % 7 != 0, "the scattered table below needs n_blocks + 1 coprime with 7");
@@ -172,12 +172,12 @@ fn make_case(head_dim: usize, max_ctx: usize, amp: f32, seed: &mut u64) -> Case 
     let mut ks = vec![vec![vec![0.0f32; head_dim]; max_ctx]; 2];
     let mut vs = ks.clone();
     for pos in 0..max_ctx {
-        let off = geo.slot_offset(&table, pos);
         for h in 0..2 {
+            let off = geo.head_offset(&table, pos, h);
             for d in 0..head_dim {
                 let (a, b) = (f16::from_f32(lcg(seed) * amp), f16::from_f32(lcg(seed)));
-                k[off + h * head_dim + d] = a;
-                v[off + h * head_dim + d] = b;
+                k[off + d] = a;
+                v[off + d] = b;
                 ks[h][pos][d] = a.to_f32();
                 vs[h][pos][d] = b.to_f32();
             }
@@ -194,11 +194,11 @@ fn run(case: &Case, avx2: bool, threads: usize, n_ctxs: &[usize], q: &[f32], sca
 fn run_as(prompt: bool, case: &Case, avx2: bool, threads: usize, n_ctxs: &[usize], q: &[f32], scale: f32) -> Vec<f32> {
     let queries: Vec<AttnQuery> = n_ctxs.iter().map(|&n| AttnQuery { n_ctx: n, block_table: &case.table, prompt }).collect();
     let mut out = vec![0.0; q.len()];
-    paged_attention_with(avx2, &ThreadPool::new(threads), case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
+    paged_attention_with(avx2, &ThreadPool::new(threads), AttnArith::LlamaCpp, case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
     out
 }
 
-fn bits(x: &[f32]) -> Vec<u32> {
+pub(super) fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
 }
 

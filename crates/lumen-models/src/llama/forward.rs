@@ -183,7 +183,7 @@ impl LlamaModel {
                 }
             }
             let (k_layer, v_layer) = kv.layer(li);
-            paged_attention(pool, geo, &queries, q, k_layer, v_layer, scale, &mut ws_.attn_scratch, attn);
+            paged_attention(pool, self.attention, geo, &queries, q, k_layer, v_layer, scale, &mut ws_.attn_scratch, attn);
             self.linear(pool, &b.wo, attn, t_total, o, &mut ws_.mm);
             add_inplace(x, o);
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use lumen_gguf::GgufFile;
-use lumen_kernels::attention::KvGeometry;
+use lumen_kernels::attention::{AttnArith, KvGeometry};
 use lumen_kernels::ops::Rope;
 
 use super::config::{LlamaConfig, LlamaVariant};
@@ -39,6 +39,8 @@ pub struct LlamaModel {
     pub(crate) output_norm: Vec<f32>,
     pub(crate) output: Linear,
     pub(crate) rope: Rope,
+    /// Attention's arithmetic, chosen with the weight layout ([`WeightLayout::attention`]).
+    pub(crate) attention: AttnArith,
 }
 
 impl LlamaModel {
@@ -49,11 +51,12 @@ impl LlamaModel {
 
     /// Opens and loads a GGUF file with its linear weights in `layout`.
     pub fn open_with(path: &Path, layout: WeightLayout) -> Result<Self, ModelError> {
-        Self::load(Arc::new(load_gguf(path, layout)?))
+        Self::load(Arc::new(load_gguf(path, layout)?), layout)
     }
 
-    /// Loads from an already parsed file (shared with the tokenizer).
-    pub fn load(file: Arc<GgufFile>) -> Result<Self, ModelError> {
+    /// Loads from an already parsed file (shared with the tokenizer), read with
+    /// [`load_gguf`] in `layout`.
+    pub fn load(file: Arc<GgufFile>, layout: WeightLayout) -> Result<Self, ModelError> {
         let emb = file.tensor("token_embd.weight").ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
         let vocab = emb.dims.get(1).copied().unwrap_or(0) as usize;
         let config = LlamaConfig::from_metadata(file.metadata(), vocab)?;
@@ -90,7 +93,7 @@ impl LlamaModel {
         // Tied embeddings: no `output.weight`, the embedding matrix doubles as the head.
         let output = Linear::load_optional(&file, "output.weight", c.vocab_size, c.d_model)?.unwrap_or_else(|| embedding.clone());
         let rope = Rope::new(c.variant.rope_style(), c.rope_dims, c.rope_base);
-        Ok(LlamaModel { file, config, embedding, blocks, output_norm, output, rope })
+        Ok(LlamaModel { file, config, embedding, blocks, output_norm, output, rope, attention: layout.attention() })
     }
 
     /// The model's hyper-parameters.
