@@ -166,6 +166,17 @@ impl Fill {
     /// # Safety
     /// The arrays must be sized for these rows, and no one else may access them meanwhile.
     unsafe fn q8_rows(self, x: &[f32], rows: Range<usize>, level: SimdLevel) {
+        #[cfg(target_arch = "x86_64")]
+        if level == SimdLevel::Avx2 {
+            assert!(x.len() >= rows.end * self.cols);
+            for i in rows {
+                let off = i * self.cols;
+                // SAFETY: Avx2 is only selected when the CPU has AVX2, FMA and F16C; the row
+                // and the arrays are sized as the caller guarantees.
+                crate::x86::quant::q8_row(x[off..].as_ptr(), self.qs.add(off), self.nb, self.d.add(i), self.isum.add(i), self.s.add(i), self.stride);
+            }
+            return;
+        }
         for i in rows {
             for b in 0..self.nb {
                 let off = i * self.cols + b * QK;
@@ -403,6 +414,28 @@ mod tests {
             assert_eq!(qa, qb);
             assert_eq!(ba, bb);
         }
+    }
+
+    /// The whole-row AVX2 path fills the same buffers as the portable one, every row
+    /// (several rows split over threads, the block-major arrays at their stride).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn prepared_rows_equal_across_levels() {
+        if !SimdLevel::Avx2.is_supported() {
+            return;
+        }
+        let x: Vec<f32> = cases().concat();
+        let cols = 2 * QK_K;
+        let m = x.len() / cols;
+        assert!(m >= 4);
+        let pool = ThreadPool::new(2);
+        let prepared = |level| {
+            let mut a = ActBuf::default();
+            a.prepare(ActKind::Q8_1, &x, m, cols, level, &pool);
+            let n = a.nb * a.stride;
+            (a.qs[..m * cols].to_vec(), a.d[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a.isum[..n].to_vec(), a.s[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        };
+        assert_eq!(prepared(SimdLevel::Avx2), prepared(SimdLevel::Scalar));
     }
 
     #[test]

@@ -41,10 +41,14 @@ pub(crate) fn round_f16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
+/// [`round_f16`] with F16C.
+///
+/// # Safety
+/// The CPU must support F16C.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "f16c")]
-unsafe fn round_f16_f16c(x: f32) -> f32 {
+pub(crate) unsafe fn round_f16_f16c(x: f32) -> f32 {
     use std::arch::x86_64::*;
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x))))
 }

@@ -3,6 +3,7 @@
 use std::arch::x86_64::*;
 
 use super::hsum_epi32;
+use crate::blocks::round_f16_f16c;
 
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -30,12 +31,32 @@ unsafe fn store_packed(q: *mut i8, i: [__m256i; 4]) {
     _mm256_storeu_si256(q.cast(), p);
 }
 
+/// A row of `nb` Q8_0/Q8_1 blocks: quants to `q`, and for block b the f16-rounded scale to
+/// `d[b * stride]`, the quant sum to `isum[b * stride]` and the f16-rounded `sum * scale` to
+/// `s[b * stride]` (the block-major arrays of [`crate::act::ActBuf`]). One call per row, so
+/// that the per-block work inlines (a call per block was 7 % of a 32-sequence decode step).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `x` readable for `32 * nb` floats, `q` writable for
+/// `32 * nb` bytes, `d`, `isum` and `s` for `(nb - 1) * stride + 1` elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q8_row(x: *const f32, q: *mut i8, nb: usize, d: *mut f32, isum: *mut i32, s: *mut f32, stride: usize) {
+    for b in 0..nb {
+        let (scale, sum) = q8_block(x.add(32 * b), q.add(32 * b));
+        let k = b * stride;
+        *d.add(k) = round_f16_f16c(scale);
+        *isum.add(k) = sum;
+        *s.add(k) = round_f16_f16c(sum as f32 * scale);
+    }
+}
+
 /// One Q8_0/Q8_1 block of 32 values: returns `(amax / 127, sum of quants)`.
 ///
 /// llama.cpp's x86 quantizer: multiply by `127 / amax` and round half to even.
 ///
 /// # Safety
 /// AVX2 must be available; `x` must be readable for 32 floats and `q` writable for 32 bytes.
+#[inline]
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn q8_block(x: *const f32, q: *mut i8) -> (f32, i32) {
     let v = [
