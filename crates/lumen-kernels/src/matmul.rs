@@ -10,8 +10,19 @@ use crate::pool::{split_range, PartsPtr, ThreadPool};
 use crate::simd::SimdLevel;
 use crate::{KernelError, WeightFormat};
 
-/// Weight rows are handed to threads in whole tiles of this many rows.
+/// Weight rows are handed to threads in whole tiles of this many rows (ggml layout).
 pub(crate) const TILE_ROWS: usize = 8;
+
+/// Rows per tile handed out for `w`: two groups for the packed layout, whose widest kernel
+/// tiles take groups in pairs (a chunk ending inside a pair leaves a lone group to a tile
+/// half as wide; with 576-row matrices in eight chunks, every chunk did).
+fn tile_rows(w: &MatRef) -> usize {
+    if w.packed {
+        2 * crate::packed::PACK_ROWS
+    } else {
+        TILE_ROWS
+    }
+}
 
 /// Below this many multiply-adds a matmul runs on the calling thread alone.
 const PARALLEL_MIN_MACS: usize = 64 * 1024;
@@ -215,9 +226,10 @@ pub fn matmul_many(
     // Tiles of all matrices, numbered consecutively; thread t takes one contiguous range.
     let mut tile_end = [0usize; MAX_MATS];
     assert!(ws.len() <= MAX_MATS, "matmul_many: at most {MAX_MATS} matrices");
+    let tr = tile_rows(first);
     let mut total = 0;
     for (k, w) in ws.iter().enumerate() {
-        total += w.rows.div_ceil(TILE_ROWS);
+        total += w.rows.div_ceil(tr);
         tile_end[k] = total;
     }
     if total == 0 {
@@ -246,7 +258,7 @@ pub fn matmul_many(
         for (k, w) in ws.iter().enumerate() {
             let (lo, hi) = (mine.start.max(start), mine.end.min(tile_end[k]));
             if lo < hi {
-                let r = ((lo - start) * TILE_ROWS).min(w.rows)..((hi - start) * TILE_ROWS).min(w.rows);
+                let r = ((lo - start) * tr).min(w.rows)..((hi - start) * tr).min(w.rows);
                 // SAFETY: `outs[k]` holds m x rows values and only the claimer of this chunk
                 // writes its columns `r`.
                 unsafe { compute_rows(level, w, x, act, r, ptrs[k].get()) };
