@@ -21,9 +21,9 @@
 # time batched generation end to end through Lumen's engine; an extra row, Lumen only),
 # PROFILE (release; `bench` builds with thin LTO and one codegen unit, slower to build, and
 # its binary also lands in target/release), SKIP_BUILD=1 (use the binaries as they are),
-# SKIP_SERVER=1 (leave the server rows out), LAYOUT (ggml: Lumen's weight layout, `ggml` for
-# llama.cpp's arithmetic bit for bit or `packed` for the row-interleaved kernels; see
-# `lumen serve --help`).
+# SKIP_SERVER=1 (leave the server rows out), LAYOUT (packed: Lumen's weight layout, `packed`
+# for the row-interleaved kernels and fast attention, Lumen's fastest, or `ggml` for
+# llama.cpp's arithmetic bit for bit, the serving default; see `lumen serve --help`).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -40,7 +40,7 @@ max_tokens="${MAX_TOKENS:-128}"
 kv_mb="${KV_MB:-256}"
 rounds="${ROUNDS:-1}"
 # Every lumen command below reads its --weight-layout from here.
-export LUMEN_WEIGHT_LAYOUT="${LAYOUT:-ggml}"
+export LUMEN_WEIGHT_LAYOUT="${LAYOUT:-packed}"
 load_seconds="${LOAD_SECONDS:-600}"
 python="${PYTHON:-python3}"
 lumen="$root/target/release/lumen"
