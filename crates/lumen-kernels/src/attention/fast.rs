@@ -34,6 +34,18 @@ pub(super) struct FastBufs<'a> {
     pub qh: &'a mut [f32],
 }
 
+/// What every task of one attention call reads.
+#[derive(Clone, Copy)]
+pub(super) struct Inputs<'a> {
+    pub geo: &'a KvGeometry,
+    pub queries: &'a [AttnQuery<'a>],
+    /// Queries, `queries.len() x n_heads * head_dim`.
+    pub q: &'a [f32],
+    pub k_layer: &'a [f16],
+    pub v_layer: &'a [f16],
+    pub scale: f32,
+}
+
 /// Score row length for contexts up to `max_ctx`: padded so that whole 8-lane chunks can be
 /// read (the padding holds -inf, whose exp is 0).
 pub(super) fn score_stride(max_ctx: usize) -> usize {
@@ -59,34 +71,23 @@ trait Ops {
 /// Runs `task`, leaving query `j`'s result in `bufs.acc[j * head_dim..]`, where query `j` is
 /// token `task.first + j / heads`, head `task.kv_head * group + j % heads` (`heads` being the
 /// task's `n_kv * group` query heads).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn run_task(
-    avx2: bool,
-    geo: &KvGeometry,
-    queries: &[AttnQuery<'_>],
-    task: Task,
-    q: &[f32],
-    k_layer: &[f16],
-    v_layer: &[f16],
-    scale: f32,
-    bufs: FastBufs<'_>,
-) {
+pub(super) fn run_task(avx2: bool, inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: `avx2` is true only when the CPU has AVX2, FMA and F16C and head_dim % 8 == 0
         // (checked by the caller).
         return unsafe {
-            match geo.head_dim {
-                64 => x86::run::<64>(geo, queries, task, q, k_layer, v_layer, scale, bufs),
-                128 => x86::run::<128>(geo, queries, task, q, k_layer, v_layer, scale, bufs),
-                _ => x86::run::<0>(geo, queries, task, q, k_layer, v_layer, scale, bufs),
+            match inputs.geo.head_dim {
+                64 => x86::run::<64>(inputs, task, bufs),
+                128 => x86::run::<128>(inputs, task, bufs),
+                _ => x86::run::<0>(inputs, task, bufs),
             }
         };
     }
     let _ = avx2;
     // SAFETY: the portable operations have no preconditions beyond the slice shapes, which
     // `run` checks.
-    unsafe { run::<Scalar>(geo, queries, task, q, k_layer, v_layer, scale, bufs) }
+    unsafe { run::<Scalar>(inputs, task, bufs) }
 }
 
 /// The task's loop, shared by every instruction set: keys block by block into scores, the
@@ -97,17 +98,8 @@ pub(super) fn run_task(
 /// # Safety
 /// `O`'s operations must be supported by the CPU.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn run<O: Ops>(
-    geo: &KvGeometry,
-    queries: &[AttnQuery<'_>],
-    task: Task,
-    q: &[f32],
-    k_layer: &[f16],
-    v_layer: &[f16],
-    scale: f32,
-    bufs: FastBufs<'_>,
-) {
+unsafe fn run<O: Ops>(inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
+    let Inputs { geo, queries, q, k_layer, v_layer, scale } = *inputs;
     let (hd, bs) = (geo.head_dim, geo.block_size);
     let group = geo.n_heads / geo.n_kv_heads;
     let heads = task.n_kv * group;
@@ -247,7 +239,7 @@ mod x86 {
 
     use half::f16;
 
-    use super::{AttnQuery, FastBufs, KvGeometry, Ops, Task};
+    use super::{FastBufs, Inputs, Ops, Task};
     use crate::attention::avx2::hsum8x8;
     use crate::ggml_math::x86::{exp8, hsum8};
 
@@ -257,19 +249,9 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C, and `geo.head_dim % 8 == 0`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn run<const HD: usize>(
-        geo: &KvGeometry,
-        queries: &[AttnQuery<'_>],
-        task: Task,
-        q: &[f32],
-        k_layer: &[f16],
-        v_layer: &[f16],
-        scale: f32,
-        bufs: FastBufs<'_>,
-    ) {
-        assert!(geo.head_dim.is_multiple_of(8) && (HD == 0 || HD == geo.head_dim));
-        super::run::<Avx2<HD>>(geo, queries, task, q, k_layer, v_layer, scale, bufs)
+    pub(super) unsafe fn run<const HD: usize>(inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
+        assert!(inputs.geo.head_dim.is_multiple_of(8) && (HD == 0 || HD == inputs.geo.head_dim));
+        super::run::<Avx2<HD>>(inputs, task, bufs)
     }
 
     struct Avx2<const HD: usize>;

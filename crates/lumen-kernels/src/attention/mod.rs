@@ -259,7 +259,8 @@ fn paged_attention_with(
         // scratch[part*stride .. (part+1)*stride]; part < n_parts == the pool's size.
         let buf = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(part * stride), stride) };
         if arith == AttnArith::Fast {
-            return run_fast_tasks(avx2, &geo, queries, tasks, &next_task, q, k_layer, v_layer, scale, buf, out_ptr);
+            let inputs = fast::Inputs { geo: &geo, queries, q, k_layer, v_layer, scale };
+            return run_fast_tasks(avx2, &inputs, tasks, &next_task, buf, out_ptr);
         }
         let (kf, rest) = buf.split_at_mut(max_ctx * hd);
         let (vf, rest) = rest.split_at_mut(max_ctx * hd);
@@ -301,23 +302,11 @@ fn paged_attention_with(
 }
 
 /// The tasks this thread claims, with the fast arithmetic; `buf` is its scratch.
-#[allow(clippy::too_many_arguments)]
-fn run_fast_tasks(
-    avx2: bool,
-    geo: &KvGeometry,
-    queries: &[AttnQuery<'_>],
-    tasks: &[Task],
-    next_task: &AtomicUsize,
-    q: &[f32],
-    k_layer: &[f16],
-    v_layer: &[f16],
-    scale: f32,
-    buf: &mut [f32],
-    out: PartsPtr<f32>,
-) {
+fn run_fast_tasks(avx2: bool, inputs: &fast::Inputs<'_>, tasks: &[Task], next_task: &AtomicUsize, buf: &mut [f32], out: PartsPtr<f32>) {
+    let geo = inputs.geo;
     let (hd, group) = (geo.head_dim, geo.n_heads / geo.n_kv_heads);
     let q_dim = geo.n_heads * hd;
-    let max_ctx = queries.iter().map(|t| t.n_ctx).max().unwrap_or(0);
+    let max_ctx = inputs.queries.iter().map(|t| t.n_ctx).max().unwrap_or(0);
     let nq = RUN_TOKENS * geo.n_heads;
     let (kv, rest) = buf.split_at_mut(geo.block_elems());
     let (scores, rest) = rest.split_at_mut(nq * fast::score_stride(max_ctx));
@@ -327,7 +316,7 @@ fn run_fast_tasks(
         let claimed = next_task.fetch_add(1, Ordering::Relaxed);
         let Some(&task) = tasks.get(claimed) else { break };
         let bufs = fast::FastBufs { kv: &mut *kv, scores: &mut *scores, acc: &mut *acc, qh: &mut *qh };
-        fast::run_task(avx2, geo, queries, task, q, k_layer, v_layer, scale, bufs);
+        fast::run_task(avx2, inputs, task, bufs);
         let heads = task.n_kv * group;
         for (j, res) in acc.chunks_exact(hd).take((task.end - task.first) * heads).enumerate() {
             let qoff = (task.first + j / heads) * q_dim + (task.kv_head * group + j % heads) * hd;
