@@ -349,20 +349,16 @@ unsafe fn madd<const W: usize>(a: &mut [__m256; W], p: *const f32, v: *const f32
     }
 }
 
-/// [`super::widen_rows`]: rows of `hd` values, row `r` of the source at `src[r * stride..]`,
-/// eight values at a time.
+/// [`super::widen`]: f16 values to f32, eight at a time (both arithmetics use it).
 ///
 /// # Safety
 /// The CPU must support AVX2 and F16C.
+#[inline]
 #[target_feature(enable = "avx2,f16c")]
-pub(super) unsafe fn widen_rows(src: &[half::f16], stride: usize, hd: usize, dst: &mut [f32]) {
-    let rows = dst.len() / hd;
-    assert!(hd.is_multiple_of(8) && rows > 0 && rows * hd == dst.len() && (rows - 1) * stride + hd <= src.len());
+pub(super) unsafe fn widen(src: &[half::f16], dst: &mut [f32]) {
+    assert!(src.len() == dst.len() && src.len().is_multiple_of(8));
     let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    for r in 0..rows {
-        for i in (0..hd).step_by(8) {
-            let h = _mm_loadu_si128(s.add(r * stride + i).cast());
-            _mm256_storeu_ps(d.add(r * hd + i), _mm256_cvtph_ps(h));
-        }
+    for i in (0..src.len()).step_by(8) {
+        _mm256_storeu_ps(d.add(i), _mm256_cvtph_ps(_mm_loadu_si128(s.add(i).cast())));
     }
 }

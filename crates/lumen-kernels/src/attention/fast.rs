@@ -278,11 +278,7 @@ mod x86 {
     impl<const HD: usize> Ops for Avx2<HD> {
         #[inline(always)]
         unsafe fn widen(src: &[f16], dst: &mut [f32]) {
-            assert!(src.len() == dst.len() && src.len().is_multiple_of(8));
-            let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-            for i in (0..src.len()).step_by(8) {
-                _mm256_storeu_ps(d.add(i), _mm256_cvtph_ps(_mm_loadu_si128(s.add(i).cast())));
-            }
+            crate::attention::avx2::widen(src, dst)
         }
 
         #[inline(always)]

@@ -281,8 +281,8 @@ fn paged_attention_with(
                 let n = (geo.block_size - pos % geo.block_size).min(ctx - pos);
                 let off = geo.head_offset(table, pos, task.kv_head);
                 let (src, dst) = (off..off + n * hd, pos * hd..(pos + n) * hd);
-                widen_rows(avx2, &k_layer[src.clone()], hd, hd, &mut kf[dst.clone()]);
-                widen_rows(avx2, &v_layer[src], hd, hd, &mut vf[dst]);
+                widen(avx2, &k_layer[src.clone()], &mut kf[dst.clone()]);
+                widen(avx2, &v_layer[src], &mut vf[dst]);
                 pos += n;
             }
             for t in task.first..task.end {
@@ -350,18 +350,17 @@ fn attend(avx2: bool, mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f3
     attend_scalar(mode, q, n_ctx, kf, vf, scale, bufs)
 }
 
-/// Keys or values of consecutive positions as f32 (exact either way; F16C when `avx2`):
-/// `dst` holds rows of `hd` values, row `r` taken from `src[r * stride..][..hd]`.
-fn widen_rows(avx2: bool, src: &[f16], stride: usize, hd: usize, dst: &mut [f32]) {
+/// Keys or values of consecutive positions (contiguous inside a block) as f32, exact either
+/// way; F16C when `avx2`.
+fn widen(avx2: bool, src: &[f16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
-        // SAFETY: `avx2` is true only when the CPU supports AVX2 and F16C, and head_dim % 8 == 0.
-        return unsafe { avx2::widen_rows(src, stride, hd, dst) };
+        // SAFETY: `avx2` is true only when the CPU supports AVX2 and F16C, and head_dim % 8 == 0
+        // (so every piece widened is a multiple of eight values).
+        return unsafe { avx2::widen(src, dst) };
     }
     let _ = avx2;
-    for (r, row) in dst.chunks_exact_mut(hd).enumerate() {
-        src[r * stride..r * stride + hd].convert_to_f32_slice(row);
-    }
+    src.convert_to_f32_slice(dst);
 }
 
 /// Which of llama.cpp's two attention arithmetics a (token, head) follows.
