@@ -33,22 +33,46 @@ pub fn rms_norm_rows(pool: &ThreadPool, x: &[f32], weight: &[f32], eps: f32, out
         // SAFETY: each part gets its own rows of `out`, and `run` joins the parts before the
         // borrow of `out` ends.
         let dst = unsafe { std::slice::from_raw_parts_mut(o.get().add(rows.start * d), rows.len() * d) };
-        let src = &x[rows.start * d..rows.end * d];
-        // Four rows at a time: each row's sum is still one sequential f64 chain (ggml's
-        // order, so the same bits), but four independent chains keep the adder busy where
-        // one waits on each add's latency (2 % of a 32-sequence decode step before).
-        let (src4, src_rest) = src.split_at(src.len() / (4 * d) * 4 * d);
-        let (dst4, dst_rest) = dst.split_at_mut(src4.len());
-        for (src, dst) in src4.chunks_exact(4 * d).zip(dst4.chunks_exact_mut(4 * d)) {
-            let scales = rms_scales4(src, d, eps);
-            for ((src, dst), scale) in src.chunks_exact(d).zip(dst.chunks_exact_mut(d)).zip(scales) {
-                scale_rows(src, weight, scale, dst);
-            }
-        }
-        for (src, dst) in src_rest.chunks_exact(d).zip(dst_rest.chunks_exact_mut(d)) {
-            rms_norm(src, weight, eps, dst);
-        }
+        norm_rows(&x[rows.start * d..rows.end * d], weight, eps, dst);
     });
+}
+
+/// `x += residual`, then [`rms_norm_rows`] of the sum into `out`: one pass over the pool for
+/// the residual add and the next norm (the add alone ran on the calling thread while the
+/// others waited). Same bits as the two steps.
+pub fn add_rms_norm_rows(pool: &ThreadPool, x: &mut [f32], residual: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    assert!(d > 0 && x.len() == out.len() && x.len() == residual.len() && x.len().is_multiple_of(d), "add_rms_norm_rows: length mismatch");
+    let (xp, o) = (PartsPtr(x.as_mut_ptr()), PartsPtr(out.as_mut_ptr()));
+    for_row_parts(pool, residual.len() / d, d, |rows| {
+        let span = rows.start * d..rows.end * d;
+        // SAFETY: each part gets its own rows of `x` and `out`, and `run` joins the parts
+        // before either borrow ends.
+        let (x, dst) = unsafe {
+            (std::slice::from_raw_parts_mut(xp.get().add(span.start), span.len()), std::slice::from_raw_parts_mut(o.get().add(span.start), span.len()))
+        };
+        add_inplace(x, &residual[span]);
+        norm_rows(x, weight, eps, dst);
+    });
+}
+
+/// [`rms_norm`] of each `weight.len()`-value row of `src` into `dst`.
+fn norm_rows(src: &[f32], weight: &[f32], eps: f32, dst: &mut [f32]) {
+    let d = weight.len();
+    // Four rows at a time: each row's sum is still one sequential f64 chain (ggml's
+    // order, so the same bits), but four independent chains keep the adder busy where
+    // one waits on each add's latency (2 % of a 32-sequence decode step before).
+    let (src4, src_rest) = src.split_at(src.len() / (4 * d) * 4 * d);
+    let (dst4, dst_rest) = dst.split_at_mut(src4.len());
+    for (src, dst) in src4.chunks_exact(4 * d).zip(dst4.chunks_exact_mut(4 * d)) {
+        let scales = rms_scales4(src, d, eps);
+        for ((src, dst), scale) in src.chunks_exact(d).zip(dst.chunks_exact_mut(d)).zip(scales) {
+            scale_rows(src, weight, scale, dst);
+        }
+    }
+    for (src, dst) in src_rest.chunks_exact(d).zip(dst_rest.chunks_exact_mut(d)) {
+        rms_norm(src, weight, eps, dst);
+    }
 }
 
 /// [`rms_scale`] of four consecutive rows of `d` values.
@@ -341,6 +365,14 @@ mod tests {
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&norm), bits(&norm_want), "rms_norm_rows m={m} threads={threads}");
                 assert_eq!(bits(&glu), bits(&glu_want), "swiglu_rows m={m} threads={threads}");
+                // The residual add fused with the norm: the sum, then the norm of the sum.
+                let (mut sum, mut sum_want) = (x.clone(), x.clone());
+                add_inplace(&mut sum_want, &up);
+                let mut fused = vec![f32::NAN; m * d];
+                add_rms_norm_rows(&pool, &mut sum, &up, &weight, 1e-5, &mut fused);
+                rms_norm_rows(&pool, &sum_want, &weight, 1e-5, &mut norm);
+                assert_eq!(bits(&sum), bits(&sum_want), "add_rms_norm_rows sum m={m} threads={threads}");
+                assert_eq!(bits(&fused), bits(&norm), "add_rms_norm_rows norm m={m} threads={threads}");
             }
         }
     }

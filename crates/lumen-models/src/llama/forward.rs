@@ -5,7 +5,7 @@
 //! over its own sequence's blocks; logits are computed only for the rows that ask for them.
 
 use lumen_kernels::attention::{paged_attention, AttnQuery, AttnScratch};
-use lumen_kernels::ops::{add_inplace, rms_norm, rms_norm_heads_inplace, rms_norm_rows, swiglu_rows};
+use lumen_kernels::ops::{add_inplace, add_rms_norm_rows, rms_norm, rms_norm_heads_inplace, rms_norm_rows, swiglu_rows};
 use lumen_kernels::{matmul, matmul_many, MatmulScratch, ThreadPool};
 
 use super::model::LlamaModel;
@@ -159,7 +159,13 @@ impl LlamaModel {
         let scale = 1.0 / (c.head_dim as f32).sqrt();
         let geo = kv.geometry();
         for (li, b) in self.blocks.iter().enumerate() {
-            rms_norm_rows(pool, x, &b.attn_norm, c.rms_eps, h);
+            // The previous layer's FFN output joins the residual stream in the same pass as
+            // this layer's norm.
+            if li == 0 {
+                rms_norm_rows(pool, x, &b.attn_norm, c.rms_eps, h);
+            } else {
+                add_rms_norm_rows(pool, x, o, &b.attn_norm, c.rms_eps, h);
+            }
             // Q, K and V read the same input: quantize it once, one dispatch for all three.
             let qkv = [b.wq.mat(&self.file), b.wk.mat(&self.file), b.wv.mat(&self.file)];
             matmul_many(pool, &qkv, h, t_total, &mut [&mut q[..], &mut k[..], &mut v[..]], &mut ws_.mm);
@@ -185,13 +191,13 @@ impl LlamaModel {
             let (k_layer, v_layer) = kv.layer(li);
             paged_attention(pool, self.attention, geo, &queries, q, k_layer, v_layer, scale, &mut ws_.attn_scratch, attn);
             self.linear(pool, &b.wo, attn, t_total, o, &mut ws_.mm);
-            add_inplace(x, o);
-
-            rms_norm_rows(pool, x, &b.ffn_norm, c.rms_eps, h);
+            add_rms_norm_rows(pool, x, o, &b.ffn_norm, c.rms_eps, h);
             let gate_up = [b.w_gate.mat(&self.file), b.w_up.mat(&self.file)];
             matmul_many(pool, &gate_up, h, t_total, &mut [&mut gate[..], &mut up[..]], &mut ws_.mm);
             swiglu_rows(pool, gate, up, c.d_ff);
             self.linear(pool, &b.w_down, gate, t_total, o, &mut ws_.mm);
+        }
+        if !self.blocks.is_empty() {
             add_inplace(x, o);
         }
 
