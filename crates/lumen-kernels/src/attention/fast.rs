@@ -68,9 +68,8 @@ trait Ops {
     unsafe fn prefetch(ptr: *const u8, lines: usize, part: usize, parts: usize);
 }
 
-/// Runs `task`, leaving query `j`'s result in `bufs.acc[j * head_dim..]`, where query `j` is
-/// token `task.first + j / heads`, head `task.kv_head * group + j % heads` (`heads` being the
-/// task's `n_kv * group` query heads).
+/// Runs `task`, leaving query `j`'s result in `bufs.acc[j * head_dim..]` (query `j` as
+/// [`Task::query_offset`] numbers them).
 pub(super) fn run_task(avx2: bool, inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
@@ -103,7 +102,6 @@ unsafe fn run<O: Ops>(inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
     let (hd, bs) = (geo.head_dim, geo.block_size);
     let group = geo.n_heads / geo.n_kv_heads;
     let heads = task.n_kv * group;
-    let q_dim = geo.n_heads * hd;
     let table = queries[task.first].block_table;
     let max_ctx = queries[task.end - 1].n_ctx;
     let stride = score_stride(max_ctx);
@@ -116,7 +114,7 @@ unsafe fn run<O: Ops>(inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
     // Query j: its context length and where its KV head's rows sit in `kv`.
     let query = |j: usize| (queries[task.first + j / heads].n_ctx, (j % heads) / group * bs * hd);
     for j in 0..nq {
-        let off = (task.first + j / heads) * q_dim + (task.kv_head * group + j % heads) * hd;
+        let off = task.query_offset(j, geo);
         qh[j * hd..(j + 1) * hd].copy_from_slice(&q[off..off + hd]);
         O::round_f16(&mut qh[j * hd..(j + 1) * hd], 1.0);
     }

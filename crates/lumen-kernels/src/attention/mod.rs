@@ -132,6 +132,17 @@ struct Task {
     n_kv: usize,
 }
 
+impl Task {
+    /// Where query `j` of the task (token `first + j / heads`, head `kv_head * group +
+    /// j % heads`, `heads` being the task's `n_kv * group` query heads) starts in `q` and in
+    /// the output.
+    fn query_offset(&self, j: usize, geo: &KvGeometry) -> usize {
+        let group = geo.n_heads / geo.n_kv_heads;
+        let heads = self.n_kv * group;
+        (self.first + j / heads) * geo.n_heads * geo.head_dim + (self.kv_head * group + j % heads) * geo.head_dim
+    }
+}
+
 /// Most query tokens one task covers: long prefills split into several tasks so both cores
 /// get work, while each task still converts its context's keys and values only once.
 const RUN_TOKENS: usize = 16;
@@ -260,7 +271,7 @@ fn paged_attention_with(
         let buf = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(part * stride), stride) };
         if arith == AttnArith::Fast {
             let inputs = fast::Inputs { geo: &geo, queries, q, k_layer, v_layer, scale };
-            return run_fast_tasks(avx2, &inputs, tasks, &next_task, buf, out_ptr);
+            return run_fast_tasks(avx2, &inputs, max_ctx, tasks, &next_task, buf, out_ptr);
         }
         let (kf, rest) = buf.split_at_mut(max_ctx * hd);
         let (vf, rest) = rest.split_at_mut(max_ctx * hd);
@@ -302,11 +313,10 @@ fn paged_attention_with(
 }
 
 /// The tasks this thread claims, with the fast arithmetic; `buf` is its scratch.
-fn run_fast_tasks(avx2: bool, inputs: &fast::Inputs<'_>, tasks: &[Task], next_task: &AtomicUsize, buf: &mut [f32], out: PartsPtr<f32>) {
+/// `max_ctx` is the longest context of the call.
+fn run_fast_tasks(avx2: bool, inputs: &fast::Inputs<'_>, max_ctx: usize, tasks: &[Task], next_task: &AtomicUsize, buf: &mut [f32], out: PartsPtr<f32>) {
     let geo = inputs.geo;
     let (hd, group) = (geo.head_dim, geo.n_heads / geo.n_kv_heads);
-    let q_dim = geo.n_heads * hd;
-    let max_ctx = inputs.queries.iter().map(|t| t.n_ctx).max().unwrap_or(0);
     let nq = RUN_TOKENS * geo.n_heads;
     let (kv, rest) = buf.split_at_mut(geo.block_elems());
     let (scores, rest) = rest.split_at_mut(nq * fast::score_stride(max_ctx));
@@ -317,9 +327,8 @@ fn run_fast_tasks(avx2: bool, inputs: &fast::Inputs<'_>, tasks: &[Task], next_ta
         let Some(&task) = tasks.get(claimed) else { break };
         let bufs = fast::FastBufs { kv: &mut *kv, scores: &mut *scores, acc: &mut *acc, qh: &mut *qh };
         fast::run_task(avx2, inputs, task, bufs);
-        let heads = task.n_kv * group;
-        for (j, res) in acc.chunks_exact(hd).take((task.end - task.first) * heads).enumerate() {
-            let qoff = (task.first + j / heads) * q_dim + (task.kv_head * group + j % heads) * hd;
+        for (j, res) in acc.chunks_exact(hd).take((task.end - task.first) * task.n_kv * group).enumerate() {
+            let qoff = task.query_offset(j, geo);
             // SAFETY: (token, head) belongs to exactly one task, run by one thread, so this
             // output range is written by nobody else.
             unsafe { std::slice::from_raw_parts_mut(out.get().add(qoff), hd) }.copy_from_slice(res);
