@@ -83,6 +83,10 @@ fn main() {
     let mut shapes: Vec<(WeightFormat, usize, usize)> = vec![
         (WeightFormat::Q4_1, 576, 576),
         (WeightFormat::Q4_1, 1536, 576),
+        // A decode layer of SmolLM2-135M: Q/K/V together, gate/up together, down.
+        (WeightFormat::Q4_1, 960, 576),
+        (WeightFormat::Q4_1, 3072, 576),
+        (WeightFormat::Q4_1, 576, 1536),
         // Bigger than the last-level cache: weights stream from memory, as in a model.
         (WeightFormat::Q4_1, 65536, 576),
         (WeightFormat::Q8_0, 49152, 576),
