@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use half::f16;
-use lumen_kernels::attention::{paged_attention, AttnArith, AttnQuery, AttnScratch, KvGeometry};
+use lumen_kernels::attention::{paged_attention, AttnArith, AttnQuery, AttnScratch, KeyLayout, KvGeometry};
 use lumen_kernels::ThreadPool;
 
 const LAYERS: usize = 30;
@@ -30,7 +30,7 @@ fn best_of(budget: Duration, mut f: impl FnMut()) -> f64 {
 fn main() {
     let threads: usize = std::env::var("LUMEN_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     let pool = ThreadPool::new(threads);
-    let geo = KvGeometry { block_size: 16, n_heads: 9, n_kv_heads: 3, head_dim: 64 };
+    let geo = KvGeometry { block_size: 16, n_heads: 9, n_kv_heads: 3, head_dim: 64, keys: KeyLayout::Rows };
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     for (batch, n_ctx, interleaved) in [(1usize, 192usize, false), (32, 192, false), (32, 192, true), (16, 1024, true)] {
         let blocks_per_seq = n_ctx.div_ceil(geo.block_size);
@@ -68,6 +68,8 @@ fn main() {
             let mut scratch = AttnScratch::new();
             let s = best_of(Duration::from_millis(1500), || {
                 for (k, v) in &layers {
+                    // Random contents either way; only the layout the arithmetic expects differs.
+                    let geo = KvGeometry { keys: arith.key_layout(), ..geo };
                     paged_attention(&pool, arith, geo, &queries, &q, k, v, 0.125, &mut scratch, &mut out);
                 }
                 black_box(&out);

@@ -3,7 +3,7 @@
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use lumen_kernels::attention::KvGeometry;
+use lumen_kernels::attention::{KeyLayout, KvGeometry};
 
 /// Keys and values for every layer, `n_blocks` blocks each.
 pub struct KvStorage {
@@ -49,8 +49,22 @@ impl KvStorage {
             let off = self.geo.head_offset(block_table, pos, h);
             // The slice conversion uses F16C when the CPU has it (the scalar one is software);
             // both round to nearest even, like ggml's f32 -> f16.
-            self.k[layer][off..off + hd].convert_from_f32_slice(k);
             self.v[layer][off..off + hd].convert_from_f32_slice(v);
+            match self.geo.keys {
+                KeyLayout::Rows => self.k[layer][off..off + hd].convert_from_f32_slice(k),
+                KeyLayout::Columns => {
+                    // One value per dimension row of the head's piece, `block_size` apart.
+                    let (first, bs) = (self.geo.key_offset(block_table, pos, h, 0), self.geo.block_size);
+                    let mut row = [f16::ZERO; 16];
+                    for (c, chunk) in k.chunks(16).enumerate() {
+                        let row = &mut row[..chunk.len()];
+                        row.convert_from_f32_slice(chunk);
+                        for (i, &x) in row.iter().enumerate() {
+                            self.k[layer][first + (16 * c + i) * bs] = x;
+                        }
+                    }
+                }
+            }
         }
     }
 

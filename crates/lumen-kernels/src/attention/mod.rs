@@ -4,8 +4,10 @@
 //! `n_kv_heads * head_dim` f16 values, block-major so one block is contiguous. A sequence sees
 //! its keys and values through its block table: token position `p` lives in block
 //! `table[p / block_size]`, slot `p % block_size`. Inside a block the values are head-major
-//! (`[kv_head][slot][head_dim]`), so that one KV head's keys of a block are one contiguous
-//! piece, not `head_dim`-sized pieces `kv_dim` apart.
+//! (`[kv_head][slot][head_dim]`), so that one KV head's values of a block are one contiguous
+//! piece, not `head_dim`-sized pieces `kv_dim` apart. Keys are laid out the same way, or, for
+//! the fast arithmetic, transposed within the head's piece (`[kv_head][head_dim][slot]`, see
+//! [`KeyLayout`]).
 //!
 //! Numerics reproduce, bit for bit, llama.cpp's CPU path (no flash attention, f16 cache, ggml
 //! built for AVX-512). llama.cpp has two: a step with one token uses `ggml_vec_dot_f16`, a step
@@ -68,6 +70,22 @@ pub struct KvGeometry {
     pub n_kv_heads: usize,
     /// Dimensions per head.
     pub head_dim: usize,
+    /// How a block holds a KV head's keys; it must be the layout of the arithmetic the cache
+    /// is read with ([`AttnArith::key_layout`]).
+    pub keys: KeyLayout,
+}
+
+/// How a cache block holds one KV head's `block_size x head_dim` keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyLayout {
+    /// `[slot][head_dim]`, as the values: llama.cpp's arithmetic takes a whole key row per
+    /// score.
+    #[default]
+    Rows,
+    /// `[head_dim][slot]`: the fast arithmetic scores 16 slots at once, one vector of keys
+    /// per dimension times the query's value of that dimension, with no horizontal sums and
+    /// no widened copy of the block (`fast.rs`).
+    Columns,
 }
 
 impl KvGeometry {
@@ -88,6 +106,19 @@ impl KvGeometry {
         let block = block_table[pos / self.block_size] as usize;
         block * self.block_elems() + (kv_head * self.block_size + pos % self.block_size) * self.head_dim
     }
+
+    /// Offset of dimension `d` of KV head `kv_head`'s key at position `pos`, in the layout of
+    /// [`KvGeometry::keys`] (with `Rows`, `head_offset(..) + d`).
+    #[inline]
+    pub fn key_offset(&self, block_table: &[u32], pos: usize, kv_head: usize, d: usize) -> usize {
+        match self.keys {
+            KeyLayout::Rows => self.head_offset(block_table, pos, kv_head) + d,
+            KeyLayout::Columns => {
+                let block = block_table[pos / self.block_size] as usize;
+                block * self.block_elems() + (kv_head * self.head_dim + d) * self.block_size + pos % self.block_size
+            }
+        }
+    }
 }
 
 /// Which arithmetic attention follows.
@@ -100,6 +131,16 @@ pub enum AttnArith {
     /// (`fast.rs`): llama.cpp's roundings but not its summation order, about twice as fast
     /// when the cache streams from memory.
     Fast,
+}
+
+impl AttnArith {
+    /// The key layout this arithmetic reads.
+    pub fn key_layout(self) -> KeyLayout {
+        match self {
+            AttnArith::LlamaCpp => KeyLayout::Rows,
+            AttnArith::Fast => KeyLayout::Columns,
+        }
+    }
 }
 
 /// One query token of a batch: how much context it sees and where that context lives.
@@ -165,7 +206,7 @@ impl AttnScratch {
             AttnArith::LlamaCpp => 2 * room * head_dim + room + (ROWS + 2) * head_dim,
             AttnArith::Fast => {
                 let nq = RUN_TOKENS * geo.n_heads;
-                geo.block_elems() + nq * (fast::score_stride(room) + 2 * head_dim)
+                nq * (fast::score_stride(room, geo.block_size) + 2 * head_dim)
             }
         };
         if self.stride < stride || self.buf.len() < parts * self.stride.max(stride) {
@@ -224,14 +265,47 @@ pub fn paged_attention(
     scratch: &mut AttnScratch,
     out: &mut [f32],
 ) {
-    let avx2 = ggml_math::use_avx2() && geo.head_dim & 7 == 0;
-    paged_attention_with(avx2, pool, arith, geo, queries, q, k_layer, v_layer, scale, scratch, out);
+    let path = if !ggml_math::use_avx2() || geo.head_dim & 7 != 0 {
+        Path::Scalar
+    } else if cfg!(target_arch = "x86_64") && crate::x86::avx512vl() {
+        Path::Avx512
+    } else {
+        Path::Avx2
+    };
+    paged_attention_with(path, pool, arith, geo, queries, q, k_layer, v_layer, scale, scratch, out);
 }
 
-/// [`paged_attention`] on the AVX2 path or the scalar one (`avx2` requires CPU support).
+/// Which instructions attention runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Scalar,
+    /// AVX2, FMA and F16C, and `head_dim % 8 == 0`.
+    Avx2,
+    /// Also AVX-512F (the fast arithmetic's 16-lane steps in one register; the llama.cpp
+    /// arithmetic runs as on `Avx2`).
+    Avx512,
+}
+
+impl Path {
+    /// Every path this CPU can run for `head_dim`, for tests.
+    #[cfg(test)]
+    fn available(head_dim: usize) -> Vec<Path> {
+        let mut paths = vec![Path::Scalar];
+        if ggml_math::use_avx2() && head_dim % 8 == 0 {
+            paths.push(Path::Avx2);
+            #[cfg(target_arch = "x86_64")]
+            if crate::x86::avx512vl() {
+                paths.push(Path::Avx512);
+            }
+        }
+        paths
+    }
+}
+
+/// [`paged_attention`] on a given path (which the CPU must support).
 #[allow(clippy::too_many_arguments)]
 fn paged_attention_with(
-    avx2: bool,
+    path: Path,
     pool: &ThreadPool,
     arith: AttnArith,
     geo: KvGeometry,
@@ -247,6 +321,7 @@ fn paged_attention_with(
     assert_eq!(q.len(), queries.len() * q_dim, "paged_attention: q shape");
     assert_eq!(out.len(), q.len(), "paged_attention: out shape");
     assert!(geo.n_heads.is_multiple_of(geo.n_kv_heads), "paged_attention: heads not divisible");
+    assert_eq!(geo.keys, arith.key_layout(), "paged_attention: the cache's key layout is not the one {arith:?} reads");
     let max_ctx = queries.iter().map(|t| t.n_ctx).max().unwrap_or(0);
     for t in queries {
         let blocks_needed = t.n_ctx.div_ceil(geo.block_size);
@@ -263,6 +338,7 @@ fn paged_attention_with(
     let scratch_ptr = PartsPtr(scratch.buf.as_mut_ptr());
     let out_ptr = PartsPtr(out.as_mut_ptr());
     let (hd, group) = (geo.head_dim, geo.n_heads / geo.n_kv_heads);
+    let avx2 = path != Path::Scalar;
     assert!(!avx2 || (ggml_math::use_avx2() && hd & 7 == 0), "paged_attention: AVX2 path unavailable");
     let next_task = AtomicUsize::new(0);
     pool.run(|part, _| {
@@ -271,7 +347,7 @@ fn paged_attention_with(
         let buf = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(part * stride), stride) };
         if arith == AttnArith::Fast {
             let inputs = fast::Inputs { geo: &geo, queries, q, k_layer, v_layer, scale };
-            return run_fast_tasks(avx2, &inputs, max_ctx, tasks, &next_task, buf, out_ptr);
+            return run_fast_tasks(path, &inputs, max_ctx, tasks, &next_task, buf, out_ptr);
         }
         let (kf, rest) = buf.split_at_mut(max_ctx * hd);
         let (vf, rest) = rest.split_at_mut(max_ctx * hd);
@@ -314,19 +390,18 @@ fn paged_attention_with(
 
 /// The tasks this thread claims, with the fast arithmetic; `buf` is its scratch.
 /// `max_ctx` is the longest context of the call.
-fn run_fast_tasks(avx2: bool, inputs: &fast::Inputs<'_>, max_ctx: usize, tasks: &[Task], next_task: &AtomicUsize, buf: &mut [f32], out: PartsPtr<f32>) {
+fn run_fast_tasks(path: Path, inputs: &fast::Inputs<'_>, max_ctx: usize, tasks: &[Task], next_task: &AtomicUsize, buf: &mut [f32], out: PartsPtr<f32>) {
     let geo = inputs.geo;
     let (hd, group) = (geo.head_dim, geo.n_heads / geo.n_kv_heads);
     let nq = RUN_TOKENS * geo.n_heads;
-    let (kv, rest) = buf.split_at_mut(geo.block_elems());
-    let (scores, rest) = rest.split_at_mut(nq * fast::score_stride(max_ctx));
+    let (scores, rest) = buf.split_at_mut(nq * fast::score_stride(max_ctx, geo.block_size));
     let (acc, rest) = rest.split_at_mut(nq * hd);
     let qh = &mut rest[..nq * hd];
     loop {
         let claimed = next_task.fetch_add(1, Ordering::Relaxed);
         let Some(&task) = tasks.get(claimed) else { break };
-        let bufs = fast::FastBufs { kv: &mut *kv, scores: &mut *scores, acc: &mut *acc, qh: &mut *qh };
-        fast::run_task(avx2, inputs, task, bufs);
+        let bufs = fast::FastBufs { scores: &mut *scores, acc: &mut *acc, qh: &mut *qh };
+        fast::run_task(path, inputs, task, bufs);
         for (j, res) in acc.chunks_exact(hd).take((task.end - task.first) * task.n_kv * group).enumerate() {
             let qoff = task.query_offset(j, geo);
             // SAFETY: (token, head) belongs to exactly one task, run by one thread, so this

@@ -19,7 +19,7 @@ fn reference(q: &[f32], ks: &[Vec<f32>], vs: &[Vec<f32>], scale: f32) -> Vec<f32
 
 #[test]
 fn matches_reference_through_scattered_blocks() {
-    let geo = KvGeometry { block_size: 4, n_heads: 4, n_kv_heads: 2, head_dim: 8 };
+    let geo = KvGeometry { block_size: 4, n_heads: 4, n_kv_heads: 2, head_dim: 8, keys: KeyLayout::Rows };
     let n_blocks = 6;
     let mut k = vec![f16::ZERO; n_blocks * geo.block_elems()];
     let mut v = k.clone();
@@ -67,7 +67,7 @@ fn matches_reference_through_scattered_blocks() {
 #[test]
 fn short_call_after_long_one_reuses_scratch() {
     // The scratch only grows; a later, shorter call must slice exactly what it needs.
-    let geo = KvGeometry { block_size: 4, n_heads: 2, n_kv_heads: 1, head_dim: 8 };
+    let geo = KvGeometry { block_size: 4, n_heads: 2, n_kv_heads: 1, head_dim: 8, keys: KeyLayout::Rows };
     let k: Vec<f16> = (0..8 * geo.block_elems()).map(|i| f16::from_f32((i % 7) as f32 * 0.1)).collect();
     let v = k.clone();
     let table: Vec<u32> = (0..8).collect();
@@ -161,13 +161,14 @@ pub(super) fn lcg(seed: &mut u64) -> f32 {
     (*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
 }
 
-pub(super) fn make_case(head_dim: usize, max_ctx: usize, amp: f32, seed: &mut u64) -> Case {
-    let geo = KvGeometry { block_size: 16, n_heads: 4, n_kv_heads: 2, head_dim };
+pub(super) fn make_case(head_dim: usize, max_ctx: usize, amp: f32, keys: KeyLayout, seed: &mut u64) -> Case {
+    let geo = KvGeometry { block_size: 16, n_heads: 4, n_kv_heads: 2, head_dim, keys };
     let n_blocks = max_ctx.div_ceil(16);
     assert!((n_blocks + 1) % 7 != 0, "the scattered table below needs n_blocks + 1 coprime with 7");
     // Blocks in a scattered order, with one unused block in the pool.
     let table: Vec<u32> = (0..n_blocks as u32).map(|b| (b * 7 + 3) % (n_blocks as u32 + 1)).collect();
-    let mut k = vec![f16::ZERO; (n_blocks + 1) * geo.block_elems()];
+    // Slots nobody wrote (past max_ctx, and the unused block) hold NaN: no result may read them.
+    let mut k = vec![f16::NAN; (n_blocks + 1) * geo.block_elems()];
     let mut v = k.clone();
     let mut ks = vec![vec![vec![0.0f32; head_dim]; max_ctx]; 2];
     let mut vs = ks.clone();
@@ -176,7 +177,7 @@ pub(super) fn make_case(head_dim: usize, max_ctx: usize, amp: f32, seed: &mut u6
             let off = geo.head_offset(&table, pos, h);
             for d in 0..head_dim {
                 let (a, b) = (f16::from_f32(lcg(seed) * amp), f16::from_f32(lcg(seed)));
-                k[off + d] = a;
+                k[geo.key_offset(&table, pos, h, d)] = a;
                 v[off + d] = b;
                 ks[h][pos][d] = a.to_f32();
                 vs[h][pos][d] = b.to_f32();
@@ -194,7 +195,8 @@ fn run(case: &Case, avx2: bool, threads: usize, n_ctxs: &[usize], q: &[f32], sca
 fn run_as(prompt: bool, case: &Case, avx2: bool, threads: usize, n_ctxs: &[usize], q: &[f32], scale: f32) -> Vec<f32> {
     let queries: Vec<AttnQuery> = n_ctxs.iter().map(|&n| AttnQuery { n_ctx: n, block_table: &case.table, prompt }).collect();
     let mut out = vec![0.0; q.len()];
-    paged_attention_with(avx2, &ThreadPool::new(threads), AttnArith::LlamaCpp, case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
+    let path = if avx2 { Path::Avx2 } else { Path::Scalar };
+    paged_attention_with(path, &ThreadPool::new(threads), AttnArith::LlamaCpp, case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
     out
 }
 
@@ -209,7 +211,7 @@ fn bit_exact_with_ggml_and_avx2_matches_scalar() {
     for head_dim in [64, 128, 80, 8] {
         let max_ctx = 300;
         for amp in [0.3f32, 3.0, 30.0] {
-            let case = make_case(head_dim, max_ctx, amp, &mut seed);
+            let case = make_case(head_dim, max_ctx, amp, KeyLayout::Rows, &mut seed);
             let n_ctxs: Vec<usize> = [1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 95, 96, 97, 127, 128, 129, 160, 191, 192, 193, 255, 256, 257, 300]
                 .into_iter()
                 .collect();
@@ -266,7 +268,7 @@ fn prompt_tokens_follow_llama_cpp_batched_arithmetic() {
     let avx2 = ggml_math::use_avx2();
     let mut seed = 7u64;
     for head_dim in [64, 128, 80] {
-        let case = make_case(head_dim, 300, 3.0, &mut seed);
+        let case = make_case(head_dim, 300, 3.0, KeyLayout::Rows, &mut seed);
         let n_ctxs: Vec<usize> = [1, 2, 15, 16, 17, 31, 32, 33, 63, 64, 65, 129, 300].into_iter().collect();
         let q_dim = 4 * head_dim;
         let q: Vec<f32> = (0..n_ctxs.len() * q_dim).map(|_| lcg(&mut seed) * 3.0).collect();

@@ -108,6 +108,12 @@ impl LlamaModel {
 
     /// KV cache geometry for `block_size`-token blocks.
     pub fn kv_geometry(&self, block_size: usize) -> KvGeometry {
-        KvGeometry { block_size, n_heads: self.config.n_heads, n_kv_heads: self.config.n_kv_heads, head_dim: self.config.head_dim }
+        KvGeometry {
+            block_size,
+            n_heads: self.config.n_heads,
+            n_kv_heads: self.config.n_kv_heads,
+            head_dim: self.config.head_dim,
+            keys: self.attention.key_layout(),
+        }
     }
 }
