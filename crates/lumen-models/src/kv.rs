@@ -2,8 +2,7 @@
 //! the engine's business (its block manager hands the forward pass a block table per sequence).
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
-use lumen_kernels::attention::{KeyLayout, KvGeometry};
+use lumen_kernels::attention::KvGeometry;
 
 /// Keys and values for every layer, `n_blocks` blocks each.
 pub struct KvStorage {
@@ -40,32 +39,9 @@ impl KvStorage {
         (&self.k[layer], &self.v[layer])
     }
 
-    /// Writes one token's key and value rows (`kv_dim` each) at `pos` of a sequence.
-    pub fn write(&mut self, layer: usize, block_table: &[u32], pos: usize, key: &[f32], value: &[f32]) {
-        let hd = self.geo.head_dim;
-        assert!(key.len() == self.geo.kv_dim() && value.len() == key.len(), "KvStorage::write: rows of {} values", self.geo.kv_dim());
-        // Each KV head's values sit in their own part of the block (see KvGeometry).
-        for (h, (k, v)) in key.chunks_exact(hd).zip(value.chunks_exact(hd)).enumerate() {
-            let off = self.geo.head_offset(block_table, pos, h);
-            // The slice conversion uses F16C when the CPU has it (the scalar one is software);
-            // both round to nearest even, like ggml's f32 -> f16.
-            self.v[layer][off..off + hd].convert_from_f32_slice(v);
-            match self.geo.keys {
-                KeyLayout::Rows => self.k[layer][off..off + hd].convert_from_f32_slice(k),
-                KeyLayout::Columns => {
-                    // One value per dimension row of the head's piece, `block_size` apart.
-                    let (first, bs) = (self.geo.key_offset(block_table, pos, h, 0), self.geo.block_size);
-                    let mut row = [f16::ZERO; 16];
-                    for (c, chunk) in k.chunks(16).enumerate() {
-                        let row = &mut row[..chunk.len()];
-                        row.convert_from_f32_slice(chunk);
-                        for (i, &x) in row.iter().enumerate() {
-                            self.k[layer][first + (16 * c + i) * bs] = x;
-                        }
-                    }
-                }
-            }
-        }
+    /// One layer's keys and values, for writing (see `lumen_kernels::attention::store_step`).
+    pub fn layer_mut(&mut self, layer: usize) -> (&mut [f16], &mut [f16]) {
+        (&mut self.k[layer], &mut self.v[layer])
     }
 
     /// Copies one block's contents (all layers) to another: copy-on-write for shared blocks.

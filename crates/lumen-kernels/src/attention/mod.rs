@@ -52,12 +52,14 @@ use crate::pool::{PartsPtr, ThreadPool};
 mod avx2;
 mod fast;
 mod scalar;
+mod store;
 #[cfg(test)]
 mod fast_tests;
 #[cfg(test)]
 mod tests;
 
 use scalar::attend_scalar;
+pub use store::{store_step, store_token};
 
 /// Shape of the KV cache and the attention heads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

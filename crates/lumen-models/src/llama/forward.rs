@@ -4,7 +4,7 @@
 //! run as one GEMM over all those rows (weights read once per step); attention runs per token
 //! over its own sequence's blocks; logits are computed only for the rows that ask for them.
 
-use lumen_kernels::attention::{paged_attention, AttnQuery, AttnScratch};
+use lumen_kernels::attention::{paged_attention, store_step, AttnQuery, AttnScratch};
 use lumen_kernels::ops::{add_inplace, add_rms_norm_rows, rms_norm, rms_norm_heads_inplace, rms_norm_rows, swiglu_rows};
 use lumen_kernels::{matmul, matmul_many, MatmulScratch, ThreadPool};
 
@@ -59,6 +59,8 @@ pub struct ForwardWorkspace {
     logits: Vec<f32>,
     mm: MatmulScratch,
     attn_scratch: AttnScratch,
+    /// Cache slots written in a step (scratch of `store_step`).
+    slots: Vec<usize>,
     /// The attention queries' storage, kept empty between steps (see `recycle`).
     queries: Vec<AttnQuery<'static>>,
 }
@@ -178,16 +180,13 @@ impl LlamaModel {
             if let Some(w) = &b.k_norm {
                 rms_norm_heads_inplace(k, c.head_dim, w, c.rms_eps);
             }
-            let mut t = 0;
-            for s in seqs {
-                for i in 0..s.tokens.len() {
-                    let cs = &cos_sin[t * rd..(t + 1) * rd];
-                    self.rope.apply(&mut q[t * qd..(t + 1) * qd], c.head_dim, cs);
-                    self.rope.apply(&mut k[t * kvd..(t + 1) * kvd], c.head_dim, cs);
-                    kv.write(li, s.block_table, s.start_pos + i, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
-                    t += 1;
-                }
-            }
+            // RoPE and the cache writes, token by token over the pool.
+            let (k_store, v_store) = kv.layer_mut(li);
+            store_step(pool, &geo, &queries, q, k, v, k_store, v_store, &mut ws_.slots, |t, q_row, k_row| {
+                let cs = &cos_sin[t * rd..(t + 1) * rd];
+                self.rope.apply(q_row, c.head_dim, cs);
+                self.rope.apply(k_row, c.head_dim, cs);
+            });
             let (k_layer, v_layer) = kv.layer(li);
             paged_attention(pool, self.attention, geo, &queries, q, k_layer, v_layer, scale, &mut ws_.attn_scratch, attn);
             self.linear(pool, &b.wo, attn, t_total, o, &mut ws_.mm);
