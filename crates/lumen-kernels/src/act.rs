@@ -35,7 +35,8 @@ impl ActKind {
 }
 
 /// m quantized activation rows. Per-block scalars are stored block-major (`[block][row]`, row
-/// stride `stride`, padded by 8) so a tile loads the scales of its rows with one vector load.
+/// stride `stride`, padded to whole cache lines) so a tile loads the scales of its rows with
+/// one vector load, and threads that fill different rows never write to one cache line.
 #[derive(Default)]
 pub(crate) struct ActBuf {
     pub m: usize,
@@ -47,11 +48,11 @@ pub(crate) struct ActBuf {
     /// Quants, row-major `[m][cols]`.
     pub qs: Vec<i8>,
     /// Block scales as f32 (f16-rounded for Q8_0/Q8_1), `[nb][stride]`.
-    pub d: Vec<f32>,
+    pub d: LineBuf<f32>,
     /// Q8_1 `s` (f16-rounded `d * sum`), `[nb][stride]`.
-    pub s: Vec<f32>,
+    pub s: LineBuf<f32>,
     /// Sum of the quants of each 32-block, `[nb][stride]`.
-    pub isum: Vec<i32>,
+    pub isum: LineBuf<i32>,
     /// Q8_K sums per 16 values, `[m][nb][16]`.
     pub bs16: Vec<i16>,
     /// Q8_K sums per 32 values, `[m][nb][8]`.
@@ -61,6 +62,49 @@ pub(crate) struct ActBuf {
 fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
     if v.len() < n {
         v.resize(n, T::default());
+    }
+}
+
+/// Four-byte values per cache line.
+const LINE: usize = 16;
+
+/// A growable array of four-byte values whose first element starts a cache line.
+///
+/// The block-major scalars of the rows two threads quantize sat in shared lines (a `Vec` is
+/// only 16-byte aligned): the quantizer stalled on its stores while the line moved between
+/// cores.
+#[derive(Default)]
+pub(crate) struct LineBuf<T: Copy + Default>(Vec<Line<T>>);
+
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Line<T: Copy + Default>([T; LINE]);
+
+const _: () = assert!(std::mem::size_of::<Line<f32>>() == 64 && std::mem::size_of::<Line<i32>>() == 64);
+
+impl<T: Copy + Default> LineBuf<T> {
+    /// Makes room for at least `n` values (new ones are `T::default()`).
+    fn grow(&mut self, n: usize) {
+        if self.0.len() * LINE < n {
+            self.0.resize(n.div_ceil(LINE), Line::default());
+        }
+    }
+}
+
+impl<T: Copy + Default> std::ops::Deref for LineBuf<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        // SAFETY: a Line is exactly LINE values of T (repr(C), and T is four bytes, so the
+        // 64-byte alignment adds no padding), so the lines are one contiguous run of values.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<T>(), self.0.len() * LINE) }
+    }
+}
+
+impl<T: Copy + Default> std::ops::DerefMut for LineBuf<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<T>(), self.0.len() * LINE) }
     }
 }
 
@@ -80,25 +124,42 @@ impl ActBuf {
         pool: &ThreadPool,
     ) {
         assert!(x.len() >= m * cols, "ActBuf::prepare: x too short");
+        let Some(fill) = self.begin(kind, m, cols) else { return };
+        let job = |t: usize, parts: usize| {
+            let rows = split_range(m, parts, t);
+            // SAFETY: `begin` sized the buffers for m rows of this geometry, and each part
+            // writes only its own rows (disjoint elements), all before `prepare` returns.
+            unsafe { fill.rows(kind, &x[rows.start * cols..rows.end * cols], rows, level) }
+        };
+        if m >= 4 && m * cols >= PARALLEL_MIN_VALUES && pool.n_threads() > 1 {
+            pool.run(job);
+        } else {
+            job(0, 1);
+        }
+    }
+
+    /// Sizes the buffer for m rows of `cols` values of `kind` and returns raw views to fill
+    /// them through ([`Fill::rows`]), or `None` for f32 rows (nothing to quantize).
+    pub(crate) fn begin(&mut self, kind: ActKind, m: usize, cols: usize) -> Option<Fill> {
         self.m = m;
         self.cols = cols;
-        self.stride = m.next_multiple_of(8);
+        self.stride = m.next_multiple_of(LINE);
         self.nb = match kind {
-            ActKind::F32 => return,
+            ActKind::F32 => return None,
             ActKind::Q8_0 | ActKind::Q8_1 => cols / QK,
             ActKind::Q8K => cols / QK_K,
         };
         let n = self.nb * self.stride + 8;
         grow(&mut self.qs, m * cols);
-        grow(&mut self.d, n);
+        self.d.grow(n);
         if kind == ActKind::Q8K {
             grow(&mut self.bs16, m * self.nb * 16);
             grow(&mut self.bs32, m * self.nb * 8);
         } else {
-            grow(&mut self.s, n);
-            grow(&mut self.isum, n);
+            self.s.grow(n);
+            self.isum.grow(n);
         }
-        let fill = Fill {
+        Some(Fill {
             qs: self.qs.as_mut_ptr(),
             d: self.d.as_mut_ptr(),
             s: self.s.as_mut_ptr(),
@@ -108,24 +169,7 @@ impl ActBuf {
             cols,
             nb: self.nb,
             stride: self.stride,
-        };
-        let job = |t: usize, parts: usize| {
-            let rows = split_range(m, parts, t);
-            // SAFETY: the buffers were sized above for m rows of this geometry, and each part
-            // writes only its own rows (disjoint elements), all before `prepare` returns.
-            unsafe {
-                if kind == ActKind::Q8K {
-                    fill.q8k_rows(x, rows, level)
-                } else {
-                    fill.q8_rows(x, rows, level)
-                }
-            }
-        };
-        if m >= 4 && m * cols >= PARALLEL_MIN_VALUES && pool.n_threads() > 1 {
-            pool.run(job);
-        } else {
-            job(0, 1);
-        }
+        })
     }
 
     /// Quants of row i.
@@ -143,7 +187,7 @@ impl ActBuf {
 
 /// Raw views of an [`ActBuf`]'s arrays, so that several threads can fill disjoint rows.
 #[derive(Clone, Copy)]
-struct Fill {
+pub(crate) struct Fill {
     qs: *mut i8,
     d: *mut f32,
     s: *mut f32,
@@ -155,33 +199,49 @@ struct Fill {
     stride: usize,
 }
 
-// SAFETY: a Fill is only used inside `ActBuf::prepare`, by parts that write disjoint rows.
+// SAFETY: a Fill is only used by the parts of one pool job, which write disjoint rows.
 unsafe impl Send for Fill {}
 // SAFETY: as above.
 unsafe impl Sync for Fill {}
 
 impl Fill {
-    /// Quantizes rows `rows` to Q8_0/Q8_1 blocks.
+    /// Quantizes rows `rows` as `kind` (the kind the buffer was begun for) from `x`, which
+    /// holds exactly those rows.
     ///
     /// # Safety
-    /// The arrays must be sized for these rows, and no one else may access them meanwhile.
+    /// The arrays must be sized for these rows (by [`ActBuf::begin`], whose buffer must still
+    /// be alive and not moved), and no one else may access these rows meanwhile.
+    pub(crate) unsafe fn rows(self, kind: ActKind, x: &[f32], rows: Range<usize>, level: SimdLevel) {
+        assert_eq!(x.len(), rows.len() * self.cols, "Fill::rows: x does not hold the rows");
+        if kind == ActKind::Q8K {
+            self.q8k_rows(x, rows, level)
+        } else {
+            self.q8_rows(x, rows, level)
+        }
+    }
+
+    /// Quantizes rows `rows` to Q8_0/Q8_1 blocks (`x` starts at row `rows.start`).
+    ///
+    /// # Safety
+    /// As [`Fill::rows`].
     unsafe fn q8_rows(self, x: &[f32], rows: Range<usize>, level: SimdLevel) {
+        let first = rows.start;
         #[cfg(target_arch = "x86_64")]
         if level == SimdLevel::Avx2 {
-            assert!(x.len() >= rows.end * self.cols);
             for i in rows {
                 let off = i * self.cols;
                 // SAFETY: Avx2 is only selected when the CPU has AVX2, FMA and F16C; the row
                 // and the arrays are sized as the caller guarantees.
-                crate::x86::quant::q8_row(x[off..].as_ptr(), self.qs.add(off), self.nb, self.d.add(i), self.isum.add(i), self.s.add(i), self.stride);
+                crate::x86::quant::q8_row(x[(i - first) * self.cols..].as_ptr(), self.qs.add(off), self.nb, self.d.add(i), self.isum.add(i), self.s.add(i), self.stride);
             }
             return;
         }
         for i in rows {
             for b in 0..self.nb {
                 let off = i * self.cols + b * QK;
+                let xo = (i - first) * self.cols + b * QK;
                 let q = std::slice::from_raw_parts_mut(self.qs.add(off), QK);
-                let (d, sum) = q8_block(level, &x[off..off + QK], q);
+                let (d, sum) = q8_block(level, &x[xo..xo + QK], q);
                 let k = b * self.stride + i;
                 *self.d.add(k) = round_f16(d);
                 *self.isum.add(k) = sum;
@@ -190,17 +250,19 @@ impl Fill {
         }
     }
 
-    /// Quantizes rows `rows` to Q8_K blocks.
+    /// Quantizes rows `rows` to Q8_K blocks (`x` starts at row `rows.start`).
     ///
     /// # Safety
-    /// As [`Fill::q8_rows`].
+    /// As [`Fill::rows`].
     unsafe fn q8k_rows(self, x: &[f32], rows: Range<usize>, level: SimdLevel) {
+        let first = rows.start;
         for i in rows {
             for b in 0..self.nb {
                 let off = i * self.cols + b * QK_K;
+                let xo = (i - first) * self.cols + b * QK_K;
                 let q = std::slice::from_raw_parts_mut(self.qs.add(off), QK_K);
                 let bs = std::slice::from_raw_parts_mut(self.bs16.add((i * self.nb + b) * 16), 16);
-                *self.d.add(b * self.stride + i) = q8k_block(level, &x[off..off + QK_K], q, bs);
+                *self.d.add(b * self.stride + i) = q8k_block(level, &x[xo..xo + QK_K], q, bs);
                 let b32 = self.bs32.add((i * self.nb + b) * 8);
                 for k in 0..8 {
                     *b32.add(k) = bs[2 * k] + bs[2 * k + 1];

@@ -56,6 +56,7 @@
 //! forces it).
 
 pub mod attention;
+pub mod fused;
 pub mod ops;
 
 mod act;
@@ -78,7 +79,7 @@ pub use blocks::get_scale_min_k4;
 pub use dequant::dequantize_row;
 pub use error::KernelError;
 pub use format::{WeightFormat, ALL_FORMATS};
-pub use matmul::{matmul, matmul_many, MatRef, MatmulScratch};
+pub use matmul::{matmul, matmul_many, matmul_quantized, MatRef, MatmulScratch, QuantizedInput};
 pub use packed::{pack, pack_group, packed_group_bytes, packed_len, packs, PACK_ROWS};
 pub use pool::{split_range, ThreadPool};
 pub use quantize::quantize_row;

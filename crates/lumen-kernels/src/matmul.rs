@@ -3,7 +3,7 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::act::ActBuf;
+use crate::act::{ActBuf, ActKind};
 use crate::dequant::dequantize_row;
 use crate::dot::dot;
 use crate::pool::{split_range, PartsPtr, ThreadPool};
@@ -132,7 +132,7 @@ impl<'a> MatRef<'a> {
 /// Reusable buffers (quantized activations) so that the steady-state step allocates nothing.
 pub struct MatmulScratch {
     level: SimdLevel,
-    act: ActBuf,
+    pub(crate) act: ActBuf,
 }
 
 impl MatmulScratch {
@@ -204,9 +204,42 @@ pub fn matmul_many(
     outs: &mut [&mut [f32]],
     scratch: &mut MatmulScratch,
 ) {
+    matmul_many_from(pool, ws, x, m, outs, scratch, None);
+}
+
+/// An m-row input that its producer has already quantized into a scratch for the matrices it
+/// meets next ([`crate::fused`]), so that [`matmul_quantized`] skips its own pass over the
+/// rows. It borrows the rows: they cannot change between the two.
+pub struct QuantizedInput<'a> {
+    pub(crate) x: &'a [f32],
+    pub(crate) m: usize,
+    pub(crate) kind: ActKind,
+    pub(crate) scratch: &'a mut MatmulScratch,
+}
+
+/// [`matmul_many`] of an input its producer quantized: the same results, without the pass
+/// that quantizes the rows (done already, by the thread that computed each row, while it was
+/// in that core's cache). If the matrices take another activation format than the one the
+/// input was quantized for, the rows are quantized again here.
+pub fn matmul_quantized(pool: &ThreadPool, ws: &[MatRef], input: QuantizedInput<'_>, outs: &mut [&mut [f32]]) {
+    let QuantizedInput { x, m, kind, scratch } = input;
+    matmul_many_from(pool, ws, x, m, outs, scratch, Some(kind));
+}
+
+/// [`matmul_many`]; `ready` is the activation kind `scratch` already holds `x` quantized as.
+fn matmul_many_from(
+    pool: &ThreadPool,
+    ws: &[MatRef],
+    x: &[f32],
+    m: usize,
+    outs: &mut [&mut [f32]],
+    scratch: &mut MatmulScratch,
+    ready: Option<ActKind>,
+) {
     assert_eq!(ws.len(), outs.len(), "matmul_many: {} matrices but {} outputs", ws.len(), outs.len());
     let Some(first) = ws.first() else { return };
     if ws.iter().any(|w| w.format != first.format || w.cols != first.cols || w.packed != first.packed) {
+        // Each matrix quantizes the rows for itself (the buffer holds one kind at a time).
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             matmul_many(pool, std::slice::from_ref(w), x, m, std::slice::from_mut(out), scratch);
         }
@@ -221,7 +254,11 @@ pub fn matmul_many(
         return;
     }
     let level = scratch.level;
-    scratch.act.prepare(first.format.act_kind(), x, m, cols, level, pool);
+    let kind = first.format.act_kind();
+    let act = &scratch.act;
+    if ready != Some(kind) || act.m != m || act.cols != cols {
+        scratch.act.prepare(kind, x, m, cols, level, pool);
+    }
     let act = &scratch.act;
     // Tiles of all matrices, numbered consecutively; thread t takes one contiguous range.
     let mut tile_end = [0usize; MAX_MATS];

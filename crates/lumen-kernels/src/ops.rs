@@ -26,6 +26,12 @@ fn for_row_parts(pool: &ThreadPool, m: usize, row_len: usize, f: impl Fn(Range<u
 /// [`rms_norm`] of every `weight.len()`-value row of `x` into the same row of `out`, the rows
 /// split over `pool`.
 pub fn rms_norm_rows(pool: &ThreadPool, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    rms_norm_rows_then(pool, x, weight, eps, out, |_, _| {});
+}
+
+/// [`rms_norm_rows`], calling `then(rows_of_out, rows)` on each part's rows once they are
+/// done, on the thread that did them (see [`crate::fused`]).
+pub(crate) fn rms_norm_rows_then(pool: &ThreadPool, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], then: impl Fn(&[f32], Range<usize>) + Sync) {
     let d = weight.len();
     assert!(d > 0 && x.len() == out.len() && x.len().is_multiple_of(d), "rms_norm_rows: length mismatch");
     let o = PartsPtr(out.as_mut_ptr());
@@ -34,6 +40,7 @@ pub fn rms_norm_rows(pool: &ThreadPool, x: &[f32], weight: &[f32], eps: f32, out
         // borrow of `out` ends.
         let dst = unsafe { std::slice::from_raw_parts_mut(o.get().add(rows.start * d), rows.len() * d) };
         norm_rows(&x[rows.start * d..rows.end * d], weight, eps, dst);
+        then(dst, rows);
     });
 }
 
@@ -41,6 +48,11 @@ pub fn rms_norm_rows(pool: &ThreadPool, x: &[f32], weight: &[f32], eps: f32, out
 /// the residual add and the next norm (the add alone ran on the calling thread while the
 /// others waited). Same bits as the two steps.
 pub fn add_rms_norm_rows(pool: &ThreadPool, x: &mut [f32], residual: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    add_rms_norm_rows_then(pool, x, residual, weight, eps, out, |_, _| {});
+}
+
+/// [`add_rms_norm_rows`], calling `then` as [`rms_norm_rows_then`] does.
+pub(crate) fn add_rms_norm_rows_then(pool: &ThreadPool, x: &mut [f32], residual: &[f32], weight: &[f32], eps: f32, out: &mut [f32], then: impl Fn(&[f32], Range<usize>) + Sync) {
     let d = weight.len();
     assert!(d > 0 && x.len() == out.len() && x.len() == residual.len() && x.len().is_multiple_of(d), "add_rms_norm_rows: length mismatch");
     let (xp, o) = (PartsPtr(x.as_mut_ptr()), PartsPtr(out.as_mut_ptr()));
@@ -53,6 +65,7 @@ pub fn add_rms_norm_rows(pool: &ThreadPool, x: &mut [f32], residual: &[f32], wei
         };
         add_inplace(x, &residual[span]);
         norm_rows(x, weight, eps, dst);
+        then(dst, rows);
     });
 }
 
@@ -101,6 +114,11 @@ fn scale_rows(x: &[f32], weight: &[f32], scale: f32, out: &mut [f32]) {
 
 /// [`swiglu_inplace`] over rows of `row_len` values, the rows split over `pool`.
 pub fn swiglu_rows(pool: &ThreadPool, gate: &mut [f32], up: &[f32], row_len: usize) {
+    swiglu_rows_then(pool, gate, up, row_len, |_, _| {});
+}
+
+/// [`swiglu_rows`], calling `then` as [`rms_norm_rows_then`] does.
+pub(crate) fn swiglu_rows_then(pool: &ThreadPool, gate: &mut [f32], up: &[f32], row_len: usize, then: impl Fn(&[f32], Range<usize>) + Sync) {
     assert!(row_len > 0 && gate.len() == up.len() && gate.len().is_multiple_of(row_len), "swiglu_rows: length mismatch");
     let g = PartsPtr(gate.as_mut_ptr());
     for_row_parts(pool, gate.len() / row_len, row_len, |rows| {
@@ -108,6 +126,7 @@ pub fn swiglu_rows(pool: &ThreadPool, gate: &mut [f32], up: &[f32], row_len: usi
         // SAFETY: as in `rms_norm_rows`: disjoint rows per part, joined before the borrow ends.
         let dst = unsafe { std::slice::from_raw_parts_mut(g.get().add(span.start), span.len()) };
         swiglu_inplace(dst, &up[span]);
+        then(dst, rows);
     });
 }
 

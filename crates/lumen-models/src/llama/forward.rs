@@ -5,8 +5,8 @@
 //! over its own sequence's blocks; logits are computed only for the rows that ask for them.
 
 use lumen_kernels::attention::{paged_attention, store_step, AttnQuery, AttnScratch};
-use lumen_kernels::ops::{add_inplace, add_rms_norm_rows, rms_norm, rms_norm_heads_inplace, rms_norm_rows, swiglu_rows};
-use lumen_kernels::{matmul, matmul_many, MatmulScratch, ThreadPool};
+use lumen_kernels::ops::{add_inplace, rms_norm, rms_norm_heads_inplace};
+use lumen_kernels::{fused, matmul, matmul_quantized, MatmulScratch, ThreadPool};
 
 use super::model::LlamaModel;
 use crate::kv::KvStorage;
@@ -162,15 +162,15 @@ impl LlamaModel {
         let geo = kv.geometry();
         for (li, b) in self.blocks.iter().enumerate() {
             // The previous layer's FFN output joins the residual stream in the same pass as
-            // this layer's norm.
-            if li == 0 {
-                rms_norm_rows(pool, x, &b.attn_norm, c.rms_eps, h);
-            } else {
-                add_rms_norm_rows(pool, x, o, &b.attn_norm, c.rms_eps, h);
-            }
-            // Q, K and V read the same input: quantize it once, one dispatch for all three.
+            // this layer's norm, which also quantizes its rows for Q, K and V (all three read
+            // the same input: one dispatch for them).
             let qkv = [b.wq.mat(&self.file), b.wk.mat(&self.file), b.wv.mat(&self.file)];
-            matmul_many(pool, &qkv, h, t_total, &mut [&mut q[..], &mut k[..], &mut v[..]], &mut ws_.mm);
+            let input = if li == 0 {
+                fused::rms_norm_rows(pool, x, &b.attn_norm, c.rms_eps, h, &qkv[0], &mut ws_.mm)
+            } else {
+                fused::add_rms_norm_rows(pool, x, o, &b.attn_norm, c.rms_eps, h, &qkv[0], &mut ws_.mm)
+            };
+            matmul_quantized(pool, &qkv, input, &mut [&mut q[..], &mut k[..], &mut v[..]]);
             add_bias_rows(q, b.bq.as_ref());
             add_bias_rows(k, b.bk.as_ref());
             add_bias_rows(v, b.bv.as_ref());
@@ -190,11 +190,12 @@ impl LlamaModel {
             let (k_layer, v_layer) = kv.layer(li);
             paged_attention(pool, self.attention, geo, &queries, q, k_layer, v_layer, scale, &mut ws_.attn_scratch, attn);
             self.linear(pool, &b.wo, attn, t_total, o, &mut ws_.mm);
-            add_rms_norm_rows(pool, x, o, &b.ffn_norm, c.rms_eps, h);
             let gate_up = [b.w_gate.mat(&self.file), b.w_up.mat(&self.file)];
-            matmul_many(pool, &gate_up, h, t_total, &mut [&mut gate[..], &mut up[..]], &mut ws_.mm);
-            swiglu_rows(pool, gate, up, c.d_ff);
-            self.linear(pool, &b.w_down, gate, t_total, o, &mut ws_.mm);
+            let input = fused::add_rms_norm_rows(pool, x, o, &b.ffn_norm, c.rms_eps, h, &gate_up[0], &mut ws_.mm);
+            matmul_quantized(pool, &gate_up, input, &mut [&mut gate[..], &mut up[..]]);
+            let down = b.w_down.mat(&self.file);
+            let input = fused::swiglu_rows(pool, gate, up, c.d_ff, &down, &mut ws_.mm);
+            matmul_quantized(pool, &[down], input, &mut [&mut o[..]]);
         }
         if !self.blocks.is_empty() {
             add_inplace(x, o);
