@@ -68,6 +68,7 @@ trait Ops {
     /// For the `qn` queries in `q` (`q.len() / qn` values each): `out[i * stride + s] =
     /// dot(query i, key of slot s) * scale` for the `bs` slots of one block's keys `k`
     /// (`[head_dim][bs]`), asking for `pf`'s lines along the way.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn scores(k: &[f16], bs: usize, q: &[f32], qn: usize, scale: f32, out: &mut [f32], stride: usize, pf: Ahead);
     /// `s[i] = exp(s[i] - max(s))`, returning the sum (`s.len() % 8 == 0`).
     unsafe fn exp_sum(s: &mut [f32]) -> f32;
@@ -372,6 +373,7 @@ mod x86 {
     /// accumulators per query (even and odd dimensions) so that the multiply-adds do not wait
     /// on each other, summed at the end; the same order for every tile a query is in.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn scores16<L: Lanes, const Q: usize>(k: *const f16, bs: usize, hd: usize, q: *const f32, scale: f32, out: *mut f32, stride: usize, pf: Ahead) {
         let mut a = [[L::zero(); 2]; Q];
         let mut d = 0;
@@ -398,6 +400,7 @@ mod x86 {
 
     /// `acc_i += sum_s p_i[s] * v row s` for `Q` queries, dimensions `d0..d0 + 16 D`.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn accumulate_lanes<L: Lanes, const Q: usize, const D: usize>(p: *const f32, stride: usize, rows: usize, v: *const f16, hd: usize, acc: *mut f32, d0: usize, pf: Ahead) {
         let mut a = [[L::zero(); D]; Q];
         for (i, a) in a.iter_mut().enumerate() {
@@ -455,7 +458,7 @@ mod x86 {
         #[inline(always)]
         unsafe fn scores(k: &[f16], bs: usize, q: &[f32], qn: usize, scale: f32, out: &mut [f32], stride: usize, pf: Ahead) {
             let hd = q.len() / qn;
-            assert!((1..=TILE).contains(&qn) && bs % 16 == 0 && k.len() >= hd * bs && out.len() >= (qn - 1) * stride + bs);
+            assert!((1..=TILE).contains(&qn) && bs.is_multiple_of(16) && k.len() >= hd * bs && out.len() >= (qn - 1) * stride + bs);
             let (kp, qp, op) = (k.as_ptr(), q.as_ptr(), out.as_mut_ptr());
             for c in (0..bs).step_by(16) {
                 let pf = Ahead::slice(Some((pf.ptr, pf.lines)), c / 16, bs / 16);
@@ -472,7 +475,7 @@ mod x86 {
         #[inline(always)]
         unsafe fn accumulate(p: &[f32], stride: usize, rows: usize, v: &[f16], qn: usize, acc: &mut [f32], pf: Ahead) {
             let hd = acc.len() / qn;
-            assert!((1..=TILE).contains(&qn) && hd % 16 == 0 && v.len() >= rows * hd && (rows == 0 || p.len() >= (qn - 1) * stride + rows));
+            assert!((1..=TILE).contains(&qn) && hd.is_multiple_of(16) && v.len() >= rows * hd && (rows == 0 || p.len() >= (qn - 1) * stride + rows));
             let (pp, vp, ap) = (p.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
             match qn {
                 1 => accumulate_q::<L, 1, D>(pp, stride, rows, vp, hd, ap, pf),

@@ -293,7 +293,7 @@ impl Path {
     #[cfg(test)]
     fn available(head_dim: usize) -> Vec<Path> {
         let mut paths = vec![Path::Scalar];
-        if ggml_math::use_avx2() && head_dim % 8 == 0 {
+        if ggml_math::use_avx2() && head_dim.is_multiple_of(8) {
             paths.push(Path::Avx2);
             #[cfg(target_arch = "x86_64")]
             if crate::x86::avx512vl() {
