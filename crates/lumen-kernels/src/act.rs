@@ -487,17 +487,19 @@ mod tests {
             return;
         }
         let x: Vec<f32> = cases().concat();
-        let cols = 2 * QK_K;
-        let m = x.len() / cols;
-        assert!(m >= 4);
         let pool = ThreadPool::new(2);
-        let prepared = |level| {
-            let mut a = ActBuf::default();
-            a.prepare(ActKind::Q8_1, &x, m, cols, level, &pool);
-            let n = a.nb * a.stride;
-            (a.qs[..m * cols].to_vec(), a.d[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a.isum[..n].to_vec(), a.s[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>())
-        };
-        assert_eq!(prepared(SimdLevel::Avx2), prepared(SimdLevel::Scalar));
+        // Whole groups of eight blocks (done eight at a time), and eleven (a group and a tail).
+        for cols in [2 * QK_K, 11 * QK] {
+            let m = x.len() / cols;
+            assert!(m >= 4);
+            let prepared = |level| {
+                let mut a = ActBuf::default();
+                a.prepare(ActKind::Q8_1, &x, m, cols, level, &pool);
+                let n = a.nb * a.stride;
+                (a.qs[..m * cols].to_vec(), a.d[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a.isum[..n].to_vec(), a.s[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+            };
+            assert_eq!(prepared(SimdLevel::Avx2), prepared(SimdLevel::Scalar), "{cols} columns");
+        }
     }
 
     #[test]
