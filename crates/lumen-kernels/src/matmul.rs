@@ -255,8 +255,7 @@ fn matmul_many_from(
     }
     let level = scratch.level;
     let kind = first.format.act_kind();
-    let act = &scratch.act;
-    if ready != Some(kind) || act.m != m || act.cols != cols {
+    if ready != Some(kind) || scratch.act.m != m || scratch.act.cols != cols {
         scratch.act.prepare(kind, x, m, cols, level, pool);
     }
     let act = &scratch.act;

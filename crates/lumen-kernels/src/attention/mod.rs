@@ -267,14 +267,7 @@ pub fn paged_attention(
     scratch: &mut AttnScratch,
     out: &mut [f32],
 ) {
-    let path = if !ggml_math::use_avx2() || geo.head_dim & 7 != 0 {
-        Path::Scalar
-    } else if cfg!(target_arch = "x86_64") && crate::x86::avx512vl() {
-        Path::Avx512
-    } else {
-        Path::Avx2
-    };
-    paged_attention_with(path, pool, arith, geo, queries, q, k_layer, v_layer, scale, scratch, out);
+    paged_attention_with(Path::best(geo.head_dim), pool, arith, geo, queries, q, k_layer, v_layer, scale, scratch, out);
 }
 
 /// Which instructions attention runs on.
@@ -289,18 +282,23 @@ enum Path {
 }
 
 impl Path {
+    /// The fastest path this CPU runs for `head_dim`.
+    fn best(head_dim: usize) -> Path {
+        if !ggml_math::use_avx2() || !head_dim.is_multiple_of(8) {
+            return Path::Scalar;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::x86::avx512vl() {
+            return Path::Avx512;
+        }
+        Path::Avx2
+    }
+
     /// Every path this CPU can run for `head_dim`, for tests.
     #[cfg(test)]
     fn available(head_dim: usize) -> Vec<Path> {
-        let mut paths = vec![Path::Scalar];
-        if ggml_math::use_avx2() && head_dim.is_multiple_of(8) {
-            paths.push(Path::Avx2);
-            #[cfg(target_arch = "x86_64")]
-            if crate::x86::avx512vl() {
-                paths.push(Path::Avx512);
-            }
-        }
-        paths
+        let best = Path::best(head_dim);
+        [Path::Scalar, Path::Avx2, Path::Avx512].into_iter().take_while(|&p| p != best).chain([best]).collect()
     }
 }
 
