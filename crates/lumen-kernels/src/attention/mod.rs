@@ -59,7 +59,7 @@ mod fast_tests;
 mod tests;
 
 use scalar::attend_scalar;
-pub use store::{store_step, store_token};
+pub use store::store_step;
 
 /// Shape of the KV cache and the attention heads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

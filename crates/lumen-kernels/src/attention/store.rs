@@ -17,14 +17,20 @@ use crate::ggml_math;
 use crate::pool::{split_range, PartsPtr, ThreadPool};
 
 /// Writes one token's key and value rows (`kv_dim` values each) at position `pos` of the
-/// sequence whose block table is `table`, into one layer's cache storage.
+/// sequence whose block table is `table`, into one layer's cache storage: one token of
+/// [`store_step`], the tests' reference for it.
 ///
 /// Panics if the rows are not `kv_dim` long or the position's block is outside the storage.
-pub fn store_token(geo: &KvGeometry, k_layer: &mut [f16], v_layer: &mut [f16], table: &[u32], pos: usize, key: &[f32], value: &[f32]) {
+#[cfg(test)]
+fn store_token(geo: &KvGeometry, k_layer: &mut [f16], v_layer: &mut [f16], table: &[u32], pos: usize, key: &[f32], value: &[f32]) {
     let layer = Layer::new(geo, k_layer, v_layer);
     // SAFETY: `layer` holds the only borrow of the storage.
     unsafe { layer.store(ggml_math::use_avx2(), geo, table, pos, key, value) }
 }
+
+/// Below this many key values a step's writes stay on the calling thread (a dispatch costs
+/// more than converting them).
+const PARALLEL_MIN_VALUES: usize = 4096;
 
 /// Every query token's part of a step's cache writes, the tokens split over `pool`: first
 /// `prepare(t, q_row, k_row)` on token `t`'s query and key rows (the caller's RoPE, in place),
@@ -74,7 +80,7 @@ pub fn store_step(
             unsafe { layer.store(simd, geo, queries[t].block_table, queries[t].n_ctx - 1, k_row, &v[t * kvd..(t + 1) * kvd]) };
         }
     };
-    if n * kvd < 4096 || pool.n_threads() == 1 {
+    if n * kvd < PARALLEL_MIN_VALUES || pool.n_threads() == 1 {
         job(0, 1);
     } else {
         pool.run(job);
@@ -119,7 +125,8 @@ impl<'a> Layer<'a> {
         }
     }
 
-    /// Stores one token's rows, as [`store_token`] describes; `simd` requires F16C.
+    /// Stores one token's key and value rows at its position, in the layouts of `geo`; `simd`
+    /// requires F16C.
     ///
     /// # Safety
     /// No other thread may access this token's slot meanwhile.
