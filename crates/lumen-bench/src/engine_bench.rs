@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use lumen_engine::registry::{ChatModel, ModelKind, ModelLocation};
 use lumen_engine::{
-    Engine, EngineConfig, EngineHandle, Event, GenerateRequest, SchedulerConfig, BLOCK_SIZE,
+    Engine, EngineConfig, EngineHandle, Event, GenerationParams, SchedulerConfig, BLOCK_SIZE,
 };
 use lumen_models::KvStorage;
 
@@ -156,11 +156,10 @@ async fn one_rep(
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for prompt in prompts {
-        let mut req = GenerateRequest::new(prompt);
-        req.max_tokens = gen;
-        req.ignore_eos = true;
-        req.cache_salt = Some(salt.to_le_bytes().to_vec());
-        let mut stream = handle.submit(req)?;
+        let mut params = GenerationParams::greedy(gen);
+        params.ignore_eos = Some(true);
+        params.cache_salt = Some(format!("bench-{salt}"));
+        let mut stream = handle.submit(handle.prepare(params, prompt)?)?;
         tasks.spawn(async move {
             let mut first = None;
             // A request yields at most `gen` tokens plus its end events; the bound is slack.

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use lumen_models::WeightLayout;
 use lumen_engine::registry::{lumen_home, resolve, ChatModel};
-use lumen_engine::{ChatMessage, Engine, EngineConfig, EngineHandle, Event, GenerateRequest, SamplingParams};
+use lumen_engine::{ChatMessage, Engine, EngineConfig, EngineHandle, Event, GenerationParams, BLOCK_SIZE};
 
 /// Flags of `lumen run`.
 #[derive(Args, Debug)]
@@ -52,15 +52,20 @@ pub fn run(args: RunArgs) -> Result<()> {
     let home = lumen_home();
     let loc = resolve(&args.model, &home).with_context(|| "fetch the default models with `make models`".to_string())?;
     let chat = ChatModel::load_with(&loc, args.weight_layout).with_context(|| format!("loading {}", loc.path.display()))?;
-    let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed, ..SamplingParams::default() };
-    sampling.validate().context("invalid sampling flags")?;
-    if args.max_tokens == 0 {
-        bail!("--max-tokens must be at least 1");
-    }
     let mut config = EngineConfig::new(chat.name.clone());
     config.threads = args.threads.max(1);
     let engine = Engine::start(chat.model.clone(), chat.tokenizer.clone(), config)?;
     let handle = engine.handle();
+    let params = GenerationParams {
+        temperature: Some(f64::from(args.temperature)),
+        top_k: Some(i64::try_from(args.top_k).unwrap_or(i64::MAX)),
+        top_p: Some(f64::from(args.top_p)),
+        seed: args.seed.map(|s| s as i64),
+        max_tokens: Some(i64::try_from(args.max_tokens).unwrap_or(i64::MAX)),
+        ..GenerationParams::default()
+    };
+    // The flags go through the same rules as an API request, once, before any prompt.
+    handle.validate(params.clone()).context("invalid generation flags")?;
     let interrupted = Arc::new(AtomicBool::new(false));
     let generating = Arc::new(AtomicBool::new(false));
     {
@@ -74,7 +79,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         })
         .context("installing the Ctrl-C handler")?;
     }
-    let ctx = Session { chat: &chat, handle, args: &args, sampling, interrupted, generating };
+    let ctx = Session { chat: &chat, handle, args: &args, params, interrupted, generating };
     match &args.prompt {
         Some(p) => {
             let prompt = if args.raw { p.clone() } else { ctx.render(&[ChatMessage::new("user", p)])? };
@@ -89,7 +94,7 @@ struct Session<'a> {
     chat: &'a ChatModel,
     handle: EngineHandle,
     args: &'a RunArgs,
-    sampling: SamplingParams,
+    params: GenerationParams,
     interrupted: Arc<AtomicBool>,
     generating: Arc<AtomicBool>,
 }
@@ -102,13 +107,15 @@ impl Session<'_> {
     /// Streams one reply to stdout and returns its text.
     fn generate(&self, prompt: &str) -> Result<String> {
         let ids = self.chat.tokenizer.encode(prompt, true, true)?;
-        let mut req = GenerateRequest::new(ids);
-        req.sampling = self.sampling.clone();
-        let room = self.handle.info().context_len.saturating_sub(req.prompt.len());
+        let info = self.handle.info();
+        let limit = info.context_len.min(info.kv_blocks.saturating_mul(BLOCK_SIZE));
+        let room = limit.saturating_sub(ids.len());
         if room == 0 {
-            bail!("the conversation ({} tokens) fills the model's context of {}", req.prompt.len(), self.handle.info().context_len);
+            bail!("the conversation ({} tokens) fills the model's context of {limit}", ids.len());
         }
-        req.max_tokens = self.args.max_tokens.min(room);
+        let mut params = self.params.clone();
+        params.max_tokens = Some(i64::try_from(self.args.max_tokens.min(room)).unwrap_or(i64::MAX));
+        let req = self.handle.prepare(params, ids)?;
         self.interrupted.store(false, Ordering::SeqCst);
         self.generating.store(true, Ordering::SeqCst);
         let mut stream = self.handle.submit(req)?;

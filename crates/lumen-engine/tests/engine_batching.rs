@@ -5,8 +5,8 @@ mod common;
 
 use std::sync::atomic::Ordering::SeqCst;
 
-use common::{blocks_in_use, collect, engine, greedy, prompt, run_all, smollm2, wait_idle};
-use lumen_engine::{FinishReason, GenerateRequest, SamplingParams};
+use common::{blocks_in_use, collect, engine, greedy, prompt, run_all, smollm2, submit, wait_idle, Req};
+use lumen_engine::{FinishReason, GenerationParams};
 
 /// 64 requests with prompts from 10 to 1,500 tokens and mixed `max_tokens`, all at once, give
 /// the same greedy tokens as each run alone.
@@ -15,14 +15,14 @@ fn sixty_four_mixed_requests_match_their_solo_runs() {
     let Some(chat) = smollm2() else { return };
     // Mostly short prompts with a few long ones, so the suite stays quick on 2 cores.
     let lens: Vec<usize> = (0..64).map(|i| match i % 16 { 0 => 1500 - i * 7, 5 => 600 + i, _ => 10 + (i * 37) % 120 }).collect();
-    let reqs: Vec<GenerateRequest> = lens.iter().enumerate().map(|(i, &l)| greedy(prompt(i as u64, l), 4 + (i * 7) % 20)).collect();
+    let reqs: Vec<Req> = lens.iter().enumerate().map(|(i, &l)| greedy(prompt(i as u64, l), 4 + (i * 7) % 20)).collect();
     let batched_engine = engine(&chat, 4096, 64);
     let batched = run_all(&batched_engine, reqs.clone());
     wait_idle(&batched_engine);
     assert_eq!(blocks_in_use(&batched_engine), 0);
     let solo_engine = engine(&chat, 4096, 64);
     for (i, r) in reqs.into_iter().enumerate() {
-        let max = r.max_tokens;
+        let max = r.params.max_tokens.unwrap() as usize;
         let solo = run_all(&solo_engine, vec![r]).remove(0);
         assert_eq!(solo.tokens[0].len(), max);
         assert_eq!(batched[i].tokens, solo.tokens, "request {i} (prompt {} tokens) differs in a batch", lens[i]);
@@ -38,12 +38,15 @@ fn sixty_four_mixed_requests_match_their_solo_runs() {
 fn seeded_sampling_is_batch_invariant() {
     let Some(chat) = smollm2() else { return };
     let mut target = greedy(prompt(999, 40), 24);
-    target.sampling = SamplingParams { temperature: 0.8, seed: Some(1234), logprobs: Some(0), ..SamplingParams::default() };
+    target.params.temperature = Some(0.8);
+    target.params.seed = Some(1234);
+    target.params.logprobs = Some(true);
     let eng = engine(&chat, 2048, 64);
     let alone = run_all(&eng, vec![target.clone()]).remove(0);
-    let mut reqs: Vec<GenerateRequest> = (0..63).map(|i| {
+    let mut reqs: Vec<Req> = (0..63).map(|i| {
         let mut r = greedy(prompt(i, 20 + i as usize), 24);
-        r.sampling = SamplingParams { temperature: 1.0, seed: Some(i), ..SamplingParams::default() };
+        r.params.temperature = Some(1.0);
+        r.params.seed = Some(i as i64);
         r
     }).collect();
     reqs.insert(31, target);
@@ -53,7 +56,8 @@ fn seeded_sampling_is_batch_invariant() {
     assert_eq!(alone.logprobs[0].len(), 24);
     // Seeded sampling really samples: a different seed gives different tokens.
     let mut other = greedy(prompt(999, 40), 24);
-    other.sampling = SamplingParams { temperature: 0.8, seed: Some(4321), ..SamplingParams::default() };
+    other.params.temperature = Some(0.8);
+    other.params.seed = Some(4321);
     assert_ne!(run_all(&eng, vec![other]).remove(0).tokens, alone.tokens);
 }
 
@@ -110,7 +114,7 @@ fn generated_blocks_are_not_reused_as_prompt() {
 #[test]
 fn preemption_recomputes_to_the_same_output() {
     let Some(chat) = smollm2() else { return };
-    let reqs: Vec<GenerateRequest> = (0..8).map(|i| greedy(prompt(100 + i, 60), 40)).collect();
+    let reqs: Vec<Req> = (0..8).map(|i| greedy(prompt(100 + i, 60), 40)).collect();
     let roomy = run_all(&engine(&chat, 512, 16), reqs.clone());
     // 8 sequences need 8 × 7 = 56 blocks by the end; 24 forces preemption.
     let tight_engine = engine(&chat, 24, 16);
@@ -128,7 +132,7 @@ fn preemption_recomputes_to_the_same_output() {
 fn cancel_frees_blocks() {
     let Some(chat) = smollm2() else { return };
     let eng = engine(&chat, 256, 8);
-    let mut stream = eng.handle().submit(greedy(prompt(5, 50), 500)).unwrap();
+    let mut stream = submit(&eng, greedy(prompt(5, 50), 500)).unwrap();
     for _ in 0..3 {
         stream.blocking_recv().unwrap();
     }
@@ -146,8 +150,7 @@ fn stop_strings_and_n_choices() {
     let eng = engine(&chat, 512, 16);
     let text = chat.template.render(&[lumen_engine::ChatMessage::new("user", "Count from 1 to 20, separated by commas.")], true, None).unwrap();
     let ids = chat.tokenizer.encode(&text, true, true).unwrap();
-    let mut base = GenerateRequest::new(ids);
-    base.max_tokens = 60;
+    let base = Req { prompt: ids, params: GenerationParams::greedy(60) };
     let full = run_all(&eng, vec![base.clone()]).remove(0).text.remove(0);
     // Pick a stop string that straddles token boundaries: a 5-character window in the middle.
     let chars: Vec<char> = full.chars().collect();
@@ -156,16 +159,17 @@ fn stop_strings_and_n_choices() {
     let pieces: Vec<String> = chat.tokenizer.encode(&full, false, false).unwrap().iter().map(|&t| chat.tokenizer.token_to_piece(t).unwrap()).collect();
     assert!(!pieces.iter().any(|p| p.contains(&stop)), "stop string {stop:?} should span tokens");
     let mut with_stop = base.clone();
-    with_stop.stop = vec![stop.clone()];
+    with_stop.params.stop = vec![stop.clone()];
     let out = run_all(&eng, vec![with_stop]).remove(0);
     let cut = full.find(&stop).unwrap();
     assert_eq!(out.text[0], full[..cut]);
     assert_eq!(out.finish[0], Some(FinishReason::Stop));
 
     let mut four = base.clone();
-    four.n = 4;
-    four.max_tokens = 12;
-    four.sampling = SamplingParams { temperature: 1.0, seed: Some(3), ..SamplingParams::default() };
+    four.params.n = Some(4);
+    four.params.max_tokens = Some(12);
+    four.params.temperature = Some(1.0);
+    four.params.seed = Some(3);
     let out = run_all(&eng, vec![four]).remove(0);
     assert_eq!(out.tokens.len(), 4);
     assert!(out.finish.iter().all(|f| f.is_some()));
@@ -186,10 +190,10 @@ fn over_context_is_refused() {
     let Some(chat) = smollm2() else { return };
     let eng = engine(&chat, 64, 4);
     let ctx = eng.handle().info().context_len;
-    let err = eng.handle().submit(greedy(prompt(1, 100), ctx)).err().expect("must refuse");
+    let err = submit(&eng, greedy(prompt(1, 100), ctx)).err().expect("must refuse");
     assert!(err.to_string().contains("context"), "{err}");
-    let err = eng.handle().submit(greedy(prompt(1, 2000), 10)).err().expect("must refuse: KV too small");
+    let err = submit(&eng, greedy(prompt(1, 2000), 10)).err().expect("must refuse: KV too small");
     assert!(err.to_string().contains("KV cache"), "{err}");
-    let ok = collect(eng.handle().submit(greedy(prompt(1, 10), 3)).unwrap(), 1);
+    let ok = collect(submit(&eng, greedy(prompt(1, 10), 3)).unwrap(), 1);
     assert_eq!(ok.tokens[0].len(), 3);
 }

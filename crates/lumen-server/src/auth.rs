@@ -9,6 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
+use lumen_engine::CallerId;
 use sha2::{Digest, Sha256};
 
 use crate::error::ServerError;
@@ -41,6 +42,12 @@ impl ApiKeys {
 
     /// Whether `presented` is one of the keys, in time independent of where it differs.
     pub fn accepts(&self, presented: &str) -> bool {
+        self.identify(presented).is_some()
+    }
+
+    /// The caller `presented` identifies, if it is one of the keys; every stored digest is
+    /// compared in full, so the timing shows neither whether nor which key matched.
+    pub fn identify(&self, presented: &str) -> Option<CallerId> {
         let d = digest(presented.as_bytes());
         let mut any = 0u8;
         for k in &self.digests {
@@ -48,7 +55,10 @@ impl ApiKeys {
             // 1 when equal, 0 otherwise, without a branch on the secret.
             any |= 1 ^ ((diff | diff.wrapping_neg()) >> 7);
         }
-        any == 1
+        (any == 1).then(|| {
+            let hex: String = d[..4].iter().map(|b| format!("{b:02x}")).collect();
+            CallerId::new(format!("key:{hex}"))
+        })
     }
 }
 
@@ -71,9 +81,13 @@ pub async fn require_key(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    match presented {
-        Some(k) if keys.accepts(k) => Ok(next.run(req).await),
-        _ => Err(ServerError::Unauthorized),
+    match presented.and_then(|k| keys.identify(k)) {
+        Some(caller) => {
+            let mut req = req;
+            req.extensions_mut().insert(caller);
+            Ok(next.run(req).await)
+        }
+        None => Err(ServerError::Unauthorized),
     }
 }
 
@@ -91,5 +105,16 @@ mod tests {
         assert!(!keys.accepts(""));
         assert!(!keys.is_open());
         assert!(ApiKeys::new::<&str>(&[]).is_open());
+    }
+
+    #[test]
+    fn callers_are_named_by_a_digest_prefix_not_the_key() {
+        let keys = ApiKeys::new(&["alpha", "beta"]);
+        let a = keys.identify("alpha").expect("accepted");
+        assert_eq!(a.0.len(), "key:".len() + 8);
+        assert!(!a.0.contains("alpha"));
+        assert_eq!(keys.identify("alpha"), Some(a.clone()), "stable");
+        assert_ne!(keys.identify("beta"), Some(a));
+        assert_eq!(keys.identify("gamma"), None);
     }
 }

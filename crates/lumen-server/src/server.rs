@@ -14,7 +14,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use lumen_engine::registry::{resolve, ChatModel, EmbeddingModel, ModelKind};
-use lumen_engine::{EmbedConfig, EmbedEngine, Engine, EngineConfig, Event, GenerateRequest, SchedulerConfig};
+use lumen_engine::{EmbedConfig, EmbedEngine, Engine, EngineConfig, Event, GenerationParams, SchedulerConfig};
 use tokio::net::TcpListener;
 
 use crate::api::{chat, completions, embeddings, models, ops};
@@ -194,8 +194,9 @@ fn warm_up(handle: &lumen_engine::EngineHandle) {
     let Ok(prompt) = tok.encode("Hello", true, false) else {
         return;
     };
-    let mut req = GenerateRequest::new(prompt);
-    req.max_tokens = 2;
+    let Ok(req) = handle.prepare(GenerationParams::greedy(2), prompt) else {
+        return;
+    };
     if let Ok(mut s) = handle.submit(req) {
         while let Some(ev) = s.blocking_recv() {
             if matches!(ev, Event::Done(_) | Event::Error(_)) {

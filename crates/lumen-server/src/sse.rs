@@ -12,35 +12,28 @@ use std::convert::Infallible;
 use axum::body::Body;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use lumen_engine::Usage;
-use serde_json::Value;
+use serde::Serialize;
 
-use crate::gen::{GenEvent, Generation};
-
-/// Turns generation events into the chunks of one endpoint.
-pub trait ChunkFormat: Send + 'static {
-    /// Chunks sent before any event (chat's role delta, echoed prompts).
-    fn start(&mut self, out: &mut Vec<Value>);
-    /// Chunks for one event.
-    fn event(&mut self, ev: GenEvent, out: &mut Vec<Value>);
-    /// The last chunk carrying the usage (`choices: []`).
-    fn usage_chunk(&self, usage: &Usage) -> Value;
-}
+use crate::api::generate::ChunkFormat;
+use crate::gen::Generation;
 
 struct SseState<F> {
     gen: Generation,
     fmt: F,
-    include_usage: bool,
     queue: VecDeque<String>,
     finished: bool,
 }
 
-fn frame(v: &Value) -> String {
-    format!("data: {v}\n\n")
+fn frame<T: Serialize>(v: &T) -> String {
+    match serde_json::to_string(v) {
+        Ok(json) => format!("data: {json}\n\n"),
+        // Plain structs of strings and numbers always serialize; say so if one did not.
+        Err(e) => format!("data: {}\n\n", crate::error::ServerError::Internal(format!("chunk serialization failed: {e}")).body()),
+    }
 }
 
 impl<F: ChunkFormat> SseState<F> {
-    fn push_all(&mut self, chunks: Vec<Value>) {
+    fn push_all(&mut self, chunks: Vec<crate::api::response::Envelope<F::Choice>>) {
         self.queue.extend(chunks.iter().map(frame));
     }
 
@@ -59,8 +52,8 @@ impl<F: ChunkFormat> SseState<F> {
                     self.push_all(out);
                 }
                 Ok(None) => {
-                    if self.include_usage {
-                        out.push(self.fmt.usage_chunk(&self.gen.usage()));
+                    if self.fmt.include_usage() {
+                        out.push(self.fmt.usage_chunk(self.gen.usage()));
                     }
                     self.push_all(out);
                     self.queue.push_back("data: [DONE]\n\n".into());
@@ -77,17 +70,12 @@ impl<F: ChunkFormat> SseState<F> {
 }
 
 /// A `text/event-stream` response streaming `gen` through `fmt`.
-pub fn stream_response<F: ChunkFormat>(
-    gen: Generation,
-    mut fmt: F,
-    include_usage: bool,
-) -> Response {
+pub fn stream_response<F: ChunkFormat>(gen: Generation, mut fmt: F) -> Response {
     let mut first = Vec::new();
     fmt.start(&mut first);
     let mut state = SseState {
         gen,
         fmt,
-        include_usage,
         queue: VecDeque::new(),
         finished: false,
     };

@@ -1,12 +1,12 @@
 //! The engine: one thread per loaded model that owns the weights, the KV pool and the
 //! scheduler, and an async-friendly handle that submits requests and streams events back.
 //!
-//! The async world never computes: [`EngineHandle::submit`] validates the request, sends it
-//! over a channel and returns a [`RequestStream`]. The engine thread loops: take new commands,
+//! The async world never computes: [`EngineHandle::submit`] takes a [`ValidRequest`] (the
+//! rules were applied when it was built, see [`crate::request`]), sends it over a channel and
+//! returns a [`RequestStream`]. The engine thread loops: take new commands,
 //! plan a step, run the forward pass on the worker pool, sample, and push events. Dropping a
 //! stream sends a cancel; the thread frees the sequence's blocks before its next step.
 
-mod choice;
 mod stats;
 mod worker;
 
@@ -19,15 +19,13 @@ use tokio::sync::mpsc as tmpsc;
 
 pub use stats::EngineStats;
 
-use crate::request::{Event, GenerateRequest};
+use crate::request::{Event, GenerateRequest, GenerationParams, ValidParams, ValidRequest};
 use crate::scheduler::SchedulerConfig;
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
 
 /// Tokens per KV block.
 pub const BLOCK_SIZE: usize = 16;
-/// Most choices one request may ask for.
-pub const MAX_CHOICES: usize = 16;
 
 /// How an engine is sized.
 #[derive(Clone, Debug)]
@@ -203,42 +201,23 @@ impl EngineHandle {
         &self.shared.tokenizer
     }
 
-    /// Checks a request against the model and the engine's limits, without queueing it.
-    pub fn validate(&self, req: &GenerateRequest) -> Result<(), EngineError> {
-        let info = &self.shared.info;
-        let bad = |param: &'static str, message: String| Err(EngineError::InvalidRequest { param, message });
-        if req.prompt.is_empty() {
-            return bad("prompt", "the prompt is empty".into());
-        }
-        if let Some(&t) = req.prompt.iter().find(|&&t| t as usize >= info.vocab_size) {
-            return bad("prompt", format!("token id {t} is outside the vocabulary of {} tokens", info.vocab_size));
-        }
-        if req.max_tokens == 0 {
-            return bad("max_tokens", "max_tokens must be at least 1".into());
-        }
-        if req.n == 0 || req.n > MAX_CHOICES {
-            return bad("n", format!("n must be between 1 and {MAX_CHOICES}"));
-        }
-        let total = req.prompt.len().saturating_add(req.max_tokens);
-        if total > info.context_len {
-            return bad("max_tokens", format!("prompt ({} tokens) plus max_tokens ({}) exceeds the context length of {}", req.prompt.len(), req.max_tokens, info.context_len));
-        }
-        if total.div_ceil(BLOCK_SIZE) > info.kv_blocks {
-            return bad("max_tokens", format!("prompt plus max_tokens ({total} tokens) does not fit in the KV cache ({} tokens)", info.kv_blocks * BLOCK_SIZE));
-        }
-        if let Some(n) = req.prompt_logprobs {
-            if n > 20 {
-                return bad("prompt_logprobs", "at most 20 prompt logprobs".into());
-            }
-        }
-        req.sampling.validate_for_vocab(info.vocab_size)?;
-        Ok(())
+    /// Checks `params` against the rule book and this model (see [`crate::request`]).
+    pub fn validate(&self, params: GenerationParams) -> Result<ValidParams, EngineError> {
+        params.validate(&self.shared.info)
+    }
+
+    /// Validates `params` and fits them to one tokenized prompt.
+    pub fn prepare(&self, params: GenerationParams, prompt: Vec<u32>) -> Result<ValidRequest, EngineError> {
+        self.validate(params)?.for_prompt(prompt, &self.shared.info)
     }
 
     /// Queues a request; events arrive on the returned stream.
-    pub fn submit(&self, req: GenerateRequest) -> Result<RequestStream, EngineError> {
-        self.validate(&req)?;
+    pub fn submit(&self, req: ValidRequest) -> Result<RequestStream, EngineError> {
         let s = &self.shared;
+        if req.model != s.info.name {
+            return Err(EngineError::Config(format!("a request validated for model '{}' sent to '{}'", req.model, s.info.name)));
+        }
+        let req: GenerateRequest = req.request;
         // Reserve a place in the queue first so concurrent submits cannot overshoot it.
         let prev = s.in_flight.fetch_add(1, Ordering::SeqCst);
         if prev as usize >= s.max_queued {

@@ -8,12 +8,12 @@ use lumen_kernels::ThreadPool;
 use lumen_models::{ForwardWorkspace, KvStorage, LlamaModel, LogitsWanted, SeqChunk};
 use tokio::sync::mpsc as tmpsc;
 
-use super::choice::ChoiceOutput;
 use super::{Command, EngineConfig, EngineStats, BLOCK_SIZE};
 use crate::kv::{root_hash, BlockPool};
 use crate::request::{Event, FinishReason, GenerateRequest, TokenLogprob, Usage};
 use crate::sampler::{log_softmax_top_n, logsumexp, Sampler};
 use crate::scheduler::{Chunk, Scheduler, Sequence};
+use crate::stop::ChoiceOutput;
 use crate::tokenizer::Tokenizer;
 
 /// Per-sequence state the scheduler carries for the engine.
@@ -393,7 +393,7 @@ impl Worker {
             state.usage.cached_prompt_tokens = seq.data.cached.unwrap_or(0);
         }
         let mut out = seq.data.output;
-        let text = if reason == FinishReason::Stop { String::new() } else { out.flush() };
+        let text = out.final_text(reason);
         let _ = state.events.send(Event::Finished { choice: seq.data.choice, reason, text });
         state.live_choices -= 1;
         if state.live_choices == 0 {
@@ -430,13 +430,7 @@ fn collect_prompt_logprobs(seq: &mut Sequence<SeqData>, c: &Chunk, rows: &[f32],
 fn sample_into(seq: &mut Sequence<SeqData>, logits: &[f32], scratch: &mut Vec<f32>, eog_ids: &[u32], ctx: usize, state: &mut RequestState) -> Option<FinishReason> {
     scratch.clear();
     scratch.extend_from_slice(logits);
-    if seq.data.output.suppress_stop_tokens() {
-        for &t in eog_ids.iter().chain(&state.request.stop_token_ids) {
-            if let Some(v) = scratch.get_mut(t as usize) {
-                *v = f32::NEG_INFINITY;
-            }
-        }
-    }
+    seq.data.output.mask_stop_tokens(eog_ids, scratch);
     let sampled = seq.data.sampler.sample(scratch, &seq.tokens);
     seq.tokens.push(sampled.token);
     let at_end = seq.tokens.len() >= ctx;

@@ -31,7 +31,7 @@ mod penalties;
 mod rng;
 
 pub use logprobs::{log_softmax_top_n, logsumexp};
-pub use params::{SamplingParams, MAX_LOGPROBS};
+pub use params::SamplingParams;
 
 use crate::error::EngineError;
 use penalties::PenaltyState;

@@ -1,9 +1,7 @@
 //! Per-request sampling parameters and their validation.
 
 use crate::error::EngineError;
-
-/// Most `top_logprobs` a request may ask for (the OpenAI limit).
-pub const MAX_LOGPROBS: usize = 20;
+use crate::request::limits::{self, MAX_LOGPROBS};
 
 /// How one sequence picks its next token (OpenAI / vLLM semantics).
 #[derive(Debug, Clone, PartialEq)]
@@ -63,62 +61,28 @@ impl SamplingParams {
         }
     }
 
-    /// Checks every field's range, naming the first one that is out of range.
+    /// Checks every field against the rule book ([`crate::request::limits`]), naming the
+    /// first one that is out of range.
     pub fn validate(&self) -> Result<(), EngineError> {
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(invalid(
-                "temperature",
-                format!("must be a finite number >= 0, got {}", self.temperature),
-            ));
+        let ranges = [
+            (limits::TEMPERATURE, self.temperature),
+            (limits::TOP_P, self.top_p),
+            (limits::MIN_P, self.min_p),
+            (limits::REPETITION_PENALTY, self.repetition_penalty),
+            (limits::PRESENCE_PENALTY, self.presence_penalty),
+            (limits::FREQUENCY_PENALTY, self.frequency_penalty),
+        ];
+        for (range, v) in ranges {
+            if !range.contains(f64::from(v)) {
+                let open = if range.lo_open { "(" } else { "[" };
+                return Err(invalid(range.param, format!("must be in {open}{}, {}], got {v}", range.lo, range.hi)));
+            }
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(invalid(
-                "top_p",
-                format!("must be in (0, 1], got {}", self.top_p),
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.min_p) {
-            return Err(invalid(
-                "min_p",
-                format!("must be in [0, 1], got {}", self.min_p),
-            ));
-        }
-        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return Err(invalid(
-                "repetition_penalty",
-                format!(
-                    "must be a finite number > 0, got {}",
-                    self.repetition_penalty
-                ),
-            ));
-        }
-        if !(-2.0..=2.0).contains(&self.presence_penalty) {
-            return Err(invalid(
-                "presence_penalty",
-                format!("must be in [-2, 2], got {}", self.presence_penalty),
-            ));
-        }
-        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
-            return Err(invalid(
-                "frequency_penalty",
-                format!("must be in [-2, 2], got {}", self.frequency_penalty),
-            ));
-        }
-        if let Some(&(id, b)) = self
-            .logit_bias
-            .iter()
-            .find(|(_, b)| !(-100.0..=100.0).contains(b))
-        {
-            return Err(invalid(
-                "logit_bias",
-                format!("bias for token {id} must be in [-100, 100], got {b}"),
-            ));
+        if let Some(&(id, b)) = self.logit_bias.iter().find(|(_, b)| !limits::LOGIT_BIAS.contains(f64::from(*b))) {
+            return Err(invalid("logit_bias", format!("bias for token {id} must be in [-100, 100], got {b}")));
         }
         if let Some(n) = self.logprobs.filter(|&n| n > MAX_LOGPROBS) {
-            return Err(invalid(
-                "logprobs",
-                format!("at most {MAX_LOGPROBS} alternatives, got {n}"),
-            ));
+            return Err(invalid("logprobs", format!("at most {MAX_LOGPROBS} alternatives, got {n}")));
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use super::*;
 
 /// A byte-level BPE vocabulary: three control tokens, the 256 byte characters, and a few
 /// merged tokens.
-fn tiny_bpe(pre: &str) -> Tokenizer {
+pub(crate) fn tiny_bpe(pre: &str) -> Tokenizer {
     let mut v = GgufVocab::new(VocabKind::Bpe);
     v.pre = Some(pre.to_owned());
     let mut types = Vec::new();
@@ -54,7 +54,7 @@ fn tiny_bpe(pre: &str) -> Tokenizer {
     Tokenizer::from_vocab(v).expect("tiny bpe vocab builds")
 }
 
-fn id_of(t: &Tokenizer, text: &str) -> u32 {
+pub(crate) fn id_of(t: &Tokenizer, text: &str) -> u32 {
     (0..t.vocab_size() as u32)
         .find(|&id| t.token_bytes(id) == Some(text.as_bytes()) && !t.is_special(id))
         .or_else(|| {

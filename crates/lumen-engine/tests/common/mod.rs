@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lumen_engine::registry::{lumen_home, resolve, ChatModel};
-use lumen_engine::{Engine, EngineConfig, Event, FinishReason, GenerateRequest, RequestStream, Usage};
+use lumen_engine::{Engine, EngineConfig, Event, FinishReason, GenerationParams, RequestStream, Usage};
 
 /// The default chat model, or `None` with a note when absent (a failure under CI).
 pub fn smollm2() -> Option<ChatModel> {
@@ -82,20 +82,31 @@ pub fn prompt(seed: u64, len: usize) -> Vec<u32> {
         .collect()
 }
 
+/// A prompt and the parameters to run it with.
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub prompt: Vec<u32>,
+    pub params: GenerationParams,
+}
+
 /// A greedy request that runs exactly `max_tokens` tokens.
-pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
-    let mut r = GenerateRequest::new(prompt);
-    r.max_tokens = max_tokens;
-    r.ignore_eos = true;
-    r
+pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Req {
+    let mut params = GenerationParams::greedy(max_tokens);
+    params.ignore_eos = Some(true);
+    Req { prompt, params }
+}
+
+/// Validates `r` for `engine` and submits it.
+pub fn submit(engine: &Engine, r: Req) -> Result<RequestStream, lumen_engine::EngineError> {
+    let handle = engine.handle();
+    handle.submit(handle.prepare(r.params, r.prompt)?)
 }
 
 /// Submits every request at once and collects all outcomes (one thread per stream).
-pub fn run_all(engine: &Engine, reqs: Vec<GenerateRequest>) -> Vec<Outcome> {
-    let handle = engine.handle();
+pub fn run_all(engine: &Engine, reqs: Vec<Req>) -> Vec<Outcome> {
     let streams: Vec<(RequestStream, usize)> = reqs.into_iter().map(|r| {
-        let n = r.n;
-        (handle.submit(r).expect("submit"), n)
+        let n = r.params.n.unwrap_or(1) as usize;
+        (submit(engine, r).expect("submit"), n)
     }).collect();
     let threads: Vec<_> = streams.into_iter().map(|(s, n)| std::thread::spawn(move || collect(s, n))).collect();
     threads.into_iter().map(|t| t.join().expect("collector")).collect()

@@ -1,23 +1,22 @@
 //! `POST /v1/chat/completions`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use lumen_engine::{ChatMessage, TokenLogprob, Tokenizer, Usage};
+use axum::response::Response;
+use axum::Extension;
+use lumen_engine::{Api, CallerId, ChatMessage, GenerationParams, Tokenizer, ValidParams};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::logprobs::{chat_entry, prompt_logprobs_json};
-use super::params::{top_logprobs, GenFields};
-use super::{deadline, prepare, Meta};
+use super::generate::{serve, ChunkFormat, Endpoint, Prompt};
+use super::logprobs::{prompt_logprobs, ChatTokenLogprob, PromptLogprobs};
+use super::response::{chat_logprobs, ChatChoice, ChatChunkChoice, Delta, Envelope};
+use super::Meta;
 use crate::error::ServerError;
-use crate::extract::{from_value, OpenAiJson};
-use crate::gen::{submit_all, usage_json, GenEvent, Generation};
-use crate::sse::{stream_response, ChunkFormat};
-use crate::state::AppState;
+use crate::extract::OpenAiJson;
+use crate::gen::GenEvent;
+use crate::state::{AppState, ChatServed};
 
 /// The chat-specific fields of a request.
 #[derive(Deserialize, Debug)]
@@ -123,163 +122,102 @@ pub fn convert_messages(messages: &[MessageIn]) -> Result<Vec<ChatMessage>, Serv
 /// The handler.
 pub async fn chat_completions(
     State(state): State<AppState>,
+    caller: Option<Extension<CallerId>>,
     OpenAiJson(body): OpenAiJson<Value>,
 ) -> Result<Response, ServerError> {
-    let arrived = Instant::now();
-    let req: ChatBody = from_value(&body)?;
-    let fields: GenFields = from_value(&body)?;
-    let model = state.chat_model(Some(&req.model))?;
-    state.ensure_accepting()?;
-    let messages = convert_messages(&req.messages)?;
-    let top = top_logprobs("top_logprobs", req.top_logprobs)?;
-    let want_logprobs = req.logprobs.unwrap_or(false);
-    if top > 0 && !want_logprobs {
-        return Err(ServerError::param(
-            "top_logprobs",
-            "top_logprobs requires logprobs: true",
-        ));
-    }
-    let plan = fields.plan(&model.handle, want_logprobs.then_some(top))?;
-    let m = model.clone();
-    let prompt = prepare(move || {
-        let text = m.template.render(&messages, true, None)?;
-        Ok(m.handle.tokenizer().encode(&text, true, true)?)
-    })
-    .await?;
-    let request = plan.request(prompt, &model.handle, "messages")?;
-    let streams = submit_all(&model.handle, vec![request])?;
-    tracing::debug!(model = %model.name, n = plan.n, stream = plan.stream, user = plan.user.as_deref().unwrap_or(""), "chat completion");
-    let gen = Generation::new(
-        streams,
-        plan.n,
-        arrived,
-        deadline(&state, arrived),
-        model.metrics.clone(),
-    );
-    let meta = Meta::new(&state, "chatcmpl", &model.name);
-    let tokenizer = model.handle.tokenizer().clone();
-    if plan.stream {
-        let fmt = ChatChunks {
-            meta,
-            tokenizer,
-            n: plan.n,
-            include_usage: plan.include_usage,
-        };
-        return Ok(stream_response(gen, fmt, plan.include_usage));
-    }
-    collect(gen, meta, tokenizer, want_logprobs).await
+    serve::<Chat>(state, caller.map(|Extension(c)| c), body).await
 }
 
-async fn collect(
-    mut gen: Generation,
-    meta: Meta,
-    tok: Arc<Tokenizer>,
-    want_logprobs: bool,
-) -> Result<Response, ServerError> {
-    let n = gen.num_choices();
-    let mut texts = vec![String::new(); n];
-    let mut lps: Vec<Vec<Value>> = vec![Vec::new(); n];
-    let mut reasons = vec!["cancelled"; n];
-    let mut prompt_lps: Option<Vec<Option<TokenLogprob>>> = None;
-    while let Some(ev) = gen.next().await? {
-        match ev {
-            GenEvent::PromptLogprobs { logprobs, .. } => prompt_lps = Some(logprobs),
-            GenEvent::Token {
-                index,
-                text,
-                logprob,
-                ..
-            } => {
-                texts[index].push_str(&text);
-                if let Some(lp) = logprob {
-                    lps[index].push(chat_entry(&tok, &lp));
-                }
-            }
-            GenEvent::Finished {
-                index,
-                reason,
-                text,
-            } => {
-                texts[index].push_str(&text);
-                reasons[index] = reason.as_str();
-            }
-        }
+/// The chat endpoint's differences from text completions.
+pub struct Chat;
+
+impl Endpoint for Chat {
+    const API: Api = Api::Chat;
+    const ID_PREFIX: &'static str = "chatcmpl";
+    type Body = ChatBody;
+    type Format = ChatChunks;
+
+    fn model_name(body: &ChatBody) -> &str {
+        &body.model
     }
-    let choices: Vec<Value> = (0..n)
-        .map(|i| {
-            let logprobs = if want_logprobs { json!({"content": std::mem::take(&mut lps[i])}) } else { Value::Null };
-            json!({"index": i, "message": {"role": "assistant", "content": std::mem::take(&mut texts[i])}, "logprobs": logprobs, "finish_reason": reasons[i]})
-        })
-        .collect();
-    let mut out = json!({
-        "id": meta.id, "object": "chat.completion", "created": meta.created, "model": meta.model,
-        "choices": choices, "usage": usage_json(&gen.usage()), "system_fingerprint": null,
-    });
-    if let Some(p) = prompt_lps {
-        out["prompt_logprobs"] = prompt_logprobs_json(&tok, &p);
+
+    fn map_params(body: &ChatBody, params: &mut GenerationParams) {
+        params.logprobs = body.logprobs;
+        params.top_logprobs = body.top_logprobs;
     }
-    Ok(Json(out).into_response())
+
+    fn prompts(body: ChatBody, model: &ChatServed) -> Result<Vec<Prompt>, ServerError> {
+        let messages = convert_messages(&body.messages)?;
+        let text = model.template.render(&messages, true, None)?;
+        let ids = model.handle.tokenizer().encode(&text, true, true)?;
+        Ok(vec![Prompt { ids, text }])
+    }
+
+    fn format(meta: Meta, tokenizer: Arc<Tokenizer>, params: &ValidParams, _: Vec<Prompt>, include_usage: bool) -> ChatChunks {
+        ChatChunks { meta, tokenizer, n: params.n(), logprobs: params.logprobs().is_some(), include_usage, prompt_logprobs: None }
+    }
 }
 
 /// `chat.completion.chunk` frames.
-struct ChatChunks {
+pub struct ChatChunks {
     meta: Meta,
     tokenizer: Arc<Tokenizer>,
     n: usize,
+    logprobs: bool,
     include_usage: bool,
+    /// Prompt logprobs waiting for the next chunk to carry them.
+    prompt_logprobs: Option<PromptLogprobs>,
 }
 
 impl ChatChunks {
-    fn chunk(&self, choices: Value) -> Value {
-        let mut c = json!({"id": self.meta.id, "object": "chat.completion.chunk", "created": self.meta.created, "model": self.meta.model, "system_fingerprint": null, "choices": choices});
-        if self.include_usage {
-            c["usage"] = Value::Null;
-        }
-        c
+    fn push(&mut self, out: &mut Vec<Envelope<ChatChunkChoice>>, choice: ChatChunkChoice) {
+        let mut c = self.chunk(vec![choice]);
+        c.prompt_logprobs = self.prompt_logprobs.take();
+        out.push(c);
     }
 }
 
 impl ChunkFormat for ChatChunks {
-    fn start(&mut self, out: &mut Vec<Value>) {
-        for i in 0..self.n {
-            out.push(self.chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}])));
+    type Choice = ChatChunkChoice;
+    type FinalChoice = ChatChoice;
+    const OBJECT: &'static str = "chat.completion.chunk";
+
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    fn include_usage(&self) -> bool {
+        self.include_usage
+    }
+
+    fn start(&mut self, out: &mut Vec<Envelope<ChatChunkChoice>>) {
+        for index in 0..self.n {
+            let delta = Delta { role: Some("assistant"), content: Some(String::new()) };
+            self.push(out, ChatChunkChoice { index, delta, logprobs: None, finish_reason: None });
         }
     }
 
-    fn event(&mut self, ev: GenEvent, out: &mut Vec<Value>) {
+    fn event(&mut self, ev: GenEvent, out: &mut Vec<Envelope<ChatChunkChoice>>) {
         match ev {
-            GenEvent::Token {
-                index,
-                text,
-                logprob,
-                ..
-            } => {
+            GenEvent::Token { index, text, logprob, .. } => {
                 if text.is_empty() && logprob.is_none() {
                     return;
                 }
-                let lp = match logprob {
-                    Some(lp) => json!({"content": [chat_entry(&self.tokenizer, &lp)]}),
-                    None => Value::Null,
-                };
-                out.push(self.chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}])));
+                let logprobs = logprob.map(|lp| chat_logprobs(ChatTokenLogprob::new(&self.tokenizer, &lp)));
+                let delta = Delta { role: None, content: Some(text) };
+                self.push(out, ChatChunkChoice { index, delta, logprobs, finish_reason: None });
             }
-            GenEvent::Finished {
-                index,
-                reason,
-                text,
-            } => {
-                let delta = if text.is_empty() {
-                    json!({})
-                } else {
-                    json!({"content": text})
-                };
-                out.push(self.chunk(json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": reason.as_str()}])));
+            GenEvent::Finished { index, reason, text } => {
+                let delta = Delta { role: None, content: (!text.is_empty()).then_some(text) };
+                self.push(out, ChatChunkChoice { index, delta, logprobs: None, finish_reason: Some(reason.as_str()) });
             }
-            GenEvent::PromptLogprobs { .. } => {}
+            GenEvent::PromptLogprobs { logprobs, .. } => {
+                self.prompt_logprobs = Some(prompt_logprobs(&self.tokenizer, &logprobs));
+            }
         }
     }
 
-    fn usage_chunk(&self, usage: &Usage) -> Value {
-        json!({"id": self.meta.id, "object": "chat.completion.chunk", "created": self.meta.created, "model": self.meta.model, "system_fingerprint": null, "choices": [], "usage": usage_json(usage)})
+    fn empty_answer(&self, choices: usize) -> Envelope<ChatChoice> {
+        Envelope::empty_chat(&self.meta, choices, self.logprobs)
     }
 }

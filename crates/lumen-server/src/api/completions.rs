@@ -6,23 +6,22 @@
 //! first (`null` for its first token), which is why echo asks the engine for prompt logprobs.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use lumen_engine::{TokenLogprob, Tokenizer, Usage};
+use axum::response::Response;
+use axum::Extension;
+use lumen_engine::{Api, CallerId, GenerationParams, Tokenizer, ValidParams};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::logprobs::{prompt_logprobs_json, CompletionLogprobs};
-use super::params::{top_logprobs, GenFields};
-use super::{deadline, prepare, Meta};
+use super::generate::{serve, ChunkFormat, Endpoint, Prompt};
+use super::logprobs::{prompt_logprobs, CompletionLogprobs};
+use super::response::{Envelope, TextChoice};
+use super::Meta;
 use crate::error::ServerError;
-use crate::extract::{from_value, OpenAiJson};
-use crate::gen::{submit_all, usage_json, GenEvent, Generation};
-use crate::sse::{stream_response, ChunkFormat};
-use crate::state::AppState;
+use crate::extract::OpenAiJson;
+use crate::gen::GenEvent;
+use crate::state::{AppState, ChatServed};
 
 /// The prompt field in its four shapes.
 #[derive(Deserialize, Debug)]
@@ -69,23 +68,18 @@ fn ids(list: Vec<i64>, vocab: usize) -> Result<Vec<u32>, ServerError> {
         .collect()
 }
 
-/// Tokenizes every prompt; returns (ids, text) pairs.
-fn tokenize_prompts(
-    prompt: PromptIn,
-    tok: &Tokenizer,
-) -> Result<Vec<(Vec<u32>, String)>, ServerError> {
+/// Tokenizes every prompt.
+fn tokenize_prompts(prompt: PromptIn, tok: &Tokenizer) -> Result<Vec<Prompt>, ServerError> {
     let vocab = tok.vocab_size();
-    let texts = |v: Vec<String>| -> Result<Vec<(Vec<u32>, String)>, ServerError> {
-        v.into_iter()
-            .map(|t| Ok((tok.encode(&t, true, true)?, t)))
-            .collect()
+    let texts = |v: Vec<String>| -> Result<Vec<Prompt>, ServerError> {
+        v.into_iter().map(|text| Ok(Prompt { ids: tok.encode(&text, true, true)?, text })).collect()
     };
-    let lists = |v: Vec<Vec<i64>>| -> Result<Vec<(Vec<u32>, String)>, ServerError> {
+    let lists = |v: Vec<Vec<i64>>| -> Result<Vec<Prompt>, ServerError> {
         v.into_iter()
             .map(|l| {
                 let ids = ids(l, vocab)?;
                 let text = tok.decode(&ids, false)?;
-                Ok((ids, text))
+                Ok(Prompt { ids, text })
             })
             .collect()
     };
@@ -95,7 +89,7 @@ fn tokenize_prompts(
         PromptIn::Ids(v) => lists(vec![v])?,
         PromptIn::IdLists(v) => lists(v)?,
     };
-    if out.is_empty() || out.iter().any(|(ids, _)| ids.is_empty()) {
+    if out.is_empty() || out.iter().any(|p| p.ids.is_empty()) {
         return Err(ServerError::param("prompt", "the prompt is empty"));
     }
     Ok(out)
@@ -104,229 +98,149 @@ fn tokenize_prompts(
 /// The handler.
 pub async fn completions(
     State(state): State<AppState>,
+    caller: Option<Extension<CallerId>>,
     OpenAiJson(body): OpenAiJson<Value>,
 ) -> Result<Response, ServerError> {
-    let arrived = Instant::now();
-    let req: CompletionBody = from_value(&body)?;
-    let fields: GenFields = from_value(&body)?;
-    let model = state.chat_model(Some(&req.model))?;
-    state.ensure_accepting()?;
-    let logprobs = match req.logprobs {
-        None => None,
-        Some(k) => Some(top_logprobs("logprobs", Some(k))?),
-    };
-    let echo = req.echo.unwrap_or(false);
-    let mut plan = fields.plan(&model.handle, logprobs)?;
-    if let Some(b) = req.best_of {
-        if b != plan.n as i64 {
-            return Err(ServerError::param(
-                "best_of",
-                "best_of is not supported unless it equals n",
-            ));
-        }
-    }
-    let show_prompt_logprobs = plan.template.prompt_logprobs.is_some();
-    if echo {
-        if let Some(k) = logprobs {
-            plan.template.prompt_logprobs = Some(plan.template.prompt_logprobs.unwrap_or(0).max(k));
-        }
-    }
-    let tok = model.handle.tokenizer().clone();
-    let t = tok.clone();
-    let prompts = prepare(move || tokenize_prompts(req.prompt, &t)).await?;
-    if prompts.len() > state.limits().max_prompts {
-        return Err(ServerError::param(
-            "prompt",
-            format!("at most {} prompts per request", state.limits().max_prompts),
-        ));
-    }
-    let mut requests = Vec::with_capacity(prompts.len());
-    for (ids, _) in &prompts {
-        requests.push(plan.request(ids.clone(), &model.handle, "prompt")?);
-    }
-    let streams = submit_all(&model.handle, requests)?;
-    tracing::debug!(model = %model.name, prompts = prompts.len(), n = plan.n, stream = plan.stream, user = plan.user.as_deref().unwrap_or(""), "completion");
-    let gen = Generation::new(
-        streams,
-        plan.n,
-        arrived,
-        deadline(&state, arrived),
-        model.metrics.clone(),
-    );
-    let meta = Meta::new(&state, "cmpl", &model.name);
-    let fmt = TextChunks {
-        meta,
-        tokenizer: tok,
-        n: plan.n,
-        echo,
-        logprobs: logprobs.is_some(),
-        prompts,
-        show_prompt_logprobs,
-        include_usage: plan.include_usage,
-        sent_chars: Vec::new(),
-    };
-    if plan.stream {
-        return Ok(stream_response(gen, fmt, plan.include_usage));
-    }
-    collect(gen, fmt).await
+    serve::<Completions>(state, caller.map(|Extension(c)| c), body).await
 }
 
-async fn collect(mut gen: Generation, fmt: TextChunks) -> Result<Response, ServerError> {
-    let n = gen.num_choices();
-    let tok = fmt.tokenizer.clone();
-    let mut texts = vec![String::new(); n];
-    let mut lps: Vec<CompletionLogprobs> = vec![CompletionLogprobs::default(); n];
-    let mut reasons = vec!["cancelled"; n];
-    let mut prompt_lps: Vec<Option<Vec<Option<TokenLogprob>>>> = vec![None; fmt.prompts.len()];
-    if fmt.echo {
-        for (i, text) in texts.iter_mut().enumerate() {
-            text.push_str(&fmt.prompts[i / fmt.n].1);
+/// The text completions endpoint's differences from chat.
+pub struct Completions;
+
+impl Endpoint for Completions {
+    const API: Api = Api::Completions;
+    const ID_PREFIX: &'static str = "cmpl";
+    type Body = CompletionBody;
+    type Format = TextChunks;
+
+    fn model_name(body: &CompletionBody) -> &str {
+        &body.model
+    }
+
+    fn map_params(body: &CompletionBody, params: &mut GenerationParams) {
+        params.logprobs = body.logprobs.map(|_| true);
+        params.top_logprobs = body.logprobs;
+        params.echo = body.echo;
+        params.best_of = body.best_of;
+    }
+
+    fn prompts(body: CompletionBody, model: &ChatServed) -> Result<Vec<Prompt>, ServerError> {
+        tokenize_prompts(body.prompt, model.handle.tokenizer())
+    }
+
+    fn format(meta: Meta, tokenizer: Arc<Tokenizer>, params: &ValidParams, prompts: Vec<Prompt>, include_usage: bool) -> TextChunks {
+        let choices = prompts.len() * params.n();
+        TextChunks {
+            meta,
+            tokenizer,
+            n: params.n(),
+            echo: params.echo(),
+            logprobs: params.logprobs().is_some(),
+            show_prompt_logprobs: params.show_prompt_logprobs(),
+            prompts,
+            include_usage,
+            offsets: vec![0; choices],
         }
     }
-    while let Some(ev) = gen.next().await? {
-        match ev {
-            GenEvent::PromptLogprobs { prompt, logprobs } => {
-                if fmt.echo && fmt.logprobs {
-                    for c in 0..fmt.n {
-                        lps[prompt * fmt.n + c].push_prompt(
-                            &tok,
-                            &fmt.prompts[prompt].0,
-                            &logprobs,
-                        );
-                    }
-                }
-                prompt_lps[prompt] = Some(logprobs);
-            }
-            GenEvent::Token {
-                index,
-                text,
-                logprob,
-                ..
-            } => {
-                if let Some(lp) = logprob {
-                    if lps[index].is_empty() {
-                        lps[index] = CompletionLogprobs::starting_at(texts[index].chars().count());
-                    }
-                    lps[index].push(&tok, &lp);
-                }
-                texts[index].push_str(&text);
-            }
-            GenEvent::Finished {
-                index,
-                reason,
-                text,
-            } => {
-                texts[index].push_str(&text);
-                reasons[index] = reason.as_str();
-            }
-        }
-    }
-    let choices: Vec<Value> = (0..n)
-        .map(|i| {
-            let logprobs = if fmt.logprobs { lps[i].to_json() } else { Value::Null };
-            let mut c = json!({"index": i, "text": std::mem::take(&mut texts[i]), "logprobs": logprobs, "finish_reason": reasons[i]});
-            if let Some(p) = prompt_lps[i / fmt.n].as_ref().filter(|_| fmt.show_prompt_logprobs) {
-                c["prompt_logprobs"] = prompt_logprobs_json(&tok, p);
-            }
-            c
-        })
-        .collect();
-    let out = json!({"id": fmt.meta.id, "object": "text_completion", "created": fmt.meta.created, "model": fmt.meta.model, "choices": choices, "usage": usage_json(&gen.usage()), "system_fingerprint": null});
-    Ok(Json(out).into_response())
 }
 
 /// `text_completion` chunks.
-struct TextChunks {
+pub struct TextChunks {
     meta: Meta,
     tokenizer: Arc<Tokenizer>,
     n: usize,
     echo: bool,
     logprobs: bool,
-    prompts: Vec<(Vec<u32>, String)>,
     /// The client asked for `prompt_logprobs` (not only implied by echo).
     show_prompt_logprobs: bool,
+    prompts: Vec<Prompt>,
     include_usage: bool,
-    /// Characters sent so far per choice (for `text_offset`).
-    sent_chars: Vec<usize>,
+    /// Per choice, the character offset at which the next token's text starts (for
+    /// `text_offset`), counted over token pieces and the echoed prompt.
+    offsets: Vec<usize>,
 }
 
 impl TextChunks {
-    fn chunk(&self, index: usize, text: &str, logprobs: Value, finish: Option<&str>) -> Value {
-        let mut c = json!({"id": self.meta.id, "object": "text_completion", "created": self.meta.created, "model": self.meta.model, "system_fingerprint": null,
-            "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}]});
-        if self.include_usage {
-            c["usage"] = Value::Null;
-        }
-        c
+    fn push(&self, out: &mut Vec<Envelope<TextChoice>>, choice: TextChoice) {
+        out.push(self.chunk(vec![choice]));
     }
 
     fn offset(&mut self, index: usize) -> &mut usize {
-        if self.sent_chars.len() <= index {
-            self.sent_chars.resize(index + 1, 0);
+        if self.offsets.len() <= index {
+            self.offsets.resize(index + 1, 0);
         }
-        &mut self.sent_chars[index]
+        &mut self.offsets[index]
     }
 }
 
 impl ChunkFormat for TextChunks {
-    fn start(&mut self, out: &mut Vec<Value>) {
-        if self.echo && !self.logprobs {
-            for i in 0..self.prompts.len() * self.n {
-                let text = self.prompts[i / self.n].1.clone();
-                *self.offset(i) += text.chars().count();
-                out.push(self.chunk(i, &text, Value::Null, None));
-            }
+    type Choice = TextChoice;
+    type FinalChoice = TextChoice;
+    const OBJECT: &'static str = "text_completion";
+
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    fn include_usage(&self) -> bool {
+        self.include_usage
+    }
+
+    fn start(&mut self, out: &mut Vec<Envelope<TextChoice>>) {
+        // With logprobs the echo waits for the prompt's logprobs (see `event`).
+        if !self.echo || self.logprobs {
+            return;
+        }
+        for index in 0..self.prompts.len() * self.n {
+            let text = self.prompts[index / self.n].text.clone();
+            *self.offset(index) += text.chars().count();
+            self.push(out, TextChoice { index, text, logprobs: None, finish_reason: None, prompt_logprobs: None });
         }
     }
 
-    fn event(&mut self, ev: GenEvent, out: &mut Vec<Value>) {
+    fn event(&mut self, ev: GenEvent, out: &mut Vec<Envelope<TextChoice>>) {
         match ev {
             GenEvent::PromptLogprobs { prompt, logprobs } => {
-                if !(self.echo && self.logprobs) {
+                let echoed = self.echo && self.logprobs;
+                if !echoed && !self.show_prompt_logprobs {
                     return;
                 }
+                let shown = self.show_prompt_logprobs.then(|| prompt_logprobs(&self.tokenizer, &logprobs));
                 for c in 0..self.n {
                     let index = prompt * self.n + c;
-                    let mut lp = CompletionLogprobs::starting_at(0);
-                    lp.push_prompt(&self.tokenizer, &self.prompts[prompt].0, &logprobs);
-                    let text = self.prompts[prompt].1.clone();
-                    *self.offset(index) += text.chars().count();
-                    out.push(self.chunk(index, &text, lp.to_json(), None));
+                    let (text, lp) = if echoed {
+                        let mut lp = CompletionLogprobs::default();
+                        let tok = self.tokenizer.clone();
+                        let ids = self.prompts[prompt].ids.clone();
+                        lp.push_prompt(&tok, self.offset(index), &ids, &logprobs);
+                        (self.prompts[prompt].text.clone(), Some(lp))
+                    } else {
+                        (String::new(), None)
+                    };
+                    let choice = TextChoice { index, text, logprobs: lp, finish_reason: None, prompt_logprobs: shown.clone() };
+                    self.push(out, choice);
                 }
             }
-            GenEvent::Token {
-                index,
-                text,
-                logprob,
-                ..
-            } => {
+            GenEvent::Token { index, text, logprob, .. } => {
                 if text.is_empty() && logprob.is_none() {
                     return;
                 }
-                let at = *self.offset(index);
-                let lp = match logprob {
-                    Some(lp) => {
-                        let mut l = CompletionLogprobs::starting_at(at);
-                        l.push(&self.tokenizer, &lp);
-                        l.to_json()
-                    }
-                    None => Value::Null,
-                };
-                *self.offset(index) += text.chars().count();
-                out.push(self.chunk(index, &text, lp, None));
+                let logprobs = logprob.map(|lp| {
+                    let mut l = CompletionLogprobs::default();
+                    let tok = self.tokenizer.clone();
+                    l.push(&tok, self.offset(index), &lp);
+                    l
+                });
+                self.push(out, TextChoice { index, text, logprobs, finish_reason: None, prompt_logprobs: None });
             }
-            GenEvent::Finished {
-                index,
-                reason,
-                text,
-            } => {
-                *self.offset(index) += text.chars().count();
-                out.push(self.chunk(index, &text, Value::Null, Some(reason.as_str())));
+            GenEvent::Finished { index, reason, text } => {
+                let choice = TextChoice { index, text, logprobs: None, finish_reason: Some(reason.as_str()), prompt_logprobs: None };
+                self.push(out, choice);
             }
         }
     }
 
-    fn usage_chunk(&self, usage: &Usage) -> Value {
-        json!({"id": self.meta.id, "object": "text_completion", "created": self.meta.created, "model": self.meta.model, "system_fingerprint": null, "choices": [], "usage": usage_json(usage)})
+    fn empty_answer(&self, choices: usize) -> Envelope<TextChoice> {
+        Envelope::empty_text(&self.meta, choices, self.logprobs)
     }
 }

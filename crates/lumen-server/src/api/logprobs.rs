@@ -1,8 +1,13 @@
-//! Logprobs in the two shapes OpenAI uses: chat's list of token objects, and the legacy
-//! completions' parallel arrays (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`).
+//! Logprobs in the shapes OpenAI and vLLM use: chat's list of token objects, the legacy
+//! completions' parallel arrays (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`),
+//! and vLLM's `prompt_logprobs`.
+//!
+//! Values are carried as `f64` widened from the engine's `f32`, which is how they have
+//! always been printed; JSON has no infinity, so `-inf` is sent as -9999.
 
 use lumen_engine::{TokenLogprob, Tokenizer};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 fn piece(tok: &Tokenizer, id: u32) -> String {
     tok.token_to_piece(id).unwrap_or_default()
@@ -12,62 +17,100 @@ fn bytes(tok: &Tokenizer, id: u32) -> Vec<u8> {
     tok.token_bytes(id).map(<[u8]>::to_vec).unwrap_or_default()
 }
 
-/// A finite logprob for JSON (`-inf` becomes the most negative f32, as JSON has no infinity).
-fn finite(lp: f32) -> f32 {
+/// A finite logprob for JSON.
+fn finite(lp: f32) -> f64 {
     if lp.is_finite() {
-        lp
+        f64::from(lp)
     } else {
         -9999.0
     }
 }
 
+/// One alternative in chat's `top_logprobs`.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct TopLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Its logprob.
+    pub logprob: f64,
+    /// Its UTF-8 bytes.
+    pub bytes: Vec<u8>,
+}
+
 /// One entry of chat's `logprobs.content`.
-pub fn chat_entry(tok: &Tokenizer, lp: &TokenLogprob) -> Value {
-    let top: Vec<Value> = lp.top.iter().map(|&(id, l)| json!({"token": piece(tok, id), "logprob": finite(l), "bytes": bytes(tok, id)})).collect();
-    json!({"token": piece(tok, lp.token), "logprob": finite(lp.logprob), "bytes": bytes(tok, lp.token), "top_logprobs": top})
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct ChatTokenLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Its logprob.
+    pub logprob: f64,
+    /// Its UTF-8 bytes.
+    pub bytes: Vec<u8>,
+    /// The most likely alternatives.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+impl ChatTokenLogprob {
+    /// The entry for a generated token.
+    pub fn new(tok: &Tokenizer, lp: &TokenLogprob) -> Self {
+        let top = lp
+            .top
+            .iter()
+            .map(|&(id, l)| TopLogprob { token: piece(tok, id), logprob: finite(l), bytes: bytes(tok, id) })
+            .collect();
+        ChatTokenLogprob { token: piece(tok, lp.token), logprob: finite(lp.logprob), bytes: bytes(tok, lp.token), top_logprobs: top }
+    }
+}
+
+/// Chat's `logprobs` object.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct ChatLogprobs {
+    /// One entry per generated token.
+    pub content: Vec<ChatTokenLogprob>,
 }
 
 /// vLLM's `prompt_logprobs`: `null` for the first token, then `{id: {logprob, decoded_token}}`.
-pub fn prompt_logprobs_json(tok: &Tokenizer, lps: &[Option<TokenLogprob>]) -> Value {
-    Value::Array(
-        lps.iter()
-            .map(|e| match e {
-                None => Value::Null,
-                Some(lp) => {
-                    let mut m = Map::new();
-                    m.insert(lp.token.to_string(), json!({"logprob": finite(lp.logprob), "decoded_token": piece(tok, lp.token)}));
-                    for &(id, l) in &lp.top {
-                        m.entry(id.to_string()).or_insert_with(|| json!({"logprob": finite(l), "decoded_token": piece(tok, id)}));
-                    }
-                    Value::Object(m)
+pub type PromptLogprobs = Vec<Option<Map<String, Value>>>;
+
+/// [`PromptLogprobs`] of one prompt.
+pub fn prompt_logprobs(tok: &Tokenizer, lps: &[Option<TokenLogprob>]) -> PromptLogprobs {
+    let entry = |id: u32, l: f32| {
+        let mut e = Map::new();
+        e.insert("logprob".into(), Value::from(finite(l)));
+        e.insert("decoded_token".into(), Value::from(piece(tok, id)));
+        Value::Object(e)
+    };
+    lps.iter()
+        .map(|e| {
+            e.as_ref().map(|lp| {
+                let mut m = Map::new();
+                m.insert(lp.token.to_string(), entry(lp.token, lp.logprob));
+                for &(id, l) in &lp.top {
+                    m.entry(id.to_string()).or_insert_with(|| entry(id, l));
                 }
+                m
             })
-            .collect(),
-    )
+        })
+        .collect()
 }
 
 /// The completions logprobs object, built token by token.
-#[derive(Default, Debug, Clone)]
+#[derive(Serialize, Default, Debug, Clone, PartialEq)]
 pub struct CompletionLogprobs {
-    tokens: Vec<String>,
-    token_logprobs: Vec<Option<f32>>,
-    top_logprobs: Vec<Option<Map<String, Value>>>,
-    text_offset: Vec<usize>,
-    offset: usize,
+    /// Each token's text.
+    pub tokens: Vec<String>,
+    /// Each token's logprob (`null` for the first prompt token).
+    pub token_logprobs: Vec<Option<f64>>,
+    /// Each token's alternatives, text → logprob.
+    pub top_logprobs: Vec<Option<Map<String, Value>>>,
+    /// Where each token starts in the choice's text, in characters.
+    pub text_offset: Vec<usize>,
 }
 
 impl CompletionLogprobs {
-    /// Starts with text offsets counted from `offset` characters.
-    pub fn starting_at(offset: usize) -> Self {
-        CompletionLogprobs {
-            offset,
-            ..Default::default()
-        }
-    }
-
-    fn push_piece(&mut self, text: String, lp: Option<f32>, top: Option<Map<String, Value>>) {
-        self.text_offset.push(self.offset);
-        self.offset += text.chars().count();
+    fn push_piece(&mut self, at: &mut usize, text: String, lp: Option<f64>, top: Option<Map<String, Value>>) {
+        self.text_offset.push(*at);
+        *at += text.chars().count();
         self.tokens.push(text);
         self.token_logprobs.push(lp);
         self.top_logprobs.push(top);
@@ -76,51 +119,34 @@ impl CompletionLogprobs {
     fn top_map(tok: &Tokenizer, top: &[(u32, f32)]) -> Map<String, Value> {
         let mut m = Map::new();
         for &(id, l) in top {
-            m.entry(piece(tok, id)).or_insert_with(|| json!(finite(l)));
+            m.entry(piece(tok, id)).or_insert_with(|| Value::from(finite(l)));
         }
         m
     }
 
-    /// Adds the echoed prompt (`prompt[i]` with its logprob entry `lps[i]`).
-    pub fn push_prompt(&mut self, tok: &Tokenizer, prompt: &[u32], lps: &[Option<TokenLogprob>]) {
+    /// Adds the echoed prompt (`prompt[i]` with its logprob entry `lps[i]`); `at` is the
+    /// character offset of the next token and advances.
+    pub fn push_prompt(&mut self, tok: &Tokenizer, at: &mut usize, prompt: &[u32], lps: &[Option<TokenLogprob>]) {
         for (i, &id) in prompt.iter().enumerate() {
             match lps.get(i).and_then(Option::as_ref) {
-                Some(lp) => self.push_piece(
-                    piece(tok, id),
-                    Some(finite(lp.logprob)),
-                    Some(Self::top_map(tok, &lp.top)),
-                ),
-                None => self.push_piece(piece(tok, id), None, None),
+                Some(lp) => {
+                    self.push_piece(at, piece(tok, id), Some(finite(lp.logprob)), Some(Self::top_map(tok, &lp.top)))
+                }
+                None => self.push_piece(at, piece(tok, id), None, None),
             }
         }
     }
 
-    /// Adds a generated token.
-    pub fn push(&mut self, tok: &Tokenizer, lp: &TokenLogprob) {
-        self.push_piece(
-            piece(tok, lp.token),
-            Some(finite(lp.logprob)),
-            Some(Self::top_map(tok, &lp.top)),
-        );
+    /// Adds a generated token at character offset `at` (which advances).
+    pub fn push(&mut self, tok: &Tokenizer, at: &mut usize, lp: &TokenLogprob) {
+        self.push_piece(at, piece(tok, lp.token), Some(finite(lp.logprob)), Some(Self::top_map(tok, &lp.top)));
     }
 
-    /// Whether nothing was added.
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
-    }
-
-    /// The JSON object.
-    pub fn to_json(&self) -> Value {
-        json!({"tokens": self.tokens, "token_logprobs": self.token_logprobs, "top_logprobs": self.top_logprobs, "text_offset": self.text_offset})
-    }
-
-    /// The JSON of the entries added since the last call (for streaming), then forgets them.
-    pub fn take_json(&mut self) -> Value {
-        let v = self.to_json();
-        self.tokens.clear();
-        self.token_logprobs.clear();
-        self.top_logprobs.clear();
-        self.text_offset.clear();
-        v
+    /// Appends `other`'s entries (folding a stream of chunks into one answer).
+    pub fn extend(&mut self, other: CompletionLogprobs) {
+        self.tokens.extend(other.tokens);
+        self.token_logprobs.extend(other.token_logprobs);
+        self.top_logprobs.extend(other.top_logprobs);
+        self.text_offset.extend(other.text_offset);
     }
 }

@@ -4,10 +4,12 @@
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
+pub mod generate;
 pub mod logprobs;
 pub mod models;
 pub mod ops;
 pub mod params;
+pub mod response;
 
 use std::time::Instant;
 

@@ -1,4 +1,20 @@
 //! What a caller submits to the engine and what it gets back.
+//!
+//! The road in is one-way: [`GenerationParams`] (the client's values, wire types) is checked
+//! against the rule book in [`limits`] by [`GenerationParams::validate`] into
+//! [`ValidParams`], which [`ValidParams::for_prompt`] pairs with a tokenized prompt into a
+//! [`ValidRequest`], the only thing the engine accepts. Every error names the OpenAI
+//! parameter at fault ([`crate::EngineError::InvalidRequest`]). The engine's internal form,
+//! `GenerateRequest`, is never built by callers.
+
+pub mod limits;
+mod params;
+#[cfg(test)]
+mod tests;
+mod valid;
+
+pub use params::{Api, CallerId, GenerationParams, PriorityInput};
+pub use valid::{ValidParams, ValidRequest};
 
 use crate::sampler::SamplingParams;
 
@@ -12,9 +28,10 @@ pub enum Priority {
     Batch,
 }
 
-/// A generation request over already tokenized input.
+/// A generation request over already tokenized input, as the engine loop uses it (built only
+/// by validation).
 #[derive(Clone, Debug)]
-pub struct GenerateRequest {
+pub(crate) struct GenerateRequest {
     /// Prompt token ids (non-empty).
     pub prompt: Vec<u32>,
     /// Sampling parameters (each choice gets its own sampler; with a seed, choice `i` uses
@@ -40,26 +57,6 @@ pub struct GenerateRequest {
     pub cache_salt: Option<Vec<u8>>,
     /// Leave special tokens out of the text.
     pub skip_special_tokens: bool,
-}
-
-impl GenerateRequest {
-    /// A request with default settings: greedy, 16 tokens, one choice.
-    pub fn new(prompt: Vec<u32>) -> Self {
-        GenerateRequest {
-            prompt,
-            sampling: SamplingParams::greedy(),
-            max_tokens: 16,
-            min_tokens: 0,
-            stop: Vec::new(),
-            stop_token_ids: Vec::new(),
-            ignore_eos: false,
-            n: 1,
-            prompt_logprobs: None,
-            priority: Priority::Interactive,
-            cache_salt: None,
-            skip_special_tokens: true,
-        }
-    }
 }
 
 /// A token with its logprob and the most likely alternatives at that position.

@@ -1,0 +1,147 @@
+//! The one handler core behind `/v1/chat/completions` and `/v1/completions`.
+//!
+//! An [`Endpoint`] says only what differs between the two: its body type, how its own fields
+//! (the logprobs flags, `echo`, `best_of`) map onto the engine's parameters, how its prompts
+//! become token ids, and how engine events become its chunks ([`ChunkFormat`]). Everything
+//! else is here, once: read the body, find the model, let the engine validate, prepare the
+//! prompts off the async workers, fit each prompt, submit all or none, then stream the chunks
+//! or fold them into one answer. Because the whole answer is the fold of the very chunks a
+//! stream would send, streaming and non-streaming cannot disagree.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use lumen_engine::{Api, CallerId, GenerationParams, Tokenizer, Usage, ValidParams};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::params::GenFields;
+use super::response::{Envelope, Fold};
+use super::{deadline, prepare, Meta};
+use crate::error::ServerError;
+use crate::extract::from_value;
+use crate::gen::{submit_all, GenEvent, Generation};
+use crate::sse::stream_response;
+use crate::state::{AppState, ChatServed};
+
+/// One tokenized prompt and the text it came from.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// The text (echoed by completions).
+    pub text: String,
+}
+
+/// Turns one request's generation events into an endpoint's chunks.
+pub trait ChunkFormat: Send + 'static {
+    /// A choice inside a streamed chunk.
+    type Choice: Serialize + Send + 'static;
+    /// A choice of the whole (non-streaming) answer.
+    type FinalChoice: Serialize;
+    /// The chunk's `object` name.
+    const OBJECT: &'static str;
+
+    /// Id, time and model of every object.
+    fn meta(&self) -> &Meta;
+    /// Whether chunks carry `"usage": null` and the stream ends with a usage chunk.
+    fn include_usage(&self) -> bool;
+    /// Chunks sent before any event (chat's role delta, echoed prompts).
+    fn start(&mut self, out: &mut Vec<Envelope<Self::Choice>>);
+    /// Chunks for one event.
+    fn event(&mut self, ev: GenEvent, out: &mut Vec<Envelope<Self::Choice>>);
+    /// The whole answer before any chunk is folded in.
+    fn empty_answer(&self, choices: usize) -> Envelope<Self::FinalChoice>;
+
+    /// A chunk with `choices`.
+    fn chunk(&self, choices: Vec<Self::Choice>) -> Envelope<Self::Choice> {
+        Envelope::new(self.meta(), Self::OBJECT, choices, self.include_usage())
+    }
+
+    /// The last chunk of a stream that asked for usage (`choices: []`).
+    fn usage_chunk(&self, usage: Usage) -> Envelope<Self::Choice> {
+        let mut c = Envelope::new(self.meta(), Self::OBJECT, Vec::new(), false);
+        c.usage = Some(Some(usage.into()));
+        c
+    }
+}
+
+/// What distinguishes one generation endpoint from the other.
+pub trait Endpoint: 'static {
+    /// Which API shape (names parameters in errors).
+    const API: Api;
+    /// Response id prefix (`chatcmpl`, `cmpl`).
+    const ID_PREFIX: &'static str;
+    /// The endpoint's own body fields.
+    type Body: DeserializeOwned + Send + 'static;
+    /// Its chunks.
+    type Format: ChunkFormat;
+
+    /// The model asked for.
+    fn model_name(body: &Self::Body) -> &str;
+    /// Maps the endpoint's own fields onto `params`.
+    fn map_params(body: &Self::Body, params: &mut GenerationParams);
+    /// Renders and tokenizes the prompts (runs on the blocking pool).
+    fn prompts(body: Self::Body, model: &ChatServed) -> Result<Vec<Prompt>, ServerError>;
+    /// The chunk format for one request.
+    fn format(meta: Meta, tokenizer: Arc<Tokenizer>, params: &ValidParams, prompts: Vec<Prompt>, include_usage: bool) -> Self::Format;
+}
+
+/// Serves one generation request of endpoint `E`.
+pub async fn serve<E: Endpoint>(state: AppState, caller: Option<CallerId>, body: Value) -> Result<Response, ServerError>
+where
+    Envelope<<E::Format as ChunkFormat>::FinalChoice>: Fold<<E::Format as ChunkFormat>::Choice>,
+{
+    let arrived = Instant::now();
+    let req: E::Body = from_value(&body)?;
+    let fields: GenFields = from_value(&body)?;
+    let model = state.chat_model(Some(E::model_name(&req)))?;
+    state.ensure_accepting()?;
+    let (mut params, transport) = fields.split(E::API, caller);
+    E::map_params(&req, &mut params);
+    let valid = model.handle.validate(params)?;
+    let m = model.clone();
+    let prompts = prepare(move || E::prompts(req, &m)).await?;
+    let max_prompts = state.limits().max_prompts;
+    if prompts.len() > max_prompts {
+        return Err(ServerError::param(E::API.prompt_param(), format!("at most {max_prompts} prompts per request")));
+    }
+    let requests = prompts
+        .iter()
+        .map(|p| valid.for_prompt(p.ids.clone(), model.handle.info()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let streams = submit_all(&model.handle, requests)?;
+    tracing::debug!(model = %model.name, prompts = prompts.len(), n = valid.n(), stream = transport.stream, user = transport.user.as_deref().unwrap_or(""), "generation");
+    let gen = Generation::new(streams, valid.n(), arrived, deadline(&state, arrived), model.metrics.clone());
+    let meta = Meta::new(&state, E::ID_PREFIX, &model.name);
+    let fmt = E::format(meta, model.handle.tokenizer().clone(), &valid, prompts, transport.include_usage);
+    if transport.stream {
+        return Ok(stream_response(gen, fmt));
+    }
+    let answer = collect(gen, fmt).await?;
+    Ok(Json(answer).into_response())
+}
+
+/// Runs `gen` to the end and folds every chunk `fmt` makes of it into the whole answer.
+pub async fn collect<F: ChunkFormat>(mut gen: Generation, mut fmt: F) -> Result<Envelope<F::FinalChoice>, ServerError>
+where
+    Envelope<F::FinalChoice>: Fold<F::Choice>,
+{
+    let mut answer = fmt.empty_answer(gen.num_choices());
+    let mut chunks = Vec::new();
+    fmt.start(&mut chunks);
+    loop {
+        for c in chunks.drain(..) {
+            answer.fold(c);
+        }
+        match gen.next().await? {
+            Some(ev) => fmt.event(ev, &mut chunks),
+            None => break,
+        }
+    }
+    answer.usage = Some(Some(gen.usage().into()));
+    Ok(answer)
+}
