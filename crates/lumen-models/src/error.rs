@@ -14,7 +14,13 @@ pub enum ModelError {
     Kernel(#[from] KernelError),
     /// Reading a model file failed.
     #[error("reading {path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The architecture named by the file is not one Lumen implements.
     #[error("unsupported architecture `{0}`")]
     UnsupportedArch(String),
@@ -23,10 +29,22 @@ pub enum ModelError {
     MissingTensor(String),
     /// A tensor has the wrong shape.
     #[error("tensor `{name}` has shape {got:?}, expected {expected:?}")]
-    BadShape { name: String, got: Vec<u64>, expected: Vec<u64> },
+    BadShape {
+        /// The tensor.
+        name: String,
+        /// Its shape in the file.
+        got: Vec<u64>,
+        /// The shape the architecture needs.
+        expected: Vec<u64>,
+    },
     /// A tensor is stored in a format Lumen cannot compute with.
     #[error("tensor `{name}` uses unsupported type {ty}")]
-    UnsupportedType { name: String, ty: String },
+    UnsupportedType {
+        /// The tensor.
+        name: String,
+        /// Its GGUF type.
+        ty: String,
+    },
     /// A hyper-parameter is missing, zero or inconsistent.
     #[error("invalid model config: {0}")]
     BadConfig(String),
@@ -35,7 +53,12 @@ pub enum ModelError {
     Safetensors(String),
     /// A JSON config file is malformed.
     #[error("{path}: {message}")]
-    BadJson { path: String, message: String },
+    BadJson {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A batch given to the forward pass is inconsistent (a caller bug or bad input).
     #[error("invalid batch: {0}")]
     BadBatch(String),

@@ -51,6 +51,6 @@ fn ragged_batch_equals_solo_runs_in(layout: WeightLayout) {
     }).collect();
     let together = model.forward(&pool, &second, &mut kv, &mut ws).unwrap().to_vec();
     for (i, s) in solo.iter().enumerate() {
-        assert!(&together[i * vocab..(i + 1) * vocab] == &s[..], "sequence {i} differs in the batch");
+        assert!(together[i * vocab..(i + 1) * vocab] == s[..], "sequence {i} differs in the batch");
     }
 }

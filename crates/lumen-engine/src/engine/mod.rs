@@ -56,7 +56,8 @@ impl EngineConfig {
 }
 
 enum Command {
-    Submit { id: u64, request: GenerateRequest, events: tmpsc::UnboundedSender<Event> },
+    // Boxed: a request is far larger than the other commands.
+    Submit { id: u64, request: Box<GenerateRequest>, events: tmpsc::UnboundedSender<Event> },
     Cancel(u64),
     Shutdown,
 }
@@ -226,7 +227,7 @@ impl EngineHandle {
         }
         let id = s.next_id.fetch_add(1, Ordering::Relaxed);
         let (etx, erx) = tmpsc::unbounded_channel();
-        if s.commands.send(Command::Submit { id, request: req, events: etx }).is_err() {
+        if s.commands.send(Command::Submit { id, request: Box::new(req), events: etx }).is_err() {
             s.in_flight.fetch_sub(1, Ordering::SeqCst);
             return Err(EngineError::Stopped);
         }

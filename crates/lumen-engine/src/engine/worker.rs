@@ -122,7 +122,7 @@ impl Worker {
     /// Applies one command; false means shut down.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Submit { id, request, events } => self.admit(id, request, events),
+            Command::Submit { id, request, events } => self.admit(id, *request, events),
             Command::Cancel(id) => self.cancel(id),
             Command::Shutdown => {
                 let ids: Vec<u64> = self.requests.keys().copied().collect();
@@ -299,7 +299,7 @@ impl Worker {
         for (index, logits_row) in forks {
             self.fork(index, &logits[logits_row * vocab..(logits_row + 1) * vocab]);
         }
-        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_by_key(|&(index, _)| std::cmp::Reverse(index));
         for (index, reason) in finished {
             let seq = self.sched.finish_running(index, &mut self.pool);
             self.finish_choice(seq, reason);

@@ -93,7 +93,8 @@ fn max_tokens_and_min_tokens() {
 
 #[test]
 fn float_ranges_follow_the_rule_book() {
-    let cases: [(&str, fn(&mut GenerationParams, f64)); 6] = [
+    type Setter = fn(&mut GenerationParams, f64);
+    let cases: [(&str, Setter); 6] = [
         ("temperature", |p, v| p.temperature = Some(v)),
         ("top_p", |p, v| p.top_p = Some(v)),
         ("min_p", |p, v| p.min_p = Some(v)),

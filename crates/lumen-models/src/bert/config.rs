@@ -133,7 +133,7 @@ impl BertConfig {
         if raw.vocab_size > u32::MAX as usize {
             return bad(format!("vocab_size {} does not fit in u32", raw.vocab_size));
         }
-        if raw.hidden_size % raw.num_attention_heads != 0 {
+        if !raw.hidden_size.is_multiple_of(raw.num_attention_heads) {
             return bad(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 raw.hidden_size, raw.num_attention_heads

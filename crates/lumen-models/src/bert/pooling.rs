@@ -57,7 +57,7 @@ impl PoolingConfig {
 
     /// Pools `tokens` (row-major, `n × hidden`, `n ≥ 1`) into `out` (`output_dims(hidden)`).
     pub fn pool(&self, tokens: &[f32], hidden: usize, out: &mut [f32]) {
-        debug_assert!(hidden > 0 && tokens.len() % hidden == 0 && !tokens.is_empty());
+        debug_assert!(hidden > 0 && tokens.len().is_multiple_of(hidden) && !tokens.is_empty());
         debug_assert_eq!(out.len(), self.output_dims(hidden));
         let n = tokens.len() / hidden;
         for (mode, dst) in self.modes.iter().zip(out.chunks_exact_mut(hidden)) {

@@ -89,10 +89,8 @@ impl LlamaConfig {
         let n_kv_heads = if meta.get(&key("attention.head_count_kv")).is_some() { get("attention.head_count_kv")? } else { n_heads };
         let head_dim = if meta.get(&key("attention.key_length")).is_some() {
             get("attention.key_length")?
-        } else if n_heads > 0 {
-            d_model / n_heads
         } else {
-            0
+            d_model.checked_div(n_heads).unwrap_or(0)
         };
         let rope_dims = if meta.get(&key("rope.dimension_count")).is_some() { get("rope.dimension_count")? } else { head_dim };
         let rope_base = if meta.get(&key("rope.freq_base")).is_some() { meta.get_f32(&key("rope.freq_base"))? } else { 10000.0 };
@@ -113,10 +111,10 @@ impl LlamaConfig {
                 return bad(format!("{name} {v} out of range"));
             }
         }
-        if self.n_heads == 0 || self.n_heads > MAX_HEADS || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_heads == 0 || self.n_heads > MAX_HEADS || self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("head_count {} must be a positive multiple of head_count_kv {}", self.n_heads, self.n_kv_heads));
         }
-        if self.head_dim % 2 != 0 || self.rope_dims == 0 || self.rope_dims > self.head_dim || self.rope_dims % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) || self.rope_dims == 0 || self.rope_dims > self.head_dim || !self.rope_dims.is_multiple_of(2) {
             return bad(format!("rope.dimension_count {} must be even and at most head_dim {}", self.rope_dims, self.head_dim));
         }
         if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
