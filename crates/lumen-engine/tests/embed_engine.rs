@@ -5,7 +5,7 @@
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
-use lumen_engine::registry::{lumen_home, resolve, EmbeddingModel};
+use lumen_engine::registry::{resolve, EmbeddingModel};
 use lumen_engine::{
     EmbedConfig, EmbedEngine, EmbedHandle, EmbedInput, EngineError, MAX_EMBED_INPUTS,
 };
@@ -13,15 +13,10 @@ use lumen_engine::{
 fn model() -> Option<&'static EmbeddingModel> {
     static MODEL: OnceLock<Option<EmbeddingModel>> = OnceLock::new();
     MODEL
-        .get_or_init(|| match resolve("all-minilm-l6-v2", &lumen_home()) {
-            Ok(loc) => Some(EmbeddingModel::load(&loc).expect("load all-minilm-l6-v2")),
-            Err(e) => {
-                if std::env::var_os("CI").is_some() {
-                    panic!("{e}: run `make models`");
-                }
-                eprintln!("note: {e}; skipping (run `make models`)");
-                None
-            }
+        .get_or_init(|| {
+            lumen_testkit::embedding_dir()?;
+            let loc = resolve(lumen_testkit::EMBED_MODEL, &lumen_testkit::lumen_home()).expect("resolve all-minilm-l6-v2");
+            Some(EmbeddingModel::load(&loc).expect("load all-minilm-l6-v2"))
         })
         .as_ref()
 }

@@ -4,9 +4,9 @@
 //! `scripts/make_embedding_fixtures.py`) holds, per sentence, the token ids the model's
 //! tokenizer produced and the embedding sentence-transformers computed. The tests feed the same
 //! ids to `BertModel` and compare. They skip, with a note, when the model is not installed
-//! (`scripts/fetch-models.sh` puts it in `$LUMEN_HOME/models`).
+//! (`make models` puts it in `$LUMEN_HOME/models`), and fail instead under `CI` (see
+//! `lumen_testkit`).
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use lumen_kernels::ThreadPool;
@@ -19,28 +19,12 @@ struct Reference {
     embedding: Vec<f32>,
 }
 
-fn model_dir() -> PathBuf {
-    let home = std::env::var_os("LUMEN_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".lumen")
-        });
-    home.join("models").join("all-minilm-l6-v2")
-}
-
 /// The model, loaded once for all tests; `None` (with a note) when it is not installed.
 fn model() -> Option<&'static BertModel> {
     static MODEL: OnceLock<Option<BertModel>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            let dir = model_dir();
-            if !dir.join("model.safetensors").exists() {
-                eprintln!(
-                    "skipping: all-minilm-l6-v2 not found in {} (run scripts/fetch-models.sh)",
-                    dir.display()
-                );
-                return None;
-            }
+            let dir = lumen_testkit::embedding_dir()?;
             Some(BertModel::load(&dir).expect("load all-minilm-l6-v2"))
         })
         .as_ref()

@@ -32,26 +32,14 @@ pub fn venv_python() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-/// Skips (or fails under CI) when the model or the venv is missing.
+/// Skips (or fails under CI) when a model or the venv is missing; see `lumen_testkit`.
 pub fn prerequisites() -> Option<PathBuf> {
-    let home = lumen_engine::registry::lumen_home();
-    let missing_model = [MODEL, EMBED_MODEL]
-        .into_iter()
-        .find(|m| lumen_engine::registry::resolve(m, &home).is_err());
-    let python = venv_python();
-    let missing = match (missing_model, &python) {
-        (None, Some(_)) => return python,
-        (Some(m), _) => format!(
-            "model '{m}' under {} (run `make models`)",
-            home.join("models").display()
-        ),
-        (None, None) => "target/venv (run `make venv`)".to_string(),
-    };
-    if std::env::var_os("CI").is_some() {
-        panic!("end-to-end prerequisite missing: {missing}");
+    lumen_testkit::chat_gguf()?;
+    lumen_testkit::embedding_dir()?;
+    match venv_python() {
+        Some(python) => Some(python),
+        None => lumen_testkit::missing(workspace_root().join("target/venv").display(), "make venv"),
     }
-    eprintln!("SKIPPED end-to-end test: missing {missing}");
-    None
 }
 
 /// A running `lumen serve`.

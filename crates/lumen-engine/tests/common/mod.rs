@@ -5,22 +5,15 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use lumen_engine::registry::{lumen_home, resolve, ChatModel};
+use lumen_engine::registry::{resolve, ChatModel};
 use lumen_engine::{Engine, EngineConfig, Event, FinishReason, GenerationParams, RequestStream, Usage};
 
-/// The default chat model, or `None` with a note when absent (a failure under CI).
+/// The default chat model, or `None` with a note when absent (a failure under CI; see
+/// `lumen_testkit`).
 pub fn smollm2() -> Option<ChatModel> {
-    let home = lumen_home();
-    match resolve("smollm2", &home) {
-        Ok(loc) => Some(ChatModel::load(&loc).expect("load smollm2")),
-        Err(e) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("{e}: run `make models`");
-            }
-            eprintln!("note: {e}; skipping (run `make models`)");
-            None
-        }
-    }
+    lumen_testkit::chat_gguf()?;
+    let loc = resolve(lumen_testkit::CHAT_MODEL, &lumen_testkit::lumen_home()).expect("resolve smollm2");
+    Some(ChatModel::load(&loc).expect("load smollm2"))
 }
 
 /// An engine over `chat` with a KV budget in blocks.

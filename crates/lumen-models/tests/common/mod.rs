@@ -11,26 +11,10 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llama")
 }
 
-/// `$LUMEN_HOME` or `~/.lumen`.
-pub fn lumen_home() -> PathBuf {
-    match std::env::var_os("LUMEN_HOME") {
-        Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".lumen"),
-    }
-}
-
 /// The default chat model, or `None` (with a note) when it was not fetched. Under CI
 /// (`CI` set) a missing model is a failure, so the suite cannot pass by skipping.
 pub fn smollm2() -> Option<PathBuf> {
-    let p = lumen_home().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{} is missing: run `make models`", p.display());
-    }
-    eprintln!("note: {} missing, skipping (run `make models`)", p.display());
-    None
+    lumen_testkit::chat_gguf()
 }
 
 /// A single-sequence runner over the model's forward pass with a contiguous block table.

@@ -5,8 +5,11 @@
 //! running prefills continue in chunks, then waiting requests are admitted by priority and
 //! arrival, reusing the longest cached prefix. When the pool runs out of blocks for a running
 //! sequence, the lowest-priority, newest running sequence is preempted: its blocks are released
-//! (full ones stay in the prefix cache) and it waits to be recomputed. Sequences carry an
-//! opaque payload `T` (the engine's sampler, channels…) so this module stays pure scheduling.
+//! (full ones stay in the prefix cache) and it waits to be recomputed. A sequence already
+//! planned in this step is never the victim; when only planned sequences rank below the one
+//! that needs blocks, that sequence is preempted itself. Sequences carry an opaque payload `T`
+//! (the engine's sampler, channels…) so this module stays pure scheduling, and its tests
+//! (`tests.rs`) drive it with a bare [`BlockPool`] and no model.
 
 use std::collections::VecDeque;
 
@@ -284,3 +287,6 @@ impl<T> Scheduler<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,446 @@
+//! The scheduler without a model: sequences are token lists, a step is `schedule` then
+//! `complete`, and "sampling" appends one made-up token to every sequence whose pending tokens
+//! were all computed, as the engine loop does with real logits.
+
+use super::*;
+use crate::kv::root_hash;
+
+/// Block size in these tests (small, so a few tokens fill a block).
+const BS: usize = 4;
+
+/// What a test sequence carries: its id and how many tokens it generates before it finishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Job {
+    id: u64,
+    max_new: usize,
+}
+
+/// A sequence with a prompt of `len` tokens that no other test sequence shares (ids start at
+/// `1000 * arrival`, so prefix-cache hits only happen where a test builds them on purpose).
+fn seq(priority: Priority, arrival: u64, len: usize) -> Sequence<Job> {
+    let tokens: Vec<u32> = (0..len as u32).map(|t| 1000 * arrival as u32 + t).collect();
+    with_tokens(priority, arrival, tokens)
+}
+
+fn with_tokens(priority: Priority, arrival: u64, tokens: Vec<u32>) -> Sequence<Job> {
+    Sequence {
+        priority,
+        arrival,
+        prompt_len: tokens.len(),
+        tokens,
+        num_computed: 0,
+        block_table: Vec::new(),
+        root: root_hash("test", None),
+        hashes: Vec::new(),
+        use_prefix_cache: true,
+        preemptions: 0,
+        data: Job {
+            id: arrival,
+            max_new: usize::MAX,
+        },
+    }
+}
+
+fn sched(max_num_batched_tokens: usize, max_num_seqs: usize) -> Scheduler<Job> {
+    Scheduler::new(SchedulerConfig {
+        max_num_batched_tokens,
+        max_num_seqs,
+    })
+}
+
+/// Ids of the running sequences, in `running()` order.
+fn running(s: &Scheduler<Job>) -> Vec<u64> {
+    s.running().iter().map(|q| q.data.id).collect()
+}
+
+/// Ids of the waiting sequences, in queue order.
+fn waiting(s: &Scheduler<Job>) -> Vec<u64> {
+    s.waiting().map(|q| q.data.id).collect()
+}
+
+/// `(id, start, len)` of each chunk of a plan, resolved against `running()`.
+fn chunks(s: &Scheduler<Job>, plan: &[Chunk]) -> Vec<(u64, usize, usize)> {
+    plan.iter()
+        .map(|c| (s.running()[c.index].data.id, c.start, c.len))
+        .collect()
+}
+
+/// One engine step: plan, "compute", and sample one token for every sequence that caught up.
+/// Returns the plan as `(id, start, len)`.
+fn step(s: &mut Scheduler<Job>, pool: &mut BlockPool) -> Vec<(u64, usize, usize)> {
+    let plan = s.schedule(pool);
+    let out = chunks(s, &plan);
+    s.complete(&plan, pool);
+    for c in &plan {
+        let q = &mut s.running_mut()[c.index];
+        if q.pending() == 0 {
+            let next = 900_000 + q.tokens.len() as u32;
+            q.tokens.push(next);
+        }
+    }
+    out
+}
+
+#[test]
+fn waiting_requests_are_admitted_in_arrival_order() {
+    let mut pool = BlockPool::new(64, BS);
+    let mut s = sched(256, 2);
+    for arrival in [3, 1, 2] {
+        s.add(seq(Priority::Interactive, arrival, 5));
+    }
+    assert_eq!(waiting(&s), [1, 2, 3]);
+    let plan = step(&mut s, &mut pool);
+    assert_eq!(plan, [(1, 0, 5), (2, 0, 5)]);
+    assert_eq!(running(&s), [1, 2]);
+    assert_eq!(waiting(&s), [3]);
+}
+
+#[test]
+fn interactive_requests_go_before_older_batch_requests() {
+    let mut pool = BlockPool::new(64, BS);
+    let mut s = sched(256, 1);
+    s.add(seq(Priority::Batch, 1, 5));
+    s.add(seq(Priority::Batch, 2, 5));
+    s.add(seq(Priority::Interactive, 3, 5));
+    assert_eq!(waiting(&s), [3, 1, 2]);
+    assert_eq!(step(&mut s, &mut pool), [(3, 0, 5)]);
+    assert_eq!(waiting(&s), [1, 2]);
+}
+
+#[test]
+fn running_sequences_are_planned_by_priority_then_arrival() {
+    let mut pool = BlockPool::new(64, BS);
+    let mut s = sched(256, 8);
+    // The batch job arrives (and starts) first; the interactive one joins a step later.
+    s.add(seq(Priority::Batch, 1, 3));
+    step(&mut s, &mut pool);
+    s.add(seq(Priority::Interactive, 2, 3));
+    step(&mut s, &mut pool);
+    // Both decode now; the interactive sequence is first in the running set and the plan.
+    let plan = step(&mut s, &mut pool);
+    assert_eq!(running(&s), [2, 1]);
+    assert_eq!(plan, [(2, 3, 1), (1, 4, 1)]);
+}
+
+#[test]
+fn a_long_prompt_is_prefilled_in_chunks_of_the_token_budget() {
+    let mut pool = BlockPool::new(64, BS);
+    let mut s = sched(10, 8);
+    s.add(seq(Priority::Interactive, 1, 25));
+    assert_eq!(step(&mut s, &mut pool), [(1, 0, 10)]);
+    assert_eq!(step(&mut s, &mut pool), [(1, 10, 10)]);
+    assert_eq!(step(&mut s, &mut pool), [(1, 20, 5)]);
+    // Prompt done, one token sampled: the next step is a single-token decode.
+    assert_eq!(step(&mut s, &mut pool), [(1, 25, 1)]);
+    // Blocks cover exactly what was computed (26 positions, 4 per block).
+    assert_eq!(s.running()[0].block_table.len(), 26usize.div_ceil(BS));
+}
+
+#[test]
+fn admission_shares_what_is_left_of_the_budget() {
+    let mut pool = BlockPool::new(64, BS);
+    let mut s = sched(10, 8);
+    s.add(seq(Priority::Interactive, 1, 8));
+    s.add(seq(Priority::Interactive, 2, 8));
+    s.add(seq(Priority::Interactive, 3, 8));
+    // The first takes 8, the second gets the 2 tokens left, the third waits for budget.
+    assert_eq!(step(&mut s, &mut pool), [(1, 0, 8), (2, 0, 2)]);
+    assert_eq!(waiting(&s), [3]);
+    // Then: 1 decodes (1 token), 2 continues its prefill (6), 3 gets the remaining 3.
+    assert_eq!(step(&mut s, &mut pool), [(1, 8, 1), (2, 2, 6), (3, 0, 3)]);
+}
+
+#[test]
+fn running_decodes_are_planned_before_an_older_prefill() {
+    let mut pool = BlockPool::new(64, BS);
+    let mut s = sched(8, 8);
+    // A newer sequence is already decoding...
+    s.add(seq(Priority::Interactive, 5, 3));
+    assert_eq!(step(&mut s, &mut pool), [(5, 0, 3)]);
+    // ...when an older one with a long prompt is admitted next to it.
+    s.add(seq(Priority::Interactive, 1, 20));
+    assert_eq!(step(&mut s, &mut pool), [(5, 3, 1), (1, 0, 7)]);
+    // The older prefill sorts first among running sequences, but the decode still gets its
+    // token before the prefill takes the rest of the budget: streams never stall behind a
+    // long prompt.
+    let plan = step(&mut s, &mut pool);
+    assert_eq!(running(&s), [1, 5]);
+    assert_eq!(plan, [(5, 4, 1), (1, 7, 7)]);
+}
+
+#[test]
+fn max_num_seqs_caps_the_running_set() {
+    let mut pool = BlockPool::new(64, BS);
+    let mut s = sched(256, 2);
+    for arrival in 1..=4 {
+        s.add(seq(Priority::Interactive, arrival, 3));
+    }
+    step(&mut s, &mut pool);
+    assert_eq!(running(&s), [1, 2]);
+    // Budget is left, but no third sequence starts while two run.
+    assert_eq!(step(&mut s, &mut pool), [(1, 3, 1), (2, 3, 1)]);
+    assert_eq!(waiting(&s), [3, 4]);
+    // One finishes: exactly one more is admitted.
+    s.finish_running(0, &mut pool);
+    assert_eq!(step(&mut s, &mut pool), [(2, 4, 1), (3, 0, 3)]);
+    assert_eq!(waiting(&s), [4]);
+}
+
+/// Three sequences of 8 prompt tokens (2 blocks each) fill a 6-block pool; after one sampled
+/// token each needs a third block, so the next step must preempt.
+fn full_pool(priorities: [Priority; 3]) -> (Scheduler<Job>, BlockPool) {
+    let mut pool = BlockPool::new(6, BS);
+    let mut s = sched(256, 8);
+    for (arrival, p) in (1..).zip(priorities) {
+        s.add(seq(p, arrival, 8));
+    }
+    step(&mut s, &mut pool);
+    assert_eq!(pool.available(), 0);
+    (s, pool)
+}
+
+#[test]
+fn when_blocks_run_out_the_newest_sequence_is_preempted() {
+    let (mut s, mut pool) = full_pool([Priority::Interactive; 3]);
+    let plan = step(&mut s, &mut pool);
+    assert_eq!(plan, [(1, 8, 1), (2, 8, 1)]);
+    assert_eq!(running(&s), [1, 2]);
+    assert_eq!(waiting(&s), [3]);
+    assert_eq!(s.preemptions(), 1);
+    let victim = s.waiting().next().unwrap();
+    assert_eq!(victim.preemptions, 1);
+    assert_eq!((victim.num_computed, victim.block_table.len()), (0, 0));
+    assert_eq!(pool.stats().blocks_in_use, 6);
+}
+
+#[test]
+fn when_blocks_run_out_the_lowest_priority_sequence_is_preempted_first() {
+    // The batch job is older than the third (interactive) sequence, but it goes first.
+    let (mut s, mut pool) = full_pool([
+        Priority::Interactive,
+        Priority::Batch,
+        Priority::Interactive,
+    ]);
+    let plan = step(&mut s, &mut pool);
+    assert_eq!(plan, [(1, 8, 1), (3, 8, 1)]);
+    assert_eq!(waiting(&s), [2]);
+    assert_eq!(s.waiting().next().unwrap().priority, Priority::Batch);
+}
+
+#[test]
+fn a_preempted_sequence_is_recomputed_once_blocks_are_free() {
+    let (mut s, mut pool) = full_pool([Priority::Interactive; 3]);
+    step(&mut s, &mut pool);
+    assert_eq!(waiting(&s), [3]);
+    // Its cached prefix was evicted to make room, so nothing is reusable yet.
+    assert_eq!(step(&mut s, &mut pool), [(1, 9, 1), (2, 9, 1)]);
+    assert_eq!(waiting(&s), [3]);
+    // When the first sequence finishes, the victim comes back and recomputes its prompt and
+    // the token it had generated (9 tokens) from position 0.
+    s.finish_running(0, &mut pool);
+    let plan = step(&mut s, &mut pool);
+    assert_eq!(plan, [(2, 10, 1), (3, 0, 9)]);
+    assert_eq!(s.running()[1].preemptions, 1);
+}
+
+#[test]
+fn a_sequence_that_is_itself_last_in_line_is_preempted_instead_of_an_older_one() {
+    let mut pool = BlockPool::new(4, BS);
+    let mut s = sched(256, 8);
+    // 1's next position (7) fits its second block; 2's (8) needs a third block.
+    s.add(seq(Priority::Interactive, 1, 7));
+    s.add(seq(Priority::Interactive, 2, 8));
+    step(&mut s, &mut pool);
+    assert_eq!(pool.available(), 0);
+    assert_eq!(step(&mut s, &mut pool), [(1, 7, 1)]);
+    assert_eq!(running(&s), [1]);
+    assert_eq!(waiting(&s), [2]);
+}
+
+#[test]
+fn a_sequence_planned_this_step_is_never_the_victim_and_the_plan_stays_consistent() {
+    let mut pool = BlockPool::new(3, BS);
+    let mut s = sched(8, 8);
+    // A batch job starts first and decodes with room left in its only block...
+    s.add(seq(Priority::Batch, 1, 2));
+    step(&mut s, &mut pool);
+    // ...an interactive prompt takes the other two blocks...
+    s.add(seq(Priority::Interactive, 2, 16));
+    assert_eq!(step(&mut s, &mut pool), [(1, 2, 1), (2, 0, 7)]);
+    // ...and needs two more for its next chunk. The batch decode was planned first, so the
+    // prefill is the one preempted, and the decode's chunk index follows it down to 0.
+    let plan = s.schedule(&mut pool);
+    assert_eq!(running(&s), [1]);
+    assert_eq!(
+        plan,
+        [Chunk {
+            index: 0,
+            start: 3,
+            len: 1
+        }]
+    );
+    assert_eq!(waiting(&s), [2]);
+    assert_eq!(pool.stats().blocks_in_use, 1);
+}
+
+#[test]
+fn cancelling_frees_the_blocks_of_running_and_waiting_sequences() {
+    let mut pool = BlockPool::new(8, BS);
+    let mut s = sched(256, 8);
+    s.add(seq(Priority::Interactive, 1, 10));
+    s.add(seq(Priority::Interactive, 2, 10));
+    s.add(seq(Priority::Interactive, 3, 10));
+    step(&mut s, &mut pool);
+    assert_eq!(running(&s), [1, 2]);
+    assert_eq!(waiting(&s), [3]);
+    assert_eq!(pool.stats().blocks_in_use, 6);
+
+    let gone = s.remove_where(&mut pool, |job| job.id != 2);
+    let mut ids: Vec<u64> = gone.iter().map(|q| q.data.id).collect();
+    ids.sort();
+    assert_eq!(ids, [1, 3]);
+    assert_eq!(running(&s), [2]);
+    assert_eq!(s.num_waiting(), 0);
+    assert_eq!(pool.stats().blocks_in_use, 3);
+
+    let last = s.finish_running(0, &mut pool);
+    assert_eq!(last.data.id, 2);
+    assert!(s.is_idle());
+    assert_eq!(pool.stats().blocks_in_use, 0);
+    assert_eq!(pool.available(), 8);
+}
+
+#[test]
+fn removing_a_running_sequence_lets_a_waiting_one_start_next_step() {
+    let mut pool = BlockPool::new(3, BS);
+    let mut s = sched(256, 8);
+    s.add(seq(Priority::Interactive, 1, 10));
+    s.add(seq(Priority::Interactive, 2, 10));
+    step(&mut s, &mut pool);
+    assert_eq!(waiting(&s), [2], "3 blocks hold one 10-token prompt");
+    s.remove_where(&mut pool, |job| job.id == 1);
+    assert_eq!(step(&mut s, &mut pool), [(2, 0, 10)]);
+}
+
+#[test]
+fn admission_reuses_cached_prompt_blocks_but_recomputes_the_last_token() {
+    let mut pool = BlockPool::new(16, BS);
+    let mut s = sched(256, 8);
+    let prompt: Vec<u32> = (0..9).collect();
+    s.add(with_tokens(Priority::Interactive, 1, prompt.clone()));
+    step(&mut s, &mut pool);
+    s.finish_running(0, &mut pool);
+
+    // Same 9-token prompt: both full blocks are reused, only the last token runs.
+    s.add(with_tokens(Priority::Interactive, 2, prompt.clone()));
+    assert_eq!(step(&mut s, &mut pool), [(2, 8, 1)]);
+    assert_eq!(pool.stats().hit_tokens, 8);
+    s.finish_running(0, &mut pool);
+
+    // An 8-token prompt is two full blocks, but its last token must run to give logits: one
+    // block is reused.
+    s.add(with_tokens(Priority::Interactive, 3, prompt[..8].to_vec()));
+    assert_eq!(step(&mut s, &mut pool), [(3, 4, 4)]);
+    s.finish_running(0, &mut pool);
+
+    // Prompt logprobs need every position computed: no reuse.
+    let mut no_cache = with_tokens(Priority::Interactive, 4, prompt.clone());
+    no_cache.use_prefix_cache = false;
+    s.add(no_cache);
+    assert_eq!(step(&mut s, &mut pool), [(4, 0, 9)]);
+}
+
+#[test]
+fn generated_tokens_never_enter_the_prefix_cache() {
+    let mut pool = BlockPool::new(16, BS);
+    let mut s = sched(256, 8);
+    // A 2-token prompt generates 7 more: blocks 0 and 1 fill with generated tokens.
+    s.add(with_tokens(Priority::Interactive, 1, vec![7, 8]));
+    for _ in 0..8 {
+        step(&mut s, &mut pool);
+    }
+    let tokens = s.running()[0].tokens.clone();
+    assert!(tokens.len() >= 9);
+    s.finish_running(0, &mut pool);
+    // A prompt equal to that whole text finds nothing cached.
+    s.add(with_tokens(Priority::Interactive, 2, tokens[..9].to_vec()));
+    assert_eq!(step(&mut s, &mut pool), [(2, 0, 9)]);
+    assert_eq!(pool.stats().hit_tokens, 0);
+}
+
+/// Many sequences of mixed priority and length through a small pool: every step stays within
+/// its limits, no block is in two tables, every sequence finishes, and every block comes back.
+#[test]
+fn a_busy_workload_respects_every_limit_and_returns_every_block() {
+    let (budget, max_seqs, blocks) = (24, 5, 14);
+    let mut pool = BlockPool::new(blocks, BS);
+    let mut s = sched(budget, max_seqs);
+    let mut x = 12345u64;
+    let mut rand = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let total = 40;
+    let mut added = 0u64;
+    let mut finished = Vec::new();
+    for _ in 0..10_000 {
+        if added < total && rand(3) == 0 {
+            added += 1;
+            let p = if rand(2) == 0 {
+                Priority::Interactive
+            } else {
+                Priority::Batch
+            };
+            let mut q = seq(p, added, 1 + rand(30) as usize);
+            q.data.max_new = 1 + rand(12) as usize;
+            s.add(q);
+        }
+        let plan = s.schedule(&mut pool);
+        assert!(plan.iter().map(|c| c.len).sum::<usize>() <= budget);
+        assert!(s.running().len() <= max_seqs);
+        let mut seen = std::collections::HashSet::new();
+        for q in s.running() {
+            for &b in &q.block_table {
+                assert!(seen.insert(b), "block {b} is in two tables");
+            }
+        }
+        for c in &plan {
+            let q = &s.running()[c.index];
+            assert_eq!(c.start, q.num_computed);
+            assert!(
+                q.block_table.len() * BS >= c.start + c.len,
+                "a chunk without room"
+            );
+        }
+        s.complete(&plan, &mut pool);
+        let mut done = Vec::new();
+        for c in &plan {
+            let q = &mut s.running_mut()[c.index];
+            if q.pending() == 0 {
+                if q.tokens.len() - q.prompt_len == q.data.max_new {
+                    done.push(c.index);
+                } else {
+                    q.tokens.push(900_000 + q.tokens.len() as u32);
+                }
+            }
+        }
+        done.sort_by(|a, b| b.cmp(a));
+        for i in done {
+            finished.push(s.finish_running(i, &mut pool).data.id);
+        }
+        if added == total && s.is_idle() {
+            break;
+        }
+    }
+    assert!(s.is_idle(), "work left after the loop");
+    finished.sort();
+    assert_eq!(finished, (1..=total).collect::<Vec<_>>());
+    assert_eq!(pool.stats().blocks_in_use, 0);
+    assert_eq!(pool.available(), blocks);
+    assert!(
+        s.preemptions() > 0,
+        "the pool was meant to be tight enough to preempt"
+    );
+}
