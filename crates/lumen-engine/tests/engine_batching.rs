@@ -197,3 +197,24 @@ fn over_context_is_refused() {
     let ok = collect(submit(&eng, greedy(prompt(1, 10), 3)).unwrap(), 1);
     assert_eq!(ok.tokens[0].len(), 3);
 }
+
+/// Every accepted request shows in the gauges from the moment `submit` returns, before the
+/// engine thread has taken it, and the gauges return to zero when all are done.
+#[test]
+fn gauges_count_requests_from_acceptance() {
+    let Some(chat) = smollm2() else { return };
+    let eng = engine(&chat, 512, 2);
+    let stats = eng.handle().stats().clone();
+    let mut streams = Vec::new();
+    for i in 0..8 {
+        streams.push(submit(&eng, greedy(prompt(300 + i, 40), 24)).expect("submit"));
+        // At most two run (max_num_seqs); the rest must read as waiting, at every instant.
+        let seen = stats.requests_waiting() + stats.running.load(SeqCst);
+        assert!(seen >= i + 1, "after {} submits the gauges show {seen}", i + 1);
+    }
+    for s in streams {
+        collect(s, 1);
+    }
+    wait_idle(&eng);
+    assert_eq!((stats.requests_waiting(), stats.running.load(SeqCst)), (0, 0));
+}

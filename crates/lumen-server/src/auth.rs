@@ -62,6 +62,13 @@ impl ApiKeys {
     }
 }
 
+/// The credentials of an `Authorization: Bearer KEY` value; the scheme name is
+/// case-insensitive (RFC 9110), so `BEARER` and `bearer` work too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(char::is_whitespace)?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
 /// Middleware that answers 401 unless the request carries an accepted key.
 pub async fn require_key(
     State(state): State<AppState>,
@@ -76,11 +83,7 @@ pub async fn require_key(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+        .and_then(bearer_token);
     match presented.and_then(|k| keys.identify(k)) {
         Some(caller) => {
             let mut req = req;
@@ -105,6 +108,16 @@ mod tests {
         assert!(!keys.accepts(""));
         assert!(!keys.is_open());
         assert!(ApiKeys::new::<&str>(&[]).is_open());
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc "), Some("abc"));
+        assert_eq!(bearer_token("bearer\tabc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! | --- | --- | --- | --- |
 //! | `InvalidJson`, `UnsupportedMediaType`, `InvalidParam`, `WrongModelKind` | 400 | `invalid_request_error` | `invalid_json` / `unsupported_media_type` / `invalid_value` / `model_not_supported` |
 //! | `Unauthorized` | 401 | `invalid_request_error` | `invalid_api_key` |
+//! | `Unsupported` | 400 | `invalid_request_error` | `unsupported_parameter` |
 //! | `ModelNotFound`, `RouteNotFound` | 404 | `invalid_request_error` | `model_not_found` / `not_found` |
+//! | `MethodNotAllowed` | 405 | `invalid_request_error` | `method_not_allowed` |
 //! | `PayloadTooLarge` | 413 | `invalid_request_error` | `request_too_large` |
 //! | `QueueFull` | 429 (+ `Retry-After: 1`) | `rate_limit_error` | `queue_full` |
 //! | `NotReady`, `ShuttingDown`, `EngineStopped` | 503 | `server_error` | `not_ready` / `shutting_down` / `engine_stopped` |
@@ -56,6 +58,22 @@ pub enum ServerError {
     /// No route for this path.
     #[error("No route for {0}.")]
     RouteNotFound(String),
+    /// The path exists but not with this method.
+    #[error("{method} is not allowed on {path}.")]
+    MethodNotAllowed {
+        /// The method sent.
+        method: String,
+        /// The path.
+        path: String,
+    },
+    /// A parameter names a feature this server does not implement (yet).
+    #[error("{message}")]
+    Unsupported {
+        /// The parameter.
+        param: String,
+        /// What is not supported.
+        message: String,
+    },
     /// The body is over the configured limit.
     #[error("The request body is larger than the limit of {limit} bytes.")]
     PayloadTooLarge {
@@ -123,6 +141,8 @@ impl ServerError {
                 Some("model".into()),
             ),
             RouteNotFound(_) => (StatusCode::NOT_FOUND, invalid, "not_found", None),
+            MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, invalid, "method_not_allowed", None),
+            Unsupported { param, .. } => (StatusCode::BAD_REQUEST, invalid, "unsupported_parameter", Some(param.clone())),
             PayloadTooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 invalid,

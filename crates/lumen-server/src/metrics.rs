@@ -125,8 +125,8 @@ const GAUGES: &[(&str, &str, Reader)] = &[
     ),
     (
         "lumen:num_requests_waiting",
-        "Sequences queued in the engine.",
-        |s| s.waiting.load(Relaxed) as f64,
+        "Requests accepted and not yet running: queued in the engine or on their way to it.",
+        |s| s.requests_waiting() as f64,
     ),
     (
         "lumen:kv_cache_usage_perc",

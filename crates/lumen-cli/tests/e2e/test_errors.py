@@ -144,3 +144,32 @@ def test_sdk_raises_bad_request_with_param():
     with pytest.raises(openai.BadRequestError) as e:
         c.chat.completions.create(model=MODEL, messages=HELLO, temperature=3)
     assert e.value.status_code == 400 and e.value.param == "temperature"
+
+
+def test_bearer_scheme_is_case_insensitive():
+    for scheme in ["BEARER", "bearer", "BeArEr"]:
+        r = raw("POST", CHAT, json={"model": MODEL, "messages": HELLO, "max_tokens": 1}, key=None,
+                headers={"Authorization": f"{scheme} {KEY}"})
+        assert r.status_code == 200, (scheme, r.text)
+    check(raw("GET", "/v1/models", key=None, headers={"Authorization": f"Basic {KEY}"}), 401)
+
+
+def test_wrong_method_is_openai_shaped_405():
+    check(raw("GET", CHAT), 405, None, "method_not_allowed")
+    check(raw("DELETE", "/v1/models"), 405, None, "method_not_allowed")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("tools", [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]),
+    ("tool_choice", "required"),
+    ("response_format", {"type": "json_object"}),
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}),
+])
+def test_unsupported_features_are_400_not_ignored(field, value):
+    check(chat(**{field: value}), 400, field, "unsupported_parameter")
+    check(raw("POST", COMPLETIONS, json={"model": MODEL, "prompt": "x", "max_tokens": 1, field: value}), 400, field)
+
+
+def test_neutral_values_of_unsupported_features_are_accepted():
+    r = chat(tools=[], tool_choice="none", response_format={"type": "text"})
+    assert r.status_code == 200, r.text

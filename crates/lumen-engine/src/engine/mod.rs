@@ -226,9 +226,11 @@ impl EngineHandle {
             return Err(EngineError::QueueFull);
         }
         let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+        s.stats.submitted.fetch_add(1, Ordering::SeqCst);
         let (etx, erx) = tmpsc::unbounded_channel();
         if s.commands.send(Command::Submit { id, request: Box::new(req), events: etx }).is_err() {
             s.in_flight.fetch_sub(1, Ordering::SeqCst);
+            s.stats.submitted.fetch_sub(1, Ordering::SeqCst);
             return Err(EngineError::Stopped);
         }
         Ok(RequestStream { id, events: erx, commands: s.commands.clone(), done: false })

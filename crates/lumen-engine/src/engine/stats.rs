@@ -4,13 +4,17 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::request::FinishReason;
 
-/// Counters and gauges of one engine, updated by its thread after every step.
+/// Counters and gauges of one engine. The engine thread refreshes the gauges after taking
+/// new commands and after every step; [`EngineStats::submitted`] is counted by the
+/// submitting side, so a request is visible from the moment it is accepted.
 #[derive(Debug, Default)]
 pub struct EngineStats {
     /// Sequences being computed.
     pub running: AtomicU64,
-    /// Sequences queued.
+    /// Sequences queued in the scheduler.
     pub waiting: AtomicU64,
+    /// Requests accepted by `submit` that the engine thread has not taken yet.
+    pub submitted: AtomicU64,
     /// KV blocks referenced by a sequence.
     pub blocks_in_use: AtomicU64,
     /// KV blocks in the pool.
@@ -44,6 +48,12 @@ impl EngineStats {
         } else {
             self.blocks_in_use.load(Relaxed) as f64 / total as f64
         }
+    }
+
+    /// Everything accepted and not yet running: queued sequences plus requests still on
+    /// their way to the engine thread (what a load balancer must see at once).
+    pub fn requests_waiting(&self) -> u64 {
+        self.waiting.load(Relaxed) + self.submitted.load(Relaxed)
     }
 
     /// Counts one finished choice.

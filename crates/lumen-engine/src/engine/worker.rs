@@ -114,6 +114,8 @@ impl Worker {
                     }
                 }
             }
+            // New and cancelled requests show in the gauges before the step, which may be long.
+            self.publish_stats();
             self.step();
             self.publish_stats();
         }
@@ -122,7 +124,13 @@ impl Worker {
     /// Applies one command; false means shut down.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Submit { id, request, events } => self.admit(id, *request, events),
+            Command::Submit { id, request, events } => {
+                self.admit(id, *request, events);
+                // Count it as waiting before it stops counting as submitted, so a reader of
+                // the gauges never misses it; the next publish makes `waiting` exact again.
+                self.stats.waiting.fetch_add(1, SeqCst);
+                self.stats.submitted.fetch_sub(1, SeqCst);
+            }
             Command::Cancel(id) => self.cancel(id),
             Command::Shutdown => {
                 let ids: Vec<u64> = self.requests.keys().copied().collect();

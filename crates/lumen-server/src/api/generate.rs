@@ -98,6 +98,7 @@ where
     let arrived = Instant::now();
     let req: E::Body = from_value(&body)?;
     let fields: GenFields = from_value(&body)?;
+    fields.refuse_unsupported()?;
     let model = state.chat_model(Some(E::model_name(&req)))?;
     state.ensure_accepting()?;
     let (mut params, transport) = fields.split(E::API, caller);

@@ -1,7 +1,7 @@
 //! Operations endpoints: liveness, readiness, metrics, and the OpenAI-shaped 404.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -41,4 +41,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// Any other path.
 pub async fn not_found(uri: Uri) -> ServerError {
     ServerError::RouteNotFound(uri.path().to_string())
+}
+
+/// A known path with a method it does not serve.
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ServerError {
+    ServerError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
 }

@@ -11,6 +11,9 @@ use std::collections::HashMap;
 
 use lumen_engine::{Api, CallerId, GenerationParams, PriorityInput};
 use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::ServerError;
 
 /// `stop`: one string or a list.
 #[derive(Deserialize, Debug, Clone)]
@@ -89,6 +92,16 @@ pub struct GenFields {
     pub skip_special_tokens: Option<bool>,
     /// vLLM: salt that keeps this request's prefix-cache entries apart.
     pub cache_salt: Option<String>,
+    /// Function tools (not supported yet: refused unless empty).
+    pub tools: Option<Value>,
+    /// How tools are chosen (refused unless `none` or `auto`).
+    pub tool_choice: Option<Value>,
+    /// The legacy name of `tools`.
+    pub functions: Option<Value>,
+    /// The legacy name of `tool_choice`.
+    pub function_call: Option<Value>,
+    /// Output format (refused unless `{"type": "text"}`).
+    pub response_format: Option<Value>,
 }
 
 /// How the answer travels, which the engine does not need to know.
@@ -103,6 +116,37 @@ pub struct Transport {
 }
 
 impl GenFields {
+    /// Refuses the fields this server cannot honour yet, rather than ignoring them and
+    /// answering 200 with output that does not follow them.
+    pub fn refuse_unsupported(&self) -> Result<(), ServerError> {
+        let unsupported = |param: &str, what: &str| {
+            Err(ServerError::Unsupported {
+                param: param.into(),
+                message: format!("{what} are not supported yet; send the request without '{param}'"),
+            })
+        };
+        let non_empty = |v: &Option<Value>| !matches!(v, None | Some(Value::Null)) && v.as_ref().and_then(Value::as_array).is_none_or(|a| !a.is_empty());
+        let chooses = |v: &Option<Value>| !matches!(v.as_ref().and_then(Value::as_str), None | Some("none" | "auto")) || v.as_ref().is_some_and(Value::is_object);
+        if non_empty(&self.tools) {
+            return unsupported("tools", "tool calls");
+        }
+        if non_empty(&self.functions) {
+            return unsupported("functions", "function calls");
+        }
+        if self.tool_choice.as_ref().is_some_and(|v| !v.is_null()) && chooses(&self.tool_choice) {
+            return unsupported("tool_choice", "forced tool calls");
+        }
+        if self.function_call.as_ref().is_some_and(|v| !v.is_null()) && chooses(&self.function_call) {
+            return unsupported("function_call", "forced function calls");
+        }
+        if let Some(rf) = self.response_format.as_ref().filter(|v| !v.is_null()) {
+            if rf.get("type").and_then(Value::as_str) != Some("text") {
+                return unsupported("response_format", "structured output formats (json_object, json_schema)");
+            }
+        }
+        Ok(())
+    }
+
     /// Splits the fields into the engine's parameters (for `api`, from `caller`) and the
     /// transport options.
     pub fn split(self, api: Api, caller: Option<CallerId>) -> (GenerationParams, Transport) {
@@ -172,6 +216,34 @@ mod tests {
         assert_eq!((p.stop_token_ids, p.seed), (vec![3], Some(-4)));
         assert_eq!(p.caller, Some(CallerId::new("k")));
         assert!(t.stream && t.include_usage);
+    }
+
+    #[test]
+    fn unsupported_features_are_refused_not_ignored() {
+        let refused = |v: serde_json::Value| match fields(v).refuse_unsupported() {
+            Err(ServerError::Unsupported { param, .. }) => Some(param),
+            Err(other) => panic!("{other:?}"),
+            Ok(()) => None,
+        };
+        let tool = serde_json::json!([{"type": "function", "function": {"name": "f"}}]);
+        assert_eq!(refused(serde_json::json!({"tools": tool})).as_deref(), Some("tools"));
+        assert_eq!(refused(serde_json::json!({"functions": [{"name": "f"}]})).as_deref(), Some("functions"));
+        assert_eq!(refused(serde_json::json!({"tool_choice": "required"})).as_deref(), Some("tool_choice"));
+        let forced = serde_json::json!({"type": "function", "function": {"name": "f"}});
+        assert_eq!(refused(serde_json::json!({"tool_choice": forced})).as_deref(), Some("tool_choice"));
+        assert_eq!(refused(serde_json::json!({"function_call": {"name": "f"}})).as_deref(), Some("function_call"));
+        let schema = serde_json::json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}});
+        assert_eq!(refused(serde_json::json!({"response_format": schema})).as_deref(), Some("response_format"));
+        assert_eq!(refused(serde_json::json!({"response_format": {"type": "json_object"}})).as_deref(), Some("response_format"));
+        // What changes nothing is accepted.
+        for ok in [
+            serde_json::json!({"tools": [], "tool_choice": "none"}),
+            serde_json::json!({"tools": null, "tool_choice": "auto", "function_call": "none"}),
+            serde_json::json!({"response_format": {"type": "text"}}),
+            serde_json::json!({"response_format": null}),
+        ] {
+            assert_eq!(refused(ok.clone()), None, "{ok}");
+        }
     }
 
     #[test]
