@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use crate::blocks::{round_f16, QK, QK_K};
 use crate::pool::{split_range, ThreadPool};
-use crate::simd::SimdLevel;
+use crate::cpu::CpuLevel;
 use crate::WeightFormat;
 
 /// The activation format a weight format is dotted against (ggml's `vec_dot_type`).
@@ -120,7 +120,7 @@ impl ActBuf {
         x: &[f32],
         m: usize,
         cols: usize,
-        level: SimdLevel,
+        level: CpuLevel,
         pool: &ThreadPool,
     ) {
         assert!(x.len() >= m * cols, "ActBuf::prepare: x too short");
@@ -211,7 +211,7 @@ impl Fill {
     /// # Safety
     /// The arrays must be sized for these rows (by [`ActBuf::begin`], whose buffer must still
     /// be alive and not moved), and no one else may access these rows meanwhile.
-    pub(crate) unsafe fn rows(self, kind: ActKind, x: &[f32], rows: Range<usize>, level: SimdLevel) {
+    pub(crate) unsafe fn rows(self, kind: ActKind, x: &[f32], rows: Range<usize>, level: CpuLevel) {
         assert_eq!(x.len(), rows.len() * self.cols, "Fill::rows: x does not hold the rows");
         if kind == ActKind::Q8K {
             self.q8k_rows(x, rows, level)
@@ -224,13 +224,13 @@ impl Fill {
     ///
     /// # Safety
     /// As [`Fill::rows`].
-    unsafe fn q8_rows(self, x: &[f32], rows: Range<usize>, level: SimdLevel) {
+    unsafe fn q8_rows(self, x: &[f32], rows: Range<usize>, level: CpuLevel) {
         let first = rows.start;
         #[cfg(target_arch = "x86_64")]
-        if level == SimdLevel::Avx2 {
+        if level >= CpuLevel::Avx2 {
             for i in rows {
                 let off = i * self.cols;
-                // SAFETY: Avx2 is only selected when the CPU has AVX2, FMA and F16C; the row
+                // SAFETY: a level of Avx2 or above is only selected when the CPU has AVX2, FMA and F16C; the row
                 // and the arrays are sized as the caller guarantees.
                 crate::x86::quant::q8_row(x[(i - first) * self.cols..].as_ptr(), self.qs.add(off), self.nb, self.d.add(i), self.isum.add(i), self.s.add(i), self.stride);
             }
@@ -254,7 +254,7 @@ impl Fill {
     ///
     /// # Safety
     /// As [`Fill::rows`].
-    unsafe fn q8k_rows(self, x: &[f32], rows: Range<usize>, level: SimdLevel) {
+    unsafe fn q8k_rows(self, x: &[f32], rows: Range<usize>, level: CpuLevel) {
         let first = rows.start;
         for i in rows {
             for b in 0..self.nb {
@@ -272,22 +272,22 @@ impl Fill {
     }
 }
 
-fn q8_block(level: SimdLevel, x: &[f32], q: &mut [i8]) -> (f32, i32) {
+fn q8_block(level: CpuLevel, x: &[f32], q: &mut [i8]) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx2 {
+    if level >= CpuLevel::Avx2 {
         assert!(x.len() >= QK && q.len() >= QK);
-        // SAFETY: Avx2 is only selected when the CPU supports it; both slices hold 32 elements.
+        // SAFETY: a level of Avx2 or above is only selected when the CPU supports it; both slices hold 32 elements.
         return unsafe { crate::x86::quant::q8_block(x.as_ptr(), q.as_mut_ptr()) };
     }
     let _ = level;
     q8_block_scalar(x, q)
 }
 
-fn q8k_block(level: SimdLevel, x: &[f32], q: &mut [i8], bs: &mut [i16]) -> f32 {
+fn q8k_block(level: CpuLevel, x: &[f32], q: &mut [i8], bs: &mut [i16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx2 {
+    if level >= CpuLevel::Avx2 {
         assert!(x.len() >= QK_K && q.len() >= QK_K && bs.len() >= 16);
-        // SAFETY: Avx2 is only selected when the CPU supports it; the slices hold 256/256/16.
+        // SAFETY: a level of Avx2 or above is only selected when the CPU supports it; the slices hold 256/256/16.
         return unsafe {
             crate::x86::quant::q8k_block(x.as_ptr(), q.as_mut_ptr(), bs.as_mut_ptr())
         };
@@ -456,36 +456,32 @@ mod tests {
 
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn avx2_activation_quantizers_are_bit_identical() {
-        if !SimdLevel::Avx2.is_supported() {
-            return;
-        }
-        for x in cases() {
-            for blk in x.chunks_exact(QK) {
-                let (mut qa, mut qb) = ([0i8; QK], [0i8; QK]);
-                let a = q8_block(SimdLevel::Scalar, blk, &mut qa);
-                let b = q8_block(SimdLevel::Avx2, blk, &mut qb);
-                assert_eq!((a.0.to_bits(), a.1), (b.0.to_bits(), b.1));
-                assert_eq!(qa, qb);
+    fn activation_quantizers_are_bit_identical_at_every_level() {
+        for level in CpuLevel::supported() {
+            for x in cases() {
+                for blk in x.chunks_exact(QK) {
+                    let (mut qa, mut qb) = ([0i8; QK], [0i8; QK]);
+                    let a = q8_block(CpuLevel::Scalar, blk, &mut qa);
+                    let b = q8_block(level, blk, &mut qb);
+                    assert_eq!((a.0.to_bits(), a.1), (b.0.to_bits(), b.1), "{level}");
+                    assert_eq!(qa, qb, "{level}");
+                }
+                let (mut qa, mut qb) = ([0i8; QK_K], [0i8; QK_K]);
+                let (mut ba, mut bb) = ([0i16; 16], [0i16; 16]);
+                let a = q8k_block(CpuLevel::Scalar, &x, &mut qa, &mut ba);
+                let b = q8k_block(level, &x, &mut qb, &mut bb);
+                assert_eq!(a.to_bits(), b.to_bits(), "{level}");
+                assert_eq!(qa, qb, "{level}");
+                assert_eq!(ba, bb, "{level}");
             }
-            let (mut qa, mut qb) = ([0i8; QK_K], [0i8; QK_K]);
-            let (mut ba, mut bb) = ([0i16; 16], [0i16; 16]);
-            let a = q8k_block(SimdLevel::Scalar, &x, &mut qa, &mut ba);
-            let b = q8k_block(SimdLevel::Avx2, &x, &mut qb, &mut bb);
-            assert_eq!(a.to_bits(), b.to_bits());
-            assert_eq!(qa, qb);
-            assert_eq!(ba, bb);
         }
     }
 
-    /// The whole-row AVX2 path fills the same buffers as the portable one, every row
+    /// The whole-row path of every level fills the same buffers as the portable one, every row
     /// (several rows split over threads, the block-major arrays at their stride).
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn prepared_rows_equal_across_levels() {
-        if !SimdLevel::Avx2.is_supported() {
-            return;
-        }
         let x: Vec<f32> = cases().concat();
         let pool = ThreadPool::new(2);
         // Whole groups of eight blocks (done eight at a time), and eleven (a group and a tail).
@@ -498,7 +494,10 @@ mod tests {
                 let n = a.nb * a.stride;
                 (a.qs[..m * cols].to_vec(), a.d[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a.isum[..n].to_vec(), a.s[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>())
             };
-            assert_eq!(prepared(SimdLevel::Avx2), prepared(SimdLevel::Scalar), "{cols} columns");
+            let scalar = prepared(CpuLevel::Scalar);
+            for level in CpuLevel::supported() {
+                assert_eq!(prepared(level), scalar, "{level}, {cols} columns");
+            }
         }
     }
 

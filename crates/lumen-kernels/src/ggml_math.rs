@@ -146,12 +146,6 @@ pub mod x86 {
     }
 }
 
-/// Whether the AVX2 versions may run on this CPU (AVX2, FMA and F16C, and not forced scalar).
-#[inline]
-pub(crate) fn use_avx2() -> bool {
-    crate::simd::SimdLevel::detect() == crate::simd::SimdLevel::Avx2
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,7 +218,7 @@ mod tests {
     #[test]
     fn avx2_matches_scalar_bit_for_bit() {
         use std::arch::x86_64::*;
-        if !use_avx2() {
+        if crate::cpu::CpuLevel::detect() < crate::cpu::CpuLevel::Avx2 {
             return;
         }
         let mut seed = 7u64;
@@ -255,7 +249,7 @@ mod tests {
         for c in xs.chunks_exact(8) {
             let mut e = [0.0f32; 8];
             let mut s = [0.0f32; 8];
-            // SAFETY: use_avx2() checked AVX2, FMA and F16C.
+            // SAFETY: the process's CPU level is AVX2 or above (checked above): AVX2, FMA and F16C.
             unsafe {
                 let v = _mm256_loadu_ps(c.as_ptr());
                 _mm256_storeu_ps(e.as_mut_ptr(), x86::exp8(v));

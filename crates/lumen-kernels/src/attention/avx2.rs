@@ -6,16 +6,19 @@
 use std::arch::x86_64::*;
 
 use super::{padded_kv, Arith, Bufs, BATCH_ROWS, ROWS};
+use crate::cpu::CpuLevel;
 use crate::ggml_math::x86::{exp8, hsum8, reduce16};
 
 /// [`super::scalar::attend_scalar`] with AVX2, FMA and F16C; same bits.
 ///
+/// From [`CpuLevel::Avx512`] up, the same body compiled for AVX-512VL's 32 registers runs.
+///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; `q.len() % 8 == 0`; the slices as for the
-/// scalar version.
+/// The CPU must support `level`, which must be [`CpuLevel::Avx2`] or above;
+/// `q.len() % 8 == 0`; the slices as for the scalar version.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn attend(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
-    if crate::x86::avx512vl() {
+pub(super) unsafe fn attend(level: CpuLevel, mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+    if level >= CpuLevel::Avx512 {
         attend_vl(mode, q, n_ctx, kf, vf, scale, bufs)
     } else {
         attend_body::<false>(mode, q, n_ctx, kf, vf, scale, bufs)

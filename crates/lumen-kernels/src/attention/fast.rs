@@ -26,7 +26,8 @@
 
 use half::f16;
 
-use super::{AttnQuery, KvGeometry, Path, Task};
+use super::{AttnQuery, KvGeometry, Task};
+use crate::cpu::CpuLevel;
 use crate::ggml_math;
 
 /// Cache blocks asked for ahead of the one being computed on.
@@ -83,18 +84,22 @@ trait Ops {
 
 /// Runs `task`, leaving query `j`'s result in `bufs.acc[j * head_dim..]` (query `j` as
 /// [`Task::query_offset`] numbers them).
-pub(super) fn run_task(path: Path, inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
+/// From [`CpuLevel::Avx512`] up the steps are 16-lane registers, from [`CpuLevel::Avx2`] up
+/// pairs of 8-lane ones (same operations lane by lane, so the same bits).
+pub(super) fn run_task(level: CpuLevel, inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
     #[cfg(target_arch = "x86_64")]
     if inputs.geo.head_dim.is_multiple_of(16) && inputs.geo.block_size.is_multiple_of(16) {
-        // SAFETY: the caller picks a path only when the CPU supports it; both need 16-slot
-        // blocks and rows of a multiple of 16 values, checked here.
-        match path {
-            Path::Avx512 => return unsafe { x86::run_avx512(inputs, task, bufs) },
-            Path::Avx2 => return unsafe { x86::run_avx2(inputs, task, bufs) },
-            Path::Scalar => {}
+        // SAFETY: the caller uses a level only when the CPU supports it; both SIMD versions
+        // need 16-slot blocks and rows of a multiple of 16 values, checked here.
+        if level >= CpuLevel::Avx512 {
+            return unsafe { x86::run_avx512(inputs, task, bufs) };
+        }
+        // SAFETY: as above.
+        if level >= CpuLevel::Avx2 {
+            return unsafe { x86::run_avx2(inputs, task, bufs) };
         }
     }
-    let _ = path;
+    let _ = level;
     // SAFETY: the portable operations have no preconditions beyond the slice shapes, which
     // `run` checks.
     unsafe { run::<Scalar>(inputs, task, bufs) }

@@ -1,4 +1,5 @@
-//! AVX2 + FMA + F16C kernels, selected at run time (see [`crate::simd`]).
+//! The x86-64 kernels: AVX2 + FMA + F16C tiles, with AVX-512 and VNNI builds of some, chosen
+//! by the [`CpuLevel`] the caller passes (see [`crate::cpu`]).
 //!
 //! Every tile computes, for each (weight row, activation row) pair and each block, the same
 //! exact integer sums and the same float updates as the scalar reference in [`crate::dot`], so
@@ -16,38 +17,21 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use crate::act::ActBuf;
+use crate::cpu::CpuLevel;
 use crate::matmul::MatRef;
 use crate::WeightFormat;
-
-/// Whether the integer dots may use AVX512-VNNI's `vpdpbusd` (same results as AVX2's
-/// `maddubs` + `madd`, one instruction instead of two), on 256-bit registers or, for the
-/// packed layout, 512-bit ones (hence AVX512-BW, which every VNNI core has, for the 512-bit
-/// byte operations). `LUMEN_KERNELS=avx2` turns it off.
-pub(crate) fn vnni() -> bool {
-    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *VNNI.get_or_init(|| avx512vl() && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw"))
-}
-
-/// Whether 256-bit code may use AVX-512VL's 32 vector registers (same results, fewer
-/// spills). `LUMEN_KERNELS=avx2` turns it off.
-pub(crate) fn avx512vl() -> bool {
-    static VL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *VL.get_or_init(|| {
-        let off = std::env::var("LUMEN_KERNELS").is_ok_and(|v| v.trim().eq_ignore_ascii_case("avx2"));
-        !off && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl")
-    })
-}
 
 /// Activation rows processed together, so that their quantized rows stay in cache.
 pub(crate) const M_CHUNK: usize = 64;
 
-/// Computes columns `r` of all output rows with the AVX2 kernels.
+/// Computes columns `r` of all output rows with the kernels of `level` (AVX2 or above).
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; `out` must be valid for `act.m * w.rows()` writes
+/// The CPU must support `level`, which must be [`CpuLevel::Avx2`] or above; `out` must be valid for `act.m * w.rows()` writes
 /// and columns `r` must not be accessed by anyone else meanwhile; `act` must hold `x` quantized
 /// for `w.format()`.
 pub(crate) unsafe fn compute_rows(
+    level: CpuLevel,
     w: &MatRef,
     x: &[f32],
     act: &ActBuf,
@@ -56,9 +40,9 @@ pub(crate) unsafe fn compute_rows(
 ) {
     if w.is_packed() {
         match w.format() {
-            WeightFormat::Q4_0 => p8::rows::<{ p8::Q4_0 }>(w, act, r, out),
-            WeightFormat::Q4_1 => p8::rows::<{ p8::Q4_1 }>(w, act, r, out),
-            WeightFormat::Q8_0 => p8::rows::<{ p8::Q8_0 }>(w, act, r, out),
+            WeightFormat::Q4_0 => p8::rows::<{ p8::Q4_0 }>(level, w, act, r, out),
+            WeightFormat::Q4_1 => p8::rows::<{ p8::Q4_1 }>(level, w, act, r, out),
+            WeightFormat::Q8_0 => p8::rows::<{ p8::Q8_0 }>(level, w, act, r, out),
             other => unreachable!("packed {other:?}: MatRef::packed admits only Q4_0, Q4_1, Q8_0"),
         }
         return;
@@ -67,9 +51,9 @@ pub(crate) unsafe fn compute_rows(
         WeightFormat::F32 => fl::rows::<{ fl::F32 }>(w, x, act.m, r, out),
         WeightFormat::F16 => fl::rows::<{ fl::F16 }>(w, x, act.m, r, out),
         WeightFormat::BF16 => fl::rows::<{ fl::BF16 }>(w, x, act.m, r, out),
-        WeightFormat::Q4_0 => q32::rows::<{ q32::Q4_0 }>(w, act, r, out),
-        WeightFormat::Q4_1 => q32::rows::<{ q32::Q4_1 }>(w, act, r, out),
-        WeightFormat::Q8_0 => q32::rows::<{ q32::Q8_0 }>(w, act, r, out),
+        WeightFormat::Q4_0 => q32::rows::<{ q32::Q4_0 }>(level, w, act, r, out),
+        WeightFormat::Q4_1 => q32::rows::<{ q32::Q4_1 }>(level, w, act, r, out),
+        WeightFormat::Q8_0 => q32::rows::<{ q32::Q8_0 }>(level, w, act, r, out),
         WeightFormat::Q4_K => kq::rows::<{ kq::Q4K }>(w, act, r, out),
         WeightFormat::Q5_K => kq::rows::<{ kq::Q5K }>(w, act, r, out),
         WeightFormat::Q6_K => kq::rows::<{ kq::Q6K }>(w, act, r, out),

@@ -17,6 +17,7 @@ use std::ops::Range;
 
 use super::{p8x2, M_CHUNK};
 use crate::act::ActBuf;
+use crate::cpu::CpuLevel;
 use crate::matmul::MatRef;
 use crate::packed::PACK_ROWS;
 use crate::WeightFormat;
@@ -52,8 +53,8 @@ pub(super) const fn scales(f: u8) -> usize {
 ///
 /// # Safety
 /// As [`super::compute_rows`], and `w` must be packed in format `F`.
-pub(crate) unsafe fn rows<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
-    if super::vnni() {
+pub(crate) unsafe fn rows<const F: u8>(level: CpuLevel, w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+    if level >= CpuLevel::Avx512Vnni {
         rows_vnni::<F>(w, act, r, out)
     } else {
         rows_avx2::<F>(w, act, r, out)
@@ -298,19 +299,13 @@ mod tests {
     use super::*;
     use crate::pack;
     use crate::pool::ThreadPool;
-    use crate::simd::SimdLevel;
     use crate::x86::test_support::{random_rows, Lcg, Q32_FORMATS};
 
-    /// The VNNI and plain AVX2 builds give the same bits (and the scalar reference's) for
-    /// every format, with the matrix ending inside a group and tiles of every shape (on VNNI
-    /// cores the pairs of groups run as 512-bit tiles of 8, 3 and 5 rows).
+    /// Every level's build gives the scalar reference's bits for every format, with the
+    /// matrix ending inside a group and tiles of every shape (on VNNI cores the pairs of
+    /// groups run as 512-bit tiles of 8, 3 and 5 rows).
     #[test]
-    fn vnni_avx2_and_scalar_agree() {
-        if !SimdLevel::Avx2.is_supported() {
-            eprintln!("AVX2 not available; skipping");
-            return;
-        }
-        let vnni = crate::x86::vnni();
+    fn every_level_matches_scalar() {
         let (rows, cols) = (45, 256);
         let mut rng = Lcg(5);
         for (format, kind) in Q32_FORMATS {
@@ -319,25 +314,19 @@ mod tests {
             for m in [1, 2, 5, 8, 11, 19] {
                 let x: Vec<f32> = (0..m * cols).map(|_| rng.next()).collect();
                 let mut act = ActBuf::default();
-                act.prepare(kind, &x, m, cols, SimdLevel::Avx2, &ThreadPool::new(1));
+                act.prepare(kind, &x, m, cols, CpuLevel::Scalar, &ThreadPool::new(1));
                 let scalar: Vec<u32> = (0..m * rows).map(|k| crate::packed::dot(format, &packed, cols, k % rows, &act, k / rows).to_bits()).collect();
-                let run = |v: bool| {
+                for level in CpuLevel::supported().into_iter().filter(|l| *l >= CpuLevel::Avx2) {
                     let mut out = vec![f32::NAN; m * rows];
+                    // SAFETY: the level is supported; `out` holds m x rows values.
                     unsafe {
-                        match (format, v) {
-                            (WeightFormat::Q4_0, false) => rows_avx2::<Q4_0>(&w, &act, 0..rows, out.as_mut_ptr()),
-                            (WeightFormat::Q4_0, true) => rows_vnni::<Q4_0>(&w, &act, 0..rows, out.as_mut_ptr()),
-                            (WeightFormat::Q4_1, false) => rows_avx2::<Q4_1>(&w, &act, 0..rows, out.as_mut_ptr()),
-                            (WeightFormat::Q4_1, true) => rows_vnni::<Q4_1>(&w, &act, 0..rows, out.as_mut_ptr()),
-                            (_, false) => rows_avx2::<Q8_0>(&w, &act, 0..rows, out.as_mut_ptr()),
-                            (_, true) => rows_vnni::<Q8_0>(&w, &act, 0..rows, out.as_mut_ptr()),
+                        match format {
+                            WeightFormat::Q4_0 => super::rows::<Q4_0>(level, &w, &act, 0..rows, out.as_mut_ptr()),
+                            WeightFormat::Q4_1 => super::rows::<Q4_1>(level, &w, &act, 0..rows, out.as_mut_ptr()),
+                            _ => super::rows::<Q8_0>(level, &w, &act, 0..rows, out.as_mut_ptr()),
                         }
                     }
-                    out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
-                };
-                assert_eq!(run(false), scalar, "{format} m={m}: AVX2 build");
-                if vnni {
-                    assert_eq!(run(true), scalar, "{format} m={m}: VNNI build");
+                    assert_eq!(out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(), scalar, "{format} {level} m={m}");
                 }
             }
         }

@@ -15,6 +15,7 @@ use std::ops::Range;
 
 use super::M_CHUNK;
 use crate::act::ActBuf;
+use crate::cpu::CpuLevel;
 use crate::ggml_math::x86::hsum8;
 use crate::matmul::MatRef;
 
@@ -40,8 +41,8 @@ const fn block_bytes(f: u8) -> usize {
 ///
 /// # Safety
 /// As [`super::compute_rows`].
-pub(crate) unsafe fn rows<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
-    if super::vnni() {
+pub(crate) unsafe fn rows<const F: u8>(level: CpuLevel, w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+    if level >= CpuLevel::Avx512Vnni {
         rows_with::<F, true>(w, act, r, out)
     } else {
         rows_with::<F, false>(w, act, r, out)
@@ -328,17 +329,13 @@ unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
 mod tests {
     use super::*;
     use crate::pool::ThreadPool;
-    use crate::simd::SimdLevel;
     use crate::x86::test_support::{random_rows, Lcg, Q32_FORMATS};
     use crate::WeightFormat;
 
-    /// The VNNI and plain AVX2 builds give the same bits for every format and tile shape.
+    /// Every level's build (plain AVX2, VNNI) gives the scalar reference's bits for every
+    /// format and tile shape.
     #[test]
-    fn vnni_and_avx2_agree() {
-        if !SimdLevel::Avx2.is_supported() || !(is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")) {
-            eprintln!("AVX512-VNNI not available; skipping");
-            return;
-        }
+    fn every_level_matches_scalar() {
         let (rows, cols) = (21, 256);
         let mut rng = Lcg(5);
         for (format, kind) in Q32_FORMATS {
@@ -347,21 +344,20 @@ mod tests {
             for m in [1, 2, 5] {
                 let x: Vec<f32> = (0..m * cols).map(|_| rng.next()).collect();
                 let mut act = ActBuf::default();
-                act.prepare(kind, &x, m, cols, SimdLevel::Avx2, &ThreadPool::new(1));
-                let (mut a, mut b) = (vec![0.0f32; m * rows], vec![1.0f32; m * rows]);
-                let run = |v: bool, out: &mut [f32]| unsafe {
-                    match (format, v) {
-                        (WeightFormat::Q4_0, false) => rows_with::<Q4_0, false>(&w, &act, 0..rows, out.as_mut_ptr()),
-                        (WeightFormat::Q4_0, true) => rows_with::<Q4_0, true>(&w, &act, 0..rows, out.as_mut_ptr()),
-                        (WeightFormat::Q4_1, false) => rows_with::<Q4_1, false>(&w, &act, 0..rows, out.as_mut_ptr()),
-                        (WeightFormat::Q4_1, true) => rows_with::<Q4_1, true>(&w, &act, 0..rows, out.as_mut_ptr()),
-                        (_, false) => rows_with::<Q8_0, false>(&w, &act, 0..rows, out.as_mut_ptr()),
-                        (_, true) => rows_with::<Q8_0, true>(&w, &act, 0..rows, out.as_mut_ptr()),
+                act.prepare(kind, &x, m, cols, CpuLevel::Scalar, &ThreadPool::new(1));
+                let want: Vec<u32> = (0..m * rows).map(|k| crate::dot::dot(format, w.row_data(k % rows), &x[k / rows * cols..][..cols], &act, k / rows).to_bits()).collect();
+                for level in CpuLevel::supported().into_iter().filter(|l| *l >= CpuLevel::Avx2) {
+                    let mut out = vec![f32::NAN; m * rows];
+                    // SAFETY: the level is supported; `out` holds m x rows values.
+                    unsafe {
+                        match format {
+                            WeightFormat::Q4_0 => super::rows::<Q4_0>(level, &w, &act, 0..rows, out.as_mut_ptr()),
+                            WeightFormat::Q4_1 => super::rows::<Q4_1>(level, &w, &act, 0..rows, out.as_mut_ptr()),
+                            _ => super::rows::<Q8_0>(level, &w, &act, 0..rows, out.as_mut_ptr()),
+                        }
                     }
-                };
-                run(false, &mut a);
-                run(true, &mut b);
-                assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{format} m={m}");
+                    assert_eq!(out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(), want, "{format} {level} m={m}");
+                }
             }
         }
     }
