@@ -232,7 +232,7 @@ impl Fill {
                 let off = i * self.cols;
                 // SAFETY: a level of Avx2 or above is only selected when the CPU has AVX2, FMA and F16C; the row
                 // and the arrays are sized as the caller guarantees.
-                crate::x86::quant::q8_row(x[(i - first) * self.cols..].as_ptr(), self.qs.add(off), self.nb, self.d.add(i), self.isum.add(i), self.s.add(i), self.stride);
+                crate::x86::act_quant::q8_row(x[(i - first) * self.cols..].as_ptr(), self.qs.add(off), self.nb, self.d.add(i), self.isum.add(i), self.s.add(i), self.stride);
             }
             return;
         }
@@ -277,7 +277,7 @@ fn q8_block(level: CpuLevel, x: &[f32], q: &mut [i8]) -> (f32, i32) {
     if level >= CpuLevel::Avx2 {
         assert!(x.len() >= QK && q.len() >= QK);
         // SAFETY: a level of Avx2 or above is only selected when the CPU supports it; both slices hold 32 elements.
-        return unsafe { crate::x86::quant::q8_block(x.as_ptr(), q.as_mut_ptr()) };
+        return unsafe { crate::x86::act_quant::q8_block(x.as_ptr(), q.as_mut_ptr()) };
     }
     let _ = level;
     q8_block_scalar(x, q)
@@ -289,7 +289,7 @@ fn q8k_block(level: CpuLevel, x: &[f32], q: &mut [i8], bs: &mut [i16]) -> f32 {
         assert!(x.len() >= QK_K && q.len() >= QK_K && bs.len() >= 16);
         // SAFETY: a level of Avx2 or above is only selected when the CPU supports it; the slices hold 256/256/16.
         return unsafe {
-            crate::x86::quant::q8k_block(x.as_ptr(), q.as_mut_ptr(), bs.as_mut_ptr())
+            crate::x86::act_quant::q8k_block(x.as_ptr(), q.as_mut_ptr(), bs.as_mut_ptr())
         };
     }
     let _ = level;

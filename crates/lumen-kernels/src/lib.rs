@@ -51,6 +51,14 @@
 //! in any part are caught and re-raised in the caller after every part has finished, so
 //! borrowed data never outlives a running part.
 //!
+//! **Where the code lives.** The scalar references are `dot.rs` (ggml layout), `packed.rs`
+//! (packed layout), `act.rs` (activation quantizers) and `attention/scalar.rs`; the x86-64
+//! kernels are in `x86/`: `block32_tiles` (ggml-layout Q4_0/Q4_1/Q8_0), `packed_tiles` and
+//! `packed_tiles_512` (the packed layout, 256- and 512-bit), `kquant_tiles` and
+//! `kquant_decode` (K-quants, batched and single-row), `float_tiles` (F32/F16/BF16),
+//! `act_quant` (activation quantizers), each tile monomorphized per weight format through the
+//! tags of `x86/tag.rs`; attention's are `attention/avx2.rs` and `attention/fast.rs`.
+//!
 //! **One CPU feature ladder.** Every kernel family dispatches on one ordered [`CpuLevel`],
 //! detected once ([`CpuLevel::detect`], named by [`simd_level`]): `scalar` (portable Rust,
 //! also the reference in tests) < `avx2` (AVX2 + FMA + F16C: every kernel's 256-bit version)

@@ -1,11 +1,12 @@
 //! K-quant tiles with a single activation row (decode of one sequence, odd tails): each weight
 //! super-block is unpacked in registers and used at once, never stored. The integer sums are
-//! the same exact values the [`super::kq`] path computes from unpacked rows, and the float
+//! the same exact values the [`super::kquant_tiles`] path computes from unpacked rows, and the float
 //! update is the shared [`finish`], so results are identical whichever path runs.
 
 use std::arch::x86_64::*;
 
-use super::kq::{f16_at, finish, Q4K, Q5K};
+use super::kquant_tiles::{f16_at, finish};
+use super::tag::{self, Tag};
 use super::{reduce8, reduce8_128};
 use crate::act::ActBuf;
 use crate::blocks::k4_scales_mins;
@@ -17,7 +18,7 @@ use crate::blocks::k4_scales_mins;
 /// AVX2/FMA/F16C available; `w` points at R valid blocks of format F; `act` is Q8_K with row
 /// `i0` and block `b`; `out` is valid for R reads and writes.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn direct<const F: u8, const R: usize>(
+pub(crate) unsafe fn direct<const F: Tag, const R: usize>(
     w: *const u8,
     rb: usize,
     act: &ActBuf,
@@ -34,9 +35,9 @@ pub(crate) unsafe fn direct<const F: u8, const R: usize>(
     let mut dmin = [0.0f32; 8];
     for r in 0..R {
         let p = w.add(r * rb);
-        if F == Q4K || F == Q5K {
+        if F == tag::Q4_K || F == tag::Q5_K {
             let bs32 = act.bs32.as_ptr().add((i0 * nb + b) * 8);
-            (sumi[r], summ[r]) = if F == Q5K {
+            (sumi[r], summ[r]) = if F == tag::Q5_K {
                 row_q45k::<true>(p, x, bs32)
             } else {
                 row_q45k::<false>(p, x, bs32)

@@ -9,23 +9,18 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::kdirect::direct;
+use super::kquant_decode::direct;
+use super::tag::{self, Tag};
 use super::{reduce8, reduce8_128, M_CHUNK};
 use crate::act::ActBuf;
 use crate::blocks::k4_scales_mins;
 use crate::matmul::MatRef;
 
-/// Format tag: Q4_K weights.
-pub(crate) const Q4K: u8 = 0;
-/// Format tag: Q5_K weights.
-pub(crate) const Q5K: u8 = 1;
-/// Format tag: Q6_K weights.
-pub(crate) const Q6K: u8 = 2;
 
-const fn block_bytes(f: u8) -> usize {
+const fn block_bytes(f: Tag) -> usize {
     match f {
-        Q4K => 144,
-        Q5K => 176,
+        tag::Q4_K => 144,
+        tag::Q5_K => 176,
         _ => 210,
     }
 }
@@ -59,7 +54,7 @@ const KROW_ZERO: KRow = KRow {
 ///
 /// # Safety
 /// As [`super::compute_rows`].
-pub(crate) unsafe fn rows<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+pub(crate) unsafe fn rows<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     let (rb, base, ors, m, nb) = (w.row_bytes(), w.data().as_ptr(), w.rows(), act.m, act.nb);
     let bb = block_bytes(F);
     for i in 0..m {
@@ -129,10 +124,10 @@ pub(crate) unsafe fn rows<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn unpack<const F: u8>(p: *const u8, row: &mut KRow) {
+unsafe fn unpack<const F: Tag>(p: *const u8, row: &mut KRow) {
     match F {
-        Q4K => unpack_q45k::<false>(p, row),
-        Q5K => unpack_q45k::<true>(p, row),
+        tag::Q4_K => unpack_q45k::<false>(p, row),
+        tag::Q5_K => unpack_q45k::<true>(p, row),
         _ => unpack_q6k(p, row),
     }
 }
@@ -223,7 +218,7 @@ unsafe fn unpack_q6k(p: *const u8, row: &mut KRow) {
 /// Super-block `b` of R unpacked rows times activation rows `i0..i0+C`: adds pair (r, c)'s
 /// contribution to `out[c * ors + r]`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pairs<const F: u8, const R: usize, const C: usize>(
+unsafe fn pairs<const F: Tag, const R: usize, const C: usize>(
     rows: *const KRow,
     act: &ActBuf,
     b: usize,
@@ -250,7 +245,7 @@ unsafe fn pairs<const F: u8, const R: usize, const C: usize>(
             }
         }
     }
-    if F == Q6K {
+    if F == tag::Q6_K {
         for c in 0..C {
             let bs = _mm256_loadu_si256(act.bs16.as_ptr().add(((i0 + c) * nb + b) * 16).cast());
             for r in 0..R {
@@ -268,7 +263,7 @@ unsafe fn pairs<const F: u8, const R: usize, const C: usize>(
         dw[r] = (*rows.add(r)).d;
         dm[r] = (*rows.add(r)).dmin;
     }
-    if F != Q6K {
+    if F != tag::Q6_K {
         for (p, v) in mv.iter_mut().enumerate().take(np) {
             let (r, c) = (p % R, p / R);
             let mins = _mm_loadu_si128((*rows.add(r)).mins.as_ptr().cast());
@@ -287,7 +282,7 @@ unsafe fn pairs<const F: u8, const R: usize, const C: usize>(
 #[inline]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn finish<const F: u8, const R: usize, const C: usize>(
+pub(crate) unsafe fn finish<const F: Tag, const R: usize, const C: usize>(
     sumi: __m256i,
     summ: __m256i,
     d: &[f32; 8],
@@ -313,7 +308,7 @@ pub(crate) unsafe fn finish<const F: u8, const R: usize, const C: usize>(
         _mm256_mul_ps(_mm256_loadu_ps(dw.as_ptr()), dyv),
         _mm256_cvtepi32_ps(sumi),
     );
-    if F != Q6K {
+    if F != tag::Q6_K {
         let mt = _mm256_mul_ps(
             _mm256_mul_ps(_mm256_loadu_ps(dm.as_ptr()), dyv),
             _mm256_cvtepi32_ps(summ),

@@ -1,7 +1,7 @@
 //! 512-bit tiles for the packed layout: two groups of eight weight rows side by side in one
 //! register (lane `8g + j` is group g's row j), times up to [`C`] activation rows.
 //!
-//! The arithmetic per lane is exactly [`super::p8`]'s (same integer sums, same convert, scale
+//! The arithmetic per lane is exactly [`super::packed_tiles`]'s (same integer sums, same convert, scale
 //! product and FMAs in the same order), so results are the same bits; what changes is that
 //! one instruction does the work of two. On AVX-512 cores that execute a 512-bit operation as
 //! two 256-bit halves (AMD Zen 4) the arithmetic rate is unchanged, but the 256-bit tiles
@@ -12,7 +12,8 @@
 
 use std::arch::x86_64::*;
 
-use super::p8::{record, scales, Q4_0, Q4_1, Q8_0, PREFETCH_TILES};
+use super::packed_tiles::{record, scales, PREFETCH_TILES};
+use super::tag::{self, Tag};
 use crate::act::ActBuf;
 use crate::packed::PACK_ROWS;
 
@@ -24,7 +25,7 @@ pub(super) const C: usize = 8;
 /// [`tile`] for `n` (1..=[`C`]) activation rows.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn tile_n<const F: u8>(n: usize, w: *const u8, gb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, left: usize, prefetch: bool) {
+pub(super) unsafe fn tile_n<const F: Tag>(n: usize, w: *const u8, gb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, left: usize, prefetch: bool) {
     match n {
         8 => tile::<F, 8>(w, gb, act, i0, out, ors, left, prefetch),
         7 => tile::<F, 7>(w, gb, act, i0, out, ors, left, prefetch),
@@ -50,11 +51,11 @@ unsafe fn scales2(p: *const u8, gb: usize) -> __m512 {
 }
 
 /// Groups 0 and 1 from `w` (stride `gb` bytes) times activation rows `i0..i0+N`, as
-/// [`super::p8::tile`] computes them for one group, with lane `8g + j` holding group g's row
+/// [`super::packed_tiles::tile`] computes them for one group, with lane `8g + j` holding group g's row
 /// j; writes the 16 rows for activation row c to `out[c * ors..]`, at most `left` of them.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const F: u8, const N: usize>(w: *const u8, gb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, left: usize, prefetch: bool) {
+unsafe fn tile<const F: Tag, const N: usize>(w: *const u8, gb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, left: usize, prefetch: bool) {
     let (rec, sb, nb, cols) = (record(F), scales(F), act.nb, act.cols);
     let xp = act.qs.as_ptr().add(i0 * cols);
     let m4 = _mm512_set1_epi8(0x0F);
@@ -69,15 +70,15 @@ unsafe fn tile<const F: u8, const N: usize>(w: *const u8, gb: usize, act: &ActBu
             }
         }
         let mut isum = [_mm512_setzero_si512(); N];
-        if F == Q4_0 || F == Q8_0 {
-            let k = if F == Q4_0 { 8 } else { 128 };
+        if F == tag::Q4_0 || F == tag::Q8_0 {
+            let k = if F == tag::Q4_0 { 8 } else { 128 };
             for (c, s) in isum.iter_mut().enumerate() {
                 *s = _mm512_set1_epi32(-k * *act.isum.as_ptr().add(act.at(b, i0 + c)));
             }
         }
         let xrow = xp.add(b * 32);
         let qrow = w.add(b * rec + sb);
-        if F == Q8_0 {
+        if F == tag::Q8_0 {
             for v in 0..8 {
                 let u = _mm512_xor_si512(load2(qrow.add(32 * v), gb), _mm512_set1_epi8(-128));
                 for (c, s) in isum.iter_mut().enumerate() {
@@ -97,12 +98,12 @@ unsafe fn tile<const F: u8, const N: usize>(w: *const u8, gb: usize, act: &ActBu
         }
         let sp = w.add(b * rec);
         let dw = scales2(sp, gb);
-        let mw = if F == Q4_1 { scales2(sp.add(16), gb) } else { dw };
+        let mw = if F == tag::Q4_1 { scales2(sp.add(16), gb) } else { dw };
         for (c, (a, s)) in acc.iter_mut().zip(&isum).enumerate() {
             let k = act.at(b, i0 + c);
             let dd = _mm512_mul_ps(dw, _mm512_set1_ps(*act.d.as_ptr().add(k)));
             *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*s), dd, *a);
-            if F == Q4_1 {
+            if F == tag::Q4_1 {
                 *a = _mm512_fmadd_ps(mw, _mm512_set1_ps(*act.s.as_ptr().add(k)), *a);
             }
         }

@@ -15,45 +15,34 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{p8x2, M_CHUNK};
+use super::tag::{self, Tag};
+use super::{packed_tiles_512, M_CHUNK};
 use crate::act::ActBuf;
 use crate::cpu::CpuLevel;
 use crate::matmul::MatRef;
 use crate::packed::PACK_ROWS;
-use crate::WeightFormat;
-// The same format tags as the ggml-layout tiles.
-pub(crate) use super::q32::{Q4_0, Q4_1, Q8_0};
 
 /// How many tiles ahead a tile prefetches its weights.
 pub(super) const PREFETCH_TILES: usize = 2;
 
-/// The weight format a tag stands for.
-const fn format(f: u8) -> WeightFormat {
-    match f {
-        Q4_0 => WeightFormat::Q4_0,
-        Q4_1 => WeightFormat::Q4_1,
-        _ => WeightFormat::Q8_0,
-    }
-}
-
 /// Bytes of a (group, block) record.
-pub(super) const fn record(f: u8) -> usize {
-    match crate::packed::record_bytes(format(f)) {
+pub(super) const fn record(f: Tag) -> usize {
+    match crate::packed::record_bytes(tag::format(f)) {
         Some(n) => n,
         None => 0,
     }
 }
 
 /// Bytes of scales before the quants.
-pub(super) const fn scales(f: u8) -> usize {
-    crate::packed::scale_bytes(format(f))
+pub(super) const fn scales(f: Tag) -> usize {
+    crate::packed::scale_bytes(tag::format(f))
 }
 
 /// Computes columns `r` (whole groups: `r.start` is a multiple of 8) of every output row.
 ///
 /// # Safety
 /// As [`super::compute_rows`], and `w` must be packed in format `F`.
-pub(crate) unsafe fn rows<const F: u8>(level: CpuLevel, w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+pub(crate) unsafe fn rows<const F: Tag>(level: CpuLevel, w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     if level >= CpuLevel::Avx512Vnni {
         rows_vnni::<F>(w, act, r, out)
     } else {
@@ -61,16 +50,16 @@ pub(crate) unsafe fn rows<const F: u8>(level: CpuLevel, w: &MatRef, act: &ActBuf
     }
 }
 
-/// Pairs of groups as 512-bit tiles ([`super::p8x2`]), a last odd group as 1 x 4; 4 groups
+/// Pairs of groups as 512-bit tiles ([`super::packed_tiles_512`]), a last odd group as 1 x 4; 4 groups
 /// for single-row decode.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512f,avx512bw")]
-unsafe fn rows_vnni<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+unsafe fn rows_vnni<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     rows_with::<F, true, 1, 4>(w, act, r, out)
 }
 
 /// 1 group x 4 rows: the accumulators of a wider tile would not fit AVX2's 16 registers.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_avx2<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+unsafe fn rows_avx2<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     rows_with::<F, false, 1, 4>(w, act, r, out)
 }
 
@@ -78,9 +67,9 @@ unsafe fn rows_avx2<const F: u8>(w: &MatRef, act: &ActBuf, r: Range<usize>, out:
 const C: usize = 4;
 
 /// Walks the groups of `r` with G x [`C`] tiles (D x 1 for a single activation row); with
-/// VNNI (`V`), pairs of groups go to 512-bit tiles of [`p8x2::C`] rows.
+/// VNNI (`V`), pairs of groups go to 512-bit tiles of [`packed_tiles_512::C`] rows.
 #[inline(always)]
-unsafe fn rows_with<const F: u8, const V: bool, const G: usize, const D: usize>(
+unsafe fn rows_with<const F: Tag, const V: bool, const G: usize, const D: usize>(
     w: &MatRef,
     act: &ActBuf,
     r: Range<usize>,
@@ -115,12 +104,12 @@ unsafe fn rows_with<const F: u8, const V: bool, const G: usize, const D: usize>(
                 let o = out.add(i * ors + g * PACK_ROWS);
                 // Leftover rows get a tile of their own height, not one-row tiles: batches of
                 // any size are common (sequences finish at different steps).
-                let n = (i1 - i).min(if pair { p8x2::C } else { C });
+                let n = (i1 - i).min(if pair { packed_tiles_512::C } else { C });
                 // The weight tile stays in cache across the activation tiles: the first one
                 // prefetches the tiles ahead for all of them.
                 let (wp, left, pf) = (base.add(g * gb), ors - g * PACK_ROWS, i == i0);
                 if pair {
-                    p8x2::tile_n::<F>(n, wp, gb, act, i, o, ors, left, pf);
+                    packed_tiles_512::tile_n::<F>(n, wp, gb, act, i, o, ors, left, pf);
                 } else if full {
                     tile_n::<F, V, G>(n, wp, gb, act, i, o, ors, left, pf);
                 } else {
@@ -137,7 +126,7 @@ unsafe fn rows_with<const F: u8, const V: bool, const G: usize, const D: usize>(
 /// [`tile`] for `n` (1..=[`C`]) activation rows.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_n<const F: u8, const V: bool, const G: usize>(
+unsafe fn tile_n<const F: Tag, const V: bool, const G: usize>(
     n: usize,
     w: *const u8,
     gb: usize,
@@ -171,7 +160,7 @@ unsafe fn bcast4(p: *const i8) -> __m256i {
 /// from memory (a model's do; a micro-benchmark's may not).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const F: u8, const V: bool, const G: usize, const C: usize>(
+unsafe fn tile<const F: Tag, const V: bool, const G: usize, const C: usize>(
     w: *const u8,
     gb: usize,
     act: &ActBuf,
@@ -199,8 +188,8 @@ unsafe fn tile<const F: u8, const V: bool, const G: usize, const C: usize>(
         }
         // Integer block sums, started at -k * sum(x) where the weights carry an offset k.
         let mut isum = [[_mm256_setzero_si256(); C]; G];
-        if F == Q4_0 || (F == Q8_0 && V) {
-            let k = if F == Q4_0 { 8 } else { 128 };
+        if F == tag::Q4_0 || (F == tag::Q8_0 && V) {
+            let k = if F == tag::Q4_0 { 8 } else { 128 };
             for c in 0..C {
                 let s = _mm256_set1_epi32(-k * *act.isum.as_ptr().add(act.at(b, i0 + c)));
                 for is in isum.iter_mut() {
@@ -211,7 +200,7 @@ unsafe fn tile<const F: u8, const V: bool, const G: usize, const C: usize>(
         // Pointer arithmetic only (closures would not inherit the target features).
         let xrow = xp.add(b * 32);
         let qrow = w.add(b * rec + sb);
-        if F == Q8_0 {
+        if F == tag::Q8_0 {
             for v in 0..8 {
                 for (g, is) in isum.iter_mut().enumerate() {
                     let q = _mm256_loadu_si256(qrow.add(g * gb + 32 * v).cast());
@@ -268,12 +257,12 @@ unsafe fn tile<const F: u8, const V: bool, const G: usize, const C: usize>(
         for (g, (acc_g, is)) in acc.iter_mut().zip(&isum).enumerate() {
             let sp = w.add(g * gb + b * rec);
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(sp.cast()));
-            let mw = if F == Q4_1 { _mm256_cvtph_ps(_mm_loadu_si128(sp.add(16).cast())) } else { dw };
+            let mw = if F == tag::Q4_1 { _mm256_cvtph_ps(_mm_loadu_si128(sp.add(16).cast())) } else { dw };
             for (c, (a, s)) in acc_g.iter_mut().zip(is).enumerate() {
                 let k = act.at(b, i0 + c);
                 let dd = _mm256_mul_ps(dw, _mm256_set1_ps(*act.d.as_ptr().add(k)));
                 *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s), dd, *a);
-                if F == Q4_1 {
+                if F == tag::Q4_1 {
                     *a = _mm256_fmadd_ps(mw, _mm256_set1_ps(*act.s.as_ptr().add(k)), *a);
                 }
             }
@@ -300,6 +289,7 @@ mod tests {
     use crate::pack;
     use crate::pool::ThreadPool;
     use crate::x86::test_support::{random_rows, Lcg, Q32_FORMATS};
+    use crate::WeightFormat;
 
     /// Every level's build gives the scalar reference's bits for every format, with the
     /// matrix ending inside a group and tiles of every shape (on VNNI cores the pairs of
@@ -321,9 +311,9 @@ mod tests {
                     // SAFETY: the level is supported; `out` holds m x rows values.
                     unsafe {
                         match format {
-                            WeightFormat::Q4_0 => super::rows::<Q4_0>(level, &w, &act, 0..rows, out.as_mut_ptr()),
-                            WeightFormat::Q4_1 => super::rows::<Q4_1>(level, &w, &act, 0..rows, out.as_mut_ptr()),
-                            _ => super::rows::<Q8_0>(level, &w, &act, 0..rows, out.as_mut_ptr()),
+                            WeightFormat::Q4_0 => super::rows::<{ tag::Q4_0 }>(level, &w, &act, 0..rows, out.as_mut_ptr()),
+                            WeightFormat::Q4_1 => super::rows::<{ tag::Q4_1 }>(level, &w, &act, 0..rows, out.as_mut_ptr()),
+                            _ => super::rows::<{ tag::Q8_0 }>(level, &w, &act, 0..rows, out.as_mut_ptr()),
                         }
                     }
                     assert_eq!(out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(), scalar, "{format} {level} m={m}");

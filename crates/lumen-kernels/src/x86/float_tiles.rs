@@ -7,23 +7,18 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use super::tag::{self, Tag};
 use super::M_CHUNK;
 use crate::blocks::{bf16_at, f16_at, f32_at};
 use crate::dot::lane_tree;
 use crate::matmul::MatRef;
 
-/// Format tag: f32 weights.
-pub(crate) const F32: u8 = 0;
-/// Format tag: f16 weights.
-pub(crate) const F16: u8 = 1;
-/// Format tag: bf16 weights.
-pub(crate) const BF16: u8 = 2;
 
 /// Computes columns `r` of every output row for a float matrix.
 ///
 /// # Safety
 /// As [`super::compute_rows`]; `x` holds m rows of `w.cols()` values.
-pub(crate) unsafe fn rows<const F: u8>(
+pub(crate) unsafe fn rows<const F: Tag>(
     w: &MatRef,
     x: &[f32],
     m: usize,
@@ -67,10 +62,10 @@ pub(crate) unsafe fn rows<const F: u8>(
 /// Weight values k..k+8 of the row at `p`, as f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load8<const F: u8>(p: *const u8, k: usize) -> __m256 {
+unsafe fn load8<const F: Tag>(p: *const u8, k: usize) -> __m256 {
     match F {
-        F32 => _mm256_loadu_ps(p.add(4 * k).cast()),
-        F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * k).cast())),
+        tag::F32 => _mm256_loadu_ps(p.add(4 * k).cast()),
+        tag::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * k).cast())),
         _ => {
             let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(2 * k).cast()));
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
@@ -80,16 +75,16 @@ unsafe fn load8<const F: u8>(p: *const u8, k: usize) -> __m256 {
 
 /// One weight value, as the scalar path reads it.
 #[inline]
-fn scalar_w<const F: u8>(row: &[u8], j: usize) -> f32 {
+fn scalar_w<const F: Tag>(row: &[u8], j: usize) -> f32 {
     match F {
-        F32 => f32_at(row, 4 * j),
-        F16 => f16_at(row, 2 * j),
+        tag::F32 => f32_at(row, 4 * j),
+        tag::F16 => f16_at(row, 2 * j),
         _ => bf16_at(row, 2 * j),
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<const F: u8, const R: usize, const C: usize>(
+unsafe fn tile<const F: Tag, const R: usize, const C: usize>(
     w: *const u8,
     rb: usize,
     x: *const f32,

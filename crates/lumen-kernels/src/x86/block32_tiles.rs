@@ -13,26 +13,21 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use super::tag::{self, Tag};
 use super::M_CHUNK;
 use crate::act::ActBuf;
 use crate::cpu::CpuLevel;
 use crate::ggml_math::x86::hsum8;
 use crate::matmul::MatRef;
 
-/// Format tag: Q4_0 weights.
-pub(crate) const Q4_0: u8 = 0;
-/// Format tag: Q4_1 weights.
-pub(crate) const Q4_1: u8 = 1;
-/// Format tag: Q8_0 weights.
-pub(crate) const Q8_0: u8 = 2;
 
 /// How many tiles ahead [`tile`] prefetches its weights.
 const PREFETCH_TILES: usize = 2;
 
-const fn block_bytes(f: u8) -> usize {
+const fn block_bytes(f: Tag) -> usize {
     match f {
-        Q4_0 => 18,
-        Q4_1 => 20,
+        tag::Q4_0 => 18,
+        tag::Q4_1 => 20,
         _ => 34,
     }
 }
@@ -41,7 +36,7 @@ const fn block_bytes(f: u8) -> usize {
 ///
 /// # Safety
 /// As [`super::compute_rows`].
-pub(crate) unsafe fn rows<const F: u8>(level: CpuLevel, w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+pub(crate) unsafe fn rows<const F: Tag>(level: CpuLevel, w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     if level >= CpuLevel::Avx512Vnni {
         rows_with::<F, true>(w, act, r, out)
     } else {
@@ -51,7 +46,7 @@ pub(crate) unsafe fn rows<const F: u8>(level: CpuLevel, w: &MatRef, act: &ActBuf
 
 /// [`rows`] with the integer dots done by `vpdpbusd` (`V`, AVX512-VNNI on 256-bit registers)
 /// or by `maddubs` + `madd` (plain AVX2). Both give the same exact lane sums.
-unsafe fn rows_with<const F: u8, const V: bool>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+unsafe fn rows_with<const F: Tag, const V: bool>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     let (rb, base, ors, m) = (w.row_bytes(), w.data().as_ptr(), w.rows(), act.m);
     if m == 1 {
         // Decode: stream the weight rows eight at a time. Each tile prefetches the rows two
@@ -85,7 +80,7 @@ const BATCH_C: usize = 4;
 ///
 /// # Safety
 /// As [`rows`].
-unsafe fn batch<const F: u8, const V: bool, const BR: usize, const BC: usize>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+unsafe fn batch<const F: Tag, const V: bool, const BR: usize, const BC: usize>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     let (rb, base, ors, m) = (w.row_bytes(), w.data().as_ptr(), w.rows(), act.m);
     let mut i0 = 0;
     while i0 < m {
@@ -119,7 +114,7 @@ unsafe fn batch<const F: u8, const V: bool, const BR: usize, const BC: usize>(w:
 /// [`tile`] for `n` (1..=4) activation rows.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_n<const F: u8, const V: bool, const R: usize>(n: usize, w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, prefetch: bool) {
+unsafe fn tile_n<const F: Tag, const V: bool, const R: usize>(n: usize, w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, prefetch: bool) {
     const { assert!(BATCH_C == 4) };
     match n {
         4 => tile::<F, V, R, 4>(w, rb, act, i0, out, ors, prefetch),
@@ -133,13 +128,13 @@ unsafe fn tile_n<const F: u8, const V: bool, const R: usize>(n: usize, w: *const
 /// are already unsigned; Q4_0 (`nibble - 8`) and Q8_0 use `|w|` with the sign moved onto x.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn load_w<const F: u8>(p: *const u8, m4: __m256i) -> (__m256i, __m256i) {
-    if F == Q8_0 {
+unsafe fn load_w<const F: Tag>(p: *const u8, m4: __m256i) -> (__m256i, __m256i) {
+    if F == tag::Q8_0 {
         let raw = _mm256_loadu_si256(p.add(2).cast());
         (_mm256_abs_epi8(raw), raw)
     } else {
         let v = nibbles::<F>(p, m4);
-        if F == Q4_0 {
+        if F == tag::Q4_0 {
             let s = _mm256_sub_epi8(v, _mm256_set1_epi8(8));
             (_mm256_abs_epi8(s), s)
         } else {
@@ -152,8 +147,8 @@ unsafe fn load_w<const F: u8>(p: *const u8, m4: __m256i) -> (__m256i, __m256i) {
 /// as they are, Q8_0 values plus 128 (the caller starts the sums at `-k * sum(x)`).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn load_w_unsigned<const F: u8>(p: *const u8, m4: __m256i) -> __m256i {
-    if F == Q8_0 {
+unsafe fn load_w_unsigned<const F: Tag>(p: *const u8, m4: __m256i) -> __m256i {
+    if F == tag::Q8_0 {
         _mm256_xor_si256(_mm256_loadu_si256(p.add(2).cast()), _mm256_set1_epi8(-128))
     } else {
         nibbles::<F>(p, m4)
@@ -163,8 +158,8 @@ unsafe fn load_w_unsigned<const F: u8>(p: *const u8, m4: __m256i) -> __m256i {
 /// The 32 nibbles of a Q4_0/Q4_1 block as bytes in element order.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn nibbles<const F: u8>(p: *const u8, m4: __m256i) -> __m256i {
-    let off = if F == Q4_1 { 4 } else { 2 };
+unsafe fn nibbles<const F: Tag>(p: *const u8, m4: __m256i) -> __m256i {
+    let off = if F == tag::Q4_1 { 4 } else { 2 };
     // Low nibbles are elements 0..16, high nibbles 16..32: shift only the upper copy.
     let q = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(off).cast()));
     _mm256_and_si256(_mm256_srlv_epi64(q, _mm256_setr_epi64x(0, 0, 4, 4)), m4)
@@ -173,7 +168,7 @@ unsafe fn nibbles<const F: u8>(p: *const u8, m4: __m256i) -> __m256i {
 /// R weight rows starting at `w` (stride `rb`, R <= 8) times activation rows `i0..i0+C`;
 /// writes pair (r, c) to `out[c * ors + r]`. `V` picks the VNNI build of the same body.
 #[inline(always)]
-unsafe fn tile<const F: u8, const V: bool, const R: usize, const C: usize>(
+unsafe fn tile<const F: Tag, const V: bool, const R: usize, const C: usize>(
     w: *const u8,
     rb: usize,
     act: &ActBuf,
@@ -191,20 +186,20 @@ unsafe fn tile<const F: u8, const V: bool, const R: usize, const C: usize>(
 
 /// [`tile_body`] compiled for AVX2.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2<const F: u8, const R: usize, const C: usize>(w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, prefetch: bool) {
+unsafe fn tile_avx2<const F: Tag, const R: usize, const C: usize>(w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, prefetch: bool) {
     tile_body::<F, false, R, C>(w, rb, act, i0, out, ors, prefetch)
 }
 
 /// [`tile_body`] compiled for AVX2 plus AVX512-VNNI on 256-bit registers.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn tile_vnni<const F: u8, const R: usize, const C: usize>(w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, prefetch: bool) {
+unsafe fn tile_vnni<const F: Tag, const R: usize, const C: usize>(w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, prefetch: bool) {
     tile_body::<F, true, R, C>(w, rb, act, i0, out, ors, prefetch)
 }
 
 /// Scales of block `b` for [`tile_body`]: `d_w * d_x` of every pair into `dd[b % 2]` (as
 /// `[c * 8 + r]`), and Q4_1's min term of block `b` added to `summs`.
 #[inline(always)]
-unsafe fn block_scales<const F: u8, const R: usize, const C: usize>(
+unsafe fn block_scales<const F: Tag, const R: usize, const C: usize>(
     w: *const u8,
     rb: usize,
     act: &ActBuf,
@@ -233,7 +228,7 @@ unsafe fn block_scales<const F: u8, const R: usize, const C: usize>(
         let dx = _mm256_broadcast_ss(&*act.d.as_ptr().add(at + c));
         _mm256_storeu_ps(buf.add(c * 8), _mm256_mul_ps(dw, dx));
     }
-    if F == Q4_1 {
+    if F == tag::Q4_1 {
         let mw = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(g));
         for (c, sm) in summs.iter_mut().enumerate() {
             let sx = _mm256_broadcast_ss(&*act.s.as_ptr().add(at + c));
@@ -243,7 +238,7 @@ unsafe fn block_scales<const F: u8, const R: usize, const C: usize>(
 }
 
 #[inline(always)]
-unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
+unsafe fn tile_body<const F: Tag, const V: bool, const R: usize, const C: usize>(
     w: *const u8,
     rb: usize,
     act: &ActBuf,
@@ -293,8 +288,8 @@ unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
         // or 128) and starts from `-k * (x[4l] + .. + x[4l+3])`: the same exact lane sums as
         // the sign trick, without a sign instruction per pair.
         let mut start = [_mm256_setzero_si256(); C];
-        if V && F != Q4_1 {
-            let k = _mm256_set1_epi8(if F == Q4_0 { 8 } else { -128 });
+        if V && F != tag::Q4_1 {
+            let k = _mm256_set1_epi8(if F == tag::Q4_0 { 8 } else { -128 });
             for (c, s) in start.iter_mut().enumerate() {
                 let kx = _mm256_dpbusd_epi32(_mm256_setzero_si256(), k, _mm256_loadu_si256(xb(c)));
                 *s = _mm256_sub_epi32(_mm256_setzero_si256(), kx);
@@ -308,7 +303,7 @@ unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
                 let p = if V {
                     _mm256_dpbusd_epi32(start[c], wu, xq)
                 } else {
-                    let xv = if F == Q4_1 { xq } else { _mm256_sign_epi8(xq, ws) };
+                    let xv = if F == tag::Q4_1 { xq } else { _mm256_sign_epi8(xq, ws) };
                     _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xv), ones)
                 };
                 *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&*ddb.add(c * 8 + r)), *a);
@@ -320,7 +315,7 @@ unsafe fn tile_body<const F: u8, const V: bool, const R: usize, const C: usize>(
         _mm256_storeu_ps(s.as_mut_ptr(), *sm);
         for (r, acc_r) in acc.iter().enumerate() {
             let h = hsum8(acc_r[c]);
-            *out.add(c * ors + r) = if F == Q4_1 { h + s[r] } else { h };
+            *out.add(c * ors + r) = if F == tag::Q4_1 { h + s[r] } else { h };
         }
     }
 }
@@ -351,9 +346,9 @@ mod tests {
                     // SAFETY: the level is supported; `out` holds m x rows values.
                     unsafe {
                         match format {
-                            WeightFormat::Q4_0 => super::rows::<Q4_0>(level, &w, &act, 0..rows, out.as_mut_ptr()),
-                            WeightFormat::Q4_1 => super::rows::<Q4_1>(level, &w, &act, 0..rows, out.as_mut_ptr()),
-                            _ => super::rows::<Q8_0>(level, &w, &act, 0..rows, out.as_mut_ptr()),
+                            WeightFormat::Q4_0 => super::rows::<{ tag::Q4_0 }>(level, &w, &act, 0..rows, out.as_mut_ptr()),
+                            WeightFormat::Q4_1 => super::rows::<{ tag::Q4_1 }>(level, &w, &act, 0..rows, out.as_mut_ptr()),
+                            _ => super::rows::<{ tag::Q8_0 }>(level, &w, &act, 0..rows, out.as_mut_ptr()),
                         }
                     }
                     assert_eq!(out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(), want, "{format} {level} m={m}");
