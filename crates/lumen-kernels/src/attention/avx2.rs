@@ -261,14 +261,17 @@ unsafe fn reduce16_lanes(v: &[__m256; 16]) -> __m256 {
 }
 
 /// [`chain_rows`] in the register shape that suits the build: with `VL`'s 32 registers two
-/// rows of 64 dimensions, else four rows of 16.
+/// rows of 64 dimensions, else four rows of 16, or of 8 when `hd` is an odd number of 8-lane
+/// vectors (16-dimension steps would run past the head).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn value_rows<const VL: bool>(p: *const f32, vf: *const f32, hd: usize, n_rows: usize, end: usize, np: usize, rows: *mut f32) {
     if VL && hd.is_multiple_of(64) {
         chain_rows::<2, 8>(p, vf, hd, n_rows, end, np, rows);
-    } else {
+    } else if hd.is_multiple_of(16) {
         chain_rows::<4, 2>(p, vf, hd, n_rows, end, np, rows);
+    } else {
+        chain_rows::<4, 1>(p, vf, hd, n_rows, end, np, rows);
     }
 }
 
@@ -308,10 +311,12 @@ unsafe fn single_rows_by_position(sp: *const f32, vf: *const f32, hd: usize, rea
 /// for pos = l, l + n_rows, ... below `end` in order, then `+0` once if a position of its own
 /// lies in `end..np` (a masked one). The products are of two f16 values, exact in f32, so the
 /// FMA equals the multiply-add. `R` rows of `8 * W` dimensions at a time stay in registers
-/// over the positions (a row in memory would cost a load and a store per position).
+/// over the positions (a row in memory would cost a load and a store per position); `hd`
+/// must be a multiple of `8 * W`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn chain_rows<const R: usize, const W: usize>(p: *const f32, vf: *const f32, hd: usize, n_rows: usize, end: usize, np: usize, rows: *mut f32) {
+    debug_assert!(hd.is_multiple_of(8 * W), "chain_rows: {hd} dimensions are not whole steps of {}", 8 * W);
     let full = end - end % n_rows;
     for r0 in (0..n_rows).step_by(R) {
         for d in (0..hd).step_by(8 * W) {

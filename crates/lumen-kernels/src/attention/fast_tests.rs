@@ -20,7 +20,7 @@ fn run_fast(case: &Case, level: CpuLevel, threads: usize, n_ctxs: &[usize], q: &
     let queries: Vec<AttnQuery> = n_ctxs.iter().map(|&n| AttnQuery { n_ctx: n, block_table: &case.table, prompt }).collect();
     let mut out = vec![f32::NAN; q.len()];
     let pool = ThreadPool::new(threads);
-    paged_attention_with(level, &pool, AttnArith::Fast, case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
+    paged_attention_at(level, &pool, AttnArith::Fast, case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
     out
 }
 

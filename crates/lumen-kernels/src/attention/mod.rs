@@ -267,7 +267,7 @@ pub fn paged_attention(
     scratch: &mut AttnScratch,
     out: &mut [f32],
 ) {
-    paged_attention_with(CpuLevel::detect(), pool, arith, geo, queries, q, k_layer, v_layer, scale, scratch, out);
+    paged_attention_at(CpuLevel::detect(), pool, arith, geo, queries, q, k_layer, v_layer, scale, scratch, out);
 }
 
 /// The CPU level attention runs at for `head_dim`: `level`, or scalar when the head is not
@@ -291,9 +291,12 @@ fn levels(head_dim: usize) -> Vec<CpuLevel> {
     all
 }
 
-/// [`paged_attention`] at a given CPU level (which the CPU must support).
+/// [`paged_attention`] at a given CPU level, for tests and benches; panics if the CPU does
+/// not support `level`. Every level gives the same bits with [`AttnArith::LlamaCpp`]; with
+/// [`AttnArith::Fast`] the SIMD levels agree with each other and with the scalar code within
+/// f32 rounding.
 #[allow(clippy::too_many_arguments)]
-fn paged_attention_with(
+pub fn paged_attention_at(
     level: CpuLevel,
     pool: &ThreadPool,
     arith: AttnArith,

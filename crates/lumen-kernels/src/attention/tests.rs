@@ -189,7 +189,7 @@ pub(super) fn make_case(head_dim: usize, max_ctx: usize, amp: f32, keys: KeyLayo
     Case { geo, k, v, table, ks, vs }
 }
 
-/// Runs `paged_attention_with` for queries with the given context lengths.
+/// Runs `paged_attention_at` for queries with the given context lengths.
 fn run(case: &Case, level: CpuLevel, threads: usize, n_ctxs: &[usize], q: &[f32], scale: f32) -> Vec<f32> {
     run_as(false, case, level, threads, n_ctxs, q, scale)
 }
@@ -197,7 +197,7 @@ fn run(case: &Case, level: CpuLevel, threads: usize, n_ctxs: &[usize], q: &[f32]
 fn run_as(prompt: bool, case: &Case, level: CpuLevel, threads: usize, n_ctxs: &[usize], q: &[f32], scale: f32) -> Vec<f32> {
     let queries: Vec<AttnQuery> = n_ctxs.iter().map(|&n| AttnQuery { n_ctx: n, block_table: &case.table, prompt }).collect();
     let mut out = vec![0.0; q.len()];
-    paged_attention_with(level, &ThreadPool::new(threads), AttnArith::LlamaCpp, case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
+    paged_attention_at(level, &ThreadPool::new(threads), AttnArith::LlamaCpp, case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
     out
 }
 
@@ -208,7 +208,7 @@ pub(super) fn bits(x: &[f32]) -> Vec<u32> {
 #[test]
 fn bit_exact_with_ggml_and_every_level_matches_scalar() {
     let mut seed = 42u64;
-    for head_dim in [64, 128, 80, 8] {
+    for head_dim in [64, 128, 80, 24, 8] {
         let max_ctx = 300;
         for amp in [0.3f32, 3.0, 30.0] {
             let case = make_case(head_dim, max_ctx, amp, KeyLayout::Rows, &mut seed);
