@@ -212,11 +212,14 @@ impl Fill {
     /// The arrays must be sized for these rows (by [`ActBuf::begin`], whose buffer must still
     /// be alive and not moved), and no one else may access these rows meanwhile.
     pub(crate) unsafe fn rows(self, kind: ActKind, x: &[f32], rows: Range<usize>, level: CpuLevel) {
-        assert_eq!(x.len(), rows.len() * self.cols, "Fill::rows: x does not hold the rows");
-        if kind == ActKind::Q8K {
-            self.q8k_rows(x, rows, level)
-        } else {
-            self.q8_rows(x, rows, level)
+        // SAFETY: the caller's contract is the one `q8_rows` and `q8k_rows` state.
+        unsafe {
+            assert_eq!(x.len(), rows.len() * self.cols, "Fill::rows: x does not hold the rows");
+            if kind == ActKind::Q8K {
+                self.q8k_rows(x, rows, level)
+            } else {
+                self.q8_rows(x, rows, level)
+            }
         }
     }
 
@@ -225,27 +228,30 @@ impl Fill {
     /// # Safety
     /// As [`Fill::rows`].
     unsafe fn q8_rows(self, x: &[f32], rows: Range<usize>, level: CpuLevel) {
-        let first = rows.start;
-        #[cfg(target_arch = "x86_64")]
-        if level >= CpuLevel::Avx2 {
-            for i in rows {
-                let off = i * self.cols;
-                // SAFETY: a level of Avx2 or above is only selected when the CPU has AVX2, FMA and F16C; the row
-                // and the arrays are sized as the caller guarantees.
-                crate::x86::act_quant::q8_row(x[(i - first) * self.cols..].as_ptr(), self.qs.add(off), self.nb, self.d.add(i), self.isum.add(i), self.s.add(i), self.stride);
+        // SAFETY: `begin` sized every array for these rows and no one else touches them (the caller's contract), so every offset below stays inside its array and the slices made from them alias nothing; a level of Avx2 or above is only used when the CPU supports it.
+        unsafe {
+            let first = rows.start;
+            #[cfg(target_arch = "x86_64")]
+            if level >= CpuLevel::Avx2 {
+                for i in rows {
+                    let off = i * self.cols;
+                    // SAFETY: a level of Avx2 or above is only selected when the CPU has AVX2, FMA and F16C; the row
+                    // and the arrays are sized as the caller guarantees.
+                    crate::x86::act_quant::q8_row(x[(i - first) * self.cols..].as_ptr(), self.qs.add(off), self.nb, self.d.add(i), self.isum.add(i), self.s.add(i), self.stride);
+                }
+                return;
             }
-            return;
-        }
-        for i in rows {
-            for b in 0..self.nb {
-                let off = i * self.cols + b * QK;
-                let xo = (i - first) * self.cols + b * QK;
-                let q = std::slice::from_raw_parts_mut(self.qs.add(off), QK);
-                let (d, sum) = q8_block(level, &x[xo..xo + QK], q);
-                let k = b * self.stride + i;
-                *self.d.add(k) = round_f16(d);
-                *self.isum.add(k) = sum;
-                *self.s.add(k) = round_f16(sum as f32 * d);
+            for i in rows {
+                for b in 0..self.nb {
+                    let off = i * self.cols + b * QK;
+                    let xo = (i - first) * self.cols + b * QK;
+                    let q = std::slice::from_raw_parts_mut(self.qs.add(off), QK);
+                    let (d, sum) = q8_block(level, &x[xo..xo + QK], q);
+                    let k = b * self.stride + i;
+                    *self.d.add(k) = round_f16(d);
+                    *self.isum.add(k) = sum;
+                    *self.s.add(k) = round_f16(sum as f32 * d);
+                }
             }
         }
     }
@@ -255,17 +261,20 @@ impl Fill {
     /// # Safety
     /// As [`Fill::rows`].
     unsafe fn q8k_rows(self, x: &[f32], rows: Range<usize>, level: CpuLevel) {
-        let first = rows.start;
-        for i in rows {
-            for b in 0..self.nb {
-                let off = i * self.cols + b * QK_K;
-                let xo = (i - first) * self.cols + b * QK_K;
-                let q = std::slice::from_raw_parts_mut(self.qs.add(off), QK_K);
-                let bs = std::slice::from_raw_parts_mut(self.bs16.add((i * self.nb + b) * 16), 16);
-                *self.d.add(b * self.stride + i) = q8k_block(level, &x[xo..xo + QK_K], q, bs);
-                let b32 = self.bs32.add((i * self.nb + b) * 8);
-                for k in 0..8 {
-                    *b32.add(k) = bs[2 * k] + bs[2 * k + 1];
+        // SAFETY: `begin` sized every array for these rows and no one else touches them (the caller's contract), so every offset below stays inside its array and the slices made from them alias nothing.
+        unsafe {
+            let first = rows.start;
+            for i in rows {
+                for b in 0..self.nb {
+                    let off = i * self.cols + b * QK_K;
+                    let xo = (i - first) * self.cols + b * QK_K;
+                    let q = std::slice::from_raw_parts_mut(self.qs.add(off), QK_K);
+                    let bs = std::slice::from_raw_parts_mut(self.bs16.add((i * self.nb + b) * 16), 16);
+                    *self.d.add(b * self.stride + i) = q8k_block(level, &x[xo..xo + QK_K], q, bs);
+                    let b32 = self.bs32.add((i * self.nb + b) * 8);
+                    for k in 0..8 {
+                        *b32.add(k) = bs[2 * k] + bs[2 * k + 1];
+                    }
                 }
             }
         }

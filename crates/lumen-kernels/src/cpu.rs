@@ -151,7 +151,7 @@ mod tests {
         for cap in CpuLevel::ALL {
             let got = CpuLevel::supported_up_to(cap);
             assert!(got <= cap && got.is_supported());
-            assert_eq!(Some(&got), all.iter().filter(|l| **l <= cap).last());
+            assert_eq!(Some(&got), all.iter().rfind(|l| **l <= cap));
         }
         assert!(CpuLevel::detect().is_supported());
     }

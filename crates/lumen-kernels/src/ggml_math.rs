@@ -118,8 +118,12 @@ pub mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn silu8(x: __m256) -> __m256 {
-        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
-        _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+        // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+        // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+        unsafe {
+            let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+            _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+        }
     }
 
     /// [`reduce16`](super::reduce16) of the 16 lanes `lo` (0..8) and `hi` (8..16).
@@ -129,7 +133,11 @@ pub mod x86 {
     #[inline]
     #[target_feature(enable = "avx2")]
     pub unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
-        hsum8(_mm256_add_ps(hi, lo))
+        // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+        // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+        unsafe {
+            hsum8(_mm256_add_ps(hi, lo))
+        }
     }
 
     /// [`hsum8`](super::hsum8) of eight lanes, as ggml's `hsum_float_8`.

@@ -69,6 +69,9 @@
 //! portable code, `avx2` turns the AVX-512 kernels off). Every level gives the scalar
 //! reference's bits wherever the tests compare them exactly.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
 pub mod attention;
 pub mod fused;
 pub mod ops;

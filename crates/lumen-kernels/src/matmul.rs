@@ -330,25 +330,28 @@ unsafe fn compute_rows(
     r: Range<usize>,
     out: *mut f32,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if level >= CpuLevel::Avx2 {
-        crate::x86::compute_rows(level, w, x, act, r, out);
-        return;
-    }
-    let _ = level;
-    let (m, cols, rows) = (act.m, w.cols, w.rows);
-    if w.packed {
-        for j in r {
-            for i in 0..m {
-                *out.add(i * rows + j) = crate::packed::dot(w.format, w.data, cols, j, act, i);
-            }
+    // SAFETY: the caller guarantees that `out` holds m x `w.rows` values whose columns `r` no one else touches, and `level` comes from `MatmulScratch`, which keeps only levels the CPU supports: the x86 kernels' contract, and every write below stays in `out`.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if level >= CpuLevel::Avx2 {
+            crate::x86::compute_rows(level, w, x, act, r, out);
+            return;
         }
-        return;
-    }
-    for j in r {
-        let wr = w.row_data(j);
-        for i in 0..m {
-            *out.add(i * rows + j) = dot(w.format, wr, &x[i * cols..(i + 1) * cols], act, i);
+        let _ = level;
+        let (m, cols, rows) = (act.m, w.cols, w.rows);
+        if w.packed {
+            for j in r {
+                for i in 0..m {
+                    *out.add(i * rows + j) = crate::packed::dot(w.format, w.data, cols, j, act, i);
+                }
+            }
+            return;
+        }
+        for j in r {
+            let wr = w.row_data(j);
+            for i in 0..m {
+                *out.add(i * rows + j) = dot(w.format, wr, &x[i * cols..(i + 1) * cols], act, i);
+            }
         }
     }
 }

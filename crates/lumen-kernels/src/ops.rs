@@ -243,46 +243,50 @@ impl Rope {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn apply_avx2(&self, x: &mut [f32], head_dim: usize, cos_sin: &[f32]) {
-        use std::arch::x86_64::*;
-        let half = self.rot_dims / 2;
-        let cs = cos_sin.as_ptr();
-        for head in x.chunks_exact_mut(head_dim) {
-            let h = head.as_mut_ptr();
-            let mut i = 0;
-            match self.style {
-                RopeStyle::Normal => {
-                    // Negates the even lanes.
-                    let sign = _mm256_setr_ps(-0.0, 0.0, -0.0, 0.0, -0.0, 0.0, -0.0, 0.0);
-                    while i + 4 <= half {
-                        let xv = _mm256_loadu_ps(h.add(2 * i));
-                        let cv = _mm256_loadu_ps(cs.add(2 * i)); // c s c s ...
-                        let x0 = _mm256_moveldup_ps(xv);
-                        let x1 = _mm256_movehdup_ps(xv);
-                        let sc = _mm256_permute_ps::<0b10_11_00_01>(cv); // s c s c ...
-                        let t = _mm256_xor_ps(_mm256_mul_ps(x1, sc), sign); // -(x1 s), x1 c
-                        _mm256_storeu_ps(h.add(2 * i), _mm256_fmadd_ps(x0, cv, t));
-                        i += 4;
+        // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+        // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+        unsafe {
+            use std::arch::x86_64::*;
+            let half = self.rot_dims / 2;
+            let cs = cos_sin.as_ptr();
+            for head in x.chunks_exact_mut(head_dim) {
+                let h = head.as_mut_ptr();
+                let mut i = 0;
+                match self.style {
+                    RopeStyle::Normal => {
+                        // Negates the even lanes.
+                        let sign = _mm256_setr_ps(-0.0, 0.0, -0.0, 0.0, -0.0, 0.0, -0.0, 0.0);
+                        while i + 4 <= half {
+                            let xv = _mm256_loadu_ps(h.add(2 * i));
+                            let cv = _mm256_loadu_ps(cs.add(2 * i)); // c s c s ...
+                            let x0 = _mm256_moveldup_ps(xv);
+                            let x1 = _mm256_movehdup_ps(xv);
+                            let sc = _mm256_permute_ps::<0b10_11_00_01>(cv); // s c s c ...
+                            let t = _mm256_xor_ps(_mm256_mul_ps(x1, sc), sign); // -(x1 s), x1 c
+                            _mm256_storeu_ps(h.add(2 * i), _mm256_fmadd_ps(x0, cv, t));
+                            i += 4;
+                        }
+                    }
+                    RopeStyle::Neox => {
+                        let sign = _mm256_set1_ps(-0.0);
+                        while i + 8 <= half {
+                            let a = _mm256_loadu_ps(cs.add(2 * i));
+                            let b = _mm256_loadu_ps(cs.add(2 * i + 8));
+                            // De-interleave (c, s) pairs into eight c and eight s.
+                            let c = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0x88>(a, b))));
+                            let s = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0xdd>(a, b))));
+                            let x0 = _mm256_loadu_ps(h.add(i));
+                            let x1 = _mm256_loadu_ps(h.add(i + half));
+                            let t0 = _mm256_xor_ps(_mm256_mul_ps(x1, s), sign);
+                            let t1 = _mm256_mul_ps(x1, c);
+                            _mm256_storeu_ps(h.add(i), _mm256_fmadd_ps(x0, c, t0));
+                            _mm256_storeu_ps(h.add(i + half), _mm256_fmadd_ps(x0, s, t1));
+                            i += 8;
+                        }
                     }
                 }
-                RopeStyle::Neox => {
-                    let sign = _mm256_set1_ps(-0.0);
-                    while i + 8 <= half {
-                        let a = _mm256_loadu_ps(cs.add(2 * i));
-                        let b = _mm256_loadu_ps(cs.add(2 * i + 8));
-                        // De-interleave (c, s) pairs into eight c and eight s.
-                        let c = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0x88>(a, b))));
-                        let s = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0xdd>(a, b))));
-                        let x0 = _mm256_loadu_ps(h.add(i));
-                        let x1 = _mm256_loadu_ps(h.add(i + half));
-                        let t0 = _mm256_xor_ps(_mm256_mul_ps(x1, s), sign);
-                        let t1 = _mm256_mul_ps(x1, c);
-                        _mm256_storeu_ps(h.add(i), _mm256_fmadd_ps(x0, c, t0));
-                        _mm256_storeu_ps(h.add(i + half), _mm256_fmadd_ps(x0, s, t1));
-                        i += 8;
-                    }
-                }
+                self.apply_head_scalar(head, cos_sin, i);
             }
-            self.apply_head_scalar(head, cos_sin, i);
         }
     }
 
@@ -328,14 +332,18 @@ fn swiglu_with(level: CpuLevel, gate: &mut [f32], up: &[f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn swiglu_avx2(gate: &mut [f32], up: &[f32]) -> usize {
-    use std::arch::x86_64::*;
-    let n = gate.len() / 8 * 8;
-    let (g, u) = (gate.as_mut_ptr(), up.as_ptr());
-    for i in (0..n).step_by(8) {
-        let s = ggml_math::x86::silu8(_mm256_loadu_ps(g.add(i)));
-        _mm256_storeu_ps(g.add(i), _mm256_mul_ps(s, _mm256_loadu_ps(u.add(i))));
+    // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+    // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+    unsafe {
+        use std::arch::x86_64::*;
+        let n = gate.len() / 8 * 8;
+        let (g, u) = (gate.as_mut_ptr(), up.as_ptr());
+        for i in (0..n).step_by(8) {
+            let s = ggml_math::x86::silu8(_mm256_loadu_ps(g.add(i)));
+            _mm256_storeu_ps(g.add(i), _mm256_mul_ps(s, _mm256_loadu_ps(u.add(i))));
+        }
+        n
     }
-    n
 }
 
 /// Softmax in place over one row; returns nothing, the row sums to one afterwards.

@@ -364,6 +364,7 @@ pub fn paged_attention_at(
                 widen(level, &v_layer[src], &mut vf[dst]);
                 pos += n;
             }
+            #[allow(clippy::needless_range_loop)] // t also places the output
             for t in task.first..task.end {
                 for head in task.kv_head * group..(task.kv_head + 1) * group {
                     let qoff = t * q_dim + head * hd;

@@ -131,18 +131,21 @@ impl<'a> Layer<'a> {
     /// # Safety
     /// No other thread may access this token's slot meanwhile.
     unsafe fn store(&self, level: CpuLevel, geo: &KvGeometry, table: &[u32], pos: usize, key: &[f32], value: &[f32]) {
-        let (hd, bs) = (geo.head_dim, geo.block_size);
-        assert!(key.len() == geo.kv_dim() && value.len() == key.len(), "kv store: rows of {} values", geo.kv_dim());
-        let block = table[pos / bs] as usize;
-        assert!((block + 1) * geo.block_elems() <= self.len, "kv store: block {block} outside the storage");
-        for (h, (k, v)) in key.chunks_exact(hd).zip(value.chunks_exact(hd)).enumerate() {
-            // Every offset below lies in `block` (checked above).
-            to_f16(level, v, self.v.get().add(geo.head_offset(table, pos, h)), 1);
-            let stride = match geo.keys {
-                KeyLayout::Rows => 1,
-                KeyLayout::Columns => bs,
-            };
-            to_f16(level, k, self.k.get().add(geo.key_offset(table, pos, h, 0)), stride);
+        // SAFETY: the assertions below keep every offset inside `block`, which lies inside the storage; no other thread touches this token's slot (the caller's contract); `level` is supported (the caller's contract).
+        unsafe {
+            let (hd, bs) = (geo.head_dim, geo.block_size);
+            assert!(key.len() == geo.kv_dim() && value.len() == key.len(), "kv store: rows of {} values", geo.kv_dim());
+            let block = table[pos / bs] as usize;
+            assert!((block + 1) * geo.block_elems() <= self.len, "kv store: block {block} outside the storage");
+            for (h, (k, v)) in key.chunks_exact(hd).zip(value.chunks_exact(hd)).enumerate() {
+                // Every offset below lies in `block` (checked above).
+                to_f16(level, v, self.v.get().add(geo.head_offset(table, pos, h)), 1);
+                let stride = match geo.keys {
+                    KeyLayout::Rows => 1,
+                    KeyLayout::Columns => bs,
+                };
+                to_f16(level, k, self.k.get().add(geo.key_offset(table, pos, h, 0)), stride);
+            }
         }
     }
 }
@@ -163,14 +166,17 @@ fn prefetch_line(p: *const f16) {
 /// `dst` must be valid for writes at those offsets; the CPU must support `level` (F16C
 /// from [`CpuLevel::Avx2`] up).
 unsafe fn to_f16(level: CpuLevel, src: &[f32], dst: *mut f16, stride: usize) {
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if level >= CpuLevel::Avx2 {
-        done = x86::to_f16(src, dst, stride);
-    }
-    let _ = level;
-    for (i, &s) in src.iter().enumerate().skip(done) {
-        *dst.add(i * stride) = f16::from_f32(s);
+    // SAFETY: the caller guarantees that `dst` is valid for writes at `i * stride` for every `i < src.len()` and that the CPU supports `level` (F16C from Avx2 up).
+    unsafe {
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if level >= CpuLevel::Avx2 {
+            done = x86::to_f16(src, dst, stride);
+        }
+        let _ = level;
+        for (i, &s) in src.iter().enumerate().skip(done) {
+            *dst.add(i * stride) = f16::from_f32(s);
+        }
     }
 }
 
@@ -186,21 +192,24 @@ mod x86 {
     /// F16C must be available and `dst` valid for writes at those offsets.
     #[target_feature(enable = "avx,f16c")]
     pub(super) unsafe fn to_f16(src: &[f32], dst: *mut f16, stride: usize) -> usize {
-        let n = src.len() / 8 * 8;
-        let d = dst.cast::<u16>();
-        for i in (0..n).step_by(8) {
-            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
-            if stride == 1 {
-                _mm_storeu_si128(d.add(i).cast(), h);
-            } else {
-                let mut lanes = [0u16; 8];
-                _mm_storeu_si128(lanes.as_mut_ptr().cast(), h);
-                for (j, &x) in lanes.iter().enumerate() {
-                    *d.add((i + j) * stride) = x;
+        // SAFETY: the caller guarantees that `dst` is valid for writes at `i * stride` for every `i < src.len()` and that the CPU supports `level` (F16C from Avx2 up).
+        unsafe {
+            let n = src.len() / 8 * 8;
+            let d = dst.cast::<u16>();
+            for i in (0..n).step_by(8) {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+                if stride == 1 {
+                    _mm_storeu_si128(d.add(i).cast(), h);
+                } else {
+                    let mut lanes = [0u16; 8];
+                    _mm_storeu_si128(lanes.as_mut_ptr().cast(), h);
+                    for (j, &x) in lanes.iter().enumerate() {
+                        *d.add((i + j) * stride) = x;
+                    }
                 }
             }
+            n
         }
-        n
     }
 }
 

@@ -166,7 +166,7 @@ pub(super) fn lcg(seed: &mut u64) -> f32 {
 pub(super) fn make_case(head_dim: usize, max_ctx: usize, amp: f32, keys: KeyLayout, seed: &mut u64) -> Case {
     let geo = KvGeometry { block_size: 16, n_heads: 4, n_kv_heads: 2, head_dim, keys };
     let n_blocks = max_ctx.div_ceil(16);
-    assert!((n_blocks + 1) % 7 != 0, "the scattered table below needs n_blocks + 1 coprime with 7");
+    assert!(!(n_blocks + 1).is_multiple_of(7), "the scattered table below needs n_blocks + 1 coprime with 7");
     // Blocks in a scattered order, with one unused block in the pool.
     let table: Vec<u32> = (0..n_blocks as u32).map(|b| (b * 7 + 3) % (n_blocks as u32 + 1)).collect();
     // Slots nobody wrote (past max_ctx, and the unused block) hold NaN: no result may read them.

@@ -51,29 +51,37 @@ pub(crate) unsafe fn compute_rows(
     r: Range<usize>,
     out: *mut f32,
 ) {
-    if w.is_packed() {
-        match w.format() {
-            WeightFormat::Q4_0 => packed_tiles::rows::<{ tag::Q4_0 }>(level, w, act, r, out),
-            WeightFormat::Q4_1 => packed_tiles::rows::<{ tag::Q4_1 }>(level, w, act, r, out),
-            WeightFormat::Q8_0 => packed_tiles::rows::<{ tag::Q8_0 }>(level, w, act, r, out),
-            other => unreachable!("packed {other:?}: MatRef::packed admits only Q4_0, Q4_1, Q8_0"),
+    // SAFETY: the caller's contract (the CPU supports `level` >= Avx2; `out` holds the m x rows outputs, columns `r` its alone; `act` quantized for the format) is each tile kernel's contract, and packed matrices only reach the packed tiles.
+    unsafe {
+        if w.is_packed() {
+            match w.format() {
+                WeightFormat::Q4_0 => packed_tiles::rows::<{ tag::Q4_0 }>(level, w, act, r, out),
+                WeightFormat::Q4_1 => packed_tiles::rows::<{ tag::Q4_1 }>(level, w, act, r, out),
+                WeightFormat::Q8_0 => packed_tiles::rows::<{ tag::Q8_0 }>(level, w, act, r, out),
+                other => unreachable!("packed {other:?}: MatRef::packed admits only Q4_0, Q4_1, Q8_0"),
+            }
+            return;
         }
-        return;
-    }
-    match w.format() {
-        WeightFormat::F32 => float_tiles::rows::<{ tag::F32 }>(w, x, act.m, r, out),
-        WeightFormat::F16 => float_tiles::rows::<{ tag::F16 }>(w, x, act.m, r, out),
-        WeightFormat::BF16 => float_tiles::rows::<{ tag::BF16 }>(w, x, act.m, r, out),
-        WeightFormat::Q4_0 => block32_tiles::rows::<{ tag::Q4_0 }>(level, w, act, r, out),
-        WeightFormat::Q4_1 => block32_tiles::rows::<{ tag::Q4_1 }>(level, w, act, r, out),
-        WeightFormat::Q8_0 => block32_tiles::rows::<{ tag::Q8_0 }>(level, w, act, r, out),
-        WeightFormat::Q4_K => kquant_tiles::rows::<{ tag::Q4_K }>(w, act, r, out),
-        WeightFormat::Q5_K => kquant_tiles::rows::<{ tag::Q5_K }>(w, act, r, out),
-        WeightFormat::Q6_K => kquant_tiles::rows::<{ tag::Q6_K }>(w, act, r, out),
+        match w.format() {
+            WeightFormat::F32 => float_tiles::rows::<{ tag::F32 }>(w, x, act.m, r, out),
+            WeightFormat::F16 => float_tiles::rows::<{ tag::F16 }>(w, x, act.m, r, out),
+            WeightFormat::BF16 => float_tiles::rows::<{ tag::BF16 }>(w, x, act.m, r, out),
+            WeightFormat::Q4_0 => block32_tiles::rows::<{ tag::Q4_0 }>(level, w, act, r, out),
+            WeightFormat::Q4_1 => block32_tiles::rows::<{ tag::Q4_1 }>(level, w, act, r, out),
+            WeightFormat::Q8_0 => block32_tiles::rows::<{ tag::Q8_0 }>(level, w, act, r, out),
+            WeightFormat::Q4_K => kquant_tiles::rows::<{ tag::Q4_K }>(w, act, r, out),
+            WeightFormat::Q5_K => kquant_tiles::rows::<{ tag::Q5_K }>(w, act, r, out),
+            WeightFormat::Q6_K => kquant_tiles::rows::<{ tag::Q6_K }>(w, act, r, out),
+        }
     }
 }
 
 /// Lane k of the result is the sum of the eight i32 lanes of `v[k]`.
+///
+/// # Safety
+/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
+/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
+/// pointer argument must be valid for the reads and writes described above.
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn reduce8(v: [__m256i; 8]) -> __m256i {
@@ -89,6 +97,11 @@ pub(crate) unsafe fn reduce8(v: [__m256i; 8]) -> __m256i {
 }
 
 /// Lane k of the result is the sum of the four i32 lanes of `v[k]`.
+///
+/// # Safety
+/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
+/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
+/// pointer argument must be valid for the reads and writes described above.
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn reduce8_128(v: [__m128i; 8]) -> __m256i {
@@ -98,6 +111,11 @@ pub(crate) unsafe fn reduce8_128(v: [__m128i; 8]) -> __m256i {
 }
 
 /// Sum of the eight i32 lanes.
+///
+/// # Safety
+/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
+/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
+/// pointer argument must be valid for the reads and writes described above.
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn hsum_epi32(v: __m256i) -> i32 {
