@@ -122,7 +122,8 @@ pub struct ModelBenchReport {
     pub arch: String,
     /// Compute threads.
     pub threads: usize,
-    /// Kernel path in use (`avx2` or `scalar`).
+    /// The kernels' CPU level (`lumen_kernels::CpuLevel` name: `scalar`, `avx2`, ...,
+    /// `avx512-vnni`).
     pub simd: String,
     /// Weight layout (`ggml` or `packed`).
     pub layout: String,

@@ -53,7 +53,7 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
 /// The table `lumen bench MODEL` prints.
 pub fn model_table(r: &ModelBenchReport) -> String {
     let mut out = format!(
-        "model: {} ({}, {:.1} MiB), {} threads, {} kernels, {} weights, {} reps\n\n",
+        "model: {} ({}, {:.1} MiB), {} threads, CPU level {}, {} weights, {} reps\n\n",
         r.model.display(),
         r.arch,
         r.model_bytes as f64 / (1 << 20) as f64,

@@ -89,6 +89,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         (args.request_timeout > 0).then(|| Duration::from_secs(args.request_timeout));
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
     config.max_body_bytes = args.max_body_bytes;
+    tracing::info!(cpu_level = lumen_kernels::simd_level(), "kernels run at CPU level {}", lumen_kernels::simd_level());
     lumen_server::run(config)?;
     Ok(())
 }

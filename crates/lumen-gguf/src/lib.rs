@@ -51,6 +51,7 @@
 //! the data section), then the data section, which starts at the end of the
 //! descriptors rounded up to the alignment.
 
+#![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 #![cfg_attr(
     not(test),

@@ -68,7 +68,7 @@ fn main() {
         .unwrap_or(1);
     let pool = ThreadPool::new(threads);
     let budget = Duration::from_millis(400);
-    println!("simd level: {}, threads: {threads}", simd_level());
+    println!("CPU level: {}, threads: {threads}", simd_level());
 
     if filter.as_deref().is_none_or(|f| "dispatch".contains(f)) {
         let p2 = ThreadPool::new(2);

@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use crate::blocks::{round_f16, QK, QK_K};
 use crate::pool::{split_range, ThreadPool};
-use crate::simd::SimdLevel;
+use crate::cpu::CpuLevel;
 use crate::WeightFormat;
 
 /// The activation format a weight format is dotted against (ggml's `vec_dot_type`).
@@ -120,7 +120,7 @@ impl ActBuf {
         x: &[f32],
         m: usize,
         cols: usize,
-        level: SimdLevel,
+        level: CpuLevel,
         pool: &ThreadPool,
     ) {
         assert!(x.len() >= m * cols, "ActBuf::prepare: x too short");
@@ -211,12 +211,15 @@ impl Fill {
     /// # Safety
     /// The arrays must be sized for these rows (by [`ActBuf::begin`], whose buffer must still
     /// be alive and not moved), and no one else may access these rows meanwhile.
-    pub(crate) unsafe fn rows(self, kind: ActKind, x: &[f32], rows: Range<usize>, level: SimdLevel) {
-        assert_eq!(x.len(), rows.len() * self.cols, "Fill::rows: x does not hold the rows");
-        if kind == ActKind::Q8K {
-            self.q8k_rows(x, rows, level)
-        } else {
-            self.q8_rows(x, rows, level)
+    pub(crate) unsafe fn rows(self, kind: ActKind, x: &[f32], rows: Range<usize>, level: CpuLevel) {
+        // SAFETY: the caller's contract is the one `q8_rows` and `q8k_rows` state.
+        unsafe {
+            assert_eq!(x.len(), rows.len() * self.cols, "Fill::rows: x does not hold the rows");
+            if kind == ActKind::Q8K {
+                self.q8k_rows(x, rows, level)
+            } else {
+                self.q8_rows(x, rows, level)
+            }
         }
     }
 
@@ -224,28 +227,31 @@ impl Fill {
     ///
     /// # Safety
     /// As [`Fill::rows`].
-    unsafe fn q8_rows(self, x: &[f32], rows: Range<usize>, level: SimdLevel) {
-        let first = rows.start;
-        #[cfg(target_arch = "x86_64")]
-        if level == SimdLevel::Avx2 {
-            for i in rows {
-                let off = i * self.cols;
-                // SAFETY: Avx2 is only selected when the CPU has AVX2, FMA and F16C; the row
-                // and the arrays are sized as the caller guarantees.
-                crate::x86::quant::q8_row(x[(i - first) * self.cols..].as_ptr(), self.qs.add(off), self.nb, self.d.add(i), self.isum.add(i), self.s.add(i), self.stride);
+    unsafe fn q8_rows(self, x: &[f32], rows: Range<usize>, level: CpuLevel) {
+        // SAFETY: `begin` sized every array for these rows and no one else touches them (the caller's contract), so every offset below stays inside its array and the slices made from them alias nothing; a level of Avx2 or above is only used when the CPU supports it.
+        unsafe {
+            let first = rows.start;
+            #[cfg(target_arch = "x86_64")]
+            if level >= CpuLevel::Avx2 {
+                for i in rows {
+                    let off = i * self.cols;
+                    // SAFETY: a level of Avx2 or above is only selected when the CPU has AVX2, FMA and F16C; the row
+                    // and the arrays are sized as the caller guarantees.
+                    crate::x86::act_quant::q8_row(x[(i - first) * self.cols..].as_ptr(), self.qs.add(off), self.nb, self.d.add(i), self.isum.add(i), self.s.add(i), self.stride);
+                }
+                return;
             }
-            return;
-        }
-        for i in rows {
-            for b in 0..self.nb {
-                let off = i * self.cols + b * QK;
-                let xo = (i - first) * self.cols + b * QK;
-                let q = std::slice::from_raw_parts_mut(self.qs.add(off), QK);
-                let (d, sum) = q8_block(level, &x[xo..xo + QK], q);
-                let k = b * self.stride + i;
-                *self.d.add(k) = round_f16(d);
-                *self.isum.add(k) = sum;
-                *self.s.add(k) = round_f16(sum as f32 * d);
+            for i in rows {
+                for b in 0..self.nb {
+                    let off = i * self.cols + b * QK;
+                    let xo = (i - first) * self.cols + b * QK;
+                    let q = std::slice::from_raw_parts_mut(self.qs.add(off), QK);
+                    let (d, sum) = q8_block(level, &x[xo..xo + QK], q);
+                    let k = b * self.stride + i;
+                    *self.d.add(k) = round_f16(d);
+                    *self.isum.add(k) = sum;
+                    *self.s.add(k) = round_f16(sum as f32 * d);
+                }
             }
         }
     }
@@ -254,42 +260,45 @@ impl Fill {
     ///
     /// # Safety
     /// As [`Fill::rows`].
-    unsafe fn q8k_rows(self, x: &[f32], rows: Range<usize>, level: SimdLevel) {
-        let first = rows.start;
-        for i in rows {
-            for b in 0..self.nb {
-                let off = i * self.cols + b * QK_K;
-                let xo = (i - first) * self.cols + b * QK_K;
-                let q = std::slice::from_raw_parts_mut(self.qs.add(off), QK_K);
-                let bs = std::slice::from_raw_parts_mut(self.bs16.add((i * self.nb + b) * 16), 16);
-                *self.d.add(b * self.stride + i) = q8k_block(level, &x[xo..xo + QK_K], q, bs);
-                let b32 = self.bs32.add((i * self.nb + b) * 8);
-                for k in 0..8 {
-                    *b32.add(k) = bs[2 * k] + bs[2 * k + 1];
+    unsafe fn q8k_rows(self, x: &[f32], rows: Range<usize>, level: CpuLevel) {
+        // SAFETY: `begin` sized every array for these rows and no one else touches them (the caller's contract), so every offset below stays inside its array and the slices made from them alias nothing.
+        unsafe {
+            let first = rows.start;
+            for i in rows {
+                for b in 0..self.nb {
+                    let off = i * self.cols + b * QK_K;
+                    let xo = (i - first) * self.cols + b * QK_K;
+                    let q = std::slice::from_raw_parts_mut(self.qs.add(off), QK_K);
+                    let bs = std::slice::from_raw_parts_mut(self.bs16.add((i * self.nb + b) * 16), 16);
+                    *self.d.add(b * self.stride + i) = q8k_block(level, &x[xo..xo + QK_K], q, bs);
+                    let b32 = self.bs32.add((i * self.nb + b) * 8);
+                    for k in 0..8 {
+                        *b32.add(k) = bs[2 * k] + bs[2 * k + 1];
+                    }
                 }
             }
         }
     }
 }
 
-fn q8_block(level: SimdLevel, x: &[f32], q: &mut [i8]) -> (f32, i32) {
+fn q8_block(level: CpuLevel, x: &[f32], q: &mut [i8]) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx2 {
+    if level >= CpuLevel::Avx2 {
         assert!(x.len() >= QK && q.len() >= QK);
-        // SAFETY: Avx2 is only selected when the CPU supports it; both slices hold 32 elements.
-        return unsafe { crate::x86::quant::q8_block(x.as_ptr(), q.as_mut_ptr()) };
+        // SAFETY: a level of Avx2 or above is only selected when the CPU supports it; both slices hold 32 elements.
+        return unsafe { crate::x86::act_quant::q8_block(x.as_ptr(), q.as_mut_ptr()) };
     }
     let _ = level;
     q8_block_scalar(x, q)
 }
 
-fn q8k_block(level: SimdLevel, x: &[f32], q: &mut [i8], bs: &mut [i16]) -> f32 {
+fn q8k_block(level: CpuLevel, x: &[f32], q: &mut [i8], bs: &mut [i16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx2 {
+    if level >= CpuLevel::Avx2 {
         assert!(x.len() >= QK_K && q.len() >= QK_K && bs.len() >= 16);
-        // SAFETY: Avx2 is only selected when the CPU supports it; the slices hold 256/256/16.
+        // SAFETY: a level of Avx2 or above is only selected when the CPU supports it; the slices hold 256/256/16.
         return unsafe {
-            crate::x86::quant::q8k_block(x.as_ptr(), q.as_mut_ptr(), bs.as_mut_ptr())
+            crate::x86::act_quant::q8k_block(x.as_ptr(), q.as_mut_ptr(), bs.as_mut_ptr())
         };
     }
     let _ = level;
@@ -456,36 +465,32 @@ mod tests {
 
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn avx2_activation_quantizers_are_bit_identical() {
-        if !SimdLevel::Avx2.is_supported() {
-            return;
-        }
-        for x in cases() {
-            for blk in x.chunks_exact(QK) {
-                let (mut qa, mut qb) = ([0i8; QK], [0i8; QK]);
-                let a = q8_block(SimdLevel::Scalar, blk, &mut qa);
-                let b = q8_block(SimdLevel::Avx2, blk, &mut qb);
-                assert_eq!((a.0.to_bits(), a.1), (b.0.to_bits(), b.1));
-                assert_eq!(qa, qb);
+    fn activation_quantizers_are_bit_identical_at_every_level() {
+        for level in CpuLevel::supported() {
+            for x in cases() {
+                for blk in x.chunks_exact(QK) {
+                    let (mut qa, mut qb) = ([0i8; QK], [0i8; QK]);
+                    let a = q8_block(CpuLevel::Scalar, blk, &mut qa);
+                    let b = q8_block(level, blk, &mut qb);
+                    assert_eq!((a.0.to_bits(), a.1), (b.0.to_bits(), b.1), "{level}");
+                    assert_eq!(qa, qb, "{level}");
+                }
+                let (mut qa, mut qb) = ([0i8; QK_K], [0i8; QK_K]);
+                let (mut ba, mut bb) = ([0i16; 16], [0i16; 16]);
+                let a = q8k_block(CpuLevel::Scalar, &x, &mut qa, &mut ba);
+                let b = q8k_block(level, &x, &mut qb, &mut bb);
+                assert_eq!(a.to_bits(), b.to_bits(), "{level}");
+                assert_eq!(qa, qb, "{level}");
+                assert_eq!(ba, bb, "{level}");
             }
-            let (mut qa, mut qb) = ([0i8; QK_K], [0i8; QK_K]);
-            let (mut ba, mut bb) = ([0i16; 16], [0i16; 16]);
-            let a = q8k_block(SimdLevel::Scalar, &x, &mut qa, &mut ba);
-            let b = q8k_block(SimdLevel::Avx2, &x, &mut qb, &mut bb);
-            assert_eq!(a.to_bits(), b.to_bits());
-            assert_eq!(qa, qb);
-            assert_eq!(ba, bb);
         }
     }
 
-    /// The whole-row AVX2 path fills the same buffers as the portable one, every row
+    /// The whole-row path of every level fills the same buffers as the portable one, every row
     /// (several rows split over threads, the block-major arrays at their stride).
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn prepared_rows_equal_across_levels() {
-        if !SimdLevel::Avx2.is_supported() {
-            return;
-        }
         let x: Vec<f32> = cases().concat();
         let pool = ThreadPool::new(2);
         // Whole groups of eight blocks (done eight at a time), and eleven (a group and a tail).
@@ -498,7 +503,10 @@ mod tests {
                 let n = a.nb * a.stride;
                 (a.qs[..m * cols].to_vec(), a.d[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a.isum[..n].to_vec(), a.s[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>())
             };
-            assert_eq!(prepared(SimdLevel::Avx2), prepared(SimdLevel::Scalar), "{cols} columns");
+            let scalar = prepared(CpuLevel::Scalar);
+            for level in CpuLevel::supported() {
+                assert_eq!(prepared(level), scalar, "{level}, {cols} columns");
+            }
         }
     }
 

@@ -3,6 +3,8 @@
 
 use half::{bf16, f16};
 
+use crate::cpu::CpuLevel;
+
 /// Values per block of Q4_0, Q4_1, Q8_0 (and the Q8_0/Q8_1 activation blocks).
 pub(crate) const QK: usize = 32;
 /// Values per K-quant super-block (and per Q8_K activation block).
@@ -28,16 +30,24 @@ pub(crate) fn f32_at(b: &[u8], off: usize) -> f32 {
 
 /// Rounds to f16 and back, as storing a scale in an f16 field does.
 ///
-/// With F16C when the CPU has it: `half`'s conversion is software unless the whole build
-/// targets F16C, and activation quantization rounds two scales per 32 values (2 % of a
-/// server's time). Both round to nearest even and keep infinities, NaNs and subnormals.
+/// With F16C when the CPU level ([`CpuLevel::detect`]) is AVX2 or above: `half`'s conversion
+/// is software unless the whole build targets F16C, and activation quantization rounds two
+/// scales per 32 values (2 % of a server's time). Both round to nearest even and keep
+/// infinities, NaNs and subnormals.
 #[inline]
 pub(crate) fn round_f16(x: f32) -> f32 {
+    round_f16_at(CpuLevel::detect(), x)
+}
+
+/// [`round_f16`] at `level` (which the CPU must support; a lower one is always fine).
+#[inline]
+pub(crate) fn round_f16_at(level: CpuLevel, x: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("f16c") {
-        // SAFETY: the CPU supports F16C.
+    if level >= CpuLevel::Avx2 {
+        // SAFETY: a level of AVX2 or above is only used on CPUs with F16C.
         return unsafe { round_f16_f16c(x) };
     }
+    let _ = level;
     f16::from_f32(x).to_f32()
 }
 
@@ -197,16 +207,18 @@ mod tests {
         }
     }
 
-    /// The F16C rounding equals `half`'s software one: ties, subnormals, overflow, NaN.
+    /// The rounding at every level equals `half`'s software one: ties, subnormals, overflow, NaN.
     #[test]
     fn round_f16_matches_half() {
         let mut vals = vec![0.0f32, -0.0, 1.0, 65504.0, 65520.0, 1e6, -1e6, 6e-8, 3e-8, 1e-5, 5.96e-8, f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE];
         // Ties to even around 1.0 (f16 spacing 2^-10) and a sweep of bit patterns.
         vals.extend([1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11)]);
         vals.extend((0..200_000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761))));
-        for x in vals {
-            let (a, b) = (round_f16(x), f16::from_f32(x).to_f32());
-            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{x:e}: {a:e} vs {b:e}");
+        for level in CpuLevel::supported() {
+            for &x in &vals {
+                let (a, b) = (round_f16_at(level, x), f16::from_f32(x).to_f32());
+                assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{level}: {x:e}: {a:e} vs {b:e}");
+            }
         }
     }
 }

@@ -45,7 +45,7 @@ pub fn swiglu_rows<'a>(pool: &ThreadPool, gate: &'a mut [f32], up: &[f32], row_l
 struct Quantizer {
     kind: crate::act::ActKind,
     fill: Option<Fill>,
-    level: crate::SimdLevel,
+    level: crate::CpuLevel,
     m: usize,
 }
 

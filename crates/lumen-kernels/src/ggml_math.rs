@@ -118,8 +118,12 @@ pub mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn silu8(x: __m256) -> __m256 {
-        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
-        _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+        // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+        // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+        unsafe {
+            let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+            _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+        }
     }
 
     /// [`reduce16`](super::reduce16) of the 16 lanes `lo` (0..8) and `hi` (8..16).
@@ -129,7 +133,11 @@ pub mod x86 {
     #[inline]
     #[target_feature(enable = "avx2")]
     pub unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
-        hsum8(_mm256_add_ps(hi, lo))
+        // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+        // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+        unsafe {
+            hsum8(_mm256_add_ps(hi, lo))
+        }
     }
 
     /// [`hsum8`](super::hsum8) of eight lanes, as ggml's `hsum_float_8`.
@@ -144,12 +152,6 @@ pub mod x86 {
         let t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
         _mm_cvtss_f32(_mm_add_ss(t2, _mm_movehdup_ps(t2)))
     }
-}
-
-/// Whether the AVX2 versions may run on this CPU (AVX2, FMA and F16C, and not forced scalar).
-#[inline]
-pub(crate) fn use_avx2() -> bool {
-    crate::simd::SimdLevel::detect() == crate::simd::SimdLevel::Avx2
 }
 
 #[cfg(test)]
@@ -224,7 +226,7 @@ mod tests {
     #[test]
     fn avx2_matches_scalar_bit_for_bit() {
         use std::arch::x86_64::*;
-        if !use_avx2() {
+        if crate::cpu::CpuLevel::detect() < crate::cpu::CpuLevel::Avx2 {
             return;
         }
         let mut seed = 7u64;
@@ -255,7 +257,7 @@ mod tests {
         for c in xs.chunks_exact(8) {
             let mut e = [0.0f32; 8];
             let mut s = [0.0f32; 8];
-            // SAFETY: use_avx2() checked AVX2, FMA and F16C.
+            // SAFETY: the process's CPU level is AVX2 or above (checked above): AVX2, FMA and F16C.
             unsafe {
                 let v = _mm256_loadu_ps(c.as_ptr());
                 _mm256_storeu_ps(e.as_mut_ptr(), x86::exp8(v));

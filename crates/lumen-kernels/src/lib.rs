@@ -51,9 +51,26 @@
 //! in any part are caught and re-raised in the caller after every part has finished, so
 //! borrowed data never outlives a running part.
 //!
-//! The SIMD level is chosen at run time ([`simd_level`]): AVX2+FMA+F16C where available, else
-//! the portable scalar code, which is also the reference in tests (`LUMEN_KERNELS=scalar`
-//! forces it).
+//! **Where the code lives.** The scalar references are `dot.rs` (ggml layout), `packed.rs`
+//! (packed layout), `act.rs` (activation quantizers) and `attention/scalar.rs`; the x86-64
+//! kernels are in `x86/`: `block32_tiles` (ggml-layout Q4_0/Q4_1/Q8_0), `packed_tiles` and
+//! `packed_tiles_512` (the packed layout, 256- and 512-bit), `kquant_tiles` and
+//! `kquant_decode` (K-quants, batched and single-row), `float_tiles` (F32/F16/BF16),
+//! `act_quant` (activation quantizers), each tile monomorphized per weight format through the
+//! tags of `x86/tag.rs`; attention's are `attention/avx2.rs` and `attention/fast.rs`.
+//!
+//! **One CPU feature ladder.** Every kernel family dispatches on one ordered [`CpuLevel`],
+//! detected once ([`CpuLevel::detect`], named by [`simd_level`]): `scalar` (portable Rust,
+//! also the reference in tests) < `avx2` (AVX2 + FMA + F16C: every kernel's 256-bit version)
+//! < `avx2-vnni` (AVX-VNNI; no kernels of its own yet, it runs the AVX2 ones) < `avx512`
+//! (F + VL + BW + DQ: the 256-bit kernels compiled for 32 registers, the fast attention's
+//! 512-bit steps) < `avx512-vnni` (the quantized matmul's integer dots in `vpdpbusd`, 512-bit
+//! tiles for the packed layout). `LUMEN_KERNELS=<level>` caps it (`scalar` forces the
+//! portable code, `avx2` turns the AVX-512 kernels off). Every level gives the scalar
+//! reference's bits wherever the tests compare them exactly.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 pub mod attention;
 pub mod fused;
@@ -61,6 +78,7 @@ pub mod ops;
 
 mod act;
 mod blocks;
+mod cpu;
 mod dequant;
 mod dot;
 mod error;
@@ -70,7 +88,6 @@ mod matmul;
 mod packed;
 mod pool;
 mod quantize;
-mod simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -83,4 +100,4 @@ pub use matmul::{matmul, matmul_many, matmul_quantized, MatRef, MatmulScratch, Q
 pub use packed::{pack, pack_group, packed_group_bytes, packed_len, packs, PACK_ROWS};
 pub use pool::{split_range, ThreadPool};
 pub use quantize::quantize_row;
-pub use simd::{simd_level, SimdLevel};
+pub use cpu::{simd_level, CpuLevel};

@@ -7,7 +7,7 @@ use crate::act::{ActBuf, ActKind};
 use crate::dequant::dequantize_row;
 use crate::dot::dot;
 use crate::pool::{split_range, PartsPtr, ThreadPool};
-use crate::simd::SimdLevel;
+use crate::cpu::CpuLevel;
 use crate::{KernelError, WeightFormat};
 
 /// Weight rows are handed to threads in whole tiles of this many rows (ggml layout).
@@ -131,31 +131,28 @@ impl<'a> MatRef<'a> {
 
 /// Reusable buffers (quantized activations) so that the steady-state step allocates nothing.
 pub struct MatmulScratch {
-    level: SimdLevel,
+    level: CpuLevel,
     pub(crate) act: ActBuf,
 }
 
 impl MatmulScratch {
-    /// Scratch using the process's detected SIMD level.
+    /// Scratch using the process's CPU level ([`CpuLevel::detect`]).
     pub fn new() -> Self {
-        Self::with_level(SimdLevel::detect())
+        Self::with_level(CpuLevel::detect())
     }
 
-    /// Scratch pinned to `level` (falls back to scalar if the CPU lacks it); for tests and benches.
-    pub fn with_level(level: SimdLevel) -> Self {
-        let level = if level.is_supported() {
-            level
-        } else {
-            SimdLevel::Scalar
-        };
+    /// Scratch pinned to `level`, or to the highest level below it that the CPU supports;
+    /// for tests and benches.
+    pub fn with_level(level: CpuLevel) -> Self {
+        let level = CpuLevel::supported_up_to(level);
         MatmulScratch {
             level,
             act: ActBuf::default(),
         }
     }
 
-    /// The SIMD level matmuls with this scratch run at.
-    pub fn level(&self) -> SimdLevel {
+    /// The CPU level matmuls with this scratch run at (and quantize their activations at).
+    pub fn level(&self) -> CpuLevel {
         self.level
     }
 }
@@ -326,32 +323,35 @@ const MAX_MATS: usize = 4;
 /// # Safety
 /// `out` must be valid for m x `w.rows` writes, and no other thread may access columns `r`.
 unsafe fn compute_rows(
-    level: SimdLevel,
+    level: CpuLevel,
     w: &MatRef,
     x: &[f32],
     act: &ActBuf,
     r: Range<usize>,
     out: *mut f32,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx2 {
-        crate::x86::compute_rows(w, x, act, r, out);
-        return;
-    }
-    let _ = level;
-    let (m, cols, rows) = (act.m, w.cols, w.rows);
-    if w.packed {
-        for j in r {
-            for i in 0..m {
-                *out.add(i * rows + j) = crate::packed::dot(w.format, w.data, cols, j, act, i);
-            }
+    // SAFETY: the caller guarantees that `out` holds m x `w.rows` values whose columns `r` no one else touches, and `level` comes from `MatmulScratch`, which keeps only levels the CPU supports: the x86 kernels' contract, and every write below stays in `out`.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if level >= CpuLevel::Avx2 {
+            crate::x86::compute_rows(level, w, x, act, r, out);
+            return;
         }
-        return;
-    }
-    for j in r {
-        let wr = w.row_data(j);
-        for i in 0..m {
-            *out.add(i * rows + j) = dot(w.format, wr, &x[i * cols..(i + 1) * cols], act, i);
+        let _ = level;
+        let (m, cols, rows) = (act.m, w.cols, w.rows);
+        if w.packed {
+            for j in r {
+                for i in 0..m {
+                    *out.add(i * rows + j) = crate::packed::dot(w.format, w.data, cols, j, act, i);
+                }
+            }
+            return;
+        }
+        for j in r {
+            let wr = w.row_data(j);
+            for i in 0..m {
+                *out.add(i * rows + j) = dot(w.format, wr, &x[i * cols..(i + 1) * cols], act, i);
+            }
         }
     }
 }

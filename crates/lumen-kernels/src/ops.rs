@@ -7,7 +7,8 @@
 
 use std::ops::Range;
 
-use crate::ggml_math::{self, use_avx2};
+use crate::cpu::CpuLevel;
+use crate::ggml_math;
 use crate::pool::{split_range, PartsPtr, ThreadPool};
 
 /// Below this many values a batch of rows is done on the calling thread alone.
@@ -201,18 +202,19 @@ impl Rope {
     /// Each pair becomes `(fma(x0, c, -(x1 * s)), fma(x0, s, x1 * c))`, the products inside
     /// rounded to f32: what llama.cpp's CPU rope compiles to with FMA contraction.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, cos_sin: &[f32]) {
-        self.apply_with(use_avx2(), x, head_dim, cos_sin);
+        self.apply_with(CpuLevel::detect(), x, head_dim, cos_sin);
     }
 
-    fn apply_with(&self, avx2: bool, x: &mut [f32], head_dim: usize, cos_sin: &[f32]) {
+    /// [`Rope::apply`] at `level`: AVX2 from [`CpuLevel::Avx2`] up (same bits).
+    fn apply_with(&self, level: CpuLevel, x: &mut [f32], head_dim: usize, cos_sin: &[f32]) {
         assert!(self.rot_dims <= head_dim && cos_sin.len() >= self.rot_dims, "rope: shape");
-        assert!(!avx2 || use_avx2(), "rope: AVX2 path unavailable");
+        assert!(level.is_supported(), "rope: CPU level {level} unavailable");
         #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: `avx2` is true only when the CPU supports AVX2 and FMA.
+        if level >= CpuLevel::Avx2 {
+            // SAFETY: the CPU supports `level` (checked above), so AVX2 and FMA.
             return unsafe { self.apply_avx2(x, head_dim, cos_sin) };
         }
-        let _ = avx2;
+        let _ = level;
         for head in x.chunks_exact_mut(head_dim) {
             self.apply_head_scalar(head, cos_sin, 0);
         }
@@ -241,46 +243,50 @@ impl Rope {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn apply_avx2(&self, x: &mut [f32], head_dim: usize, cos_sin: &[f32]) {
-        use std::arch::x86_64::*;
-        let half = self.rot_dims / 2;
-        let cs = cos_sin.as_ptr();
-        for head in x.chunks_exact_mut(head_dim) {
-            let h = head.as_mut_ptr();
-            let mut i = 0;
-            match self.style {
-                RopeStyle::Normal => {
-                    // Negates the even lanes.
-                    let sign = _mm256_setr_ps(-0.0, 0.0, -0.0, 0.0, -0.0, 0.0, -0.0, 0.0);
-                    while i + 4 <= half {
-                        let xv = _mm256_loadu_ps(h.add(2 * i));
-                        let cv = _mm256_loadu_ps(cs.add(2 * i)); // c s c s ...
-                        let x0 = _mm256_moveldup_ps(xv);
-                        let x1 = _mm256_movehdup_ps(xv);
-                        let sc = _mm256_permute_ps::<0b10_11_00_01>(cv); // s c s c ...
-                        let t = _mm256_xor_ps(_mm256_mul_ps(x1, sc), sign); // -(x1 s), x1 c
-                        _mm256_storeu_ps(h.add(2 * i), _mm256_fmadd_ps(x0, cv, t));
-                        i += 4;
+        // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+        // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+        unsafe {
+            use std::arch::x86_64::*;
+            let half = self.rot_dims / 2;
+            let cs = cos_sin.as_ptr();
+            for head in x.chunks_exact_mut(head_dim) {
+                let h = head.as_mut_ptr();
+                let mut i = 0;
+                match self.style {
+                    RopeStyle::Normal => {
+                        // Negates the even lanes.
+                        let sign = _mm256_setr_ps(-0.0, 0.0, -0.0, 0.0, -0.0, 0.0, -0.0, 0.0);
+                        while i + 4 <= half {
+                            let xv = _mm256_loadu_ps(h.add(2 * i));
+                            let cv = _mm256_loadu_ps(cs.add(2 * i)); // c s c s ...
+                            let x0 = _mm256_moveldup_ps(xv);
+                            let x1 = _mm256_movehdup_ps(xv);
+                            let sc = _mm256_permute_ps::<0b10_11_00_01>(cv); // s c s c ...
+                            let t = _mm256_xor_ps(_mm256_mul_ps(x1, sc), sign); // -(x1 s), x1 c
+                            _mm256_storeu_ps(h.add(2 * i), _mm256_fmadd_ps(x0, cv, t));
+                            i += 4;
+                        }
+                    }
+                    RopeStyle::Neox => {
+                        let sign = _mm256_set1_ps(-0.0);
+                        while i + 8 <= half {
+                            let a = _mm256_loadu_ps(cs.add(2 * i));
+                            let b = _mm256_loadu_ps(cs.add(2 * i + 8));
+                            // De-interleave (c, s) pairs into eight c and eight s.
+                            let c = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0x88>(a, b))));
+                            let s = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0xdd>(a, b))));
+                            let x0 = _mm256_loadu_ps(h.add(i));
+                            let x1 = _mm256_loadu_ps(h.add(i + half));
+                            let t0 = _mm256_xor_ps(_mm256_mul_ps(x1, s), sign);
+                            let t1 = _mm256_mul_ps(x1, c);
+                            _mm256_storeu_ps(h.add(i), _mm256_fmadd_ps(x0, c, t0));
+                            _mm256_storeu_ps(h.add(i + half), _mm256_fmadd_ps(x0, s, t1));
+                            i += 8;
+                        }
                     }
                 }
-                RopeStyle::Neox => {
-                    let sign = _mm256_set1_ps(-0.0);
-                    while i + 8 <= half {
-                        let a = _mm256_loadu_ps(cs.add(2 * i));
-                        let b = _mm256_loadu_ps(cs.add(2 * i + 8));
-                        // De-interleave (c, s) pairs into eight c and eight s.
-                        let c = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0x88>(a, b))));
-                        let s = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0xdd>(a, b))));
-                        let x0 = _mm256_loadu_ps(h.add(i));
-                        let x1 = _mm256_loadu_ps(h.add(i + half));
-                        let t0 = _mm256_xor_ps(_mm256_mul_ps(x1, s), sign);
-                        let t1 = _mm256_mul_ps(x1, c);
-                        _mm256_storeu_ps(h.add(i), _mm256_fmadd_ps(x0, c, t0));
-                        _mm256_storeu_ps(h.add(i + half), _mm256_fmadd_ps(x0, s, t1));
-                        i += 8;
-                    }
-                }
+                self.apply_head_scalar(head, cos_sin, i);
             }
-            self.apply_head_scalar(head, cos_sin, i);
         }
     }
 
@@ -301,18 +307,19 @@ pub fn silu(x: f32) -> f32 {
 /// `ggml_vec_swiglu_f32` on AVX-512 (AVX2 and scalar paths agree bit for bit).
 pub fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "swiglu: length mismatch");
-    swiglu_with(use_avx2(), gate, up);
+    swiglu_with(CpuLevel::detect(), gate, up);
 }
 
-fn swiglu_with(avx2: bool, gate: &mut [f32], up: &[f32]) {
-    assert!(!avx2 || use_avx2(), "swiglu: AVX2 path unavailable");
+/// [`swiglu_inplace`] at `level`: AVX2 from [`CpuLevel::Avx2`] up (same bits).
+fn swiglu_with(level: CpuLevel, gate: &mut [f32], up: &[f32]) {
+    assert!(level.is_supported(), "swiglu: CPU level {level} unavailable");
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is true only when the CPU supports AVX2 and FMA.
+    if level >= CpuLevel::Avx2 {
+        // SAFETY: the CPU supports `level` (checked above), so AVX2 and FMA.
         i = unsafe { swiglu_avx2(gate, up) };
     }
-    let _ = avx2;
+    let _ = level;
     for (g, &u) in gate[i..].iter_mut().zip(&up[i..]) {
         *g = ggml_math::silu(*g) * u;
     }
@@ -325,14 +332,18 @@ fn swiglu_with(avx2: bool, gate: &mut [f32], up: &[f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn swiglu_avx2(gate: &mut [f32], up: &[f32]) -> usize {
-    use std::arch::x86_64::*;
-    let n = gate.len() / 8 * 8;
-    let (g, u) = (gate.as_mut_ptr(), up.as_ptr());
-    for i in (0..n).step_by(8) {
-        let s = ggml_math::x86::silu8(_mm256_loadu_ps(g.add(i)));
-        _mm256_storeu_ps(g.add(i), _mm256_mul_ps(s, _mm256_loadu_ps(u.add(i))));
+    // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+    // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+    unsafe {
+        use std::arch::x86_64::*;
+        let n = gate.len() / 8 * 8;
+        let (g, u) = (gate.as_mut_ptr(), up.as_ptr());
+        for i in (0..n).step_by(8) {
+            let s = ggml_math::x86::silu8(_mm256_loadu_ps(g.add(i)));
+            _mm256_storeu_ps(g.add(i), _mm256_mul_ps(s, _mm256_loadu_ps(u.add(i))));
+        }
+        n
     }
-    n
 }
 
 /// Softmax in place over one row; returns nothing, the row sums to one afterwards.
@@ -471,7 +482,7 @@ mod tests {
     }
 
     #[test]
-    fn rope_avx2_matches_scalar_and_fma_recipe() {
+    fn rope_every_level_matches_scalar_and_fma_recipe() {
         let mut seed = 5;
         for style in [RopeStyle::Normal, RopeStyle::Neox] {
             for (head_dim, rot) in [(64, 64), (128, 128), (80, 80), (128, 64), (64, 20), (6, 6)] {
@@ -480,7 +491,7 @@ mod tests {
                 rope.cos_sin(1234, &mut cs);
                 let x: Vec<f32> = (0..3 * head_dim).map(|_| rnd(&mut seed, 4.0)).collect();
                 let mut a = x.clone();
-                rope.apply_with(false, &mut a, head_dim, &cs);
+                rope.apply_with(CpuLevel::Scalar, &mut a, head_dim, &cs);
                 // The recipe, written out.
                 let mut want = x.clone();
                 for h in want.chunks_exact_mut(head_dim) {
@@ -492,30 +503,30 @@ mod tests {
                     }
                 }
                 assert_eq!(a, want, "{style:?} {head_dim}/{rot}");
-                if use_avx2() {
+                for level in CpuLevel::supported() {
                     let mut b = x.clone();
-                    rope.apply_with(true, &mut b, head_dim, &cs);
-                    assert_eq!(b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{style:?} {head_dim}/{rot}");
+                    rope.apply_with(level, &mut b, head_dim, &cs);
+                    assert_eq!(b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{level} {style:?} {head_dim}/{rot}");
                 }
             }
         }
     }
 
     #[test]
-    fn swiglu_avx2_matches_scalar() {
+    fn swiglu_every_level_matches_scalar() {
         let mut seed = 11;
         for n in [1, 7, 8, 9, 16, 17, 63, 64, 100, 1000] {
             let g: Vec<f32> = (0..n).map(|i| rnd(&mut seed, if i % 5 == 0 { 200.0 } else { 8.0 })).collect();
             let u: Vec<f32> = (0..n).map(|_| rnd(&mut seed, 2.0)).collect();
             let mut a = g.clone();
-            swiglu_with(false, &mut a, &u);
+            swiglu_with(CpuLevel::Scalar, &mut a, &u);
             for i in 0..n {
                 assert_eq!(a[i].to_bits(), (g[i] / (1.0 + crate::ggml_math::exp(0.0 - g[i])) * u[i]).to_bits());
             }
-            if use_avx2() {
+            for level in CpuLevel::supported() {
                 let mut b = g.clone();
-                swiglu_with(true, &mut b, &u);
-                assert_eq!(b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "n = {n}");
+                swiglu_with(level, &mut b, &u);
+                assert_eq!(b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{level} n = {n}");
             }
         }
     }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{random_f32, random_weights, rng};
-use lumen_kernels::{fused, matmul_many, matmul_quantized, ops, pack, packs, MatRef, MatmulScratch, SimdLevel, ThreadPool, ALL_FORMATS};
+use lumen_kernels::{fused, matmul_many, matmul_quantized, ops, pack, packs, MatRef, MatmulScratch, CpuLevel, ThreadPool, ALL_FORMATS};
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -27,7 +27,7 @@ fn fused_ops_then_matmul_equal_op_then_matmul() {
         let residual = random_f32(&mut r, m * cols, 1.0);
         let weight = random_f32(&mut r, cols, 1.0);
         for w in &mats {
-            for level in [SimdLevel::Scalar, SimdLevel::Avx2].into_iter().filter(|l| l.is_supported()) {
+            for level in CpuLevel::supported() {
                 let what = format!("{format} packed {} {level:?}", w.is_packed());
                 let mut scratch = MatmulScratch::with_level(level);
                 let (mut want, mut got) = (vec![0.0f32; m * rows], vec![f32::NAN; m * rows]);

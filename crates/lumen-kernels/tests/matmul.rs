@@ -4,24 +4,21 @@ mod common;
 
 use common::{random_f32, random_weights, reference, rng};
 use lumen_kernels::{
-    matmul, matmul_many, MatRef, MatmulScratch, SimdLevel, ThreadPool, WeightFormat, ALL_FORMATS,
+    matmul, matmul_many, MatRef, MatmulScratch, CpuLevel, ThreadPool, WeightFormat, ALL_FORMATS,
 };
 
 /// Column counts every format can take (256 is the K-quant block).
 const COLS: usize = 512;
 
-fn run(pool: &ThreadPool, level: SimdLevel, w: &MatRef, x: &[f32], m: usize) -> Vec<f32> {
+fn run(pool: &ThreadPool, level: CpuLevel, w: &MatRef, x: &[f32], m: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; m * w.rows()];
     let mut scratch = MatmulScratch::with_level(level);
     matmul(pool, w, x, m, &mut out, &mut scratch);
     out
 }
 
-fn levels() -> Vec<SimdLevel> {
-    [SimdLevel::Scalar, SimdLevel::Avx2]
-        .into_iter()
-        .filter(|l| l.is_supported())
-        .collect()
+fn levels() -> Vec<CpuLevel> {
+    CpuLevel::supported()
 }
 
 #[test]
@@ -54,11 +51,7 @@ fn matmul_matches_naive_reference() {
 }
 
 #[test]
-fn avx2_matches_scalar() {
-    if !SimdLevel::Avx2.is_supported() {
-        eprintln!("AVX2 not available; skipping");
-        return;
-    }
+fn every_level_matches_scalar() {
     let pool = ThreadPool::new(2);
     for (fi, &format) in ALL_FORMATS.iter().enumerate() {
         for &(rows, m) in &[(1, 1), (8, 1), (19, 3), (64, 4), (33, 9), (16, 2)] {
@@ -66,28 +59,19 @@ fn avx2_matches_scalar() {
             let data = random_weights(&mut r, format, rows, COLS);
             let w = MatRef::new(format, rows, COLS, &data).unwrap();
             let x = random_f32(&mut r, m * COLS, 1.0);
-            let s = run(&pool, SimdLevel::Scalar, &w, &x, m);
-            let v = run(&pool, SimdLevel::Avx2, &w, &x, m);
-            if format.is_quantized() {
-                for k in 0..s.len() {
-                    assert_eq!(
-                        s[k].to_bits(),
-                        v[k].to_bits(),
-                        "{format} {rows}x{m} out[{k}]: scalar {} avx2 {}",
-                        s[k],
-                        v[k]
-                    );
-                }
-            } else {
-                let want = reference(&w, &x, m);
-                for k in 0..s.len() {
-                    let tol = 1e-5 * want[k].1 + 1e-7;
-                    assert!(
-                        (s[k] - v[k]).abs() as f64 <= tol,
-                        "{format} {rows}x{m} out[{k}]: scalar {} avx2 {}",
-                        s[k],
-                        v[k]
-                    );
+            let s = run(&pool, CpuLevel::Scalar, &w, &x, m);
+            for level in levels() {
+                let v = run(&pool, level, &w, &x, m);
+                if format.is_quantized() {
+                    for k in 0..s.len() {
+                        assert_eq!(s[k].to_bits(), v[k].to_bits(), "{format} {level} {rows}x{m} out[{k}]: scalar {} simd {}", s[k], v[k]);
+                    }
+                } else {
+                    let want = reference(&w, &x, m);
+                    for k in 0..s.len() {
+                        let tol = 1e-5 * want[k].1 + 1e-7;
+                        assert!((s[k] - v[k]).abs() as f64 <= tol, "{format} {level} {rows}x{m} out[{k}]: scalar {} simd {}", s[k], v[k]);
+                    }
                 }
             }
         }
@@ -178,9 +162,9 @@ fn large_matrices_split_across_threads_agree() {
         let data = random_weights(&mut r, format, rows, cols);
         let w = MatRef::new(format, rows, cols, &data).unwrap();
         let x = random_f32(&mut r, m * cols, 1.0);
-        let base = run(&pools[0], SimdLevel::detect(), &w, &x, m);
+        let base = run(&pools[0], CpuLevel::detect(), &w, &x, m);
         for pool in &pools[1..] {
-            let o = run(pool, SimdLevel::detect(), &w, &x, m);
+            let o = run(pool, CpuLevel::detect(), &w, &x, m);
             assert!(
                 o.iter().zip(&base).all(|(p, q)| p.to_bits() == q.to_bits()),
                 "{format}: {} threads",
@@ -236,7 +220,7 @@ fn matmul_many_equals_separate_calls() {
             let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
             matmul_many(&pool, &ws, &x, m, &mut refs, &mut MatmulScratch::new());
             for (w, got) in ws.iter().zip(&outs) {
-                let want = run(&pool, SimdLevel::detect(), w, &x, m);
+                let want = run(&pool, CpuLevel::detect(), w, &x, m);
                 assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{:?} m={m}", w.format());
             }
         }

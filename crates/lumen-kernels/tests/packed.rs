@@ -5,21 +5,21 @@ mod common;
 
 use common::{random_f32, random_weights, reference, rng};
 use lumen_kernels::{
-    matmul, matmul_many, pack, pack_group, packed_len, packs, KernelError, MatRef, MatmulScratch, SimdLevel,
+    matmul, matmul_many, pack, pack_group, packed_len, packs, KernelError, MatRef, MatmulScratch, CpuLevel,
     ThreadPool, WeightFormat, ALL_FORMATS, PACK_ROWS,
 };
 
 const FORMATS: [WeightFormat; 3] = [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0];
 const COLS: usize = 512;
 
-fn run(pool: &ThreadPool, level: SimdLevel, w: &MatRef, x: &[f32], m: usize) -> Vec<f32> {
+fn run(pool: &ThreadPool, level: CpuLevel, w: &MatRef, x: &[f32], m: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; m * w.rows()];
     matmul(pool, w, x, m, &mut out, &mut MatmulScratch::with_level(level));
     out
 }
 
-fn levels() -> Vec<SimdLevel> {
-    [SimdLevel::Scalar, SimdLevel::Avx2].into_iter().filter(|l| l.is_supported()).collect()
+fn levels() -> Vec<CpuLevel> {
+    CpuLevel::supported()
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -78,10 +78,6 @@ fn packed_matmul_matches_naive_reference() {
 
 #[test]
 fn packed_simd_equals_scalar_bit_for_bit() {
-    if !SimdLevel::Avx2.is_supported() {
-        eprintln!("AVX2 not available; skipping");
-        return;
-    }
     let pool = ThreadPool::new(2);
     for (fi, format) in FORMATS.into_iter().enumerate() {
         // Row counts around the group and tile edges, one and several activation rows.
@@ -91,9 +87,10 @@ fn packed_simd_equals_scalar_bit_for_bit() {
             let packed = pack(format, rows, COLS, &data).unwrap();
             let w = MatRef::packed(format, rows, COLS, &packed).unwrap();
             let x = random_f32(&mut r, m * COLS, 1.0);
-            let s = run(&pool, SimdLevel::Scalar, &w, &x, m);
-            let v = run(&pool, SimdLevel::Avx2, &w, &x, m);
-            assert_eq!(bits(&s), bits(&v), "{format} {rows}x{m}");
+            let s = run(&pool, CpuLevel::Scalar, &w, &x, m);
+            for level in levels() {
+                assert_eq!(bits(&s), bits(&run(&pool, level, &w, &x, m)), "{format} {level} {rows}x{m}");
+            }
         }
     }
 }
@@ -135,7 +132,7 @@ fn packed_matmul_many_equals_separate_calls() {
             let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
             matmul_many(&pool, &ws, &x, m, &mut refs, &mut MatmulScratch::new());
             for (w, got) in ws.iter().zip(&outs) {
-                assert_eq!(bits(got), bits(&run(&pool, SimdLevel::detect(), w, &x, m)), "{format} m={m}");
+                assert_eq!(bits(got), bits(&run(&pool, CpuLevel::detect(), w, &x, m)), "{format} m={m}");
             }
         }
     }

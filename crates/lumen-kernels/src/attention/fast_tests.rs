@@ -16,11 +16,11 @@ fn reference(q: &[f32], ks: &[Vec<f32>], vs: &[Vec<f32>], scale: f32, n_ctx: usi
     (0..q.len()).map(|d| p.iter().zip(vs).map(|(p, v)| p * v[d] as f64).sum::<f64>()).collect()
 }
 
-fn run_fast(case: &Case, path: Path, threads: usize, n_ctxs: &[usize], q: &[f32], scale: f32, prompt: bool) -> Vec<f32> {
+fn run_fast(case: &Case, level: CpuLevel, threads: usize, n_ctxs: &[usize], q: &[f32], scale: f32, prompt: bool) -> Vec<f32> {
     let queries: Vec<AttnQuery> = n_ctxs.iter().map(|&n| AttnQuery { n_ctx: n, block_table: &case.table, prompt }).collect();
     let mut out = vec![f32::NAN; q.len()];
     let pool = ThreadPool::new(threads);
-    paged_attention_with(path, &pool, AttnArith::Fast, case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
+    paged_attention_at(level, &pool, AttnArith::Fast, case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
     out
 }
 
@@ -36,8 +36,8 @@ fn fast_matches_f64_reference() {
             let q_dim = 4 * head_dim;
             let q: Vec<f32> = (0..n_ctxs.len() * q_dim).map(|_| lcg(&mut seed) * amp).collect();
             let scale = 1.0 / (head_dim as f32).sqrt();
-            for path in Path::available(head_dim) {
-                let got = run_fast(&case, path, 2, &n_ctxs, &q, scale, false);
+            for level in levels(head_dim) {
+                let got = run_fast(&case, level, 2, &n_ctxs, &q, scale, false);
                 for (t, &n_ctx) in n_ctxs.iter().enumerate() {
                     for h in 0..4 {
                         let qo = t * q_dim + h * head_dim;
@@ -46,7 +46,7 @@ fn fast_matches_f64_reference() {
                             // Values lie in [-1, 1]. Apart from f32 sums (~1e-6 here), a
                             // probability near an f16 rounding boundary may round the other
                             // way: at most 2^-11 of it.
-                            assert!((g as f64 - w).abs() < 5e-4, "{path:?} hd {head_dim} amp {amp} n_ctx {n_ctx} head {h} dim {d}: {g} vs {w}");
+                            assert!((g as f64 - w).abs() < 5e-4, "{level} hd {head_dim} amp {amp} n_ctx {n_ctx} head {h} dim {d}: {g} vs {w}");
                         }
                     }
                 }
@@ -69,19 +69,19 @@ fn fast_results_do_not_depend_on_the_batch_or_the_split() {
         for n_ctxs in [prompt_like, decode_like] {
             let q: Vec<f32> = (0..n_ctxs.len() * q_dim).map(|_| lcg(&mut seed) * 3.0).collect();
             let mut simd_bits = None;
-            for path in Path::available(head_dim) {
-                let together = run_fast(&case, path, 2, &n_ctxs, &q, scale, true);
+            for level in levels(head_dim) {
+                let together = run_fast(&case, level, 2, &n_ctxs, &q, scale, true);
                 assert!(together.iter().all(|x| x.is_finite()));
-                assert_eq!(bits(&together), bits(&run_fast(&case, path, 3, &n_ctxs, &q, scale, false)), "threads / prompt flag");
+                assert_eq!(bits(&together), bits(&run_fast(&case, level, 3, &n_ctxs, &q, scale, false)), "threads / prompt flag");
                 for (t, &n_ctx) in n_ctxs.iter().enumerate() {
                     let qt = &q[t * q_dim..(t + 1) * q_dim];
-                    let alone = run_fast(&case, path, 2, &[n_ctx], qt, scale, false);
-                    assert_eq!(bits(&together[t * q_dim..(t + 1) * q_dim]), bits(&alone), "{path:?} hd {head_dim} n_ctx {n_ctx}");
+                    let alone = run_fast(&case, level, 2, &[n_ctx], qt, scale, false);
+                    assert_eq!(bits(&together[t * q_dim..(t + 1) * q_dim]), bits(&alone), "{level} hd {head_dim} n_ctx {n_ctx}");
                 }
                 // 256- and 512-bit registers do the same operations lane by lane.
-                if path != Path::Scalar {
+                if level != CpuLevel::Scalar {
                     let b = bits(&together);
-                    assert_eq!(simd_bits.get_or_insert_with(|| b.clone()), &b, "{path:?} differs from the other SIMD path");
+                    assert_eq!(simd_bits.get_or_insert_with(|| b.clone()), &b, "{level} differs from the other SIMD path");
                 }
             }
         }

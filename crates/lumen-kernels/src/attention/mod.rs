@@ -45,7 +45,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::blocks::round_f16;
-use crate::ggml_math;
+use crate::cpu::CpuLevel;
 use crate::pool::{PartsPtr, ThreadPool};
 
 #[cfg(target_arch = "x86_64")]
@@ -267,45 +267,37 @@ pub fn paged_attention(
     scratch: &mut AttnScratch,
     out: &mut [f32],
 ) {
-    paged_attention_with(Path::best(geo.head_dim), pool, arith, geo, queries, q, k_layer, v_layer, scale, scratch, out);
+    paged_attention_at(CpuLevel::detect(), pool, arith, geo, queries, q, k_layer, v_layer, scale, scratch, out);
 }
 
-/// Which instructions attention runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Path {
-    Scalar,
-    /// AVX2, FMA and F16C, and `head_dim % 8 == 0`.
-    Avx2,
-    /// Also AVX-512F (the fast arithmetic's 16-lane steps in one register; the llama.cpp
-    /// arithmetic runs as on `Avx2`).
-    Avx512,
-}
-
-impl Path {
-    /// The fastest path this CPU runs for `head_dim`.
-    fn best(head_dim: usize) -> Path {
-        if !ggml_math::use_avx2() || !head_dim.is_multiple_of(8) {
-            return Path::Scalar;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if crate::x86::avx512vl() {
-            return Path::Avx512;
-        }
-        Path::Avx2
-    }
-
-    /// Every path this CPU can run for `head_dim`, for tests.
-    #[cfg(test)]
-    fn available(head_dim: usize) -> Vec<Path> {
-        let best = Path::best(head_dim);
-        [Path::Scalar, Path::Avx2, Path::Avx512].into_iter().take_while(|&p| p != best).chain([best]).collect()
+/// The CPU level attention runs at for `head_dim`: `level`, or scalar when the head is not
+/// a whole number of 8-lane vectors (every SIMD step needs `head_dim % 8 == 0`). From
+/// [`CpuLevel::Avx2`] up the llama.cpp arithmetic runs on AVX2 (compiled for AVX-512VL's 32
+/// registers from [`CpuLevel::Avx512`] up, the same operations), the fast arithmetic on
+/// AVX2 or, from [`CpuLevel::Avx512`] up, on 16-lane registers.
+fn level_for(level: CpuLevel, head_dim: usize) -> CpuLevel {
+    if head_dim.is_multiple_of(8) {
+        level
+    } else {
+        CpuLevel::Scalar
     }
 }
 
-/// [`paged_attention`] on a given path (which the CPU must support).
+/// Every level this CPU can run attention at for `head_dim`, for tests.
+#[cfg(test)]
+fn levels(head_dim: usize) -> Vec<CpuLevel> {
+    let mut all: Vec<CpuLevel> = CpuLevel::supported().into_iter().map(|l| level_for(l, head_dim)).collect();
+    all.dedup();
+    all
+}
+
+/// [`paged_attention`] at a given CPU level, for tests and benches; panics if the CPU does
+/// not support `level`. Every level gives the same bits with [`AttnArith::LlamaCpp`]; with
+/// [`AttnArith::Fast`] the SIMD levels agree with each other and with the scalar code within
+/// f32 rounding.
 #[allow(clippy::too_many_arguments)]
-fn paged_attention_with(
-    path: Path,
+pub fn paged_attention_at(
+    level: CpuLevel,
     pool: &ThreadPool,
     arith: AttnArith,
     geo: KvGeometry,
@@ -338,8 +330,8 @@ fn paged_attention_with(
     let scratch_ptr = PartsPtr(scratch.buf.as_mut_ptr());
     let out_ptr = PartsPtr(out.as_mut_ptr());
     let (hd, group) = (geo.head_dim, geo.n_heads / geo.n_kv_heads);
-    let avx2 = path != Path::Scalar;
-    assert!(!avx2 || (ggml_math::use_avx2() && hd & 7 == 0), "paged_attention: AVX2 path unavailable");
+    let level = level_for(level, hd);
+    assert!(level.is_supported(), "paged_attention: CPU level {level} unavailable");
     let next_task = AtomicUsize::new(0);
     pool.run(|part, _| {
         // SAFETY: each part index runs exactly once per call and owns
@@ -347,7 +339,7 @@ fn paged_attention_with(
         let buf = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(part * stride), stride) };
         if arith == AttnArith::Fast {
             let inputs = fast::Inputs { geo: &geo, queries, q, k_layer, v_layer, scale };
-            return run_fast_tasks(path, &inputs, max_ctx, tasks, &next_task, buf, out_ptr);
+            return run_fast_tasks(level, &inputs, max_ctx, tasks, &next_task, buf, out_ptr);
         }
         let (kf, rest) = buf.split_at_mut(max_ctx * hd);
         let (vf, rest) = rest.split_at_mut(max_ctx * hd);
@@ -368,16 +360,17 @@ fn paged_attention_with(
                 let n = (geo.block_size - pos % geo.block_size).min(ctx - pos);
                 let off = geo.head_offset(table, pos, task.kv_head);
                 let (src, dst) = (off..off + n * hd, pos * hd..(pos + n) * hd);
-                widen(avx2, &k_layer[src.clone()], &mut kf[dst.clone()]);
-                widen(avx2, &v_layer[src], &mut vf[dst]);
+                widen(level, &k_layer[src.clone()], &mut kf[dst.clone()]);
+                widen(level, &v_layer[src], &mut vf[dst]);
                 pos += n;
             }
+            #[allow(clippy::needless_range_loop)] // t also places the output
             for t in task.first..task.end {
                 for head in task.kv_head * group..(task.kv_head + 1) * group {
                     let qoff = t * q_dim + head * hd;
                     let bufs = Bufs { scores: &mut *scores, qh: &mut *qh, rows: &mut *rows, out: &mut *acc };
                     let mode = if queries[t].prompt && hd % 16 == 0 { Arith::Batched } else { Arith::Single };
-                    attend(avx2, mode, &q[qoff..qoff + hd], queries[t].n_ctx, kf, vf, scale, bufs);
+                    attend(level, mode, &q[qoff..qoff + hd], queries[t].n_ctx, kf, vf, scale, bufs);
                     // SAFETY: (token, head) belongs to exactly one task, run by one part, so
                     // this output range is written by nobody else.
                     let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(qoff), hd) };
@@ -390,7 +383,7 @@ fn paged_attention_with(
 
 /// The tasks this thread claims, with the fast arithmetic; `buf` is its scratch.
 /// `max_ctx` is the longest context of the call.
-fn run_fast_tasks(path: Path, inputs: &fast::Inputs<'_>, max_ctx: usize, tasks: &[Task], next_task: &AtomicUsize, buf: &mut [f32], out: PartsPtr<f32>) {
+fn run_fast_tasks(level: CpuLevel, inputs: &fast::Inputs<'_>, max_ctx: usize, tasks: &[Task], next_task: &AtomicUsize, buf: &mut [f32], out: PartsPtr<f32>) {
     let geo = inputs.geo;
     let (hd, group) = (geo.head_dim, geo.n_heads / geo.n_kv_heads);
     let nq = RUN_TOKENS * geo.n_heads;
@@ -401,7 +394,7 @@ fn run_fast_tasks(path: Path, inputs: &fast::Inputs<'_>, max_ctx: usize, tasks: 
         let claimed = next_task.fetch_add(1, Ordering::Relaxed);
         let Some(&task) = tasks.get(claimed) else { break };
         let bufs = fast::FastBufs { scores: &mut *scores, acc: &mut *acc, qh: &mut *qh };
-        fast::run_task(path, inputs, task, bufs);
+        fast::run_task(level, inputs, task, bufs);
         for (j, res) in acc.chunks_exact(hd).take((task.end - task.first) * task.n_kv * group).enumerate() {
             let qoff = task.query_offset(j, geo);
             // SAFETY: (token, head) belongs to exactly one task, run by one thread, so this
@@ -423,27 +416,28 @@ struct Bufs<'a> {
 /// One query head over `n_ctx` converted key/value rows (`head_dim` each); the result is left
 /// in `bufs.out`.
 #[allow(clippy::too_many_arguments)]
-fn attend(avx2: bool, mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+fn attend(level: CpuLevel, mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is true only when the CPU supports AVX2, FMA and F16C, and
-        // head_dim % 8 == 0 (checked by the caller).
-        return unsafe { avx2::attend(mode, q, n_ctx, kf, vf, scale, bufs) };
+    if level >= CpuLevel::Avx2 {
+        // SAFETY: the caller checked that the CPU supports `level`, and a SIMD level is only
+        // used when head_dim % 8 == 0 ([`level_for`]).
+        return unsafe { avx2::attend(level, mode, q, n_ctx, kf, vf, scale, bufs) };
     }
-    let _ = avx2;
+    let _ = level;
     attend_scalar(mode, q, n_ctx, kf, vf, scale, bufs)
 }
 
 /// Keys or values of consecutive positions (contiguous inside a block) as f32, exact either
-/// way; F16C when `avx2`.
-fn widen(avx2: bool, src: &[f16], dst: &mut [f32]) {
+/// way; F16C from [`CpuLevel::Avx2`] up.
+fn widen(level: CpuLevel, src: &[f16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is true only when the CPU supports AVX2 and F16C, and head_dim % 8 == 0
-        // (so every piece widened is a multiple of eight values).
+    if level >= CpuLevel::Avx2 {
+        // SAFETY: the caller checked that the CPU supports `level` (so AVX2 and F16C), and a
+        // SIMD level is only used when head_dim % 8 == 0 (so every piece widened is a
+        // multiple of eight values).
         return unsafe { avx2::widen(src, dst) };
     }
-    let _ = avx2;
+    let _ = level;
     src.convert_to_f32_slice(dst);
 }
 

@@ -13,7 +13,7 @@ use std::marker::PhantomData;
 use half::f16;
 
 use super::{AttnQuery, KeyLayout, KvGeometry};
-use crate::ggml_math;
+use crate::cpu::CpuLevel;
 use crate::pool::{split_range, PartsPtr, ThreadPool};
 
 /// Writes one token's key and value rows (`kv_dim` values each) at position `pos` of the
@@ -25,7 +25,7 @@ use crate::pool::{split_range, PartsPtr, ThreadPool};
 fn store_token(geo: &KvGeometry, k_layer: &mut [f16], v_layer: &mut [f16], table: &[u32], pos: usize, key: &[f32], value: &[f32]) {
     let layer = Layer::new(geo, k_layer, v_layer);
     // SAFETY: `layer` holds the only borrow of the storage.
-    unsafe { layer.store(ggml_math::use_avx2(), geo, table, pos, key, value) }
+    unsafe { layer.store(CpuLevel::detect(), geo, table, pos, key, value) }
 }
 
 /// Below this many key values a step's writes stay on the calling thread (a dispatch costs
@@ -63,7 +63,7 @@ pub fn store_step(
     assert!(slots.windows(2).all(|w| w[0] != w[1]), "store_step: two tokens write the same cache slot");
     let layer = Layer::new(geo, k_layer, v_layer);
     let (qp, kp) = (PartsPtr(q.as_mut_ptr()), PartsPtr(k.as_mut_ptr()));
-    let simd = ggml_math::use_avx2();
+    let level = CpuLevel::detect();
     let job = |part: usize, parts: usize| {
         let mine = split_range(n, parts, part);
         for t in mine.clone() {
@@ -77,7 +77,7 @@ pub fn store_step(
             prepare(t, q_row, k_row);
             // SAFETY: the slots are distinct (checked above), so no two tokens write the same
             // cache values.
-            unsafe { layer.store(simd, geo, queries[t].block_table, queries[t].n_ctx - 1, k_row, &v[t * kvd..(t + 1) * kvd]) };
+            unsafe { layer.store(level, geo, queries[t].block_table, queries[t].n_ctx - 1, k_row, &v[t * kvd..(t + 1) * kvd]) };
         }
     };
     if n * kvd < PARALLEL_MIN_VALUES || pool.n_threads() == 1 {
@@ -125,24 +125,27 @@ impl<'a> Layer<'a> {
         }
     }
 
-    /// Stores one token's key and value rows at its position, in the layouts of `geo`; `simd`
-    /// requires F16C.
+    /// Stores one token's key and value rows at its position, in the layouts of `geo`, at
+    /// `level` (which the CPU must support).
     ///
     /// # Safety
     /// No other thread may access this token's slot meanwhile.
-    unsafe fn store(&self, simd: bool, geo: &KvGeometry, table: &[u32], pos: usize, key: &[f32], value: &[f32]) {
-        let (hd, bs) = (geo.head_dim, geo.block_size);
-        assert!(key.len() == geo.kv_dim() && value.len() == key.len(), "kv store: rows of {} values", geo.kv_dim());
-        let block = table[pos / bs] as usize;
-        assert!((block + 1) * geo.block_elems() <= self.len, "kv store: block {block} outside the storage");
-        for (h, (k, v)) in key.chunks_exact(hd).zip(value.chunks_exact(hd)).enumerate() {
-            // Every offset below lies in `block` (checked above).
-            to_f16(simd, v, self.v.get().add(geo.head_offset(table, pos, h)), 1);
-            let stride = match geo.keys {
-                KeyLayout::Rows => 1,
-                KeyLayout::Columns => bs,
-            };
-            to_f16(simd, k, self.k.get().add(geo.key_offset(table, pos, h, 0)), stride);
+    unsafe fn store(&self, level: CpuLevel, geo: &KvGeometry, table: &[u32], pos: usize, key: &[f32], value: &[f32]) {
+        // SAFETY: the assertions below keep every offset inside `block`, which lies inside the storage; no other thread touches this token's slot (the caller's contract); `level` is supported (the caller's contract).
+        unsafe {
+            let (hd, bs) = (geo.head_dim, geo.block_size);
+            assert!(key.len() == geo.kv_dim() && value.len() == key.len(), "kv store: rows of {} values", geo.kv_dim());
+            let block = table[pos / bs] as usize;
+            assert!((block + 1) * geo.block_elems() <= self.len, "kv store: block {block} outside the storage");
+            for (h, (k, v)) in key.chunks_exact(hd).zip(value.chunks_exact(hd)).enumerate() {
+                // Every offset below lies in `block` (checked above).
+                to_f16(level, v, self.v.get().add(geo.head_offset(table, pos, h)), 1);
+                let stride = match geo.keys {
+                    KeyLayout::Rows => 1,
+                    KeyLayout::Columns => bs,
+                };
+                to_f16(level, k, self.k.get().add(geo.key_offset(table, pos, h, 0)), stride);
+            }
         }
     }
 }
@@ -160,16 +163,20 @@ fn prefetch_line(p: *const f16) {
 /// `dst[i * stride] = src[i]` rounded to f16.
 ///
 /// # Safety
-/// `dst` must be valid for writes at those offsets; `simd` requires F16C.
-unsafe fn to_f16(simd: bool, src: &[f32], dst: *mut f16, stride: usize) {
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        done = x86::to_f16(src, dst, stride);
-    }
-    let _ = simd;
-    for (i, &s) in src.iter().enumerate().skip(done) {
-        *dst.add(i * stride) = f16::from_f32(s);
+/// `dst` must be valid for writes at those offsets; the CPU must support `level` (F16C
+/// from [`CpuLevel::Avx2`] up).
+unsafe fn to_f16(level: CpuLevel, src: &[f32], dst: *mut f16, stride: usize) {
+    // SAFETY: the caller guarantees that `dst` is valid for writes at `i * stride` for every `i < src.len()` and that the CPU supports `level` (F16C from Avx2 up).
+    unsafe {
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if level >= CpuLevel::Avx2 {
+            done = x86::to_f16(src, dst, stride);
+        }
+        let _ = level;
+        for (i, &s) in src.iter().enumerate().skip(done) {
+            *dst.add(i * stride) = f16::from_f32(s);
+        }
     }
 }
 
@@ -185,21 +192,24 @@ mod x86 {
     /// F16C must be available and `dst` valid for writes at those offsets.
     #[target_feature(enable = "avx,f16c")]
     pub(super) unsafe fn to_f16(src: &[f32], dst: *mut f16, stride: usize) -> usize {
-        let n = src.len() / 8 * 8;
-        let d = dst.cast::<u16>();
-        for i in (0..n).step_by(8) {
-            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
-            if stride == 1 {
-                _mm_storeu_si128(d.add(i).cast(), h);
-            } else {
-                let mut lanes = [0u16; 8];
-                _mm_storeu_si128(lanes.as_mut_ptr().cast(), h);
-                for (j, &x) in lanes.iter().enumerate() {
-                    *d.add((i + j) * stride) = x;
+        // SAFETY: the caller guarantees that `dst` is valid for writes at `i * stride` for every `i < src.len()` and that the CPU supports `level` (F16C from Avx2 up).
+        unsafe {
+            let n = src.len() / 8 * 8;
+            let d = dst.cast::<u16>();
+            for i in (0..n).step_by(8) {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+                if stride == 1 {
+                    _mm_storeu_si128(d.add(i).cast(), h);
+                } else {
+                    let mut lanes = [0u16; 8];
+                    _mm_storeu_si128(lanes.as_mut_ptr().cast(), h);
+                    for (j, &x) in lanes.iter().enumerate() {
+                        *d.add((i + j) * stride) = x;
+                    }
                 }
             }
+            n
         }
-        n
     }
 }
 
@@ -226,23 +236,23 @@ mod tests {
             for keys in [KeyLayout::Rows, KeyLayout::Columns] {
                 let geo = KvGeometry { block_size: 16, n_heads: 2 * n_kv, n_kv_heads: n_kv, head_dim, keys };
                 let table = [2u32, 0];
-                for simd in [false, ggml_math::use_avx2()] {
+                for level in CpuLevel::supported() {
                     let mut k = vec![f16::from_f32(9.0); 3 * geo.block_elems()];
                     let mut v = k.clone();
                     // SAFETY: `layer` holds the only borrows of k and v for this call.
-                    unsafe { Layer::new(&geo, &mut k, &mut v).store(simd, &geo, &table, 21, &vals, &value) };
+                    unsafe { Layer::new(&geo, &mut k, &mut v).store(level, &geo, &table, 21, &vals, &value) };
                     let mut k_written = vec![false; k.len()];
                     let mut v_written = k_written.clone();
                     for h in 0..n_kv {
                         for d in 0..head_dim {
                             let (ko, vo) = (geo.key_offset(&table, 21, h, d), geo.head_offset(&table, 21, h) + d);
-                            assert_eq!(k[ko].to_bits(), f16::from_f32(vals[h * head_dim + d]).to_bits(), "{keys:?} simd {simd} key {h} {d}");
-                            assert_eq!(v[vo].to_bits(), f16::from_f32(value[h * head_dim + d]).to_bits(), "{keys:?} simd {simd} value {h} {d}");
+                            assert_eq!(k[ko].to_bits(), f16::from_f32(vals[h * head_dim + d]).to_bits(), "{keys:?} {level} key {h} {d}");
+                            assert_eq!(v[vo].to_bits(), f16::from_f32(value[h * head_dim + d]).to_bits(), "{keys:?} {level} value {h} {d}");
                             (k_written[ko], v_written[vo]) = (true, true);
                         }
                     }
                     let untouched = |c: &[f16], w: &[bool]| c.iter().zip(w).all(|(x, &w)| w || x.to_f32() == 9.0);
-                    assert!(untouched(&k, &k_written) && untouched(&v, &v_written), "{keys:?} simd {simd}: wrote outside the token's slots");
+                    assert!(untouched(&k, &k_written) && untouched(&v, &v_written), "{keys:?} {level}: wrote outside the token's slots");
                 }
             }
         }

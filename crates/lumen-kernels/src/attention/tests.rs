@@ -1,6 +1,8 @@
-//! Attention against written-out references of llama.cpp's arithmetic, AVX2 against scalar.
+//! Attention against written-out references of llama.cpp's arithmetic, every CPU level
+//! against scalar.
 
 use super::*;
+use crate::ggml_math;
 
 /// Naive attention in f32 over contiguous K/V, the reference.
 fn reference(q: &[f32], ks: &[Vec<f32>], vs: &[Vec<f32>], scale: f32) -> Vec<f32> {
@@ -164,7 +166,7 @@ pub(super) fn lcg(seed: &mut u64) -> f32 {
 pub(super) fn make_case(head_dim: usize, max_ctx: usize, amp: f32, keys: KeyLayout, seed: &mut u64) -> Case {
     let geo = KvGeometry { block_size: 16, n_heads: 4, n_kv_heads: 2, head_dim, keys };
     let n_blocks = max_ctx.div_ceil(16);
-    assert!((n_blocks + 1) % 7 != 0, "the scattered table below needs n_blocks + 1 coprime with 7");
+    assert!(!(n_blocks + 1).is_multiple_of(7), "the scattered table below needs n_blocks + 1 coprime with 7");
     // Blocks in a scattered order, with one unused block in the pool.
     let table: Vec<u32> = (0..n_blocks as u32).map(|b| (b * 7 + 3) % (n_blocks as u32 + 1)).collect();
     // Slots nobody wrote (past max_ctx, and the unused block) hold NaN: no result may read them.
@@ -187,16 +189,15 @@ pub(super) fn make_case(head_dim: usize, max_ctx: usize, amp: f32, keys: KeyLayo
     Case { geo, k, v, table, ks, vs }
 }
 
-/// Runs `paged_attention_with` for queries with the given context lengths.
-fn run(case: &Case, avx2: bool, threads: usize, n_ctxs: &[usize], q: &[f32], scale: f32) -> Vec<f32> {
-    run_as(false, case, avx2, threads, n_ctxs, q, scale)
+/// Runs `paged_attention_at` for queries with the given context lengths.
+fn run(case: &Case, level: CpuLevel, threads: usize, n_ctxs: &[usize], q: &[f32], scale: f32) -> Vec<f32> {
+    run_as(false, case, level, threads, n_ctxs, q, scale)
 }
 
-fn run_as(prompt: bool, case: &Case, avx2: bool, threads: usize, n_ctxs: &[usize], q: &[f32], scale: f32) -> Vec<f32> {
+fn run_as(prompt: bool, case: &Case, level: CpuLevel, threads: usize, n_ctxs: &[usize], q: &[f32], scale: f32) -> Vec<f32> {
     let queries: Vec<AttnQuery> = n_ctxs.iter().map(|&n| AttnQuery { n_ctx: n, block_table: &case.table, prompt }).collect();
     let mut out = vec![0.0; q.len()];
-    let path = if avx2 { Path::Avx2 } else { Path::Scalar };
-    paged_attention_with(path, &ThreadPool::new(threads), AttnArith::LlamaCpp, case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
+    paged_attention_at(level, &ThreadPool::new(threads), AttnArith::LlamaCpp, case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
     out
 }
 
@@ -205,10 +206,9 @@ pub(super) fn bits(x: &[f32]) -> Vec<u32> {
 }
 
 #[test]
-fn bit_exact_with_ggml_and_avx2_matches_scalar() {
-    let avx2 = ggml_math::use_avx2();
+fn bit_exact_with_ggml_and_every_level_matches_scalar() {
     let mut seed = 42u64;
-    for head_dim in [64, 128, 80, 8] {
+    for head_dim in [64, 128, 80, 24, 8] {
         let max_ctx = 300;
         for amp in [0.3f32, 3.0, 30.0] {
             let case = make_case(head_dim, max_ctx, amp, KeyLayout::Rows, &mut seed);
@@ -218,7 +218,7 @@ fn bit_exact_with_ggml_and_avx2_matches_scalar() {
             let q_dim = 4 * head_dim;
             let q: Vec<f32> = (0..n_ctxs.len() * q_dim).map(|_| lcg(&mut seed) * amp).collect();
             let scale = 1.0 / (head_dim as f32).sqrt();
-            let scalar = run(&case, false, 2, &n_ctxs, &q, scale);
+            let scalar = run(&case, CpuLevel::Scalar, 2, &n_ctxs, &q, scale);
             for (t, &n_ctx) in n_ctxs.iter().enumerate() {
                 for h in 0..4 {
                     let qo = t * q_dim + h * head_dim;
@@ -226,17 +226,17 @@ fn bit_exact_with_ggml_and_avx2_matches_scalar() {
                     assert_eq!(bits(&scalar[qo..qo + head_dim]), bits(&want), "hd {head_dim} amp {amp} n_ctx {n_ctx} head {h}");
                 }
             }
-            if avx2 && head_dim % 8 == 0 {
-                let fast = run(&case, true, 2, &n_ctxs, &q, scale);
-                assert_eq!(bits(&fast), bits(&scalar), "hd {head_dim} amp {amp}");
-                // A run of consecutive tokens and a different thread count: same bits.
-                let run_ctxs: Vec<usize> = (250..=300).collect();
-                let q2: Vec<f32> = (0..run_ctxs.len() * q_dim).map(|_| lcg(&mut seed) * amp).collect();
-                let a = run(&case, true, 3, &run_ctxs, &q2, scale);
-                let b = run(&case, false, 1, &run_ctxs, &q2, scale);
-                assert_eq!(bits(&a), bits(&b), "run, hd {head_dim} amp {amp}");
-                let last = run(&case, true, 1, &[300], &q2[50 * q_dim..], scale);
-                assert_eq!(bits(&a[50 * q_dim..]), bits(&last), "batch invariance, hd {head_dim}");
+            // A run of consecutive tokens and other thread counts: same bits at every level.
+            let run_ctxs: Vec<usize> = (250..=300).collect();
+            let q2: Vec<f32> = (0..run_ctxs.len() * q_dim).map(|_| lcg(&mut seed) * amp).collect();
+            let b = run(&case, CpuLevel::Scalar, 1, &run_ctxs, &q2, scale);
+            for level in levels(head_dim).into_iter().filter(|l| *l > CpuLevel::Scalar) {
+                let fast = run(&case, level, 2, &n_ctxs, &q, scale);
+                assert_eq!(bits(&fast), bits(&scalar), "{level} hd {head_dim} amp {amp}");
+                let a = run(&case, level, 3, &run_ctxs, &q2, scale);
+                assert_eq!(bits(&a), bits(&b), "{level} run, hd {head_dim} amp {amp}");
+                let last = run(&case, level, 1, &[300], &q2[50 * q_dim..], scale);
+                assert_eq!(bits(&a[50 * q_dim..]), bits(&last), "{level} batch invariance, hd {head_dim}");
             }
         }
     }
@@ -265,7 +265,6 @@ fn tiny_reference(q: &[f32], ks: &[Vec<f32>], vs: &[Vec<f32>], scale: f32, n_ctx
 
 #[test]
 fn prompt_tokens_follow_llama_cpp_batched_arithmetic() {
-    let avx2 = ggml_math::use_avx2();
     let mut seed = 7u64;
     for head_dim in [64, 128, 80] {
         let case = make_case(head_dim, 300, 3.0, KeyLayout::Rows, &mut seed);
@@ -273,8 +272,8 @@ fn prompt_tokens_follow_llama_cpp_batched_arithmetic() {
         let q_dim = 4 * head_dim;
         let q: Vec<f32> = (0..n_ctxs.len() * q_dim).map(|_| lcg(&mut seed) * 3.0).collect();
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let scalar = run_as(true, &case, false, 2, &n_ctxs, &q, scale);
-        let single = run_as(false, &case, false, 2, &n_ctxs, &q, scale);
+        let scalar = run_as(true, &case, CpuLevel::Scalar, 2, &n_ctxs, &q, scale);
+        let single = run_as(false, &case, CpuLevel::Scalar, 2, &n_ctxs, &q, scale);
         if head_dim % 16 != 0 {
             // tinyBLAS needs head_dim % 16 == 0; llama.cpp falls back to the single-token dots.
             assert_eq!(bits(&scalar), bits(&single), "hd {head_dim}");
@@ -288,9 +287,9 @@ fn prompt_tokens_follow_llama_cpp_batched_arithmetic() {
                 assert_eq!(bits(&scalar[qo..qo + head_dim]), bits(&want), "hd {head_dim} n_ctx {n_ctx} head {h}");
             }
         }
-        if avx2 {
-            let fast = run_as(true, &case, true, 3, &n_ctxs, &q, scale);
-            assert_eq!(bits(&fast), bits(&scalar), "hd {head_dim}");
+        for level in levels(head_dim).into_iter().filter(|l| *l > CpuLevel::Scalar) {
+            let fast = run_as(true, &case, level, 3, &n_ctxs, &q, scale);
+            assert_eq!(bits(&fast), bits(&scalar), "{level} hd {head_dim}");
         }
     }
 }

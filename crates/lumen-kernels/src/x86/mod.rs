@@ -1,82 +1,87 @@
-//! AVX2 + FMA + F16C kernels, selected at run time (see [`crate::simd`]).
+//! The x86-64 kernels: AVX2 + FMA + F16C tiles, with AVX-512 and VNNI builds of some, chosen
+//! by the [`CpuLevel`] the caller passes (see [`crate::cpu`]).
 //!
 //! Every tile computes, for each (weight row, activation row) pair and each block, the same
 //! exact integer sums and the same float updates as the scalar reference in [`crate::dot`], so
-//! results do not depend on the tile shape.
+//! results do not depend on the tile shape or the level.
+//!
+//! - [`block32_tiles`]: ggml-layout Q4_0 / Q4_1 / Q8_0 against Q8_0 / Q8_1 activations,
+//!   llama.cpp's arithmetic (VNNI build from [`CpuLevel::Avx512Vnni`] up);
+//! - [`packed_tiles`]: the same formats in the row-interleaved layout of [`crate::packed`],
+//!   one weight row per lane, and [`packed_tiles_512`], its 512-bit tiles for pairs of groups
+//!   (from [`CpuLevel::Avx512Vnni`] up);
+//! - [`kquant_tiles`]: Q4_K / Q5_K / Q6_K super-blocks unpacked once per eight rows for every
+//!   activation row, and [`kquant_decode`], the register-only path for a single activation
+//!   row;
+//! - [`float_tiles`]: F32 / F16 / BF16 weights against f32 activations;
+//! - [`act_quant`]: the activation quantizers (Q8_0, Q8_1, Q8_K);
+//! - [`tag`]: the weight-format tags the tiles take as const generic parameters.
 
-pub(crate) mod fl;
-pub(crate) mod kdirect;
-pub(crate) mod kq;
-pub(crate) mod p8;
-mod p8x2;
-pub(crate) mod q32;
-pub(crate) mod quant;
+pub(crate) mod act_quant;
+mod block32_tiles;
+mod float_tiles;
+mod kquant_decode;
+mod kquant_tiles;
+mod packed_tiles;
+mod packed_tiles_512;
+mod tag;
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
 use crate::act::ActBuf;
+use crate::cpu::CpuLevel;
 use crate::matmul::MatRef;
 use crate::WeightFormat;
-
-/// Whether the integer dots may use AVX512-VNNI's `vpdpbusd` (same results as AVX2's
-/// `maddubs` + `madd`, one instruction instead of two), on 256-bit registers or, for the
-/// packed layout, 512-bit ones (hence AVX512-BW, which every VNNI core has, for the 512-bit
-/// byte operations). `LUMEN_KERNELS=avx2` turns it off.
-pub(crate) fn vnni() -> bool {
-    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *VNNI.get_or_init(|| avx512vl() && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw"))
-}
-
-/// Whether 256-bit code may use AVX-512VL's 32 vector registers (same results, fewer
-/// spills). `LUMEN_KERNELS=avx2` turns it off.
-pub(crate) fn avx512vl() -> bool {
-    static VL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *VL.get_or_init(|| {
-        let off = std::env::var("LUMEN_KERNELS").is_ok_and(|v| v.trim().eq_ignore_ascii_case("avx2"));
-        !off && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl")
-    })
-}
 
 /// Activation rows processed together, so that their quantized rows stay in cache.
 pub(crate) const M_CHUNK: usize = 64;
 
-/// Computes columns `r` of all output rows with the AVX2 kernels.
+/// Computes columns `r` of all output rows with the kernels of `level` (AVX2 or above).
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; `out` must be valid for `act.m * w.rows()` writes
-/// and columns `r` must not be accessed by anyone else meanwhile; `act` must hold `x` quantized
-/// for `w.format()`.
+/// The CPU must support `level`, which must be [`CpuLevel::Avx2`] or above; `out` must be
+/// valid for `act.m * w.rows()` writes and columns `r` must not be accessed by anyone else
+/// meanwhile; `act` must hold `x` quantized for `w.format()`.
 pub(crate) unsafe fn compute_rows(
+    level: CpuLevel,
     w: &MatRef,
     x: &[f32],
     act: &ActBuf,
     r: Range<usize>,
     out: *mut f32,
 ) {
-    if w.is_packed() {
-        match w.format() {
-            WeightFormat::Q4_0 => p8::rows::<{ p8::Q4_0 }>(w, act, r, out),
-            WeightFormat::Q4_1 => p8::rows::<{ p8::Q4_1 }>(w, act, r, out),
-            WeightFormat::Q8_0 => p8::rows::<{ p8::Q8_0 }>(w, act, r, out),
-            other => unreachable!("packed {other:?}: MatRef::packed admits only Q4_0, Q4_1, Q8_0"),
+    // SAFETY: the caller's contract (the CPU supports `level` >= Avx2; `out` holds the m x rows outputs, columns `r` its alone; `act` quantized for the format) is each tile kernel's contract, and packed matrices only reach the packed tiles.
+    unsafe {
+        if w.is_packed() {
+            match w.format() {
+                WeightFormat::Q4_0 => packed_tiles::rows::<{ tag::Q4_0 }>(level, w, act, r, out),
+                WeightFormat::Q4_1 => packed_tiles::rows::<{ tag::Q4_1 }>(level, w, act, r, out),
+                WeightFormat::Q8_0 => packed_tiles::rows::<{ tag::Q8_0 }>(level, w, act, r, out),
+                other => unreachable!("packed {other:?}: MatRef::packed admits only Q4_0, Q4_1, Q8_0"),
+            }
+            return;
         }
-        return;
-    }
-    match w.format() {
-        WeightFormat::F32 => fl::rows::<{ fl::F32 }>(w, x, act.m, r, out),
-        WeightFormat::F16 => fl::rows::<{ fl::F16 }>(w, x, act.m, r, out),
-        WeightFormat::BF16 => fl::rows::<{ fl::BF16 }>(w, x, act.m, r, out),
-        WeightFormat::Q4_0 => q32::rows::<{ q32::Q4_0 }>(w, act, r, out),
-        WeightFormat::Q4_1 => q32::rows::<{ q32::Q4_1 }>(w, act, r, out),
-        WeightFormat::Q8_0 => q32::rows::<{ q32::Q8_0 }>(w, act, r, out),
-        WeightFormat::Q4_K => kq::rows::<{ kq::Q4K }>(w, act, r, out),
-        WeightFormat::Q5_K => kq::rows::<{ kq::Q5K }>(w, act, r, out),
-        WeightFormat::Q6_K => kq::rows::<{ kq::Q6K }>(w, act, r, out),
+        match w.format() {
+            WeightFormat::F32 => float_tiles::rows::<{ tag::F32 }>(w, x, act.m, r, out),
+            WeightFormat::F16 => float_tiles::rows::<{ tag::F16 }>(w, x, act.m, r, out),
+            WeightFormat::BF16 => float_tiles::rows::<{ tag::BF16 }>(w, x, act.m, r, out),
+            WeightFormat::Q4_0 => block32_tiles::rows::<{ tag::Q4_0 }>(level, w, act, r, out),
+            WeightFormat::Q4_1 => block32_tiles::rows::<{ tag::Q4_1 }>(level, w, act, r, out),
+            WeightFormat::Q8_0 => block32_tiles::rows::<{ tag::Q8_0 }>(level, w, act, r, out),
+            WeightFormat::Q4_K => kquant_tiles::rows::<{ tag::Q4_K }>(w, act, r, out),
+            WeightFormat::Q5_K => kquant_tiles::rows::<{ tag::Q5_K }>(w, act, r, out),
+            WeightFormat::Q6_K => kquant_tiles::rows::<{ tag::Q6_K }>(w, act, r, out),
+        }
     }
 }
 
 /// Lane k of the result is the sum of the eight i32 lanes of `v[k]`.
+///
+/// # Safety
+/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
+/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
+/// pointer argument must be valid for the reads and writes described above.
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn reduce8(v: [__m256i; 8]) -> __m256i {
@@ -92,6 +97,11 @@ pub(crate) unsafe fn reduce8(v: [__m256i; 8]) -> __m256i {
 }
 
 /// Lane k of the result is the sum of the four i32 lanes of `v[k]`.
+///
+/// # Safety
+/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
+/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
+/// pointer argument must be valid for the reads and writes described above.
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn reduce8_128(v: [__m128i; 8]) -> __m256i {
@@ -101,6 +111,11 @@ pub(crate) unsafe fn reduce8_128(v: [__m128i; 8]) -> __m256i {
 }
 
 /// Sum of the eight i32 lanes.
+///
+/// # Safety
+/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
+/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
+/// pointer argument must be valid for the reads and writes described above.
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn hsum_epi32(v: __m256i) -> i32 {
@@ -110,7 +125,7 @@ pub(crate) unsafe fn hsum_epi32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
-/// Random weights and activations shared by the tile tests of [`q32`] and [`p8`].
+/// Random weights and activations shared by the tile tests of [`block32_tiles`] and [`packed_tiles`].
 #[cfg(test)]
 pub(crate) mod test_support {
     use crate::act::ActKind;

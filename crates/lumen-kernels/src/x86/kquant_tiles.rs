@@ -1,0 +1,380 @@
+//! AVX2 tiles for the K-quants (Q4_K, Q5_K, Q6_K) against Q8_K activations.
+//!
+//! For each super-block, up to eight weight rows are unpacked once into [`KRow`]s (one byte per
+//! value plus ready-made i16 scale vectors) and then dotted with every activation row of the
+//! chunk. All three formats share the inner loop `madd(maddubs(q, x), scale)`; they differ in
+//! unpacking and in the correction term (mins for Q4_K/Q5_K, the -32 offset for Q6_K). The
+//! per-super-block float update is added into `out`, which starts at zero.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::kquant_decode::direct;
+use super::tag::{self, Tag};
+use super::{reduce8, reduce8_128, M_CHUNK};
+use crate::act::ActBuf;
+use crate::blocks::k4_scales_mins;
+use crate::matmul::MatRef;
+
+
+const fn block_bytes(f: Tag) -> usize {
+    match f {
+        tag::Q4_K => 144,
+        tag::Q5_K => 176,
+        _ => 210,
+    }
+}
+
+/// One unpacked super-block of one weight row.
+#[repr(C, align(32))]
+#[derive(Clone, Copy)]
+struct KRow {
+    /// Unsigned quants, one byte per value, in value order.
+    q: [u8; 256],
+    /// For each 32-value chunk, the i16 scale of each `maddubs` output lane.
+    scv: [[i16; 16]; 8],
+    /// Q6_K: the 16 sub-block scales (for the -32 correction).
+    sc16: [i16; 16],
+    /// Q4_K/Q5_K: the 8 sub-block mins.
+    mins: [i16; 8],
+    d: f32,
+    dmin: f32,
+}
+
+const KROW_ZERO: KRow = KRow {
+    q: [0; 256],
+    scv: [[0; 16]; 8],
+    sc16: [0; 16],
+    mins: [0; 8],
+    d: 0.0,
+    dmin: 0.0,
+};
+
+/// Computes columns `r` of every output row for a K-quant matrix.
+///
+/// # Safety
+/// As [`super::compute_rows`].
+pub(crate) unsafe fn rows<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+    // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+    // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+    unsafe {
+        let (rb, base, ors, m, nb) = (w.row_bytes(), w.data().as_ptr(), w.rows(), act.m, act.nb);
+        let bb = block_bytes(F);
+        for i in 0..m {
+            for j in r.clone() {
+                *out.add(i * ors + j) = 0.0;
+            }
+        }
+        let mut buf = [KROW_ZERO; 8];
+        let bp = buf.as_mut_ptr();
+        let mut i0 = 0;
+        while i0 < m {
+            let i1 = m.min(i0 + M_CHUNK);
+            let mut j = r.start;
+            while j < r.end {
+                let rt = (r.end - j).min(8);
+                for b in 0..nb {
+                    if i1 - i0 >= 2 {
+                        for k in 0..rt {
+                            unpack::<F>(base.add((j + k) * rb + b * bb), &mut *bp.add(k));
+                        }
+                    }
+                    let o = out.add(j);
+                    let mut i = i0;
+                    if rt == 8 {
+                        while i + 2 <= i1 {
+                            pairs::<F, 4, 2>(bp, act, b, i, o.add(i * ors), ors);
+                            pairs::<F, 4, 2>(bp.add(4), act, b, i, o.add(i * ors + 4), ors);
+                            i += 2;
+                        }
+                        if i < i1 {
+                            direct::<F, 8>(
+                                base.add(j * rb + b * bb),
+                                rb,
+                                act,
+                                b,
+                                i,
+                                o.add(i * ors),
+                                ors,
+                            );
+                        }
+                    } else {
+                        for k in 0..rt {
+                            let mut i = i0;
+                            while i + 2 <= i1 {
+                                pairs::<F, 1, 2>(bp.add(k), act, b, i, o.add(i * ors + k), ors);
+                                i += 2;
+                            }
+                            if i < i1 {
+                                direct::<F, 1>(
+                                    base.add((j + k) * rb + b * bb),
+                                    rb,
+                                    act,
+                                    b,
+                                    i,
+                                    o.add(i * ors + k),
+                                    ors,
+                                );
+                            }
+                        }
+                    }
+                }
+                j += rt;
+            }
+            i0 = i1;
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
+/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
+/// pointer argument must be valid for the reads and writes described above.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack<const F: Tag>(p: *const u8, row: &mut KRow) {
+    // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+    // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+    unsafe {
+        match F {
+            tag::Q4_K => unpack_q45k::<false>(p, row),
+            tag::Q5_K => unpack_q45k::<true>(p, row),
+            _ => unpack_q6k(p, row),
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
+/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
+/// pointer argument must be valid for the reads and writes described above.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn f16_at(p: *const u8) -> f32 {
+    // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+    // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+    unsafe {
+        let h = std::ptr::read_unaligned(p.cast::<u16>());
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    }
+}
+
+/// Unpacks a Q4_K (`HIGH` = false) or Q5_K (`HIGH` = true) super-block.
+///
+/// # Safety
+/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
+/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
+/// pointer argument must be valid for the reads and writes described above.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q45k<const HIGH: bool>(p: *const u8, row: &mut KRow) {
+    // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+    // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+    unsafe {
+        row.d = f16_at(p);
+        row.dmin = f16_at(p.add(2));
+        let (sc, mn) = k4_scales_mins(std::slice::from_raw_parts(p.add(4), 12));
+        for s in 0..8 {
+            _mm256_store_si256(
+                row.scv[s].as_mut_ptr().cast(),
+                _mm256_set1_epi16(sc[s] as i16),
+            );
+            row.mins[s] = mn[s] as i16;
+        }
+        let m4 = _mm256_set1_epi8(0x0F);
+        let one = _mm256_set1_epi8(1);
+        let (qs, hb) = if HIGH {
+            (p.add(48), _mm256_loadu_si256(p.add(16).cast()))
+        } else {
+            (p.add(16), m4)
+        };
+        let q = row.q.as_mut_ptr();
+        for j in 0..4 {
+            let v = _mm256_loadu_si256(qs.add(32 * j).cast());
+            let mut lo = _mm256_and_si256(v, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+            if HIGH {
+                let bl = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * j as i32)), one);
+                let bh = _mm256_and_si256(
+                    _mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * j as i32 + 1)),
+                    one,
+                );
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(bl));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(bh));
+            }
+            _mm256_store_si256(q.add(64 * j).cast(), lo);
+            _mm256_store_si256(q.add(64 * j + 32).cast(), hi);
+        }
+    }
+}
+
+/// Unpacks a Q6_K super-block (quants stay offset by +32).
+///
+/// # Safety
+/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
+/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
+/// pointer argument must be valid for the reads and writes described above.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q6k(p: *const u8, row: &mut KRow) {
+    // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+    // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+    unsafe {
+        row.d = f16_at(p.add(208));
+        let sc = p.add(192).cast::<i8>();
+        for g in 0..16 {
+            row.sc16[g] = *sc.add(g) as i16;
+        }
+        for k in 0..8 {
+            let lo = _mm_set1_epi16(row.sc16[2 * k]);
+            let hi = _mm_set1_epi16(row.sc16[2 * k + 1]);
+            _mm256_store_si256(row.scv[k].as_mut_ptr().cast(), _mm256_set_m128i(hi, lo));
+        }
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m3 = _mm256_set1_epi8(3);
+        let q = row.q.as_mut_ptr();
+        for n in 0..2 {
+            let ql0 = _mm256_loadu_si256(p.add(64 * n).cast());
+            let ql1 = _mm256_loadu_si256(p.add(64 * n + 32).cast());
+            let qh = _mm256_loadu_si256(p.add(128 + 32 * n).cast());
+            let h0 = _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m3));
+            let h1 = _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), m3));
+            let h2 = _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), m3));
+            let h3 = _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), m3));
+            let q1 = _mm256_or_si256(_mm256_and_si256(ql0, m4), h0);
+            let q2 = _mm256_or_si256(_mm256_and_si256(ql1, m4), h1);
+            let q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), h2);
+            let q4 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), h3);
+            _mm256_store_si256(q.add(128 * n).cast(), q1);
+            _mm256_store_si256(q.add(128 * n + 32).cast(), q2);
+            _mm256_store_si256(q.add(128 * n + 64).cast(), q3);
+            _mm256_store_si256(q.add(128 * n + 96).cast(), q4);
+        }
+    }
+}
+
+/// Super-block `b` of R unpacked rows times activation rows `i0..i0+C`: adds pair (r, c)'s
+/// contribution to `out[c * ors + r]`.
+///
+/// # Safety
+/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
+/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
+/// pointer argument must be valid for the reads and writes described above.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pairs<const F: Tag, const R: usize, const C: usize>(
+    rows: *const KRow,
+    act: &ActBuf,
+    b: usize,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+) {
+    // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+    // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+    unsafe {
+        let (cols, nb) = (act.cols, act.nb);
+        let np = R * C;
+        let mut acc = [_mm256_setzero_si256(); 8];
+        let xb = act.qs.as_ptr().add(i0 * cols + b * 256);
+        for s in 0..8 {
+            let mut xv = [_mm256_setzero_si256(); C];
+            for (c, v) in xv.iter_mut().enumerate() {
+                *v = _mm256_loadu_si256(xb.add(c * cols + 32 * s).cast());
+            }
+            for r in 0..R {
+                let kr = &*rows.add(r);
+                let wv = _mm256_load_si256(kr.q.as_ptr().add(32 * s).cast());
+                let sc = _mm256_load_si256(kr.scv[s].as_ptr().cast());
+                for c in 0..C {
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv[c]), sc);
+                    acc[c * R + r] = _mm256_add_epi32(acc[c * R + r], p);
+                }
+            }
+        }
+        if F == tag::Q6_K {
+            for c in 0..C {
+                let bs = _mm256_loadu_si256(act.bs16.as_ptr().add(((i0 + c) * nb + b) * 16).cast());
+                for r in 0..R {
+                    let sc = _mm256_load_si256((*rows.add(r)).sc16.as_ptr().cast());
+                    let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc, bs));
+                    acc[c * R + r] = _mm256_sub_epi32(acc[c * R + r], corr);
+                }
+            }
+        }
+        let sumi = reduce8(acc);
+        let mut dw = [0.0f32; 8];
+        let mut dm = [0.0f32; 8];
+        let mut mv = [_mm_setzero_si128(); 8];
+        for r in 0..R {
+            dw[r] = (*rows.add(r)).d;
+            dm[r] = (*rows.add(r)).dmin;
+        }
+        if F != tag::Q6_K {
+            for (p, v) in mv.iter_mut().enumerate().take(np) {
+                let (r, c) = (p % R, p / R);
+                let mins = _mm_loadu_si128((*rows.add(r)).mins.as_ptr().cast());
+                *v = _mm_madd_epi16(
+                    mins,
+                    _mm_loadu_si128(act.bs32.as_ptr().add(((i0 + c) * nb + b) * 8).cast()),
+                );
+            }
+        }
+        finish::<F, R, C>(sumi, reduce8_128(mv), &dw, &dm, act, b, i0, out, ors);
+    }
+}
+
+/// The float update shared by every tile shape: for pair p = (r, c),
+/// `out += (d_r * dy_c) * sumi_p - (dmin_r * dy_c) * summ_p` (no min term for Q6_K), exactly
+/// the scalar reference's expression.
+///
+/// # Safety
+/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
+/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
+/// pointer argument must be valid for the reads and writes described above.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn finish<const F: Tag, const R: usize, const C: usize>(
+    sumi: __m256i,
+    summ: __m256i,
+    d: &[f32; 8],
+    dmin: &[f32; 8],
+    act: &ActBuf,
+    b: usize,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+) {
+    // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+    // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+    unsafe {
+        let np = R * C;
+        let mut dw = [0.0f32; 8];
+        let mut dm = [0.0f32; 8];
+        let mut dy = [0.0f32; 8];
+        for p in 0..np {
+            let (r, c) = (p % R, p / R);
+            dw[p] = d[r];
+            dm[p] = dmin[r];
+            dy[p] = act.d[act.at(b, i0 + c)];
+        }
+        let dyv = _mm256_loadu_ps(dy.as_ptr());
+        let mut t = _mm256_mul_ps(
+            _mm256_mul_ps(_mm256_loadu_ps(dw.as_ptr()), dyv),
+            _mm256_cvtepi32_ps(sumi),
+        );
+        if F != tag::Q6_K {
+            let mt = _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_loadu_ps(dm.as_ptr()), dyv),
+                _mm256_cvtepi32_ps(summ),
+            );
+            t = _mm256_sub_ps(t, mt);
+        }
+        let mut tt = [0.0f32; 8];
+        _mm256_storeu_ps(tt.as_mut_ptr(), t);
+        for (p, &v) in tt.iter().enumerate().take(np) {
+            let o = out.add((p / R) * ors + p % R);
+            *o += v;
+        }
+    }
+}
