@@ -210,7 +210,7 @@ fn gauges_count_requests_from_acceptance() {
         streams.push(submit(&eng, greedy(prompt(300 + i, 40), 24)).expect("submit"));
         // At most two run (max_num_seqs); the rest must read as waiting, at every instant.
         let seen = stats.requests_waiting() + stats.running.load(SeqCst);
-        assert!(seen >= i + 1, "after {} submits the gauges show {seen}", i + 1);
+        assert!(seen > i, "after {} submits the gauges show {seen}", i + 1);
     }
     for s in streams {
         collect(s, 1);

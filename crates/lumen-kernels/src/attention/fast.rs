@@ -114,13 +114,13 @@ trait Ops {
 pub(super) fn run_task(level: CpuLevel, inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
     #[cfg(target_arch = "x86_64")]
     if inputs.geo.head_dim.is_multiple_of(16) && inputs.geo.block_size.is_multiple_of(16) {
-        // SAFETY: the caller uses a level only when the CPU supports it; both SIMD versions
-        // need 16-slot blocks and rows of a multiple of 16 values, checked here.
         if level >= CpuLevel::Avx512 {
+            // SAFETY: the caller uses a level only when the CPU supports it; both SIMD
+            // versions need 16-slot blocks and rows of a multiple of 16 values, checked above.
             return unsafe { x86::run_avx512(inputs, task, bufs) };
         }
-        // SAFETY: as above.
         if level >= CpuLevel::Avx2 {
+            // SAFETY: as for the AVX-512 version.
             return unsafe { x86::run_avx2(inputs, task, bufs) };
         }
     }
