@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use lumen_engine::registry::lumen_home;
 use lumen_engine::{SchedulerConfig, WeightLayout};
+use lumen_server::conn::{ConnLimits, Timeouts};
 use lumen_server::{ServerConfig, DEFAULT_MODELS};
 
 /// Flags of `lumen serve` (each with a `LUMEN_*` environment fallback).
@@ -59,6 +60,29 @@ pub struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, env = "LUMEN_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
+    /// Seconds a client may take to send a request's headers (from its first byte, or from
+    /// connecting); then the connection is closed.
+    #[arg(long, env = "LUMEN_HEADER_TIMEOUT", default_value_t = 10.0, value_parser = positive_secs)]
+    pub header_timeout: f64,
+    /// Seconds of silence allowed inside a request body.
+    #[arg(long, env = "LUMEN_BODY_TIMEOUT", default_value_t = 30.0, value_parser = positive_secs)]
+    pub body_timeout: f64,
+    /// Seconds an idle keep-alive connection stays open between requests.
+    #[arg(long, env = "LUMEN_KEEP_ALIVE_TIMEOUT", default_value_t = 60.0, value_parser = positive_secs)]
+    pub keep_alive_timeout: f64,
+    /// Most simultaneous connections from one IP address; more are closed at once.
+    #[arg(long, env = "LUMEN_MAX_CONNECTIONS_PER_IP", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections_per_ip: u32,
+}
+
+/// A duration flag in seconds: finite, above zero, at most a day.
+fn positive_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("not a number of seconds: {e}"))?;
+    if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be above 0 and at most 86400 seconds, got {v}"))
+    }
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -89,6 +113,14 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         (args.request_timeout > 0).then(|| Duration::from_secs(args.request_timeout));
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
     config.max_body_bytes = args.max_body_bytes;
+    config.conn = ConnLimits {
+        timeouts: Timeouts {
+            header: Duration::from_secs_f64(args.header_timeout),
+            body_idle: Duration::from_secs_f64(args.body_timeout),
+            keep_alive: Duration::from_secs_f64(args.keep_alive_timeout),
+        },
+        max_per_ip: args.max_connections_per_ip as usize,
+    };
     tracing::info!(cpu_level = lumen_kernels::simd_level(), "kernels run at CPU level {}", lumen_kernels::simd_level());
     lumen_server::run(config)?;
     Ok(())

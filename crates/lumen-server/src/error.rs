@@ -13,7 +13,8 @@
 //! | `MethodNotAllowed` | 405 | `invalid_request_error` | `method_not_allowed` |
 //! | `PayloadTooLarge` | 413 | `invalid_request_error` | `request_too_large` |
 //! | `QueueFull` | 429 (+ `Retry-After: 1`) | `rate_limit_error` | `queue_full` |
-//! | `NotReady`, `ShuttingDown`, `EngineStopped` | 503 | `server_error` | `not_ready` / `shutting_down` / `engine_stopped` |
+//! | `NotReady`, `ShuttingDown` | 503 (+ `Retry-After: 1`) | `server_error` | `not_ready` / `shutting_down` |
+//! | `EngineStopped` | 503 | `server_error` | `engine_stopped` |
 //! | `Internal`, `Startup` | 500 | `server_error` | `internal_error` |
 //!
 //! Engine errors are sorted into these variants once, in `From<EngineError>`.
@@ -222,7 +223,7 @@ impl IntoResponse for ServerError {
             tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
         }
         let mut resp = (status, axum::Json(self.body())).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        if status == StatusCode::TOO_MANY_REQUESTS || matches!(self, ServerError::ShuttingDown | ServerError::NotReady) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

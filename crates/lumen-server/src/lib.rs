@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod gen;

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{chat, completions, embeddings, models, ops};
 use crate::auth::{require_key, ApiKeys};
+use crate::conn::{ConnLimits, Connections};
 use crate::error::ServerError;
 use crate::state::{unix_now, AppState, ChatServed, EmbeddingServed, Limits, ServedModel};
 
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
+    /// Connection read deadlines and the per-address connection cap.
+    pub conn: ConnLimits,
     /// Where named models are looked up (`$LUMEN_HOME`).
     pub home: PathBuf,
 }
@@ -76,6 +79,7 @@ impl ServerConfig {
             request_timeout: Some(Duration::from_secs(600)),
             shutdown_grace: Duration::from_secs(30),
             max_body_bytes: 4 << 20,
+            conn: ConnLimits::default(),
             weight_layout: lumen_engine::WeightLayout::default(),
             home,
         }
@@ -93,7 +97,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{id}", get(models::get_model))
         .route("/tokenize", post(models::tokenize))
         .route("/detokenize", post(models::detokenize))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .route_layer(middleware::from_fn_with_state(state.clone(), refuse_while_draining));
     Router::new()
         .merge(api)
         .route("/health", get(ops::health))
@@ -103,6 +108,19 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Answers API requests with 503 and `Retry-After` once shutdown has begun (operations
+/// endpoints keep answering: `/ready` says 503 itself).
+async fn refuse_while_draining(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Result<axum::response::Response, ServerError> {
+    if state.is_draining() {
+        return Err(ServerError::ShuttingDown);
+    }
+    Ok(next.run(req).await)
 }
 
 /// A running engine of either kind; dropping it stops its thread.
@@ -265,11 +283,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         max_prompts: config.max_queued_requests.max(1),
     };
     let state = AppState::new(keys, limits);
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    });
-    let mut server = tokio::spawn(std::future::IntoFuture::into_future(server));
+    let conns = Connections::start(listener, router(state.clone()), config.conn);
     tracing::info!("listening on http://{addr}");
 
     let (cfg, st) = (config.clone(), state.clone());
@@ -278,39 +292,43 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         loaded = loader => match loaded {
             Ok(Ok(engines)) => engines,
             Ok(Err(e)) => {
-                let _ = stop_tx.send(true);
+                conns.close_all();
                 return Err(e);
             }
             Err(e) => {
-                let _ = stop_tx.send(true);
+                conns.close_all();
                 return Err(ServerError::Startup(format!("model loading panicked: {e}")));
             }
         },
         _ = shutdown_signal() => {
-            let _ = stop_tx.send(true);
+            conns.close_all();
             return Ok(());
         }
-        r = &mut server => return Err(ServerError::Startup(format!("the HTTP server stopped: {r:?}"))),
     };
     state.set_ready();
     tracing::info!(models = ?config.models, "ready");
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        r = &mut server => return Err(ServerError::Startup(format!("the HTTP server stopped: {r:?}"))),
-    }
-    state.set_draining();
-    let _ = stop_tx.send(true);
-    match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-        Ok(_) => tracing::info!("all requests finished"),
-        Err(_) => tracing::warn!(
-            grace_secs = config.shutdown_grace.as_secs_f32(),
-            "grace period over; cancelling requests still running"
-        ),
-    }
-    server.abort();
+    shutdown_signal().await;
+    drain(&state, conns, config.shutdown_grace).await;
     drop(engines);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The shutdown sequence: `/ready` turns 503 and new requests get 503 with `Retry-After`
+/// (connections stay open and accepted, so load balancers can see it); half-sent requests
+/// are dropped at once; running ones get up to `grace` to finish; then everything closes.
+async fn drain(state: &AppState, conns: Connections, grace: Duration) {
+    state.set_draining();
+    let dropped = conns.drop_half_sent();
+    let running = conns.running();
+    tracing::info!(running, dropped_half_sent = dropped, open_connections = conns.open(), grace_secs = grace.as_secs_f32(), "draining");
+    if running > 0 {
+        match conns.wait_running(grace).await {
+            0 => tracing::info!("all running requests finished"),
+            left => tracing::warn!(left, grace_secs = grace.as_secs_f32(), "grace period over; cancelling requests still running"),
+        }
+    }
+    conns.close_all();
 }
 
 /// Runs [`serve`] on its own multi-threaded runtime (for a synchronous `main`).
