@@ -17,7 +17,10 @@ use lumen_engine::registry::{resolve, ChatModel, EmbeddingModel, ModelKind};
 use lumen_engine::{EmbedConfig, EmbedEngine, Engine, EngineConfig, Event, GenerationParams, SchedulerConfig};
 use tokio::net::TcpListener;
 
-use crate::api::{chat, completions, embeddings, models, ops};
+use crate::api::chat::Chat;
+use crate::api::completions::Completions;
+use crate::api::generate::handler;
+use crate::api::{embeddings, models, ops};
 use crate::auth::{require_key, ApiKeys};
 use crate::conn::{ConnLimits, Connections};
 use crate::error::ServerError;
@@ -90,8 +93,8 @@ impl ServerConfig {
 pub fn router(state: AppState) -> Router {
     let limit = state.limits().max_body_bytes;
     let api = Router::new()
-        .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/completions", post(completions::completions))
+        .route("/v1/chat/completions", post(handler::<Chat>))
+        .route("/v1/completions", post(handler::<Completions>))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{id}", get(models::get_model))

@@ -2,21 +2,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::response::Response;
-use axum::Extension;
-use lumen_engine::{Api, CallerId, ChatMessage, GenerationParams, Tokenizer, ValidParams};
+use lumen_engine::{Api, ChatMessage, GenerationParams, Tokenizer, ValidParams};
 use serde::Deserialize;
-use serde_json::Value;
 
-use super::generate::{serve, ChunkFormat, Endpoint, Prompt};
+use super::generate::{ChunkFormat, Endpoint, Prompt};
 use super::logprobs::{prompt_logprobs, ChatTokenLogprob, PromptLogprobs};
 use super::response::{chat_logprobs, ChatChoice, ChatChunkChoice, Delta, Envelope};
 use super::Meta;
 use crate::error::ServerError;
-use crate::extract::OpenAiJson;
 use crate::gen::GenEvent;
-use crate::state::{AppState, ChatServed};
+use crate::state::ChatServed;
 
 /// The chat-specific fields of a request.
 #[derive(Deserialize, Debug)]
@@ -117,15 +112,6 @@ pub fn convert_messages(messages: &[MessageIn]) -> Result<Vec<ChatMessage>, Serv
         out.push(ChatMessage::new(role, content));
     }
     Ok(out)
-}
-
-/// The handler.
-pub async fn chat_completions(
-    State(state): State<AppState>,
-    caller: Option<Extension<CallerId>>,
-    OpenAiJson(body): OpenAiJson<Value>,
-) -> Result<Response, ServerError> {
-    serve::<Chat>(state, caller.map(|Extension(c)| c), body).await
 }
 
 /// The chat endpoint's differences from text completions.

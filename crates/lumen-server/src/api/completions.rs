@@ -7,21 +7,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::response::Response;
-use axum::Extension;
-use lumen_engine::{Api, CallerId, GenerationParams, Tokenizer, ValidParams};
+use lumen_engine::{Api, GenerationParams, Tokenizer, ValidParams};
 use serde::Deserialize;
-use serde_json::Value;
 
-use super::generate::{serve, ChunkFormat, Endpoint, Prompt};
+use super::generate::{ChunkFormat, Endpoint, Prompt};
 use super::logprobs::{prompt_logprobs, CompletionLogprobs};
 use super::response::{Envelope, TextChoice};
 use super::Meta;
 use crate::error::ServerError;
-use crate::extract::OpenAiJson;
 use crate::gen::GenEvent;
-use crate::state::{AppState, ChatServed};
+use crate::state::ChatServed;
 
 /// The prompt field in its four shapes.
 #[derive(Deserialize, Debug)]
@@ -93,15 +88,6 @@ fn tokenize_prompts(prompt: PromptIn, tok: &Tokenizer) -> Result<Vec<Prompt>, Se
         return Err(ServerError::param("prompt", "the prompt is empty"));
     }
     Ok(out)
-}
-
-/// The handler.
-pub async fn completions(
-    State(state): State<AppState>,
-    caller: Option<Extension<CallerId>>,
-    OpenAiJson(body): OpenAiJson<Value>,
-) -> Result<Response, ServerError> {
-    serve::<Completions>(state, caller.map(|Extension(c)| c), body).await
 }
 
 /// The text completions endpoint's differences from chat.

@@ -11,8 +11,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use lumen_engine::{Api, CallerId, GenerationParams, Tokenizer, Usage, ValidParams};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -22,7 +23,7 @@ use super::params::GenFields;
 use super::response::{Envelope, Fold};
 use super::{deadline, prepare, Meta};
 use crate::error::ServerError;
-use crate::extract::from_value;
+use crate::extract::{from_value, OpenAiJson};
 use crate::gen::{submit_all, GenEvent, Generation};
 use crate::sse::stream_response;
 use crate::state::{AppState, ChatServed};
@@ -88,6 +89,18 @@ pub trait Endpoint: 'static {
     fn prompts(body: Self::Body, model: &ChatServed) -> Result<Vec<Prompt>, ServerError>;
     /// The chunk format for one request.
     fn format(meta: Meta, tokenizer: Arc<Tokenizer>, params: &ValidParams, prompts: Vec<Prompt>, include_usage: bool) -> Self::Format;
+}
+
+/// The axum handler of endpoint `E` (`post(handler::<Chat>)`).
+pub async fn handler<E: Endpoint>(
+    State(state): State<AppState>,
+    caller: Option<Extension<CallerId>>,
+    OpenAiJson(body): OpenAiJson<Value>,
+) -> Result<Response, ServerError>
+where
+    Envelope<<E::Format as ChunkFormat>::FinalChoice>: Fold<<E::Format as ChunkFormat>::Choice>,
+{
+    serve::<E>(state, caller.map(|Extension(c)| c), body).await
 }
 
 /// Serves one generation request of endpoint `E`.
