@@ -338,6 +338,11 @@ async fn drain(state: &AppState, conns: Connections, grace: Duration) {
 pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Prompt preparation (templates, tokenization) runs on the blocking pool; tokio's
+        // default of 512 threads would let a burst of large prompts spawn hundreds of
+        // threads, each with its stack and malloc arena, which stay mapped afterwards.
+        // Eight keep the cores busy and excess work queued.
+        .max_blocking_threads(8)
         .thread_name("lumen-http")
         .enable_all()
         .build()
