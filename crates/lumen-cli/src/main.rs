@@ -10,7 +10,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lumen", version, about = "Serve and run language and embedding models")]
+#[command(
+    name = "lumen",
+    version,
+    about = "Serve and run language and embedding models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,9 +38,16 @@ fn main() {
     let cli = Cli::parse();
     // Logs go to stderr only, so stdout carries nothing but the model's output; the server
     // logs at info by default (where it listens, when it is ready).
-    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LUMEN_LOG").unwrap_or_else(|_| default_level.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LUMEN_LOG")
+                .unwrap_or_else(|_| default_level.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result: Result<()> = match cli.command {
@@ -56,7 +67,10 @@ fn list() -> Result<()> {
     let home = lumen_engine::registry::lumen_home();
     let models = lumen_engine::registry::list(&home);
     if models.is_empty() {
-        println!("no models in {} (run `make models` to fetch the defaults)", home.join("models").display());
+        println!(
+            "no models in {} (run `make models` to fetch the defaults)",
+            home.join("models").display()
+        );
     }
     for m in models {
         let kind = match m.kind {

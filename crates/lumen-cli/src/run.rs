@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lumen_models::WeightLayout;
 use lumen_engine::registry::{lumen_home, resolve, ChatModel};
-use lumen_engine::{ChatMessage, Engine, EngineConfig, EngineHandle, Event, GenerationParams, BLOCK_SIZE};
+use lumen_engine::{
+    ChatMessage, Engine, EngineConfig, EngineHandle, Event, GenerationParams, BLOCK_SIZE,
+};
+use lumen_models::WeightLayout;
 
 /// Flags of `lumen run`.
 #[derive(Args, Debug)]
@@ -45,13 +47,17 @@ pub struct RunArgs {
 }
 
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
     let home = lumen_home();
-    let loc = resolve(&args.model, &home).with_context(|| "fetch the default models with `make models`".to_string())?;
-    let chat = ChatModel::load_with(&loc, args.weight_layout).with_context(|| format!("loading {}", loc.path.display()))?;
+    let loc = resolve(&args.model, &home)
+        .with_context(|| "fetch the default models with `make models`".to_string())?;
+    let chat = ChatModel::load_with(&loc, args.weight_layout)
+        .with_context(|| format!("loading {}", loc.path.display()))?;
     let mut config = EngineConfig::new(chat.name.clone());
     config.threads = args.threads.max(1);
     let engine = Engine::start(chat.model.clone(), chat.tokenizer.clone(), config)?;
@@ -65,7 +71,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         ..GenerationParams::default()
     };
     // The flags go through the same rules as an API request, once, before any prompt.
-    handle.validate(params.clone()).context("invalid generation flags")?;
+    handle
+        .validate(params.clone())
+        .context("invalid generation flags")?;
     let interrupted = Arc::new(AtomicBool::new(false));
     let generating = Arc::new(AtomicBool::new(false));
     {
@@ -79,10 +87,21 @@ pub fn run(args: RunArgs) -> Result<()> {
         })
         .context("installing the Ctrl-C handler")?;
     }
-    let ctx = Session { chat: &chat, handle, args: &args, params, interrupted, generating };
+    let ctx = Session {
+        chat: &chat,
+        handle,
+        args: &args,
+        params,
+        interrupted,
+        generating,
+    };
     match &args.prompt {
         Some(p) => {
-            let prompt = if args.raw { p.clone() } else { ctx.render(&[ChatMessage::new("user", p)])? };
+            let prompt = if args.raw {
+                p.clone()
+            } else {
+                ctx.render(&[ChatMessage::new("user", p)])?
+            };
             ctx.generate(&prompt)?;
             Ok(())
         }
@@ -108,10 +127,15 @@ impl Session<'_> {
     fn generate(&self, prompt: &str) -> Result<String> {
         let ids = self.chat.tokenizer.encode(prompt, true, true)?;
         let info = self.handle.info();
-        let limit = info.context_len.min(info.kv_blocks.saturating_mul(BLOCK_SIZE));
+        let limit = info
+            .context_len
+            .min(info.kv_blocks.saturating_mul(BLOCK_SIZE));
         let room = limit.saturating_sub(ids.len());
         if room == 0 {
-            bail!("the conversation ({} tokens) fills the model's context of {limit}", ids.len());
+            bail!(
+                "the conversation ({} tokens) fills the model's context of {limit}",
+                ids.len()
+            );
         }
         let mut params = self.params.clone();
         params.max_tokens = Some(i64::try_from(self.args.max_tokens.min(room)).unwrap_or(i64::MAX));
@@ -143,7 +167,10 @@ impl Session<'_> {
     }
 
     fn interactive(&self) -> Result<()> {
-        eprintln!("Chatting with {}. Ctrl-C stops a reply, Ctrl-D leaves.", self.chat.name);
+        eprintln!(
+            "Chatting with {}. Ctrl-C stops a reply, Ctrl-D leaves.",
+            self.chat.name
+        );
         let mut history: Vec<ChatMessage> = Vec::new();
         let stdin = std::io::stdin();
         loop {
@@ -159,7 +186,11 @@ impl Session<'_> {
                 continue;
             }
             history.push(ChatMessage::new("user", line));
-            let prompt = if self.args.raw { line.to_string() } else { self.render(&history)? };
+            let prompt = if self.args.raw {
+                line.to_string()
+            } else {
+                self.render(&history)?
+            };
             match self.generate(&prompt) {
                 Ok(reply) => history.push(ChatMessage::new("assistant", &reply)),
                 Err(e) => {

@@ -77,11 +77,16 @@ pub struct ServeArgs {
 
 /// A duration flag in seconds: finite, above zero, at most a day.
 fn positive_secs(s: &str) -> Result<f64, String> {
-    let v: f64 = s.trim().parse().map_err(|e| format!("not a number of seconds: {e}"))?;
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a number of seconds: {e}"))?;
     if v.is_finite() && v > 0.0 && v <= 86_400.0 {
         Ok(v)
     } else {
-        Err(format!("must be above 0 and at most 86400 seconds, got {v}"))
+        Err(format!(
+            "must be above 0 and at most 86400 seconds, got {v}"
+        ))
     }
 }
 
@@ -121,7 +126,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         },
         max_per_ip: args.max_connections_per_ip as usize,
     };
-    tracing::info!(cpu_level = lumen_kernels::simd_level(), "kernels run at CPU level {}", lumen_kernels::simd_level());
+    tracing::info!(
+        cpu_level = lumen_kernels::simd_level(),
+        "kernels run at CPU level {}",
+        lumen_kernels::simd_level()
+    );
     lumen_server::run(config)?;
     Ok(())
 }

@@ -9,22 +9,43 @@ use std::process::Command;
 
 #[test]
 fn scheduler_limits_and_layout_from_flags() {
-    for (flag, value) in [("--max-num-batched-tokens", "0"), ("--max-num-batched-tokens", "70000"), ("--max-num-seqs", "0"), ("--max-num-seqs", "x"), ("--weight-layout", "fast")] {
+    for (flag, value) in [
+        ("--max-num-batched-tokens", "0"),
+        ("--max-num-batched-tokens", "70000"),
+        ("--max-num-seqs", "0"),
+        ("--max-num-seqs", "x"),
+        ("--weight-layout", "fast"),
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_lumen"))
             .args(["serve", "--port", "0", flag, value])
             .output()
             .expect("run lumen serve");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{flag} {value} must be refused");
-        assert!(err.contains(&format!("invalid value '{value}' for '{flag}")), "{flag} {value}: {err}");
+        assert!(
+            err.contains(&format!("invalid value '{value}' for '{flag}")),
+            "{flag} {value}: {err}"
+        );
     }
 
     if common::prerequisites().is_none() {
         return;
     }
-    let server = common::Server::start(&["--max-num-batched-tokens", "8", "--max-num-seqs", "1", "--weight-layout", "packed"]);
+    let server = common::Server::start(&[
+        "--max-num-batched-tokens",
+        "8",
+        "--max-num-seqs",
+        "1",
+        "--weight-layout",
+        "packed",
+    ]);
     let log = strip_ansi(&server.log());
-    assert!(log.contains("max_num_batched_tokens=8") && log.contains("max_num_seqs=1") && log.contains("weight_layout=packed"), "{log}");
+    assert!(
+        log.contains("max_num_batched_tokens=8")
+            && log.contains("max_num_seqs=1")
+            && log.contains("weight_layout=packed"),
+        "{log}"
+    );
     // The readiness polls that got 503 while the models loaded are not errors.
     assert!(!log.contains(" ERROR "), "{log}");
 
@@ -37,7 +58,9 @@ fn scheduler_limits_and_layout_from_flags() {
     let threads: Vec<_> = (0..2)
         .map(|_| {
             let (port, body) = (server.port, body.clone());
-            std::thread::spawn(move || common::http_post_json(port, "/v1/completions", &body).expect("request"))
+            std::thread::spawn(move || {
+                common::http_post_json(port, "/v1/completions", &body).expect("request")
+            })
         })
         .collect();
     let answers: Vec<serde_json::Value> = threads
@@ -52,7 +75,10 @@ fn scheduler_limits_and_layout_from_flags() {
         assert!(a["usage"]["prompt_tokens"].as_u64().unwrap() > 8, "{a}");
         assert_eq!(a["usage"]["completion_tokens"], 12, "{a}");
     }
-    assert_eq!(answers[0]["choices"][0]["text"], answers[1]["choices"][0]["text"]);
+    assert_eq!(
+        answers[0]["choices"][0]["text"],
+        answers[1]["choices"][0]["text"]
+    );
 }
 
 /// The log without its terminal colour codes (`ESC [ ... m`).

@@ -40,7 +40,8 @@ fn queue_full_then_graceful_shutdown() {
     );
     // A half-sent request (headers, part of the body) and a silent connection are open too.
     let mut half = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-    half.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     write!(half, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"model\"", common::API_KEY).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let signalled = Instant::now();
@@ -48,14 +49,31 @@ fn queue_full_then_graceful_shutdown() {
     // The half-sent request is dropped at once, not held for the grace period.
     let mut got = Vec::new();
     let _ = half.read_to_end(&mut got);
-    assert!(got.is_empty(), "a half-sent request got an answer: {}", String::from_utf8_lossy(&got));
-    assert!(signalled.elapsed() < Duration::from_secs(3), "half-sent request held {:?}", signalled.elapsed());
+    assert!(
+        got.is_empty(),
+        "a half-sent request got an answer: {}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "half-sent request held {:?}",
+        signalled.elapsed()
+    );
     // While draining, the server still accepts connections so that load balancers see it:
     // /ready is 503, API requests get 503 with Retry-After, /health stays 200.
     let ready = common::http(server.port, "GET", "/ready", "");
     assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
-    let refused = common::http(server.port, "POST", "/v1/completions", &format!(r#"{{"model":"{}","prompt":"x"}}"#, common::MODEL));
-    assert!(refused.starts_with("HTTP/1.1 503") && refused.to_ascii_lowercase().contains("retry-after: 1"), "{refused}");
+    let refused = common::http(
+        server.port,
+        "POST",
+        "/v1/completions",
+        &format!(r#"{{"model":"{}","prompt":"x"}}"#, common::MODEL),
+    );
+    assert!(
+        refused.starts_with("HTTP/1.1 503")
+            && refused.to_ascii_lowercase().contains("retry-after: 1"),
+        "{refused}"
+    );
     assert!(refused.contains("shutting_down"), "{refused}");
     assert!(common::http(server.port, "GET", "/health", "").starts_with("HTTP/1.1 200"));
     let mut rest = String::new();

@@ -57,15 +57,23 @@ pub mod scheduler;
 pub mod stop;
 pub mod tokenizer;
 
-pub use lumen_models::WeightLayout;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenize::IncrementalDecoder;
-pub use embed::{EmbedConfig, EmbedEngine, EmbedHandle, EmbedInfo, EmbedInput, EmbedStats, EmbeddingModel, MAX_EMBED_INPUTS};
-pub use engine::{Engine, EngineConfig, EngineHandle, EngineStats, ModelInfo, RequestStream, BLOCK_SIZE};
+pub use embed::{
+    EmbedConfig, EmbedEngine, EmbedHandle, EmbedInfo, EmbedInput, EmbedStats, EmbeddingModel,
+    MAX_EMBED_INPUTS,
+};
+pub use engine::{
+    Engine, EngineConfig, EngineHandle, EngineStats, ModelInfo, RequestStream, BLOCK_SIZE,
+};
 pub use error::{ChatTemplateError, EngineError, SamplingError, TokenizerError};
+pub use lumen_models::WeightLayout;
 pub use request::limits::{MAX_CHOICES, MAX_LOGPROBS, MAX_STOP};
-pub use request::{Api, CallerId, Event, FinishReason, GenerationParams, Priority, PriorityInput, TokenLogprob, Usage, ValidParams, ValidRequest};
-pub use scheduler::SchedulerConfig;
+pub use request::{
+    Api, CallerId, Event, FinishReason, GenerationParams, Priority, PriorityInput, TokenLogprob,
+    Usage, ValidParams, ValidRequest,
+};
 pub use sampler::{log_softmax_top_n, logsumexp, Sampled, Sampler, SamplingParams};
+pub use scheduler::SchedulerConfig;
 pub use stop::{StopMatcher, StopOutput};
 pub use tokenizer::{GgufVocab, TokenType, Tokenizer, VocabKind};

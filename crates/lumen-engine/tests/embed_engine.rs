@@ -15,7 +15,8 @@ fn model() -> Option<&'static EmbeddingModel> {
     MODEL
         .get_or_init(|| {
             lumen_testkit::embedding_dir()?;
-            let loc = resolve(lumen_testkit::EMBED_MODEL, &lumen_testkit::lumen_home()).expect("resolve all-minilm-l6-v2");
+            let loc = resolve(lumen_testkit::EMBED_MODEL, &lumen_testkit::lumen_home())
+                .expect("resolve all-minilm-l6-v2");
             Some(EmbeddingModel::load(&loc).expect("load all-minilm-l6-v2"))
         })
         .as_ref()

@@ -5,7 +5,9 @@ mod common;
 
 use std::sync::atomic::Ordering::SeqCst;
 
-use common::{blocks_in_use, collect, engine, greedy, prompt, run_all, smollm2, submit, wait_idle, Req};
+use common::{
+    blocks_in_use, collect, engine, greedy, prompt, run_all, smollm2, submit, wait_idle, Req,
+};
 use lumen_engine::{FinishReason, GenerationParams};
 
 /// 64 requests with prompts from 10 to 1,500 tokens and mixed `max_tokens`, all at once, give
@@ -14,8 +16,18 @@ use lumen_engine::{FinishReason, GenerationParams};
 fn sixty_four_mixed_requests_match_their_solo_runs() {
     let Some(chat) = smollm2() else { return };
     // Mostly short prompts with a few long ones, so the suite stays quick on 2 cores.
-    let lens: Vec<usize> = (0..64).map(|i| match i % 16 { 0 => 1500 - i * 7, 5 => 600 + i, _ => 10 + (i * 37) % 120 }).collect();
-    let reqs: Vec<Req> = lens.iter().enumerate().map(|(i, &l)| greedy(prompt(i as u64, l), 4 + (i * 7) % 20)).collect();
+    let lens: Vec<usize> = (0..64)
+        .map(|i| match i % 16 {
+            0 => 1500 - i * 7,
+            5 => 600 + i,
+            _ => 10 + (i * 37) % 120,
+        })
+        .collect();
+    let reqs: Vec<Req> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| greedy(prompt(i as u64, l), 4 + (i * 7) % 20))
+        .collect();
     let batched_engine = engine(&chat, 4096, 64);
     let batched = run_all(&batched_engine, reqs.clone());
     wait_idle(&batched_engine);
@@ -25,7 +37,11 @@ fn sixty_four_mixed_requests_match_their_solo_runs() {
         let max = r.params.max_tokens.unwrap() as usize;
         let solo = run_all(&solo_engine, vec![r]).remove(0);
         assert_eq!(solo.tokens[0].len(), max);
-        assert_eq!(batched[i].tokens, solo.tokens, "request {i} (prompt {} tokens) differs in a batch", lens[i]);
+        assert_eq!(
+            batched[i].tokens, solo.tokens,
+            "request {i} (prompt {} tokens) differs in a batch",
+            lens[i]
+        );
         assert_eq!(batched[i].finish[0], Some(FinishReason::Length));
     }
     wait_idle(&solo_engine);
@@ -43,16 +59,21 @@ fn seeded_sampling_is_batch_invariant() {
     target.params.logprobs = Some(true);
     let eng = engine(&chat, 2048, 64);
     let alone = run_all(&eng, vec![target.clone()]).remove(0);
-    let mut reqs: Vec<Req> = (0..63).map(|i| {
-        let mut r = greedy(prompt(i, 20 + i as usize), 24);
-        r.params.temperature = Some(1.0);
-        r.params.seed = Some(i as i64);
-        r
-    }).collect();
+    let mut reqs: Vec<Req> = (0..63)
+        .map(|i| {
+            let mut r = greedy(prompt(i, 20 + i as usize), 24);
+            r.params.temperature = Some(1.0);
+            r.params.seed = Some(i as i64);
+            r
+        })
+        .collect();
     reqs.insert(31, target);
     let together = run_all(&eng, reqs);
     assert_eq!(together[31].tokens, alone.tokens);
-    assert_eq!(together[31].logprobs, alone.logprobs, "logprobs must be bit-identical");
+    assert_eq!(
+        together[31].logprobs, alone.logprobs,
+        "logprobs must be bit-identical"
+    );
     assert_eq!(alone.logprobs[0].len(), 24);
     // Seeded sampling really samples: a different seed gives different tokens.
     let mut other = greedy(prompt(999, 40), 24);
@@ -119,7 +140,10 @@ fn preemption_recomputes_to_the_same_output() {
     // 8 sequences need 8 × 7 = 56 blocks by the end; 24 forces preemption.
     let tight_engine = engine(&chat, 24, 16);
     let tight = run_all(&tight_engine, reqs);
-    assert!(tight_engine.handle().stats().preemptions.load(SeqCst) > 0, "expected preemptions");
+    assert!(
+        tight_engine.handle().stats().preemptions.load(SeqCst) > 0,
+        "expected preemptions"
+    );
     for (i, (a, b)) in roomy.iter().zip(&tight).enumerate() {
         assert_eq!(a.tokens, b.tokens, "request {i} changed after preemption");
     }
@@ -148,16 +172,38 @@ fn cancel_frees_blocks() {
 fn stop_strings_and_n_choices() {
     let Some(chat) = smollm2() else { return };
     let eng = engine(&chat, 512, 16);
-    let text = chat.template.render(&[lumen_engine::ChatMessage::new("user", "Count from 1 to 20, separated by commas.")], true, None).unwrap();
+    let text = chat
+        .template
+        .render(
+            &[lumen_engine::ChatMessage::new(
+                "user",
+                "Count from 1 to 20, separated by commas.",
+            )],
+            true,
+            None,
+        )
+        .unwrap();
     let ids = chat.tokenizer.encode(&text, true, true).unwrap();
-    let base = Req { prompt: ids, params: GenerationParams::greedy(60) };
+    let base = Req {
+        prompt: ids,
+        params: GenerationParams::greedy(60),
+    };
     let full = run_all(&eng, vec![base.clone()]).remove(0).text.remove(0);
     // Pick a stop string that straddles token boundaries: a 5-character window in the middle.
     let chars: Vec<char> = full.chars().collect();
     assert!(chars.len() > 20, "reply too short: {full:?}");
     let stop: String = chars[10..15].iter().collect();
-    let pieces: Vec<String> = chat.tokenizer.encode(&full, false, false).unwrap().iter().map(|&t| chat.tokenizer.token_to_piece(t).unwrap()).collect();
-    assert!(!pieces.iter().any(|p| p.contains(&stop)), "stop string {stop:?} should span tokens");
+    let pieces: Vec<String> = chat
+        .tokenizer
+        .encode(&full, false, false)
+        .unwrap()
+        .iter()
+        .map(|&t| chat.tokenizer.token_to_piece(t).unwrap())
+        .collect();
+    assert!(
+        !pieces.iter().any(|p| p.contains(&stop)),
+        "stop string {stop:?} should span tokens"
+    );
     let mut with_stop = base.clone();
     with_stop.params.stop = vec![stop.clone()];
     let out = run_all(&eng, vec![with_stop]).remove(0);
@@ -175,11 +221,18 @@ fn stop_strings_and_n_choices() {
     assert!(out.finish.iter().all(|f| f.is_some()));
     assert!(out.tokens.iter().all(|t| !t.is_empty()));
     let distinct: std::collections::HashSet<_> = out.tokens.iter().collect();
-    assert!(distinct.len() > 1, "four seeded choices should not all be equal");
+    assert!(
+        distinct.len() > 1,
+        "four seeded choices should not all be equal"
+    );
     // Every streamed token is counted; a final end-of-sequence token per choice is counted
     // without being streamed.
     let streamed: usize = out.tokens.iter().map(|t| t.len()).sum();
-    assert!(out.usage.completion_tokens >= streamed && out.usage.completion_tokens <= streamed + 4, "{:?} vs {streamed}", out.usage);
+    assert!(
+        out.usage.completion_tokens >= streamed && out.usage.completion_tokens <= streamed + 4,
+        "{:?} vs {streamed}",
+        out.usage
+    );
     wait_idle(&eng);
     assert_eq!(blocks_in_use(&eng), 0);
 }
@@ -190,9 +243,13 @@ fn over_context_is_refused() {
     let Some(chat) = smollm2() else { return };
     let eng = engine(&chat, 64, 4);
     let ctx = eng.handle().info().context_len;
-    let err = submit(&eng, greedy(prompt(1, 100), ctx)).err().expect("must refuse");
+    let err = submit(&eng, greedy(prompt(1, 100), ctx))
+        .err()
+        .expect("must refuse");
     assert!(err.to_string().contains("context"), "{err}");
-    let err = submit(&eng, greedy(prompt(1, 2000), 10)).err().expect("must refuse: KV too small");
+    let err = submit(&eng, greedy(prompt(1, 2000), 10))
+        .err()
+        .expect("must refuse: KV too small");
     assert!(err.to_string().contains("KV cache"), "{err}");
     let ok = collect(submit(&eng, greedy(prompt(1, 10), 3)).unwrap(), 1);
     assert_eq!(ok.tokens[0].len(), 3);
@@ -216,5 +273,8 @@ fn gauges_count_requests_from_acceptance() {
         collect(s, 1);
     }
     wait_idle(&eng);
-    assert_eq!((stats.requests_waiting(), stats.running.load(SeqCst)), (0, 0));
+    assert_eq!(
+        (stats.requests_waiting(), stats.running.load(SeqCst)),
+        (0, 0)
+    );
 }

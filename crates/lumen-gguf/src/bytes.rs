@@ -53,8 +53,12 @@ impl FileBytes {
     /// parts in place (see [`Writable::freeze`]).
     pub(crate) fn read_writable(path: &Path) -> std::io::Result<Writable> {
         let mut file = File::open(path)?;
-        let len = usize::try_from(file.metadata()?.len())
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::OutOfMemory, "file larger than the address space"))?;
+        let len = usize::try_from(file.metadata()?.len()).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                "file larger than the address space",
+            )
+        })?;
         if len == 0 {
             return Ok(Writable::Owned(Vec::new()));
         }

@@ -89,7 +89,10 @@ impl GgufFile {
 
     /// Whether `t`'s bytes were rewritten by the loader (see [`GgufFile::load_rewriting`]).
     pub fn is_rewritten(&self, t: &TensorInfo) -> bool {
-        self.by_name.get(&t.name).and_then(|&i| self.rewritten.get(i)).is_some_and(|&r| r)
+        self.by_name
+            .get(&t.name)
+            .and_then(|&i| self.rewritten.get(i))
+            .is_some_and(|&r| r)
     }
 
     /// Parses a GGUF file held in memory.

@@ -232,7 +232,10 @@ fn open_maps_a_file_from_disk() {
     let path = dir.join("sample.gguf");
     std::fs::write(&path, sample_builder(3).build()).unwrap();
     // `open` maps the file; `load` reads it into resident (huge-page) memory. Same contents.
-    for f in [GgufFile::open(&path).unwrap(), GgufFile::load(&path).unwrap()] {
+    for f in [
+        GgufFile::open(&path).unwrap(),
+        GgufFile::load(&path).unwrap(),
+    ] {
         let a = f.tensor("a.f32").unwrap();
         assert_eq!(f.tensor_data(a), &f32_bytes(8)[..]);
         // Maps are page-aligned, so aligned offsets give aligned addresses.
@@ -244,7 +247,10 @@ fn open_maps_a_file_from_disk() {
     for r in [GgufFile::open(&empty), GgufFile::load(&empty)] {
         assert!(matches!(r, Err(GgufError::Truncated { what: "magic", .. })));
     }
-    for r in [GgufFile::open(&dir.join("absent.gguf")), GgufFile::load(&dir.join("absent.gguf"))] {
+    for r in [
+        GgufFile::open(&dir.join("absent.gguf")),
+        GgufFile::load(&dir.join("absent.gguf")),
+    ] {
         assert!(matches!(r, Err(GgufError::Io(_))));
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -270,7 +276,10 @@ fn load_rewriting_transforms_chosen_tensors_in_place() {
         Ok(false)
     })
     .unwrap();
-    assert_eq!(seen, [("a.f32".to_string(), true), ("b.q8_0".to_string(), true)]);
+    assert_eq!(
+        seen,
+        [("a.f32".to_string(), true), ("b.q8_0".to_string(), true)]
+    );
     let (a, b) = (f.tensor("a.f32").unwrap(), f.tensor("b.q8_0").unwrap());
     assert!(!f.is_rewritten(a) && f.is_rewritten(b));
     assert!(!plain.is_rewritten(plain.tensor("b.q8_0").unwrap()));
@@ -291,7 +300,9 @@ fn load_rewriting_transforms_chosen_tensors_in_place() {
     assert_eq!(r.err(), Some(Refused));
     // A file that does not parse fails before any tensor is handed out.
     std::fs::write(dir.join("bad.gguf"), b"GGUF").unwrap();
-    let r = GgufFile::load_rewriting(&dir.join("bad.gguf"), |_, _| -> Result<bool, GgufError> { panic!("no tensors to rewrite") });
+    let r = GgufFile::load_rewriting(&dir.join("bad.gguf"), |_, _| -> Result<bool, GgufError> {
+        panic!("no tensors to rewrite")
+    });
     assert!(matches!(r, Err(GgufError::Truncated { .. })));
     std::fs::remove_dir_all(&dir).unwrap();
 }

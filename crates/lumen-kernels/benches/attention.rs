@@ -9,7 +9,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use half::f16;
-use lumen_kernels::attention::{paged_attention, AttnArith, AttnQuery, AttnScratch, KeyLayout, KvGeometry};
+use lumen_kernels::attention::{
+    paged_attention, AttnArith, AttnQuery, AttnScratch, KeyLayout, KvGeometry,
+};
 use lumen_kernels::ThreadPool;
 
 const LAYERS: usize = 30;
@@ -28,11 +30,25 @@ fn best_of(budget: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let threads: usize = std::env::var("LUMEN_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let threads: usize = std::env::var("LUMEN_BENCH_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let pool = ThreadPool::new(threads);
-    let geo = KvGeometry { block_size: 16, n_heads: 9, n_kv_heads: 3, head_dim: 64, keys: KeyLayout::Rows };
+    let geo = KvGeometry {
+        block_size: 16,
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+        keys: KeyLayout::Rows,
+    };
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    for (batch, n_ctx, interleaved) in [(1usize, 192usize, false), (32, 192, false), (32, 192, true), (16, 1024, true)] {
+    for (batch, n_ctx, interleaved) in [
+        (1usize, 192usize, false),
+        (32, 192, false),
+        (32, 192, true),
+        (16, 1024, true),
+    ] {
         let blocks_per_seq = n_ctx.div_ceil(geo.block_size);
         let n_blocks = batch * blocks_per_seq;
         // Each sequence's blocks in one run (as after a prompt), or interleaved with the
@@ -44,7 +60,14 @@ fn main() {
                     .collect()
             })
             .collect();
-        let name = format!("decode B={batch} ctx={n_ctx} {}", if interleaved { "interleaved" } else { "contiguous" });
+        let name = format!(
+            "decode B={batch} ctx={n_ctx} {}",
+            if interleaved {
+                "interleaved"
+            } else {
+                "contiguous"
+            }
+        );
         if filter.as_deref().is_some_and(|f| !name.contains(f)) {
             continue;
         }
@@ -57,20 +80,48 @@ fn main() {
                 })
                 .collect()
         };
-        let layers: Vec<(Vec<f16>, Vec<f16>)> =
-            (0..LAYERS).map(|_| (cache(n_blocks * geo.block_elems()), cache(n_blocks * geo.block_elems()))).collect();
-        let queries: Vec<AttnQuery<'_>> =
-            tables.iter().map(|t| AttnQuery { n_ctx, block_table: t, prompt: false }).collect();
+        let layers: Vec<(Vec<f16>, Vec<f16>)> = (0..LAYERS)
+            .map(|_| {
+                (
+                    cache(n_blocks * geo.block_elems()),
+                    cache(n_blocks * geo.block_elems()),
+                )
+            })
+            .collect();
+        let queries: Vec<AttnQuery<'_>> = tables
+            .iter()
+            .map(|t| AttnQuery {
+                n_ctx,
+                block_table: t,
+                prompt: false,
+            })
+            .collect();
         let q_dim = geo.n_heads * geo.head_dim;
-        let q: Vec<f32> = (0..batch * q_dim).map(|k| ((k * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let q: Vec<f32> = (0..batch * q_dim)
+            .map(|k| ((k * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
         let mut out = vec![0.0f32; q.len()];
         for arith in [AttnArith::LlamaCpp, AttnArith::Fast] {
             let mut scratch = AttnScratch::new();
             let s = best_of(Duration::from_millis(1500), || {
                 for (k, v) in &layers {
                     // Random contents either way; only the layout the arithmetic expects differs.
-                    let geo = KvGeometry { keys: arith.key_layout(), ..geo };
-                    paged_attention(&pool, arith, geo, &queries, &q, k, v, 0.125, &mut scratch, &mut out);
+                    let geo = KvGeometry {
+                        keys: arith.key_layout(),
+                        ..geo
+                    };
+                    paged_attention(
+                        &pool,
+                        arith,
+                        geo,
+                        &queries,
+                        &q,
+                        k,
+                        v,
+                        0.125,
+                        &mut scratch,
+                        &mut out,
+                    );
                 }
                 black_box(&out);
             });

@@ -100,26 +100,27 @@ fn main() {
             continue;
         }
         let data = weights(format, rows, cols);
-        let packed = lumen_kernels::packs(format).then(|| lumen_kernels::pack(format, rows, cols, &data).unwrap());
+        let packed = lumen_kernels::packs(format)
+            .then(|| lumen_kernels::pack(format, rows, cols, &data).unwrap());
         let mut layouts = vec![("ggml", MatRef::new(format, rows, cols, &data).unwrap())];
         if let Some(p) = &packed {
             layouts.push(("packed", MatRef::packed(format, rows, cols, p).unwrap()));
         }
         for (layout, w) in layouts {
-        for m in [1usize, 4, 15, 32] {
-            let x: Vec<f32> = (0..m * cols)
-                .map(|k| ((k * 7919) % 1000) as f32 / 500.0 - 1.0)
-                .collect();
-            let mut out = vec![0.0f32; m * rows];
-            let mut scratch = MatmulScratch::new();
-            let s = time_it(budget, || matmul(&pool, &w, &x, m, &mut out, &mut scratch));
-            let gbs = data.len() as f64 / s / 1e9;
-            let gmacs = (rows * cols * m) as f64 / s / 1e9;
-            println!(
+            for m in [1usize, 4, 15, 32] {
+                let x: Vec<f32> = (0..m * cols)
+                    .map(|k| ((k * 7919) % 1000) as f32 / 500.0 - 1.0)
+                    .collect();
+                let mut out = vec![0.0f32; m * rows];
+                let mut scratch = MatmulScratch::new();
+                let s = time_it(budget, || matmul(&pool, &w, &x, m, &mut out, &mut scratch));
+                let gbs = data.len() as f64 / s / 1e9;
+                let gmacs = (rows * cols * m) as f64 / s / 1e9;
+                println!(
                 "{name:<18} {layout:<6} m={m:<3} {:>9.1} us  {gbs:>6.2} GB/s weights  {gmacs:>7.2} GMAC/s",
                 s * 1e6
             );
-        }
+            }
         }
     }
 }

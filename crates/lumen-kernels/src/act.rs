@@ -6,8 +6,8 @@
 use std::ops::Range;
 
 use crate::blocks::{round_f16, QK, QK_K};
-use crate::pool::{split_range, ThreadPool};
 use crate::cpu::CpuLevel;
+use crate::pool::{split_range, ThreadPool};
 use crate::WeightFormat;
 
 /// The activation format a weight format is dotted against (ggml's `vec_dot_type`).
@@ -80,7 +80,8 @@ pub(crate) struct LineBuf<T: Copy + Default>(Vec<Line<T>>);
 #[repr(C, align(64))]
 struct Line<T: Copy + Default>([T; LINE]);
 
-const _: () = assert!(std::mem::size_of::<Line<f32>>() == 64 && std::mem::size_of::<Line<i32>>() == 64);
+const _: () =
+    assert!(std::mem::size_of::<Line<f32>>() == 64 && std::mem::size_of::<Line<i32>>() == 64);
 
 impl<T: Copy + Default> LineBuf<T> {
     /// Makes room for at least `n` values (new ones are `T::default()`).
@@ -104,7 +105,9 @@ impl<T: Copy + Default> std::ops::Deref for LineBuf<T> {
 impl<T: Copy + Default> std::ops::DerefMut for LineBuf<T> {
     fn deref_mut(&mut self) -> &mut [T] {
         // SAFETY: as in `deref`.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<T>(), self.0.len() * LINE) }
+        unsafe {
+            std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<T>(), self.0.len() * LINE)
+        }
     }
 }
 
@@ -124,7 +127,9 @@ impl ActBuf {
         pool: &ThreadPool,
     ) {
         assert!(x.len() >= m * cols, "ActBuf::prepare: x too short");
-        let Some(fill) = self.begin(kind, m, cols) else { return };
+        let Some(fill) = self.begin(kind, m, cols) else {
+            return;
+        };
         let job = |t: usize, parts: usize| {
             let rows = split_range(m, parts, t);
             // SAFETY: `begin` sized the buffers for m rows of this geometry, and each part
@@ -214,7 +219,11 @@ impl Fill {
     pub(crate) unsafe fn rows(self, kind: ActKind, x: &[f32], rows: Range<usize>, level: CpuLevel) {
         // SAFETY: the caller's contract is the one `q8_rows` and `q8k_rows` state.
         unsafe {
-            assert_eq!(x.len(), rows.len() * self.cols, "Fill::rows: x does not hold the rows");
+            assert_eq!(
+                x.len(),
+                rows.len() * self.cols,
+                "Fill::rows: x does not hold the rows"
+            );
             if kind == ActKind::Q8K {
                 self.q8k_rows(x, rows, level)
             } else {
@@ -237,7 +246,15 @@ impl Fill {
                     let off = i * self.cols;
                     // SAFETY: a level of Avx2 or above is only selected when the CPU has AVX2, FMA and F16C; the row
                     // and the arrays are sized as the caller guarantees.
-                    crate::x86::act_quant::q8_row(x[(i - first) * self.cols..].as_ptr(), self.qs.add(off), self.nb, self.d.add(i), self.isum.add(i), self.s.add(i), self.stride);
+                    crate::x86::act_quant::q8_row(
+                        x[(i - first) * self.cols..].as_ptr(),
+                        self.qs.add(off),
+                        self.nb,
+                        self.d.add(i),
+                        self.isum.add(i),
+                        self.s.add(i),
+                        self.stride,
+                    );
                 }
                 return;
             }
@@ -269,7 +286,8 @@ impl Fill {
                     let off = i * self.cols + b * QK_K;
                     let xo = (i - first) * self.cols + b * QK_K;
                     let q = std::slice::from_raw_parts_mut(self.qs.add(off), QK_K);
-                    let bs = std::slice::from_raw_parts_mut(self.bs16.add((i * self.nb + b) * 16), 16);
+                    let bs =
+                        std::slice::from_raw_parts_mut(self.bs16.add((i * self.nb + b) * 16), 16);
                     *self.d.add(b * self.stride + i) = q8k_block(level, &x[xo..xo + QK_K], q, bs);
                     let b32 = self.bs32.add((i * self.nb + b) * 8);
                     for k in 0..8 {
@@ -501,7 +519,12 @@ mod tests {
                 let mut a = ActBuf::default();
                 a.prepare(ActKind::Q8_1, &x, m, cols, level, &pool);
                 let n = a.nb * a.stride;
-                (a.qs[..m * cols].to_vec(), a.d[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a.isum[..n].to_vec(), a.s[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                (
+                    a.qs[..m * cols].to_vec(),
+                    a.d[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    a.isum[..n].to_vec(),
+                    a.s[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                )
             };
             let scalar = prepared(CpuLevel::Scalar);
             for level in CpuLevel::supported() {

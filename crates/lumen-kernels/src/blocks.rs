@@ -60,7 +60,9 @@ pub(crate) fn round_f16_at(level: CpuLevel, x: f32) -> f32 {
 #[target_feature(enable = "f16c")]
 pub(crate) unsafe fn round_f16_f16c(x: f32) -> f32 {
     use std::arch::x86_64::*;
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x))))
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(
+        _mm_set_ss(x),
+    )))
 }
 
 /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` (0..8) of Q4_K/Q5_K.
@@ -210,14 +212,32 @@ mod tests {
     /// The rounding at every level equals `half`'s software one: ties, subnormals, overflow, NaN.
     #[test]
     fn round_f16_matches_half() {
-        let mut vals = vec![0.0f32, -0.0, 1.0, 65504.0, 65520.0, 1e6, -1e6, 6e-8, 3e-8, 1e-5, 5.96e-8, f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE];
+        let mut vals = vec![
+            0.0f32,
+            -0.0,
+            1.0,
+            65504.0,
+            65520.0,
+            1e6,
+            -1e6,
+            6e-8,
+            3e-8,
+            1e-5,
+            5.96e-8,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+        ];
         // Ties to even around 1.0 (f16 spacing 2^-10) and a sweep of bit patterns.
         vals.extend([1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11)]);
         vals.extend((0..200_000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761))));
         for level in CpuLevel::supported() {
             for &x in &vals {
                 let (a, b) = (round_f16_at(level, x), f16::from_f32(x).to_f32());
-                assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{level}: {x:e}: {a:e} vs {b:e}");
+                assert!(
+                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                    "{level}: {x:e}: {a:e} vs {b:e}"
+                );
             }
         }
     }

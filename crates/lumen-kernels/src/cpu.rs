@@ -34,7 +34,13 @@ pub enum CpuLevel {
 
 impl CpuLevel {
     /// Every level, lowest first.
-    pub const ALL: [CpuLevel; 5] = [CpuLevel::Scalar, CpuLevel::Avx2, CpuLevel::Avx2Vnni, CpuLevel::Avx512, CpuLevel::Avx512Vnni];
+    pub const ALL: [CpuLevel; 5] = [
+        CpuLevel::Scalar,
+        CpuLevel::Avx2,
+        CpuLevel::Avx2Vnni,
+        CpuLevel::Avx512,
+        CpuLevel::Avx512Vnni,
+    ];
 
     /// The level this process uses: the highest one the CPU supports, capped by the level
     /// named in `LUMEN_KERNELS` (`scalar`, `avx2`, `avx2-vnni`, `avx512`, `avx512-vnni`; an
@@ -42,19 +48,29 @@ impl CpuLevel {
     pub fn detect() -> CpuLevel {
         static LEVEL: OnceLock<CpuLevel> = OnceLock::new();
         *LEVEL.get_or_init(|| {
-            let cap = std::env::var("LUMEN_KERNELS").ok().and_then(|v| CpuLevel::parse(&v)).unwrap_or(CpuLevel::Avx512Vnni);
+            let cap = std::env::var("LUMEN_KERNELS")
+                .ok()
+                .and_then(|v| CpuLevel::parse(&v))
+                .unwrap_or(CpuLevel::Avx512Vnni);
             CpuLevel::supported_up_to(cap)
         })
     }
 
     /// The highest level at most `cap` that this CPU supports (at worst [`CpuLevel::Scalar`]).
     pub fn supported_up_to(cap: CpuLevel) -> CpuLevel {
-        CpuLevel::ALL.into_iter().filter(|l| *l <= cap && l.is_supported()).max().unwrap_or(CpuLevel::Scalar)
+        CpuLevel::ALL
+            .into_iter()
+            .filter(|l| *l <= cap && l.is_supported())
+            .max()
+            .unwrap_or(CpuLevel::Scalar)
     }
 
     /// The levels this CPU supports, lowest first: what tests that compare paths iterate over.
     pub fn supported() -> Vec<CpuLevel> {
-        CpuLevel::ALL.into_iter().filter(|l| l.is_supported()).collect()
+        CpuLevel::ALL
+            .into_iter()
+            .filter(|l| l.is_supported())
+            .collect()
     }
 
     /// Whether this CPU can run the level (whatever `LUMEN_KERNELS` says).
@@ -76,8 +92,15 @@ impl CpuLevel {
     /// The level a name stands for, ignoring case, `-` and `_` ("AVX512_VNNI" is
     /// [`CpuLevel::Avx512Vnni`]).
     pub fn parse(name: &str) -> Option<CpuLevel> {
-        let key: String = name.trim().chars().filter(|c| *c != '-' && *c != '_').map(|c| c.to_ascii_lowercase()).collect();
-        CpuLevel::ALL.into_iter().find(|l| l.name().replace('-', "") == key)
+        let key: String = name
+            .trim()
+            .chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        CpuLevel::ALL
+            .into_iter()
+            .find(|l| l.name().replace('-', "") == key)
     }
 }
 
@@ -93,7 +116,11 @@ mod features {
 
     /// Whether the CPU has every feature `level`'s kernels are compiled with.
     pub(super) fn supports(level: CpuLevel) -> bool {
-        let avx2 = || is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+        let avx2 = || {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        };
         let avx512 = || {
             avx2()
                 && is_x86_feature_detected!("avx512f")
@@ -137,7 +164,10 @@ mod tests {
         }
         for l in CpuLevel::ALL {
             assert_eq!(CpuLevel::parse(l.name()), Some(l));
-            assert_eq!(CpuLevel::parse(&l.name().to_uppercase().replace('-', "_")), Some(l));
+            assert_eq!(
+                CpuLevel::parse(&l.name().to_uppercase().replace('-', "_")),
+                Some(l)
+            );
         }
         assert_eq!(CpuLevel::parse("avx512vnni"), Some(CpuLevel::Avx512Vnni));
         assert_eq!(CpuLevel::parse("sse"), None);
@@ -145,7 +175,10 @@ mod tests {
 
     #[test]
     fn capping_picks_the_highest_supported_level_below() {
-        assert_eq!(CpuLevel::supported_up_to(CpuLevel::Scalar), CpuLevel::Scalar);
+        assert_eq!(
+            CpuLevel::supported_up_to(CpuLevel::Scalar),
+            CpuLevel::Scalar
+        );
         let all = CpuLevel::supported();
         assert_eq!(all[0], CpuLevel::Scalar);
         for cap in CpuLevel::ALL {

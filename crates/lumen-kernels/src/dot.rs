@@ -52,7 +52,11 @@ fn q32_value(format: WeightFormat, blk: &[u8], e: usize) -> i32 {
     match format {
         WeightFormat::Q8_0 => (blk[2 + e] as i8) as i32,
         WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
-            let qs = if format == WeightFormat::Q4_1 { &blk[4..20] } else { &blk[2..18] };
+            let qs = if format == WeightFormat::Q4_1 {
+                &blk[4..20]
+            } else {
+                &blk[2..18]
+            };
             let nib = if e < 16 { qs[e] & 0xF } else { qs[e - 16] >> 4 } as i32;
             if format == WeightFormat::Q4_0 {
                 nib - 8
@@ -79,7 +83,9 @@ fn dot_q32(format: WeightFormat, w: &[u8], a: &ActBuf, i: usize) -> f32 {
         let k = a.at(b, i);
         let dd = f16_at(blk, 0) * a.d[k];
         for (l, lane) in lanes.iter_mut().enumerate() {
-            let s: i32 = (4 * l..4 * l + 4).map(|e| q32_value(format, blk, e) * x[e] as i32).sum();
+            let s: i32 = (4 * l..4 * l + 4)
+                .map(|e| q32_value(format, blk, e) * x[e] as i32)
+                .sum();
             *lane = (s as f32).mul_add(dd, *lane);
         }
         if format == WeightFormat::Q4_1 {

@@ -72,9 +72,23 @@ impl WeightFormat {
     }
 
     /// Bytes of a `rows x cols` matrix in ggml's layout, or why it has none.
-    pub(crate) fn matrix_bytes(self, rows: usize, cols: usize) -> Result<usize, crate::KernelError> {
-        let rb = self.row_bytes(cols).ok_or(crate::KernelError::RowNotBlockAligned { format: self.name(), cols, block: self.block_elems() })?;
-        rb.checked_mul(rows).ok_or(crate::KernelError::TooLarge { format: self.name(), rows, cols })
+    pub(crate) fn matrix_bytes(
+        self,
+        rows: usize,
+        cols: usize,
+    ) -> Result<usize, crate::KernelError> {
+        let rb = self
+            .row_bytes(cols)
+            .ok_or(crate::KernelError::RowNotBlockAligned {
+                format: self.name(),
+                cols,
+                block: self.block_elems(),
+            })?;
+        rb.checked_mul(rows).ok_or(crate::KernelError::TooLarge {
+            format: self.name(),
+            rows,
+            cols,
+        })
     }
 
     /// Name as llama.cpp prints it ("q4_0", "f16", ...).

@@ -17,8 +17,20 @@ use crate::ops;
 use crate::pool::ThreadPool;
 
 /// [`ops::rms_norm_rows`] of `x` into `out`, quantized for `next`.
-pub fn rms_norm_rows<'a>(pool: &ThreadPool, x: &[f32], weight: &[f32], eps: f32, out: &'a mut [f32], next: &MatRef, scratch: &'a mut MatmulScratch) -> QuantizedInput<'a> {
-    assert_eq!(weight.len(), next.cols(), "fused rms_norm_rows: rows do not match the next matrix");
+pub fn rms_norm_rows<'a>(
+    pool: &ThreadPool,
+    x: &[f32],
+    weight: &[f32],
+    eps: f32,
+    out: &'a mut [f32],
+    next: &MatRef,
+    scratch: &'a mut MatmulScratch,
+) -> QuantizedInput<'a> {
+    assert_eq!(
+        weight.len(),
+        next.cols(),
+        "fused rms_norm_rows: rows do not match the next matrix"
+    );
     let q = Quantizer::begin(next, out.len(), scratch);
     ops::rms_norm_rows_then(pool, x, weight, eps, out, |rows, range| q.rows(rows, range));
     q.finish(out, scratch)
@@ -26,16 +38,42 @@ pub fn rms_norm_rows<'a>(pool: &ThreadPool, x: &[f32], weight: &[f32], eps: f32,
 
 /// [`ops::add_rms_norm_rows`] into `out`, quantized for `next`.
 #[allow(clippy::too_many_arguments)]
-pub fn add_rms_norm_rows<'a>(pool: &ThreadPool, x: &mut [f32], residual: &[f32], weight: &[f32], eps: f32, out: &'a mut [f32], next: &MatRef, scratch: &'a mut MatmulScratch) -> QuantizedInput<'a> {
-    assert_eq!(weight.len(), next.cols(), "fused add_rms_norm_rows: rows do not match the next matrix");
+pub fn add_rms_norm_rows<'a>(
+    pool: &ThreadPool,
+    x: &mut [f32],
+    residual: &[f32],
+    weight: &[f32],
+    eps: f32,
+    out: &'a mut [f32],
+    next: &MatRef,
+    scratch: &'a mut MatmulScratch,
+) -> QuantizedInput<'a> {
+    assert_eq!(
+        weight.len(),
+        next.cols(),
+        "fused add_rms_norm_rows: rows do not match the next matrix"
+    );
     let q = Quantizer::begin(next, out.len(), scratch);
-    ops::add_rms_norm_rows_then(pool, x, residual, weight, eps, out, |rows, range| q.rows(rows, range));
+    ops::add_rms_norm_rows_then(pool, x, residual, weight, eps, out, |rows, range| {
+        q.rows(rows, range)
+    });
     q.finish(out, scratch)
 }
 
 /// [`ops::swiglu_rows`] into `gate`, quantized for `next` (whose rows are `row_len` long).
-pub fn swiglu_rows<'a>(pool: &ThreadPool, gate: &'a mut [f32], up: &[f32], row_len: usize, next: &MatRef, scratch: &'a mut MatmulScratch) -> QuantizedInput<'a> {
-    assert_eq!(row_len, next.cols(), "fused swiglu_rows: rows do not match the next matrix");
+pub fn swiglu_rows<'a>(
+    pool: &ThreadPool,
+    gate: &'a mut [f32],
+    up: &[f32],
+    row_len: usize,
+    next: &MatRef,
+    scratch: &'a mut MatmulScratch,
+) -> QuantizedInput<'a> {
+    assert_eq!(
+        row_len,
+        next.cols(),
+        "fused swiglu_rows: rows do not match the next matrix"
+    );
     let q = Quantizer::begin(next, gate.len(), scratch);
     ops::swiglu_rows_then(pool, gate, up, row_len, |rows, range| q.rows(rows, range));
     q.finish(gate, scratch)
@@ -53,9 +91,17 @@ impl Quantizer {
     /// Sizes `scratch` for `len / next.cols()` rows in `next`'s activation format.
     fn begin(next: &MatRef, len: usize, scratch: &mut MatmulScratch) -> Quantizer {
         let cols = next.cols();
-        assert!(cols > 0 && len.is_multiple_of(cols), "fused op: {len} values are not rows of {cols}");
+        assert!(
+            cols > 0 && len.is_multiple_of(cols),
+            "fused op: {len} values are not rows of {cols}"
+        );
         let (kind, m) = (next.format().act_kind(), len / cols);
-        Quantizer { kind, fill: scratch.act.begin(kind, m, cols), level: scratch.level(), m }
+        Quantizer {
+            kind,
+            fill: scratch.act.begin(kind, m, cols),
+            level: scratch.level(),
+            m,
+        }
     }
 
     /// Quantizes `range` (whose values are `rows`).
@@ -69,6 +115,11 @@ impl Quantizer {
     }
 
     fn finish<'a>(self, x: &'a [f32], scratch: &'a mut MatmulScratch) -> QuantizedInput<'a> {
-        QuantizedInput { x, m: self.m, kind: self.kind, scratch }
+        QuantizedInput {
+            x,
+            m: self.m,
+            kind: self.kind,
+            scratch,
+        }
     }
 }

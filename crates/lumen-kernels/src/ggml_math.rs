@@ -42,7 +42,10 @@ pub fn exp(x: f32) -> f32 {
     let b = (-n).mul_add(LN2_HI, x);
     let b = (-n).mul_add(LN2_LO, b);
     let u = b * b;
-    let j = C5.mul_add(b, C4).mul_add(u, C3.mul_add(b, C2)).mul_add(u, C1.mul_add(b, 1.0));
+    let j = C5
+        .mul_add(b, C4)
+        .mul_add(u, C3.mul_add(b, C2))
+        .mul_add(u, C1.mul_add(b, 1.0));
     if n.abs() > BIG {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
@@ -92,12 +95,23 @@ pub mod x86 {
         let b = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
         let b = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), b);
         let u = _mm256_mul_ps(b, b);
-        let hi = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(C5), b, _mm256_set1_ps(C4)), u, _mm256_fmadd_ps(_mm256_set1_ps(C3), b, _mm256_set1_ps(C2)));
-        let j = _mm256_fmadd_ps(hi, u, _mm256_fmadd_ps(_mm256_set1_ps(C1), b, _mm256_set1_ps(1.0)));
+        let hi = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(_mm256_set1_ps(C5), b, _mm256_set1_ps(C4)),
+            u,
+            _mm256_fmadd_ps(_mm256_set1_ps(C3), b, _mm256_set1_ps(C2)),
+        );
+        let j = _mm256_fmadd_ps(
+            hi,
+            u,
+            _mm256_fmadd_ps(_mm256_set1_ps(C1), b, _mm256_set1_ps(1.0)),
+        );
         // j * 2^n in two exact halves (see the scalar version). Lanes with |n| > 192 or NaN
         // get a clamped exponent here and are replaced below (or stay NaN through j).
         let k = _mm256_cvtps_epi32(n);
-        let k = _mm256_max_epi32(_mm256_min_epi32(k, _mm256_set1_epi32(192)), _mm256_set1_epi32(-192));
+        let k = _mm256_max_epi32(
+            _mm256_min_epi32(k, _mm256_set1_epi32(192)),
+            _mm256_set1_epi32(-192),
+        );
         let k1 = _mm256_srai_epi32::<1>(k);
         let k2 = _mm256_sub_epi32(k, k1);
         let bias = _mm256_set1_epi32(127);
@@ -135,9 +149,7 @@ pub mod x86 {
     pub unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
         // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
         // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-        unsafe {
-            hsum8(_mm256_add_ps(hi, lo))
-        }
+        unsafe { hsum8(_mm256_add_ps(hi, lo)) }
     }
 
     /// [`hsum8`](super::hsum8) of eight lanes, as ggml's `hsum_float_8`.
@@ -200,7 +212,10 @@ mod tests {
             let x = -87.5 - i as f32 * 0.0175;
             let want = (x as f64).exp();
             let got = exp(x) as f64;
-            assert!((got - want).abs() <= 1.5 * 2f64.powi(-149) + want * 3e-7, "x = {x}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1.5 * 2f64.powi(-149) + want * 3e-7,
+                "x = {x}: {got} vs {want}"
+            );
         }
         // Largest results near overflow stay finite where exp does.
         assert!(exp(88.7).is_finite());
@@ -231,7 +246,9 @@ mod tests {
         }
         let mut seed = 7u64;
         let mut bits = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (seed >> 32) as u32
         };
         let mut xs: Vec<f32> = Vec::new();
@@ -250,7 +267,20 @@ mod tests {
             };
             xs.push(x);
         }
-        xs.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, f32::MIN, 88.72, -87.33, -103.97, -133.0, 133.0]);
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            f32::MIN,
+            88.72,
+            -87.33,
+            -103.97,
+            -133.0,
+            133.0,
+        ]);
         while xs.len() & 15 != 0 {
             xs.push(1.0);
         }
@@ -265,16 +295,29 @@ mod tests {
             }
             for l in 0..8 {
                 let (want, got) = (exp(c[l]), e[l]);
-                assert!(want.to_bits() == got.to_bits() || (want.is_nan() && got.is_nan()), "exp({:e}): {want:e} vs {got:e}", c[l]);
+                assert!(
+                    want.to_bits() == got.to_bits() || (want.is_nan() && got.is_nan()),
+                    "exp({:e}): {want:e} vs {got:e}",
+                    c[l]
+                );
                 let (want, got) = (silu(c[l]), s[l]);
-                assert!(want.to_bits() == got.to_bits() || (want.is_nan() && got.is_nan()), "silu({:e}): {want:e} vs {got:e}", c[l]);
+                assert!(
+                    want.to_bits() == got.to_bits() || (want.is_nan() && got.is_nan()),
+                    "silu({:e}): {want:e} vs {got:e}",
+                    c[l]
+                );
             }
         }
         for c in xs.chunks_exact(16) {
             let v: [f32; 16] = c.try_into().unwrap();
             let v = v.map(|x| if x.is_finite() { x } else { 0.5 });
             // SAFETY: as above.
-            let got = unsafe { x86::reduce16(_mm256_loadu_ps(v.as_ptr()), _mm256_loadu_ps(v.as_ptr().add(8))) };
+            let got = unsafe {
+                x86::reduce16(
+                    _mm256_loadu_ps(v.as_ptr()),
+                    _mm256_loadu_ps(v.as_ptr().add(8)),
+                )
+            };
             assert_eq!(got.to_bits(), reduce16(&v).to_bits());
         }
     }

@@ -93,6 +93,7 @@ mod x86;
 
 pub use act::activation_roundtrip;
 pub use blocks::get_scale_min_k4;
+pub use cpu::{simd_level, CpuLevel};
 pub use dequant::dequantize_row;
 pub use error::KernelError;
 pub use format::{WeightFormat, ALL_FORMATS};
@@ -100,4 +101,3 @@ pub use matmul::{matmul, matmul_many, matmul_quantized, MatRef, MatmulScratch, Q
 pub use packed::{pack, pack_group, packed_group_bytes, packed_len, packs, PACK_ROWS};
 pub use pool::{split_range, ThreadPool};
 pub use quantize::quantize_row;
-pub use cpu::{simd_level, CpuLevel};

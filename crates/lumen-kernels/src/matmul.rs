@@ -4,10 +4,10 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::act::{ActBuf, ActKind};
+use crate::cpu::CpuLevel;
 use crate::dequant::dequantize_row;
 use crate::dot::dot;
 use crate::pool::{split_range, PartsPtr, ThreadPool};
-use crate::cpu::CpuLevel;
 use crate::{KernelError, WeightFormat};
 
 /// Weight rows are handed to threads in whole tiles of this many rows (ggml layout).
@@ -61,7 +61,15 @@ impl<'a> MatRef<'a> {
         data: &'a [u8],
     ) -> Result<Self, KernelError> {
         let total = crate::packed::packed_len(format, rows, cols)?;
-        Self::with_layout(format, rows, cols, data, true, total, "packed weight data bytes")
+        Self::with_layout(
+            format,
+            rows,
+            cols,
+            data,
+            true,
+            total,
+            "packed weight data bytes",
+        )
     }
 
     /// The view, once `data` is checked to be the `total` bytes its layout needs.
@@ -75,11 +83,22 @@ impl<'a> MatRef<'a> {
         what: &'static str,
     ) -> Result<Self, KernelError> {
         if data.len() != total {
-            return Err(KernelError::ShapeMismatch { what, expected: total, actual: data.len() });
+            return Err(KernelError::ShapeMismatch {
+                what,
+                expected: total,
+                actual: data.len(),
+            });
         }
         // Both layouts exist only for block-aligned rows, so this is never the fallback.
         let row_bytes = format.row_bytes(cols).unwrap_or(0);
-        Ok(MatRef { format, rows, cols, row_bytes, packed, data })
+        Ok(MatRef {
+            format,
+            rows,
+            cols,
+            row_bytes,
+            packed,
+            data,
+        })
     }
 
     /// Whether the data is in the packed layout rather than ggml's.
@@ -115,7 +134,10 @@ impl<'a> MatRef<'a> {
     /// The bytes of row `r` in ggml's layout. Panics for a packed matrix, whose rows are
     /// interleaved (use [`MatRef::dequantize_row`]).
     pub fn row_data(&self, r: usize) -> &'a [u8] {
-        assert!(!self.packed, "row_data: a packed matrix has no contiguous rows");
+        assert!(
+            !self.packed,
+            "row_data: a packed matrix has no contiguous rows"
+        );
         &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
@@ -218,8 +240,18 @@ pub struct QuantizedInput<'a> {
 /// that quantizes the rows (done already, by the thread that computed each row, while it was
 /// in that core's cache). If the matrices take another activation format than the one the
 /// input was quantized for, the rows are quantized again here.
-pub fn matmul_quantized(pool: &ThreadPool, ws: &[MatRef], input: QuantizedInput<'_>, outs: &mut [&mut [f32]]) {
-    let QuantizedInput { x, m, kind, scratch } = input;
+pub fn matmul_quantized(
+    pool: &ThreadPool,
+    ws: &[MatRef],
+    input: QuantizedInput<'_>,
+    outs: &mut [&mut [f32]],
+) {
+    let QuantizedInput {
+        x,
+        m,
+        kind,
+        scratch,
+    } = input;
     matmul_many_from(pool, ws, x, m, outs, scratch, Some(kind));
 }
 
@@ -233,19 +265,46 @@ fn matmul_many_from(
     scratch: &mut MatmulScratch,
     ready: Option<ActKind>,
 ) {
-    assert_eq!(ws.len(), outs.len(), "matmul_many: {} matrices but {} outputs", ws.len(), outs.len());
+    assert_eq!(
+        ws.len(),
+        outs.len(),
+        "matmul_many: {} matrices but {} outputs",
+        ws.len(),
+        outs.len()
+    );
     let Some(first) = ws.first() else { return };
-    if ws.iter().any(|w| w.format != first.format || w.cols != first.cols || w.packed != first.packed) {
+    if ws
+        .iter()
+        .any(|w| w.format != first.format || w.cols != first.cols || w.packed != first.packed)
+    {
         // Each matrix quantizes the rows for itself (the buffer holds one kind at a time).
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
-            matmul_many(pool, std::slice::from_ref(w), x, m, std::slice::from_mut(out), scratch);
+            matmul_many(
+                pool,
+                std::slice::from_ref(w),
+                x,
+                m,
+                std::slice::from_mut(out),
+                scratch,
+            );
         }
         return;
     }
     let cols = first.cols;
-    assert_eq!(x.len(), m * cols, "matmul: x has {} values, expected {m} x {cols}", x.len());
+    assert_eq!(
+        x.len(),
+        m * cols,
+        "matmul: x has {} values, expected {m} x {cols}",
+        x.len()
+    );
     for (w, out) in ws.iter().zip(outs.iter()) {
-        assert_eq!(out.len(), m * w.rows, "matmul: out has {} values, expected {m} x {}", out.len(), w.rows);
+        assert_eq!(
+            out.len(),
+            m * w.rows,
+            "matmul: out has {} values, expected {m} x {}",
+            out.len(),
+            w.rows
+        );
     }
     if m == 0 {
         return;
@@ -258,7 +317,10 @@ fn matmul_many_from(
     let act = &scratch.act;
     // Tiles of all matrices, numbered consecutively; thread t takes one contiguous range.
     let mut tile_end = [0usize; MAX_MATS];
-    assert!(ws.len() <= MAX_MATS, "matmul_many: at most {MAX_MATS} matrices");
+    assert!(
+        ws.len() <= MAX_MATS,
+        "matmul_many: at most {MAX_MATS} matrices"
+    );
     let tr = tile_rows(first);
     let mut total = 0;
     for (k, w) in ws.iter().enumerate() {
@@ -270,7 +332,11 @@ fn matmul_many_from(
     }
     let rows_all: usize = ws.iter().map(|w| w.rows).sum();
     let macs = rows_all.saturating_mul(cols).saturating_mul(m);
-    let n = if macs < PARALLEL_MIN_MACS { 1 } else { pool.n_threads().min(total) };
+    let n = if macs < PARALLEL_MIN_MACS {
+        1
+    } else {
+        pool.n_threads().min(total)
+    };
     // Each chunk's claimer writes only its own weight rows' columns (see `compute_rows`).
     let mut ptrs = [PartsPtr(std::ptr::null_mut::<f32>()); MAX_MATS];
     for (p, out) in ptrs.iter_mut().zip(outs.iter_mut()) {
@@ -279,7 +345,11 @@ fn matmul_many_from(
     // The tiles are cut into a few chunks per thread, claimed from a shared counter: a thread
     // that starts late (woken from sleep, or sharing its core) takes fewer, so nobody waits
     // long at the end. Which thread computes a chunk never changes its values.
-    let n_chunks = if n == 1 { 1 } else { total.min(n * CHUNKS_PER_THREAD) };
+    let n_chunks = if n == 1 {
+        1
+    } else {
+        total.min(n * CHUNKS_PER_THREAD)
+    };
     let next = AtomicUsize::new(0);
     let job = |_: usize, _: usize| loop {
         let c = next.fetch_add(1, Ordering::Relaxed);
@@ -291,7 +361,11 @@ fn matmul_many_from(
         // tile prefetches past the end of its chunk are the ones it computes next (with
         // chunks in claim order, a thread's next chunk was two away and every chunk started
         // cold: 7-10 % of single-stream decode).
-        let c = if n_chunks == n * CHUNKS_PER_THREAD { c % n * CHUNKS_PER_THREAD + c / n } else { c };
+        let c = if n_chunks == n * CHUNKS_PER_THREAD {
+            c % n * CHUNKS_PER_THREAD + c / n
+        } else {
+            c
+        };
         let mine = split_range(total, n_chunks, c);
         let mut start = 0;
         for (k, w) in ws.iter().enumerate() {

@@ -32,14 +32,25 @@ pub fn rms_norm_rows(pool: &ThreadPool, x: &[f32], weight: &[f32], eps: f32, out
 
 /// [`rms_norm_rows`], calling `then(rows_of_out, rows)` on each part's rows once they are
 /// done, on the thread that did them (see [`crate::fused`]).
-pub(crate) fn rms_norm_rows_then(pool: &ThreadPool, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], then: impl Fn(&[f32], Range<usize>) + Sync) {
+pub(crate) fn rms_norm_rows_then(
+    pool: &ThreadPool,
+    x: &[f32],
+    weight: &[f32],
+    eps: f32,
+    out: &mut [f32],
+    then: impl Fn(&[f32], Range<usize>) + Sync,
+) {
     let d = weight.len();
-    assert!(d > 0 && x.len() == out.len() && x.len().is_multiple_of(d), "rms_norm_rows: length mismatch");
+    assert!(
+        d > 0 && x.len() == out.len() && x.len().is_multiple_of(d),
+        "rms_norm_rows: length mismatch"
+    );
     let o = PartsPtr(out.as_mut_ptr());
     for_row_parts(pool, x.len() / d, d, |rows| {
         // SAFETY: each part gets its own rows of `out`, and `run` joins the parts before the
         // borrow of `out` ends.
-        let dst = unsafe { std::slice::from_raw_parts_mut(o.get().add(rows.start * d), rows.len() * d) };
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(o.get().add(rows.start * d), rows.len() * d) };
         norm_rows(&x[rows.start * d..rows.end * d], weight, eps, dst);
         then(dst, rows);
     });
@@ -48,21 +59,42 @@ pub(crate) fn rms_norm_rows_then(pool: &ThreadPool, x: &[f32], weight: &[f32], e
 /// `x += residual`, then [`rms_norm_rows`] of the sum into `out`: one pass over the pool for
 /// the residual add and the next norm (the add alone ran on the calling thread while the
 /// others waited). Same bits as the two steps.
-pub fn add_rms_norm_rows(pool: &ThreadPool, x: &mut [f32], residual: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+pub fn add_rms_norm_rows(
+    pool: &ThreadPool,
+    x: &mut [f32],
+    residual: &[f32],
+    weight: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) {
     add_rms_norm_rows_then(pool, x, residual, weight, eps, out, |_, _| {});
 }
 
 /// [`add_rms_norm_rows`], calling `then` as [`rms_norm_rows_then`] does.
-pub(crate) fn add_rms_norm_rows_then(pool: &ThreadPool, x: &mut [f32], residual: &[f32], weight: &[f32], eps: f32, out: &mut [f32], then: impl Fn(&[f32], Range<usize>) + Sync) {
+pub(crate) fn add_rms_norm_rows_then(
+    pool: &ThreadPool,
+    x: &mut [f32],
+    residual: &[f32],
+    weight: &[f32],
+    eps: f32,
+    out: &mut [f32],
+    then: impl Fn(&[f32], Range<usize>) + Sync,
+) {
     let d = weight.len();
-    assert!(d > 0 && x.len() == out.len() && x.len() == residual.len() && x.len().is_multiple_of(d), "add_rms_norm_rows: length mismatch");
+    assert!(
+        d > 0 && x.len() == out.len() && x.len() == residual.len() && x.len().is_multiple_of(d),
+        "add_rms_norm_rows: length mismatch"
+    );
     let (xp, o) = (PartsPtr(x.as_mut_ptr()), PartsPtr(out.as_mut_ptr()));
     for_row_parts(pool, residual.len() / d, d, |rows| {
         let span = rows.start * d..rows.end * d;
         // SAFETY: each part gets its own rows of `x` and `out`, and `run` joins the parts
         // before either borrow ends.
         let (x, dst) = unsafe {
-            (std::slice::from_raw_parts_mut(xp.get().add(span.start), span.len()), std::slice::from_raw_parts_mut(o.get().add(span.start), span.len()))
+            (
+                std::slice::from_raw_parts_mut(xp.get().add(span.start), span.len()),
+                std::slice::from_raw_parts_mut(o.get().add(span.start), span.len()),
+            )
         };
         add_inplace(x, &residual[span]);
         norm_rows(x, weight, eps, dst);
@@ -119,8 +151,17 @@ pub fn swiglu_rows(pool: &ThreadPool, gate: &mut [f32], up: &[f32], row_len: usi
 }
 
 /// [`swiglu_rows`], calling `then` as [`rms_norm_rows_then`] does.
-pub(crate) fn swiglu_rows_then(pool: &ThreadPool, gate: &mut [f32], up: &[f32], row_len: usize, then: impl Fn(&[f32], Range<usize>) + Sync) {
-    assert!(row_len > 0 && gate.len() == up.len() && gate.len().is_multiple_of(row_len), "swiglu_rows: length mismatch");
+pub(crate) fn swiglu_rows_then(
+    pool: &ThreadPool,
+    gate: &mut [f32],
+    up: &[f32],
+    row_len: usize,
+    then: impl Fn(&[f32], Range<usize>) + Sync,
+) {
+    assert!(
+        row_len > 0 && gate.len() == up.len() && gate.len().is_multiple_of(row_len),
+        "swiglu_rows: length mismatch"
+    );
     let g = PartsPtr(gate.as_mut_ptr());
     for_row_parts(pool, gate.len() / row_len, row_len, |rows| {
         let span = rows.start * row_len..rows.end * row_len;
@@ -136,7 +177,10 @@ pub(crate) fn swiglu_rows_then(pool: &ThreadPool, gate: &mut [f32], up: &[f32], 
 /// ggml's arithmetic: each square is rounded to f32 and summed sequentially in f64, the mean
 /// is rounded to f32, and `scale = 1 / sqrt(mean + eps)` in f32.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    assert!(x.len() == weight.len() && x.len() == out.len(), "rms_norm: length mismatch");
+    assert!(
+        x.len() == weight.len() && x.len() == out.len(),
+        "rms_norm: length mismatch"
+    );
     scale_rows(x, weight, rms_scale(x, eps), out);
 }
 
@@ -184,7 +228,11 @@ impl Rope {
     pub fn new(style: RopeStyle, rot_dims: usize, freq_base: f32) -> Rope {
         // Same formula and f32 arithmetic as ggml's rope so angles match llama.cpp's bit for bit.
         let theta_scale = freq_base.powf(-2.0 / rot_dims as f32);
-        Rope { style, rot_dims, theta_scale }
+        Rope {
+            style,
+            rot_dims,
+            theta_scale,
+        }
     }
 
     /// Fills `cache` with interleaved (cos, sin) for position `pos`; `cache.len() == rot_dims`.
@@ -207,7 +255,10 @@ impl Rope {
 
     /// [`Rope::apply`] at `level`: AVX2 from [`CpuLevel::Avx2`] up (same bits).
     fn apply_with(&self, level: CpuLevel, x: &mut [f32], head_dim: usize, cos_sin: &[f32]) {
-        assert!(self.rot_dims <= head_dim && cos_sin.len() >= self.rot_dims, "rope: shape");
+        assert!(
+            self.rot_dims <= head_dim && cos_sin.len() >= self.rot_dims,
+            "rope: shape"
+        );
         assert!(level.is_supported(), "rope: CPU level {level} unavailable");
         #[cfg(target_arch = "x86_64")]
         if level >= CpuLevel::Avx2 {
@@ -273,8 +324,12 @@ impl Rope {
                             let a = _mm256_loadu_ps(cs.add(2 * i));
                             let b = _mm256_loadu_ps(cs.add(2 * i + 8));
                             // De-interleave (c, s) pairs into eight c and eight s.
-                            let c = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0x88>(a, b))));
-                            let s = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0xdd>(a, b))));
+                            let c = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
+                                _mm256_castps_pd(_mm256_shuffle_ps::<0x88>(a, b)),
+                            ));
+                            let s = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
+                                _mm256_castps_pd(_mm256_shuffle_ps::<0xdd>(a, b)),
+                            ));
                             let x0 = _mm256_loadu_ps(h.add(i));
                             let x1 = _mm256_loadu_ps(h.add(i + half));
                             let t0 = _mm256_xor_ps(_mm256_mul_ps(x1, s), sign);
@@ -312,7 +367,10 @@ pub fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
 
 /// [`swiglu_inplace`] at `level`: AVX2 from [`CpuLevel::Avx2`] up (same bits).
 fn swiglu_with(level: CpuLevel, gate: &mut [f32], up: &[f32]) {
-    assert!(level.is_supported(), "swiglu: CPU level {level} unavailable");
+    assert!(
+        level.is_supported(),
+        "swiglu: CPU level {level} unavailable"
+    );
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     if level >= CpuLevel::Avx2 {
@@ -378,12 +436,19 @@ mod tests {
         let d = 576;
         let weight: Vec<f32> = (0..d).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
         for m in [1, 3, 40, 57] {
-            let x: Vec<f32> = (0..m * d).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+            let x: Vec<f32> = (0..m * d)
+                .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+                .collect();
             let up: Vec<f32> = x.iter().map(|v| v * 0.5 + 0.1).collect();
             let mut norm_want = vec![0.0f32; m * d];
             let mut glu_want = x.clone();
             for r in 0..m {
-                rms_norm(&x[r * d..(r + 1) * d], &weight, 1e-5, &mut norm_want[r * d..(r + 1) * d]);
+                rms_norm(
+                    &x[r * d..(r + 1) * d],
+                    &weight,
+                    1e-5,
+                    &mut norm_want[r * d..(r + 1) * d],
+                );
                 swiglu_inplace(&mut glu_want[r * d..(r + 1) * d], &up[r * d..(r + 1) * d]);
             }
             for threads in 1..=3 {
@@ -393,16 +458,32 @@ mod tests {
                 let mut glu = x.clone();
                 swiglu_rows(&pool, &mut glu, &up, d);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&norm), bits(&norm_want), "rms_norm_rows m={m} threads={threads}");
-                assert_eq!(bits(&glu), bits(&glu_want), "swiglu_rows m={m} threads={threads}");
+                assert_eq!(
+                    bits(&norm),
+                    bits(&norm_want),
+                    "rms_norm_rows m={m} threads={threads}"
+                );
+                assert_eq!(
+                    bits(&glu),
+                    bits(&glu_want),
+                    "swiglu_rows m={m} threads={threads}"
+                );
                 // The residual add fused with the norm: the sum, then the norm of the sum.
                 let (mut sum, mut sum_want) = (x.clone(), x.clone());
                 add_inplace(&mut sum_want, &up);
                 let mut fused = vec![f32::NAN; m * d];
                 add_rms_norm_rows(&pool, &mut sum, &up, &weight, 1e-5, &mut fused);
                 rms_norm_rows(&pool, &sum_want, &weight, 1e-5, &mut norm);
-                assert_eq!(bits(&sum), bits(&sum_want), "add_rms_norm_rows sum m={m} threads={threads}");
-                assert_eq!(bits(&fused), bits(&norm), "add_rms_norm_rows norm m={m} threads={threads}");
+                assert_eq!(
+                    bits(&sum),
+                    bits(&sum_want),
+                    "add_rms_norm_rows sum m={m} threads={threads}"
+                );
+                assert_eq!(
+                    bits(&fused),
+                    bits(&norm),
+                    "add_rms_norm_rows norm m={m} threads={threads}"
+                );
             }
         }
     }
@@ -455,7 +536,9 @@ mod tests {
 
     /// Deterministic pseudo-random f32 in [-amp, amp).
     fn rnd(seed: &mut u64, amp: f32) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
     }
 
@@ -496,7 +579,11 @@ mod tests {
                 let mut want = x.clone();
                 for h in want.chunks_exact_mut(head_dim) {
                     for i in 0..rot / 2 {
-                        let (p, q) = if style == RopeStyle::Normal { (2 * i, 2 * i + 1) } else { (i, i + rot / 2) };
+                        let (p, q) = if style == RopeStyle::Normal {
+                            (2 * i, 2 * i + 1)
+                        } else {
+                            (i, i + rot / 2)
+                        };
                         let (c, s, x0, x1) = (cs[2 * i], cs[2 * i + 1], h[p], h[q]);
                         h[p] = x0.mul_add(c, -(x1 * s));
                         h[q] = x0.mul_add(s, x1 * c);
@@ -506,7 +593,11 @@ mod tests {
                 for level in CpuLevel::supported() {
                     let mut b = x.clone();
                     rope.apply_with(level, &mut b, head_dim, &cs);
-                    assert_eq!(b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{level} {style:?} {head_dim}/{rot}");
+                    assert_eq!(
+                        b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{level} {style:?} {head_dim}/{rot}"
+                    );
                 }
             }
         }
@@ -516,17 +607,26 @@ mod tests {
     fn swiglu_every_level_matches_scalar() {
         let mut seed = 11;
         for n in [1, 7, 8, 9, 16, 17, 63, 64, 100, 1000] {
-            let g: Vec<f32> = (0..n).map(|i| rnd(&mut seed, if i % 5 == 0 { 200.0 } else { 8.0 })).collect();
+            let g: Vec<f32> = (0..n)
+                .map(|i| rnd(&mut seed, if i % 5 == 0 { 200.0 } else { 8.0 }))
+                .collect();
             let u: Vec<f32> = (0..n).map(|_| rnd(&mut seed, 2.0)).collect();
             let mut a = g.clone();
             swiglu_with(CpuLevel::Scalar, &mut a, &u);
             for i in 0..n {
-                assert_eq!(a[i].to_bits(), (g[i] / (1.0 + crate::ggml_math::exp(0.0 - g[i])) * u[i]).to_bits());
+                assert_eq!(
+                    a[i].to_bits(),
+                    (g[i] / (1.0 + crate::ggml_math::exp(0.0 - g[i])) * u[i]).to_bits()
+                );
             }
             for level in CpuLevel::supported() {
                 let mut b = g.clone();
                 swiglu_with(level, &mut b, &u);
-                assert_eq!(b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{level} n = {n}");
+                assert_eq!(
+                    b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{level} n = {n}"
+                );
             }
         }
     }

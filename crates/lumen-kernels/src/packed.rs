@@ -74,32 +74,63 @@ pub fn packs(format: WeightFormat) -> bool {
 
 /// Bytes of one packed group of `cols` columns.
 pub fn packed_group_bytes(format: WeightFormat, cols: usize) -> Result<usize, KernelError> {
-    let rec = record_bytes(format).ok_or(KernelError::Unsupported { op: "packed layout", format: format.name() })?;
+    let rec = record_bytes(format).ok_or(KernelError::Unsupported {
+        op: "packed layout",
+        format: format.name(),
+    })?;
     if !cols.is_multiple_of(QK) {
-        return Err(KernelError::RowNotBlockAligned { format: format.name(), cols, block: QK });
+        return Err(KernelError::RowNotBlockAligned {
+            format: format.name(),
+            cols,
+            block: QK,
+        });
     }
-    (cols / QK).checked_mul(rec).ok_or(KernelError::TooLarge { format: format.name(), rows: PACK_ROWS, cols })
+    (cols / QK).checked_mul(rec).ok_or(KernelError::TooLarge {
+        format: format.name(),
+        rows: PACK_ROWS,
+        cols,
+    })
 }
 
 /// Bytes of a packed `rows x cols` matrix (rows rounded up to whole groups).
 pub fn packed_len(format: WeightFormat, rows: usize, cols: usize) -> Result<usize, KernelError> {
     packed_group_bytes(format, cols)?
         .checked_mul(rows.div_ceil(PACK_ROWS))
-        .ok_or(KernelError::TooLarge { format: format.name(), rows, cols })
+        .ok_or(KernelError::TooLarge {
+            format: format.name(),
+            rows,
+            cols,
+        })
 }
 
 /// Packs up to [`PACK_ROWS`] consecutive ggml-layout rows (`src`, whole rows) into one group
 /// (`dst`, [`packed_group_bytes`] long). Missing rows are zero (they compute to 0).
-pub fn pack_group(format: WeightFormat, cols: usize, src: &[u8], dst: &mut [u8]) -> Result<(), KernelError> {
+pub fn pack_group(
+    format: WeightFormat,
+    cols: usize,
+    src: &[u8],
+    dst: &mut [u8],
+) -> Result<(), KernelError> {
     let group = packed_group_bytes(format, cols)?;
     let (Some(rec), Some(rb)) = (record_bytes(format), format.row_bytes(cols)) else {
-        return Err(KernelError::Unsupported { op: "packed layout", format: format.name() });
+        return Err(KernelError::Unsupported {
+            op: "packed layout",
+            format: format.name(),
+        });
     };
     if dst.len() != group {
-        return Err(KernelError::ShapeMismatch { what: "packed group bytes", expected: group, actual: dst.len() });
+        return Err(KernelError::ShapeMismatch {
+            what: "packed group bytes",
+            expected: group,
+            actual: dst.len(),
+        });
     }
     if !src.len().is_multiple_of(rb.max(1)) || src.len() > PACK_ROWS * rb {
-        return Err(KernelError::ShapeMismatch { what: "rows packed into one group", expected: PACK_ROWS * rb, actual: src.len() });
+        return Err(KernelError::ShapeMismatch {
+            what: "rows packed into one group",
+            expected: PACK_ROWS * rb,
+            actual: src.len(),
+        });
     }
     dst.fill(0);
     let (bb, sb) = (format.block_bytes(), scale_bytes(format));
@@ -123,13 +154,21 @@ pub fn pack_group(format: WeightFormat, cols: usize, src: &[u8], dst: &mut [u8])
 }
 
 /// Packs a whole ggml-layout matrix.
-pub fn pack(format: WeightFormat, rows: usize, cols: usize, src: &[u8]) -> Result<Vec<u8>, KernelError> {
+pub fn pack(
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    src: &[u8],
+) -> Result<Vec<u8>, KernelError> {
     // The same shape check as any ggml-layout matrix.
     let rb = crate::MatRef::new(format, rows, cols, src)?.row_bytes();
     let group = packed_group_bytes(format, cols)?;
     let mut out = vec![0u8; packed_len(format, rows, cols)?];
     if group > 0 {
-        for (dst, src) in out.chunks_exact_mut(group).zip(src.chunks(PACK_ROWS * rb.max(1))) {
+        for (dst, src) in out
+            .chunks_exact_mut(group)
+            .zip(src.chunks(PACK_ROWS * rb.max(1)))
+        {
             pack_group(format, cols, src, dst)?;
         }
     }
@@ -137,12 +176,20 @@ pub fn pack(format: WeightFormat, rows: usize, cols: usize, src: &[u8]) -> Resul
 }
 
 /// Row `r`'s lane in its group, and its group's records (one per block, in order).
-fn row_records(format: WeightFormat, data: &[u8], cols: usize, r: usize) -> (usize, std::slice::ChunksExact<'_, u8>) {
+fn row_records(
+    format: WeightFormat,
+    data: &[u8],
+    cols: usize,
+    r: usize,
+) -> (usize, std::slice::ChunksExact<'_, u8>) {
     // Only called for a packed MatRef, whose format has records (checked at construction).
     let rec = record_bytes(format).unwrap_or(1);
     let group = (cols / QK) * rec;
     let g = r / PACK_ROWS;
-    (r % PACK_ROWS, data[g * group..(g + 1) * group].chunks_exact(rec))
+    (
+        r % PACK_ROWS,
+        data[g * group..(g + 1) * group].chunks_exact(rec),
+    )
 }
 
 /// Signed weight value `e` (0..32) of row `j` in record `r`, as ggml defines it.
@@ -164,21 +211,38 @@ fn value(format: WeightFormat, r: &[u8], j: usize, e: usize) -> i32 {
 }
 
 /// Row `r` of a packed matrix (`data`, `cols` columns) as f32.
-pub(crate) fn dequantize_row(format: WeightFormat, data: &[u8], cols: usize, r: usize, out: &mut [f32]) {
+pub(crate) fn dequantize_row(
+    format: WeightFormat,
+    data: &[u8],
+    cols: usize,
+    r: usize,
+    out: &mut [f32],
+) {
     let (j, records) = row_records(format, data, cols, r);
     for (b, rd) in records.enumerate() {
         let d = f16_at(rd, 2 * j);
         for e in 0..QK {
             let v = value(format, rd, j, e) as f32 * d;
             // As ggml: only Q4_1 adds its min (adding 0.0 would turn -0.0 into 0.0).
-            out[b * QK + e] = if format == WeightFormat::Q4_1 { v + f16_at(rd, 16 + 2 * j) } else { v };
+            out[b * QK + e] = if format == WeightFormat::Q4_1 {
+                v + f16_at(rd, 16 + 2 * j)
+            } else {
+                v
+            };
         }
     }
 }
 
 /// The reference dot of packed row `r` with activation row `i` (the arithmetic in the module
 /// doc; the SIMD tiles must match it bit for bit).
-pub(crate) fn dot(format: WeightFormat, data: &[u8], cols: usize, r: usize, a: &ActBuf, i: usize) -> f32 {
+pub(crate) fn dot(
+    format: WeightFormat,
+    data: &[u8],
+    cols: usize,
+    r: usize,
+    a: &ActBuf,
+    i: usize,
+) -> f32 {
     let (j, records) = row_records(format, data, cols, r);
     let xq = a.row_qs(i);
     let mut acc = 0.0f32;

@@ -1,6 +1,6 @@
 //! `LUMEN_KERNELS=scalar` forces the portable path (own test binary: the level is read once).
 
-use lumen_kernels::{simd_level, MatmulScratch, CpuLevel};
+use lumen_kernels::{simd_level, CpuLevel, MatmulScratch};
 
 #[test]
 fn env_forces_scalar() {

@@ -4,7 +4,7 @@ mod common;
 
 use common::{random_f32, random_weights, reference, rng};
 use lumen_kernels::{
-    matmul, matmul_many, MatRef, MatmulScratch, CpuLevel, ThreadPool, WeightFormat, ALL_FORMATS,
+    matmul, matmul_many, CpuLevel, MatRef, MatmulScratch, ThreadPool, WeightFormat, ALL_FORMATS,
 };
 
 /// Column counts every format can take (256 is the K-quant block).
@@ -64,13 +64,24 @@ fn every_level_matches_scalar() {
                 let v = run(&pool, level, &w, &x, m);
                 if format.is_quantized() {
                     for k in 0..s.len() {
-                        assert_eq!(s[k].to_bits(), v[k].to_bits(), "{format} {level} {rows}x{m} out[{k}]: scalar {} simd {}", s[k], v[k]);
+                        assert_eq!(
+                            s[k].to_bits(),
+                            v[k].to_bits(),
+                            "{format} {level} {rows}x{m} out[{k}]: scalar {} simd {}",
+                            s[k],
+                            v[k]
+                        );
                     }
                 } else {
                     let want = reference(&w, &x, m);
                     for k in 0..s.len() {
                         let tol = 1e-5 * want[k].1 + 1e-7;
-                        assert!((s[k] - v[k]).abs() as f64 <= tol, "{format} {level} {rows}x{m} out[{k}]: scalar {} simd {}", s[k], v[k]);
+                        assert!(
+                            (s[k] - v[k]).abs() as f64 <= tol,
+                            "{format} {level} {rows}x{m} out[{k}]: scalar {} simd {}",
+                            s[k],
+                            v[k]
+                        );
                     }
                 }
             }
@@ -213,15 +224,33 @@ fn matmul_many_equals_separate_calls() {
     ] {
         for m in [1, 7] {
             let shapes = [203, 64, 9];
-            let data: Vec<Vec<u8>> = formats.iter().zip(shapes).map(|(&f, rows)| random_weights(&mut r, f, rows, COLS)).collect();
-            let ws: Vec<MatRef> = formats.iter().zip(shapes).zip(&data).map(|((&f, rows), d)| MatRef::new(f, rows, COLS, d).unwrap()).collect();
+            let data: Vec<Vec<u8>> = formats
+                .iter()
+                .zip(shapes)
+                .map(|(&f, rows)| random_weights(&mut r, f, rows, COLS))
+                .collect();
+            let ws: Vec<MatRef> = formats
+                .iter()
+                .zip(shapes)
+                .zip(&data)
+                .map(|((&f, rows), d)| MatRef::new(f, rows, COLS, d).unwrap())
+                .collect();
             let x = random_f32(&mut r, m * COLS, 1.0);
-            let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&rows| vec![f32::NAN; m * rows]).collect();
+            let mut outs: Vec<Vec<f32>> = shapes
+                .iter()
+                .map(|&rows| vec![f32::NAN; m * rows])
+                .collect();
             let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
             matmul_many(&pool, &ws, &x, m, &mut refs, &mut MatmulScratch::new());
             for (w, got) in ws.iter().zip(&outs) {
                 let want = run(&pool, CpuLevel::detect(), w, &x, m);
-                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{:?} m={m}", w.format());
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{:?} m={m}",
+                    w.format()
+                );
             }
         }
     }

@@ -5,8 +5,8 @@ mod common;
 
 use common::{random_f32, random_weights, reference, rng};
 use lumen_kernels::{
-    matmul, matmul_many, pack, pack_group, packed_len, packs, KernelError, MatRef, MatmulScratch, CpuLevel,
-    ThreadPool, WeightFormat, ALL_FORMATS, PACK_ROWS,
+    matmul, matmul_many, pack, pack_group, packed_len, packs, CpuLevel, KernelError, MatRef,
+    MatmulScratch, ThreadPool, WeightFormat, ALL_FORMATS, PACK_ROWS,
 };
 
 const FORMATS: [WeightFormat; 3] = [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0];
@@ -14,7 +14,14 @@ const COLS: usize = 512;
 
 fn run(pool: &ThreadPool, level: CpuLevel, w: &MatRef, x: &[f32], m: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; m * w.rows()];
-    matmul(pool, w, x, m, &mut out, &mut MatmulScratch::with_level(level));
+    matmul(
+        pool,
+        w,
+        x,
+        m,
+        &mut out,
+        &mut MatmulScratch::with_level(level),
+    );
     out
 }
 
@@ -31,7 +38,10 @@ fn only_the_32_value_block_formats_pack() {
     for f in ALL_FORMATS {
         assert_eq!(packs(f), FORMATS.contains(&f), "{f}");
     }
-    assert!(matches!(pack(WeightFormat::Q4_K, 1, 256, &[0; 144]), Err(KernelError::Unsupported { .. })));
+    assert!(matches!(
+        pack(WeightFormat::Q4_K, 1, 256, &[0; 144]),
+        Err(KernelError::Unsupported { .. })
+    ));
 }
 
 #[test]
@@ -42,7 +52,10 @@ fn packed_rows_dequantize_like_ggml_rows() {
             let data = random_weights(&mut r, format, rows, 96);
             let packed = pack(format, rows, 96, &data).unwrap();
             assert_eq!(packed.len(), packed_len(format, rows, 96).unwrap());
-            let (g, p) = (MatRef::new(format, rows, 96, &data).unwrap(), MatRef::packed(format, rows, 96, &packed).unwrap());
+            let (g, p) = (
+                MatRef::new(format, rows, 96, &data).unwrap(),
+                MatRef::packed(format, rows, 96, &packed).unwrap(),
+            );
             assert!(p.is_packed() && !g.is_packed());
             let (mut a, mut b) = (vec![0.0f32; 96], vec![1.0f32; 96]);
             for j in 0..rows {
@@ -68,9 +81,16 @@ fn packed_matmul_matches_naive_reference() {
             let got = run(&pool, level, &w, &x, m);
             let want = reference(&w, &x, m);
             // Q4_1's min term uses the f16-rounded block sum `s`, as in the ggml layout.
-            let tol = if format == WeightFormat::Q4_1 { 2e-3 } else { 1e-4 };
+            let tol = if format == WeightFormat::Q4_1 {
+                2e-3
+            } else {
+                1e-4
+            };
             for (k, (&g, &(v, a))) in got.iter().zip(&want).enumerate() {
-                assert!((g as f64 - v).abs() <= tol * a + 1e-6, "{format} {level:?} out[{k}]: got {g}, want {v}");
+                assert!(
+                    (g as f64 - v).abs() <= tol * a + 1e-6,
+                    "{format} {level:?} out[{k}]: got {g}, want {v}"
+                );
             }
         }
     }
@@ -81,7 +101,16 @@ fn packed_simd_equals_scalar_bit_for_bit() {
     let pool = ThreadPool::new(2);
     for (fi, format) in FORMATS.into_iter().enumerate() {
         // Row counts around the group and tile edges, one and several activation rows.
-        for &(rows, m) in &[(1, 1), (8, 1), (19, 3), (64, 4), (33, 9), (16, 2), (45, 1), (72, 13)] {
+        for &(rows, m) in &[
+            (1, 1),
+            (8, 1),
+            (19, 3),
+            (64, 4),
+            (33, 9),
+            (16, 2),
+            (45, 1),
+            (72, 13),
+        ] {
             let mut r = rng(200 + fi as u64 * 31 + rows as u64);
             let data = random_weights(&mut r, format, rows, COLS);
             let packed = pack(format, rows, COLS, &data).unwrap();
@@ -89,7 +118,11 @@ fn packed_simd_equals_scalar_bit_for_bit() {
             let x = random_f32(&mut r, m * COLS, 1.0);
             let s = run(&pool, CpuLevel::Scalar, &w, &x, m);
             for level in levels() {
-                assert_eq!(bits(&s), bits(&run(&pool, level, &w, &x, m)), "{format} {level} {rows}x{m}");
+                assert_eq!(
+                    bits(&s),
+                    bits(&run(&pool, level, &w, &x, m)),
+                    "{format} {level} {rows}x{m}"
+                );
             }
         }
     }
@@ -109,10 +142,19 @@ fn packed_batch_and_thread_invariance() {
             let all = run(&pools[1], level, &w, &x, m);
             for (a, b) in [(0, 1), (4, 5), (1, 4), (3, 10), (5, 13)] {
                 let part = run(&pools[1], level, &w, &x[a * COLS..b * COLS], b - a);
-                assert_eq!(bits(&all[a * rows..b * rows]), bits(&part), "{format} {level:?} rows {a}..{b}");
+                assert_eq!(
+                    bits(&all[a * rows..b * rows]),
+                    bits(&part),
+                    "{format} {level:?} rows {a}..{b}"
+                );
             }
             for pool in &pools {
-                assert_eq!(bits(&run(pool, level, &w, &x, m)), bits(&all), "{format} {level:?} {} threads", pool.n_threads());
+                assert_eq!(
+                    bits(&run(pool, level, &w, &x, m)),
+                    bits(&all),
+                    "{format} {level:?} {} threads",
+                    pool.n_threads()
+                );
             }
         }
     }
@@ -125,14 +167,36 @@ fn packed_matmul_many_equals_separate_calls() {
     for format in FORMATS {
         for m in [1, 7] {
             let shapes = [203, 64, 9];
-            let data: Vec<Vec<u8>> = shapes.iter().map(|&rows| pack(format, rows, COLS, &random_weights(&mut r, format, rows, COLS)).unwrap()).collect();
-            let ws: Vec<MatRef> = shapes.iter().zip(&data).map(|(&rows, d)| MatRef::packed(format, rows, COLS, d).unwrap()).collect();
+            let data: Vec<Vec<u8>> = shapes
+                .iter()
+                .map(|&rows| {
+                    pack(
+                        format,
+                        rows,
+                        COLS,
+                        &random_weights(&mut r, format, rows, COLS),
+                    )
+                    .unwrap()
+                })
+                .collect();
+            let ws: Vec<MatRef> = shapes
+                .iter()
+                .zip(&data)
+                .map(|(&rows, d)| MatRef::packed(format, rows, COLS, d).unwrap())
+                .collect();
             let x = random_f32(&mut r, m * COLS, 1.0);
-            let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&rows| vec![f32::NAN; m * rows]).collect();
+            let mut outs: Vec<Vec<f32>> = shapes
+                .iter()
+                .map(|&rows| vec![f32::NAN; m * rows])
+                .collect();
             let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
             matmul_many(&pool, &ws, &x, m, &mut refs, &mut MatmulScratch::new());
             for (w, got) in ws.iter().zip(&outs) {
-                assert_eq!(bits(got), bits(&run(&pool, CpuLevel::detect(), w, &x, m)), "{format} m={m}");
+                assert_eq!(
+                    bits(got),
+                    bits(&run(&pool, CpuLevel::detect(), w, &x, m)),
+                    "{format} m={m}"
+                );
             }
         }
     }
@@ -144,9 +208,18 @@ fn bad_packed_shapes_are_errors() {
     let len = packed_len(f, 9, 64).unwrap();
     assert_eq!(len, 2 * 2 * 160);
     let data = vec![0u8; len];
-    assert!(matches!(MatRef::packed(f, 9, 64, &data[1..]), Err(KernelError::ShapeMismatch { .. })));
-    assert!(matches!(MatRef::packed(f, 9, 60, &data), Err(KernelError::RowNotBlockAligned { .. })));
-    assert!(matches!(MatRef::packed(f, usize::MAX, 64, &data), Err(KernelError::TooLarge { .. })));
+    assert!(matches!(
+        MatRef::packed(f, 9, 64, &data[1..]),
+        Err(KernelError::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        MatRef::packed(f, 9, 60, &data),
+        Err(KernelError::RowNotBlockAligned { .. })
+    ));
+    assert!(matches!(
+        MatRef::packed(f, usize::MAX, 64, &data),
+        Err(KernelError::TooLarge { .. })
+    ));
     let rb = f.row_bytes(64).unwrap();
     let mut group = vec![0u8; 2 * 160];
     assert!(pack_group(f, 64, &vec![0u8; (PACK_ROWS + 1) * rb], &mut group).is_err());

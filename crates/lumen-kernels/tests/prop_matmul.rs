@@ -6,7 +6,9 @@
 mod common;
 
 use common::{random_f32, random_weights, reference, rng};
-use lumen_kernels::{matmul, pack, packs, CpuLevel, MatRef, MatmulScratch, ThreadPool, WeightFormat, ALL_FORMATS};
+use lumen_kernels::{
+    matmul, pack, packs, CpuLevel, MatRef, MatmulScratch, ThreadPool, WeightFormat, ALL_FORMATS,
+};
 use proptest::prelude::*;
 
 /// One random matmul problem.
@@ -21,22 +23,45 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (0..ALL_FORMATS.len(), any::<bool>(), 1usize..=41, 0usize..=4, 1usize..=150, any::<u64>(), 1usize..=70).prop_map(|(fi, packed, rows, blocks, m, seed, float_cols)| {
-        let format = ALL_FORMATS[fi];
-        // Odd numbers of blocks (1, 3, .., 9), so every tile meets a row that ends mid-way
-        // through its unrolled steps; the K-quants stop at 3 super-blocks (768 values).
-        let cols = match format.block_elems() {
-            1 => float_cols,
-            256 => 256 * (2 * blocks.min(1) + 1),
-            be => be * (2 * blocks + 1),
-        };
-        Case { format, packed: packed && packs(format), rows, cols, m, seed }
-    })
+    (
+        0..ALL_FORMATS.len(),
+        any::<bool>(),
+        1usize..=41,
+        0usize..=4,
+        1usize..=150,
+        any::<u64>(),
+        1usize..=70,
+    )
+        .prop_map(|(fi, packed, rows, blocks, m, seed, float_cols)| {
+            let format = ALL_FORMATS[fi];
+            // Odd numbers of blocks (1, 3, .., 9), so every tile meets a row that ends mid-way
+            // through its unrolled steps; the K-quants stop at 3 super-blocks (768 values).
+            let cols = match format.block_elems() {
+                1 => float_cols,
+                256 => 256 * (2 * blocks.min(1) + 1),
+                be => be * (2 * blocks + 1),
+            };
+            Case {
+                format,
+                packed: packed && packs(format),
+                rows,
+                cols,
+                m,
+                seed,
+            }
+        })
 }
 
 fn run(pool: &ThreadPool, level: CpuLevel, w: &MatRef, x: &[f32], m: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; m * w.rows()];
-    matmul(pool, w, x, m, &mut out, &mut MatmulScratch::with_level(level));
+    matmul(
+        pool,
+        w,
+        x,
+        m,
+        &mut out,
+        &mut MatmulScratch::with_level(level),
+    );
     out
 }
 

@@ -16,7 +16,12 @@ impl KvStorage {
     /// Allocates `n_blocks` blocks per layer for `n_layers` layers.
     pub fn new(geo: KvGeometry, n_layers: usize, n_blocks: usize) -> Self {
         let per_layer = n_blocks * geo.block_elems();
-        KvStorage { geo, n_blocks, k: vec![vec![f16::ZERO; per_layer]; n_layers], v: vec![vec![f16::ZERO; per_layer]; n_layers] }
+        KvStorage {
+            geo,
+            n_blocks,
+            k: vec![vec![f16::ZERO; per_layer]; n_layers],
+            v: vec![vec![f16::ZERO; per_layer]; n_layers],
+        }
     }
 
     /// Bytes one block takes across all layers (keys and values).

@@ -67,7 +67,9 @@ impl std::str::FromStr for WeightLayout {
         match s.trim().to_ascii_lowercase().as_str() {
             "ggml" => Ok(WeightLayout::Ggml),
             "packed" => Ok(WeightLayout::Packed),
-            other => Err(format!("unknown weight layout {other:?}: expected `ggml` or `packed`")),
+            other => Err(format!(
+                "unknown weight layout {other:?}: expected `ggml` or `packed`"
+            )),
         }
     }
 }
@@ -75,7 +77,13 @@ impl std::str::FromStr for WeightLayout {
 /// Reads the GGUF file at `path` into resident memory for computing, with its linear weights
 /// in `layout`.
 pub fn load_gguf(path: &Path, layout: WeightLayout) -> Result<GgufFile, ModelError> {
-    GgufFile::load_rewriting(path, |t, data| if layout == WeightLayout::Packed { pack_in_place(t, data) } else { Ok(false) })
+    GgufFile::load_rewriting(path, |t, data| {
+        if layout == WeightLayout::Packed {
+            pack_in_place(t, data)
+        } else {
+            Ok(false)
+        }
+    })
 }
 
 /// Rewrites a 2-D Q4_0/Q4_1/Q8_0 tensor with a whole number of row groups into the packed
@@ -83,10 +91,18 @@ pub fn load_gguf(path: &Path, layout: WeightLayout) -> Result<GgufFile, ModelErr
 /// else, including a tensor whose size does not match its shape (reported by the loader that
 /// uses it), is left alone.
 fn pack_in_place(t: &TensorInfo, data: &mut [u8]) -> Result<bool, ModelError> {
-    let Some(format) = weight_format(t.ggml_type).filter(|&f| packs(f)) else { return Ok(false) };
-    let [cols, rows] = t.dims[..] else { return Ok(false) };
-    let (Ok(cols), Ok(rows)) = (usize::try_from(cols), usize::try_from(rows)) else { return Ok(false) };
-    let Some(rb) = format.row_bytes(cols) else { return Ok(false) };
+    let Some(format) = weight_format(t.ggml_type).filter(|&f| packs(f)) else {
+        return Ok(false);
+    };
+    let [cols, rows] = t.dims[..] else {
+        return Ok(false);
+    };
+    let (Ok(cols), Ok(rows)) = (usize::try_from(cols), usize::try_from(rows)) else {
+        return Ok(false);
+    };
+    let Some(rb) = format.row_bytes(cols) else {
+        return Ok(false);
+    };
     let group = PACK_ROWS * rb;
     if !rows.is_multiple_of(PACK_ROWS) || rows.checked_mul(rb) != Some(data.len()) || group == 0 {
         return Ok(false);
@@ -127,12 +143,17 @@ pub struct Linear {
 }
 
 fn find<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
-    file.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+    file.tensor(name)
+        .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
 }
 
 fn check_shape(info: &TensorInfo, expected: &[u64]) -> Result<(), ModelError> {
     if info.dims != expected {
-        return Err(ModelError::BadShape { name: info.name.clone(), got: info.dims.clone(), expected: expected.to_vec() });
+        return Err(ModelError::BadShape {
+            name: info.name.clone(),
+            got: info.dims.clone(),
+            expected: expected.to_vec(),
+        });
     }
     Ok(())
 }
@@ -142,16 +163,30 @@ impl Linear {
     pub fn load(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Self, ModelError> {
         let info = find(file, name)?;
         check_shape(info, &[cols as u64, rows as u64])?;
-        let format = weight_format(info.ggml_type).ok_or_else(|| ModelError::UnsupportedType { name: name.to_string(), ty: info.ggml_type.name().to_string() })?;
+        let format = weight_format(info.ggml_type).ok_or_else(|| ModelError::UnsupportedType {
+            name: name.to_string(),
+            ty: info.ggml_type.name().to_string(),
+        })?;
         let packed = file.is_rewritten(info);
-        let linear = Linear { info: info.clone(), format, rows, cols, packed };
+        let linear = Linear {
+            info: info.clone(),
+            format,
+            rows,
+            cols,
+            packed,
+        };
         // Validate once here so `mat` cannot fail later.
         linear.try_mat(file)?;
         Ok(linear)
     }
 
     /// Like [`Linear::load`] but `None` when the tensor is absent.
-    pub fn load_optional(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Option<Self>, ModelError> {
+    pub fn load_optional(
+        file: &GgufFile,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<Self>, ModelError> {
         if file.tensor(name).is_none() {
             return Ok(None);
         }
@@ -193,16 +228,34 @@ pub fn load_vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, 
     check_shape(info, &[len as u64])?;
     let data = file.tensor_data(info);
     let out = match info.ggml_type {
-        GgmlType::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        GgmlType::F16 => data.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        GgmlType::BF16 => data.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        other => return Err(ModelError::UnsupportedType { name: name.to_string(), ty: other.name().to_string() }),
+        GgmlType::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        GgmlType::F16 => data
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        GgmlType::BF16 => data
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(ModelError::UnsupportedType {
+                name: name.to_string(),
+                ty: other.name().to_string(),
+            })
+        }
     };
     Ok(out)
 }
 
 /// Like [`load_vector`] but `None` when the tensor is absent.
-pub fn load_vector_optional(file: &GgufFile, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+pub fn load_vector_optional(
+    file: &GgufFile,
+    name: &str,
+    len: usize,
+) -> Result<Option<Vec<f32>>, ModelError> {
     if file.tensor(name).is_none() {
         return Ok(None);
     }

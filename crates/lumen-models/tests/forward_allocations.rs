@@ -41,18 +41,32 @@ fn warm_decode_steps_do_not_allocate() {
 }
 
 fn warm_decode_steps_do_not_allocate_in(layout: WeightLayout) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llama/tiny_llama_q4_1.gguf");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/llama/tiny_llama_q4_1.gguf");
     let model = LlamaModel::open_with(&path, layout).unwrap();
     let geo = model.kv_geometry(16);
     let (n_seqs, prompt, steps) = (4usize, 20usize, 12usize);
     let blocks_per_seq = (prompt + steps + 8).div_ceil(16);
     let mut kv = KvStorage::new(geo, model.config().n_layers, n_seqs * blocks_per_seq);
-    let tables: Vec<Vec<u32>> = (0..n_seqs).map(|s| (0..blocks_per_seq as u32).map(|b| (s * blocks_per_seq) as u32 + b).collect()).collect();
+    let tables: Vec<Vec<u32>> = (0..n_seqs)
+        .map(|s| {
+            (0..blocks_per_seq as u32)
+                .map(|b| (s * blocks_per_seq) as u32 + b)
+                .collect()
+        })
+        .collect();
     // Three worker threads, so the pool's dispatch is exercised too.
     let pool = ThreadPool::new(3);
     let mut ws = ForwardWorkspace::new();
     let tokens: Vec<u32> = (0..prompt as u32).map(|i| (i * 37) % 200 + 3).collect();
-    let chunk = |s: usize, toks: &'static [u32], start: usize, tables: &'static [Vec<u32>]| SeqChunk { tokens: toks, start_pos: start, block_table: &tables[s], logits: LogitsWanted::Last, prompt_len: prompt };
+    let chunk =
+        |s: usize, toks: &'static [u32], start: usize, tables: &'static [Vec<u32>]| SeqChunk {
+            tokens: toks,
+            start_pos: start,
+            block_table: &tables[s],
+            logits: LogitsWanted::Last,
+            prompt_len: prompt,
+        };
     let tokens: &'static [u32] = tokens.leak();
     let tables: &'static [Vec<u32>] = tables.leak();
     let prefill: Vec<SeqChunk> = (0..n_seqs).map(|s| chunk(s, tokens, 0, tables)).collect();
@@ -66,13 +80,21 @@ fn warm_decode_steps_do_not_allocate_in(layout: WeightLayout) {
         for width in [1, n_seqs] {
             batch.clear();
             for s in 0..width {
-                batch.push(chunk(s, &tokens[step % prompt..step % prompt + 1], prompt + 2 * step + (width > 1) as usize, tables));
+                batch.push(chunk(
+                    s,
+                    &tokens[step % prompt..step % prompt + 1],
+                    prompt + 2 * step + (width > 1) as usize,
+                    tables,
+                ));
             }
             let before = ALLOCATIONS.load(Ordering::Relaxed);
             model.forward(&pool, &batch, &mut kv, &mut ws).unwrap();
             let made = ALLOCATIONS.load(Ordering::Relaxed) - before;
             if step > 0 {
-                assert_eq!(made, 0, "{layout}: step {step}, {width} sequence(s): {made} allocations");
+                assert_eq!(
+                    made, 0,
+                    "{layout}: step {step}, {width} sequence(s): {made} allocations"
+                );
             }
         }
     }

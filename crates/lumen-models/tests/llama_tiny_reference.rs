@@ -35,9 +35,27 @@ fn check(name: &str, tolerance: f32) {
 
 fn check_layout(name: &str, tolerance: f32, layout: WeightLayout) {
     let dir = fixtures();
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
-    let ids: Vec<u32> = reference["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-    let want: Vec<Vec<f32>> = reference["logits"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect()).collect();
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap())
+            .unwrap();
+    let ids: Vec<u32> = reference["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let want: Vec<Vec<f32>> = reference["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect();
     let model = LlamaModel::open_with(&dir.join(format!("{name}.gguf")), layout).unwrap();
     let vocab = model.config().vocab_size;
     let mut runner = Runner::new(model, 2, ids.len());
@@ -66,7 +84,10 @@ fn check_layout(name: &str, tolerance: f32, layout: WeightLayout) {
     for &t in &ids[5..] {
         rows.extend(stepwise.step(&[t], LogitsWanted::Last));
     }
-    assert!(rows == got, "{name}: token-by-token logits differ from the one-shot prefill");
+    assert!(
+        rows == got,
+        "{name}: token-by-token logits differ from the one-shot prefill"
+    );
 }
 
 #[test]

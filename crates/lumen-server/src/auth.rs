@@ -66,7 +66,10 @@ impl ApiKeys {
 /// case-insensitive (RFC 9110), so `BEARER` and `bearer` work too.
 fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim_start().split_once(char::is_whitespace)?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Middleware that answers 401 unless the request carries an accepted key.

@@ -142,8 +142,18 @@ impl ServerError {
                 Some("model".into()),
             ),
             RouteNotFound(_) => (StatusCode::NOT_FOUND, invalid, "not_found", None),
-            MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, invalid, "method_not_allowed", None),
-            Unsupported { param, .. } => (StatusCode::BAD_REQUEST, invalid, "unsupported_parameter", Some(param.clone())),
+            MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                invalid,
+                "method_not_allowed",
+                None,
+            ),
+            Unsupported { param, .. } => (
+                StatusCode::BAD_REQUEST,
+                invalid,
+                "unsupported_parameter",
+                Some(param.clone()),
+            ),
             PayloadTooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 invalid,
@@ -223,7 +233,9 @@ impl IntoResponse for ServerError {
             tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
         }
         let mut resp = (status, axum::Json(self.body())).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS || matches!(self, ServerError::ShuttingDown | ServerError::NotReady) {
+        if status == StatusCode::TOO_MANY_REQUESTS
+            || matches!(self, ServerError::ShuttingDown | ServerError::NotReady)
+        {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

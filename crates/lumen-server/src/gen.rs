@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::stream::{SelectAll, Stream, StreamExt};
-use lumen_engine::{EngineHandle, Event, FinishReason, RequestStream, TokenLogprob, Usage, ValidRequest};
+use lumen_engine::{
+    EngineHandle, Event, FinishReason, RequestStream, TokenLogprob, Usage, ValidRequest,
+};
 
 use crate::error::ServerError;
 use crate::metrics::ModelMetrics;
@@ -76,7 +78,12 @@ pub struct Tally {
 
 impl Tally {
     /// A tally over prompts of `prompt_lens` tokens with `n` choices each.
-    pub fn new(prompt_lens: Vec<usize>, n: usize, arrived: Instant, metrics: Arc<ModelMetrics>) -> Self {
+    pub fn new(
+        prompt_lens: Vec<usize>,
+        n: usize,
+        arrived: Instant,
+        metrics: Arc<ModelMetrics>,
+    ) -> Self {
         let choices = prompt_lens.len() * n;
         Tally {
             n,
@@ -111,30 +118,54 @@ impl Tally {
     /// Accounts for event `ev` of prompt `prompt`; an engine error ends the tally.
     pub fn on_event(&mut self, prompt: usize, ev: Event) -> Result<(), ServerError> {
         match ev {
-            Event::PromptLogprobs(logprobs) => self.pending.push_back(GenEvent::PromptLogprobs { prompt, logprobs }),
-            Event::Token { choice, token, text, logprob } => {
+            Event::PromptLogprobs(logprobs) => self
+                .pending
+                .push_back(GenEvent::PromptLogprobs { prompt, logprobs }),
+            Event::Token {
+                choice,
+                token,
+                text,
+                logprob,
+            } => {
                 let index = prompt * self.n + choice;
                 let now = Instant::now();
                 if !self.first_token {
                     self.first_token = true;
-                    self.metrics.ttft.observe(now.duration_since(self.arrived).as_secs_f64());
+                    self.metrics
+                        .ttft
+                        .observe(now.duration_since(self.arrived).as_secs_f64());
                 }
                 if let Some(slot) = self.last_token.get_mut(index) {
                     if let Some(prev) = slot.replace(now) {
-                        self.metrics.itl.observe(now.duration_since(prev).as_secs_f64());
+                        self.metrics
+                            .itl
+                            .observe(now.duration_since(prev).as_secs_f64());
                     }
                 }
                 if let Some(t) = self.tokens.get_mut(index) {
                     *t += 1;
                 }
-                self.pending.push_back(GenEvent::Token { index, token, text, logprob });
+                self.pending.push_back(GenEvent::Token {
+                    index,
+                    token,
+                    text,
+                    logprob,
+                });
             }
-            Event::Finished { choice, reason, text } => {
+            Event::Finished {
+                choice,
+                reason,
+                text,
+            } => {
                 let index = prompt * self.n + choice;
                 if let Some(f) = self.finished.get_mut(index) {
                     *f = true;
                 }
-                self.pending.push_back(GenEvent::Finished { index, reason, text });
+                self.pending.push_back(GenEvent::Finished {
+                    index,
+                    reason,
+                    text,
+                });
             }
             Event::Done(usage) => {
                 if let Some(u) = self.usages.get_mut(prompt) {
@@ -143,7 +174,9 @@ impl Tally {
             }
             Event::Error(message) => {
                 self.ended = true;
-                return Err(ServerError::Internal(format!("generation failed: {message}")));
+                return Err(ServerError::Internal(format!(
+                    "generation failed: {message}"
+                )));
             }
         }
         Ok(())
@@ -154,7 +187,11 @@ impl Tally {
         for (index, done) in self.finished.iter_mut().enumerate() {
             if !*done {
                 *done = true;
-                self.pending.push_back(GenEvent::Finished { index, reason: FinishReason::Cancelled, text: String::new() });
+                self.pending.push_back(GenEvent::Finished {
+                    index,
+                    reason: FinishReason::Cancelled,
+                    text: String::new(),
+                });
             }
         }
         self.end();
@@ -164,7 +201,9 @@ impl Tally {
     pub fn end(&mut self) {
         if !self.ended {
             self.ended = true;
-            self.metrics.e2e.observe(self.arrived.elapsed().as_secs_f64());
+            self.metrics
+                .e2e
+                .observe(self.arrived.elapsed().as_secs_f64());
         }
     }
 
@@ -209,7 +248,12 @@ impl Generation {
         for (i, (s, _)) in streams.into_iter().enumerate() {
             events.push(events_of(i, s));
         }
-        Generation { events, deadline, tally: Tally::new(prompt_lens, n, arrived, metrics), over: false }
+        Generation {
+            events,
+            deadline,
+            tally: Tally::new(prompt_lens, n, arrived, metrics),
+            over: false,
+        }
     }
 
     /// Total number of choices.
@@ -269,7 +313,10 @@ impl Generation {
 
 /// Submits every request, or none: on the first refusal the ones already queued are dropped
 /// (and so cancelled) and the error is returned.
-pub fn submit_all(engine: &EngineHandle, requests: Vec<ValidRequest>) -> Result<Vec<(RequestStream, usize)>, ServerError> {
+pub fn submit_all(
+    engine: &EngineHandle,
+    requests: Vec<ValidRequest>,
+) -> Result<Vec<(RequestStream, usize)>, ServerError> {
     let mut out = Vec::with_capacity(requests.len());
     for r in requests {
         let len = r.prompt_tokens();
@@ -284,11 +331,19 @@ mod tests {
 
     fn tally(prompts: usize, n: usize) -> (Tally, Arc<ModelMetrics>) {
         let metrics = Arc::new(ModelMetrics::default());
-        (Tally::new(vec![10; prompts], n, Instant::now(), metrics.clone()), metrics)
+        (
+            Tally::new(vec![10; prompts], n, Instant::now(), metrics.clone()),
+            metrics,
+        )
     }
 
     fn token(choice: usize) -> Event {
-        Event::Token { choice, token: 7, text: "x".into(), logprob: None }
+        Event::Token {
+            choice,
+            token: 7,
+            text: "x".into(),
+            logprob: None,
+        }
     }
 
     fn drain(t: &mut Tally) -> Vec<GenEvent> {
@@ -314,12 +369,23 @@ mod tests {
     #[test]
     fn done_from_every_prompt_ends_it_with_the_engines_usage() {
         let (mut t, metrics) = tally(2, 1);
-        let u = |c| Usage { prompt_tokens: 10, cached_prompt_tokens: 4, completion_tokens: c };
+        let u = |c| Usage {
+            prompt_tokens: 10,
+            cached_prompt_tokens: 4,
+            completion_tokens: c,
+        };
         t.on_event(0, Event::Done(u(3))).unwrap();
         assert!(!t.all_done());
         t.on_event(1, Event::Done(u(5))).unwrap();
         assert!(t.all_done());
-        assert_eq!(t.usage(), Usage { prompt_tokens: 20, cached_prompt_tokens: 8, completion_tokens: 8 });
+        assert_eq!(
+            t.usage(),
+            Usage {
+                prompt_tokens: 20,
+                cached_prompt_tokens: 8,
+                completion_tokens: 8
+            }
+        );
         t.end();
         t.end();
         assert_eq!(metrics.e2e.count(), 1, "end-to-end latency recorded once");
@@ -330,20 +396,39 @@ mod tests {
         let (mut t, _) = tally(2, 2);
         t.on_event(0, token(0)).unwrap();
         t.on_event(0, token(0)).unwrap();
-        t.on_event(0, Event::Finished { choice: 0, reason: FinishReason::Length, text: String::new() }).unwrap();
+        t.on_event(
+            0,
+            Event::Finished {
+                choice: 0,
+                reason: FinishReason::Length,
+                text: String::new(),
+            },
+        )
+        .unwrap();
         t.on_event(1, token(1)).unwrap();
         drain(&mut t);
         t.cancel_rest();
         let cancelled: Vec<usize> = drain(&mut t)
             .into_iter()
             .map(|e| match e {
-                GenEvent::Finished { index, reason: FinishReason::Cancelled, .. } => index,
+                GenEvent::Finished {
+                    index,
+                    reason: FinishReason::Cancelled,
+                    ..
+                } => index,
                 other => panic!("{other:?}"),
             })
             .collect();
         assert_eq!(cancelled, vec![1, 2, 3], "choice 0 had finished already");
         assert!(t.all_done());
-        assert_eq!(t.usage(), Usage { prompt_tokens: 20, cached_prompt_tokens: 0, completion_tokens: 3 });
+        assert_eq!(
+            t.usage(),
+            Usage {
+                prompt_tokens: 20,
+                cached_prompt_tokens: 0,
+                completion_tokens: 3
+            }
+        );
     }
 
     #[test]
@@ -368,6 +453,9 @@ mod tests {
     fn prompt_logprobs_keep_their_prompt_index() {
         let (mut t, _) = tally(3, 4);
         t.on_event(2, Event::PromptLogprobs(vec![None])).unwrap();
-        assert!(matches!(drain(&mut t).as_slice(), [GenEvent::PromptLogprobs { prompt: 2, .. }]));
+        assert!(matches!(
+            drain(&mut t).as_slice(),
+            [GenEvent::PromptLogprobs { prompt: 2, .. }]
+        ));
     }
 }

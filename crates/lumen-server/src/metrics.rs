@@ -194,22 +194,42 @@ fn render_embeddings(out: &mut String, models: &[std::sync::Arc<crate::state::Em
     let name = "lumen:embedding_requests_in_flight";
     family(out, name, "gauge", "Embedding requests queued or running.");
     for e in models {
-        let _ = writeln!(out, "{name}{{model_name=\"{}\"}} {}", label(&e.name), e.handle.in_flight());
+        let _ = writeln!(
+            out,
+            "{name}{{model_name=\"{}\"}} {}",
+            label(&e.name),
+            e.handle.in_flight()
+        );
     }
     for &(name, help, read) in EMBED_COUNTERS {
         family(out, name, "counter", help);
         for e in models {
-            let _ = writeln!(out, "{name}{{model_name=\"{}\"}} {}", label(&e.name), read(e.handle.stats()));
+            let _ = writeln!(
+                out,
+                "{name}{{model_name=\"{}\"}} {}",
+                label(&e.name),
+                read(e.handle.stats())
+            );
         }
     }
 }
 
 /// One family per table entry, one series per chat model.
-fn per_model(out: &mut String, table: &[(&str, &str, Reader)], kind: &str, chats: &[std::sync::Arc<crate::state::ChatServed>]) {
+fn per_model(
+    out: &mut String,
+    table: &[(&str, &str, Reader)],
+    kind: &str,
+    chats: &[std::sync::Arc<crate::state::ChatServed>],
+) {
     for &(name, help, read) in table {
         family(out, name, kind, help);
         for c in chats {
-            let _ = writeln!(out, "{name}{{model_name=\"{}\"}} {}", label(&c.name), read(c.handle.stats()));
+            let _ = writeln!(
+                out,
+                "{name}{{model_name=\"{}\"}} {}",
+                label(&c.name),
+                read(c.handle.stats())
+            );
         }
     }
 }

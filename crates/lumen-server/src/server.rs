@@ -14,7 +14,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use lumen_engine::registry::{resolve, ChatModel, EmbeddingModel, ModelKind};
-use lumen_engine::{EmbedConfig, EmbedEngine, Engine, EngineConfig, Event, GenerationParams, SchedulerConfig};
+use lumen_engine::{
+    EmbedConfig, EmbedEngine, Engine, EngineConfig, Event, GenerationParams, SchedulerConfig,
+};
 use tokio::net::TcpListener;
 
 use crate::api::chat::Chat;
@@ -101,7 +103,10 @@ pub fn router(state: AppState) -> Router {
         .route("/tokenize", post(models::tokenize))
         .route("/detokenize", post(models::detokenize))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
-        .route_layer(middleware::from_fn_with_state(state.clone(), refuse_while_draining));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_while_draining,
+        ));
     Router::new()
         .merge(api)
         .route("/health", get(ops::health))
@@ -143,9 +148,7 @@ pub fn start_model(
         ServerError::Startup(format!("{e} (fetch the default models with `make models`)"))
     })?;
     match loc.kind {
-        ModelKind::Chat => {
-            start_chat_model(&loc, config).map(|(s, e)| (s, RunningEngine::Chat(e)))
-        }
+        ModelKind::Chat => start_chat_model(&loc, config).map(|(s, e)| (s, RunningEngine::Chat(e))),
         ModelKind::Embedding => {
             start_embedding_model(&loc, config).map(|(s, e)| (s, RunningEngine::Embedding(e)))
         }
@@ -324,11 +327,21 @@ async fn drain(state: &AppState, conns: Connections, grace: Duration) {
     state.set_draining();
     let dropped = conns.drop_half_sent();
     let running = conns.running();
-    tracing::info!(running, dropped_half_sent = dropped, open_connections = conns.open(), grace_secs = grace.as_secs_f32(), "draining");
+    tracing::info!(
+        running,
+        dropped_half_sent = dropped,
+        open_connections = conns.open(),
+        grace_secs = grace.as_secs_f32(),
+        "draining"
+    );
     if running > 0 {
         match conns.wait_running(grace).await {
             0 => tracing::info!("all running requests finished"),
-            left => tracing::warn!(left, grace_secs = grace.as_secs_f32(), "grace period over; cancelling requests still running"),
+            left => tracing::warn!(
+                left,
+                grace_secs = grace.as_secs_f32(),
+                "grace period over; cancelling requests still running"
+            ),
         }
     }
     conns.close_all();

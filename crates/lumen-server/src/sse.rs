@@ -28,7 +28,10 @@ fn frame<T: Serialize>(v: &T) -> String {
     match serde_json::to_string(v) {
         Ok(json) => format!("data: {json}\n\n"),
         // Plain structs of strings and numbers always serialize; say so if one did not.
-        Err(e) => format!("data: {}\n\n", crate::error::ServerError::Internal(format!("chunk serialization failed: {e}")).body()),
+        Err(e) => format!(
+            "data: {}\n\n",
+            crate::error::ServerError::Internal(format!("chunk serialization failed: {e}")).body()
+        ),
     }
 }
 

@@ -177,7 +177,9 @@ impl AppState {
     pub fn is_ready(&self) -> bool {
         // An engine thread that died (a bug) makes the server unready, so orchestrators
         // take it out of rotation instead of sending it traffic it can only fail.
-        self.inner.ready.load(Ordering::SeqCst) && !self.is_draining() && self.models().iter().all(ServedModel::is_running)
+        self.inner.ready.load(Ordering::SeqCst)
+            && !self.is_draining()
+            && self.models().iter().all(ServedModel::is_running)
     }
 
     /// Marks the server as shutting down (`/ready` turns 503, new generations are refused).

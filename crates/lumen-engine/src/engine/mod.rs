@@ -57,7 +57,11 @@ impl EngineConfig {
 
 enum Command {
     // Boxed: a request is far larger than the other commands.
-    Submit { id: u64, request: Box<GenerateRequest>, events: tmpsc::UnboundedSender<Event> },
+    Submit {
+        id: u64,
+        request: Box<GenerateRequest>,
+        events: tmpsc::UnboundedSender<Event>,
+    },
     Cancel(u64),
     Shutdown,
 }
@@ -145,19 +149,38 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the engine thread for `model`.
-    pub fn start(model: Arc<LlamaModel>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Result<Engine, EngineError> {
+    pub fn start(
+        model: Arc<LlamaModel>,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+    ) -> Result<Engine, EngineError> {
         let geo = model.kv_geometry(BLOCK_SIZE);
         let per_block = KvStorage::bytes_per_block(geo, model.config().n_layers);
         let kv_blocks = config.kv_cache_bytes / per_block;
         if kv_blocks < 2 {
-            return Err(EngineError::Config(format!("KV cache of {} bytes holds fewer than 2 blocks of {per_block} bytes", config.kv_cache_bytes)));
+            return Err(EngineError::Config(format!(
+                "KV cache of {} bytes holds fewer than 2 blocks of {per_block} bytes",
+                config.kv_cache_bytes
+            )));
         }
-        let info = ModelInfo { name: config.model_name.clone(), context_len: model.config().context_len, vocab_size: model.config().vocab_size, kv_blocks };
+        let info = ModelInfo {
+            name: config.model_name.clone(),
+            context_len: model.config().context_len,
+            vocab_size: model.config().vocab_size,
+            kv_blocks,
+        };
         let stats = Arc::new(EngineStats::default());
         let in_flight = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel();
         let alive = Arc::new(AtomicBool::new(true));
-        let worker = worker::Worker::new(model, tokenizer.clone(), &config, kv_blocks, stats.clone(), in_flight.clone());
+        let worker = worker::Worker::new(
+            model,
+            tokenizer.clone(),
+            &config,
+            kv_blocks,
+            stats.clone(),
+            in_flight.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name(format!("lumen-engine-{}", config.model_name))
             .spawn({
@@ -165,8 +188,22 @@ impl Engine {
                 move || worker.run(rx, alive)
             })
             .map_err(|e| EngineError::Config(format!("cannot spawn engine thread: {e}")))?;
-        let shared = Shared { commands: tx, info, stats, tokenizer, next_id: AtomicU64::new(1), in_flight, alive, max_queued: config.max_queued_requests };
-        Ok(Engine { handle: EngineHandle { shared: Arc::new(shared) }, thread: Some(thread) })
+        let shared = Shared {
+            commands: tx,
+            info,
+            stats,
+            tokenizer,
+            next_id: AtomicU64::new(1),
+            in_flight,
+            alive,
+            max_queued: config.max_queued_requests,
+        };
+        Ok(Engine {
+            handle: EngineHandle {
+                shared: Arc::new(shared),
+            },
+            thread: Some(thread),
+        })
     }
 
     /// A handle for submitting requests.
@@ -208,7 +245,11 @@ impl EngineHandle {
     }
 
     /// Validates `params` and fits them to one tokenized prompt.
-    pub fn prepare(&self, params: GenerationParams, prompt: Vec<u32>) -> Result<ValidRequest, EngineError> {
+    pub fn prepare(
+        &self,
+        params: GenerationParams,
+        prompt: Vec<u32>,
+    ) -> Result<ValidRequest, EngineError> {
         self.validate(params)?.for_prompt(prompt, &self.shared.info)
     }
 
@@ -216,7 +257,10 @@ impl EngineHandle {
     pub fn submit(&self, req: ValidRequest) -> Result<RequestStream, EngineError> {
         let s = &self.shared;
         if req.model != s.info.name {
-            return Err(EngineError::Config(format!("a request validated for model '{}' sent to '{}'", req.model, s.info.name)));
+            return Err(EngineError::Config(format!(
+                "a request validated for model '{}' sent to '{}'",
+                req.model, s.info.name
+            )));
         }
         let req: GenerateRequest = req.request;
         // Reserve a place in the queue first so concurrent submits cannot overshoot it.
@@ -228,12 +272,24 @@ impl EngineHandle {
         let id = s.next_id.fetch_add(1, Ordering::Relaxed);
         s.stats.submitted.fetch_add(1, Ordering::SeqCst);
         let (etx, erx) = tmpsc::unbounded_channel();
-        if s.commands.send(Command::Submit { id, request: Box::new(req), events: etx }).is_err() {
+        if s.commands
+            .send(Command::Submit {
+                id,
+                request: Box::new(req),
+                events: etx,
+            })
+            .is_err()
+        {
             s.in_flight.fetch_sub(1, Ordering::SeqCst);
             s.stats.submitted.fetch_sub(1, Ordering::SeqCst);
             return Err(EngineError::Stopped);
         }
-        Ok(RequestStream { id, events: erx, commands: s.commands.clone(), done: false })
+        Ok(RequestStream {
+            id,
+            events: erx,
+            commands: s.commands.clone(),
+            done: false,
+        })
     }
 
     /// Whether the engine thread is still running (false after a shutdown or a crash).

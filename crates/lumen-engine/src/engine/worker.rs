@@ -56,10 +56,23 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub fn new(model: Arc<LlamaModel>, tokenizer: Arc<Tokenizer>, config: &EngineConfig, kv_blocks: usize, stats: Arc<EngineStats>, in_flight: Arc<AtomicU64>) -> Self {
-        let kv = KvStorage::new(model.kv_geometry(BLOCK_SIZE), model.config().n_layers, kv_blocks);
+    pub fn new(
+        model: Arc<LlamaModel>,
+        tokenizer: Arc<Tokenizer>,
+        config: &EngineConfig,
+        kv_blocks: usize,
+        stats: Arc<EngineStats>,
+        in_flight: Arc<AtomicU64>,
+    ) -> Self {
+        let kv = KvStorage::new(
+            model.kv_geometry(BLOCK_SIZE),
+            model.config().n_layers,
+            kv_blocks,
+        );
         stats.total_blocks.store(kv_blocks as u64, Relaxed);
-        let eog_ids = (0..tokenizer.vocab_size() as u32).filter(|&t| tokenizer.is_eog(t)).collect();
+        let eog_ids = (0..tokenizer.vocab_size() as u32)
+            .filter(|&t| tokenizer.is_eog(t))
+            .collect();
         Worker {
             threads: ThreadPool::new(config.threads),
             kv,
@@ -124,7 +137,11 @@ impl Worker {
     /// Applies one command; false means shut down.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Submit { id, request, events } => {
+            Command::Submit {
+                id,
+                request,
+                events,
+            } => {
                 self.admit(id, *request, events);
                 // Count it as waiting before it stops counting as submitted, so a reader of
                 // the gauges never misses it; the next publish makes `waiting` exact again.
@@ -146,7 +163,8 @@ impl Worker {
     fn new_sampler(&self, request: &GenerateRequest, choice: usize) -> Result<Sampler, String> {
         let mut params = request.sampling.clone();
         params.seed = params.seed.map(|s| s.wrapping_add(choice as u64));
-        let mut sampler = Sampler::new(params, self.model.config().vocab_size).map_err(|e| e.to_string())?;
+        let mut sampler =
+            Sampler::new(params, self.model.config().vocab_size).map_err(|e| e.to_string())?;
         sampler.set_prompt_len(request.prompt.len());
         Ok(sampler)
     }
@@ -187,9 +205,22 @@ impl Worker {
             preemptions: 0,
             data,
         });
-        self.stats.prompt_tokens.fetch_add(request.prompt.len() as u64, Relaxed);
-        let usage = Usage { prompt_tokens: request.prompt.len(), ..Usage::default() };
-        self.requests.insert(id, RequestState { request, events, live_choices: 1, usage });
+        self.stats
+            .prompt_tokens
+            .fetch_add(request.prompt.len() as u64, Relaxed);
+        let usage = Usage {
+            prompt_tokens: request.prompt.len(),
+            ..Usage::default()
+        };
+        self.requests.insert(
+            id,
+            RequestState {
+                request,
+                events,
+                live_choices: 1,
+                usage,
+            },
+        );
     }
 
     fn cancel(&mut self, id: u64) {
@@ -235,16 +266,27 @@ impl Worker {
                     LogitsWanted::None
                 };
                 kinds.push(logits);
-                SeqChunk { tokens: &s.tokens[c.start..end], start_pos: c.start, block_table: &s.block_table, logits, prompt_len: s.data.prompt_len }
+                SeqChunk {
+                    tokens: &s.tokens[c.start..end],
+                    start_pos: c.start,
+                    block_table: &s.block_table,
+                    logits,
+                    prompt_len: s.data.prompt_len,
+                }
             })
             .collect();
-        let result = self.model.forward(&self.threads, &chunks, &mut self.kv, &mut self.ws);
+        let result = self
+            .model
+            .forward(&self.threads, &chunks, &mut self.kv, &mut self.ws);
         drop(chunks);
         let logits = match result {
             Ok(l) => l.to_vec(),
             Err(e) => {
                 tracing::error!(error = %e, "forward pass failed");
-                let ids: Vec<u64> = plan.iter().map(|c| self.sched.running()[c.index].data.req_id).collect();
+                let ids: Vec<u64> = plan
+                    .iter()
+                    .map(|c| self.sched.running()[c.index].data.req_id)
+                    .collect();
                 for id in ids {
                     self.fail(id, e.to_string());
                 }
@@ -284,7 +326,11 @@ impl Worker {
                 seq.data.cached = Some(c.start);
             }
             if kind == LogitsWanted::All {
-                let top_n = self.requests.get(&seq.data.req_id).and_then(|r| r.request.prompt_logprobs).unwrap_or(0);
+                let top_n = self
+                    .requests
+                    .get(&seq.data.req_id)
+                    .and_then(|r| r.request.prompt_logprobs)
+                    .unwrap_or(0);
                 collect_prompt_logprobs(seq, c, rows, vocab, top_n);
             }
             if c.start + c.len != seq.tokens.len() || n_rows == 0 {
@@ -294,7 +340,9 @@ impl Worker {
             if seq.data.pending_forks > 0 {
                 forks.push((c.index, row - 1));
             }
-            let Some(state) = self.requests.get_mut(&seq.data.req_id) else { continue };
+            let Some(state) = self.requests.get_mut(&seq.data.req_id) else {
+                continue;
+            };
             if let Some(lp) = seq.data.prompt_lp.take() {
                 let _ = state.events.send(Event::PromptLogprobs(lp));
             }
@@ -323,17 +371,31 @@ impl Worker {
             seq.data.pending_forks = 0;
             (seq.data.req_id, n)
         };
-        let Some(request) = self.requests.get(&req_id).map(|s| s.request.clone()) else { return };
+        let Some(request) = self.requests.get(&req_id).map(|s| s.request.clone()) else {
+            return;
+        };
         for choice in 1..=n_forks {
-            let Ok(sampler) = self.new_sampler(&request, choice) else { continue };
+            let Ok(sampler) = self.new_sampler(&request, choice) else {
+                continue;
+            };
             let (prompt_len, root, hashes, table, cached) = {
                 let l = &self.sched.running()[leader];
-                (l.data.prompt_len, l.root, l.hashes.clone(), l.block_table.clone(), l.data.cached)
+                (
+                    l.data.prompt_len,
+                    l.root,
+                    l.hashes.clone(),
+                    l.block_table.clone(),
+                    l.data.cached,
+                )
             };
             // Share full prompt blocks; copy the partial last block (copy-on-write, done now).
             let full = prompt_len / BLOCK_SIZE;
             let needs_copy = prompt_len % BLOCK_SIZE != 0;
-            let copy_to = if needs_copy { self.pool.allocate() } else { None };
+            let copy_to = if needs_copy {
+                self.pool.allocate()
+            } else {
+                None
+            };
             let data = SeqData {
                 req_id,
                 choice,
@@ -376,7 +438,14 @@ impl Worker {
             state.live_choices += 1;
             let finish = if seq.num_computed == prompt_len {
                 self.stats.generation_tokens.fetch_add(1, Relaxed);
-                sample_into(&mut seq, last_logits, &mut self.row, &self.eog_ids, ctx, state)
+                sample_into(
+                    &mut seq,
+                    last_logits,
+                    &mut self.row,
+                    &self.eog_ids,
+                    ctx,
+                    state,
+                )
             } else {
                 // No block for the copy: recompute the prompt (full blocks hit the cache).
                 None
@@ -395,14 +464,20 @@ impl Worker {
     fn finish_choice(&mut self, seq: Sequence<SeqData>, reason: FinishReason) {
         self.stats.record_finish(reason);
         let id = seq.data.req_id;
-        let Some(state) = self.requests.get_mut(&id) else { return };
+        let Some(state) = self.requests.get_mut(&id) else {
+            return;
+        };
         state.usage.completion_tokens += seq.data.output.generated;
         if seq.data.choice == 0 {
             state.usage.cached_prompt_tokens = seq.data.cached.unwrap_or(0);
         }
         let mut out = seq.data.output;
         let text = out.final_text(reason);
-        let _ = state.events.send(Event::Finished { choice: seq.data.choice, reason, text });
+        let _ = state.events.send(Event::Finished {
+            choice: seq.data.choice,
+            reason,
+            text,
+        });
         state.live_choices -= 1;
         if state.live_choices == 0 {
             // Free the queue place before the last event, so a caller that saw `Done` can
@@ -415,9 +490,17 @@ impl Worker {
 }
 
 /// Records logprobs of the prompt tokens predicted by a chunk's rows.
-fn collect_prompt_logprobs(seq: &mut Sequence<SeqData>, c: &Chunk, rows: &[f32], vocab: usize, top_n: usize) {
+fn collect_prompt_logprobs(
+    seq: &mut Sequence<SeqData>,
+    c: &Chunk,
+    rows: &[f32],
+    vocab: usize,
+    top_n: usize,
+) {
     let top_n = top_n.min(vocab);
-    let Some(lp) = seq.data.prompt_lp.as_mut() else { return };
+    let Some(lp) = seq.data.prompt_lp.as_mut() else {
+        return;
+    };
     for i in 0..c.len {
         let next = c.start + i + 1;
         if next >= seq.data.prompt_len {
@@ -430,12 +513,23 @@ fn collect_prompt_logprobs(seq: &mut Sequence<SeqData>, c: &Chunk, rows: &[f32],
         }
         let token = seq.tokens[next];
         let logprob = row[token as usize] - logsumexp(row);
-        lp.push(Some(TokenLogprob { token, logprob, top: log_softmax_top_n(row, top_n) }));
+        lp.push(Some(TokenLogprob {
+            token,
+            logprob,
+            top: log_softmax_top_n(row, top_n),
+        }));
     }
 }
 
 /// Samples the next token of `seq` from `logits`, streams it, and says if the choice ended.
-fn sample_into(seq: &mut Sequence<SeqData>, logits: &[f32], scratch: &mut Vec<f32>, eog_ids: &[u32], ctx: usize, state: &mut RequestState) -> Option<FinishReason> {
+fn sample_into(
+    seq: &mut Sequence<SeqData>,
+    logits: &[f32],
+    scratch: &mut Vec<f32>,
+    eog_ids: &[u32],
+    ctx: usize,
+    state: &mut RequestState,
+) -> Option<FinishReason> {
     scratch.clear();
     scratch.extend_from_slice(logits);
     seq.data.output.mask_stop_tokens(eog_ids, scratch);
@@ -443,9 +537,18 @@ fn sample_into(seq: &mut Sequence<SeqData>, logits: &[f32], scratch: &mut Vec<f3
     seq.tokens.push(sampled.token);
     let at_end = seq.tokens.len() >= ctx;
     let outcome = seq.data.output.push(sampled.token, at_end);
-    let logprob = state.request.sampling.logprobs.map(|_| TokenLogprob { token: sampled.token, logprob: sampled.logprob.unwrap_or(f32::NAN), top: sampled.top_logprobs });
+    let logprob = state.request.sampling.logprobs.map(|_| TokenLogprob {
+        token: sampled.token,
+        logprob: sampled.logprob.unwrap_or(f32::NAN),
+        top: sampled.top_logprobs,
+    });
     if outcome.visible || !outcome.text.is_empty() {
-        let _ = state.events.send(Event::Token { choice: seq.data.choice, token: sampled.token, text: outcome.text, logprob });
+        let _ = state.events.send(Event::Token {
+            choice: seq.data.choice,
+            token: sampled.token,
+            text: outcome.text,
+            logprob,
+        });
     }
     outcome.finish
 }

@@ -59,8 +59,14 @@ mod tests {
         let b = chain(&r, &[9, 2, 3, 4, 5, 6, 7, 8], 4);
         assert_eq!(a.len(), 2);
         assert_ne!(a[0], b[0]);
-        assert_ne!(a[1], b[1], "same block after a different prefix must differ");
-        assert_ne!(chain(&root_hash("m", Some(b"t1")), &[1, 2, 3, 4], 4)[0], a[0]);
+        assert_ne!(
+            a[1], b[1],
+            "same block after a different prefix must differ"
+        );
+        assert_ne!(
+            chain(&root_hash("m", Some(b"t1")), &[1, 2, 3, 4], 4)[0],
+            a[0]
+        );
         assert_ne!(chain(&root_hash("other", None), &[1, 2, 3, 4], 4)[0], a[0]);
         assert_eq!(chain(&r, &[1, 2, 3, 4, 5], 4), a[..1].to_vec());
     }

@@ -72,7 +72,12 @@ impl BlockPool {
 
     /// Counters for metrics and tests.
     pub fn stats(&self) -> PoolStats {
-        PoolStats { query_tokens: self.query_tokens, hit_tokens: self.hit_tokens, blocks_in_use: self.in_use, total_blocks: self.meta.len() }
+        PoolStats {
+            query_tokens: self.query_tokens,
+            hit_tokens: self.hit_tokens,
+            blocks_in_use: self.in_use,
+            total_blocks: self.meta.len(),
+        }
     }
 
     /// Takes a block for writing, evicting the least recently used cached block if needed.

@@ -42,7 +42,10 @@ impl FloatRange {
             let open = if self.lo_open { "(" } else { "[" };
             Err(invalid(
                 self.param,
-                format!("{} must be in {open}{}, {}], got {v}", self.param, self.lo, self.hi),
+                format!(
+                    "{} must be in {open}{}, {}], got {v}",
+                    self.param, self.lo, self.hi
+                ),
             ))
         }
     }
@@ -54,34 +57,83 @@ impl FloatRange {
 }
 
 /// `temperature`: 0 is greedy (OpenAI's range).
-pub const TEMPERATURE: FloatRange =
-    FloatRange { param: "temperature", lo: 0.0, hi: 2.0, lo_open: false, default: 1.0 };
+pub const TEMPERATURE: FloatRange = FloatRange {
+    param: "temperature",
+    lo: 0.0,
+    hi: 2.0,
+    lo_open: false,
+    default: 1.0,
+};
 /// `top_p`: 1 turns nucleus sampling off.
-pub const TOP_P: FloatRange = FloatRange { param: "top_p", lo: 0.0, hi: 1.0, lo_open: true, default: 1.0 };
+pub const TOP_P: FloatRange = FloatRange {
+    param: "top_p",
+    lo: 0.0,
+    hi: 1.0,
+    lo_open: true,
+    default: 1.0,
+};
 /// `min_p` (vLLM): 0 turns it off.
-pub const MIN_P: FloatRange = FloatRange { param: "min_p", lo: 0.0, hi: 1.0, lo_open: false, default: 0.0 };
+pub const MIN_P: FloatRange = FloatRange {
+    param: "min_p",
+    lo: 0.0,
+    hi: 1.0,
+    lo_open: false,
+    default: 0.0,
+};
 /// `presence_penalty`.
-pub const PRESENCE_PENALTY: FloatRange =
-    FloatRange { param: "presence_penalty", lo: -2.0, hi: 2.0, lo_open: false, default: 0.0 };
+pub const PRESENCE_PENALTY: FloatRange = FloatRange {
+    param: "presence_penalty",
+    lo: -2.0,
+    hi: 2.0,
+    lo_open: false,
+    default: 0.0,
+};
 /// `frequency_penalty`.
-pub const FREQUENCY_PENALTY: FloatRange =
-    FloatRange { param: "frequency_penalty", lo: -2.0, hi: 2.0, lo_open: false, default: 0.0 };
+pub const FREQUENCY_PENALTY: FloatRange = FloatRange {
+    param: "frequency_penalty",
+    lo: -2.0,
+    hi: 2.0,
+    lo_open: false,
+    default: 0.0,
+};
 /// `repetition_penalty` (vLLM): 1 is off.
-pub const REPETITION_PENALTY: FloatRange =
-    FloatRange { param: "repetition_penalty", lo: 0.0, hi: 10.0, lo_open: true, default: 1.0 };
+pub const REPETITION_PENALTY: FloatRange = FloatRange {
+    param: "repetition_penalty",
+    lo: 0.0,
+    hi: 10.0,
+    lo_open: true,
+    default: 1.0,
+};
 /// One `logit_bias` value.
-pub const LOGIT_BIAS: FloatRange = FloatRange { param: "logit_bias", lo: -100.0, hi: 100.0, lo_open: false, default: 0.0 };
+pub const LOGIT_BIAS: FloatRange = FloatRange {
+    param: "logit_bias",
+    lo: -100.0,
+    hi: 100.0,
+    lo_open: false,
+    default: 0.0,
+};
 
 /// An `InvalidRequest` error naming `param`.
 pub(crate) fn invalid(param: &'static str, message: impl Into<String>) -> EngineError {
-    EngineError::InvalidRequest { param, message: message.into() }
+    EngineError::InvalidRequest {
+        param,
+        message: message.into(),
+    }
 }
 
 /// A count parameter that must lie in `lo..=hi`.
-pub(crate) fn count(param: &'static str, v: i64, lo: usize, hi: usize) -> Result<usize, EngineError> {
+pub(crate) fn count(
+    param: &'static str,
+    v: i64,
+    lo: usize,
+    hi: usize,
+) -> Result<usize, EngineError> {
     match usize::try_from(v) {
         Ok(c) if (lo..=hi).contains(&c) => Ok(c),
-        _ => Err(invalid(param, format!("{param} must be between {lo} and {hi}, got {v}"))),
+        _ => Err(invalid(
+            param,
+            format!("{param} must be between {lo} and {hi}, got {v}"),
+        )),
     }
 }
 
@@ -95,8 +147,20 @@ mod tests {
         assert!(!TEMPERATURE.contains(2.0001) && !TEMPERATURE.contains(-0.0001));
         assert!(!TOP_P.contains(0.0) && TOP_P.contains(1e-9) && TOP_P.contains(1.0));
         assert!(!REPETITION_PENALTY.contains(0.0) && REPETITION_PENALTY.contains(10.0));
-        for r in [TEMPERATURE, TOP_P, MIN_P, PRESENCE_PENALTY, FREQUENCY_PENALTY, REPETITION_PENALTY, LOGIT_BIAS] {
-            assert!(!r.contains(f64::NAN) && !r.contains(f64::INFINITY), "{}", r.param);
+        for r in [
+            TEMPERATURE,
+            TOP_P,
+            MIN_P,
+            PRESENCE_PENALTY,
+            FREQUENCY_PENALTY,
+            REPETITION_PENALTY,
+            LOGIT_BIAS,
+        ] {
+            assert!(
+                !r.contains(f64::NAN) && !r.contains(f64::INFINITY),
+                "{}",
+                r.param
+            );
             assert!(r.contains(r.default), "{} default in range", r.param);
         }
     }
@@ -111,7 +175,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(count("n", 0, 1, MAX_CHOICES), Err(EngineError::InvalidRequest { param: "n", .. })));
+        assert!(matches!(
+            count("n", 0, 1, MAX_CHOICES),
+            Err(EngineError::InvalidRequest { param: "n", .. })
+        ));
         assert_eq!(count("n", 16, 1, MAX_CHOICES).unwrap(), 16);
         assert!(count("n", -1, 1, MAX_CHOICES).is_err());
     }

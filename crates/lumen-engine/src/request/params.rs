@@ -137,26 +137,41 @@ impl GenerationParams {
         let api = self.api;
         let vocab = model.vocab_size;
         if vocab == 0 {
-            return Err(EngineError::Config("the model's vocabulary is empty".into()));
+            return Err(EngineError::Config(
+                "the model's vocabulary is empty".into(),
+            ));
         }
         let n = count("n", self.n.unwrap_or(1), 1, MAX_CHOICES)?;
         if let Some(b) = self.best_of {
             if b != n as i64 {
-                return Err(invalid("best_of", "best_of is not supported unless it equals n"));
+                return Err(invalid(
+                    "best_of",
+                    "best_of is not supported unless it equals n",
+                ));
             }
         }
         let max_tokens = match self.max_tokens {
-            Some(m) if m < 1 => return Err(invalid("max_tokens", format!("max_tokens must be at least 1, got {m}"))),
+            Some(m) if m < 1 => {
+                return Err(invalid(
+                    "max_tokens",
+                    format!("max_tokens must be at least 1, got {m}"),
+                ))
+            }
             Some(m) => Some(usize::try_from(m).unwrap_or(usize::MAX)),
             None => None,
         };
         let min_tokens = match self.min_tokens {
             None => 0,
-            Some(m) if m < 0 => return Err(invalid("min_tokens", "min_tokens must not be negative")),
+            Some(m) if m < 0 => {
+                return Err(invalid("min_tokens", "min_tokens must not be negative"))
+            }
             Some(m) => usize::try_from(m).unwrap_or(usize::MAX),
         };
         if max_tokens.is_some_and(|max| min_tokens > max) {
-            return Err(invalid("min_tokens", "min_tokens must not exceed max_tokens"));
+            return Err(invalid(
+                "min_tokens",
+                "min_tokens must not exceed max_tokens",
+            ));
         }
         let logprobs = top_logprobs(api, self.logprobs, self.top_logprobs)?;
         let mut prompt_logprobs = match self.prompt_logprobs {
@@ -174,8 +189,10 @@ impl GenerationParams {
             top_p: limits::TOP_P.check_or_default(self.top_p)?,
             min_p: limits::MIN_P.check_or_default(self.min_p)?,
             presence_penalty: limits::PRESENCE_PENALTY.check_or_default(self.presence_penalty)?,
-            frequency_penalty: limits::FREQUENCY_PENALTY.check_or_default(self.frequency_penalty)?,
-            repetition_penalty: limits::REPETITION_PENALTY.check_or_default(self.repetition_penalty)?,
+            frequency_penalty: limits::FREQUENCY_PENALTY
+                .check_or_default(self.frequency_penalty)?,
+            repetition_penalty: limits::REPETITION_PENALTY
+                .check_or_default(self.repetition_penalty)?,
             top_k: top_k(self.top_k, vocab)?,
             // OpenAI seeds are any integer; the bits are what matter.
             seed: self.seed.map(|s| s as u64),
@@ -183,7 +200,10 @@ impl GenerationParams {
             logit_bias: logit_bias(&self.logit_bias, vocab)?,
         };
         if self.stop.len() > MAX_STOP {
-            return Err(invalid("stop", format!("at most {MAX_STOP} stop sequences, got {}", self.stop.len())));
+            return Err(invalid(
+                "stop",
+                format!("at most {MAX_STOP} stop sequences, got {}", self.stop.len()),
+            ));
         }
         if self.stop.iter().any(String::is_empty) {
             return Err(invalid("stop", "stop sequences must not be empty"));
@@ -191,7 +211,14 @@ impl GenerationParams {
         let stop_token_ids = self
             .stop_token_ids
             .iter()
-            .map(|&t| token_id(t, vocab).ok_or_else(|| invalid("stop_token_ids", format!("token id {t} is outside the vocabulary"))))
+            .map(|&t| {
+                token_id(t, vocab).ok_or_else(|| {
+                    invalid(
+                        "stop_token_ids",
+                        format!("token id {t} is outside the vocabulary"),
+                    )
+                })
+            })
             .collect::<Result<Vec<u32>, _>>()?;
         let request = GenerateRequest {
             prompt: Vec::new(),
@@ -207,7 +234,15 @@ impl GenerationParams {
             cache_salt: self.cache_salt.map(String::into_bytes),
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
         };
-        Ok(ValidParams::new(request, max_tokens, api, echo, show_prompt_logprobs, self.caller, model))
+        Ok(ValidParams::new(
+            request,
+            max_tokens,
+            api,
+            echo,
+            show_prompt_logprobs,
+            self.caller,
+            model,
+        ))
     }
 }
 
@@ -216,7 +251,11 @@ fn token_id(t: i64, vocab: usize) -> Option<u32> {
 }
 
 /// The alternatives per generated token, `None` when no logprobs are asked for.
-fn top_logprobs(api: Api, logprobs: Option<bool>, top: Option<i64>) -> Result<Option<usize>, EngineError> {
+fn top_logprobs(
+    api: Api,
+    logprobs: Option<bool>,
+    top: Option<i64>,
+) -> Result<Option<usize>, EngineError> {
     let param = api.top_logprobs_param();
     let top = match top {
         None => 0,
@@ -233,19 +272,32 @@ fn top_k(k: Option<i64>, vocab: usize) -> Result<usize, EngineError> {
     match k {
         None | Some(-1) | Some(0) => Ok(0),
         Some(k) if k > 0 => Ok(usize::try_from(k).unwrap_or(usize::MAX).min(vocab)),
-        Some(k) => Err(invalid("top_k", format!("top_k must be -1 (off) or positive, got {k}"))),
+        Some(k) => Err(invalid(
+            "top_k",
+            format!("top_k must be -1 (off) or positive, got {k}"),
+        )),
     }
 }
 
 fn logit_bias(entries: &[(String, f64)], vocab: usize) -> Result<Vec<(u32, f32)>, EngineError> {
     let mut out = Vec::with_capacity(entries.len());
     for (key, v) in entries {
-        let id = key.trim().parse::<i64>().ok().and_then(|t| token_id(t, vocab));
+        let id = key
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .and_then(|t| token_id(t, vocab));
         let Some(id) = id else {
-            return Err(invalid("logit_bias", format!("logit_bias key '{key}' is not a token id below {vocab}")));
+            return Err(invalid(
+                "logit_bias",
+                format!("logit_bias key '{key}' is not a token id below {vocab}"),
+            ));
         };
         if !limits::LOGIT_BIAS.contains(*v) {
-            return Err(invalid("logit_bias", format!("logit_bias values must be in [-100, 100], got {v}")));
+            return Err(invalid(
+                "logit_bias",
+                format!("logit_bias values must be in [-100, 100], got {v}"),
+            ));
         }
         out.push((id, *v as f32));
     }

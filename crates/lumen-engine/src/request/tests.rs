@@ -7,7 +7,12 @@ use crate::error::EngineError;
 
 fn model() -> ModelInfo {
     // 64 KV blocks of 16 tokens = 1024 tokens, less than the 2048-token context.
-    ModelInfo { name: "m".into(), context_len: 2048, vocab_size: 100, kv_blocks: 64 }
+    ModelInfo {
+        name: "m".into(),
+        context_len: 2048,
+        vocab_size: 100,
+        kv_blocks: 64,
+    }
 }
 
 fn params(edit: impl FnOnce(&mut GenerationParams)) -> GenerationParams {
@@ -31,20 +36,30 @@ fn param_of(edit: impl FnOnce(&mut GenerationParams)) -> &'static str {
 
 fn valid(edit: impl FnOnce(&mut GenerationParams)) -> ValidRequest {
     let m = model();
-    params(edit).validate(&m).and_then(|v| v.for_prompt(vec![1; 10], &m)).expect("valid")
+    params(edit)
+        .validate(&m)
+        .and_then(|v| v.for_prompt(vec![1; 10], &m))
+        .expect("valid")
 }
 
 #[test]
 fn defaults_fill_the_room_left_in_the_kv_cache() {
     let r = valid(|_| {});
     assert_eq!(r.n(), 1);
-    assert_eq!(r.max_tokens(), 1024 - 10, "no max_tokens: fill min(context, KV) after the prompt");
+    assert_eq!(
+        r.max_tokens(),
+        1024 - 10,
+        "no max_tokens: fill min(context, KV) after the prompt"
+    );
     assert_eq!(r.max_new_tokens(), 1014);
     assert_eq!(r.prompt_tokens(), 10);
     assert_eq!(r.priority(), Priority::Interactive);
     assert!(r.caller().is_none());
     let s = &r.request.sampling;
-    assert_eq!((s.temperature, s.top_p, s.top_k, s.min_p), (1.0, 1.0, 0, 0.0));
+    assert_eq!(
+        (s.temperature, s.top_p, s.top_k, s.min_p),
+        (1.0, 1.0, 0, 0.0)
+    );
     assert!(r.request.skip_special_tokens && !r.request.ignore_eos);
 }
 
@@ -83,7 +98,10 @@ fn max_tokens_and_min_tokens() {
     );
     let (param, message) = rejected(params(|p| p.max_tokens = Some(2039)));
     assert_eq!(param, "max_tokens");
-    assert!(message.contains("maximum context length is 2048"), "{message}");
+    assert!(
+        message.contains("maximum context length is 2048"),
+        "{message}"
+    );
     let (param, message) = rejected(params(|p| p.max_tokens = Some(1015)));
     assert_eq!(param, "max_tokens");
     assert!(message.contains("KV cache of 1024 tokens"), "{message}");
@@ -124,7 +142,12 @@ fn float_ranges_follow_the_rule_book() {
         valid(|p| set(p, range.hi));
     }
     // temperature 2 is the top of OpenAI's range; above it is refused everywhere.
-    assert!(SamplingParams { temperature: 2.5, ..SamplingParams::default() }.validate().is_err());
+    assert!(SamplingParams {
+        temperature: 2.5,
+        ..SamplingParams::default()
+    }
+    .validate()
+    .is_err());
 }
 
 #[test]
@@ -137,17 +160,36 @@ fn top_k_is_off_or_positive_and_capped_at_the_vocabulary() {
 
 #[test]
 fn logit_bias_keys_are_token_ids_and_values_bounded() {
-    assert_eq!(param_of(|p| p.logit_bias = vec![("abc".into(), 1.0)]), "logit_bias");
-    assert_eq!(param_of(|p| p.logit_bias = vec![("100".into(), 1.0)]), "logit_bias");
-    assert_eq!(param_of(|p| p.logit_bias = vec![("-1".into(), 1.0)]), "logit_bias");
-    assert_eq!(param_of(|p| p.logit_bias = vec![("5".into(), 100.5)]), "logit_bias");
+    assert_eq!(
+        param_of(|p| p.logit_bias = vec![("abc".into(), 1.0)]),
+        "logit_bias"
+    );
+    assert_eq!(
+        param_of(|p| p.logit_bias = vec![("100".into(), 1.0)]),
+        "logit_bias"
+    );
+    assert_eq!(
+        param_of(|p| p.logit_bias = vec![("-1".into(), 1.0)]),
+        "logit_bias"
+    );
+    assert_eq!(
+        param_of(|p| p.logit_bias = vec![("5".into(), 100.5)]),
+        "logit_bias"
+    );
     let r = valid(|p| p.logit_bias = vec![(" 9".into(), -100.0), ("3".into(), 2.0)]);
-    assert_eq!(r.request.sampling.logit_bias, vec![(3, 2.0), (9, -100.0)], "sorted by id");
+    assert_eq!(
+        r.request.sampling.logit_bias,
+        vec![(3, 2.0), (9, -100.0)],
+        "sorted by id"
+    );
 }
 
 #[test]
 fn stops_are_bounded_and_non_empty() {
-    assert_eq!(param_of(|p| p.stop = vec!["a".into(); MAX_STOP + 1]), "stop");
+    assert_eq!(
+        param_of(|p| p.stop = vec!["a".into(); MAX_STOP + 1]),
+        "stop"
+    );
     assert_eq!(param_of(|p| p.stop = vec![String::new()]), "stop");
     assert_eq!(param_of(|p| p.stop_token_ids = vec![100]), "stop_token_ids");
     assert_eq!(param_of(|p| p.stop_token_ids = vec![-1]), "stop_token_ids");
@@ -174,7 +216,13 @@ fn logprobs_name_each_apis_parameter() {
         p.top_logprobs = Some(20);
     });
     assert_eq!(r.request.sampling.logprobs, Some(20));
-    assert_eq!(valid(|p| p.logprobs = Some(false)).request.sampling.logprobs, None);
+    assert_eq!(
+        valid(|p| p.logprobs = Some(false))
+            .request
+            .sampling
+            .logprobs,
+        None
+    );
     // Completions: the count itself is `logprobs`.
     assert_eq!(
         param_of(|p| {
@@ -184,7 +232,10 @@ fn logprobs_name_each_apis_parameter() {
         }),
         "logprobs"
     );
-    assert_eq!(param_of(|p| p.prompt_logprobs = Some(21)), "prompt_logprobs");
+    assert_eq!(
+        param_of(|p| p.prompt_logprobs = Some(21)),
+        "prompt_logprobs"
+    );
 }
 
 #[test]
@@ -199,35 +250,77 @@ fn echo_with_logprobs_implies_prompt_logprobs() {
     .validate(&m)
     .expect("valid");
     assert!(v.echo() && !v.show_prompt_logprobs());
-    assert_eq!(v.for_prompt(vec![1, 2], &m).expect("fits").request.prompt_logprobs, Some(3));
-    let v = params(|p| p.prompt_logprobs = Some(0)).validate(&m).expect("valid");
+    assert_eq!(
+        v.for_prompt(vec![1, 2], &m)
+            .expect("fits")
+            .request
+            .prompt_logprobs,
+        Some(3)
+    );
+    let v = params(|p| p.prompt_logprobs = Some(0))
+        .validate(&m)
+        .expect("valid");
     assert!(v.show_prompt_logprobs());
 }
 
 #[test]
 fn priority_names_and_integers() {
-    assert_eq!(valid(|p| p.priority = Some(PriorityInput::Int(1))).priority(), Priority::Batch);
-    assert_eq!(valid(|p| p.priority = Some(PriorityInput::Int(-5))).priority(), Priority::Interactive);
-    assert_eq!(valid(|p| p.priority = Some(PriorityInput::Name("batch".into()))).priority(), Priority::Batch);
-    assert_eq!(param_of(|p| p.priority = Some(PriorityInput::Name("urgent".into()))), "priority");
+    assert_eq!(
+        valid(|p| p.priority = Some(PriorityInput::Int(1))).priority(),
+        Priority::Batch
+    );
+    assert_eq!(
+        valid(|p| p.priority = Some(PriorityInput::Int(-5))).priority(),
+        Priority::Interactive
+    );
+    assert_eq!(
+        valid(|p| p.priority = Some(PriorityInput::Name("batch".into()))).priority(),
+        Priority::Batch
+    );
+    assert_eq!(
+        param_of(|p| p.priority = Some(PriorityInput::Name("urgent".into()))),
+        "priority"
+    );
 }
 
 #[test]
 fn prompts_must_fit_and_name_their_field() {
     let m = model();
     let chat = GenerationParams::default().validate(&m).expect("valid");
-    let completions = params(|p| p.api = Api::Completions).validate(&m).expect("valid");
+    let completions = params(|p| p.api = Api::Completions)
+        .validate(&m)
+        .expect("valid");
     let param = |v: &ValidParams, prompt: Vec<u32>| match v.for_prompt(prompt, &m) {
         Err(EngineError::InvalidRequest { param, .. }) => param,
         other => panic!("{other:?}"),
     };
     assert_eq!(param(&chat, vec![]), "messages");
     assert_eq!(param(&completions, vec![]), "prompt");
-    assert_eq!(param(&completions, vec![100]), "prompt", "token outside the vocabulary");
-    assert_eq!(param(&completions, vec![1; 1024]), "prompt", "no room left to generate");
-    assert_eq!(completions.for_prompt(vec![1; 1023], &m).expect("fits").max_tokens(), 1);
-    let other = ModelInfo { name: "other".into(), ..model() };
-    assert!(matches!(chat.for_prompt(vec![1], &other), Err(EngineError::Config(_))));
+    assert_eq!(
+        param(&completions, vec![100]),
+        "prompt",
+        "token outside the vocabulary"
+    );
+    assert_eq!(
+        param(&completions, vec![1; 1024]),
+        "prompt",
+        "no room left to generate"
+    );
+    assert_eq!(
+        completions
+            .for_prompt(vec![1; 1023], &m)
+            .expect("fits")
+            .max_tokens(),
+        1
+    );
+    let other = ModelInfo {
+        name: "other".into(),
+        ..model()
+    };
+    assert!(matches!(
+        chat.for_prompt(vec![1], &other),
+        Err(EngineError::Config(_))
+    ));
 }
 
 #[test]
@@ -239,13 +332,20 @@ fn caller_and_salt_are_carried() {
     });
     assert_eq!(r.caller(), Some(&CallerId::new("key:abc")));
     assert_eq!(r.request.cache_salt.as_deref(), Some(&b"tenant"[..]));
-    assert_eq!(r.request.sampling.seed, Some(u64::MAX), "negative seeds keep their bits");
+    assert_eq!(
+        r.request.sampling.seed,
+        Some(u64::MAX),
+        "negative seeds keep their bits"
+    );
 }
 
 #[test]
 fn greedy_helper_is_greedy() {
     let m = model();
-    let r = GenerationParams::greedy(7).validate(&m).and_then(|v| v.for_prompt(vec![1], &m)).expect("valid");
+    let r = GenerationParams::greedy(7)
+        .validate(&m)
+        .and_then(|v| v.for_prompt(vec![1], &m))
+        .expect("valid");
     assert!(r.request.sampling.is_greedy());
     assert_eq!(r.max_tokens(), 7);
 }

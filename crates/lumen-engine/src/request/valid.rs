@@ -35,7 +35,15 @@ impl ValidParams {
         caller: Option<CallerId>,
         model: &ModelInfo,
     ) -> Self {
-        ValidParams { template, max_tokens, api, echo, show_prompt_logprobs, caller, model: model.name.clone() }
+        ValidParams {
+            template,
+            max_tokens,
+            api,
+            echo,
+            show_prompt_logprobs,
+            caller,
+            model: model.name.clone(),
+        }
     }
 
     /// Choices per prompt.
@@ -64,7 +72,11 @@ impl ValidParams {
     }
 
     /// The request for one tokenized prompt, fitted to `model`'s context and KV cache.
-    pub fn for_prompt(&self, prompt: Vec<u32>, model: &ModelInfo) -> Result<ValidRequest, EngineError> {
+    pub fn for_prompt(
+        &self,
+        prompt: Vec<u32>,
+        model: &ModelInfo,
+    ) -> Result<ValidRequest, EngineError> {
         let param = self.api.prompt_param();
         if model.name != self.model {
             return Err(EngineError::Config(format!(
@@ -78,14 +90,21 @@ impl ValidParams {
         if let Some(&t) = prompt.iter().find(|&&t| t as usize >= model.vocab_size) {
             return Err(invalid(
                 param,
-                format!("token id {t} is outside the vocabulary of {} tokens", model.vocab_size),
+                format!(
+                    "token id {t} is outside the vocabulary of {} tokens",
+                    model.vocab_size
+                ),
             ));
         }
         let ctx = model.context_len;
         let kv_tokens = model.kv_blocks.saturating_mul(BLOCK_SIZE);
         let limit = ctx.min(kv_tokens);
         if prompt.len() >= limit {
-            let why = if kv_tokens < ctx { " (the KV cache holds that many)" } else { "" };
+            let why = if kv_tokens < ctx {
+                " (the KV cache holds that many)"
+            } else {
+                ""
+            };
             return Err(invalid(
                 param,
                 format!(
@@ -121,7 +140,11 @@ impl ValidParams {
         request.prompt = prompt;
         request.max_tokens = max_tokens;
         request.min_tokens = request.min_tokens.min(max_tokens);
-        Ok(ValidRequest { request, caller: self.caller.clone(), model: self.model.clone() })
+        Ok(ValidRequest {
+            request,
+            caller: self.caller.clone(),
+            model: self.model.clone(),
+        })
     }
 }
 

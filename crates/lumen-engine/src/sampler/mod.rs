@@ -128,7 +128,9 @@ impl Sampler {
         } else {
             self.draw(logits)
         };
-        let logprob = lse.map(|lse| logprobs::logprob(logits.get(token as usize).copied().unwrap_or(f32::NAN), lse));
+        let logprob = lse.map(|lse| {
+            logprobs::logprob(logits.get(token as usize).copied().unwrap_or(f32::NAN), lse)
+        });
         Sampled {
             token,
             logprob,

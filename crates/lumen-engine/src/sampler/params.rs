@@ -75,14 +75,27 @@ impl SamplingParams {
         for (range, v) in ranges {
             if !range.contains(f64::from(v)) {
                 let open = if range.lo_open { "(" } else { "[" };
-                return Err(invalid(range.param, format!("must be in {open}{}, {}], got {v}", range.lo, range.hi)));
+                return Err(invalid(
+                    range.param,
+                    format!("must be in {open}{}, {}], got {v}", range.lo, range.hi),
+                ));
             }
         }
-        if let Some(&(id, b)) = self.logit_bias.iter().find(|(_, b)| !limits::LOGIT_BIAS.contains(f64::from(*b))) {
-            return Err(invalid("logit_bias", format!("bias for token {id} must be in [-100, 100], got {b}")));
+        if let Some(&(id, b)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !limits::LOGIT_BIAS.contains(f64::from(*b)))
+        {
+            return Err(invalid(
+                "logit_bias",
+                format!("bias for token {id} must be in [-100, 100], got {b}"),
+            ));
         }
         if let Some(n) = self.logprobs.filter(|&n| n > MAX_LOGPROBS) {
-            return Err(invalid("logprobs", format!("at most {MAX_LOGPROBS} alternatives, got {n}")));
+            return Err(invalid(
+                "logprobs",
+                format!("at most {MAX_LOGPROBS} alternatives, got {n}"),
+            ));
         }
         Ok(())
     }

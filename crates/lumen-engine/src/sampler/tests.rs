@@ -28,7 +28,14 @@ fn greedy_picks_argmax_with_lowest_id_on_ties() {
     // No logprobs asked for: none computed.
     assert_eq!(out.logprob, None);
     assert!(out.top_logprobs.is_empty());
-    let mut s = Sampler::new(SamplingParams { logprobs: Some(0), ..SamplingParams::greedy() }, 5).unwrap();
+    let mut s = Sampler::new(
+        SamplingParams {
+            logprobs: Some(0),
+            ..SamplingParams::greedy()
+        },
+        5,
+    )
+    .unwrap();
     let out = s.sample(&mut [0.1, 3.0, -2.0, 3.0, f32::NAN], &[]);
     assert_eq!(out.token, 1);
     assert!(out.logprob.is_some_and(|l| l < 0.0 && l > -1.0), "{out:?}");

@@ -32,12 +32,19 @@ impl ChoiceOutput {
     pub fn new(request: Arc<GenerateRequest>, tokenizer: Arc<Tokenizer>) -> Self {
         let decoder = IncrementalDecoder::new(tokenizer.clone(), request.skip_special_tokens);
         let stop = StopMatcher::new(request.stop.clone());
-        ChoiceOutput { request, tokenizer, decoder, stop, generated: 0 }
+        ChoiceOutput {
+            request,
+            tokenizer,
+            decoder,
+            stop,
+            generated: 0,
+        }
     }
 
     /// Whether `token` would end the choice as an end-of-sequence or stop token.
     pub fn is_stop_token(&self, token: u32) -> bool {
-        self.request.stop_token_ids.contains(&token) || (!self.request.ignore_eos && self.tokenizer.is_eog(token))
+        self.request.stop_token_ids.contains(&token)
+            || (!self.request.ignore_eos && self.tokenizer.is_eog(token))
     }
 
     /// Before sampling: while `min_tokens` is not reached, no token that would stop the
@@ -59,20 +66,36 @@ impl ChoiceOutput {
         self.generated += 1;
         if self.is_stop_token(token) && self.generated > self.request.min_tokens {
             let text = self.flush();
-            return TokenOutcome { text, visible: false, finish: Some(FinishReason::Stop) };
+            return TokenOutcome {
+                text,
+                visible: false,
+                finish: Some(FinishReason::Stop),
+            };
         }
         let delta = self.decoder.push(token);
         let out = self.stop.push(&delta);
         let text = out.text;
         if out.stopped.is_some() {
-            return TokenOutcome { text, visible: true, finish: Some(FinishReason::Stop) };
+            return TokenOutcome {
+                text,
+                visible: true,
+                finish: Some(FinishReason::Stop),
+            };
         }
         if self.generated >= self.request.max_tokens || at_context_end {
             let mut text = text;
             text.push_str(&self.flush());
-            return TokenOutcome { text, visible: true, finish: Some(FinishReason::Length) };
+            return TokenOutcome {
+                text,
+                visible: true,
+                finish: Some(FinishReason::Length),
+            };
         }
-        TokenOutcome { text, visible: true, finish: None }
+        TokenOutcome {
+            text,
+            visible: true,
+            finish: None,
+        }
     }
 
     /// Text to send when the choice ends for `reason`: nothing after a stop (the stop string
@@ -131,9 +154,23 @@ mod tests {
     fn eos_stops_and_is_not_shown() {
         let (mut out, tok) = output(|_| {});
         let hello = id_of(&tok, "hello");
-        assert_eq!(out.push(hello, false), TokenOutcome { text: "hello".into(), visible: true, finish: None });
+        assert_eq!(
+            out.push(hello, false),
+            TokenOutcome {
+                text: "hello".into(),
+                visible: true,
+                finish: None
+            }
+        );
         let end = out.push(EOS, false);
-        assert_eq!(end, TokenOutcome { text: String::new(), visible: false, finish: Some(FinishReason::Stop) });
+        assert_eq!(
+            end,
+            TokenOutcome {
+                text: String::new(),
+                visible: false,
+                finish: Some(FinishReason::Stop)
+            }
+        );
         assert_eq!(out.generated, 2, "the stop token counts as generated");
     }
 
@@ -174,7 +211,10 @@ mod tests {
         assert_eq!(out.push(id_of(&tok, "hello"), false).finish, None);
         let mut logits = vec![0.0f32; tok.vocab_size()];
         out.mask_stop_tokens(&[EOS], &mut logits);
-        assert!(logits.iter().all(|v| v.is_finite()), "no mask once min_tokens is reached");
+        assert!(
+            logits.iter().all(|v| v.is_finite()),
+            "no mask once min_tokens is reached"
+        );
         assert_eq!(out.push(EOS, false).finish, Some(FinishReason::Stop));
     }
 
@@ -182,7 +222,11 @@ mod tests {
     fn stop_string_across_tokens_hides_itself_and_the_rest() {
         let (mut out, tok) = output(|r| r.stop = vec!["lo wor".into()]);
         let o = out.push(id_of(&tok, "hello"), false);
-        assert_eq!((o.text.as_str(), o.finish), ("hel", None), "'lo' may start the stop string");
+        assert_eq!(
+            (o.text.as_str(), o.finish),
+            ("hel", None),
+            "'lo' may start the stop string"
+        );
         let o = out.push(id_of(&tok, " world"), false);
         assert_eq!((o.text.as_str(), o.finish), ("", Some(FinishReason::Stop)));
         assert_eq!(out.final_text(FinishReason::Stop), "");
@@ -195,13 +239,19 @@ mod tests {
             r.max_tokens = 1;
         });
         let o = out.push(id_of(&tok, "hello"), false);
-        assert_eq!((o.text.as_str(), o.finish), ("hello", Some(FinishReason::Length)));
+        assert_eq!(
+            (o.text.as_str(), o.finish),
+            ("hello", Some(FinishReason::Length))
+        );
     }
 
     #[test]
     fn context_end_is_length() {
         let (mut out, tok) = output(|_| {});
-        assert_eq!(out.push(id_of(&tok, "hello"), true).finish, Some(FinishReason::Length));
+        assert_eq!(
+            out.push(id_of(&tok, "hello"), true).finish,
+            Some(FinishReason::Length)
+        );
     }
 
     #[test]

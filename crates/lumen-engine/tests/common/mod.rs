@@ -6,13 +6,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lumen_engine::registry::{resolve, ChatModel};
-use lumen_engine::{Engine, EngineConfig, Event, FinishReason, GenerationParams, RequestStream, Usage};
+use lumen_engine::{
+    Engine, EngineConfig, Event, FinishReason, GenerationParams, RequestStream, Usage,
+};
 
 /// The default chat model, or `None` with a note when absent (a failure under CI; see
 /// `lumen_testkit`).
 pub fn smollm2() -> Option<ChatModel> {
     lumen_testkit::chat_gguf()?;
-    let loc = resolve(lumen_testkit::CHAT_MODEL, &lumen_testkit::lumen_home()).expect("resolve smollm2");
+    let loc =
+        resolve(lumen_testkit::CHAT_MODEL, &lumen_testkit::lumen_home()).expect("resolve smollm2");
     Some(ChatModel::load(&loc).expect("load smollm2"))
 }
 
@@ -40,17 +43,32 @@ pub struct Outcome {
 
 /// Drains a stream to its end.
 pub fn collect(mut stream: RequestStream, n: usize) -> Outcome {
-    let mut out = Outcome { tokens: vec![vec![]; n], logprobs: vec![vec![]; n], text: vec![String::new(); n], finish: vec![None; n], usage: Usage::default() };
+    let mut out = Outcome {
+        tokens: vec![vec![]; n],
+        logprobs: vec![vec![]; n],
+        text: vec![String::new(); n],
+        finish: vec![None; n],
+        usage: Usage::default(),
+    };
     while let Some(ev) = stream.blocking_recv() {
         match ev {
-            Event::Token { choice, token, text, logprob } => {
+            Event::Token {
+                choice,
+                token,
+                text,
+                logprob,
+            } => {
                 out.tokens[choice].push(token);
                 if let Some(lp) = logprob {
                     out.logprobs[choice].push(lp.logprob);
                 }
                 out.text[choice].push_str(&text);
             }
-            Event::Finished { choice, reason, text } => {
+            Event::Finished {
+                choice,
+                reason,
+                text,
+            } => {
                 out.text[choice].push_str(&text);
                 out.finish[choice] = Some(reason);
             }
@@ -97,24 +115,40 @@ pub fn submit(engine: &Engine, r: Req) -> Result<RequestStream, lumen_engine::En
 
 /// Submits every request at once and collects all outcomes (one thread per stream).
 pub fn run_all(engine: &Engine, reqs: Vec<Req>) -> Vec<Outcome> {
-    let streams: Vec<(RequestStream, usize)> = reqs.into_iter().map(|r| {
-        let n = r.params.n.unwrap_or(1) as usize;
-        (submit(engine, r).expect("submit"), n)
-    }).collect();
-    let threads: Vec<_> = streams.into_iter().map(|(s, n)| std::thread::spawn(move || collect(s, n))).collect();
-    threads.into_iter().map(|t| t.join().expect("collector")).collect()
+    let streams: Vec<(RequestStream, usize)> = reqs
+        .into_iter()
+        .map(|r| {
+            let n = r.params.n.unwrap_or(1) as usize;
+            (submit(engine, r).expect("submit"), n)
+        })
+        .collect();
+    let threads: Vec<_> = streams
+        .into_iter()
+        .map(|(s, n)| std::thread::spawn(move || collect(s, n)))
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("collector"))
+        .collect()
 }
 
 /// Blocks referenced by a sequence right now.
 pub fn blocks_in_use(engine: &Engine) -> u64 {
-    engine.handle().stats().blocks_in_use.load(std::sync::atomic::Ordering::SeqCst)
+    engine
+        .handle()
+        .stats()
+        .blocks_in_use
+        .load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// Waits (bounded) until the engine reports no running or waiting sequence.
 pub fn wait_idle(engine: &Engine) {
     let stats = engine.handle().stats().clone();
     for _ in 0..500 {
-        if stats.running.load(std::sync::atomic::Ordering::SeqCst) == 0 && stats.waiting.load(std::sync::atomic::Ordering::SeqCst) == 0 && engine.handle().in_flight() == 0 {
+        if stats.running.load(std::sync::atomic::Ordering::SeqCst) == 0
+            && stats.waiting.load(std::sync::atomic::Ordering::SeqCst) == 0
+            && engine.handle().in_flight() == 0
+        {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));

@@ -18,7 +18,16 @@ use crate::ggml_math::x86::{exp8, hsum8, reduce16};
 /// `q.len() % 8 == 0`; the slices as for the scalar version.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn attend(level: CpuLevel, mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+pub(super) unsafe fn attend(
+    level: CpuLevel,
+    mode: Arith,
+    q: &[f32],
+    n_ctx: usize,
+    kf: &[f32],
+    vf: &[f32],
+    scale: f32,
+    bufs: Bufs<'_>,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
@@ -38,12 +47,18 @@ pub(super) unsafe fn attend(level: CpuLevel, mode: Arith, q: &[f32], n_ctx: usiz
 /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
 /// pointer argument must be valid for the reads and writes described above.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
-unsafe fn attend_vl(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+unsafe fn attend_vl(
+    mode: Arith,
+    q: &[f32],
+    n_ctx: usize,
+    kf: &[f32],
+    vf: &[f32],
+    scale: f32,
+    bufs: Bufs<'_>,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-    unsafe {
-        attend_body::<true>(mode, q, n_ctx, kf, vf, scale, bufs)
-    }
+    unsafe { attend_body::<true>(mode, q, n_ctx, kf, vf, scale, bufs) }
 }
 
 /// The body of [`attend`]; `VL`: compiled with AVX-512VL's 32 registers.
@@ -53,19 +68,39 @@ unsafe fn attend_vl(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32]
 /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
 /// pointer argument must be valid for the reads and writes described above.
 #[inline(always)]
-unsafe fn attend_body<const VL: bool>(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+unsafe fn attend_body<const VL: bool>(
+    mode: Arith,
+    q: &[f32],
+    n_ctx: usize,
+    kf: &[f32],
+    vf: &[f32],
+    scale: f32,
+    bufs: Bufs<'_>,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
         let hd = q.len();
-        let Bufs { scores, qh, rows, out } = bufs;
+        let Bufs {
+            scores,
+            qh,
+            rows,
+            out,
+        } = bufs;
         let n16 = n_ctx.next_multiple_of(16);
         let n_kv = padded_kv(n_ctx);
-        assert!(hd & 7 == 0 && qh.len() >= hd && out.len() >= hd && rows.len() >= ROWS * hd && scores.len() >= n_kv);
+        assert!(
+            hd & 7 == 0
+                && qh.len() >= hd
+                && out.len() >= hd
+                && rows.len() >= ROWS * hd
+                && scores.len() >= n_kv
+        );
         assert!(kf.len() >= n_ctx * hd && vf.len() >= n_ctx * hd);
         let qh = qh.as_mut_ptr();
         for d in (0..hd).step_by(8) {
-            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(q.as_ptr().add(d)));
+            let h =
+                _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(q.as_ptr().add(d)));
             _mm256_storeu_ps(qh.add(d), _mm256_cvtph_ps(h));
         }
 
@@ -73,7 +108,11 @@ unsafe fn attend_body<const VL: bool>(mode: Arith, q: &[f32], n_ctx: usize, kf: 
         // (their eight final reductions done together, in the same order), then one at a time.
         let sp = scores.as_mut_ptr();
         let batched = mode == Arith::Batched;
-        let eights = if batched || hd.is_multiple_of(64) { n_ctx & !7 } else { 0 };
+        let eights = if batched || hd.is_multiple_of(64) {
+            n_ctx & !7
+        } else {
+            0
+        };
         let scalev = _mm256_set1_ps(scale);
         let mut maxv = _mm256_set1_ps(f32::NEG_INFINITY);
         for pos in (0..eights).step_by(8) {
@@ -93,7 +132,11 @@ unsafe fn attend_body<const VL: bool>(mode: Arith, q: &[f32], n_ctx: usize, kf: 
         let mut max = m8.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         for pos in eights..n_ctx {
             let k = kf.as_ptr().add(pos * hd);
-            let s = if batched { dot_tiny(qh, k, hd) } else { dot_f16(qh, k, hd) } * scale;
+            let s = if batched {
+                dot_tiny(qh, k, hd)
+            } else {
+                dot_f16(qh, k, hd)
+            } * scale;
             *sp.add(pos) = s;
             max = max.max(s);
         }
@@ -115,11 +158,21 @@ unsafe fn attend_body<const VL: bool>(mode: Arith, q: &[f32], n_ctx: usize, kf: 
         // Probabilities rounded to f16 (the masked lanes up to n16 become 0).
         for i in (0..n16).step_by(8) {
             let p = _mm256_mul_ps(_mm256_loadu_ps(sp.add(i)), inv);
-            _mm256_storeu_ps(sp.add(i), _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(p)));
+            _mm256_storeu_ps(
+                sp.add(i),
+                _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(p)),
+            );
         }
 
         if mode == Arith::Batched {
-            weighted_sum_tiny::<VL>(sp, n_ctx, vf.as_ptr(), hd, rows.as_mut_ptr(), out.as_mut_ptr());
+            weighted_sum_tiny::<VL>(
+                sp,
+                n_ctx,
+                vf.as_ptr(),
+                hd,
+                rows.as_mut_ptr(),
+                out.as_mut_ptr(),
+            );
             return;
         }
 
@@ -146,8 +199,14 @@ unsafe fn attend_body<const VL: bool>(mode: Arith, q: &[f32], n_ctx: usize, kf: 
                 let rd = rp.add(d);
                 let mut s = [zero; 16];
                 for (l, x) in s.iter_mut().enumerate() {
-                    let (a, b) = (_mm256_loadu_ps(rd.add(l * hd)), _mm256_loadu_ps(rd.add((32 + l) * hd)));
-                    let (c, e) = (_mm256_loadu_ps(rd.add((16 + l) * hd)), _mm256_loadu_ps(rd.add((48 + l) * hd)));
+                    let (a, b) = (
+                        _mm256_loadu_ps(rd.add(l * hd)),
+                        _mm256_loadu_ps(rd.add((32 + l) * hd)),
+                    );
+                    let (c, e) = (
+                        _mm256_loadu_ps(rd.add((16 + l) * hd)),
+                        _mm256_loadu_ps(rd.add((48 + l) * hd)),
+                    );
                     *x = _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, e));
                 }
                 let f = reduce16_lanes(&s);
@@ -156,7 +215,10 @@ unsafe fn attend_body<const VL: bool>(mode: Arith, q: &[f32], n_ctx: usize, kf: 
             }
             for pos in np..n_kv {
                 if pos < n_ctx {
-                    let prod = _mm256_mul_ps(_mm256_loadu_ps(vf.as_ptr().add(pos * hd + d)), _mm256_set1_ps(*sp.add(pos)));
+                    let prod = _mm256_mul_ps(
+                        _mm256_loadu_ps(vf.as_ptr().add(pos * hd + d)),
+                        _mm256_set1_ps(*sp.add(pos)),
+                    );
                     lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(prod)));
                     hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(prod)));
                 } else {
@@ -164,7 +226,10 @@ unsafe fn attend_body<const VL: bool>(mode: Arith, q: &[f32], n_ctx: usize, kf: 
                     hi = _mm256_add_pd(hi, _mm256_setzero_pd());
                 }
             }
-            _mm256_storeu_ps(op.add(d), _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo)));
+            _mm256_storeu_ps(
+                op.add(d),
+                _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo)),
+            );
         }
     }
 }
@@ -180,9 +245,7 @@ unsafe fn attend_body<const VL: bool>(mode: Arith, q: &[f32], n_ctx: usize, kf: 
 unsafe fn dot_tiny(x: *const f32, y: *const f32, n: usize) -> f32 {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-    unsafe {
-        hsum8(lanes_tiny(x, y, n))
-    }
+    unsafe { hsum8(lanes_tiny(x, y, n)) }
 }
 
 /// The eight lanes whose [`hsum8`] is [`dot_tiny`]: the 16-lane accumulator's halves added.
@@ -199,7 +262,11 @@ unsafe fn lanes_tiny(x: *const f32, y: *const f32, n: usize) -> __m256 {
         let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for i in (0..n).step_by(16) {
             lo = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i)), _mm256_loadu_ps(y.add(i)), lo);
-            hi = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i + 8)), _mm256_loadu_ps(y.add(i + 8)), hi);
+            hi = _mm256_fmadd_ps(
+                _mm256_loadu_ps(x.add(i + 8)),
+                _mm256_loadu_ps(y.add(i + 8)),
+                hi,
+            );
         }
         _mm256_add_ps(hi, lo)
     }
@@ -219,7 +286,11 @@ unsafe fn lanes_f16(x: *const f32, y: *const f32, n: usize) -> __m256 {
         let mut acc = [_mm256_setzero_ps(); 8];
         for i in (0..n).step_by(64) {
             for (k, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i + 8 * k)), _mm256_loadu_ps(y.add(i + 8 * k)), *a);
+                *a = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(x.add(i + 8 * k)),
+                    _mm256_loadu_ps(y.add(i + 8 * k)),
+                    *a,
+                );
             }
         }
         // Accumulator j (16 lanes) is acc[2j] (lanes 0..8) and acc[2j + 1] (lanes 8..16).
@@ -237,14 +308,23 @@ unsafe fn lanes_f16(x: *const f32, y: *const f32, n: usize) -> __m256 {
 /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
 /// pointer argument must be valid for the reads and writes described above.
 #[inline(always)]
-unsafe fn lanes8<const HD: usize>(batched: bool, q: *const f32, k: *const f32, hd: usize) -> [__m256; 8] {
+unsafe fn lanes8<const HD: usize>(
+    batched: bool,
+    q: *const f32,
+    k: *const f32,
+    hd: usize,
+) -> [__m256; 8] {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
         let n = if HD > 0 { HD } else { hd };
         let mut lanes = [_mm256_setzero_ps(); 8];
         for (i, l) in lanes.iter_mut().enumerate() {
-            *l = if batched { lanes_tiny(q, k.add(i * n), n) } else { lanes_f16(q, k.add(i * n), n) };
+            *l = if batched {
+                lanes_tiny(q, k.add(i * n), n)
+            } else {
+                lanes_f16(q, k.add(i * n), n)
+            };
         }
         lanes
     }
@@ -262,10 +342,18 @@ pub(super) unsafe fn hsum8x8(v: [__m256; 8]) -> __m256 {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
-        let (t01, t23, t45, t67) = (fold_halves(v[0], v[1]), fold_halves(v[2], v[3]), fold_halves(v[4], v[5]), fold_halves(v[6], v[7]));
+        let (t01, t23, t45, t67) = (
+            fold_halves(v[0], v[1]),
+            fold_halves(v[2], v[3]),
+            fold_halves(v[4], v[5]),
+            fold_halves(v[6], v[7]),
+        );
         let (e0123, e4567) = (fold_pairs(t01, t23), fold_pairs(t45, t67));
         // (t0 + t2) + (t1 + t3), in lanes o0 o2 o4 o6 | o1 o3 o5 o7.
-        let o = _mm256_add_ps(_mm256_shuffle_ps::<0x88>(e0123, e4567), _mm256_shuffle_ps::<0xDD>(e0123, e4567));
+        let o = _mm256_add_ps(
+            _mm256_shuffle_ps::<0x88>(e0123, e4567),
+            _mm256_shuffle_ps::<0xDD>(e0123, e4567),
+        );
         _mm256_permutevar8x32_ps(o, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
     }
 }
@@ -279,7 +367,10 @@ pub(super) unsafe fn hsum8x8(v: [__m256; 8]) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn fold_halves(a: __m256, b: __m256) -> __m256 {
-    _mm256_add_ps(_mm256_permute2f128_ps::<0x31>(a, b), _mm256_permute2f128_ps::<0x20>(a, b))
+    _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x31>(a, b),
+        _mm256_permute2f128_ps::<0x20>(a, b),
+    )
 }
 
 /// hsum8's second step: per 128-bit half, `(t0 + t2, t1 + t3)` of `a`, then of `b`.
@@ -291,7 +382,10 @@ unsafe fn fold_halves(a: __m256, b: __m256) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn fold_pairs(a: __m256, b: __m256) -> __m256 {
-    _mm256_add_ps(_mm256_shuffle_ps::<0x44>(a, b), _mm256_shuffle_ps::<0xEE>(a, b))
+    _mm256_add_ps(
+        _mm256_shuffle_ps::<0x44>(a, b),
+        _mm256_shuffle_ps::<0xEE>(a, b),
+    )
 }
 
 /// [`super::scalar::dot_f16`] of `n` values at `x` and `y`.
@@ -328,7 +422,14 @@ unsafe fn dot_f16(x: *const f32, y: *const f32, n: usize) -> f32 {
 /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
 /// pointer argument must be valid for the reads and writes described above.
 #[inline(always)]
-unsafe fn weighted_sum_tiny<const VL: bool>(p: *const f32, n_ctx: usize, vf: *const f32, hd: usize, rows: *mut f32, out: *mut f32) {
+unsafe fn weighted_sum_tiny<const VL: bool>(
+    p: *const f32,
+    n_ctx: usize,
+    vf: *const f32,
+    hd: usize,
+    rows: *mut f32,
+    out: *mut f32,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
@@ -360,7 +461,12 @@ unsafe fn reduce16_lanes(v: &[__m256; 16]) -> __m256 {
         for (l, t) in t8.iter_mut().enumerate() {
             *t = _mm256_add_ps(v[8 + l], v[l]);
         }
-        let t4 = [_mm256_add_ps(t8[4], t8[0]), _mm256_add_ps(t8[5], t8[1]), _mm256_add_ps(t8[6], t8[2]), _mm256_add_ps(t8[7], t8[3])];
+        let t4 = [
+            _mm256_add_ps(t8[4], t8[0]),
+            _mm256_add_ps(t8[5], t8[1]),
+            _mm256_add_ps(t8[6], t8[2]),
+            _mm256_add_ps(t8[7], t8[3]),
+        ];
         _mm256_add_ps(_mm256_add_ps(t4[0], t4[2]), _mm256_add_ps(t4[1], t4[3]))
     }
 }
@@ -375,7 +481,15 @@ unsafe fn reduce16_lanes(v: &[__m256; 16]) -> __m256 {
 /// pointer argument must be valid for the reads and writes described above.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn value_rows<const VL: bool>(p: *const f32, vf: *const f32, hd: usize, n_rows: usize, end: usize, np: usize, rows: *mut f32) {
+unsafe fn value_rows<const VL: bool>(
+    p: *const f32,
+    vf: *const f32,
+    hd: usize,
+    n_rows: usize,
+    end: usize,
+    np: usize,
+    rows: *mut f32,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
@@ -398,7 +512,14 @@ unsafe fn value_rows<const VL: bool>(p: *const f32, vf: *const f32, hd: usize, n
 /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
 /// pointer argument must be valid for the reads and writes described above.
 #[inline(always)]
-unsafe fn single_rows_by_position(sp: *const f32, vf: *const f32, hd: usize, real: usize, np: usize, rp: *mut f32) {
+unsafe fn single_rows_by_position(
+    sp: *const f32,
+    vf: *const f32,
+    hd: usize,
+    real: usize,
+    np: usize,
+    rp: *mut f32,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
@@ -410,11 +531,21 @@ unsafe fn single_rows_by_position(sp: *const f32, vf: *const f32, hd: usize, rea
                 let v = vf.add(pos * hd);
                 if pos < ROWS {
                     for d in (0..hd).step_by(8) {
-                        _mm256_storeu_ps(row.add(d), _mm256_fmadd_ps(_mm256_loadu_ps(v.add(d)), pv, zero));
+                        _mm256_storeu_ps(
+                            row.add(d),
+                            _mm256_fmadd_ps(_mm256_loadu_ps(v.add(d)), pv, zero),
+                        );
                     }
                 } else {
                     for d in (0..hd).step_by(8) {
-                        _mm256_storeu_ps(row.add(d), _mm256_fmadd_ps(_mm256_loadu_ps(v.add(d)), pv, _mm256_loadu_ps(row.add(d))));
+                        _mm256_storeu_ps(
+                            row.add(d),
+                            _mm256_fmadd_ps(
+                                _mm256_loadu_ps(v.add(d)),
+                                pv,
+                                _mm256_loadu_ps(row.add(d)),
+                            ),
+                        );
                     }
                 }
             } else if pos < ROWS {
@@ -443,11 +574,23 @@ unsafe fn single_rows_by_position(sp: *const f32, vf: *const f32, hd: usize, rea
 /// pointer argument must be valid for the reads and writes described above.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn chain_rows<const R: usize, const W: usize>(p: *const f32, vf: *const f32, hd: usize, n_rows: usize, end: usize, np: usize, rows: *mut f32) {
+unsafe fn chain_rows<const R: usize, const W: usize>(
+    p: *const f32,
+    vf: *const f32,
+    hd: usize,
+    n_rows: usize,
+    end: usize,
+    np: usize,
+    rows: *mut f32,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
-        debug_assert!(hd.is_multiple_of(8 * W), "chain_rows: {hd} dimensions are not whole steps of {}", 8 * W);
+        debug_assert!(
+            hd.is_multiple_of(8 * W),
+            "chain_rows: {hd} dimensions are not whole steps of {}",
+            8 * W
+        );
         let full = end - end % n_rows;
         for r0 in (0..n_rows).step_by(R) {
             for d in (0..hd).step_by(8 * W) {
@@ -468,10 +611,18 @@ unsafe fn chain_rows<const R: usize, const W: usize>(p: *const f32, vf: *const f
                 for (r, a) in acc.iter().enumerate() {
                     let l = r0 + r;
                     // The first position of row l at or past `end`.
-                    let first_masked = if l >= end { l } else { l + (end - l).div_ceil(n_rows) * n_rows };
+                    let first_masked = if l >= end {
+                        l
+                    } else {
+                        l + (end - l).div_ceil(n_rows) * n_rows
+                    };
                     let row = rows.add(l * hd + d);
                     for (k, v) in a.iter().enumerate() {
-                        let v = if first_masked < np { _mm256_add_ps(*v, _mm256_setzero_ps()) } else { *v };
+                        let v = if first_masked < np {
+                            _mm256_add_ps(*v, _mm256_setzero_ps())
+                        } else {
+                            *v
+                        };
                         _mm256_storeu_ps(row.add(8 * k), v);
                     }
                 }

@@ -75,7 +75,16 @@ trait Ops {
     /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
     /// pointer argument must be valid for the reads and writes described above.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn scores(k: &[f16], bs: usize, q: &[f32], qn: usize, scale: f32, out: &mut [f32], stride: usize, pf: Ahead);
+    unsafe fn scores(
+        k: &[f16],
+        bs: usize,
+        q: &[f32],
+        qn: usize,
+        scale: f32,
+        out: &mut [f32],
+        stride: usize,
+        pf: Ahead,
+    );
     /// `s[i] = exp(s[i] - max(s))`, returning the sum (`s.len() % 8 == 0`).
     ///
     /// # Safety
@@ -97,7 +106,15 @@ trait Ops {
     /// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
     /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
     /// pointer argument must be valid for the reads and writes described above.
-    unsafe fn accumulate(p: &[f32], stride: usize, rows: usize, v: &[f16], qn: usize, acc: &mut [f32], pf: Ahead);
+    unsafe fn accumulate(
+        p: &[f32],
+        stride: usize,
+        rows: usize,
+        v: &[f16],
+        qn: usize,
+        acc: &mut [f32],
+        pf: Ahead,
+    );
     /// Asks for all of `pf`'s lines.
     ///
     /// # Safety
@@ -140,7 +157,14 @@ pub(super) fn run_task(level: CpuLevel, inputs: &Inputs<'_>, task: Task, bufs: F
 unsafe fn run<O: Ops>(inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
     // SAFETY: the caller guarantees that the CPU supports `O`'s operations; every slice handed to them is sized by the assertion and the block arithmetic below.
     unsafe {
-        let Inputs { geo, queries, q, k_layer, v_layer, scale } = *inputs;
+        let Inputs {
+            geo,
+            queries,
+            q,
+            k_layer,
+            v_layer,
+            scale,
+        } = *inputs;
         let (hd, bs) = (geo.head_dim, geo.block_size);
         let group = geo.n_heads / geo.n_kv_heads;
         let heads = task.n_kv * group;
@@ -150,7 +174,10 @@ unsafe fn run<O: Ops>(inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
         let stride = score_stride(max_ctx, bs);
         let nq = tokens * heads;
         let FastBufs { scores, acc, qh } = bufs;
-        assert!(scores.len() >= nq * stride && acc.len() >= nq * hd && qh.len() >= nq * hd, "fast attention: scratch too small");
+        assert!(
+            scores.len() >= nq * stride && acc.len() >= nq * hd && qh.len() >= nq * hd,
+            "fast attention: scratch too small"
+        );
         for j in 0..nq {
             let off = task.query_offset(j, geo);
             qh[j * hd..(j + 1) * hd].copy_from_slice(&q[off..off + hd]);
@@ -167,8 +194,17 @@ unsafe fn run<O: Ops>(inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
         // while the arithmetic runs: spreading it took 32-sequence decode's attention from 6.6 to
         // 5.1 ms). `ahead(step)`: the step's first byte and its length in cache lines.
         let ahead = |step: usize| -> Option<(*const u8, usize)> {
-            let layer = if step < n_blocks { k_layer } else if step < 2 * n_blocks { v_layer } else { return None };
-            Some((layer[start(step % n_blocks)..].as_ptr().cast(), (task.n_kv * piece * 2).div_ceil(64)))
+            let layer = if step < n_blocks {
+                k_layer
+            } else if step < 2 * n_blocks {
+                v_layer
+            } else {
+                return None;
+            };
+            Some((
+                layer[start(step % n_blocks)..].as_ptr().cast(),
+                (task.n_kv * piece * 2).div_ceil(64),
+            ))
         };
         for step in 0..PREFETCH_BLOCKS {
             O::prefetch(Ahead::slice(ahead(step), 0, 1));
@@ -186,8 +222,21 @@ unsafe fn run<O: Ops>(inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
                     let k = &k_layer[at..at + piece];
                     for g in (0..group).step_by(TILE) {
                         let (j0, qn) = (t * heads + hl * group + g, TILE.min(group - g));
-                        let pf = if t + 1 == tokens && g == 0 { Ahead::slice(next, hl, task.n_kv) } else { Ahead::NONE };
-                        O::scores(k, bs, &qh[j0 * hd..(j0 + qn) * hd], qn, scale, &mut scores[j0 * stride + b * bs..], stride, pf);
+                        let pf = if t + 1 == tokens && g == 0 {
+                            Ahead::slice(next, hl, task.n_kv)
+                        } else {
+                            Ahead::NONE
+                        };
+                        O::scores(
+                            k,
+                            bs,
+                            &qh[j0 * hd..(j0 + qn) * hd],
+                            qn,
+                            scale,
+                            &mut scores[j0 * stride + b * bs..],
+                            stride,
+                            pf,
+                        );
                     }
                 }
             }
@@ -216,8 +265,20 @@ unsafe fn run<O: Ops>(inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
                     let v = &v_layer[at..at + rows * hd];
                     for g in (0..group).step_by(TILE) {
                         let (j0, qn) = (t * heads + hl * group + g, TILE.min(group - g));
-                        let pf = if t + 1 == tokens && g == 0 { Ahead::slice(next, hl, task.n_kv) } else { Ahead::NONE };
-                        O::accumulate(&scores[j0 * stride + b * bs..], stride, rows, v, qn, &mut acc[j0 * hd..(j0 + qn) * hd], pf);
+                        let pf = if t + 1 == tokens && g == 0 {
+                            Ahead::slice(next, hl, task.n_kv)
+                        } else {
+                            Ahead::NONE
+                        };
+                        O::accumulate(
+                            &scores[j0 * stride + b * bs..],
+                            stride,
+                            rows,
+                            v,
+                            qn,
+                            &mut acc[j0 * hd..(j0 + qn) * hd],
+                            pf,
+                        );
                     }
                 }
             }
@@ -233,13 +294,21 @@ struct Ahead {
 }
 
 impl Ahead {
-    const NONE: Ahead = Ahead { ptr: std::ptr::null(), lines: 0 };
+    const NONE: Ahead = Ahead {
+        ptr: std::ptr::null(),
+        lines: 0,
+    };
 
     /// Slice `part` of `parts` of a step's lines (none if there is no step).
     fn slice(step: Option<(*const u8, usize)>, part: usize, parts: usize) -> Ahead {
-        let Some((ptr, lines)) = step else { return Ahead::NONE };
+        let Some((ptr, lines)) = step else {
+            return Ahead::NONE;
+        };
         let (a, b) = (lines * part / parts, lines * (part + 1) / parts);
-        Ahead { ptr: ptr.wrapping_add(a * 64), lines: b - a }
+        Ahead {
+            ptr: ptr.wrapping_add(a * 64),
+            lines: b - a,
+        }
     }
 
     /// Lines per iteration to cover all of them in `iters` iterations.
@@ -252,11 +321,24 @@ impl Ahead {
 struct Scalar;
 
 impl Ops for Scalar {
-    unsafe fn scores(k: &[f16], bs: usize, q: &[f32], qn: usize, scale: f32, out: &mut [f32], stride: usize, _pf: Ahead) {
+    unsafe fn scores(
+        k: &[f16],
+        bs: usize,
+        q: &[f32],
+        qn: usize,
+        scale: f32,
+        out: &mut [f32],
+        stride: usize,
+        _pf: Ahead,
+    ) {
         let hd = q.len() / qn;
         for (i, q) in q.chunks_exact(hd).enumerate() {
             for s in 0..bs {
-                let dot: f32 = q.iter().enumerate().map(|(d, &x)| x * k[d * bs + s].to_f32()).sum();
+                let dot: f32 = q
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &x)| x * k[d * bs + s].to_f32())
+                    .sum();
                 out[i * stride + s] = dot * scale;
             }
         }
@@ -272,7 +354,15 @@ impl Ops for Scalar {
         sum
     }
 
-    unsafe fn accumulate(p: &[f32], stride: usize, rows: usize, v: &[f16], qn: usize, acc: &mut [f32], _pf: Ahead) {
+    unsafe fn accumulate(
+        p: &[f32],
+        stride: usize,
+        rows: usize,
+        v: &[f16],
+        qn: usize,
+        acc: &mut [f32],
+        _pf: Ahead,
+    ) {
         let hd = acc.len() / qn;
         for (i, acc) in acc.chunks_exact_mut(hd).enumerate() {
             for (s, row) in v.chunks_exact(hd).take(rows).enumerate() {
@@ -311,9 +401,7 @@ mod x86 {
     pub(super) unsafe fn run_avx512(inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
         // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
         // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-        unsafe {
-            super::run::<Simd<Zmm, 4>>(inputs, task, bufs)
-        }
+        unsafe { super::run::<Simd<Zmm, 4>>(inputs, task, bufs) }
     }
 
     /// [`super::run`] with pairs of 256-bit vectors (16 registers: one pair of value lanes at
@@ -325,9 +413,7 @@ mod x86 {
     pub(super) unsafe fn run_avx2(inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
         // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
         // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-        unsafe {
-            super::run::<Simd<Ymm2, 1>>(inputs, task, bufs)
-        }
+        unsafe { super::run::<Simd<Ymm2, 1>>(inputs, task, bufs) }
     }
 
     /// Sixteen f32 lanes.
@@ -378,49 +464,37 @@ mod x86 {
         unsafe fn zero() -> Self {
             // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
             // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-            unsafe {
-                Zmm(_mm512_setzero_ps())
-            }
+            unsafe { Zmm(_mm512_setzero_ps()) }
         }
         #[inline(always)]
         unsafe fn load_f16(p: *const f16) -> Self {
             // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
             // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-            unsafe {
-                Zmm(_mm512_cvtph_ps(_mm256_loadu_si256(p.cast())))
-            }
+            unsafe { Zmm(_mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))) }
         }
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
             // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
             // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-            unsafe {
-                Zmm(_mm512_loadu_ps(p))
-            }
+            unsafe { Zmm(_mm512_loadu_ps(p)) }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
             // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-            unsafe {
-                _mm512_storeu_ps(p, self.0)
-            }
+            unsafe { _mm512_storeu_ps(p, self.0) }
         }
         #[inline(always)]
         unsafe fn fma(self, w: f32, x: Self) -> Self {
             // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
             // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-            unsafe {
-                Zmm(_mm512_fmadd_ps(_mm512_set1_ps(w), x.0, self.0))
-            }
+            unsafe { Zmm(_mm512_fmadd_ps(_mm512_set1_ps(w), x.0, self.0)) }
         }
         #[inline(always)]
         unsafe fn add_mul(self, o: Self, f: f32) -> Self {
             // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
             // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-            unsafe {
-                Zmm(_mm512_mul_ps(_mm512_add_ps(self.0, o.0), _mm512_set1_ps(f)))
-            }
+            unsafe { Zmm(_mm512_mul_ps(_mm512_add_ps(self.0, o.0), _mm512_set1_ps(f))) }
         }
     }
 
@@ -432,25 +506,24 @@ mod x86 {
         unsafe fn zero() -> Self {
             // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
             // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-            unsafe {
-                Ymm2(_mm256_setzero_ps(), _mm256_setzero_ps())
-            }
+            unsafe { Ymm2(_mm256_setzero_ps(), _mm256_setzero_ps()) }
         }
         #[inline(always)]
         unsafe fn load_f16(p: *const f16) -> Self {
             // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
             // `# Safety` section; every intrinsic, load and store below relies on exactly those.
             unsafe {
-                Ymm2(_mm256_cvtph_ps(_mm_loadu_si128(p.cast())), _mm256_cvtph_ps(_mm_loadu_si128(p.add(8).cast())))
+                Ymm2(
+                    _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+                    _mm256_cvtph_ps(_mm_loadu_si128(p.add(8).cast())),
+                )
             }
         }
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
             // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
             // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-            unsafe {
-                Ymm2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
-            }
+            unsafe { Ymm2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
@@ -467,7 +540,10 @@ mod x86 {
             // `# Safety` section; every intrinsic, load and store below relies on exactly those.
             unsafe {
                 let w = _mm256_set1_ps(w);
-                Ymm2(_mm256_fmadd_ps(w, x.0, self.0), _mm256_fmadd_ps(w, x.1, self.1))
+                Ymm2(
+                    _mm256_fmadd_ps(w, x.0, self.0),
+                    _mm256_fmadd_ps(w, x.1, self.1),
+                )
             }
         }
         #[inline(always)]
@@ -476,7 +552,10 @@ mod x86 {
             // `# Safety` section; every intrinsic, load and store below relies on exactly those.
             unsafe {
                 let f = _mm256_set1_ps(f);
-                Ymm2(_mm256_mul_ps(_mm256_add_ps(self.0, o.0), f), _mm256_mul_ps(_mm256_add_ps(self.1, o.1), f))
+                Ymm2(
+                    _mm256_mul_ps(_mm256_add_ps(self.0, o.0), f),
+                    _mm256_mul_ps(_mm256_add_ps(self.1, o.1), f),
+                )
             }
         }
     }
@@ -495,7 +574,16 @@ mod x86 {
     /// pointer argument must be valid for the reads and writes described above.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn scores16<L: Lanes, const Q: usize>(k: *const f16, bs: usize, hd: usize, q: *const f32, scale: f32, out: *mut f32, stride: usize, pf: Ahead) {
+    unsafe fn scores16<L: Lanes, const Q: usize>(
+        k: *const f16,
+        bs: usize,
+        hd: usize,
+        q: *const f32,
+        scale: f32,
+        out: *mut f32,
+        stride: usize,
+        pf: Ahead,
+    ) {
         // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
         // `# Safety` section; every intrinsic, load and store below relies on exactly those.
         unsafe {
@@ -531,7 +619,16 @@ mod x86 {
     /// pointer argument must be valid for the reads and writes described above.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn accumulate_lanes<L: Lanes, const Q: usize, const D: usize>(p: *const f32, stride: usize, rows: usize, v: *const f16, hd: usize, acc: *mut f32, d0: usize, pf: Ahead) {
+    unsafe fn accumulate_lanes<L: Lanes, const Q: usize, const D: usize>(
+        p: *const f32,
+        stride: usize,
+        rows: usize,
+        v: *const f16,
+        hd: usize,
+        acc: *mut f32,
+        d0: usize,
+        pf: Ahead,
+    ) {
         // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
         // `# Safety` section; every intrinsic, load and store below relies on exactly those.
         unsafe {
@@ -570,18 +667,44 @@ mod x86 {
     /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
     /// pointer argument must be valid for the reads and writes described above.
     #[inline(always)]
-    unsafe fn accumulate_q<L: Lanes, const Q: usize, const D: usize>(p: *const f32, stride: usize, rows: usize, v: *const f16, hd: usize, acc: *mut f32, pf: Ahead) {
+    unsafe fn accumulate_q<L: Lanes, const Q: usize, const D: usize>(
+        p: *const f32,
+        stride: usize,
+        rows: usize,
+        v: *const f16,
+        hd: usize,
+        acc: *mut f32,
+        pf: Ahead,
+    ) {
         // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
         // `# Safety` section; every intrinsic, load and store below relies on exactly those.
         unsafe {
             let mut d = 0;
             while d + 16 * D <= hd {
                 // The first pass over the rows asks for the lines.
-                accumulate_lanes::<L, Q, D>(p, stride, rows, v, hd, acc, d, if d == 0 { pf } else { Ahead::NONE });
+                accumulate_lanes::<L, Q, D>(
+                    p,
+                    stride,
+                    rows,
+                    v,
+                    hd,
+                    acc,
+                    d,
+                    if d == 0 { pf } else { Ahead::NONE },
+                );
                 d += 16 * D;
             }
             while d < hd {
-                accumulate_lanes::<L, Q, 1>(p, stride, rows, v, hd, acc, d, if d == 0 { pf } else { Ahead::NONE });
+                accumulate_lanes::<L, Q, 1>(
+                    p,
+                    stride,
+                    rows,
+                    v,
+                    hd,
+                    acc,
+                    d,
+                    if d == 0 { pf } else { Ahead::NONE },
+                );
                 d += 16;
             }
         }
@@ -608,12 +731,26 @@ mod x86 {
 
     impl<L: Lanes, const D: usize> Ops for Simd<L, D> {
         #[inline(always)]
-        unsafe fn scores(k: &[f16], bs: usize, q: &[f32], qn: usize, scale: f32, out: &mut [f32], stride: usize, pf: Ahead) {
+        unsafe fn scores(
+            k: &[f16],
+            bs: usize,
+            q: &[f32],
+            qn: usize,
+            scale: f32,
+            out: &mut [f32],
+            stride: usize,
+            pf: Ahead,
+        ) {
             // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
             // `# Safety` section; every intrinsic, load and store below relies on exactly those.
             unsafe {
                 let hd = q.len() / qn;
-                assert!((1..=TILE).contains(&qn) && bs.is_multiple_of(16) && k.len() >= hd * bs && out.len() >= (qn - 1) * stride + bs);
+                assert!(
+                    (1..=TILE).contains(&qn)
+                        && bs.is_multiple_of(16)
+                        && k.len() >= hd * bs
+                        && out.len() >= (qn - 1) * stride + bs
+                );
                 let (kp, qp, op) = (k.as_ptr(), q.as_ptr(), out.as_mut_ptr());
                 for c in (0..bs).step_by(16) {
                     let pf = Ahead::slice(Some((pf.ptr, pf.lines)), c / 16, bs / 16);
@@ -629,12 +766,25 @@ mod x86 {
         }
 
         #[inline(always)]
-        unsafe fn accumulate(p: &[f32], stride: usize, rows: usize, v: &[f16], qn: usize, acc: &mut [f32], pf: Ahead) {
+        unsafe fn accumulate(
+            p: &[f32],
+            stride: usize,
+            rows: usize,
+            v: &[f16],
+            qn: usize,
+            acc: &mut [f32],
+            pf: Ahead,
+        ) {
             // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
             // `# Safety` section; every intrinsic, load and store below relies on exactly those.
             unsafe {
                 let hd = acc.len() / qn;
-                assert!((1..=TILE).contains(&qn) && hd.is_multiple_of(16) && v.len() >= rows * hd && (rows == 0 || p.len() >= (qn - 1) * stride + rows));
+                assert!(
+                    (1..=TILE).contains(&qn)
+                        && hd.is_multiple_of(16)
+                        && v.len() >= rows * hd
+                        && (rows == 0 || p.len() >= (qn - 1) * stride + rows)
+                );
                 let (pp, vp, ap) = (p.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
                 match qn {
                     1 => accumulate_q::<L, 1, D>(pp, stride, rows, vp, hd, ap, pf),
@@ -677,7 +827,10 @@ mod x86 {
                 assert!(s.len().is_multiple_of(8));
                 let (p, f) = (s.as_mut_ptr(), _mm256_set1_ps(factor));
                 for i in (0..s.len()).step_by(8) {
-                    let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(_mm256_loadu_ps(p.add(i)), f));
+                    let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(
+                        _mm256_loadu_ps(p.add(i)),
+                        f,
+                    ));
                     _mm256_storeu_ps(p.add(i), _mm256_cvtph_ps(h));
                 }
             }
@@ -687,9 +840,7 @@ mod x86 {
         unsafe fn prefetch(pf: Ahead) {
             // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
             // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-            unsafe {
-                fetch(pf, 0, pf.lines)
-            }
+            unsafe { fetch(pf, 0, pf.lines) }
         }
     }
 }

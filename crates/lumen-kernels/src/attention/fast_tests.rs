@@ -8,19 +8,54 @@ use super::*;
 /// roundings: the query and the probabilities to f16.
 fn reference(q: &[f32], ks: &[Vec<f32>], vs: &[Vec<f32>], scale: f32, n_ctx: usize) -> Vec<f64> {
     let qh: Vec<f64> = q.iter().map(|&x| round_f16(x) as f64).collect();
-    let s: Vec<f64> = ks[..n_ctx].iter().map(|k| k.iter().zip(&qh).map(|(&a, &b)| a as f64 * b).sum::<f64>() * scale as f64).collect();
+    let s: Vec<f64> = ks[..n_ctx]
+        .iter()
+        .map(|k| k.iter().zip(&qh).map(|(&a, &b)| a as f64 * b).sum::<f64>() * scale as f64)
+        .collect();
     let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
     let sum: f64 = e.iter().sum();
-    let p: Vec<f64> = e.iter().map(|x| round_f16((x / sum) as f32) as f64).collect();
-    (0..q.len()).map(|d| p.iter().zip(vs).map(|(p, v)| p * v[d] as f64).sum::<f64>()).collect()
+    let p: Vec<f64> = e
+        .iter()
+        .map(|x| round_f16((x / sum) as f32) as f64)
+        .collect();
+    (0..q.len())
+        .map(|d| p.iter().zip(vs).map(|(p, v)| p * v[d] as f64).sum::<f64>())
+        .collect()
 }
 
-fn run_fast(case: &Case, level: CpuLevel, threads: usize, n_ctxs: &[usize], q: &[f32], scale: f32, prompt: bool) -> Vec<f32> {
-    let queries: Vec<AttnQuery> = n_ctxs.iter().map(|&n| AttnQuery { n_ctx: n, block_table: &case.table, prompt }).collect();
+fn run_fast(
+    case: &Case,
+    level: CpuLevel,
+    threads: usize,
+    n_ctxs: &[usize],
+    q: &[f32],
+    scale: f32,
+    prompt: bool,
+) -> Vec<f32> {
+    let queries: Vec<AttnQuery> = n_ctxs
+        .iter()
+        .map(|&n| AttnQuery {
+            n_ctx: n,
+            block_table: &case.table,
+            prompt,
+        })
+        .collect();
     let mut out = vec![f32::NAN; q.len()];
     let pool = ThreadPool::new(threads);
-    paged_attention_at(level, &pool, AttnArith::Fast, case.geo, &queries, q, &case.k, &case.v, scale, &mut AttnScratch::new(), &mut out);
+    paged_attention_at(
+        level,
+        &pool,
+        AttnArith::Fast,
+        case.geo,
+        &queries,
+        q,
+        &case.k,
+        &case.v,
+        scale,
+        &mut AttnScratch::new(),
+        &mut out,
+    );
     out
 }
 
@@ -34,14 +69,22 @@ fn fast_matches_f64_reference() {
             // consecutive, so that each is a run of its own.
             let n_ctxs = [1usize, 7, 8, 9, 15, 17, 33, 100, 191, 256, 300];
             let q_dim = 4 * head_dim;
-            let q: Vec<f32> = (0..n_ctxs.len() * q_dim).map(|_| lcg(&mut seed) * amp).collect();
+            let q: Vec<f32> = (0..n_ctxs.len() * q_dim)
+                .map(|_| lcg(&mut seed) * amp)
+                .collect();
             let scale = 1.0 / (head_dim as f32).sqrt();
             for level in levels(head_dim) {
                 let got = run_fast(&case, level, 2, &n_ctxs, &q, scale, false);
                 for (t, &n_ctx) in n_ctxs.iter().enumerate() {
                     for h in 0..4 {
                         let qo = t * q_dim + h * head_dim;
-                        let want = reference(&q[qo..qo + head_dim], &case.ks[h / 2], &case.vs[h / 2], scale, n_ctx);
+                        let want = reference(
+                            &q[qo..qo + head_dim],
+                            &case.ks[h / 2],
+                            &case.vs[h / 2],
+                            scale,
+                            n_ctx,
+                        );
                         for (d, (&g, &w)) in got[qo..qo + head_dim].iter().zip(&want).enumerate() {
                             // Values lie in [-1, 1]. Apart from f32 sums (~1e-6 here), a
                             // probability near an f16 rounding boundary may round the other
@@ -67,21 +110,35 @@ fn fast_results_do_not_depend_on_the_batch_or_the_split() {
         let prompt_like: Vec<usize> = (250..=300).collect();
         let decode_like: Vec<usize> = (1..=40).map(|i| i * 7).collect();
         for n_ctxs in [prompt_like, decode_like] {
-            let q: Vec<f32> = (0..n_ctxs.len() * q_dim).map(|_| lcg(&mut seed) * 3.0).collect();
+            let q: Vec<f32> = (0..n_ctxs.len() * q_dim)
+                .map(|_| lcg(&mut seed) * 3.0)
+                .collect();
             let mut simd_bits = None;
             for level in levels(head_dim) {
                 let together = run_fast(&case, level, 2, &n_ctxs, &q, scale, true);
                 assert!(together.iter().all(|x| x.is_finite()));
-                assert_eq!(bits(&together), bits(&run_fast(&case, level, 3, &n_ctxs, &q, scale, false)), "threads / prompt flag");
+                assert_eq!(
+                    bits(&together),
+                    bits(&run_fast(&case, level, 3, &n_ctxs, &q, scale, false)),
+                    "threads / prompt flag"
+                );
                 for (t, &n_ctx) in n_ctxs.iter().enumerate() {
                     let qt = &q[t * q_dim..(t + 1) * q_dim];
                     let alone = run_fast(&case, level, 2, &[n_ctx], qt, scale, false);
-                    assert_eq!(bits(&together[t * q_dim..(t + 1) * q_dim]), bits(&alone), "{level} hd {head_dim} n_ctx {n_ctx}");
+                    assert_eq!(
+                        bits(&together[t * q_dim..(t + 1) * q_dim]),
+                        bits(&alone),
+                        "{level} hd {head_dim} n_ctx {n_ctx}"
+                    );
                 }
                 // 256- and 512-bit registers do the same operations lane by lane.
                 if level != CpuLevel::Scalar {
                     let b = bits(&together);
-                    assert_eq!(simd_bits.get_or_insert_with(|| b.clone()), &b, "{level} differs from the other SIMD path");
+                    assert_eq!(
+                        simd_bits.get_or_insert_with(|| b.clone()),
+                        &b,
+                        "{level} differs from the other SIMD path"
+                    );
                 }
             }
         }
@@ -91,7 +148,11 @@ fn fast_results_do_not_depend_on_the_batch_or_the_split() {
 #[test]
 fn fast_plan_gives_whole_tasks_only_when_there_are_runs_enough() {
     let table = [0u32; 4];
-    let one = |n_ctx| AttnQuery { n_ctx, block_table: &table, prompt: false };
+    let one = |n_ctx| AttnQuery {
+        n_ctx,
+        block_table: &table,
+        prompt: false,
+    };
     let mut s = AttnScratch::new();
     // Three separate runs for two threads: per-head tasks keep both busy.
     s.plan(&[one(3), one(9), one(20)], 3, true, 2);

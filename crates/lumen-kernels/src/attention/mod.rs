@@ -51,10 +51,10 @@ use crate::pool::{PartsPtr, ThreadPool};
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod fast;
-mod scalar;
-mod store;
 #[cfg(test)]
 mod fast_tests;
+mod scalar;
+mod store;
 #[cfg(test)]
 mod tests;
 
@@ -106,7 +106,8 @@ impl KvGeometry {
     #[inline]
     pub fn head_offset(&self, block_table: &[u32], pos: usize, kv_head: usize) -> usize {
         let block = block_table[pos / self.block_size] as usize;
-        block * self.block_elems() + (kv_head * self.block_size + pos % self.block_size) * self.head_dim
+        block * self.block_elems()
+            + (kv_head * self.block_size + pos % self.block_size) * self.head_dim
     }
 
     /// Offset of dimension `d` of KV head `kv_head`'s key at position `pos`, in the layout of
@@ -117,7 +118,9 @@ impl KvGeometry {
             KeyLayout::Rows => self.head_offset(block_table, pos, kv_head) + d,
             KeyLayout::Columns => {
                 let block = block_table[pos / self.block_size] as usize;
-                block * self.block_elems() + (kv_head * self.head_dim + d) * self.block_size + pos % self.block_size
+                block * self.block_elems()
+                    + (kv_head * self.head_dim + d) * self.block_size
+                    + pos % self.block_size
             }
         }
     }
@@ -182,7 +185,8 @@ impl Task {
     fn query_offset(&self, j: usize, geo: &KvGeometry) -> usize {
         let group = geo.n_heads / geo.n_kv_heads;
         let heads = self.n_kv * group;
-        (self.first + j / heads) * geo.n_heads * geo.head_dim + (self.kv_head * group + j % heads) * geo.head_dim
+        (self.first + j / heads) * geo.n_heads * geo.head_dim
+            + (self.kv_head * group + j % heads) * geo.head_dim
     }
 }
 
@@ -226,22 +230,38 @@ impl AttnScratch {
         let mut first = 0;
         while first < queries.len() {
             let mut end = first + 1;
-            while end < queries.len() && end - first < RUN_TOKENS && same_run(&queries[end - 1], &queries[end]) {
+            while end < queries.len()
+                && end - first < RUN_TOKENS
+                && same_run(&queries[end - 1], &queries[end])
+            {
                 end += 1;
             }
-            self.runs.push(Task { first, end, kv_head: 0, n_kv: n_kv_heads });
+            self.runs.push(Task {
+                first,
+                end,
+                kv_head: 0,
+                n_kv: n_kv_heads,
+            });
             first = end;
         }
         self.tasks.clear();
         if whole && self.runs.len() >= 2 * threads {
             self.tasks.extend_from_slice(&self.runs);
         } else {
-            self.tasks.extend(self.runs.iter().flat_map(|r| (0..n_kv_heads).map(move |kv_head| Task { kv_head, n_kv: 1, ..*r })));
+            self.tasks.extend(self.runs.iter().flat_map(|r| {
+                (0..n_kv_heads).map(move |kv_head| Task {
+                    kv_head,
+                    n_kv: 1,
+                    ..*r
+                })
+            }));
         }
         // Threads claim tasks in this order: longest first, so that under a causal prompt
         // (whose late tokens see the most context) no thread is left with the long tail.
         // The order never changes a result: every (token, head) is computed the same way.
-        self.tasks.sort_unstable_by_key(|t| std::cmp::Reverse((t.end - t.first) * queries[t.end - 1].n_ctx));
+        self.tasks.sort_unstable_by_key(|t| {
+            std::cmp::Reverse((t.end - t.first) * queries[t.end - 1].n_ctx)
+        });
     }
 }
 
@@ -267,7 +287,19 @@ pub fn paged_attention(
     scratch: &mut AttnScratch,
     out: &mut [f32],
 ) {
-    paged_attention_at(CpuLevel::detect(), pool, arith, geo, queries, q, k_layer, v_layer, scale, scratch, out);
+    paged_attention_at(
+        CpuLevel::detect(),
+        pool,
+        arith,
+        geo,
+        queries,
+        q,
+        k_layer,
+        v_layer,
+        scale,
+        scratch,
+        out,
+    );
 }
 
 /// The CPU level attention runs at for `head_dim`: `level`, or scalar when the head is not
@@ -286,7 +318,10 @@ fn level_for(level: CpuLevel, head_dim: usize) -> CpuLevel {
 /// Every level this CPU can run attention at for `head_dim`, for tests.
 #[cfg(test)]
 fn levels(head_dim: usize) -> Vec<CpuLevel> {
-    let mut all: Vec<CpuLevel> = CpuLevel::supported().into_iter().map(|l| level_for(l, head_dim)).collect();
+    let mut all: Vec<CpuLevel> = CpuLevel::supported()
+        .into_iter()
+        .map(|l| level_for(l, head_dim))
+        .collect();
     all.dedup();
     all
 }
@@ -312,14 +347,27 @@ pub fn paged_attention_at(
     let q_dim = geo.n_heads * geo.head_dim;
     assert_eq!(q.len(), queries.len() * q_dim, "paged_attention: q shape");
     assert_eq!(out.len(), q.len(), "paged_attention: out shape");
-    assert!(geo.n_heads.is_multiple_of(geo.n_kv_heads), "paged_attention: heads not divisible");
-    assert_eq!(geo.keys, arith.key_layout(), "paged_attention: the cache's key layout is not the one {arith:?} reads");
+    assert!(
+        geo.n_heads.is_multiple_of(geo.n_kv_heads),
+        "paged_attention: heads not divisible"
+    );
+    assert_eq!(
+        geo.keys,
+        arith.key_layout(),
+        "paged_attention: the cache's key layout is not the one {arith:?} reads"
+    );
     let max_ctx = queries.iter().map(|t| t.n_ctx).max().unwrap_or(0);
     for t in queries {
         let blocks_needed = t.n_ctx.div_ceil(geo.block_size);
-        assert!(t.n_ctx > 0 && t.block_table.len() >= blocks_needed, "paged_attention: block table too short");
+        assert!(
+            t.n_ctx > 0 && t.block_table.len() >= blocks_needed,
+            "paged_attention: block table too short"
+        );
         for &b in &t.block_table[..blocks_needed] {
-            assert!((b as usize + 1) * geo.block_elems() <= k_layer.len().min(v_layer.len()), "paged_attention: block out of range");
+            assert!(
+                (b as usize + 1) * geo.block_elems() <= k_layer.len().min(v_layer.len()),
+                "paged_attention: block out of range"
+            );
         }
     }
     let parts = pool.n_threads();
@@ -331,14 +379,25 @@ pub fn paged_attention_at(
     let out_ptr = PartsPtr(out.as_mut_ptr());
     let (hd, group) = (geo.head_dim, geo.n_heads / geo.n_kv_heads);
     let level = level_for(level, hd);
-    assert!(level.is_supported(), "paged_attention: CPU level {level} unavailable");
+    assert!(
+        level.is_supported(),
+        "paged_attention: CPU level {level} unavailable"
+    );
     let next_task = AtomicUsize::new(0);
     pool.run(|part, _| {
         // SAFETY: each part index runs exactly once per call and owns
         // scratch[part*stride .. (part+1)*stride]; part < n_parts == the pool's size.
-        let buf = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(part * stride), stride) };
+        let buf =
+            unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(part * stride), stride) };
         if arith == AttnArith::Fast {
-            let inputs = fast::Inputs { geo: &geo, queries, q, k_layer, v_layer, scale };
+            let inputs = fast::Inputs {
+                geo: &geo,
+                queries,
+                q,
+                k_layer,
+                v_layer,
+                scale,
+            };
             return run_fast_tasks(level, &inputs, max_ctx, tasks, &next_task, buf, out_ptr);
         }
         let (kf, rest) = buf.split_at_mut(max_ctx * hd);
@@ -349,7 +408,9 @@ pub fn paged_attention_at(
         let acc = &mut rest[..hd];
         loop {
             let claimed = next_task.fetch_add(1, Ordering::Relaxed);
-            let Some(task) = tasks.get(claimed) else { break };
+            let Some(task) = tasks.get(claimed) else {
+                break;
+            };
             // Convert this run's context for its KV head once; every query of the run and
             // every query head of the group reads it.
             // One call per cache block, whose rows for this head are contiguous.
@@ -368,12 +429,31 @@ pub fn paged_attention_at(
             for t in task.first..task.end {
                 for head in task.kv_head * group..(task.kv_head + 1) * group {
                     let qoff = t * q_dim + head * hd;
-                    let bufs = Bufs { scores: &mut *scores, qh: &mut *qh, rows: &mut *rows, out: &mut *acc };
-                    let mode = if queries[t].prompt && hd % 16 == 0 { Arith::Batched } else { Arith::Single };
-                    attend(level, mode, &q[qoff..qoff + hd], queries[t].n_ctx, kf, vf, scale, bufs);
+                    let bufs = Bufs {
+                        scores: &mut *scores,
+                        qh: &mut *qh,
+                        rows: &mut *rows,
+                        out: &mut *acc,
+                    };
+                    let mode = if queries[t].prompt && hd % 16 == 0 {
+                        Arith::Batched
+                    } else {
+                        Arith::Single
+                    };
+                    attend(
+                        level,
+                        mode,
+                        &q[qoff..qoff + hd],
+                        queries[t].n_ctx,
+                        kf,
+                        vf,
+                        scale,
+                        bufs,
+                    );
                     // SAFETY: (token, head) belongs to exactly one task, run by one part, so
                     // this output range is written by nobody else.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(qoff), hd) };
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(qoff), hd) };
                     dst.copy_from_slice(acc);
                 }
             }
@@ -383,7 +463,15 @@ pub fn paged_attention_at(
 
 /// The tasks this thread claims, with the fast arithmetic; `buf` is its scratch.
 /// `max_ctx` is the longest context of the call.
-fn run_fast_tasks(level: CpuLevel, inputs: &fast::Inputs<'_>, max_ctx: usize, tasks: &[Task], next_task: &AtomicUsize, buf: &mut [f32], out: PartsPtr<f32>) {
+fn run_fast_tasks(
+    level: CpuLevel,
+    inputs: &fast::Inputs<'_>,
+    max_ctx: usize,
+    tasks: &[Task],
+    next_task: &AtomicUsize,
+    buf: &mut [f32],
+    out: PartsPtr<f32>,
+) {
     let geo = inputs.geo;
     let (hd, group) = (geo.head_dim, geo.n_heads / geo.n_kv_heads);
     let nq = RUN_TOKENS * geo.n_heads;
@@ -392,10 +480,20 @@ fn run_fast_tasks(level: CpuLevel, inputs: &fast::Inputs<'_>, max_ctx: usize, ta
     let qh = &mut rest[..nq * hd];
     loop {
         let claimed = next_task.fetch_add(1, Ordering::Relaxed);
-        let Some(&task) = tasks.get(claimed) else { break };
-        let bufs = fast::FastBufs { scores: &mut *scores, acc: &mut *acc, qh: &mut *qh };
+        let Some(&task) = tasks.get(claimed) else {
+            break;
+        };
+        let bufs = fast::FastBufs {
+            scores: &mut *scores,
+            acc: &mut *acc,
+            qh: &mut *qh,
+        };
         fast::run_task(level, inputs, task, bufs);
-        for (j, res) in acc.chunks_exact(hd).take((task.end - task.first) * task.n_kv * group).enumerate() {
+        for (j, res) in acc
+            .chunks_exact(hd)
+            .take((task.end - task.first) * task.n_kv * group)
+            .enumerate()
+        {
             let qoff = task.query_offset(j, geo);
             // SAFETY: (token, head) belongs to exactly one task, run by one thread, so this
             // output range is written by nobody else.
@@ -416,7 +514,16 @@ struct Bufs<'a> {
 /// One query head over `n_ctx` converted key/value rows (`head_dim` each); the result is left
 /// in `bufs.out`.
 #[allow(clippy::too_many_arguments)]
-fn attend(level: CpuLevel, mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+fn attend(
+    level: CpuLevel,
+    mode: Arith,
+    q: &[f32],
+    n_ctx: usize,
+    kf: &[f32],
+    vf: &[f32],
+    scale: f32,
+    bufs: Bufs<'_>,
+) {
     #[cfg(target_arch = "x86_64")]
     if level >= CpuLevel::Avx2 {
         // SAFETY: the caller checked that the CPU supports `level`, and a SIMD level is only

@@ -17,9 +17,22 @@ pub(super) fn dot_tiny(x: &[f32], y: &[f32]) -> f32 {
 }
 
 /// [`attend`] in portable Rust.
-pub(super) fn attend_scalar(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf: &[f32], scale: f32, bufs: Bufs<'_>) {
+pub(super) fn attend_scalar(
+    mode: Arith,
+    q: &[f32],
+    n_ctx: usize,
+    kf: &[f32],
+    vf: &[f32],
+    scale: f32,
+    bufs: Bufs<'_>,
+) {
     let hd = q.len();
-    let Bufs { scores, qh, rows, out } = bufs;
+    let Bufs {
+        scores,
+        qh,
+        rows,
+        out,
+    } = bufs;
     for (d, &s) in qh.iter_mut().zip(q) {
         *d = round_f16(s);
     }
@@ -28,7 +41,11 @@ pub(super) fn attend_scalar(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf
     let mut max = f32::NEG_INFINITY;
     for (pos, s) in scores[..n_ctx].iter_mut().enumerate() {
         let k = &kf[pos * hd..(pos + 1) * hd];
-        *s = if mode == Arith::Batched { dot_tiny(qh, k) } else { dot_f16(qh, k) } * scale;
+        *s = if mode == Arith::Batched {
+            dot_tiny(qh, k)
+        } else {
+            dot_f16(qh, k)
+        } * scale;
         max = max.max(*s);
     }
     scores[n_ctx..].fill(f32::NEG_INFINITY);
@@ -99,7 +116,11 @@ pub(super) fn attend_scalar(mode: Arith, q: &[f32], n_ctx: usize, kf: &[f32], vf
             sumf = ggml_math::reduce16(&s) as f64;
         }
         for pos in np..n_kv {
-            sumf += if pos < n_ctx { (vf[pos * hd + d] * p[pos]) as f64 } else { 0.0 };
+            sumf += if pos < n_ctx {
+                (vf[pos * hd + d] * p[pos]) as f64
+            } else {
+                0.0
+            };
         }
         *o = sumf as f32;
     }
@@ -115,7 +136,10 @@ pub(super) fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
     let mut sums = [[0.0f32; 16]; 4];
     for i in (0..np).step_by(64) {
         for (j, sum) in sums.iter_mut().enumerate() {
-            let (xs, ys) = (&x[i + 16 * j..i + 16 * j + 16], &y[i + 16 * j..i + 16 * j + 16]);
+            let (xs, ys) = (
+                &x[i + 16 * j..i + 16 * j + 16],
+                &y[i + 16 * j..i + 16 * j + 16],
+            );
             for l in 0..16 {
                 sum[l] += xs[l] * ys[l];
             }

@@ -22,7 +22,15 @@ use crate::pool::{split_range, PartsPtr, ThreadPool};
 ///
 /// Panics if the rows are not `kv_dim` long or the position's block is outside the storage.
 #[cfg(test)]
-fn store_token(geo: &KvGeometry, k_layer: &mut [f16], v_layer: &mut [f16], table: &[u32], pos: usize, key: &[f32], value: &[f32]) {
+fn store_token(
+    geo: &KvGeometry,
+    k_layer: &mut [f16],
+    v_layer: &mut [f16],
+    table: &[u32],
+    pos: usize,
+    key: &[f32],
+    value: &[f32],
+) {
     let layer = Layer::new(geo, k_layer, v_layer);
     // SAFETY: `layer` holds the only borrow of the storage.
     unsafe { layer.store(CpuLevel::detect(), geo, table, pos, key, value) }
@@ -52,15 +60,29 @@ pub fn store_step(
     slots: &mut Vec<usize>,
     prepare: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
 ) {
-    let (n, qd, kvd, bs) = (queries.len(), geo.n_heads * geo.head_dim, geo.kv_dim(), geo.block_size);
-    assert!(q.len() == n * qd && k.len() == n * kvd && v.len() == n * kvd, "store_step: rows do not match the queries");
+    let (n, qd, kvd, bs) = (
+        queries.len(),
+        geo.n_heads * geo.head_dim,
+        geo.kv_dim(),
+        geo.block_size,
+    );
+    assert!(
+        q.len() == n * qd && k.len() == n * kvd && v.len() == n * kvd,
+        "store_step: rows do not match the queries"
+    );
     slots.clear();
     for t in queries {
-        let pos = t.n_ctx.checked_sub(1).expect("store_step: a query with no position");
+        let pos = t
+            .n_ctx
+            .checked_sub(1)
+            .expect("store_step: a query with no position");
         slots.push(t.block_table[pos / bs] as usize * bs + pos % bs);
     }
     slots.sort_unstable();
-    assert!(slots.windows(2).all(|w| w[0] != w[1]), "store_step: two tokens write the same cache slot");
+    assert!(
+        slots.windows(2).all(|w| w[0] != w[1]),
+        "store_step: two tokens write the same cache slot"
+    );
     let layer = Layer::new(geo, k_layer, v_layer);
     let (qp, kp) = (PartsPtr(q.as_mut_ptr()), PartsPtr(k.as_mut_ptr()));
     let level = CpuLevel::detect();
@@ -73,11 +95,25 @@ pub fn store_step(
             }
             // SAFETY: each part gets its own tokens' rows of `q` and `k`, and `run` joins the
             // parts before the borrows end.
-            let (q_row, k_row) = unsafe { (std::slice::from_raw_parts_mut(qp.get().add(t * qd), qd), std::slice::from_raw_parts_mut(kp.get().add(t * kvd), kvd)) };
+            let (q_row, k_row) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(qp.get().add(t * qd), qd),
+                    std::slice::from_raw_parts_mut(kp.get().add(t * kvd), kvd),
+                )
+            };
             prepare(t, q_row, k_row);
             // SAFETY: the slots are distinct (checked above), so no two tokens write the same
             // cache values.
-            unsafe { layer.store(level, geo, queries[t].block_table, queries[t].n_ctx - 1, k_row, &v[t * kvd..(t + 1) * kvd]) };
+            unsafe {
+                layer.store(
+                    level,
+                    geo,
+                    queries[t].block_table,
+                    queries[t].n_ctx - 1,
+                    k_row,
+                    &v[t * kvd..(t + 1) * kvd],
+                )
+            };
         }
     };
     if n * kvd < PARALLEL_MIN_VALUES || pool.n_threads() == 1 {
@@ -98,8 +134,16 @@ struct Layer<'a> {
 
 impl<'a> Layer<'a> {
     fn new(geo: &KvGeometry, k: &'a mut [f16], v: &'a mut [f16]) -> Layer<'a> {
-        assert!(k.len() == v.len() && k.len().is_multiple_of(geo.block_elems()), "kv store: the layer's keys and values differ in size");
-        Layer { k: PartsPtr(k.as_mut_ptr()), v: PartsPtr(v.as_mut_ptr()), len: k.len(), _storage: PhantomData }
+        assert!(
+            k.len() == v.len() && k.len().is_multiple_of(geo.block_elems()),
+            "kv store: the layer's keys and values differ in size"
+        );
+        Layer {
+            k: PartsPtr(k.as_mut_ptr()),
+            v: PartsPtr(v.as_mut_ptr()),
+            len: k.len(),
+            _storage: PhantomData,
+        }
     }
 
     /// Asks for the cache lines a token's rows will be stored in (a transposed key's are
@@ -110,7 +154,10 @@ impl<'a> Layer<'a> {
             return;
         }
         for h in 0..geo.n_kv_heads {
-            let (k, v) = (geo.key_offset(table, pos, h, 0), geo.head_offset(table, pos, h));
+            let (k, v) = (
+                geo.key_offset(table, pos, h, 0),
+                geo.head_offset(table, pos, h),
+            );
             let k_end = match geo.keys {
                 KeyLayout::Rows => k + hd,
                 KeyLayout::Columns => k + (hd - 1) * bs + 1,
@@ -130,21 +177,46 @@ impl<'a> Layer<'a> {
     ///
     /// # Safety
     /// No other thread may access this token's slot meanwhile.
-    unsafe fn store(&self, level: CpuLevel, geo: &KvGeometry, table: &[u32], pos: usize, key: &[f32], value: &[f32]) {
+    unsafe fn store(
+        &self,
+        level: CpuLevel,
+        geo: &KvGeometry,
+        table: &[u32],
+        pos: usize,
+        key: &[f32],
+        value: &[f32],
+    ) {
         // SAFETY: the assertions below keep every offset inside `block`, which lies inside the storage; no other thread touches this token's slot (the caller's contract); `level` is supported (the caller's contract).
         unsafe {
             let (hd, bs) = (geo.head_dim, geo.block_size);
-            assert!(key.len() == geo.kv_dim() && value.len() == key.len(), "kv store: rows of {} values", geo.kv_dim());
+            assert!(
+                key.len() == geo.kv_dim() && value.len() == key.len(),
+                "kv store: rows of {} values",
+                geo.kv_dim()
+            );
             let block = table[pos / bs] as usize;
-            assert!((block + 1) * geo.block_elems() <= self.len, "kv store: block {block} outside the storage");
+            assert!(
+                (block + 1) * geo.block_elems() <= self.len,
+                "kv store: block {block} outside the storage"
+            );
             for (h, (k, v)) in key.chunks_exact(hd).zip(value.chunks_exact(hd)).enumerate() {
                 // Every offset below lies in `block` (checked above).
-                to_f16(level, v, self.v.get().add(geo.head_offset(table, pos, h)), 1);
+                to_f16(
+                    level,
+                    v,
+                    self.v.get().add(geo.head_offset(table, pos, h)),
+                    1,
+                );
                 let stride = match geo.keys {
                     KeyLayout::Rows => 1,
                     KeyLayout::Columns => bs,
                 };
-                to_f16(level, k, self.k.get().add(geo.key_offset(table, pos, h, 0)), stride);
+                to_f16(
+                    level,
+                    k,
+                    self.k.get().add(geo.key_offset(table, pos, h, 0)),
+                    stride,
+                );
             }
         }
     }
@@ -197,7 +269,9 @@ mod x86 {
             let n = src.len() / 8 * 8;
             let d = dst.cast::<u16>();
             for i in (0..n).step_by(8) {
-                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(
+                    src.as_ptr().add(i),
+                ));
                 if stride == 1 {
                     _mm_storeu_si128(d.add(i).cast(), h);
                 } else {
@@ -234,37 +308,75 @@ mod tests {
                 .collect();
             let value: Vec<f32> = vals.iter().map(|x| -x).collect();
             for keys in [KeyLayout::Rows, KeyLayout::Columns] {
-                let geo = KvGeometry { block_size: 16, n_heads: 2 * n_kv, n_kv_heads: n_kv, head_dim, keys };
+                let geo = KvGeometry {
+                    block_size: 16,
+                    n_heads: 2 * n_kv,
+                    n_kv_heads: n_kv,
+                    head_dim,
+                    keys,
+                };
                 let table = [2u32, 0];
                 for level in CpuLevel::supported() {
                     let mut k = vec![f16::from_f32(9.0); 3 * geo.block_elems()];
                     let mut v = k.clone();
                     // SAFETY: `layer` holds the only borrows of k and v for this call.
-                    unsafe { Layer::new(&geo, &mut k, &mut v).store(level, &geo, &table, 21, &vals, &value) };
+                    unsafe {
+                        Layer::new(&geo, &mut k, &mut v)
+                            .store(level, &geo, &table, 21, &vals, &value)
+                    };
                     let mut k_written = vec![false; k.len()];
                     let mut v_written = k_written.clone();
                     for h in 0..n_kv {
                         for d in 0..head_dim {
-                            let (ko, vo) = (geo.key_offset(&table, 21, h, d), geo.head_offset(&table, 21, h) + d);
-                            assert_eq!(k[ko].to_bits(), f16::from_f32(vals[h * head_dim + d]).to_bits(), "{keys:?} {level} key {h} {d}");
-                            assert_eq!(v[vo].to_bits(), f16::from_f32(value[h * head_dim + d]).to_bits(), "{keys:?} {level} value {h} {d}");
+                            let (ko, vo) = (
+                                geo.key_offset(&table, 21, h, d),
+                                geo.head_offset(&table, 21, h) + d,
+                            );
+                            assert_eq!(
+                                k[ko].to_bits(),
+                                f16::from_f32(vals[h * head_dim + d]).to_bits(),
+                                "{keys:?} {level} key {h} {d}"
+                            );
+                            assert_eq!(
+                                v[vo].to_bits(),
+                                f16::from_f32(value[h * head_dim + d]).to_bits(),
+                                "{keys:?} {level} value {h} {d}"
+                            );
                             (k_written[ko], v_written[vo]) = (true, true);
                         }
                     }
-                    let untouched = |c: &[f16], w: &[bool]| c.iter().zip(w).all(|(x, &w)| w || x.to_f32() == 9.0);
-                    assert!(untouched(&k, &k_written) && untouched(&v, &v_written), "{keys:?} {level}: wrote outside the token's slots");
+                    let untouched = |c: &[f16], w: &[bool]| {
+                        c.iter().zip(w).all(|(x, &w)| w || x.to_f32() == 9.0)
+                    };
+                    assert!(
+                        untouched(&k, &k_written) && untouched(&v, &v_written),
+                        "{keys:?} {level}: wrote outside the token's slots"
+                    );
                 }
             }
         }
     }
 
     fn decode_queries(tables: &[Vec<u32>], n_ctx: usize) -> Vec<AttnQuery<'_>> {
-        tables.iter().map(|t| AttnQuery { n_ctx, block_table: t, prompt: false }).collect()
+        tables
+            .iter()
+            .map(|t| AttnQuery {
+                n_ctx,
+                block_table: t,
+                prompt: false,
+            })
+            .collect()
     }
 
     #[test]
     fn store_step_prepares_and_stores_every_token_like_store_token() {
-        let geo = KvGeometry { block_size: 16, n_heads: 4, n_kv_heads: 2, head_dim: 64, keys: KeyLayout::Columns };
+        let geo = KvGeometry {
+            block_size: 16,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 64,
+            keys: KeyLayout::Columns,
+        };
         let tables: Vec<Vec<u32>> = (0..40u32).map(|s| vec![2 * s, 2 * s + 1]).collect();
         let queries = decode_queries(&tables, 20);
         let (qd, kvd) = (4 * 64, 2 * 64);
@@ -274,29 +386,82 @@ mod tests {
         let n = 80 * geo.block_elems();
         let (mut kl, mut vl) = (vec![f16::ZERO; n], vec![f16::ZERO; n]);
         let (q0, k0) = (q.clone(), k.clone());
-        store_step(&ThreadPool::new(2), &geo, &queries, &mut q, &mut k, &v, &mut kl, &mut vl, &mut Vec::new(), |t, q, k| {
-            q.iter_mut().for_each(|x| *x += t as f32);
-            k.iter_mut().for_each(|x| *x *= 2.0);
-        });
+        store_step(
+            &ThreadPool::new(2),
+            &geo,
+            &queries,
+            &mut q,
+            &mut k,
+            &v,
+            &mut kl,
+            &mut vl,
+            &mut Vec::new(),
+            |t, q, k| {
+                q.iter_mut().for_each(|x| *x += t as f32);
+                k.iter_mut().for_each(|x| *x *= 2.0);
+            },
+        );
         let (mut kw, mut vw) = (vec![f16::ZERO; n], vec![f16::ZERO; n]);
         for (t, query) in queries.iter().enumerate() {
-            assert!(q[t * qd..(t + 1) * qd].iter().zip(&q0[t * qd..]).all(|(a, b)| *a == b + t as f32), "token {t}: query not prepared");
+            assert!(
+                q[t * qd..(t + 1) * qd]
+                    .iter()
+                    .zip(&q0[t * qd..])
+                    .all(|(a, b)| *a == b + t as f32),
+                "token {t}: query not prepared"
+            );
             let k2: Vec<f32> = k0[t * kvd..(t + 1) * kvd].iter().map(|x| x * 2.0).collect();
-            assert_eq!(&k[t * kvd..(t + 1) * kvd], &k2[..], "token {t}: key not prepared");
-            store_token(&geo, &mut kw, &mut vw, query.block_table, 19, &k2, &v[t * kvd..(t + 1) * kvd]);
+            assert_eq!(
+                &k[t * kvd..(t + 1) * kvd],
+                &k2[..],
+                "token {t}: key not prepared"
+            );
+            store_token(
+                &geo,
+                &mut kw,
+                &mut vw,
+                query.block_table,
+                19,
+                &k2,
+                &v[t * kvd..(t + 1) * kvd],
+            );
         }
-        assert!(kl.iter().zip(&kw).chain(vl.iter().zip(&vw)).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(kl
+            .iter()
+            .zip(&kw)
+            .chain(vl.iter().zip(&vw))
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     #[test]
     #[should_panic(expected = "same cache slot")]
     fn store_step_refuses_two_tokens_in_one_slot() {
-        let geo = KvGeometry { block_size: 16, n_heads: 2, n_kv_heads: 1, head_dim: 16, keys: KeyLayout::Rows };
+        let geo = KvGeometry {
+            block_size: 16,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 16,
+            keys: KeyLayout::Rows,
+        };
         // Two sequences whose tables share block 3 at the written position.
         let tables = vec![vec![3u32], vec![3u32]];
         let queries = decode_queries(&tables, 5);
         let (mut q, mut k, v) = (vec![0.0; 2 * 32], vec![0.0; 2 * 16], vec![0.0; 2 * 16]);
-        let (mut kl, mut vl) = (vec![f16::ZERO; 4 * geo.block_elems()], vec![f16::ZERO; 4 * geo.block_elems()]);
-        store_step(&ThreadPool::new(2), &geo, &queries, &mut q, &mut k, &v, &mut kl, &mut vl, &mut Vec::new(), |_, _, _| {});
+        let (mut kl, mut vl) = (
+            vec![f16::ZERO; 4 * geo.block_elems()],
+            vec![f16::ZERO; 4 * geo.block_elems()],
+        );
+        store_step(
+            &ThreadPool::new(2),
+            &geo,
+            &queries,
+            &mut q,
+            &mut k,
+            &v,
+            &mut kl,
+            &mut vl,
+            &mut Vec::new(),
+            |_, _, _| {},
+        );
     }
 }

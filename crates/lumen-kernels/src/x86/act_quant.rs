@@ -57,13 +57,28 @@ unsafe fn store_packed(q: *mut i8, i: [__m256i; 4]) {
 /// AVX2, FMA and F16C must be available; `x` readable for `32 * nb` floats, `q` writable for
 /// `32 * nb` bytes, `d`, `isum` and `s` for `(nb - 1) * stride + 1` elements.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q8_row(x: *const f32, q: *mut i8, nb: usize, d: *mut f32, isum: *mut i32, s: *mut f32, stride: usize) {
+pub(crate) unsafe fn q8_row(
+    x: *const f32,
+    q: *mut i8,
+    nb: usize,
+    d: *mut f32,
+    isum: *mut i32,
+    s: *mut f32,
+    stride: usize,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
         let mut b = 0;
         while b + 8 <= nb {
-            q8_blocks8(x.add(32 * b), q.add(32 * b), d.add(b * stride), isum.add(b * stride), s.add(b * stride), stride);
+            q8_blocks8(
+                x.add(32 * b),
+                q.add(32 * b),
+                d.add(b * stride),
+                isum.add(b * stride),
+                s.add(b * stride),
+                stride,
+            );
             b += 8;
         }
         for b in b..nb {
@@ -87,7 +102,14 @@ pub(crate) unsafe fn q8_row(x: *const f32, q: *mut i8, nb: usize, d: *mut f32, i
 /// pointer argument must be valid for the reads and writes described above.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_blocks8(x: *const f32, q: *mut i8, d: *mut f32, isum: *mut i32, s: *mut f32, stride: usize) {
+unsafe fn q8_blocks8(
+    x: *const f32,
+    q: *mut i8,
+    d: *mut f32,
+    isum: *mut i32,
+    s: *mut f32,
+    stride: usize,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
@@ -95,8 +117,14 @@ unsafe fn q8_blocks8(x: *const f32, q: *mut i8, d: *mut f32, isum: *mut i32, s: 
         for (k, m) in m.iter_mut().enumerate() {
             let p = x.add(32 * k);
             *m = _mm256_max_ps(
-                _mm256_max_ps(abs_ps(_mm256_loadu_ps(p)), abs_ps(_mm256_loadu_ps(p.add(8)))),
-                _mm256_max_ps(abs_ps(_mm256_loadu_ps(p.add(16))), abs_ps(_mm256_loadu_ps(p.add(24)))),
+                _mm256_max_ps(
+                    abs_ps(_mm256_loadu_ps(p)),
+                    abs_ps(_mm256_loadu_ps(p.add(8))),
+                ),
+                _mm256_max_ps(
+                    abs_ps(_mm256_loadu_ps(p.add(16))),
+                    abs_ps(_mm256_loadu_ps(p.add(24))),
+                ),
             );
         }
         let amax = reduce8x8::<Max>(m);
@@ -110,14 +138,22 @@ unsafe fn q8_blocks8(x: *const f32, q: *mut i8, d: *mut f32, isum: *mut i32, s: 
             let mut iv = [_mm256_setzero_si256(); 4];
             for (j, iv) in iv.iter_mut().enumerate() {
                 let v = _mm256_mul_ps(_mm256_loadu_ps(p.add(8 * j)), idv);
-                *iv = _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v));
+                *iv = _mm256_cvtps_epi32(_mm256_round_ps::<
+                    { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+                >(v));
             }
-            *sum = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_add_epi32(iv[0], iv[1]), _mm256_add_epi32(iv[2], iv[3])));
+            *sum = _mm256_castsi256_ps(_mm256_add_epi32(
+                _mm256_add_epi32(iv[0], iv[1]),
+                _mm256_add_epi32(iv[2], iv[3]),
+            ));
             store_packed(q.add(32 * k), iv);
         }
         let sum = _mm256_castps_si256(reduce8x8::<AddI32>(sums));
         let dr = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(scale));
-        let sr = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), scale)));
+        let sr = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(
+            _mm256_cvtepi32_ps(sum),
+            scale,
+        )));
         let (mut dv, mut iv, mut sv) = ([0.0f32; 8], [0i32; 8], [0.0f32; 8]);
         _mm256_storeu_ps(dv.as_mut_ptr(), dr);
         _mm256_storeu_si256(iv.as_mut_ptr().cast(), sum);
@@ -147,9 +183,7 @@ impl Fold for Max {
     unsafe fn fold(a: __m256, b: __m256) -> __m256 {
         // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
         // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-        unsafe {
-            _mm256_max_ps(a, b)
-        }
+        unsafe { _mm256_max_ps(a, b) }
     }
 }
 
@@ -162,7 +196,10 @@ impl Fold for AddI32 {
         // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
         // `# Safety` section; every intrinsic, load and store below relies on exactly those.
         unsafe {
-            _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(a), _mm256_castps_si256(b)))
+            _mm256_castsi256_ps(_mm256_add_epi32(
+                _mm256_castps_si256(a),
+                _mm256_castps_si256(b),
+            ))
         }
     }
 }
@@ -180,15 +217,36 @@ unsafe fn reduce8x8<F: Fold>(v: [__m256; 8]) -> __m256 {
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
         // Halves: lanes i and i + 4 of each vector, two vectors per register.
-        let h01 = F::fold(_mm256_permute2f128_ps::<0x20>(v[0], v[1]), _mm256_permute2f128_ps::<0x31>(v[0], v[1]));
-        let h23 = F::fold(_mm256_permute2f128_ps::<0x20>(v[2], v[3]), _mm256_permute2f128_ps::<0x31>(v[2], v[3]));
-        let h45 = F::fold(_mm256_permute2f128_ps::<0x20>(v[4], v[5]), _mm256_permute2f128_ps::<0x31>(v[4], v[5]));
-        let h67 = F::fold(_mm256_permute2f128_ps::<0x20>(v[6], v[7]), _mm256_permute2f128_ps::<0x31>(v[6], v[7]));
+        let h01 = F::fold(
+            _mm256_permute2f128_ps::<0x20>(v[0], v[1]),
+            _mm256_permute2f128_ps::<0x31>(v[0], v[1]),
+        );
+        let h23 = F::fold(
+            _mm256_permute2f128_ps::<0x20>(v[2], v[3]),
+            _mm256_permute2f128_ps::<0x31>(v[2], v[3]),
+        );
+        let h45 = F::fold(
+            _mm256_permute2f128_ps::<0x20>(v[4], v[5]),
+            _mm256_permute2f128_ps::<0x31>(v[4], v[5]),
+        );
+        let h67 = F::fold(
+            _mm256_permute2f128_ps::<0x20>(v[6], v[7]),
+            _mm256_permute2f128_ps::<0x31>(v[6], v[7]),
+        );
         // Pairs: (t0, t2) with (t1, t3) of each 128-bit half.
-        let p0 = F::fold(_mm256_shuffle_ps::<0x44>(h01, h23), _mm256_shuffle_ps::<0xEE>(h01, h23));
-        let p1 = F::fold(_mm256_shuffle_ps::<0x44>(h45, h67), _mm256_shuffle_ps::<0xEE>(h45, h67));
+        let p0 = F::fold(
+            _mm256_shuffle_ps::<0x44>(h01, h23),
+            _mm256_shuffle_ps::<0xEE>(h01, h23),
+        );
+        let p1 = F::fold(
+            _mm256_shuffle_ps::<0x44>(h45, h67),
+            _mm256_shuffle_ps::<0xEE>(h45, h67),
+        );
         // Last pair, in lanes 0 2 4 6 | 1 3 5 7 of the vectors, then put in order.
-        let o = F::fold(_mm256_shuffle_ps::<0x88>(p0, p1), _mm256_shuffle_ps::<0xDD>(p0, p1));
+        let o = F::fold(
+            _mm256_shuffle_ps::<0x88>(p0, p1),
+            _mm256_shuffle_ps::<0xDD>(p0, p1),
+        );
         _mm256_permutevar8x32_ps(o, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
     }
 }
@@ -222,7 +280,9 @@ pub(crate) unsafe fn q8_block(x: *const f32, q: *mut i8) -> (f32, i32) {
         let mut iv = [_mm256_setzero_si256(); 4];
         for k in 0..4 {
             let s = _mm256_mul_ps(v[k], idv);
-            iv[k] = _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(s));
+            iv[k] = _mm256_cvtps_epi32(_mm256_round_ps::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(s));
         }
         let sum = hsum_epi32(_mm256_add_epi32(
             _mm256_add_epi32(iv[0], iv[1]),

@@ -20,7 +20,6 @@ use crate::cpu::CpuLevel;
 use crate::ggml_math::x86::hsum8;
 use crate::matmul::MatRef;
 
-
 /// How many tiles ahead [`tile`] prefetches its weights.
 const PREFETCH_TILES: usize = 2;
 
@@ -36,7 +35,13 @@ const fn block_bytes(f: Tag) -> usize {
 ///
 /// # Safety
 /// As [`super::compute_rows`].
-pub(crate) unsafe fn rows<const F: Tag>(level: CpuLevel, w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+pub(crate) unsafe fn rows<const F: Tag>(
+    level: CpuLevel,
+    w: &MatRef,
+    act: &ActBuf,
+    r: Range<usize>,
+    out: *mut f32,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
@@ -55,7 +60,12 @@ pub(crate) unsafe fn rows<const F: Tag>(level: CpuLevel, w: &MatRef, act: &ActBu
 /// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
 /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
 /// pointer argument must be valid for the reads and writes described above.
-unsafe fn rows_with<const F: Tag, const V: bool>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+unsafe fn rows_with<const F: Tag, const V: bool>(
+    w: &MatRef,
+    act: &ActBuf,
+    r: Range<usize>,
+    out: *mut f32,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
@@ -93,7 +103,12 @@ const BATCH_C: usize = 4;
 ///
 /// # Safety
 /// As [`rows`].
-unsafe fn batch<const F: Tag, const V: bool, const BR: usize, const BC: usize>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+unsafe fn batch<const F: Tag, const V: bool, const BR: usize, const BC: usize>(
+    w: &MatRef,
+    act: &ActBuf,
+    r: Range<usize>,
+    out: *mut f32,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
@@ -127,7 +142,6 @@ unsafe fn batch<const F: Tag, const V: bool, const BR: usize, const BC: usize>(w
     }
 }
 
-
 /// [`tile`] for `n` (1..=4) activation rows.
 ///
 /// # Safety
@@ -136,7 +150,16 @@ unsafe fn batch<const F: Tag, const V: bool, const BR: usize, const BC: usize>(w
 /// pointer argument must be valid for the reads and writes described above.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_n<const F: Tag, const V: bool, const R: usize>(n: usize, w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, prefetch: bool) {
+unsafe fn tile_n<const F: Tag, const V: bool, const R: usize>(
+    n: usize,
+    w: *const u8,
+    rb: usize,
+    act: &ActBuf,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+    prefetch: bool,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
@@ -253,12 +276,18 @@ unsafe fn tile<const F: Tag, const V: bool, const R: usize, const C: usize>(
 /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
 /// pointer argument must be valid for the reads and writes described above.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2<const F: Tag, const R: usize, const C: usize>(w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, prefetch: bool) {
+unsafe fn tile_avx2<const F: Tag, const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    act: &ActBuf,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+    prefetch: bool,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-    unsafe {
-        tile_body::<F, false, R, C>(w, rb, act, i0, out, ors, prefetch)
-    }
+    unsafe { tile_body::<F, false, R, C>(w, rb, act, i0, out, ors, prefetch) }
 }
 
 /// [`tile_body`] compiled for AVX2 plus AVX512-VNNI on 256-bit registers.
@@ -268,12 +297,18 @@ unsafe fn tile_avx2<const F: Tag, const R: usize, const C: usize>(w: *const u8, 
 /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
 /// pointer argument must be valid for the reads and writes described above.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn tile_vnni<const F: Tag, const R: usize, const C: usize>(w: *const u8, rb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, prefetch: bool) {
+unsafe fn tile_vnni<const F: Tag, const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    act: &ActBuf,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+    prefetch: bool,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-    unsafe {
-        tile_body::<F, true, R, C>(w, rb, act, i0, out, ors, prefetch)
-    }
+    unsafe { tile_body::<F, true, R, C>(w, rb, act, i0, out, ors, prefetch) }
 }
 
 /// Scales of block `b` for [`tile_body`]: `d_w * d_x` of every pair into `dd[b % 2]` (as
@@ -299,8 +334,8 @@ unsafe fn block_scales<const F: Tag, const R: usize, const C: usize>(
         // The first word of each row's block holds d and m (Q4_1) as two f16 (Q4_0/Q8_0: d and two
         // quants): move the d halves to qwords 0,1 and the m halves to qwords 2,3.
         let shuf = _mm256_setr_epi8(
-            0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7,
-            10, 11, 14, 15,
+            0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3,
+            6, 7, 10, 11, 14, 15,
         );
         let bp = w.add(b * block_bytes(F));
         let mut h = [0i32; 8];
@@ -387,22 +422,35 @@ unsafe fn tile_body<const F: Tag, const V: bool, const R: usize, const C: usize>
             if V && F != tag::Q4_1 {
                 let k = _mm256_set1_epi8(if F == tag::Q4_0 { 8 } else { -128 });
                 for (c, s) in start.iter_mut().enumerate() {
-                    let kx = _mm256_dpbusd_epi32(_mm256_setzero_si256(), k, _mm256_loadu_si256(xb(c)));
+                    let kx =
+                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), k, _mm256_loadu_si256(xb(c)));
                     *s = _mm256_sub_epi32(_mm256_setzero_si256(), kx);
                 }
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let (wu, ws) = if V { (load_w_unsigned::<F>(bp.add(r * rb), m4), m4) } else { load_w::<F>(bp.add(r * rb), m4) };
+                let (wu, ws) = if V {
+                    (load_w_unsigned::<F>(bp.add(r * rb), m4), m4)
+                } else {
+                    load_w::<F>(bp.add(r * rb), m4)
+                };
                 for (c, a) in acc_r.iter_mut().enumerate() {
                     let xq = _mm256_loadu_si256(xb(c));
                     // Lane l: the exact sum of products 4l..4l+4 (no i16 saturation: |w| <= 128, |x| <= 127).
                     let p = if V {
                         _mm256_dpbusd_epi32(start[c], wu, xq)
                     } else {
-                        let xv = if F == tag::Q4_1 { xq } else { _mm256_sign_epi8(xq, ws) };
+                        let xv = if F == tag::Q4_1 {
+                            xq
+                        } else {
+                            _mm256_sign_epi8(xq, ws)
+                        };
                         _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xv), ones)
                     };
-                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&*ddb.add(c * 8 + r)), *a);
+                    *a = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(p),
+                        _mm256_broadcast_ss(&*ddb.add(c * 8 + r)),
+                        *a,
+                    );
                 }
             }
         }
@@ -437,18 +485,54 @@ mod tests {
                 let x: Vec<f32> = (0..m * cols).map(|_| rng.next()).collect();
                 let mut act = ActBuf::default();
                 act.prepare(kind, &x, m, cols, CpuLevel::Scalar, &ThreadPool::new(1));
-                let want: Vec<u32> = (0..m * rows).map(|k| crate::dot::dot(format, w.row_data(k % rows), &x[k / rows * cols..][..cols], &act, k / rows).to_bits()).collect();
-                for level in CpuLevel::supported().into_iter().filter(|l| *l >= CpuLevel::Avx2) {
+                let want: Vec<u32> = (0..m * rows)
+                    .map(|k| {
+                        crate::dot::dot(
+                            format,
+                            w.row_data(k % rows),
+                            &x[k / rows * cols..][..cols],
+                            &act,
+                            k / rows,
+                        )
+                        .to_bits()
+                    })
+                    .collect();
+                for level in CpuLevel::supported()
+                    .into_iter()
+                    .filter(|l| *l >= CpuLevel::Avx2)
+                {
                     let mut out = vec![f32::NAN; m * rows];
                     // SAFETY: the level is supported; `out` holds m x rows values.
                     unsafe {
                         match format {
-                            WeightFormat::Q4_0 => super::rows::<{ tag::Q4_0 }>(level, &w, &act, 0..rows, out.as_mut_ptr()),
-                            WeightFormat::Q4_1 => super::rows::<{ tag::Q4_1 }>(level, &w, &act, 0..rows, out.as_mut_ptr()),
-                            _ => super::rows::<{ tag::Q8_0 }>(level, &w, &act, 0..rows, out.as_mut_ptr()),
+                            WeightFormat::Q4_0 => super::rows::<{ tag::Q4_0 }>(
+                                level,
+                                &w,
+                                &act,
+                                0..rows,
+                                out.as_mut_ptr(),
+                            ),
+                            WeightFormat::Q4_1 => super::rows::<{ tag::Q4_1 }>(
+                                level,
+                                &w,
+                                &act,
+                                0..rows,
+                                out.as_mut_ptr(),
+                            ),
+                            _ => super::rows::<{ tag::Q8_0 }>(
+                                level,
+                                &w,
+                                &act,
+                                0..rows,
+                                out.as_mut_ptr(),
+                            ),
                         }
                     }
-                    assert_eq!(out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(), want, "{format} {level} m={m}");
+                    assert_eq!(
+                        out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(),
+                        want,
+                        "{format} {level} m={m}"
+                    );
                 }
             }
         }

@@ -13,7 +13,6 @@ use crate::blocks::{bf16_at, f16_at, f32_at};
 use crate::dot::lane_tree;
 use crate::matmul::MatRef;
 
-
 /// Computes columns `r` of every output row for a float matrix.
 ///
 /// # Safety

@@ -101,7 +101,8 @@ unsafe fn row_q45k<const HIGH: bool>(
             let mut lo = _mm256_and_si256(v, m4);
             let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
             if HIGH {
-                let bl = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * j as i32)), one);
+                let bl =
+                    _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * j as i32)), one);
                 let bh = _mm256_and_si256(
                     _mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * j as i32 + 1)),
                     one,

@@ -16,7 +16,6 @@ use crate::act::ActBuf;
 use crate::blocks::k4_scales_mins;
 use crate::matmul::MatRef;
 
-
 const fn block_bytes(f: Tag) -> usize {
     match f {
         tag::Q4_K => 144,
@@ -194,7 +193,8 @@ unsafe fn unpack_q45k<const HIGH: bool>(p: *const u8, row: &mut KRow) {
             let mut lo = _mm256_and_si256(v, m4);
             let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
             if HIGH {
-                let bl = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * j as i32)), one);
+                let bl =
+                    _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * j as i32)), one);
                 let bh = _mm256_and_si256(
                     _mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * j as i32 + 1)),
                     one,

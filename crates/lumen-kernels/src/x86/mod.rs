@@ -58,7 +58,9 @@ pub(crate) unsafe fn compute_rows(
                 WeightFormat::Q4_0 => packed_tiles::rows::<{ tag::Q4_0 }>(level, w, act, r, out),
                 WeightFormat::Q4_1 => packed_tiles::rows::<{ tag::Q4_1 }>(level, w, act, r, out),
                 WeightFormat::Q8_0 => packed_tiles::rows::<{ tag::Q8_0 }>(level, w, act, r, out),
-                other => unreachable!("packed {other:?}: MatRef::packed admits only Q4_0, Q4_1, Q8_0"),
+                other => {
+                    unreachable!("packed {other:?}: MatRef::packed admits only Q4_0, Q4_1, Q8_0")
+                }
             }
             return;
         }
@@ -132,21 +134,32 @@ pub(crate) mod test_support {
     use crate::{quantize_row, WeightFormat};
 
     /// The 32-value block formats, each with the activation format it is dotted against.
-    pub(crate) const Q32_FORMATS: [(WeightFormat, ActKind); 3] =
-        [(WeightFormat::Q4_0, ActKind::Q8_0), (WeightFormat::Q4_1, ActKind::Q8_1), (WeightFormat::Q8_0, ActKind::Q8_0)];
+    pub(crate) const Q32_FORMATS: [(WeightFormat, ActKind); 3] = [
+        (WeightFormat::Q4_0, ActKind::Q8_0),
+        (WeightFormat::Q4_1, ActKind::Q8_1),
+        (WeightFormat::Q8_0, ActKind::Q8_0),
+    ];
 
     /// A deterministic stream of values in -1..1.
     pub(crate) struct Lcg(pub(crate) u64);
 
     impl Lcg {
         pub(crate) fn next(&mut self) -> f32 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         }
     }
 
     /// `rows` rows of `cols` random values (-3..3) quantized to `format`, ggml layout.
-    pub(crate) fn random_rows(rng: &mut Lcg, format: WeightFormat, rows: usize, cols: usize) -> Vec<u8> {
+    pub(crate) fn random_rows(
+        rng: &mut Lcg,
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+    ) -> Vec<u8> {
         let rb = format.row_bytes(cols).expect("block-aligned cols");
         let mut data = vec![0u8; rows * rb];
         for row in data.chunks_exact_mut(rb) {

@@ -42,7 +42,13 @@ pub(super) const fn scales(f: Tag) -> usize {
 ///
 /// # Safety
 /// As [`super::compute_rows`], and `w` must be packed in format `F`.
-pub(crate) unsafe fn rows<const F: Tag>(level: CpuLevel, w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+pub(crate) unsafe fn rows<const F: Tag>(
+    level: CpuLevel,
+    w: &MatRef,
+    act: &ActBuf,
+    r: Range<usize>,
+    out: *mut f32,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
@@ -65,9 +71,7 @@ pub(crate) unsafe fn rows<const F: Tag>(level: CpuLevel, w: &MatRef, act: &ActBu
 unsafe fn rows_vnni<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-    unsafe {
-        rows_with::<F, true, 1, 4>(w, act, r, out)
-    }
+    unsafe { rows_with::<F, true, 1, 4>(w, act, r, out) }
 }
 
 /// 1 group x 4 rows: the accumulators of a wider tile would not fit AVX2's 16 registers.
@@ -80,9 +84,7 @@ unsafe fn rows_vnni<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out
 unsafe fn rows_avx2<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-    unsafe {
-        rows_with::<F, false, 1, 4>(w, act, r, out)
-    }
+    unsafe { rows_with::<F, false, 1, 4>(w, act, r, out) }
 }
 
 /// Activation rows per tile (fewer only for the last rows of a chunk).
@@ -113,11 +115,29 @@ unsafe fn rows_with<const F: Tag, const V: bool, const G: usize, const D: usize>
         if m == 1 {
             let mut g = g0;
             while g + D <= g1 {
-                tile::<F, V, D, 1>(base.add(g * gb), gb, act, 0, out.add(g * PACK_ROWS), ors, ors - g * PACK_ROWS, true);
+                tile::<F, V, D, 1>(
+                    base.add(g * gb),
+                    gb,
+                    act,
+                    0,
+                    out.add(g * PACK_ROWS),
+                    ors,
+                    ors - g * PACK_ROWS,
+                    true,
+                );
                 g += D;
             }
             while g < g1 {
-                tile::<F, V, 1, 1>(base.add(g * gb), gb, act, 0, out.add(g * PACK_ROWS), ors, ors - g * PACK_ROWS, true);
+                tile::<F, V, 1, 1>(
+                    base.add(g * gb),
+                    gb,
+                    act,
+                    0,
+                    out.add(g * PACK_ROWS),
+                    ors,
+                    ors - g * PACK_ROWS,
+                    true,
+                );
                 g += 1;
             }
             return;
@@ -147,7 +167,13 @@ unsafe fn rows_with<const F: Tag, const V: bool, const G: usize, const D: usize>
                     }
                     i += n;
                 }
-                g += if pair { 2 } else if full { G } else { 1 };
+                g += if pair {
+                    2
+                } else if full {
+                    G
+                } else {
+                    1
+                };
             }
             i0 = i1;
         }
@@ -196,9 +222,7 @@ unsafe fn tile_n<const F: Tag, const V: bool, const G: usize>(
 unsafe fn bcast4(p: *const i8) -> __m256i {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-    unsafe {
-        _mm256_set1_epi32(std::ptr::read_unaligned(p.cast::<i32>()))
-    }
+    unsafe { _mm256_set1_epi32(std::ptr::read_unaligned(p.cast::<i32>())) }
 }
 
 /// G groups starting at `w` (stride `gb` bytes) times activation rows `i0..i0+C`; writes the
@@ -239,7 +263,9 @@ unsafe fn tile<const F: Tag, const V: bool, const G: usize, const C: usize>(
             if prefetch {
                 for g in 0..G {
                     for off in (0..rec).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(g * gb + b * rec + off).cast());
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            ahead.wrapping_add(g * gb + b * rec + off).cast(),
+                        );
                     }
                 }
             }
@@ -270,7 +296,10 @@ unsafe fn tile<const F: Tag, const V: bool, const G: usize, const C: usize>(
                             let u = _mm256_abs_epi8(q);
                             for (c, s) in is.iter_mut().enumerate() {
                                 let x = _mm256_sign_epi8(bcast4(xrow.add(c * cols + 4 * v)), q);
-                                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
+                                *s = _mm256_add_epi32(
+                                    *s,
+                                    _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones),
+                                );
                             }
                         }
                     }
@@ -283,7 +312,11 @@ unsafe fn tile<const F: Tag, const V: bool, const G: usize, const C: usize>(
                         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
                         for (c, s) in is.iter_mut().enumerate() {
                             *s = _mm256_dpbusd_epi32(*s, lo, bcast4(xrow.add(c * cols + 4 * v)));
-                            *s = _mm256_dpbusd_epi32(*s, hi, bcast4(xrow.add(c * cols + 16 + 4 * v)));
+                            *s = _mm256_dpbusd_epi32(
+                                *s,
+                                hi,
+                                bcast4(xrow.add(c * cols + 16 + 4 * v)),
+                            );
                         }
                     }
                 }
@@ -314,7 +347,11 @@ unsafe fn tile<const F: Tag, const V: bool, const G: usize, const C: usize>(
             for (g, (acc_g, is)) in acc.iter_mut().zip(&isum).enumerate() {
                 let sp = w.add(g * gb + b * rec);
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(sp.cast()));
-                let mw = if F == tag::Q4_1 { _mm256_cvtph_ps(_mm_loadu_si128(sp.add(16).cast())) } else { dw };
+                let mw = if F == tag::Q4_1 {
+                    _mm256_cvtph_ps(_mm_loadu_si128(sp.add(16).cast()))
+                } else {
+                    dw
+                };
                 for (c, (a, s)) in acc_g.iter_mut().zip(is).enumerate() {
                     let k = act.at(b, i0 + c);
                     let dd = _mm256_mul_ps(dw, _mm256_set1_ps(*act.d.as_ptr().add(k)));
@@ -357,24 +394,60 @@ mod tests {
         let (rows, cols) = (45, 256);
         let mut rng = Lcg(5);
         for (format, kind) in Q32_FORMATS {
-            let packed = pack(format, rows, cols, &random_rows(&mut rng, format, rows, cols)).unwrap();
+            let packed = pack(
+                format,
+                rows,
+                cols,
+                &random_rows(&mut rng, format, rows, cols),
+            )
+            .unwrap();
             let w = MatRef::packed(format, rows, cols, &packed).unwrap();
             for m in [1, 2, 5, 8, 11, 19] {
                 let x: Vec<f32> = (0..m * cols).map(|_| rng.next()).collect();
                 let mut act = ActBuf::default();
                 act.prepare(kind, &x, m, cols, CpuLevel::Scalar, &ThreadPool::new(1));
-                let scalar: Vec<u32> = (0..m * rows).map(|k| crate::packed::dot(format, &packed, cols, k % rows, &act, k / rows).to_bits()).collect();
-                for level in CpuLevel::supported().into_iter().filter(|l| *l >= CpuLevel::Avx2) {
+                let scalar: Vec<u32> = (0..m * rows)
+                    .map(|k| {
+                        crate::packed::dot(format, &packed, cols, k % rows, &act, k / rows)
+                            .to_bits()
+                    })
+                    .collect();
+                for level in CpuLevel::supported()
+                    .into_iter()
+                    .filter(|l| *l >= CpuLevel::Avx2)
+                {
                     let mut out = vec![f32::NAN; m * rows];
                     // SAFETY: the level is supported; `out` holds m x rows values.
                     unsafe {
                         match format {
-                            WeightFormat::Q4_0 => super::rows::<{ tag::Q4_0 }>(level, &w, &act, 0..rows, out.as_mut_ptr()),
-                            WeightFormat::Q4_1 => super::rows::<{ tag::Q4_1 }>(level, &w, &act, 0..rows, out.as_mut_ptr()),
-                            _ => super::rows::<{ tag::Q8_0 }>(level, &w, &act, 0..rows, out.as_mut_ptr()),
+                            WeightFormat::Q4_0 => super::rows::<{ tag::Q4_0 }>(
+                                level,
+                                &w,
+                                &act,
+                                0..rows,
+                                out.as_mut_ptr(),
+                            ),
+                            WeightFormat::Q4_1 => super::rows::<{ tag::Q4_1 }>(
+                                level,
+                                &w,
+                                &act,
+                                0..rows,
+                                out.as_mut_ptr(),
+                            ),
+                            _ => super::rows::<{ tag::Q8_0 }>(
+                                level,
+                                &w,
+                                &act,
+                                0..rows,
+                                out.as_mut_ptr(),
+                            ),
                         }
                     }
-                    assert_eq!(out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(), scalar, "{format} {level} m={m}");
+                    assert_eq!(
+                        out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(),
+                        scalar,
+                        "{format} {level} m={m}"
+                    );
                 }
             }
         }

@@ -30,7 +30,17 @@ pub(super) const C: usize = 8;
 /// pointer argument must be valid for the reads and writes described above.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn tile_n<const F: Tag>(n: usize, w: *const u8, gb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, left: usize, prefetch: bool) {
+pub(super) unsafe fn tile_n<const F: Tag>(
+    n: usize,
+    w: *const u8,
+    gb: usize,
+    act: &ActBuf,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+    left: usize,
+    prefetch: bool,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
@@ -58,7 +68,10 @@ unsafe fn load2(p: *const u8, gb: usize) -> __m512i {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_loadu_si256(p.cast())), _mm256_loadu_si256(p.add(gb).cast()))
+        _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_loadu_si256(p.cast())),
+            _mm256_loadu_si256(p.add(gb).cast()),
+        )
     }
 }
 
@@ -73,7 +86,10 @@ unsafe fn scales2(p: *const u8, gb: usize) -> __m512 {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
-        _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(_mm_loadu_si128(p.cast())), _mm_loadu_si128(p.add(gb).cast())))
+        _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(
+            _mm256_castsi128_si256(_mm_loadu_si128(p.cast())),
+            _mm_loadu_si128(p.add(gb).cast()),
+        ))
     }
 }
 
@@ -87,7 +103,16 @@ unsafe fn scales2(p: *const u8, gb: usize) -> __m512 {
 /// pointer argument must be valid for the reads and writes described above.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const F: Tag, const N: usize>(w: *const u8, gb: usize, act: &ActBuf, i0: usize, out: *mut f32, ors: usize, left: usize, prefetch: bool) {
+unsafe fn tile<const F: Tag, const N: usize>(
+    w: *const u8,
+    gb: usize,
+    act: &ActBuf,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+    left: usize,
+    prefetch: bool,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
@@ -100,7 +125,9 @@ unsafe fn tile<const F: Tag, const N: usize>(w: *const u8, gb: usize, act: &ActB
             if prefetch {
                 for g in 0..2 {
                     for off in (0..rec).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(g * gb + b * rec + off).cast());
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            ahead.wrapping_add(g * gb + b * rec + off).cast(),
+                        );
                     }
                 }
             }
@@ -133,7 +160,11 @@ unsafe fn tile<const F: Tag, const N: usize>(w: *const u8, gb: usize, act: &ActB
             }
             let sp = w.add(b * rec);
             let dw = scales2(sp, gb);
-            let mw = if F == tag::Q4_1 { scales2(sp.add(16), gb) } else { dw };
+            let mw = if F == tag::Q4_1 {
+                scales2(sp.add(16), gb)
+            } else {
+                dw
+            };
             for (c, (a, s)) in acc.iter_mut().zip(&isum).enumerate() {
                 let k = act.at(b, i0 + c);
                 let dd = _mm512_mul_ps(dw, _mm512_set1_ps(*act.d.as_ptr().add(k)));
@@ -167,8 +198,5 @@ unsafe fn tile<const F: Tag, const N: usize>(w: *const u8, gb: usize, act: &ActB
 unsafe fn bcast16(p: *const i8) -> __m512i {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-    unsafe {
-        _mm512_set1_epi32(std::ptr::read_unaligned(p.cast::<i32>()))
-    }
+    unsafe { _mm512_set1_epi32(std::ptr::read_unaligned(p.cast::<i32>())) }
 }
-

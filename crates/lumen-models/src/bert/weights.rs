@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
-use lumen_kernels::{MatRef, WeightFormat};
 use lumen_gguf::FileBytes;
+use lumen_kernels::{MatRef, WeightFormat};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::ModelError;

@@ -79,24 +79,51 @@ impl LlamaConfig {
     /// Reads and checks the hyper-parameters; `vocab_size` comes from the embedding tensor.
     pub fn from_metadata(meta: &Metadata, vocab_size: usize) -> Result<Self, ModelError> {
         let arch = meta.get_str("general.architecture")?.to_string();
-        let variant = LlamaVariant::from_arch(&arch).ok_or_else(|| ModelError::UnsupportedArch(arch.clone()))?;
+        let variant = LlamaVariant::from_arch(&arch)
+            .ok_or_else(|| ModelError::UnsupportedArch(arch.clone()))?;
         let key = |k: &str| format!("{arch}.{k}");
         let get = |k: &str| -> Result<usize, ModelError> { Ok(meta.get_u64(&key(k))? as usize) };
         let n_layers = get("block_count")?;
         let d_model = get("embedding_length")?;
         let d_ff = get("feed_forward_length")?;
         let n_heads = get("attention.head_count")?;
-        let n_kv_heads = if meta.get(&key("attention.head_count_kv")).is_some() { get("attention.head_count_kv")? } else { n_heads };
+        let n_kv_heads = if meta.get(&key("attention.head_count_kv")).is_some() {
+            get("attention.head_count_kv")?
+        } else {
+            n_heads
+        };
         let head_dim = if meta.get(&key("attention.key_length")).is_some() {
             get("attention.key_length")?
         } else {
             d_model.checked_div(n_heads).unwrap_or(0)
         };
-        let rope_dims = if meta.get(&key("rope.dimension_count")).is_some() { get("rope.dimension_count")? } else { head_dim };
-        let rope_base = if meta.get(&key("rope.freq_base")).is_some() { meta.get_f32(&key("rope.freq_base"))? } else { 10000.0 };
+        let rope_dims = if meta.get(&key("rope.dimension_count")).is_some() {
+            get("rope.dimension_count")?
+        } else {
+            head_dim
+        };
+        let rope_base = if meta.get(&key("rope.freq_base")).is_some() {
+            meta.get_f32(&key("rope.freq_base"))?
+        } else {
+            10000.0
+        };
         let rms_eps = meta.get_f32(&key("attention.layer_norm_rms_epsilon"))?;
         let context_len = get("context_length")?;
-        let cfg = LlamaConfig { variant, arch, n_layers, d_model, d_ff, n_heads, n_kv_heads, head_dim, rope_dims, rope_base, rms_eps, context_len, vocab_size };
+        let cfg = LlamaConfig {
+            variant,
+            arch,
+            n_layers,
+            d_model,
+            d_ff,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rope_dims,
+            rope_base,
+            rms_eps,
+            context_len,
+            vocab_size,
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -104,24 +131,52 @@ impl LlamaConfig {
     fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::BadConfig(m));
         if self.n_layers == 0 || self.n_layers > MAX_LAYERS {
-            return bad(format!("block_count {} out of range 1..={MAX_LAYERS}", self.n_layers));
+            return bad(format!(
+                "block_count {} out of range 1..={MAX_LAYERS}",
+                self.n_layers
+            ));
         }
-        for (name, v) in [("embedding_length", self.d_model), ("feed_forward_length", self.d_ff), ("head_dim", self.head_dim), ("vocab_size", self.vocab_size)] {
+        for (name, v) in [
+            ("embedding_length", self.d_model),
+            ("feed_forward_length", self.d_ff),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab_size),
+        ] {
             if v == 0 || v > MAX_DIM * 64 {
                 return bad(format!("{name} {v} out of range"));
             }
         }
-        if self.n_heads == 0 || self.n_heads > MAX_HEADS || self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
-            return bad(format!("head_count {} must be a positive multiple of head_count_kv {}", self.n_heads, self.n_kv_heads));
+        if self.n_heads == 0
+            || self.n_heads > MAX_HEADS
+            || self.n_kv_heads == 0
+            || !self.n_heads.is_multiple_of(self.n_kv_heads)
+        {
+            return bad(format!(
+                "head_count {} must be a positive multiple of head_count_kv {}",
+                self.n_heads, self.n_kv_heads
+            ));
         }
-        if !self.head_dim.is_multiple_of(2) || self.rope_dims == 0 || self.rope_dims > self.head_dim || !self.rope_dims.is_multiple_of(2) {
-            return bad(format!("rope.dimension_count {} must be even and at most head_dim {}", self.rope_dims, self.head_dim));
+        if !self.head_dim.is_multiple_of(2)
+            || self.rope_dims == 0
+            || self.rope_dims > self.head_dim
+            || !self.rope_dims.is_multiple_of(2)
+        {
+            return bad(format!(
+                "rope.dimension_count {} must be even and at most head_dim {}",
+                self.rope_dims, self.head_dim
+            ));
         }
         if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
-            return bad(format!("rope.freq_base {} must be positive", self.rope_base));
+            return bad(format!(
+                "rope.freq_base {} must be positive",
+                self.rope_base
+            ));
         }
         if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
-            return bad(format!("layer_norm_rms_epsilon {} must be non-negative", self.rms_eps));
+            return bad(format!(
+                "layer_norm_rms_epsilon {} must be non-negative",
+                self.rms_eps
+            ));
         }
         if self.context_len == 0 {
             return bad("context_length must be positive".into());

@@ -69,7 +69,9 @@ pub struct ForwardWorkspace {
 /// mapped `into_iter` of an equal-layout type happens in place, so this never allocates.
 fn recycle<'a, 'b>(mut v: Vec<AttnQuery<'a>>) -> Vec<AttnQuery<'b>> {
     v.clear();
-    v.into_iter().map(|_| unreachable!("the vector is empty")).collect()
+    v.into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
 }
 
 impl ForwardWorkspace {
@@ -98,34 +100,61 @@ impl LlamaModel {
     fn check_batch(&self, seqs: &[SeqChunk<'_>], kv: &KvStorage) -> Result<usize, ModelError> {
         let geo = kv.geometry();
         if geo != self.kv_geometry(geo.block_size) {
-            return Err(ModelError::BadBatch("KV cache geometry does not match the model".into()));
+            return Err(ModelError::BadBatch(
+                "KV cache geometry does not match the model".into(),
+            ));
         }
         let mut total = 0usize;
         for (i, s) in seqs.iter().enumerate() {
             if s.tokens.is_empty() {
                 return Err(ModelError::BadBatch(format!("sequence {i} has no tokens")));
             }
-            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-                return Err(ModelError::BadBatch(format!("token id {t} is outside the vocabulary ({})", self.config.vocab_size)));
+            if let Some(&t) = s
+                .tokens
+                .iter()
+                .find(|&&t| t as usize >= self.config.vocab_size)
+            {
+                return Err(ModelError::BadBatch(format!(
+                    "token id {t} is outside the vocabulary ({})",
+                    self.config.vocab_size
+                )));
             }
             let end = s.start_pos + s.tokens.len();
             if end.div_ceil(geo.block_size) > s.block_table.len() {
-                return Err(ModelError::BadBatch(format!("sequence {i}: block table too short for {end} positions")));
+                return Err(ModelError::BadBatch(format!(
+                    "sequence {i}: block table too short for {end} positions"
+                )));
             }
             if let Some(&b) = s.block_table.iter().find(|&&b| b as usize >= kv.n_blocks()) {
-                return Err(ModelError::BadBatch(format!("sequence {i}: block {b} outside the pool")));
+                return Err(ModelError::BadBatch(format!(
+                    "sequence {i}: block {b} outside the pool"
+                )));
             }
             total += s.tokens.len();
         }
         Ok(total)
     }
 
-    fn linear(&self, pool: &ThreadPool, w: &Linear, x: &[f32], m: usize, out: &mut [f32], mm: &mut MatmulScratch) {
+    fn linear(
+        &self,
+        pool: &ThreadPool,
+        w: &Linear,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        mm: &mut MatmulScratch,
+    ) {
         matmul(pool, &w.mat(&self.file), x, m, out, mm);
     }
 
     /// Runs one step; returns the requested logits rows (`vocab_size` each), in batch order.
-    pub fn forward<'w>(&self, pool: &ThreadPool, seqs: &[SeqChunk<'_>], kv: &mut KvStorage, ws: &'w mut ForwardWorkspace) -> Result<&'w [f32], ModelError> {
+    pub fn forward<'w>(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqChunk<'_>],
+        kv: &mut KvStorage,
+        ws: &'w mut ForwardWorkspace,
+    ) -> Result<&'w [f32], ModelError> {
         let t_total = self.check_batch(seqs, kv)?;
         let c = &self.config;
         let (d, qd, kvd, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.d_ff);
@@ -151,9 +180,14 @@ impl LlamaModel {
             for (i, &tok) in s.tokens.iter().enumerate() {
                 let pos = s.start_pos + i;
                 emb.dequantize_row(tok as usize, &mut x[row * d..(row + 1) * d]);
-                self.rope.cos_sin(pos, &mut cos_sin[row * rd..(row + 1) * rd]);
+                self.rope
+                    .cos_sin(pos, &mut cos_sin[row * rd..(row + 1) * rd]);
                 let prompt = s.prompt_len >= 2 && pos < s.prompt_len;
-                queries.push(AttnQuery { n_ctx: pos + 1, block_table: s.block_table, prompt });
+                queries.push(AttnQuery {
+                    n_ctx: pos + 1,
+                    block_table: s.block_table,
+                    prompt,
+                });
                 row += 1;
             }
         }
@@ -164,11 +198,24 @@ impl LlamaModel {
             // The previous layer's FFN output joins the residual stream in the same pass as
             // this layer's norm, which also quantizes its rows for Q, K and V (all three read
             // the same input: one dispatch for them).
-            let qkv = [b.wq.mat(&self.file), b.wk.mat(&self.file), b.wv.mat(&self.file)];
+            let qkv = [
+                b.wq.mat(&self.file),
+                b.wk.mat(&self.file),
+                b.wv.mat(&self.file),
+            ];
             let input = if li == 0 {
                 fused::rms_norm_rows(pool, x, &b.attn_norm, c.rms_eps, h, &qkv[0], &mut ws_.mm)
             } else {
-                fused::add_rms_norm_rows(pool, x, o, &b.attn_norm, c.rms_eps, h, &qkv[0], &mut ws_.mm)
+                fused::add_rms_norm_rows(
+                    pool,
+                    x,
+                    o,
+                    &b.attn_norm,
+                    c.rms_eps,
+                    h,
+                    &qkv[0],
+                    &mut ws_.mm,
+                )
             };
             matmul_quantized(pool, &qkv, input, &mut [&mut q[..], &mut k[..], &mut v[..]]);
             add_bias_rows(q, b.bq.as_ref());
@@ -182,16 +229,47 @@ impl LlamaModel {
             }
             // RoPE and the cache writes, token by token over the pool.
             let (k_store, v_store) = kv.layer_mut(li);
-            store_step(pool, &geo, &queries, q, k, v, k_store, v_store, &mut ws_.slots, |t, q_row, k_row| {
-                let cs = &cos_sin[t * rd..(t + 1) * rd];
-                self.rope.apply(q_row, c.head_dim, cs);
-                self.rope.apply(k_row, c.head_dim, cs);
-            });
+            store_step(
+                pool,
+                &geo,
+                &queries,
+                q,
+                k,
+                v,
+                k_store,
+                v_store,
+                &mut ws_.slots,
+                |t, q_row, k_row| {
+                    let cs = &cos_sin[t * rd..(t + 1) * rd];
+                    self.rope.apply(q_row, c.head_dim, cs);
+                    self.rope.apply(k_row, c.head_dim, cs);
+                },
+            );
             let (k_layer, v_layer) = kv.layer(li);
-            paged_attention(pool, self.attention, geo, &queries, q, k_layer, v_layer, scale, &mut ws_.attn_scratch, attn);
+            paged_attention(
+                pool,
+                self.attention,
+                geo,
+                &queries,
+                q,
+                k_layer,
+                v_layer,
+                scale,
+                &mut ws_.attn_scratch,
+                attn,
+            );
             self.linear(pool, &b.wo, attn, t_total, o, &mut ws_.mm);
             let gate_up = [b.w_gate.mat(&self.file), b.w_up.mat(&self.file)];
-            let input = fused::add_rms_norm_rows(pool, x, o, &b.ffn_norm, c.rms_eps, h, &gate_up[0], &mut ws_.mm);
+            let input = fused::add_rms_norm_rows(
+                pool,
+                x,
+                o,
+                &b.ffn_norm,
+                c.rms_eps,
+                h,
+                &gate_up[0],
+                &mut ws_.mm,
+            );
             matmul_quantized(pool, &gate_up, input, &mut [&mut gate[..], &mut up[..]]);
             let down = b.w_down.mat(&self.file);
             let input = fused::swiglu_rows(pool, gate, up, c.d_ff, &down, &mut ws_.mm);
@@ -215,14 +293,26 @@ impl LlamaModel {
             for r in rows {
                 let src = (first + r) * d;
                 let dst = grow(&mut ws_.selected, (n_sel + 1) * d);
-                rms_norm(&x[src..src + d], &self.output_norm, c.rms_eps, &mut dst[n_sel * d..]);
+                rms_norm(
+                    &x[src..src + d],
+                    &self.output_norm,
+                    c.rms_eps,
+                    &mut dst[n_sel * d..],
+                );
                 n_sel += 1;
             }
             first += s.tokens.len();
         }
         let logits = grow(&mut ws_.logits, n_sel * c.vocab_size);
         if n_sel > 0 {
-            matmul(pool, &self.output.mat(&self.file), &ws_.selected[..n_sel * d], n_sel, logits, &mut ws_.mm);
+            matmul(
+                pool,
+                &self.output.mat(&self.file),
+                &ws_.selected[..n_sel * d],
+                n_sel,
+                logits,
+                &mut ws_.mm,
+            );
         }
         Ok(&ws.logits[..n_sel * c.vocab_size])
     }

@@ -57,7 +57,9 @@ impl LlamaModel {
     /// Loads from an already parsed file (shared with the tokenizer), read with
     /// [`load_gguf`] in `layout`.
     pub fn load(file: Arc<GgufFile>, layout: WeightLayout) -> Result<Self, ModelError> {
-        let emb = file.tensor("token_embd.weight").ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
+        let emb = file
+            .tensor("token_embd.weight")
+            .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
         let vocab = emb.dims.get(1).copied().unwrap_or(0) as usize;
         let config = LlamaConfig::from_metadata(file.metadata(), vocab)?;
         let c = &config;
@@ -67,10 +69,18 @@ impl LlamaModel {
             let n = |s: &str| format!("blk.{i}.{s}");
             let biases = matches!(c.variant, LlamaVariant::Qwen2);
             let opt_bias = |s: &str, len: usize| -> Result<Option<Vec<f32>>, ModelError> {
-                if biases { load_vector(&file, &n(s), len).map(Some) } else { load_vector_optional(&file, &n(s), len) }
+                if biases {
+                    load_vector(&file, &n(s), len).map(Some)
+                } else {
+                    load_vector_optional(&file, &n(s), len)
+                }
             };
             let qk_norm = |s: &str| -> Result<Option<Vec<f32>>, ModelError> {
-                if c.variant == LlamaVariant::Qwen3 { load_vector(&file, &n(s), c.head_dim).map(Some) } else { Ok(None) }
+                if c.variant == LlamaVariant::Qwen3 {
+                    load_vector(&file, &n(s), c.head_dim).map(Some)
+                } else {
+                    Ok(None)
+                }
             };
             blocks.push(Block {
                 attn_norm: load_vector(&file, &n("attn_norm.weight"), c.d_model)?,
@@ -91,9 +101,19 @@ impl LlamaModel {
         }
         let output_norm = load_vector(&file, "output_norm.weight", c.d_model)?;
         // Tied embeddings: no `output.weight`, the embedding matrix doubles as the head.
-        let output = Linear::load_optional(&file, "output.weight", c.vocab_size, c.d_model)?.unwrap_or_else(|| embedding.clone());
+        let output = Linear::load_optional(&file, "output.weight", c.vocab_size, c.d_model)?
+            .unwrap_or_else(|| embedding.clone());
         let rope = Rope::new(c.variant.rope_style(), c.rope_dims, c.rope_base);
-        Ok(LlamaModel { file, config, embedding, blocks, output_norm, output, rope, attention: layout.attention() })
+        Ok(LlamaModel {
+            file,
+            config,
+            embedding,
+            blocks,
+            output_norm,
+            output,
+            rope,
+            attention: layout.attention(),
+        })
     }
 
     /// The model's hyper-parameters.

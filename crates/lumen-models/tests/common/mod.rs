@@ -36,13 +36,31 @@ impl Runner {
         let kv = KvStorage::new(geo, model.config().n_layers, blocks + 3);
         // A scattered table (reversed) so paging bugs cannot hide behind contiguous blocks.
         let table = (0..blocks as u32).rev().map(|b| b + 3).collect();
-        Runner { model, pool: ThreadPool::new(threads), kv, ws: ForwardWorkspace::new(), table, pos: 0, prompt_len: 0 }
+        Runner {
+            model,
+            pool: ThreadPool::new(threads),
+            kv,
+            ws: ForwardWorkspace::new(),
+            table,
+            pos: 0,
+            prompt_len: 0,
+        }
     }
 
     /// Runs `tokens` at the current position; returns the wanted logits rows.
     pub fn step(&mut self, tokens: &[u32], logits: LogitsWanted) -> Vec<f32> {
-        let chunk = SeqChunk { tokens, start_pos: self.pos, block_table: &self.table, logits, prompt_len: self.prompt_len };
-        let out = self.model.forward(&self.pool, &[chunk], &mut self.kv, &mut self.ws).expect("forward").to_vec();
+        let chunk = SeqChunk {
+            tokens,
+            start_pos: self.pos,
+            block_table: &self.table,
+            logits,
+            prompt_len: self.prompt_len,
+        };
+        let out = self
+            .model
+            .forward(&self.pool, &[chunk], &mut self.kv, &mut self.ws)
+            .expect("forward")
+            .to_vec();
         self.pos += tokens.len();
         out
     }

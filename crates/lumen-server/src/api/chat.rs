@@ -139,8 +139,21 @@ impl Endpoint for Chat {
         Ok(vec![Prompt { ids, text }])
     }
 
-    fn format(meta: Meta, tokenizer: Arc<Tokenizer>, params: &ValidParams, _: Vec<Prompt>, include_usage: bool) -> ChatChunks {
-        ChatChunks { meta, tokenizer, n: params.n(), logprobs: params.logprobs().is_some(), include_usage, prompt_logprobs: None }
+    fn format(
+        meta: Meta,
+        tokenizer: Arc<Tokenizer>,
+        params: &ValidParams,
+        _: Vec<Prompt>,
+        include_usage: bool,
+    ) -> ChatChunks {
+        ChatChunks {
+            meta,
+            tokenizer,
+            n: params.n(),
+            logprobs: params.logprobs().is_some(),
+            include_usage,
+            prompt_logprobs: None,
+        }
     }
 }
 
@@ -178,24 +191,67 @@ impl ChunkFormat for ChatChunks {
 
     fn start(&mut self, out: &mut Vec<Envelope<ChatChunkChoice>>) {
         for index in 0..self.n {
-            let delta = Delta { role: Some("assistant"), content: Some(String::new()) };
-            self.push(out, ChatChunkChoice { index, delta, logprobs: None, finish_reason: None });
+            let delta = Delta {
+                role: Some("assistant"),
+                content: Some(String::new()),
+            };
+            self.push(
+                out,
+                ChatChunkChoice {
+                    index,
+                    delta,
+                    logprobs: None,
+                    finish_reason: None,
+                },
+            );
         }
     }
 
     fn event(&mut self, ev: GenEvent, out: &mut Vec<Envelope<ChatChunkChoice>>) {
         match ev {
-            GenEvent::Token { index, text, logprob, .. } => {
+            GenEvent::Token {
+                index,
+                text,
+                logprob,
+                ..
+            } => {
                 if text.is_empty() && logprob.is_none() {
                     return;
                 }
-                let logprobs = logprob.map(|lp| chat_logprobs(ChatTokenLogprob::new(&self.tokenizer, &lp)));
-                let delta = Delta { role: None, content: Some(text) };
-                self.push(out, ChatChunkChoice { index, delta, logprobs, finish_reason: None });
+                let logprobs =
+                    logprob.map(|lp| chat_logprobs(ChatTokenLogprob::new(&self.tokenizer, &lp)));
+                let delta = Delta {
+                    role: None,
+                    content: Some(text),
+                };
+                self.push(
+                    out,
+                    ChatChunkChoice {
+                        index,
+                        delta,
+                        logprobs,
+                        finish_reason: None,
+                    },
+                );
             }
-            GenEvent::Finished { index, reason, text } => {
-                let delta = Delta { role: None, content: (!text.is_empty()).then_some(text) };
-                self.push(out, ChatChunkChoice { index, delta, logprobs: None, finish_reason: Some(reason.as_str()) });
+            GenEvent::Finished {
+                index,
+                reason,
+                text,
+            } => {
+                let delta = Delta {
+                    role: None,
+                    content: (!text.is_empty()).then_some(text),
+                };
+                self.push(
+                    out,
+                    ChatChunkChoice {
+                        index,
+                        delta,
+                        logprobs: None,
+                        finish_reason: Some(reason.as_str()),
+                    },
+                );
             }
             GenEvent::PromptLogprobs { logprobs, .. } => {
                 self.prompt_logprobs = Some(prompt_logprobs(&self.tokenizer, &logprobs));

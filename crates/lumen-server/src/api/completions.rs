@@ -67,7 +67,14 @@ fn ids(list: Vec<i64>, vocab: usize) -> Result<Vec<u32>, ServerError> {
 fn tokenize_prompts(prompt: PromptIn, tok: &Tokenizer) -> Result<Vec<Prompt>, ServerError> {
     let vocab = tok.vocab_size();
     let texts = |v: Vec<String>| -> Result<Vec<Prompt>, ServerError> {
-        v.into_iter().map(|text| Ok(Prompt { ids: tok.encode(&text, true, true)?, text })).collect()
+        v.into_iter()
+            .map(|text| {
+                Ok(Prompt {
+                    ids: tok.encode(&text, true, true)?,
+                    text,
+                })
+            })
+            .collect()
     };
     let lists = |v: Vec<Vec<i64>>| -> Result<Vec<Prompt>, ServerError> {
         v.into_iter()
@@ -114,7 +121,13 @@ impl Endpoint for Completions {
         tokenize_prompts(body.prompt, model.handle.tokenizer())
     }
 
-    fn format(meta: Meta, tokenizer: Arc<Tokenizer>, params: &ValidParams, prompts: Vec<Prompt>, include_usage: bool) -> TextChunks {
+    fn format(
+        meta: Meta,
+        tokenizer: Arc<Tokenizer>,
+        params: &ValidParams,
+        prompts: Vec<Prompt>,
+        include_usage: bool,
+    ) -> TextChunks {
         let choices = prompts.len() * params.n();
         TextChunks {
             meta,
@@ -180,7 +193,16 @@ impl ChunkFormat for TextChunks {
         for index in 0..self.prompts.len() * self.n {
             let text = self.prompts[index / self.n].text.clone();
             *self.offset(index) += text.chars().count();
-            self.push(out, TextChoice { index, text, logprobs: None, finish_reason: None, prompt_logprobs: None });
+            self.push(
+                out,
+                TextChoice {
+                    index,
+                    text,
+                    logprobs: None,
+                    finish_reason: None,
+                    prompt_logprobs: None,
+                },
+            );
         }
     }
 
@@ -191,7 +213,9 @@ impl ChunkFormat for TextChunks {
                 if !echoed && !self.show_prompt_logprobs {
                     return;
                 }
-                let shown = self.show_prompt_logprobs.then(|| prompt_logprobs(&self.tokenizer, &logprobs));
+                let shown = self
+                    .show_prompt_logprobs
+                    .then(|| prompt_logprobs(&self.tokenizer, &logprobs));
                 for c in 0..self.n {
                     let index = prompt * self.n + c;
                     let (text, lp) = if echoed {
@@ -203,11 +227,22 @@ impl ChunkFormat for TextChunks {
                     } else {
                         (String::new(), None)
                     };
-                    let choice = TextChoice { index, text, logprobs: lp, finish_reason: None, prompt_logprobs: shown.clone() };
+                    let choice = TextChoice {
+                        index,
+                        text,
+                        logprobs: lp,
+                        finish_reason: None,
+                        prompt_logprobs: shown.clone(),
+                    };
                     self.push(out, choice);
                 }
             }
-            GenEvent::Token { index, text, logprob, .. } => {
+            GenEvent::Token {
+                index,
+                text,
+                logprob,
+                ..
+            } => {
                 if text.is_empty() && logprob.is_none() {
                     return;
                 }
@@ -217,10 +252,29 @@ impl ChunkFormat for TextChunks {
                     l.push(&tok, self.offset(index), &lp);
                     l
                 });
-                self.push(out, TextChoice { index, text, logprobs, finish_reason: None, prompt_logprobs: None });
+                self.push(
+                    out,
+                    TextChoice {
+                        index,
+                        text,
+                        logprobs,
+                        finish_reason: None,
+                        prompt_logprobs: None,
+                    },
+                );
             }
-            GenEvent::Finished { index, reason, text } => {
-                let choice = TextChoice { index, text, logprobs: None, finish_reason: Some(reason.as_str()), prompt_logprobs: None };
+            GenEvent::Finished {
+                index,
+                reason,
+                text,
+            } => {
+                let choice = TextChoice {
+                    index,
+                    text,
+                    logprobs: None,
+                    finish_reason: Some(reason.as_str()),
+                    prompt_logprobs: None,
+                };
                 self.push(out, choice);
             }
         }

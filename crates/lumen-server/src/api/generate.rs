@@ -88,7 +88,13 @@ pub trait Endpoint: 'static {
     /// Renders and tokenizes the prompts (runs on the blocking pool).
     fn prompts(body: Self::Body, model: &ChatServed) -> Result<Vec<Prompt>, ServerError>;
     /// The chunk format for one request.
-    fn format(meta: Meta, tokenizer: Arc<Tokenizer>, params: &ValidParams, prompts: Vec<Prompt>, include_usage: bool) -> Self::Format;
+    fn format(
+        meta: Meta,
+        tokenizer: Arc<Tokenizer>,
+        params: &ValidParams,
+        prompts: Vec<Prompt>,
+        include_usage: bool,
+    ) -> Self::Format;
 }
 
 /// The axum handler of endpoint `E` (`post(handler::<Chat>)`).
@@ -104,7 +110,11 @@ where
 }
 
 /// Serves one generation request of endpoint `E`.
-pub async fn serve<E: Endpoint>(state: AppState, caller: Option<CallerId>, body: Value) -> Result<Response, ServerError>
+pub async fn serve<E: Endpoint>(
+    state: AppState,
+    caller: Option<CallerId>,
+    body: Value,
+) -> Result<Response, ServerError>
 where
     Envelope<<E::Format as ChunkFormat>::FinalChoice>: Fold<<E::Format as ChunkFormat>::Choice>,
 {
@@ -121,7 +131,10 @@ where
     let prompts = prepare(move || E::prompts(req, &m)).await?;
     let max_prompts = state.limits().max_prompts;
     if prompts.len() > max_prompts {
-        return Err(ServerError::param(E::API.prompt_param(), format!("at most {max_prompts} prompts per request")));
+        return Err(ServerError::param(
+            E::API.prompt_param(),
+            format!("at most {max_prompts} prompts per request"),
+        ));
     }
     let requests = prompts
         .iter()
@@ -129,9 +142,21 @@ where
         .collect::<Result<Vec<_>, _>>()?;
     let streams = submit_all(&model.handle, requests)?;
     tracing::debug!(model = %model.name, prompts = prompts.len(), n = valid.n(), stream = transport.stream, user = transport.user.as_deref().unwrap_or(""), "generation");
-    let gen = Generation::new(streams, valid.n(), arrived, deadline(&state, arrived), model.metrics.clone());
+    let gen = Generation::new(
+        streams,
+        valid.n(),
+        arrived,
+        deadline(&state, arrived),
+        model.metrics.clone(),
+    );
     let meta = Meta::new(&state, E::ID_PREFIX, &model.name);
-    let fmt = E::format(meta, model.handle.tokenizer().clone(), &valid, prompts, transport.include_usage);
+    let fmt = E::format(
+        meta,
+        model.handle.tokenizer().clone(),
+        &valid,
+        prompts,
+        transport.include_usage,
+    );
     if transport.stream {
         return Ok(stream_response(gen, fmt));
     }
@@ -140,7 +165,10 @@ where
 }
 
 /// Runs `gen` to the end and folds every chunk `fmt` makes of it into the whole answer.
-pub async fn collect<F: ChunkFormat>(mut gen: Generation, mut fmt: F) -> Result<Envelope<F::FinalChoice>, ServerError>
+pub async fn collect<F: ChunkFormat>(
+    mut gen: Generation,
+    mut fmt: F,
+) -> Result<Envelope<F::FinalChoice>, ServerError>
 where
     Envelope<F::FinalChoice>: Fold<F::Choice>,
 {

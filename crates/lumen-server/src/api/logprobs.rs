@@ -56,9 +56,18 @@ impl ChatTokenLogprob {
         let top = lp
             .top
             .iter()
-            .map(|&(id, l)| TopLogprob { token: piece(tok, id), logprob: finite(l), bytes: bytes(tok, id) })
+            .map(|&(id, l)| TopLogprob {
+                token: piece(tok, id),
+                logprob: finite(l),
+                bytes: bytes(tok, id),
+            })
             .collect();
-        ChatTokenLogprob { token: piece(tok, lp.token), logprob: finite(lp.logprob), bytes: bytes(tok, lp.token), top_logprobs: top }
+        ChatTokenLogprob {
+            token: piece(tok, lp.token),
+            logprob: finite(lp.logprob),
+            bytes: bytes(tok, lp.token),
+            top_logprobs: top,
+        }
     }
 }
 
@@ -108,7 +117,13 @@ pub struct CompletionLogprobs {
 }
 
 impl CompletionLogprobs {
-    fn push_piece(&mut self, at: &mut usize, text: String, lp: Option<f64>, top: Option<Map<String, Value>>) {
+    fn push_piece(
+        &mut self,
+        at: &mut usize,
+        text: String,
+        lp: Option<f64>,
+        top: Option<Map<String, Value>>,
+    ) {
         self.text_offset.push(*at);
         *at += text.chars().count();
         self.tokens.push(text);
@@ -119,19 +134,29 @@ impl CompletionLogprobs {
     fn top_map(tok: &Tokenizer, top: &[(u32, f32)]) -> Map<String, Value> {
         let mut m = Map::new();
         for &(id, l) in top {
-            m.entry(piece(tok, id)).or_insert_with(|| Value::from(finite(l)));
+            m.entry(piece(tok, id))
+                .or_insert_with(|| Value::from(finite(l)));
         }
         m
     }
 
     /// Adds the echoed prompt (`prompt[i]` with its logprob entry `lps[i]`); `at` is the
     /// character offset of the next token and advances.
-    pub fn push_prompt(&mut self, tok: &Tokenizer, at: &mut usize, prompt: &[u32], lps: &[Option<TokenLogprob>]) {
+    pub fn push_prompt(
+        &mut self,
+        tok: &Tokenizer,
+        at: &mut usize,
+        prompt: &[u32],
+        lps: &[Option<TokenLogprob>],
+    ) {
         for (i, &id) in prompt.iter().enumerate() {
             match lps.get(i).and_then(Option::as_ref) {
-                Some(lp) => {
-                    self.push_piece(at, piece(tok, id), Some(finite(lp.logprob)), Some(Self::top_map(tok, &lp.top)))
-                }
+                Some(lp) => self.push_piece(
+                    at,
+                    piece(tok, id),
+                    Some(finite(lp.logprob)),
+                    Some(Self::top_map(tok, &lp.top)),
+                ),
                 None => self.push_piece(at, piece(tok, id), None, None),
             }
         }
@@ -139,7 +164,12 @@ impl CompletionLogprobs {
 
     /// Adds a generated token at character offset `at` (which advances).
     pub fn push(&mut self, tok: &Tokenizer, at: &mut usize, lp: &TokenLogprob) {
-        self.push_piece(at, piece(tok, lp.token), Some(finite(lp.logprob)), Some(Self::top_map(tok, &lp.top)));
+        self.push_piece(
+            at,
+            piece(tok, lp.token),
+            Some(finite(lp.logprob)),
+            Some(Self::top_map(tok, &lp.top)),
+        );
     }
 
     /// Appends `other`'s entries (folding a stream of chunks into one answer).

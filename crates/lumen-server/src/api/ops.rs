@@ -45,5 +45,8 @@ pub async fn not_found(uri: Uri) -> ServerError {
 
 /// A known path with a method it does not serve.
 pub async fn method_not_allowed(method: Method, uri: Uri) -> ServerError {
-    ServerError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
+    ServerError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
 }

@@ -122,11 +122,23 @@ impl GenFields {
         let unsupported = |param: &str, what: &str| {
             Err(ServerError::Unsupported {
                 param: param.into(),
-                message: format!("{what} are not supported yet; send the request without '{param}'"),
+                message: format!(
+                    "{what} are not supported yet; send the request without '{param}'"
+                ),
             })
         };
-        let non_empty = |v: &Option<Value>| !matches!(v, None | Some(Value::Null)) && v.as_ref().and_then(Value::as_array).is_none_or(|a| !a.is_empty());
-        let chooses = |v: &Option<Value>| !matches!(v.as_ref().and_then(Value::as_str), None | Some("none" | "auto")) || v.as_ref().is_some_and(Value::is_object);
+        let non_empty = |v: &Option<Value>| {
+            !matches!(v, None | Some(Value::Null))
+                && v.as_ref()
+                    .and_then(Value::as_array)
+                    .is_none_or(|a| !a.is_empty())
+        };
+        let chooses = |v: &Option<Value>| {
+            !matches!(
+                v.as_ref().and_then(Value::as_str),
+                None | Some("none" | "auto")
+            ) || v.as_ref().is_some_and(Value::is_object)
+        };
         if non_empty(&self.tools) {
             return unsupported("tools", "tool calls");
         }
@@ -136,12 +148,16 @@ impl GenFields {
         if self.tool_choice.as_ref().is_some_and(|v| !v.is_null()) && chooses(&self.tool_choice) {
             return unsupported("tool_choice", "forced tool calls");
         }
-        if self.function_call.as_ref().is_some_and(|v| !v.is_null()) && chooses(&self.function_call) {
+        if self.function_call.as_ref().is_some_and(|v| !v.is_null()) && chooses(&self.function_call)
+        {
             return unsupported("function_call", "forced function calls");
         }
         if let Some(rf) = self.response_format.as_ref().filter(|v| !v.is_null()) {
             if rf.get("type").and_then(Value::as_str) != Some("text") {
-                return unsupported("response_format", "structured output formats (json_object, json_schema)");
+                return unsupported(
+                    "response_format",
+                    "structured output formats (json_object, json_schema)",
+                );
             }
         }
         Ok(())
@@ -153,7 +169,11 @@ impl GenFields {
         let stream = self.stream.unwrap_or(false);
         let transport = Transport {
             stream,
-            include_usage: stream && self.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+            include_usage: stream
+                && self
+                    .stream_options
+                    .and_then(|o| o.include_usage)
+                    .unwrap_or(false),
             user: self.user,
         };
         let params = GenerationParams {
@@ -226,15 +246,37 @@ mod tests {
             Ok(()) => None,
         };
         let tool = serde_json::json!([{"type": "function", "function": {"name": "f"}}]);
-        assert_eq!(refused(serde_json::json!({"tools": tool})).as_deref(), Some("tools"));
-        assert_eq!(refused(serde_json::json!({"functions": [{"name": "f"}]})).as_deref(), Some("functions"));
-        assert_eq!(refused(serde_json::json!({"tool_choice": "required"})).as_deref(), Some("tool_choice"));
+        assert_eq!(
+            refused(serde_json::json!({"tools": tool})).as_deref(),
+            Some("tools")
+        );
+        assert_eq!(
+            refused(serde_json::json!({"functions": [{"name": "f"}]})).as_deref(),
+            Some("functions")
+        );
+        assert_eq!(
+            refused(serde_json::json!({"tool_choice": "required"})).as_deref(),
+            Some("tool_choice")
+        );
         let forced = serde_json::json!({"type": "function", "function": {"name": "f"}});
-        assert_eq!(refused(serde_json::json!({"tool_choice": forced})).as_deref(), Some("tool_choice"));
-        assert_eq!(refused(serde_json::json!({"function_call": {"name": "f"}})).as_deref(), Some("function_call"));
-        let schema = serde_json::json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}});
-        assert_eq!(refused(serde_json::json!({"response_format": schema})).as_deref(), Some("response_format"));
-        assert_eq!(refused(serde_json::json!({"response_format": {"type": "json_object"}})).as_deref(), Some("response_format"));
+        assert_eq!(
+            refused(serde_json::json!({"tool_choice": forced})).as_deref(),
+            Some("tool_choice")
+        );
+        assert_eq!(
+            refused(serde_json::json!({"function_call": {"name": "f"}})).as_deref(),
+            Some("function_call")
+        );
+        let schema =
+            serde_json::json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}});
+        assert_eq!(
+            refused(serde_json::json!({"response_format": schema})).as_deref(),
+            Some("response_format")
+        );
+        assert_eq!(
+            refused(serde_json::json!({"response_format": {"type": "json_object"}})).as_deref(),
+            Some("response_format")
+        );
         // What changes nothing is accepted.
         for ok in [
             serde_json::json!({"tools": [], "tool_choice": "none"}),
@@ -248,8 +290,10 @@ mod tests {
 
     #[test]
     fn usage_chunk_only_when_streaming() {
-        let (p, t) = fields(serde_json::json!({"stop": ["a", "b"], "stream_options": {"include_usage": true}}))
-            .split(Api::Chat, None);
+        let (p, t) = fields(
+            serde_json::json!({"stop": ["a", "b"], "stream_options": {"include_usage": true}}),
+        )
+        .split(Api::Chat, None);
         assert_eq!(p.stop.len(), 2);
         assert!(!t.stream && !t.include_usage);
         assert_eq!(p.max_tokens, None);

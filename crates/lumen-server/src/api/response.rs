@@ -35,7 +35,9 @@ impl From<Usage> for UsageOut {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.prompt_tokens + u.completion_tokens,
-            prompt_tokens_details: PromptTokensDetails { cached_tokens: u.cached_prompt_tokens },
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: u.cached_prompt_tokens,
+            },
         }
     }
 }
@@ -156,11 +158,19 @@ impl Envelope<ChatChoice> {
     pub fn empty_chat(meta: &Meta, choices: usize, logprobs: bool) -> Self {
         let choice = |index| ChatChoice {
             index,
-            message: MessageOut { role: "assistant", content: String::new() },
+            message: MessageOut {
+                role: "assistant",
+                content: String::new(),
+            },
             logprobs: logprobs.then(ChatLogprobs::default),
             finish_reason: UNFINISHED,
         };
-        Envelope::new(meta, "chat.completion", (0..choices).map(choice).collect(), false)
+        Envelope::new(
+            meta,
+            "chat.completion",
+            (0..choices).map(choice).collect(),
+            false,
+        )
     }
 }
 
@@ -170,7 +180,9 @@ impl Fold<ChatChunkChoice> for Envelope<ChatChoice> {
             self.prompt_logprobs = chunk.prompt_logprobs;
         }
         for c in chunk.choices {
-            let Some(choice) = self.choices.get_mut(c.index) else { continue };
+            let Some(choice) = self.choices.get_mut(c.index) else {
+                continue;
+            };
             if let Some(role) = c.delta.role {
                 choice.message.role = role;
             }
@@ -178,7 +190,11 @@ impl Fold<ChatChunkChoice> for Envelope<ChatChoice> {
                 choice.message.content.push_str(&text);
             }
             if let Some(lp) = c.logprobs {
-                choice.logprobs.get_or_insert_with(ChatLogprobs::default).content.extend(lp.content);
+                choice
+                    .logprobs
+                    .get_or_insert_with(ChatLogprobs::default)
+                    .content
+                    .extend(lp.content);
             }
             if let Some(reason) = c.finish_reason {
                 choice.finish_reason = reason;
@@ -197,17 +213,27 @@ impl Envelope<TextChoice> {
             finish_reason: Some(UNFINISHED),
             prompt_logprobs: None,
         };
-        Envelope::new(meta, "text_completion", (0..choices).map(choice).collect(), false)
+        Envelope::new(
+            meta,
+            "text_completion",
+            (0..choices).map(choice).collect(),
+            false,
+        )
     }
 }
 
 impl Fold<TextChoice> for Envelope<TextChoice> {
     fn fold(&mut self, chunk: Envelope<TextChoice>) {
         for c in chunk.choices {
-            let Some(choice) = self.choices.get_mut(c.index) else { continue };
+            let Some(choice) = self.choices.get_mut(c.index) else {
+                continue;
+            };
             choice.text.push_str(&c.text);
             if let Some(lp) = c.logprobs {
-                choice.logprobs.get_or_insert_with(CompletionLogprobs::default).extend(lp);
+                choice
+                    .logprobs
+                    .get_or_insert_with(CompletionLogprobs::default)
+                    .extend(lp);
             }
             if c.finish_reason.is_some() {
                 choice.finish_reason = c.finish_reason;
@@ -221,5 +247,7 @@ impl Fold<TextChoice> for Envelope<TextChoice> {
 
 /// One chat logprob entry as a chunk's `logprobs`.
 pub fn chat_logprobs(entry: ChatTokenLogprob) -> ChatLogprobs {
-    ChatLogprobs { content: vec![entry] }
+    ChatLogprobs {
+        content: vec![entry],
+    }
 }

@@ -29,12 +29,21 @@ impl Guarded {
     /// Guards `inner` with `timeouts`, following `phase`.
     pub fn new(inner: TcpStream, phase: Arc<ConnPhase>, timeouts: Timeouts) -> Self {
         let sleep = Box::pin(tokio::time::sleep(timeouts.header));
-        Guarded { inner, phase, timeouts, sleep }
+        Guarded {
+            inner,
+            phase,
+            timeouts,
+            sleep,
+        }
     }
 }
 
 impl AsyncRead for Guarded {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -56,7 +65,10 @@ impl AsyncRead for Guarded {
                 match this.sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         tracing::debug!(limit = what, "closing a connection that took too long");
-                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))))
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("{what} timed out"),
+                        )))
                     }
                     Poll::Pending => Poll::Pending,
                 }
@@ -66,7 +78,11 @@ impl AsyncRead for Guarded {
 }
 
 impl AsyncWrite for Guarded {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -78,7 +94,11 @@ impl AsyncWrite for Guarded {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

@@ -40,7 +40,10 @@ pub struct ConnLimits {
 
 impl Default for ConnLimits {
     fn default() -> Self {
-        ConnLimits { timeouts: Timeouts::default(), max_per_ip: 256 }
+        ConnLimits {
+            timeouts: Timeouts::default(),
+            max_per_ip: 256,
+        }
     }
 }
 
@@ -60,7 +63,9 @@ struct Tracker {
 impl Tracker {
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         // Plain maps updated in single statements: usable after a panic elsewhere.
-        self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Takes a place for a connection from `ip`, unless it has `max` already.
@@ -86,7 +91,11 @@ impl Tracker {
     }
 
     fn count(&self, f: impl Fn(Phase) -> bool) -> usize {
-        self.lock().conns.values().filter(|(p, ..)| f(p.get())).count()
+        self.lock()
+            .conns
+            .values()
+            .filter(|(p, ..)| f(p.get()))
+            .count()
     }
 }
 
@@ -161,7 +170,12 @@ impl Connections {
     }
 }
 
-async fn accept_loop(listener: TcpListener, app: Router, limits: ConnLimits, tracker: Arc<Tracker>) {
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    tracker: Arc<Tracker>,
+) {
     loop {
         let (stream, peer): (_, SocketAddr) = match listener.accept().await {
             Ok(c) => c,
@@ -181,7 +195,11 @@ async fn accept_loop(listener: TcpListener, app: Router, limits: ConnLimits, tra
         let _ = stream.set_nodelay(true);
         let id = tracker.next_id.fetch_add(1, Ordering::Relaxed);
         let phase = Arc::new(ConnPhase::new());
-        let place = Place { tracker: tracker.clone(), id, ip };
+        let place = Place {
+            tracker: tracker.clone(),
+            id,
+            ip,
+        };
         let io = TokioIo::new(Guarded::new(stream, phase.clone(), limits.timeouts));
         let (app, p) = (app.clone(), phase.clone());
         let svc = hyper::service::service_fn(move |req| service::call(app.clone(), p.clone(), req));

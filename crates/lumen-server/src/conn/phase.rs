@@ -22,7 +22,11 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { header: Duration::from_secs(10), body_idle: Duration::from_secs(30), keep_alive: Duration::from_secs(60) }
+        Timeouts {
+            header: Duration::from_secs(10),
+            body_idle: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(60),
+        }
     }
 }
 
@@ -57,12 +61,16 @@ pub struct ConnPhase {
 impl ConnPhase {
     /// A fresh connection accepted now.
     pub fn new() -> Self {
-        ConnPhase { state: Mutex::new((Phase::Fresh, Instant::now())) }
+        ConnPhase {
+            state: Mutex::new((Phase::Fresh, Instant::now())),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Phase, Instant)> {
         // The state is two plain values: a panic elsewhere cannot leave it inconsistent.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The current phase.
@@ -109,7 +117,11 @@ mod tests {
 
     #[test]
     fn deadlines_follow_the_phase() {
-        let t = Timeouts { header: Duration::from_secs(1), body_idle: Duration::from_secs(2), keep_alive: Duration::from_secs(3) };
+        let t = Timeouts {
+            header: Duration::from_secs(1),
+            body_idle: Duration::from_secs(2),
+            keep_alive: Duration::from_secs(3),
+        };
         let p = ConnPhase::new();
         assert_eq!(p.deadline(&t).map(|d| d.1), Some("request headers"));
         p.on_bytes();
@@ -120,9 +132,16 @@ mod tests {
         assert_eq!(why, "request body idle");
         std::thread::sleep(Duration::from_millis(5));
         p.on_bytes();
-        assert!(p.deadline(&t).expect("body deadline").0 > first, "bytes push the idle deadline");
+        assert!(
+            p.deadline(&t).expect("body deadline").0 > first,
+            "bytes push the idle deadline"
+        );
         p.set(Phase::Busy);
-        assert_eq!(p.deadline(&t), None, "no read deadline while the server works");
+        assert_eq!(
+            p.deadline(&t),
+            None,
+            "no read deadline while the server works"
+        );
         assert!(!p.get().is_half_sent());
         p.set(Phase::KeepAlive);
         assert_eq!(p.deadline(&t).map(|d| d.1), Some("keep-alive idle"));

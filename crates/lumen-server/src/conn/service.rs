@@ -15,14 +15,32 @@ use tower::ServiceExt;
 use super::phase::{ConnPhase, Phase};
 
 /// Serves one request of a connection whose phase is `phase`.
-pub async fn call(app: Router, phase: Arc<ConnPhase>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+pub async fn call(
+    app: Router,
+    phase: Arc<ConnPhase>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
     // The head is parsed: the body (if any) is what the client still owes.
-    phase.set(if req.body().is_end_stream() { Phase::Busy } else { Phase::Body });
-    let req = req.map(|inner| Body::new(RequestBody { inner, phase: phase.clone() }));
+    phase.set(if req.body().is_end_stream() {
+        Phase::Busy
+    } else {
+        Phase::Body
+    });
+    let req = req.map(|inner| {
+        Body::new(RequestBody {
+            inner,
+            phase: phase.clone(),
+        })
+    });
     let resp = app.oneshot(req).await?;
     // Whatever the handler left unread, the client is no longer the slow one.
     phase.set(Phase::Busy);
-    Ok(resp.map(|inner| Body::new(ResponseBody { inner, phase: Some(phase) })))
+    Ok(resp.map(|inner| {
+        Body::new(ResponseBody {
+            inner,
+            phase: Some(phase),
+        })
+    }))
 }
 
 /// The request body; its end moves the connection to [`Phase::Busy`].
@@ -35,7 +53,10 @@ impl HttpBody for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
             self.phase.set(Phase::Busy);
@@ -70,7 +91,10 @@ impl HttpBody for ResponseBody {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None)) {
             self.done();
