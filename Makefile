@@ -7,7 +7,7 @@ VENV := target/venv
 FIXTURE_VENV := target/fixture-venv
 THREADS ?= 2
 
-.PHONY: serve test models build fixtures fmt clippy bench venv
+.PHONY: serve test lint models build fixtures fmt clippy bench venv
 
 ## Fetch the default models (checksummed), build, and start the server on 127.0.0.1:8080.
 serve: models build
@@ -18,9 +18,17 @@ serve: models build
 	@echo
 	./target/release/lumen serve --host 127.0.0.1 --port 8080
 
-## Fetch what the tests need and run the whole suite (release build, shared by every test).
-test: models venv
+## Fetch what the tests need, check formatting, lints and docs, and run the whole suite
+## (release build, shared by every test).
+test: models venv lint
 	$(CARGO) test --release --workspace
+
+## Formatting, clippy and rustdoc, each with warnings denied (the workspace [lints] in
+## Cargo.toml say which lints; CI fails on any of them).
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --release --no-deps --workspace
 
 ## Python venv for the end-to-end tests: the official openai client (idempotent, stamped).
 venv: $(VENV)/.stamp-e2e
@@ -47,7 +55,7 @@ fmt:
 	$(CARGO) fmt --all
 
 clippy:
-	$(CARGO) clippy --release --workspace --all-targets
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 ## Lumen vs llama.cpp side by side (builds llama.cpp into target/ once; THREADS, REPS, MODEL...).
 .PHONY: bench-compare
