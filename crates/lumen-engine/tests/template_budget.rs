@@ -165,3 +165,19 @@ fn long_legitimate_conversations_still_render() {
         .collect();
     t.render(&turns, true, None).unwrap();
 }
+
+#[test]
+fn vocabulary_bounds_are_enforced() {
+    use lumen_engine::tokenizer::{GgufVocab, Tokenizer, VocabKind};
+    let mut v = GgufVocab::new(VocabKind::Spm);
+    v.tokens = vec!["a".into(), "x".repeat(5000)];
+    let err = v.check_bounds().unwrap_err().to_string();
+    assert!(err.contains("over the limit"), "{err}");
+    // Many long tokens, each under the per-token limit: the merge derivation refuses.
+    let mut v = GgufVocab::new(VocabKind::Spm);
+    v.tokens = (0..100)
+        .map(|i| format!("{i:04}{}", "y".repeat(4000)))
+        .collect();
+    let err = Tokenizer::from_vocab(v).unwrap_err().to_string();
+    assert!(err.contains("too long"), "{err}");
+}
