@@ -5,7 +5,7 @@
 //! a size for the prompt and for any single string, a total of bytes produced by string
 //! operations and printing, a number of items in a sequence built by `+`/`*`, and a wall
 //! clock deadline. The limits of the render in progress live in a thread-local, because
-//! the VM calls Lumen's checked functions (see [`super::checked`]) without any context
+//! the VM calls Lumen's checked functions (module `checked`) without any context
 //! of ours; rendering is synchronous, so the thread is the render.
 
 use std::cell::RefCell;

@@ -220,7 +220,9 @@ fn precheck_filter(name: &str, args: &[Value]) -> Result<(), Error> {
 }
 
 /// Built-in filters that get wrapped: pre-checks above, and every result is charged.
-const FILTERS: &[(&str, fn() -> Value)] = &[
+type MakeFilter = fn() -> Value;
+
+const FILTERS: &[(&str, MakeFilter)] = &[
     ("join", || Value::from_function(filters::join)),
     ("replace", || Value::from_function(filters::replace)),
     ("indent", || Value::from_function(filters::indent)),

@@ -8,7 +8,7 @@
 //! break with a backslash are joined as Python joins them.
 //!
 //! The template comes from the model file, so it renders under a budget (see [`budget`]):
-//! its operators, filters, methods and printing are checked ([`checked`], [`rewrite`]),
+//! its operators, filters, methods and printing are checked (`checked`, `rewrite`),
 //! and a template is test-rendered when a model loads ([`ChatTemplate::check_budget`]).
 
 pub mod budget;

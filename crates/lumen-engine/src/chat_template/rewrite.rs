@@ -35,7 +35,10 @@ pub(crate) fn checked_operators(source: &str) -> Option<String> {
         lstrip_blocks: true,
         trim_blocks: true,
     };
-    let root = parse(source, "chat_template", SyntaxConfig::default(), ws).ok()?;
+    // A unit struct unless minijinja's `custom_syntax` is on; `default()` builds either.
+    #[allow(clippy::default_constructed_unit_structs)]
+    let syntax = SyntaxConfig::default();
+    let root = parse(source, "chat_template", syntax, ws).ok()?;
     let mut ops = Vec::new();
     stmt(source, &root, &mut ops);
     if ops.is_empty() {

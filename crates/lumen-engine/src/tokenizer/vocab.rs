@@ -150,8 +150,8 @@ impl GgufVocab {
         Ok(v)
     }
 
-    /// Refuses vocabularies past [`MAX_TOKENS`], [`MAX_TOKEN_BYTES`], [`MAX_MERGES`] or
-    /// [`MAX_SPECIAL_TOKENS`]: the file decides these sizes, and building the tokenizer
+    /// Refuses vocabularies past `MAX_TOKENS`, `MAX_TOKEN_BYTES`, `MAX_MERGES` or
+    /// `MAX_SPECIAL_TOKENS`: the file decides these sizes, and building the tokenizer
     /// (and, for special tokens, every encode) does work that grows with them.
     pub fn check_bounds(&self) -> Result<(), EngineError> {
         let over = |what: &str, n: usize, max: usize| {
