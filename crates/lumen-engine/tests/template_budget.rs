@@ -181,3 +181,14 @@ fn vocabulary_bounds_are_enforced() {
     let err = Tokenizer::from_vocab(v).unwrap_err().to_string();
     assert!(err.contains("too long"), "{err}");
 }
+
+#[test]
+fn deep_values_and_long_tags() {
+    // Values nested 400 000 deep: dropping them recursed past the stack (SIGABRT).
+    assert_budget("{% set ns = namespace(l=[]) %}{% for i in range(100000) %}{% for j in range(100) %}{% set ns.l = [ns.l] %}{% endfor %}{% endfor %}x");
+    // A tag with 20 000 operators parsed into a tree too deep to walk (SIGABRT).
+    let long: &'static str =
+        Box::leak(format!("{{{{ 'a'{} }}}}", " ~ 'a'".repeat(20000)).into_boxed_str());
+    let err = ChatTemplate::new(long, "", "").unwrap_err();
+    assert!(matches!(err, EngineError::TemplateBudget(_)), "{err:?}");
+}

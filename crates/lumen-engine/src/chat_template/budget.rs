@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use minijinja::{Error, ErrorKind};
 
 /// VM instructions one render may execute (minijinja's `fuel`).
-pub const MAX_FUEL: u64 = 5_000_000;
+pub const MAX_FUEL: u64 = 2_000_000;
 /// Nesting of macro calls, recursive loops and includes (minijinja's recursion limit).
 pub const MAX_RECURSION: usize = 100;
 /// Size of the rendered prompt, and of any one string, beyond the conversation's own size.
@@ -26,6 +26,9 @@ pub const MAX_ITEMS: usize = 100_000;
 pub const MAX_WIDTH: usize = 4096;
 /// Wall-clock time for one render, checked whenever the template produces text.
 pub const DEADLINE: Duration = Duration::from_secs(5);
+/// Stack of the thread a template renders on (address space; only what is used is
+/// touched). Values nested [`MAX_FUEL`] / 5 deep must drop without overflowing it.
+pub const RENDER_STACK: usize = 1 << 30;
 /// Prefix of the messages of minijinja errors raised for a budget.
 pub(crate) const BUDGET: &str = "template budget: ";
 

@@ -135,9 +135,10 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime::strftime_now);
         env.add_filter("tojson", pyjson::tojson);
         let normalized = source::normalize(source);
+        rewrite::check_tag_sizes(&normalized).map_err(EngineError::TemplateBudget)?;
         // A source that does not parse is compiled as is, so the error is minijinja's own.
-        let compiled = rewrite::checked_operators(&normalized)
-            .unwrap_or_else(|| normalized.into_owned());
+        let compiled =
+            rewrite::checked_operators(&normalized).unwrap_or_else(|| normalized.into_owned());
         env.add_template_owned(NAME, compiled)
             .map_err(|e| EngineError::TemplateSyntax(describe(&e)))?;
         Ok(ChatTemplate {
@@ -205,7 +206,32 @@ impl ChatTemplate {
     }
 
     /// Renders the conversation; `tools` (OpenAI tool definitions) is passed through as is.
+    ///
+    /// Renders on a thread of its own with a large stack: a template can build values
+    /// nested as deep as its instruction budget allows, and dropping them recurses.
     pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String, EngineError> {
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name("chat-template".into())
+                .stack_size(budget::RENDER_STACK)
+                .spawn_scoped(scope, || {
+                    self.render_here(messages, add_generation_prompt, tools)
+                })
+                .map_err(|e| {
+                    EngineError::TemplateRender(format!("cannot start the renderer: {e}"))
+                })?;
+            worker
+                .join()
+                .map_err(|_| EngineError::TemplateRender("the renderer panicked".into()))?
+        })
+    }
+
+    fn render_here(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
@@ -234,7 +260,10 @@ impl ChatTemplate {
         let mut out = budget::BoundedBytes::new(limits.max_string);
         let result = tpl.render_captured_to(ctx, &mut out).map(drop);
         let err = match result {
-            Ok(_) => return String::from_utf8(out.bytes).map_err(|e| EngineError::TemplateRender(e.to_string())),
+            Ok(_) => {
+                return String::from_utf8(out.bytes)
+                    .map_err(|e| EngineError::TemplateRender(e.to_string()))
+            }
             Err(e) => e,
         };
         if let Some(what) = guard.exceeded() {

@@ -9,7 +9,7 @@
 //! Only expressions inside tags change; text, whitespace rules and line numbers do not.
 
 use minijinja::machinery::ast::{self, BinOpKind, CallArg, Expr, Stmt};
-use minijinja::machinery::{parse, Span, WhitespaceConfig};
+use minijinja::machinery::{parse, tokenize, Span, Token, WhitespaceConfig};
 use minijinja::syntax::SyntaxConfig;
 
 /// Global function that replaces `a + b`.
@@ -18,6 +18,45 @@ pub(crate) const ADD: &str = "__lumen_add";
 pub(crate) const MUL: &str = "__lumen_mul";
 /// Global function that replaces `a ~ b`.
 pub(crate) const CONCAT: &str = "__lumen_concat";
+
+/// Most tokens in one `{{ }}` or `{% %}` tag. Chains of operators, filters, attributes
+/// or calls parse into a tree as deep as they are long, which minijinja (and this
+/// module) walk recursively: a tag of tens of thousands of them overflows the stack.
+pub const MAX_TAG_TOKENS: usize = 1000;
+
+/// Refuses a template with a tag of more than [`MAX_TAG_TOKENS`] tokens (the lexer is
+/// not recursive, so this is safe to run on any source).
+pub(crate) fn check_tag_sizes(source: &str) -> Result<(), String> {
+    let ws = WhitespaceConfig {
+        keep_trailing_newline: false,
+        lstrip_blocks: true,
+        trim_blocks: true,
+    };
+    #[allow(clippy::default_constructed_unit_structs)]
+    let syntax = SyntaxConfig::default();
+    let mut in_tag = 0usize;
+    for item in tokenize(source, false, syntax, ws) {
+        // A lexer error is reported by the compiler, as before.
+        let Ok((token, span)) = item else {
+            return Ok(());
+        };
+        match token {
+            Token::VariableStart | Token::BlockStart => in_tag = 1,
+            Token::VariableEnd | Token::BlockEnd => in_tag = 0,
+            _ if in_tag > 0 => {
+                in_tag += 1;
+                if in_tag > MAX_TAG_TOKENS {
+                    return Err(format!(
+                        "the tag at line {} has more than {MAX_TAG_TOKENS} tokens",
+                        span.start_line
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 /// One operator to rewrite: the whole expression and its two operands.
 struct Op {
