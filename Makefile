@@ -66,3 +66,17 @@ bench-compare: models
 .PHONY: bench-embeddings
 bench-embeddings: models
 	THREADS=$(THREADS) ./scripts/bench-embeddings.sh
+
+## Fuzz each cargo-fuzz target for FUZZ_TIME seconds (default 60; not part of `make test`).
+## cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
+FUZZ_TIME ?= 60
+FUZZ_TARGETS ?= gguf_reader chat_template gguf_tokenizer
+.PHONY: fuzz
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+		echo "== fuzzing $$t for $(FUZZ_TIME) s"; \
+		mkdir -p fuzz/corpus/$$t; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_TIME) -rss_limit_mb=2048 -timeout=10 || exit 1; \
+	done

@@ -44,6 +44,11 @@ pub enum EngineError {
     #[error("chat template rejected the conversation: {0}")]
     TemplateException(String),
 
+    /// The chat template exceeded its budget (size, instructions, depth or time): the
+    /// model file's template is hostile or broken, or the conversation makes it so.
+    #[error("chat template budget exceeded: {0}")]
+    TemplateBudget(String),
+
     /// A chat message does not have the expected shape.
     #[error("invalid chat message: {0}")]
     InvalidMessage(String),

@@ -6,8 +6,15 @@
 //! `minijinja_contrib::pycompat`), `raise_exception`, `strftime_now`, and a `tojson`
 //! that writes what Python's `json.dumps` writes. String literals continued over a line
 //! break with a backslash are joined as Python joins them.
+//!
+//! The template comes from the model file, so it renders under a budget (see [`budget`]):
+//! its operators, filters, methods and printing are checked (`checked`, `rewrite`),
+//! and a template is test-rendered when a model loads ([`ChatTemplate::check_budget`]).
 
+pub mod budget;
+mod checked;
 mod pyjson;
+mod rewrite;
 mod source;
 mod strftime;
 
@@ -121,11 +128,18 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(budget::MAX_FUEL));
+        env.set_recursion_limit(budget::MAX_RECURSION);
+        checked::install(&mut env);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime::strftime_now);
         env.add_filter("tojson", pyjson::tojson);
-        env.add_template_owned(NAME, source::normalize(source).into_owned())
+        let normalized = source::normalize(source);
+        rewrite::check_tag_sizes(&normalized).map_err(EngineError::TemplateBudget)?;
+        // A source that does not parse is compiled as is, so the error is minijinja's own.
+        let compiled =
+            rewrite::checked_operators(&normalized).unwrap_or_else(|| normalized.into_owned());
+        env.add_template_owned(NAME, compiled)
             .map_err(|e| EngineError::TemplateSyntax(describe(&e)))?;
         Ok(ChatTemplate {
             env,
@@ -150,9 +164,39 @@ impl ChatTemplate {
                 .unwrap_or_default()
         };
         let (bos, eos) = (text(tokenizer.bos_id()), text(tokenizer.eos_id()));
-        match meta.get(CHAT_TEMPLATE_KEY) {
-            Some(_) => ChatTemplate::new(meta.get_str(CHAT_TEMPLATE_KEY)?, &bos, &eos),
-            None => ChatTemplate::chatml(&bos, &eos),
+        let template = match meta.get(CHAT_TEMPLATE_KEY) {
+            Some(_) => ChatTemplate::new(meta.get_str(CHAT_TEMPLATE_KEY)?, &bos, &eos)?,
+            None => ChatTemplate::chatml(&bos, &eos)?,
+        };
+        template.check_budget()?;
+        Ok(template)
+    }
+
+    /// Test-renders a sample conversation so that a template which exceeds its budget
+    /// (a memory or time bomb) is refused when the model loads, not on a request.
+    ///
+    /// Tries system, user, assistant, user with a generation prompt; a template that
+    /// rejects that with `raise_exception` (no system role, say) is tried without the
+    /// system message. Only [`EngineError::TemplateBudget`] fails the check: other render
+    /// errors depend on the conversation and are reported per request, as before.
+    pub fn check_budget(&self) -> Result<(), EngineError> {
+        let full = [
+            ChatMessage::new("system", "You are a helpful assistant."),
+            ChatMessage::new("user", "Hello! What can you do?"),
+            ChatMessage::new("assistant", "I can answer questions and help with writing."),
+            ChatMessage::new("user", "Write a haiku about the sea."),
+        ];
+        let mut result = self.render(&full, true, None);
+        if matches!(result, Err(EngineError::TemplateException(_))) {
+            result = self.render(&full[1..], true, None);
+        }
+        match result {
+            Err(e @ EngineError::TemplateBudget(_)) => Err(e),
+            Err(e) => {
+                tracing::warn!("the chat template does not render a sample conversation: {e}");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
         }
     }
 
@@ -162,7 +206,32 @@ impl ChatTemplate {
     }
 
     /// Renders the conversation; `tools` (OpenAI tool definitions) is passed through as is.
+    ///
+    /// Renders on a thread of its own with a large stack: a template can build values
+    /// nested as deep as its instruction budget allows, and dropping them recurses.
     pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String, EngineError> {
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name("chat-template".into())
+                .stack_size(budget::RENDER_STACK)
+                .spawn_scoped(scope, || {
+                    self.render_here(messages, add_generation_prompt, tools)
+                })
+                .map_err(|e| {
+                    EngineError::TemplateRender(format!("cannot start the renderer: {e}"))
+                })?;
+            worker
+                .join()
+                .map_err(|_| EngineError::TemplateRender("the renderer panicked".into()))?
+        })
+    }
+
+    fn render_here(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
@@ -179,9 +248,37 @@ impl ChatTemplate {
             eos_token => self.eos_token.as_str(),
             tools => tools.map(Value::from_serialize).unwrap_or(Value::from(())),
         };
-        tpl.render(ctx).map_err(|e| match raised_message(&e) {
-            Some(msg) => EngineError::TemplateException(msg),
-            None => EngineError::TemplateRender(describe(&e)),
+        let input = messages
+            .iter()
+            .map(|m| m.role.len() + m.content.len())
+            .sum::<usize>()
+            + tools.map_or(0, |t| t.to_string().len())
+            + self.bos_token.len()
+            + self.eos_token.len();
+        let limits = budget::Limits::for_input(input);
+        let guard = budget::Guard::enter(limits);
+        let mut out = budget::BoundedBytes::new(limits.max_string);
+        let result = tpl.render_captured_to(ctx, &mut out).map(drop);
+        let err = match result {
+            Ok(_) => {
+                return String::from_utf8(out.bytes)
+                    .map_err(|e| EngineError::TemplateRender(e.to_string()))
+            }
+            Err(e) => e,
+        };
+        if let Some(what) = guard.exceeded() {
+            return Err(EngineError::TemplateBudget(what));
+        }
+        if out.overflowed {
+            return Err(EngineError::TemplateBudget(format!(
+                "the prompt is longer than {} bytes",
+                limits.max_string
+            )));
+        }
+        Err(match (raised_message(&err), budget_kind(&err)) {
+            (Some(msg), _) => EngineError::TemplateException(msg),
+            (None, Some(what)) => EngineError::TemplateBudget(what),
+            (None, None) => EngineError::TemplateRender(describe(&err)),
         })
     }
 }
@@ -204,6 +301,27 @@ fn raised_message(e: &Error) -> Option<String> {
             }
         }
         cur = err.source();
+    }
+    None
+}
+
+/// Budget limits that minijinja enforces itself: fuel, recursion depth, `range` length.
+fn budget_kind(e: &Error) -> Option<String> {
+    if e.kind() == ErrorKind::OutOfFuel {
+        return Some(format!(
+            "the template ran more than {} instructions",
+            budget::MAX_FUEL
+        ));
+    }
+    let detail = e.detail().unwrap_or_default();
+    if detail.contains("recursion limit exceeded") {
+        return Some(format!(
+            "the template nests calls deeper than the recursion limit ({})",
+            budget::MAX_RECURSION
+        ));
+    }
+    if detail.contains("range has too many elements") {
+        return Some(format!("range() is limited to {} items", budget::MAX_ITEMS));
     }
     None
 }

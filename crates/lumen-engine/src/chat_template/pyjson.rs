@@ -16,6 +16,9 @@ pub(crate) fn tojson(value: &Value, indent: Option<usize>, kwargs: Kwargs) -> Re
         Some(i) => Some(i),
         None => kwargs.get::<Option<usize>>("indent")?,
     };
+    if let Some(n) = indent {
+        super::budget::width("tojson indent", n)?;
+    }
     let opts = Opts {
         indent,
         sort_keys: kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false),
@@ -26,6 +29,7 @@ pub(crate) fn tojson(value: &Value, indent: Option<usize>, kwargs: Kwargs) -> Re
     kwargs.assert_all_used()?;
     let mut out = String::new();
     write_value(&mut out, value, &opts, 0)?;
+    super::budget::string(out.len())?;
     Ok(Value::from(out))
 }
 
@@ -97,6 +101,13 @@ fn write_container(
             None => {}
         }
         item(out, i)?;
+        // Many references to one big string must not add up unchecked.
+        let max = super::budget::limits().max_string;
+        if out.len() > max {
+            return Err(super::budget::exceeded(format!(
+                "tojson output is over the limit of {max} bytes"
+            )));
+        }
     }
     if let Some(n) = o.indent {
         out.push('\n');

@@ -9,6 +9,10 @@ use tokenizers::models::bpe::BPE;
 
 use crate::error::EngineError;
 
+/// Bound on the sum of squared token lengths of a SentencePiece-style vocabulary (real
+/// ones are under 10^8).
+pub(crate) const MAX_SPLIT_WORK: usize = 1 << 30;
+
 /// Text → id for every token.
 pub(crate) fn vocab_map(texts: &[String]) -> AHashMap<String, u32> {
     texts
@@ -83,6 +87,17 @@ pub(crate) fn build_spm(
     let single_char = |s: &str| s.chars().nth(1).is_none();
     // (score, merged id, left, right)
     let mut splits: Vec<(f32, u32, &str, &str)> = Vec::new();
+    // Each token is tried at every split point, with a lookup of both halves: the work
+    // grows with the square of token lengths, which the file chooses.
+    let work: usize = texts
+        .iter()
+        .map(|t| t.len().saturating_mul(t.len()))
+        .fold(0, usize::saturating_add);
+    if work > MAX_SPLIT_WORK {
+        return Err(EngineError::InvalidVocab(format!(
+            "the tokens are too long to derive merges from (sum of squared lengths {work}, limit {MAX_SPLIT_WORK})"
+        )));
+    }
     for (i, text) in texts.iter().enumerate() {
         let Ok(id) = u32::try_from(i) else { break };
         let score = scores.get(i).copied().unwrap_or(0.0);

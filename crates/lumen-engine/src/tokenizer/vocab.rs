@@ -135,6 +135,7 @@ impl GgufVocab {
                 .map(str::to_owned)
                 .collect();
         }
+        v.check_bounds()?;
         let id = |key: &str| opt(meta, key, |k| meta.get_u32(k));
         v.bos_id = id("tokenizer.ggml.bos_token_id")?;
         v.eos_id = id("tokenizer.ggml.eos_token_id")?;
@@ -149,6 +150,48 @@ impl GgufVocab {
         Ok(v)
     }
 
+    /// Refuses vocabularies past `MAX_TOKENS`, `MAX_TOKEN_BYTES`, `MAX_MERGES` or
+    /// `MAX_SPECIAL_TOKENS`: the file decides these sizes, and building the tokenizer
+    /// (and, for special tokens, every encode) does work that grows with them.
+    pub fn check_bounds(&self) -> Result<(), EngineError> {
+        let over = |what: &str, n: usize, max: usize| {
+            EngineError::InvalidVocab(format!("{what}: {n} is over the limit of {max}"))
+        };
+        if self.tokens.len() > MAX_TOKENS {
+            return Err(over("tokens", self.tokens.len(), MAX_TOKENS));
+        }
+        if self.merges.len() > MAX_MERGES {
+            return Err(over("merges", self.merges.len(), MAX_MERGES));
+        }
+        for (what, list) in [("token", &self.tokens), ("merge", &self.merges)] {
+            if let Some((i, t)) = list
+                .iter()
+                .enumerate()
+                .find(|(_, t)| t.len() > MAX_TOKEN_BYTES)
+            {
+                return Err(over(
+                    &format!("bytes in {what} {i}"),
+                    t.len(),
+                    MAX_TOKEN_BYTES,
+                ));
+            }
+        }
+        let special = self
+            .token_types
+            .iter()
+            .filter(|t| {
+                matches!(
+                    t,
+                    TokenType::Control | TokenType::UserDefined | TokenType::Unknown
+                )
+            })
+            .count();
+        if special > MAX_SPECIAL_TOKENS {
+            return Err(over("special tokens", special, MAX_SPECIAL_TOKENS));
+        }
+        Ok(())
+    }
+
     /// The type of token `id` (normal when the file has no types).
     pub fn token_type(&self, id: usize) -> TokenType {
         self.token_types
@@ -157,6 +200,16 @@ impl GgufVocab {
             .unwrap_or(TokenType::Normal)
     }
 }
+
+/// Most tokens a vocabulary may have (the largest real ones have about 262 000).
+pub const MAX_TOKENS: usize = 1 << 22;
+/// Most BPE merges (real vocabularies have fewer merges than tokens).
+pub const MAX_MERGES: usize = 1 << 23;
+/// Longest token or merge text, in bytes (real ones are at most a few hundred).
+pub const MAX_TOKEN_BYTES: usize = 4096;
+/// Most control, user-defined and unknown tokens: each encode scans the text once per
+/// special token, as llama.cpp does.
+pub const MAX_SPECIAL_TOKENS: usize = 1 << 16;
 
 /// Reads an optional key: absent is `None`, present but malformed is an error.
 fn opt<T>(
