@@ -66,6 +66,15 @@ pub enum EngineError {
         looked_in: std::path::PathBuf,
     },
 
+    /// A folder was found where a model was expected, but it holds no model.
+    #[error("'{path}' is not a model folder: {reason}", path = path.display())]
+    NotAModel {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+
     /// The model exists but is of the other kind (chat vs embedding).
     #[error("model '{name}' is of another kind than needed here ({expected})")]
     WrongModelKind {

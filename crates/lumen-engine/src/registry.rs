@@ -40,7 +40,10 @@ pub struct ModelLocation {
 pub fn lumen_home() -> PathBuf {
     match std::env::var_os("LUMEN_HOME") {
         Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".lumen"),
+        _ => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".lumen"),
     }
 }
 
@@ -48,34 +51,81 @@ fn classify_dir(dir: &Path) -> Option<(ModelKind, PathBuf)> {
     if dir.join("config.json").is_file() && dir.join("model.safetensors").is_file() {
         return Some((ModelKind::Embedding, dir.to_path_buf()));
     }
-    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "gguf")).collect();
+    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
     ggufs.sort();
     ggufs.into_iter().next().map(|p| (ModelKind::Chat, p))
 }
 
+/// The error for a folder that exists but holds no model Lumen recognizes, saying what is
+/// missing (an embedding folder without `config.json` is not "not found").
+fn not_a_model(dir: &Path) -> EngineError {
+    let has = |f: &str| dir.join(f).is_file();
+    let missing: Vec<&str> = ["config.json", "model.safetensors"]
+        .into_iter()
+        .filter(|f| !has(f))
+        .collect();
+    let reason = if missing.len() < 2 {
+        format!(
+            "an embedding model folder needs config.json and model.safetensors; missing: {}",
+            missing.join(", ")
+        )
+    } else {
+        "no .gguf file (a chat model) and no config.json + model.safetensors (an embedding model)"
+            .to_string()
+    };
+    EngineError::NotAModel {
+        path: dir.to_path_buf(),
+        reason,
+    }
+}
+
 fn stem(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
 }
 
 /// Resolves a model name (under `home/models`) or a path.
 pub fn resolve(name_or_path: &str, home: &Path) -> Result<ModelLocation, EngineError> {
     let as_path = Path::new(name_or_path);
     if as_path.is_file() {
-        return Ok(ModelLocation { name: stem(as_path), kind: ModelKind::Chat, path: as_path.to_path_buf() });
+        return Ok(ModelLocation {
+            name: stem(as_path),
+            kind: ModelKind::Chat,
+            path: as_path.to_path_buf(),
+        });
     }
     if as_path.is_dir() {
         if let Some((kind, path)) = classify_dir(as_path) {
-            return Ok(ModelLocation { name: stem(as_path), kind, path });
+            return Ok(ModelLocation {
+                name: stem(as_path),
+                kind,
+                path,
+            });
         }
+        return Err(not_a_model(as_path));
     }
     let dir = home.join("models").join(name_or_path);
-    let valid_name = !name_or_path.is_empty() && !name_or_path.contains(['/', '\\']) && name_or_path != "..";
+    let valid_name =
+        !name_or_path.is_empty() && !name_or_path.contains(['/', '\\']) && name_or_path != "..";
     if valid_name && dir.is_dir() {
         if let Some((kind, path)) = classify_dir(&dir) {
-            return Ok(ModelLocation { name: name_or_path.to_string(), kind, path });
+            return Ok(ModelLocation {
+                name: name_or_path.to_string(),
+                kind,
+                path,
+            });
         }
+        return Err(not_a_model(&dir));
     }
-    Err(EngineError::ModelNotFound { name: name_or_path.to_string(), looked_in: dir })
+    Err(EngineError::ModelNotFound {
+        name: name_or_path.to_string(),
+        looked_in: dir,
+    })
 }
 
 /// Every model under `home/models`, sorted by name.
@@ -114,13 +164,21 @@ impl ChatModel {
     /// Loads the GGUF model at `loc` with its linear weights in `layout`.
     pub fn load_with(loc: &ModelLocation, layout: WeightLayout) -> Result<ChatModel, EngineError> {
         if loc.kind != ModelKind::Chat {
-            return Err(EngineError::WrongModelKind { name: loc.name.clone(), expected: "chat" });
+            return Err(EngineError::WrongModelKind {
+                name: loc.name.clone(),
+                expected: "chat",
+            });
         }
         let file = Arc::new(load_gguf(&loc.path, layout)?);
         let model = LlamaModel::load(file.clone(), layout)?;
         let tokenizer = Tokenizer::from_gguf(file.metadata())?;
         let template = ChatTemplate::from_metadata(file.metadata(), &tokenizer)?;
-        Ok(ChatModel { name: loc.name.clone(), model: Arc::new(model), tokenizer: Arc::new(tokenizer), template })
+        Ok(ChatModel {
+            name: loc.name.clone(),
+            model: Arc::new(model),
+            tokenizer: Arc::new(tokenizer),
+            template,
+        })
     }
 }
 
@@ -132,7 +190,10 @@ mod tests {
     fn missing_model_names_the_place_looked() {
         let home = std::env::temp_dir().join("lumen-registry-test-none");
         let err = resolve("nope", &home).unwrap_err().to_string();
-        assert!(err.contains("nope") && err.contains("lumen-registry-test-none"), "{err}");
+        assert!(
+            err.contains("nope") && err.contains("lumen-registry-test-none"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -146,9 +207,35 @@ mod tests {
         std::fs::write(emb.join("config.json"), b"{}").unwrap();
         std::fs::write(emb.join("model.safetensors"), b"x").unwrap();
         let c = resolve("chatty", &home).unwrap();
-        assert_eq!((c.kind, c.path.clone()), (ModelKind::Chat, chat.join("m.gguf")));
-        assert_eq!(resolve("embedder", &home).unwrap().kind, ModelKind::Embedding);
+        assert_eq!(
+            (c.kind, c.path.clone()),
+            (ModelKind::Chat, chat.join("m.gguf"))
+        );
+        assert_eq!(
+            resolve("embedder", &home).unwrap().kind,
+            ModelKind::Embedding
+        );
         assert_eq!(list(&home).len(), 2);
+        std::fs::remove_dir_all(&home).unwrap();
+    }
+
+    #[test]
+    fn a_folder_without_a_model_says_what_is_missing() {
+        let home =
+            std::env::temp_dir().join(format!("lumen-registry-test-half-{}", std::process::id()));
+        let half = home.join("models/half");
+        std::fs::create_dir_all(&half).unwrap();
+        std::fs::write(half.join("model.safetensors"), b"x").unwrap();
+        let by_name = resolve("half", &home).unwrap_err();
+        let by_path = resolve(half.to_str().unwrap(), &home).unwrap_err();
+        for err in [by_name, by_path] {
+            assert!(matches!(err, EngineError::NotAModel { .. }), "{err:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("missing: config.json") && !text.contains("not found"),
+                "{text}"
+            );
+        }
         std::fs::remove_dir_all(&home).unwrap();
     }
 }

@@ -214,6 +214,7 @@ impl From<EngineError> for ServerError {
             EngineError::TokenOutOfRange { .. } => ServerError::param("prompt", e.to_string()),
             EngineError::TemplateException(_)
             | EngineError::TemplateRender(_)
+            | EngineError::TemplateBudget(_)
             | EngineError::InvalidMessage(_) => ServerError::param("messages", e.to_string()),
             EngineError::Stopped => ServerError::EngineStopped,
             other => ServerError::Internal(other.to_string()),
@@ -273,6 +274,11 @@ mod tests {
         }
         .into();
         assert_eq!(e.body()["error"]["param"], "max_tokens");
+        let budget: ServerError = EngineError::TemplateBudget("prompt over 1 MiB".into()).into();
+        assert_eq!(
+            (budget.status(), budget.body()["error"]["param"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("messages"))
+        );
         assert_eq!(
             ServerError::from(EngineError::QueueFull).status(),
             StatusCode::TOO_MANY_REQUESTS
