@@ -58,3 +58,10 @@ bench-compare: models
 .PHONY: bench-embeddings
 bench-embeddings: models
 	THREADS=$(THREADS) ./scripts/bench-embeddings.sh
+
+## Soak: `lumen serve` under mixed load for SOAK_SECONDS (default 1800), RSS sampled every
+## 10 s; fails on RSS growth over 10 % after warm-up, any 5xx, or gauges not back to zero.
+## Not part of `make test`. Results in target/bench/soak-*.json.
+.PHONY: soak
+soak: models venv build
+	$(VENV)/bin/python scripts/soak.py
