@@ -80,3 +80,10 @@ fuzz:
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t fuzz/corpus/$$t -- \
 			-max_total_time=$(FUZZ_TIME) -rss_limit_mb=2048 -timeout=10 || exit 1; \
 	done
+
+## Soak: `lumen serve` under mixed load for SOAK_SECONDS (default 1800), RSS sampled every
+## 10 s; fails on RSS growth over 10 % after warm-up, any 5xx, or gauges not back to zero.
+## Not part of `make test`. Results in target/bench/soak-*.json.
+.PHONY: soak
+soak: models venv build
+	$(VENV)/bin/python scripts/soak.py

@@ -42,6 +42,13 @@ pub fn prerequisites() -> Option<PathBuf> {
     }
 }
 
+/// How [`Server::start_with`] starts the process, beyond its flags.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// Run the server under `ulimit -v` of this many KiB (its address space, as `VmSize`).
+    pub ulimit_kib: Option<u64>,
+}
+
 /// A running `lumen serve`.
 pub struct Server {
     child: Child,
@@ -56,7 +63,26 @@ impl Server {
     /// Starts the server with `--port 0 --threads 2 --api-key API_KEY` plus `extra`, and
     /// waits until `/ready` answers 200.
     pub fn start(extra: &[&str]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lumen"));
+        Server::start_with(extra, &StartOptions::default())
+    }
+
+    /// [`Server::start`] with `options` (a memory ceiling, ...).
+    pub fn start_with(extra: &[&str], options: &StartOptions) -> Server {
+        let bin = env!("CARGO_BIN_EXE_lumen");
+        let mut cmd = match options.ulimit_kib {
+            // `exec` keeps the PID, so `pid()` and signals reach the server itself.
+            Some(kib) => {
+                let mut c = Command::new("bash");
+                c.args([
+                    "-c",
+                    r#"ulimit -v "$1" || exit 97; shift; exec "$0" "$@""#,
+                    bin,
+                ])
+                .arg(kib.to_string());
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args([
             "serve",
             "--host",
@@ -138,9 +164,35 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A `kB` field of `/proc/PID/status` (`VmSize`, `VmRSS`, `VmHWM`, ...), in KiB.
+    pub fn proc_status_kib(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status.lines().find_map(|l| {
+            let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+    }
+
     /// Runs `tests/e2e/<script>` under pytest against this server; panics with the output
     /// on failure.
     pub fn pytest(&self, python: &PathBuf, script: &str, timeout: Duration) {
+        self.pytest_with(python, script, &[], &[], timeout)
+    }
+
+    /// [`Server::pytest`] with extra pytest arguments (`-k EXPR`, ...) and environment.
+    pub fn pytest_with(
+        &self,
+        python: &PathBuf,
+        script: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        timeout: Duration,
+    ) {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("tests/e2e")
             .join(script);
@@ -148,6 +200,8 @@ impl Server {
         let mut child = Command::new(python)
             .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA"])
             .arg(&path)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("LUMEN_BASE_URL", &self.base)
             .env("LUMEN_API_KEY", API_KEY)
             .env("LUMEN_MODEL", MODEL)
@@ -195,6 +249,35 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Runs `tests/e2e/<script>` under pytest with no server (its tests start what they need;
+/// `LUMEN_BIN` is the binary under test); panics with the output on failure.
+pub fn pytest_alone(python: &PathBuf, script: &str, env: &[(&str, String)], timeout: Duration) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/e2e")
+        .join(script);
+    let started = Instant::now();
+    let mut child = Command::new(python)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA"])
+        .arg(&path)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("LUMEN_BIN", env!("CARGO_BIN_EXE_lumen"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pytest");
+    let out = collect_output(&mut child);
+    let status = wait_with_timeout(&mut child, timeout);
+    let output = out.join().unwrap_or_default();
+    eprintln!("{script}: {:.1}s", started.elapsed().as_secs_f32());
+    match status {
+        Some(s) if s.success() => eprintln!("{output}"),
+        Some(s) => panic!("{script} failed ({s}):\n{output}"),
+        None => panic!("{script} timed out after {timeout:?}:\n{output}"),
     }
 }
 
