@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// Seconds an idle keep-alive connection stays open between requests.
     #[arg(long, env = "LUMEN_KEEP_ALIVE_TIMEOUT", default_value_t = 60.0, value_parser = positive_secs)]
     pub keep_alive_timeout: f64,
+    /// Bytes per second a request body must average after its first --body-timeout seconds
+    /// (a body gets one more second per this many bytes received).
+    #[arg(long, env = "LUMEN_MIN_BODY_RATE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub min_body_rate: u32,
     /// Most simultaneous connections from one IP address; more are closed at once.
     #[arg(long, env = "LUMEN_MAX_CONNECTIONS_PER_IP", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections_per_ip: u32,
@@ -123,6 +127,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             header: Duration::from_secs_f64(args.header_timeout),
             body_idle: Duration::from_secs_f64(args.body_timeout),
             keep_alive: Duration::from_secs_f64(args.keep_alive_timeout),
+            min_body_rate: args.min_body_rate,
         },
         max_per_ip: args.max_connections_per_ip as usize,
     };

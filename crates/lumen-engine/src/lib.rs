@@ -68,7 +68,7 @@ pub use engine::{
 };
 pub use error::{ChatTemplateError, EngineError, SamplingError, TokenizerError};
 pub use lumen_models::WeightLayout;
-pub use request::limits::{MAX_CHOICES, MAX_LOGPROBS, MAX_STOP};
+pub use request::limits::{MAX_CHOICES, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_STOP, MAX_STOP_BYTES};
 pub use request::{
     Api, CallerId, Event, FinishReason, GenerationParams, Priority, PriorityInput, TokenLogprob,
     Usage, ValidParams, ValidRequest,

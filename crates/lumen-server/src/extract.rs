@@ -3,7 +3,8 @@
 //! axum's own `Json` answers 415/422 with plain text; OpenAI clients expect 400 with a JSON
 //! error that names the offending parameter. Deserialization goes through
 //! `serde_path_to_error`, so a wrong type deep inside the body reports e.g.
-//! `messages[1].content` as its `param`.
+//! `messages[1].content` as its `param`. Bodies are parsed straight into their typed
+//! structs, on the blocking pool, never into a `serde_json::Value` tree first.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -33,43 +34,56 @@ fn is_json(req: &Request) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-/// Parses `bytes` as JSON (a syntax error is `InvalidJson`).
-pub fn parse_value(bytes: &[u8]) -> Result<serde_json::Value, ServerError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ServerError::InvalidJson(format!("The body is not valid JSON: {e}")))
+/// The 400 for a body that is JSON but not of the expected shape at `path`.
+fn data_error(path: String, text: String) -> ServerError {
+    let mut param = (path != "." && !path.is_empty()).then_some(path);
+    // serde reports a missing field at its parent; name the field itself.
+    if let Some(field) = text
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        param = Some(match param {
+            Some(p) => format!("{p}.{field}"),
+            None => field.to_string(),
+        });
+    }
+    let message = match &param {
+        Some(p) => format!("Invalid value for '{p}': {text}"),
+        None => format!("Invalid request body: {text}"),
+    };
+    ServerError::InvalidParam { param, message }
 }
 
-/// Reads `T` out of a parsed body, naming the parameter at fault.
-pub fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ServerError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+/// Parses `bytes` straight into `T`, naming the parameter at fault. No `serde_json::Value`
+/// tree is built: a body of many small items (a million `logit_bias` keys) would cost
+/// many times its size in memory as one.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ServerError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let mut param = (path != "." && !path.is_empty()).then_some(path);
-        // serde reports a missing field at its parent; name the field itself.
-        let text = inner.to_string();
-        if let Some(field) = text
-            .strip_prefix("missing field `")
-            .and_then(|r| r.split('`').next())
-        {
-            param = Some(match param {
-                Some(p) => format!("{p}.{field}"),
-                None => field.to_string(),
-            });
+        match inner.classify() {
+            serde_json::error::Category::Data => data_error(path, inner.to_string()),
+            _ => ServerError::InvalidJson(format!("The body is not valid JSON: {inner}")),
         }
-        let message = match &param {
-            Some(p) => format!("Invalid value for '{p}': {text}"),
-            None => format!("Invalid request body: {text}"),
-        };
-        ServerError::InvalidParam { param, message }
-    })
+    })?;
+    de.end()
+        .map_err(|e| ServerError::InvalidJson(format!("The body is not valid JSON: {e}")))?;
+    Ok(value)
 }
 
-/// Parses `bytes` as `T`, naming the parameter at fault.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ServerError> {
-    from_value(&parse_value(bytes)?)
+/// [`parse_json`] on the blocking pool: parsing a multi-megabyte body must not hold one of
+/// the two async workers (and with it `/health`).
+pub async fn parse_json_off_thread<T: DeserializeOwned + Send + 'static>(
+    bytes: Bytes,
+) -> Result<T, ServerError> {
+    crate::api::prepare(move || parse_json(&bytes)).await
 }
 
-impl<T: DeserializeOwned> FromRequest<AppState> for OpenAiJson<T> {
+/// A JSON request body, its content type and size checked, not parsed yet.
+pub struct JsonBody(pub Bytes);
+
+impl FromRequest<AppState> for JsonBody {
     type Rejection = ServerError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
@@ -85,7 +99,16 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OpenAiJson<T> {
                 ServerError::InvalidJson(format!("Could not read the request body: {rejection}"))
             }
         })?;
-        parse_json(&bytes).map(OpenAiJson)
+        Ok(JsonBody(bytes))
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> FromRequest<AppState> for OpenAiJson<T> {
+    type Rejection = ServerError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let JsonBody(bytes) = JsonBody::from_request(req, state).await?;
+        parse_json_off_thread(bytes).await.map(OpenAiJson)
     }
 }
 

@@ -115,6 +115,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_oversized,
+        ))
         .with_state(state)
 }
 
@@ -127,6 +131,25 @@ async fn refuse_while_draining(
 ) -> Result<axum::response::Response, ServerError> {
     if state.is_draining() {
         return Err(ServerError::ShuttingDown);
+    }
+    Ok(next.run(req).await)
+}
+
+/// Answers 413 at once when `Content-Length` already says the body is over the limit,
+/// instead of waiting for a body that will be refused anyway.
+async fn refuse_oversized(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Result<axum::response::Response, ServerError> {
+    let limit = state.limits().max_body_bytes;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ServerError::PayloadTooLarge { limit });
     }
     Ok(next.run(req).await)
 }

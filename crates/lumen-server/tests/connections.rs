@@ -33,6 +33,11 @@ struct Fixture {
 }
 
 fn start(max_per_ip: usize) -> Fixture {
+    start_with(max_per_ip, 1)
+}
+
+/// `min_body_rate` in bytes per second (1: practically only the idle limit).
+fn start_with(max_per_ip: usize, min_body_rate: u32) -> Fixture {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -48,6 +53,7 @@ fn start(max_per_ip: usize) -> Fixture {
                 header: LIMIT,
                 body_idle: LIMIT,
                 keep_alive: LIMIT * 2,
+                min_body_rate,
             },
             max_per_ip,
         };
@@ -171,6 +177,39 @@ fn a_stalled_body_is_cut_and_a_steady_one_is_not() {
     assert!(
         resp.starts_with("HTTP/1.1 200") && resp.ends_with("abcdef"),
         "{resp}"
+    );
+}
+
+#[test]
+fn a_trickled_body_is_cut_by_the_rate_floor() {
+    // Each byte comes well within the idle limit, but 10 bytes a second earn 20 ms each at
+    // 500 B/s: the body is cut soon after its first idle period.
+    let f = start_with(64, 500);
+    let mut s = f.connect();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .expect("write");
+    let t = Instant::now();
+    while t.elapsed() < LIMIT * 5 {
+        if s.write_all(b"a").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let mut probe = [0u8; 1];
+        s.set_nonblocking(true).expect("nonblocking");
+        let closed = matches!(s.read(&mut probe), Ok(0));
+        s.set_nonblocking(false).expect("blocking");
+        if closed {
+            break;
+        }
+    }
+    let took = t.elapsed();
+    assert!(
+        took < LIMIT * 2,
+        "a trickled body held the connection {took:?}"
+    );
+    assert!(
+        took >= LIMIT - Duration::from_millis(50),
+        "cut before the idle period: {took:?}"
     );
 }
 

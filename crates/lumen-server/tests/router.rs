@@ -201,3 +201,50 @@ async fn metrics_are_prometheus_text() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_declared_oversized_body_is_refused_before_it_is_read() {
+    let s = state(&[]);
+    s.set_ready();
+    // The header says 1 MiB; the body never comes (an empty stream that would hang a reader
+    // waiting for the declared bytes is not even polled).
+    let req = Request::post("/v1/completions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, "1048576")
+        .body(Body::from_stream(futures_util::stream::pending::<
+            Result<Vec<u8>, std::io::Error>,
+        >()))
+        .unwrap();
+    let (status, _, body) = tokio::time::timeout(std::time::Duration::from_secs(5), call(&s, req))
+        .await
+        .expect("answered without reading the body");
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_of(&body)["code"], "request_too_large");
+}
+
+#[tokio::test]
+async fn draining_refuses_api_requests_with_retry_after() {
+    let s = state(&[]);
+    s.set_ready();
+    s.set_draining();
+    let (status, headers, body) = call(
+        &s,
+        post(
+            "/v1/completions",
+            "application/json",
+            r#"{"model":"m","prompt":"x"}"#,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&body)["code"], "shutting_down");
+    assert!(
+        headers.iter().any(|(k, v)| k == "retry-after" && v == "1"),
+        "{headers:?}"
+    );
+    let (status, _, _) = call(&s, Request::get("/ready").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _, _) = call(&s, Request::get("/health").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+}

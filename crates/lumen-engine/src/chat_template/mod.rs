@@ -14,9 +14,12 @@
 pub mod budget;
 mod checked;
 mod pyjson;
+mod renderer;
 mod rewrite;
 mod source;
 mod strftime;
+
+use std::sync::Arc;
 
 use lumen_gguf::Metadata;
 use minijinja::value::Value;
@@ -112,6 +115,12 @@ mod content {
 /// A compiled chat template plus the special-token texts it may print.
 #[derive(Debug)]
 pub struct ChatTemplate {
+    inner: Arc<Compiled>,
+}
+
+/// The compiled template and what it renders with (shared with the render threads).
+#[derive(Debug)]
+struct Compiled {
     env: Environment<'static>,
     source: String,
     bos_token: String,
@@ -142,10 +151,12 @@ impl ChatTemplate {
         env.add_template_owned(NAME, compiled)
             .map_err(|e| EngineError::TemplateSyntax(describe(&e)))?;
         Ok(ChatTemplate {
-            env,
-            source: source.to_owned(),
-            bos_token: bos_token.to_owned(),
-            eos_token: eos_token.to_owned(),
+            inner: Arc::new(Compiled {
+                env,
+                source: source.to_owned(),
+                bos_token: bos_token.to_owned(),
+                eos_token: eos_token.to_owned(),
+            }),
         })
     }
 
@@ -202,35 +213,28 @@ impl ChatTemplate {
 
     /// The template source.
     pub fn source(&self) -> &str {
-        &self.source
+        &self.inner.source
     }
 
     /// Renders the conversation; `tools` (OpenAI tool definitions) is passed through as is.
     ///
-    /// Renders on a thread of its own with a large stack: a template can build values
-    /// nested as deep as its instruction budget allows, and dropping them recurses.
+    /// Renders on one of the render threads ([`renderer`]), whose large stacks let a
+    /// template build values nested as deep as its instruction budget allows: dropping them
+    /// recurses.
     pub fn render(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
         tools: Option<&serde_json::Value>,
     ) -> Result<String, EngineError> {
-        std::thread::scope(|scope| {
-            let worker = std::thread::Builder::new()
-                .name("chat-template".into())
-                .stack_size(budget::RENDER_STACK)
-                .spawn_scoped(scope, || {
-                    self.render_here(messages, add_generation_prompt, tools)
-                })
-                .map_err(|e| {
-                    EngineError::TemplateRender(format!("cannot start the renderer: {e}"))
-                })?;
-            worker
-                .join()
-                .map_err(|_| EngineError::TemplateRender("the renderer panicked".into()))?
-        })
+        let inner = self.inner.clone();
+        let messages = messages.to_vec();
+        let tools = tools.cloned();
+        renderer::run(move || inner.render_here(&messages, add_generation_prompt, tools.as_ref()))?
     }
+}
 
+impl Compiled {
     fn render_here(
         &self,
         messages: &[ChatMessage],

@@ -10,6 +10,12 @@ use crate::error::EngineError;
 pub const MAX_CHOICES: usize = 16;
 /// Most stop strings per request (`stop`).
 pub const MAX_STOP: usize = 8;
+/// Longest stop string, in bytes: text that may still become a stop string is held back and
+/// searched at every token, so a long one costs every sequence in the batch.
+pub const MAX_STOP_BYTES: usize = 4096;
+/// Most `logit_bias` entries (more than any vocabulary Lumen serves needs for a bias per
+/// token it means to touch, few enough that parsing them stays cheap).
+pub const MAX_LOGIT_BIAS: usize = 65_536;
 /// Most alternatives per token for `logprobs` / `top_logprobs` / `prompt_logprobs`.
 pub const MAX_LOGPROBS: usize = 20;
 

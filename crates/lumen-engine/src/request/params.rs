@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use super::limits::{self, count, invalid, MAX_CHOICES, MAX_LOGPROBS, MAX_STOP};
+use super::limits::{
+    self, count, invalid, MAX_CHOICES, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_STOP, MAX_STOP_BYTES,
+};
 use super::valid::ValidParams;
 use super::{GenerateRequest, Priority};
 use crate::engine::ModelInfo;
@@ -208,6 +210,15 @@ impl GenerationParams {
         if self.stop.iter().any(String::is_empty) {
             return Err(invalid("stop", "stop sequences must not be empty"));
         }
+        if let Some(long) = self.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(invalid(
+                "stop",
+                format!(
+                    "stop sequences may be at most {MAX_STOP_BYTES} bytes, got one of {}",
+                    long.len()
+                ),
+            ));
+        }
         let stop_token_ids = self
             .stop_token_ids
             .iter()
@@ -280,6 +291,15 @@ fn top_k(k: Option<i64>, vocab: usize) -> Result<usize, EngineError> {
 }
 
 fn logit_bias(entries: &[(String, f64)], vocab: usize) -> Result<Vec<(u32, f32)>, EngineError> {
+    if entries.len() > MAX_LOGIT_BIAS {
+        return Err(invalid(
+            "logit_bias",
+            format!(
+                "logit_bias may have at most {MAX_LOGIT_BIAS} entries, got {}",
+                entries.len()
+            ),
+        ));
+    }
     let mut out = Vec::with_capacity(entries.len());
     for (key, v) in entries {
         let id = key
@@ -301,7 +321,11 @@ fn logit_bias(entries: &[(String, f64)], vocab: usize) -> Result<Vec<(u32, f32)>
         }
         out.push((id, *v as f32));
     }
+    // Sorted by id; a key given twice (JSON allows it, "5" and " 5" name one token) keeps
+    // its last value, as a JSON object read into a map would.
+    out.reverse();
     out.sort_by_key(|&(id, _)| id);
+    out.dedup_by_key(|&mut (id, _)| id);
     Ok(out)
 }
 

@@ -182,6 +182,25 @@ fn logit_bias_keys_are_token_ids_and_values_bounded() {
         vec![(3, 2.0), (9, -100.0)],
         "sorted by id"
     );
+    let r = valid(|p| p.logit_bias = vec![("4".into(), 1.0), (" 4".into(), -3.0)]);
+    assert_eq!(
+        r.request.sampling.logit_bias,
+        vec![(4, -3.0)],
+        "one entry per token, the last wins"
+    );
+}
+
+#[test]
+fn long_stops_and_huge_bias_maps_are_refused() {
+    assert_eq!(
+        param_of(|p| p.stop = vec!["s".repeat(limits::MAX_STOP_BYTES + 1)]),
+        "stop"
+    );
+    valid(|p| p.stop = vec!["s".repeat(limits::MAX_STOP_BYTES)]);
+    let many: Vec<(String, f64)> = (0..=limits::MAX_LOGIT_BIAS)
+        .map(|i| ((i % 100).to_string(), 1.0))
+        .collect();
+    assert_eq!(param_of(|p| p.logit_bias = many), "logit_bias");
 }
 
 #[test]

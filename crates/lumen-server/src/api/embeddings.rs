@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use super::prepare;
 use crate::error::ServerError;
-use crate::extract::{from_value, OpenAiJson};
+use crate::extract::OpenAiJson;
 use crate::state::AppState;
 
 /// The request body.
@@ -195,9 +195,8 @@ struct EmbeddingsResponse {
 /// The handler.
 pub async fn embeddings(
     State(state): State<AppState>,
-    OpenAiJson(body): OpenAiJson<Value>,
+    OpenAiJson(req): OpenAiJson<EmbeddingsBody>,
 ) -> Result<Response, ServerError> {
-    let req: EmbeddingsBody = from_value(&body)?;
     let model = state.embedding_model(&req.model)?;
     state.ensure_accepting()?;
     let format = match req.encoding_format.as_deref() {

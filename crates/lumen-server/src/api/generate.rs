@@ -11,19 +11,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use lumen_engine::{Api, CallerId, GenerationParams, Tokenizer, Usage, ValidParams};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
 
 use super::params::GenFields;
 use super::response::{Envelope, Fold};
 use super::{deadline, prepare, Meta};
 use crate::error::ServerError;
-use crate::extract::{from_value, OpenAiJson};
+use crate::extract::{parse_json, JsonBody};
 use crate::gen::{submit_all, GenEvent, Generation};
 use crate::sse::stream_response;
 use crate::state::{AppState, ChatServed};
@@ -101,7 +101,7 @@ pub trait Endpoint: 'static {
 pub async fn handler<E: Endpoint>(
     State(state): State<AppState>,
     caller: Option<Extension<CallerId>>,
-    OpenAiJson(body): OpenAiJson<Value>,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ServerError>
 where
     Envelope<<E::Format as ChunkFormat>::FinalChoice>: Fold<<E::Format as ChunkFormat>::Choice>,
@@ -113,14 +113,20 @@ where
 pub async fn serve<E: Endpoint>(
     state: AppState,
     caller: Option<CallerId>,
-    body: Value,
+    body: Bytes,
 ) -> Result<Response, ServerError>
 where
     Envelope<<E::Format as ChunkFormat>::FinalChoice>: Fold<<E::Format as ChunkFormat>::Choice>,
 {
     let arrived = Instant::now();
-    let req: E::Body = from_value(&body)?;
-    let fields: GenFields = from_value(&body)?;
+    // Two typed passes over the bytes, off the async workers; no JSON tree in between.
+    let (req, fields) = prepare(move || {
+        Ok((
+            parse_json::<E::Body>(&body)?,
+            parse_json::<GenFields>(&body)?,
+        ))
+    })
+    .await?;
     fields.refuse_unsupported()?;
     let model = state.chat_model(Some(E::model_name(&req)))?;
     state.ensure_accepting()?;

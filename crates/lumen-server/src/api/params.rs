@@ -7,10 +7,11 @@
 //! `stop` may be one string or a list, `logit_bias` is a map) and the transport options that
 //! are not the engine's business (`stream`, `stream_options`, `user`).
 
-use std::collections::HashMap;
+use std::fmt;
 
-use lumen_engine::{Api, CallerId, GenerationParams, PriorityInput};
-use serde::Deserialize;
+use lumen_engine::{Api, CallerId, GenerationParams, PriorityInput, MAX_LOGIT_BIAS};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use crate::error::ServerError;
@@ -64,8 +65,10 @@ pub struct GenFields {
     pub presence_penalty: Option<f64>,
     /// Penalty by count of tokens already present.
     pub frequency_penalty: Option<f64>,
-    /// Token id (as a string) → bias added to its logit.
-    pub logit_bias: Option<HashMap<String, f64>>,
+    /// Token id (as a string) → bias added to its logit; reading stops with an error past
+    /// the engine's limit, so a body of a million keys costs no more than the limit.
+    #[serde(default, deserialize_with = "bounded_bias")]
+    pub logit_bias: Option<Vec<(String, f64)>>,
     /// End-user id (logged only).
     pub user: Option<String>,
     /// Stream server-sent events.
@@ -113,6 +116,44 @@ pub struct Transport {
     pub include_usage: bool,
     /// The end user, for logs.
     pub user: Option<String>,
+}
+
+/// `logit_bias` as a list of entries, refused once it passes [`MAX_LOGIT_BIAS`].
+fn bounded_bias<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<(String, f64)>>, D::Error> {
+    struct Entries;
+    impl<'de> Visitor<'de> for Entries {
+        type Value = Option<Vec<(String, f64)>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object mapping token ids to biases")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_map(self)
+        }
+
+        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+            let mut out = Vec::new();
+            while let Some(entry) = map.next_entry::<String, f64>()? {
+                if out.len() == MAX_LOGIT_BIAS {
+                    return Err(de::Error::custom(format!(
+                        "at most {MAX_LOGIT_BIAS} entries"
+                    )));
+                }
+                out.push(entry);
+            }
+            Ok(Some(out))
+        }
+    }
+    d.deserialize_option(Entries)
 }
 
 impl GenFields {
@@ -188,7 +229,7 @@ impl GenFields {
             repetition_penalty: self.repetition_penalty,
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
-            logit_bias: self.logit_bias.unwrap_or_default().into_iter().collect(),
+            logit_bias: self.logit_bias.unwrap_or_default(),
             seed: self.seed,
             stop: match self.stop {
                 None => Vec::new(),
@@ -286,6 +327,24 @@ mod tests {
         ] {
             assert_eq!(refused(ok.clone()), None, "{ok}");
         }
+    }
+
+    #[test]
+    fn logit_bias_reading_stops_at_the_limit() {
+        let many: serde_json::Map<String, serde_json::Value> = (0..=MAX_LOGIT_BIAS)
+            .map(|i| (i.to_string(), serde_json::json!(1)))
+            .collect();
+        let body = serde_json::json!({"logit_bias": many}).to_string();
+        match crate::extract::parse_json::<GenFields>(body.as_bytes()) {
+            Err(ServerError::InvalidParam { param, message }) => {
+                assert_eq!(param.as_deref(), Some("logit_bias"));
+                assert!(message.contains("at most"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let ok = crate::extract::parse_json::<GenFields>(br#"{"logit_bias": null}"#)
+            .expect("null is absent");
+        assert!(ok.logit_bias.is_none());
     }
 
     #[test]

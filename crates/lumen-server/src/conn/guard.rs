@@ -48,8 +48,9 @@ impl AsyncRead for Guarded {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.phase.on_bytes();
+                let n = buf.filled().len() - before;
+                if n > 0 {
+                    this.phase.on_bytes(n);
                 }
                 Poll::Ready(Ok(()))
             }
