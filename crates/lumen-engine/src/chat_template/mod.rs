@@ -218,7 +218,7 @@ impl ChatTemplate {
 
     /// Renders the conversation; `tools` (OpenAI tool definitions) is passed through as is.
     ///
-    /// Renders on one of the render threads ([`renderer`]), whose large stacks let a
+    /// Renders on one of the render threads (module `renderer`), whose large stacks let a
     /// template build values nested as deep as its instruction budget allows: dropping them
     /// recurses.
     pub fn render(
