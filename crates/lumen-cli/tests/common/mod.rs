@@ -193,40 +193,14 @@ impl Server {
         env: &[(&str, String)],
         timeout: Duration,
     ) {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/e2e")
-            .join(script);
-        let started = Instant::now();
-        let mut child = Command::new(python)
-            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA"])
-            .arg(&path)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("LUMEN_BASE_URL", &self.base)
-            .env("LUMEN_API_KEY", API_KEY)
-            .env("LUMEN_MODEL", MODEL)
-            .env("LUMEN_EMBED_MODEL", EMBED_MODEL)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pytest");
-        let out = collect_output(&mut child);
-        let status = wait_with_timeout(&mut child, timeout);
-        let output = out.join().unwrap_or_default();
-        eprintln!("{script}: {:.1}s", started.elapsed().as_secs_f32());
-        match status {
-            Some(s) if s.success() => eprintln!("{output}"),
-            Some(s) => panic!(
-                "{script} failed ({s}):\n{output}\n--- server log ---\n{}",
-                self.log()
-            ),
-            None => panic!(
-                "{script} timed out after {timeout:?}:\n{output}\n--- server log ---\n{}",
-                self.log()
-            ),
-        }
+        let server_env = [
+            ("LUMEN_BASE_URL", self.base.clone()),
+            ("LUMEN_API_KEY", API_KEY.to_string()),
+            ("LUMEN_MODEL", MODEL.to_string()),
+            ("LUMEN_EMBED_MODEL", EMBED_MODEL.to_string()),
+        ];
+        let all: Vec<(&str, String)> = env.iter().cloned().chain(server_env).collect();
+        run_pytest(python, script, args, &all, timeout, || self.log());
     }
 
     /// Sends SIGTERM.
@@ -255,6 +229,21 @@ impl Drop for Server {
 /// Runs `tests/e2e/<script>` under pytest with no server (its tests start what they need;
 /// `LUMEN_BIN` is the binary under test); panics with the output on failure.
 pub fn pytest_alone(python: &PathBuf, script: &str, env: &[(&str, String)], timeout: Duration) {
+    let mut all = env.to_vec();
+    all.push(("LUMEN_BIN", env!("CARGO_BIN_EXE_lumen").to_string()));
+    run_pytest(python, script, &[], &all, timeout, String::new);
+}
+
+/// Runs `tests/e2e/<script>` under pytest with `args` and `env`; on failure panics with its
+/// output and `server_log()` (empty when there is no server).
+fn run_pytest(
+    python: &PathBuf,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    timeout: Duration,
+    server_log: impl Fn() -> String,
+) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/e2e")
         .join(script);
@@ -262,8 +251,8 @@ pub fn pytest_alone(python: &PathBuf, script: &str, env: &[(&str, String)], time
     let mut child = Command::new(python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA"])
         .arg(&path)
+        .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("LUMEN_BIN", env!("CARGO_BIN_EXE_lumen"))
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -274,10 +263,18 @@ pub fn pytest_alone(python: &PathBuf, script: &str, env: &[(&str, String)], time
     let status = wait_with_timeout(&mut child, timeout);
     let output = out.join().unwrap_or_default();
     eprintln!("{script}: {:.1}s", started.elapsed().as_secs_f32());
+    let log = || {
+        let l = server_log();
+        if l.is_empty() {
+            l
+        } else {
+            format!("\n--- server log ---\n{l}")
+        }
+    };
     match status {
         Some(s) if s.success() => eprintln!("{output}"),
-        Some(s) => panic!("{script} failed ({s}):\n{output}"),
-        None => panic!("{script} timed out after {timeout:?}:\n{output}"),
+        Some(s) => panic!("{script} failed ({s}):\n{output}{}", log()),
+        None => panic!("{script} timed out after {timeout:?}:\n{output}{}", log()),
     }
 }
 
