@@ -2,20 +2,13 @@
 
 mod common;
 
-use common::{random_f32, random_weights, reference, rng};
+use common::{matmul_at, random_f32, random_weights, reference, rng};
 use lumen_kernels::{
     matmul, matmul_many, CpuLevel, MatRef, MatmulScratch, ThreadPool, WeightFormat, ALL_FORMATS,
 };
 
 /// Column counts every format can take (256 is the K-quant block).
 const COLS: usize = 512;
-
-fn run(pool: &ThreadPool, level: CpuLevel, w: &MatRef, x: &[f32], m: usize) -> Vec<f32> {
-    let mut out = vec![f32::NAN; m * w.rows()];
-    let mut scratch = MatmulScratch::with_level(level);
-    matmul(pool, w, x, m, &mut out, &mut scratch);
-    out
-}
 
 fn levels() -> Vec<CpuLevel> {
     CpuLevel::supported()
@@ -31,7 +24,7 @@ fn matmul_matches_naive_reference() {
             let data = random_weights(&mut r, format, rows, COLS);
             let w = MatRef::new(format, rows, COLS, &data).unwrap();
             let x = random_f32(&mut r, m * COLS, 2.0);
-            let got = run(&pool, level, &w, &x, m);
+            let got = matmul_at(&pool, level, &w, &x, m);
             let want = reference(&w, &x, m);
             // Q4_1's min term uses the f16-rounded block sum `s`, hence a loose-ish bound.
             let tol = if format == WeightFormat::Q4_1 {
@@ -59,9 +52,9 @@ fn every_level_matches_scalar() {
             let data = random_weights(&mut r, format, rows, COLS);
             let w = MatRef::new(format, rows, COLS, &data).unwrap();
             let x = random_f32(&mut r, m * COLS, 1.0);
-            let s = run(&pool, CpuLevel::Scalar, &w, &x, m);
+            let s = matmul_at(&pool, CpuLevel::Scalar, &w, &x, m);
             for level in levels() {
-                let v = run(&pool, level, &w, &x, m);
+                let v = matmul_at(&pool, level, &w, &x, m);
                 if format.is_quantized() {
                     for k in 0..s.len() {
                         assert_eq!(
@@ -99,7 +92,7 @@ fn float_formats_take_unaligned_cols() {
             let data = random_weights(&mut r, format, rows, cols);
             let w = MatRef::new(format, rows, cols, &data).unwrap();
             let x = random_f32(&mut r, m * cols, 1.0);
-            let got = run(&pool, level, &w, &x, m);
+            let got = matmul_at(&pool, level, &w, &x, m);
             for (k, (&g, &(v, a))) in got.iter().zip(&reference(&w, &x, m)).enumerate() {
                 assert!(
                     (g as f64 - v).abs() <= 1e-5 * a + 1e-7,
@@ -120,9 +113,9 @@ fn batch_invariance() {
             let data = random_weights(&mut r, format, rows, COLS);
             let w = MatRef::new(format, rows, COLS, &data).unwrap();
             let x = random_f32(&mut r, m * COLS, 1.5);
-            let all = run(&pools[1], level, &w, &x, m);
+            let all = matmul_at(&pools[1], level, &w, &x, m);
             for i in 0..m {
-                let one = run(&pools[1], level, &w, &x[i * COLS..(i + 1) * COLS], 1);
+                let one = matmul_at(&pools[1], level, &w, &x[i * COLS..(i + 1) * COLS], 1);
                 for j in 0..rows {
                     assert_eq!(
                         all[i * rows + j].to_bits(),
@@ -133,7 +126,7 @@ fn batch_invariance() {
             }
             // Sub-batches that start at other offsets (different tile groupings).
             for (a, b) in [(1, 4), (3, 10), (5, 13)] {
-                let part = run(&pools[1], level, &w, &x[a * COLS..b * COLS], b - a);
+                let part = matmul_at(&pools[1], level, &w, &x[a * COLS..b * COLS], b - a);
                 for i in a..b {
                     for j in 0..rows {
                         assert_eq!(
@@ -145,7 +138,7 @@ fn batch_invariance() {
                 }
             }
             for pool in &pools {
-                let o = run(pool, level, &w, &x, m);
+                let o = matmul_at(pool, level, &w, &x, m);
                 assert!(
                     o.iter().zip(&all).all(|(p, q)| p.to_bits() == q.to_bits()),
                     "{format} {level:?}: {} threads differ",
@@ -173,9 +166,9 @@ fn large_matrices_split_across_threads_agree() {
         let data = random_weights(&mut r, format, rows, cols);
         let w = MatRef::new(format, rows, cols, &data).unwrap();
         let x = random_f32(&mut r, m * cols, 1.0);
-        let base = run(&pools[0], CpuLevel::detect(), &w, &x, m);
+        let base = matmul_at(&pools[0], CpuLevel::detect(), &w, &x, m);
         for pool in &pools[1..] {
-            let o = run(pool, CpuLevel::detect(), &w, &x, m);
+            let o = matmul_at(pool, CpuLevel::detect(), &w, &x, m);
             assert!(
                 o.iter().zip(&base).all(|(p, q)| p.to_bits() == q.to_bits()),
                 "{format}: {} threads",
@@ -194,7 +187,7 @@ fn zero_rows_and_zero_activations() {
         let w = MatRef::new(format, 9, COLS, &data).unwrap();
         let x = vec![0.0f32; 2 * COLS];
         for level in levels() {
-            let o = run(&pool, level, &w, &x, 2);
+            let o = matmul_at(&pool, level, &w, &x, 2);
             assert!(
                 o.iter().all(|&v| v == 0.0),
                 "{format} {level:?}: zero input gives {o:?}"
@@ -243,7 +236,7 @@ fn matmul_many_equals_separate_calls() {
             let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
             matmul_many(&pool, &ws, &x, m, &mut refs, &mut MatmulScratch::new());
             for (w, got) in ws.iter().zip(&outs) {
-                let want = run(&pool, CpuLevel::detect(), w, &x, m);
+                let want = matmul_at(&pool, CpuLevel::detect(), w, &x, m);
                 assert!(
                     got.iter()
                         .zip(&want)

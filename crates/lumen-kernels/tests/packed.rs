@@ -3,27 +3,14 @@
 
 mod common;
 
-use common::{random_f32, random_weights, reference, rng};
+use common::{matmul_at, random_f32, random_weights, reference, rng};
 use lumen_kernels::{
-    matmul, matmul_many, pack, pack_group, packed_len, packs, CpuLevel, KernelError, MatRef,
-    MatmulScratch, ThreadPool, WeightFormat, ALL_FORMATS, PACK_ROWS,
+    matmul_many, pack, pack_group, packed_len, packs, CpuLevel, KernelError, MatRef, MatmulScratch,
+    ThreadPool, WeightFormat, ALL_FORMATS, PACK_ROWS,
 };
 
 const FORMATS: [WeightFormat; 3] = [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0];
 const COLS: usize = 512;
-
-fn run(pool: &ThreadPool, level: CpuLevel, w: &MatRef, x: &[f32], m: usize) -> Vec<f32> {
-    let mut out = vec![f32::NAN; m * w.rows()];
-    matmul(
-        pool,
-        w,
-        x,
-        m,
-        &mut out,
-        &mut MatmulScratch::with_level(level),
-    );
-    out
-}
 
 fn levels() -> Vec<CpuLevel> {
     CpuLevel::supported()
@@ -78,7 +65,7 @@ fn packed_matmul_matches_naive_reference() {
             let packed = pack(format, rows, COLS, &data).unwrap();
             let w = MatRef::packed(format, rows, COLS, &packed).unwrap();
             let x = random_f32(&mut r, m * COLS, 2.0);
-            let got = run(&pool, level, &w, &x, m);
+            let got = matmul_at(&pool, level, &w, &x, m);
             let want = reference(&w, &x, m);
             // Q4_1's min term uses the f16-rounded block sum `s`, as in the ggml layout.
             let tol = if format == WeightFormat::Q4_1 {
@@ -116,11 +103,11 @@ fn packed_simd_equals_scalar_bit_for_bit() {
             let packed = pack(format, rows, COLS, &data).unwrap();
             let w = MatRef::packed(format, rows, COLS, &packed).unwrap();
             let x = random_f32(&mut r, m * COLS, 1.0);
-            let s = run(&pool, CpuLevel::Scalar, &w, &x, m);
+            let s = matmul_at(&pool, CpuLevel::Scalar, &w, &x, m);
             for level in levels() {
                 assert_eq!(
                     bits(&s),
-                    bits(&run(&pool, level, &w, &x, m)),
+                    bits(&matmul_at(&pool, level, &w, &x, m)),
                     "{format} {level} {rows}x{m}"
                 );
             }
@@ -139,9 +126,9 @@ fn packed_batch_and_thread_invariance() {
             let packed = pack(format, rows, COLS, &data).unwrap();
             let w = MatRef::packed(format, rows, COLS, &packed).unwrap();
             let x = random_f32(&mut r, m * COLS, 1.5);
-            let all = run(&pools[1], level, &w, &x, m);
+            let all = matmul_at(&pools[1], level, &w, &x, m);
             for (a, b) in [(0, 1), (4, 5), (1, 4), (3, 10), (5, 13)] {
-                let part = run(&pools[1], level, &w, &x[a * COLS..b * COLS], b - a);
+                let part = matmul_at(&pools[1], level, &w, &x[a * COLS..b * COLS], b - a);
                 assert_eq!(
                     bits(&all[a * rows..b * rows]),
                     bits(&part),
@@ -150,7 +137,7 @@ fn packed_batch_and_thread_invariance() {
             }
             for pool in &pools {
                 assert_eq!(
-                    bits(&run(pool, level, &w, &x, m)),
+                    bits(&matmul_at(pool, level, &w, &x, m)),
                     bits(&all),
                     "{format} {level:?} {} threads",
                     pool.n_threads()
@@ -194,7 +181,7 @@ fn packed_matmul_many_equals_separate_calls() {
             for (w, got) in ws.iter().zip(&outs) {
                 assert_eq!(
                     bits(got),
-                    bits(&run(&pool, CpuLevel::detect(), w, &x, m)),
+                    bits(&matmul_at(&pool, CpuLevel::detect(), w, &x, m)),
                     "{format} m={m}"
                 );
             }

@@ -5,10 +5,8 @@
 
 mod common;
 
-use common::{random_f32, random_weights, reference, rng};
-use lumen_kernels::{
-    matmul, pack, packs, CpuLevel, MatRef, MatmulScratch, ThreadPool, WeightFormat, ALL_FORMATS,
-};
+use common::{matmul_at, random_f32, random_weights, reference, rng};
+use lumen_kernels::{pack, packs, CpuLevel, MatRef, ThreadPool, WeightFormat, ALL_FORMATS};
 use proptest::prelude::*;
 
 /// One random matmul problem.
@@ -52,19 +50,6 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
-fn run(pool: &ThreadPool, level: CpuLevel, w: &MatRef, x: &[f32], m: usize) -> Vec<f32> {
-    let mut out = vec![f32::NAN; m * w.rows()];
-    matmul(
-        pool,
-        w,
-        x,
-        m,
-        &mut out,
-        &mut MatmulScratch::with_level(level),
-    );
-    out
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
@@ -81,13 +66,13 @@ proptest! {
             MatRef::new(c.format, c.rows, c.cols, &data).unwrap()
         };
         let x = random_f32(&mut r, c.m * c.cols, 1.5);
-        let scalar = run(&pool, CpuLevel::Scalar, &w, &x, c.m);
+        let scalar = matmul_at(&pool, CpuLevel::Scalar, &w, &x, c.m);
         prop_assert!(scalar.iter().all(|v| v.is_finite()));
         // Float weights: the SIMD lanes are summed with FMA, so within rounding of the
         // scalar code (the tolerance of tests/matmul.rs); quantized ones: the same bits.
         let want = if c.format.is_quantized() { Vec::new() } else { reference(&w, &x, c.m) };
         for level in CpuLevel::supported().into_iter().skip(1) {
-            let got = run(&pool, level, &w, &x, c.m);
+            let got = matmul_at(&pool, level, &w, &x, c.m);
             for (k, (&s, &g)) in scalar.iter().zip(&got).enumerate() {
                 if c.format.is_quantized() {
                     prop_assert_eq!(s.to_bits(), g.to_bits(), "{} {:?} out[{}]: scalar {} vs {}", level, c, k, s, g);

@@ -2,7 +2,10 @@
 #![allow(dead_code)]
 
 use half::f16;
-use lumen_kernels::{activation_roundtrip, quantize_row, MatRef, WeightFormat};
+use lumen_kernels::{
+    activation_roundtrip, matmul, quantize_row, CpuLevel, MatRef, MatmulScratch, ThreadPool,
+    WeightFormat,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -77,5 +80,14 @@ pub fn reference(w: &MatRef, x: &[f32], m: usize) -> Vec<(f64, f64)> {
             out[i * rows + j] = (s, a);
         }
     }
+    out
+}
+
+/// `w` times the `m` rows of `x`, computed at CPU level `level` (NaN-filled output, so an
+/// unwritten value shows).
+pub fn matmul_at(pool: &ThreadPool, level: CpuLevel, w: &MatRef, x: &[f32], m: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; m * w.rows()];
+    let mut scratch = MatmulScratch::with_level(level);
+    matmul(pool, w, x, m, &mut out, &mut scratch);
     out
 }
