@@ -1,7 +1,7 @@
 //! The fast arithmetic against an f64 reference, and its invariances: every (token, head)
 //! gets the same bits whatever else shares the call, however the work is split.
 
-use super::tests::{bits, lcg, make_case, Case};
+use super::tests::{bits, lcg, make_case, run_with};
 use super::*;
 
 /// Attention for one head in f64, straight from the definition, with llama.cpp's two
@@ -24,41 +24,6 @@ fn reference(q: &[f32], ks: &[Vec<f32>], vs: &[Vec<f32>], scale: f32, n_ctx: usi
         .collect()
 }
 
-fn run_fast(
-    case: &Case,
-    level: CpuLevel,
-    threads: usize,
-    n_ctxs: &[usize],
-    q: &[f32],
-    scale: f32,
-    prompt: bool,
-) -> Vec<f32> {
-    let queries: Vec<AttnQuery> = n_ctxs
-        .iter()
-        .map(|&n| AttnQuery {
-            n_ctx: n,
-            block_table: &case.table,
-            prompt,
-        })
-        .collect();
-    let mut out = vec![f32::NAN; q.len()];
-    let pool = ThreadPool::new(threads);
-    paged_attention_at(
-        level,
-        &pool,
-        AttnArith::Fast,
-        case.geo,
-        &queries,
-        q,
-        &case.k,
-        &case.v,
-        scale,
-        &mut AttnScratch::new(),
-        &mut out,
-    );
-    out
-}
-
 #[test]
 fn fast_matches_f64_reference() {
     let mut seed = 7u64;
@@ -74,7 +39,7 @@ fn fast_matches_f64_reference() {
                 .collect();
             let scale = 1.0 / (head_dim as f32).sqrt();
             for level in levels(head_dim) {
-                let got = run_fast(&case, level, 2, &n_ctxs, &q, scale, false);
+                let got = run_with(AttnArith::Fast, false, &case, level, 2, &n_ctxs, &q, scale);
                 for (t, &n_ctx) in n_ctxs.iter().enumerate() {
                     for h in 0..4 {
                         let qo = t * q_dim + h * head_dim;
@@ -115,16 +80,26 @@ fn fast_results_do_not_depend_on_the_batch_or_the_split() {
                 .collect();
             let mut simd_bits = None;
             for level in levels(head_dim) {
-                let together = run_fast(&case, level, 2, &n_ctxs, &q, scale, true);
+                let together = run_with(AttnArith::Fast, true, &case, level, 2, &n_ctxs, &q, scale);
                 assert!(together.iter().all(|x| x.is_finite()));
                 assert_eq!(
                     bits(&together),
-                    bits(&run_fast(&case, level, 3, &n_ctxs, &q, scale, false)),
+                    bits(&run_with(
+                        AttnArith::Fast,
+                        false,
+                        &case,
+                        level,
+                        3,
+                        &n_ctxs,
+                        &q,
+                        scale
+                    )),
                     "threads / prompt flag"
                 );
                 for (t, &n_ctx) in n_ctxs.iter().enumerate() {
                     let qt = &q[t * q_dim..(t + 1) * q_dim];
-                    let alone = run_fast(&case, level, 2, &[n_ctx], qt, scale, false);
+                    let alone =
+                        run_with(AttnArith::Fast, false, &case, level, 2, &[n_ctx], qt, scale);
                     assert_eq!(
                         bits(&together[t * q_dim..(t + 1) * q_dim]),
                         bits(&alone),

@@ -340,10 +340,23 @@ fn run(
     q: &[f32],
     scale: f32,
 ) -> Vec<f32> {
-    run_as(false, case, level, threads, n_ctxs, q, scale)
+    run_with(
+        AttnArith::LlamaCpp,
+        false,
+        case,
+        level,
+        threads,
+        n_ctxs,
+        q,
+        scale,
+    )
 }
 
-fn run_as(
+/// Runs `paged_attention_at` with arithmetic `arith`, every query a prompt token or every
+/// query a generated one (the output starts as NaN, so an unwritten value shows).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_with(
+    arith: AttnArith,
     prompt: bool,
     case: &Case,
     level: CpuLevel,
@@ -360,11 +373,11 @@ fn run_as(
             prompt,
         })
         .collect();
-    let mut out = vec![0.0; q.len()];
+    let mut out = vec![f32::NAN; q.len()];
     paged_attention_at(
         level,
         &ThreadPool::new(threads),
-        AttnArith::LlamaCpp,
+        arith,
         case.geo,
         &queries,
         q,
@@ -491,8 +504,26 @@ fn prompt_tokens_follow_llama_cpp_batched_arithmetic() {
             .map(|_| lcg(&mut seed) * 3.0)
             .collect();
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let scalar = run_as(true, &case, CpuLevel::Scalar, 2, &n_ctxs, &q, scale);
-        let single = run_as(false, &case, CpuLevel::Scalar, 2, &n_ctxs, &q, scale);
+        let scalar = run_with(
+            AttnArith::LlamaCpp,
+            true,
+            &case,
+            CpuLevel::Scalar,
+            2,
+            &n_ctxs,
+            &q,
+            scale,
+        );
+        let single = run_with(
+            AttnArith::LlamaCpp,
+            false,
+            &case,
+            CpuLevel::Scalar,
+            2,
+            &n_ctxs,
+            &q,
+            scale,
+        );
         if head_dim % 16 != 0 {
             // tinyBLAS needs head_dim % 16 == 0; llama.cpp falls back to the single-token dots.
             assert_eq!(bits(&scalar), bits(&single), "hd {head_dim}");
@@ -524,7 +555,16 @@ fn prompt_tokens_follow_llama_cpp_batched_arithmetic() {
             .into_iter()
             .filter(|l| *l > CpuLevel::Scalar)
         {
-            let fast = run_as(true, &case, level, 3, &n_ctxs, &q, scale);
+            let fast = run_with(
+                AttnArith::LlamaCpp,
+                true,
+                &case,
+                level,
+                3,
+                &n_ctxs,
+                &q,
+                scale,
+            );
             assert_eq!(bits(&fast), bits(&scalar), "{level} hd {head_dim}");
         }
     }
