@@ -168,17 +168,17 @@ impl GenFields {
                 ),
             })
         };
-        let non_empty = |v: &Option<Value>| {
-            !matches!(v, None | Some(Value::Null))
-                && v.as_ref()
-                    .and_then(Value::as_array)
-                    .is_none_or(|a| !a.is_empty())
+        // Absent, null and `[]` change nothing; anything else would.
+        let non_empty = |v: &Option<Value>| match v {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(_) => true,
         };
-        let chooses = |v: &Option<Value>| {
-            !matches!(
-                v.as_ref().and_then(Value::as_str),
-                None | Some("none" | "auto")
-            ) || v.as_ref().is_some_and(Value::is_object)
+        // Absent, null, "none" and "auto" (with no tools, the same) change nothing.
+        let chooses = |v: &Option<Value>| match v {
+            None | Some(Value::Null) => false,
+            Some(Value::String(s)) => s != "none" && s != "auto",
+            Some(_) => true,
         };
         if non_empty(&self.tools) {
             return unsupported("tools", "tool calls");
@@ -186,11 +186,10 @@ impl GenFields {
         if non_empty(&self.functions) {
             return unsupported("functions", "function calls");
         }
-        if self.tool_choice.as_ref().is_some_and(|v| !v.is_null()) && chooses(&self.tool_choice) {
+        if chooses(&self.tool_choice) {
             return unsupported("tool_choice", "forced tool calls");
         }
-        if self.function_call.as_ref().is_some_and(|v| !v.is_null()) && chooses(&self.function_call)
-        {
+        if chooses(&self.function_call) {
             return unsupported("function_call", "forced function calls");
         }
         if let Some(rf) = self.response_format.as_ref().filter(|v| !v.is_null()) {
@@ -298,6 +297,11 @@ mod tests {
         assert_eq!(
             refused(serde_json::json!({"tool_choice": "required"})).as_deref(),
             Some("tool_choice")
+        );
+        assert_eq!(
+            refused(serde_json::json!({"tool_choice": 5})).as_deref(),
+            Some("tool_choice"),
+            "a value that is neither a known mode nor a choice is refused, not ignored"
         );
         let forced = serde_json::json!({"type": "function", "function": {"name": "f"}});
         assert_eq!(
