@@ -45,6 +45,7 @@
 //! **One error type.** Every module reports through [`EngineError`].
 
 pub mod chat_template;
+pub mod constraint;
 pub mod detokenize;
 pub mod embed;
 pub mod engine;
@@ -57,7 +58,11 @@ pub mod scheduler;
 pub mod stop;
 pub mod tokenizer;
 
-pub use chat_template::{ChatMessage, ChatTemplate};
+pub use chat_template::{ChatMessage, ChatTemplate, FunctionCallMessage, ToolCallMessage};
+pub use constraint::{
+    CompiledConstraint, Constraint, ConstraintCompiler, ConstraintSpec, ToolCallParser,
+    ToolCalling, ToolChoice, ToolDef, ToolEvent,
+};
 pub use detokenize::IncrementalDecoder;
 pub use embed::{
     EmbedConfig, EmbedEngine, EmbedHandle, EmbedInfo, EmbedInput, EmbedStats, EmbeddingModel,
@@ -68,7 +73,10 @@ pub use engine::{
 };
 pub use error::{ChatTemplateError, EngineError, SamplingError, TokenizerError};
 pub use lumen_models::WeightLayout;
-pub use request::limits::{MAX_CHOICES, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_STOP, MAX_STOP_BYTES};
+pub use request::limits::{
+    MAX_CHOICES, MAX_GRAMMAR_BYTES, MAX_GUIDED_CHOICES, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_STOP,
+    MAX_STOP_BYTES, MAX_TOOLS,
+};
 pub use request::{
     Api, CallerId, Event, FinishReason, GenerationParams, Priority, PriorityInput, TokenLogprob,
     Usage, ValidParams, ValidRequest,

@@ -18,6 +18,7 @@ mod renderer;
 mod rewrite;
 mod source;
 mod strftime;
+mod tools;
 
 use std::sync::Arc;
 
@@ -49,6 +50,36 @@ pub struct ChatMessage {
     /// The text; OpenAI content-part lists are flattened when deserialized.
     #[serde(deserialize_with = "content::deserialize", default)]
     pub content: String,
+    /// An assistant message's tool calls (arguments as JSON values, as templates expect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallMessage>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A `tool` message: the function's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A tool call inside an assistant message of the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallMessage {
+    /// The call's id.
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What was called.
+    pub function: FunctionCallMessage,
+}
+
+/// The function part of a [`ToolCallMessage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCallMessage {
+    /// The function's name.
+    pub name: String,
+    /// Its arguments, parsed (templates write them with `tojson`).
+    pub arguments: serde_json::Value,
 }
 
 impl ChatMessage {
@@ -57,7 +88,22 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
+    }
+
+    /// Bytes this message adds to a template's input (for the render budget).
+    fn input_size(&self) -> usize {
+        let calls = self.tool_calls.as_ref().map_or(0, |c| {
+            c.iter()
+                .map(|t| {
+                    t.id.len() + t.function.name.len() + t.function.arguments.to_string().len()
+                })
+                .sum()
+        });
+        self.role.len() + self.content.len() + calls
     }
 
     /// Reads an OpenAI-style message object (`content` may be a list of text parts).
@@ -252,10 +298,7 @@ impl Compiled {
             eos_token => self.eos_token.as_str(),
             tools => tools.map(Value::from_serialize).unwrap_or(Value::from(())),
         };
-        let input = messages
-            .iter()
-            .map(|m| m.role.len() + m.content.len())
-            .sum::<usize>()
+        let input = messages.iter().map(ChatMessage::input_size).sum::<usize>()
             + tools.map_or(0, |t| t.to_string().len())
             + self.bos_token.len()
             + self.eos_token.len();

@@ -19,6 +19,7 @@ use tokio::sync::mpsc as tmpsc;
 
 pub use stats::EngineStats;
 
+use crate::constraint::ConstraintCompiler;
 use crate::request::{Event, GenerateRequest, GenerationParams, ValidParams, ValidRequest};
 use crate::scheduler::SchedulerConfig;
 use crate::tokenizer::Tokenizer;
@@ -84,6 +85,7 @@ struct Shared {
     info: ModelInfo,
     stats: Arc<EngineStats>,
     tokenizer: Arc<Tokenizer>,
+    compiler: ConstraintCompiler,
     next_id: AtomicU64,
     in_flight: Arc<AtomicU64>,
     alive: Arc<AtomicBool>,
@@ -192,6 +194,7 @@ impl Engine {
             commands: tx,
             info,
             stats,
+            compiler: ConstraintCompiler::new(tokenizer.clone()),
             tokenizer,
             next_id: AtomicU64::new(1),
             in_flight,
@@ -239,6 +242,12 @@ impl EngineHandle {
         &self.shared.tokenizer
     }
 
+    /// The model's grammar compiler (structured output and tool calls); see
+    /// [`ValidParams::compile_constraint`].
+    pub fn constraints(&self) -> &ConstraintCompiler {
+        &self.shared.compiler
+    }
+
     /// Checks `params` against the rule book and this model (see [`crate::request`]).
     pub fn validate(&self, params: GenerationParams) -> Result<ValidParams, EngineError> {
         params.validate(&self.shared.info)
@@ -250,7 +259,9 @@ impl EngineHandle {
         params: GenerationParams,
         prompt: Vec<u32>,
     ) -> Result<ValidRequest, EngineError> {
-        self.validate(params)?.for_prompt(prompt, &self.shared.info)
+        let mut valid = self.validate(params)?;
+        valid.compile_constraint(&self.shared.compiler)?;
+        valid.for_prompt(prompt, &self.shared.info)
     }
 
     /// Queues a request; events arrive on the returned stream.

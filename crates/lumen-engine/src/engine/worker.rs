@@ -9,6 +9,7 @@ use lumen_models::{ForwardWorkspace, KvStorage, LlamaModel, LogitsWanted, SeqChu
 use tokio::sync::mpsc as tmpsc;
 
 use super::{Command, EngineConfig, EngineStats, BLOCK_SIZE};
+use crate::constraint::SeqConstraint;
 use crate::kv::{root_hash, BlockPool};
 use crate::request::{Event, FinishReason, GenerateRequest, TokenLogprob, Usage};
 use crate::sampler::{log_softmax_top_n, logsumexp, Sampler};
@@ -29,6 +30,8 @@ pub(crate) struct SeqData {
     prompt_lp: Option<Vec<Option<TokenLogprob>>>,
     /// Prompt tokens that came from the prefix cache on first admission.
     cached: Option<usize>,
+    /// Where the choice is in its grammar (constrained requests only).
+    constraint: Option<SeqConstraint>,
 }
 
 struct RequestState {
@@ -190,6 +193,7 @@ impl Worker {
             pending_forks: request.n - 1,
             prompt_lp: request.prompt_logprobs.map(|_| vec![None]),
             cached: None,
+            constraint: request.constraint.as_ref().map(SeqConstraint::new),
         };
         self.arrivals += 1;
         self.sched.add(Sequence {
@@ -313,6 +317,7 @@ impl Worker {
         let mut row = 0usize;
         let mut finished: Vec<(usize, FinishReason)> = Vec::new();
         let mut forks: Vec<(usize, usize)> = Vec::new();
+        let mut failed: Vec<(u64, String)> = Vec::new();
         for (c, &kind) in plan.iter().zip(kinds) {
             let n_rows = match kind {
                 LogitsWanted::None => 0,
@@ -346,11 +351,18 @@ impl Worker {
             if let Some(lp) = seq.data.prompt_lp.take() {
                 let _ = state.events.send(Event::PromptLogprobs(lp));
             }
-            let finish = sample_into(seq, last, &mut self.row, &self.eog_ids, ctx, state);
-            self.stats.generation_tokens.fetch_add(1, Relaxed);
-            if let Some(reason) = finish {
-                finished.push((c.index, reason));
+            match sample_into(seq, last, &mut self.row, &self.eog_ids, ctx, state) {
+                Ok(finish) => {
+                    self.stats.generation_tokens.fetch_add(1, Relaxed);
+                    if let Some(reason) = finish {
+                        finished.push((c.index, reason));
+                    }
+                }
+                Err(message) => failed.push((seq.data.req_id, message)),
             }
+        }
+        for (id, message) in failed {
+            self.fail(id, message);
         }
         for (index, logits_row) in forks {
             self.fork(index, &logits[logits_row * vocab..(logits_row + 1) * vocab]);
@@ -405,6 +417,7 @@ impl Worker {
                 pending_forks: 0,
                 prompt_lp: None,
                 cached,
+                constraint: request.constraint.as_ref().map(SeqConstraint::new),
             };
             let mut seq = Sequence {
                 priority: request.priority,
@@ -448,7 +461,15 @@ impl Worker {
                 )
             } else {
                 // No block for the copy: recompute the prompt (full blocks hit the cache).
-                None
+                Ok(None)
+            };
+            let finish = match finish {
+                Ok(f) => f,
+                Err(message) => {
+                    self.pool.release_all(&seq.block_table);
+                    self.fail(req_id, message);
+                    return;
+                }
             };
             match finish {
                 Some(reason) => {
@@ -521,7 +542,8 @@ fn collect_prompt_logprobs(
     }
 }
 
-/// Samples the next token of `seq` from `logits`, streams it, and says if the choice ended.
+/// Samples the next token of `seq` from `logits`, streams it, and says if the choice ended;
+/// an error means the choice's grammar failed (the request fails with it).
 fn sample_into(
     seq: &mut Sequence<SeqData>,
     logits: &[f32],
@@ -529,11 +551,26 @@ fn sample_into(
     eog_ids: &[u32],
     ctx: usize,
     state: &mut RequestState,
-) -> Option<FinishReason> {
+) -> Result<Option<FinishReason>, String> {
     scratch.clear();
     scratch.extend_from_slice(logits);
+    if let Some(c) = &mut seq.data.constraint {
+        if c.is_complete() {
+            seq.data.output.grammar_complete();
+            return Ok(Some(FinishReason::Stop));
+        }
+        c.mask(scratch)?;
+    }
     seq.data.output.mask_stop_tokens(eog_ids, scratch);
+    if seq.data.constraint.is_some() && scratch.iter().all(|l| *l == f32::NEG_INFINITY) {
+        // The grammar allows only an end, which `min_tokens` forbids: the output is complete.
+        seq.data.output.grammar_complete();
+        return Ok(Some(FinishReason::Stop));
+    }
     let sampled = seq.data.sampler.sample(scratch, &seq.tokens);
+    if let Some(c) = &mut seq.data.constraint {
+        c.commit(sampled.token)?;
+    }
     seq.tokens.push(sampled.token);
     let at_end = seq.tokens.len() >= ctx;
     let outcome = seq.data.output.push(sampled.token, at_end);
@@ -550,5 +587,5 @@ fn sample_into(
             logprob,
         });
     }
-    outcome.finish
+    Ok(outcome.finish)
 }

@@ -19,6 +19,14 @@ pub const MAX_LOGIT_BIAS: usize = 65_536;
 /// Most alternatives per token for `logprobs` / `top_logprobs` / `prompt_logprobs`.
 pub const MAX_LOGPROBS: usize = 20;
 
+/// Largest JSON schema, regex or grammar a request may constrain its output with, in bytes
+/// (compiling one is work done before the first token; a tool list counts as its schemas).
+pub const MAX_GRAMMAR_BYTES: usize = 64 * 1024;
+/// Most alternatives in `guided_choice`.
+pub const MAX_GUIDED_CHOICES: usize = 1024;
+/// Most function tools in one request (`tools`).
+pub const MAX_TOOLS: usize = 64;
+
 /// A closed or half-open range of a float parameter, with the parameter's API name.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FloatRange {

@@ -16,6 +16,7 @@ mod valid;
 pub use params::{Api, CallerId, GenerationParams, PriorityInput};
 pub use valid::{ValidParams, ValidRequest};
 
+use crate::constraint::CompiledConstraint;
 use crate::sampler::SamplingParams;
 
 /// Scheduling class: interactive requests run before batch jobs.
@@ -57,6 +58,8 @@ pub(crate) struct GenerateRequest {
     pub cache_salt: Option<Vec<u8>>,
     /// Leave special tokens out of the text.
     pub skip_special_tokens: bool,
+    /// The grammar the output must follow (each choice starts its own matcher from it).
+    pub constraint: Option<CompiledConstraint>,
 }
 
 /// A token with its logprob and the most likely alternatives at that position.

@@ -12,6 +12,7 @@ use super::limits::{
 };
 use super::valid::ValidParams;
 use super::{GenerateRequest, Priority};
+use crate::constraint::ConstraintSpec;
 use crate::engine::ModelInfo;
 use crate::error::EngineError;
 use crate::sampler::SamplingParams;
@@ -121,6 +122,8 @@ pub struct GenerationParams {
     pub cache_salt: Option<String>,
     /// Who is asking (set by the service layer, not by the client).
     pub caller: Option<CallerId>,
+    /// Structured output or tool calls: what the output must follow.
+    pub constraint: Option<ConstraintSpec>,
 }
 
 impl GenerationParams {
@@ -231,6 +234,9 @@ impl GenerationParams {
                 })
             })
             .collect::<Result<Vec<u32>, _>>()?;
+        if let Some(spec) = &self.constraint {
+            spec.check()?;
+        }
         let request = GenerateRequest {
             prompt: Vec::new(),
             sampling,
@@ -244,6 +250,7 @@ impl GenerationParams {
             priority: priority(self.priority)?,
             cache_salt: self.cache_salt.map(String::into_bytes),
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
+            constraint: None,
         };
         Ok(ValidParams::new(
             request,
@@ -252,6 +259,7 @@ impl GenerationParams {
             echo,
             show_prompt_logprobs,
             self.caller,
+            self.constraint,
             model,
         ))
     }

@@ -9,6 +9,7 @@
 use super::limits::invalid;
 use super::params::{Api, CallerId};
 use super::{GenerateRequest, Priority};
+use crate::constraint::{Constraint, ConstraintCompiler, ConstraintSpec, ToolCalling};
 use crate::engine::{ModelInfo, BLOCK_SIZE};
 use crate::error::EngineError;
 
@@ -22,10 +23,14 @@ pub struct ValidParams {
     echo: bool,
     show_prompt_logprobs: bool,
     caller: Option<CallerId>,
+    /// The constraint asked for (sizes checked); compiled into `template` by
+    /// [`ValidParams::compile_constraint`].
+    constraint: Option<ConstraintSpec>,
     model: String,
 }
 
 impl ValidParams {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         template: GenerateRequest,
         max_tokens: Option<usize>,
@@ -33,6 +38,7 @@ impl ValidParams {
         echo: bool,
         show_prompt_logprobs: bool,
         caller: Option<CallerId>,
+        constraint: Option<ConstraintSpec>,
         model: &ModelInfo,
     ) -> Self {
         ValidParams {
@@ -42,8 +48,31 @@ impl ValidParams {
             echo,
             show_prompt_logprobs,
             caller,
+            constraint,
             model: model.name.clone(),
         }
+    }
+
+    /// The constraint the output must follow, if any.
+    pub fn constraint(&self) -> Option<&ConstraintSpec> {
+        self.constraint.as_ref()
+    }
+
+    /// The tools offered to the model, when the request calls tools.
+    pub fn tools(&self) -> Option<&ToolCalling> {
+        match &self.constraint.as_ref()?.constraint {
+            Constraint::Tools(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Compiles the constraint with `compiler` (the model's; slow for big schemas, so call
+    /// it off the async workers). Without a constraint it does nothing.
+    pub fn compile_constraint(&mut self, compiler: &ConstraintCompiler) -> Result<(), EngineError> {
+        if let Some(spec) = &self.constraint {
+            self.template.constraint = Some(compiler.compile(spec)?);
+        }
+        Ok(())
     }
 
     /// Choices per prompt.
@@ -83,6 +112,11 @@ impl ValidParams {
                 "parameters validated for model '{}' used with '{}'",
                 self.model, model.name
             )));
+        }
+        if self.constraint.is_some() && self.template.constraint.is_none() {
+            return Err(EngineError::Config(
+                "a constrained request must be compiled before it is submitted".into(),
+            ));
         }
         if prompt.is_empty() {
             return Err(invalid(param, "the prompt is empty"));

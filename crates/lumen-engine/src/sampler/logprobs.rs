@@ -26,14 +26,16 @@ pub fn log_softmax_top_n(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
     top_n_with_lse(logits, n, logsumexp(logits))
 }
 
-/// [`log_softmax_top_n`] with the normaliser already computed.
+/// [`log_softmax_top_n`] with the normaliser already computed. Impossible tokens (a logit
+/// of −∞: masked by a grammar or by `min_tokens`) are never listed as alternatives, so a
+/// constrained request may get fewer than `n`.
 pub(crate) fn top_n_with_lse(logits: &[f32], n: usize, lse: f32) -> Vec<(u32, f32)> {
     let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
     if n == 0 {
         return top;
     }
     for (i, &l) in logits.iter().enumerate() {
-        if l.is_nan() {
+        if l.is_nan() || l == f32::NEG_INFINITY {
             continue;
         }
         if top.len() == n && top.last().is_some_and(|&(_, m)| l <= m) {
@@ -85,6 +87,8 @@ mod tests {
         assert_eq!(top.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 3, 4]);
         assert!(top.iter().all(|x| x.1.is_finite() && x.1 <= 0.0));
         assert!(log_softmax_top_n(&logits, 0).is_empty());
+        let masked = [f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY];
+        assert_eq!(log_softmax_top_n(&masked, 3), vec![(1, 0.0)]);
         assert_eq!(logsumexp(&[]), f32::NEG_INFINITY);
         assert_eq!(
             logprob(f32::NEG_INFINITY, f32::NEG_INFINITY),

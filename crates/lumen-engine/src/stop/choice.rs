@@ -26,6 +26,8 @@ pub(crate) struct ChoiceOutput {
     stop: StopMatcher,
     /// Tokens generated so far (including a final stop token).
     pub generated: usize,
+    /// The choice's grammar ended it: text held back is output, not a stop string's start.
+    grammar_done: bool,
 }
 
 impl ChoiceOutput {
@@ -38,6 +40,7 @@ impl ChoiceOutput {
             decoder,
             stop,
             generated: 0,
+            grammar_done: false,
         }
     }
 
@@ -101,11 +104,16 @@ impl ChoiceOutput {
     /// Text to send when the choice ends for `reason`: nothing after a stop (the stop string
     /// and what follows are never shown), else whatever is still held back.
     pub fn final_text(&mut self, reason: FinishReason) -> String {
-        if reason == FinishReason::Stop {
+        if reason == FinishReason::Stop && !self.grammar_done {
             String::new()
         } else {
             self.flush()
         }
+    }
+
+    /// The choice's grammar is complete: it ends with `stop`, releasing held-back text.
+    pub fn grammar_complete(&mut self) {
+        self.grammar_done = true;
     }
 
     /// Releases any text still held back (pending UTF-8 or a partial stop-string match).
@@ -140,6 +148,7 @@ mod tests {
             priority: Priority::Interactive,
             cache_salt: None,
             skip_special_tokens: true,
+            constraint: None,
         };
         edit(&mut r);
         Arc::new(r)

@@ -2,12 +2,16 @@
 
 use std::sync::Arc;
 
-use lumen_engine::{Api, ChatMessage, GenerationParams, Tokenizer, ValidParams};
+use lumen_engine::{
+    Api, ChatMessage, FunctionCallMessage, GenerationParams, Tokenizer, ToolCallMessage,
+    ToolChoice, ValidParams,
+};
 use serde::Deserialize;
 
 use super::generate::{ChunkFormat, Endpoint, Prompt};
 use super::logprobs::{prompt_logprobs, ChatTokenLogprob, PromptLogprobs};
 use super::response::{chat_logprobs, ChatChoice, ChatChunkChoice, Delta, Envelope};
+use super::tool_calls::ToolStream;
 use super::Meta;
 use crate::error::ServerError;
 use crate::gen::GenEvent;
@@ -34,6 +38,33 @@ pub struct MessageIn {
     /// Text, or a list of content parts.
     #[serde(default)]
     pub content: Option<ContentIn>,
+    /// An assistant message's tool calls.
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// A `tool` message: the id of the call it answers.
+    pub tool_call_id: Option<String>,
+    /// A `tool` message: the function's name (optional).
+    pub name: Option<String>,
+}
+
+/// A tool call in the history.
+#[derive(Deserialize, Debug)]
+pub struct ToolCallIn {
+    /// The call's id.
+    pub id: String,
+    /// `function` (the only kind).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// What was called.
+    pub function: FunctionCallIn,
+}
+
+/// The function of a [`ToolCallIn`].
+#[derive(Deserialize, Debug)]
+pub struct FunctionCallIn {
+    /// The function's name.
+    pub name: String,
+    /// Its arguments: JSON text as OpenAI sends it (an object is accepted too).
+    pub arguments: serde_json::Value,
 }
 
 /// Message content.
@@ -77,6 +108,12 @@ pub fn convert_messages(messages: &[MessageIn]) -> Result<Vec<ChatMessage>, Serv
         }
         let content = match &m.content {
             None if m.role == "assistant" => String::new(),
+            None if m.role == "tool" => {
+                return Err(ServerError::param(
+                    format!("messages[{i}].content"),
+                    "a tool message needs content (the tool's result)",
+                ))
+            }
             None => {
                 return Err(ServerError::param(
                     format!("messages[{i}].content"),
@@ -109,9 +146,62 @@ pub fn convert_messages(messages: &[MessageIn]) -> Result<Vec<ChatMessage>, Serv
         } else {
             m.role.as_str()
         };
-        out.push(ChatMessage::new(role, content));
+        let mut msg = ChatMessage::new(role, content);
+        if let Some(calls) = &m.tool_calls {
+            if m.role != "assistant" {
+                return Err(ServerError::param(
+                    format!("messages[{i}].tool_calls"),
+                    "only assistant messages carry tool_calls",
+                ));
+            }
+            msg.tool_calls = Some(history_calls(i, calls)?);
+        }
+        if m.role == "tool" {
+            let Some(id) = &m.tool_call_id else {
+                return Err(ServerError::param(
+                    format!("messages[{i}].tool_call_id"),
+                    "a tool message must name the call it answers (tool_call_id)",
+                ));
+            };
+            msg.tool_call_id = Some(id.clone());
+            msg.name = m.name.clone();
+        }
+        out.push(msg);
     }
     Ok(out)
+}
+
+/// The tool calls of history message `i`, arguments parsed for the template.
+fn history_calls(i: usize, calls: &[ToolCallIn]) -> Result<Vec<ToolCallMessage>, ServerError> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(j, c)| {
+            if c.kind.as_deref().is_some_and(|k| k != "function") {
+                return Err(ServerError::param(
+                    format!("messages[{i}].tool_calls[{j}].type"),
+                    "the only tool call type is \"function\"",
+                ));
+            }
+            let arguments = match &c.function.arguments {
+                serde_json::Value::String(text) => serde_json::from_str(text).map_err(|e| {
+                    ServerError::param(
+                        format!("messages[{i}].tool_calls[{j}].function.arguments"),
+                        format!("the arguments are not JSON: {e}"),
+                    )
+                })?,
+                other => other.clone(),
+            };
+            Ok(ToolCallMessage {
+                id: c.id.clone(),
+                kind: "function".into(),
+                function: FunctionCallMessage {
+                    name: c.function.name.clone(),
+                    arguments,
+                },
+            })
+        })
+        .collect()
 }
 
 /// The chat endpoint's differences from text completions.
@@ -132,9 +222,15 @@ impl Endpoint for Chat {
         params.top_logprobs = body.top_logprobs;
     }
 
-    fn prompts(body: ChatBody, model: &ChatServed) -> Result<Vec<Prompt>, ServerError> {
+    fn prompts(
+        body: ChatBody,
+        model: &ChatServed,
+        params: &ValidParams,
+    ) -> Result<Vec<Prompt>, ServerError> {
         let messages = convert_messages(&body.messages)?;
-        let text = model.template.render(&messages, true, None)?;
+        let text = model
+            .template
+            .render_with_tools(&messages, true, params.tools())?;
         let ids = model.handle.tokenizer().encode(&text, true, true)?;
         Ok(vec![Prompt { ids, text }])
     }
@@ -146,6 +242,10 @@ impl Endpoint for Chat {
         _: Vec<Prompt>,
         include_usage: bool,
     ) -> ChatChunks {
+        let tools = params.tools().map(|t| {
+            let named = matches!(t.choice, ToolChoice::Named(_));
+            ToolStream::new(params.n(), named, &meta.id)
+        });
         ChatChunks {
             meta,
             tokenizer,
@@ -153,6 +253,7 @@ impl Endpoint for Chat {
             logprobs: params.logprobs().is_some(),
             include_usage,
             prompt_logprobs: None,
+            tools,
         }
     }
 }
@@ -166,6 +267,8 @@ pub struct ChatChunks {
     include_usage: bool,
     /// Prompt logprobs waiting for the next chunk to carry them.
     prompt_logprobs: Option<PromptLogprobs>,
+    /// Tool-call parsing, when the request offers tools.
+    tools: Option<ToolStream>,
 }
 
 impl ChatChunks {
@@ -194,6 +297,7 @@ impl ChunkFormat for ChatChunks {
             let delta = Delta {
                 role: Some("assistant"),
                 content: Some(String::new()),
+                tool_calls: None,
             };
             self.push(
                 out,
@@ -218,40 +322,65 @@ impl ChunkFormat for ChatChunks {
                 if text.is_empty() && logprob.is_none() {
                     return;
                 }
-                let logprobs =
+                let mut logprobs =
                     logprob.map(|lp| chat_logprobs(ChatTokenLogprob::new(&self.tokenizer, &lp)));
-                let delta = Delta {
-                    role: None,
-                    content: Some(text),
+                let mut deltas = match &mut self.tools {
+                    Some(t) => t.push(index, &text),
+                    None => vec![Delta {
+                        content: Some(text),
+                        ..Delta::default()
+                    }],
                 };
-                self.push(
-                    out,
-                    ChatChunkChoice {
+                if deltas.is_empty() && logprobs.is_some() {
+                    // Text held back by the tool parser: the token's logprobs still go out.
+                    deltas.push(Delta::default());
+                }
+                for delta in deltas {
+                    let choice = ChatChunkChoice {
                         index,
                         delta,
-                        logprobs,
+                        logprobs: logprobs.take(),
                         finish_reason: None,
-                    },
-                );
+                    };
+                    self.push(out, choice);
+                }
             }
             GenEvent::Finished {
                 index,
                 reason,
                 text,
             } => {
-                let delta = Delta {
-                    role: None,
-                    content: (!text.is_empty()).then_some(text),
+                let (deltas, reason) = match &mut self.tools {
+                    Some(t) => t.finish(index, &text, reason.as_str()),
+                    None => (
+                        vec![Delta {
+                            content: Some(text),
+                            ..Delta::default()
+                        }],
+                        reason.as_str(),
+                    ),
                 };
-                self.push(
-                    out,
-                    ChatChunkChoice {
+                let mut deltas: Vec<Delta> = deltas
+                    .into_iter()
+                    .filter(|d| d.tool_calls.is_some() || d.content.as_deref() != Some(""))
+                    .collect();
+                let last = deltas.pop().unwrap_or_default();
+                for delta in deltas {
+                    let choice = ChatChunkChoice {
                         index,
                         delta,
                         logprobs: None,
-                        finish_reason: Some(reason.as_str()),
-                    },
-                );
+                        finish_reason: None,
+                    };
+                    self.push(out, choice);
+                }
+                let choice = ChatChunkChoice {
+                    index,
+                    delta: last,
+                    logprobs: None,
+                    finish_reason: Some(reason),
+                };
+                self.push(out, choice);
             }
             GenEvent::PromptLogprobs { logprobs, .. } => {
                 self.prompt_logprobs = Some(prompt_logprobs(&self.tokenizer, &logprobs));

@@ -117,7 +117,11 @@ impl Endpoint for Completions {
         params.best_of = body.best_of;
     }
 
-    fn prompts(body: CompletionBody, model: &ChatServed) -> Result<Vec<Prompt>, ServerError> {
+    fn prompts(
+        body: CompletionBody,
+        model: &ChatServed,
+        _: &ValidParams,
+    ) -> Result<Vec<Prompt>, ServerError> {
         tokenize_prompts(body.prompt, model.handle.tokenizer())
     }
 

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use super::params::GenFields;
 use super::response::{Envelope, Fold};
+use super::structured::ConstraintFields;
 use super::{deadline, prepare, Meta};
 use crate::error::ServerError;
 use crate::extract::{parse_json, JsonBody};
@@ -85,8 +86,13 @@ pub trait Endpoint: 'static {
     fn model_name(body: &Self::Body) -> &str;
     /// Maps the endpoint's own fields onto `params`.
     fn map_params(body: &Self::Body, params: &mut GenerationParams);
-    /// Renders and tokenizes the prompts (runs on the blocking pool).
-    fn prompts(body: Self::Body, model: &ChatServed) -> Result<Vec<Prompt>, ServerError>;
+    /// Renders and tokenizes the prompts (runs on the blocking pool); `params` carry the
+    /// tools a chat template renders.
+    fn prompts(
+        body: Self::Body,
+        model: &ChatServed,
+        params: &ValidParams,
+    ) -> Result<Vec<Prompt>, ServerError>;
     /// The chunk format for one request.
     fn format(
         meta: Meta,
@@ -120,21 +126,29 @@ where
 {
     let arrived = Instant::now();
     // Two typed passes over the bytes, off the async workers; no JSON tree in between.
-    let (req, fields) = prepare(move || {
+    let (req, fields, constraint) = prepare(move || {
         Ok((
             parse_json::<E::Body>(&body)?,
             parse_json::<GenFields>(&body)?,
+            parse_json::<ConstraintFields>(&body)?,
         ))
     })
     .await?;
-    fields.refuse_unsupported()?;
+    let constraint = constraint.to_spec(E::API)?;
     let model = state.chat_model(Some(E::model_name(&req)))?;
     state.ensure_accepting()?;
     let (mut params, transport) = fields.split(E::API, caller);
     E::map_params(&req, &mut params);
-    let valid = model.handle.validate(params)?;
+    params.constraint = constraint;
+    let mut valid = model.handle.validate(params)?;
     let m = model.clone();
-    let prompts = prepare(move || E::prompts(req, &m)).await?;
+    // Grammar compilation and template rendering both take real work: off the async workers.
+    let (valid, prompts) = prepare(move || {
+        valid.compile_constraint(m.handle.constraints())?;
+        let prompts = E::prompts(req, &m, &valid)?;
+        Ok((valid, prompts))
+    })
+    .await?;
     let max_prompts = state.limits().max_prompts;
     if prompts.len() > max_prompts {
         return Err(ServerError::param(

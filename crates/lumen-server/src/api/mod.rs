@@ -10,6 +10,8 @@ pub mod models;
 pub mod ops;
 pub mod params;
 pub mod response;
+pub mod structured;
+pub mod tool_calls;
 
 use std::time::Instant;
 

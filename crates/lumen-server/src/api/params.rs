@@ -5,16 +5,14 @@
 //! its errors name the parameter as the client sent it. This module only knows the wire:
 //! which JSON field feeds which parameter (`max_completion_tokens` wins over `max_tokens`,
 //! `stop` may be one string or a list, `logit_bias` is a map) and the transport options that
-//! are not the engine's business (`stream`, `stream_options`, `user`).
+//! are not the engine's business (`stream`, `stream_options`, `user`). Structured output
+//! and tool fields are read by [`super::structured`].
 
 use std::fmt;
 
 use lumen_engine::{Api, CallerId, GenerationParams, PriorityInput, MAX_LOGIT_BIAS};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_json::Value;
-
-use crate::error::ServerError;
 
 /// `stop`: one string or a list.
 #[derive(Deserialize, Debug, Clone)]
@@ -95,16 +93,6 @@ pub struct GenFields {
     pub skip_special_tokens: Option<bool>,
     /// vLLM: salt that keeps this request's prefix-cache entries apart.
     pub cache_salt: Option<String>,
-    /// Function tools (not supported yet: refused unless empty).
-    pub tools: Option<Value>,
-    /// How tools are chosen (refused unless `none` or `auto`).
-    pub tool_choice: Option<Value>,
-    /// The legacy name of `tools`.
-    pub functions: Option<Value>,
-    /// The legacy name of `tool_choice`.
-    pub function_call: Option<Value>,
-    /// Output format (refused unless `{"type": "text"}`).
-    pub response_format: Option<Value>,
 }
 
 /// How the answer travels, which the engine does not need to know.
@@ -157,52 +145,6 @@ fn bounded_bias<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<(String, f
 }
 
 impl GenFields {
-    /// Refuses the fields this server cannot honour yet, rather than ignoring them and
-    /// answering 200 with output that does not follow them.
-    pub fn refuse_unsupported(&self) -> Result<(), ServerError> {
-        let unsupported = |param: &str, what: &str| {
-            Err(ServerError::Unsupported {
-                param: param.into(),
-                message: format!(
-                    "{what} are not supported yet; send the request without '{param}'"
-                ),
-            })
-        };
-        // Absent, null and `[]` change nothing; anything else would.
-        let non_empty = |v: &Option<Value>| match v {
-            None | Some(Value::Null) => false,
-            Some(Value::Array(a)) => !a.is_empty(),
-            Some(_) => true,
-        };
-        // Absent, null, "none" and "auto" (with no tools, the same) change nothing.
-        let chooses = |v: &Option<Value>| match v {
-            None | Some(Value::Null) => false,
-            Some(Value::String(s)) => s != "none" && s != "auto",
-            Some(_) => true,
-        };
-        if non_empty(&self.tools) {
-            return unsupported("tools", "tool calls");
-        }
-        if non_empty(&self.functions) {
-            return unsupported("functions", "function calls");
-        }
-        if chooses(&self.tool_choice) {
-            return unsupported("tool_choice", "forced tool calls");
-        }
-        if chooses(&self.function_call) {
-            return unsupported("function_call", "forced function calls");
-        }
-        if let Some(rf) = self.response_format.as_ref().filter(|v| !v.is_null()) {
-            if rf.get("type").and_then(Value::as_str) != Some("text") {
-                return unsupported(
-                    "response_format",
-                    "structured output formats (json_object, json_schema)",
-                );
-            }
-        }
-        Ok(())
-    }
-
     /// Splits the fields into the engine's parameters (for `api`, from `caller`) and the
     /// transport options.
     pub fn split(self, api: Api, caller: Option<CallerId>) -> (GenerationParams, Transport) {
@@ -255,6 +197,7 @@ impl GenFields {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ServerError;
 
     fn fields(v: serde_json::Value) -> GenFields {
         serde_json::from_value(v).expect("fields")
@@ -276,61 +219,6 @@ mod tests {
         assert_eq!((p.stop_token_ids, p.seed), (vec![3], Some(-4)));
         assert_eq!(p.caller, Some(CallerId::new("k")));
         assert!(t.stream && t.include_usage);
-    }
-
-    #[test]
-    fn unsupported_features_are_refused_not_ignored() {
-        let refused = |v: serde_json::Value| match fields(v).refuse_unsupported() {
-            Err(ServerError::Unsupported { param, .. }) => Some(param),
-            Err(other) => panic!("{other:?}"),
-            Ok(()) => None,
-        };
-        let tool = serde_json::json!([{"type": "function", "function": {"name": "f"}}]);
-        assert_eq!(
-            refused(serde_json::json!({"tools": tool})).as_deref(),
-            Some("tools")
-        );
-        assert_eq!(
-            refused(serde_json::json!({"functions": [{"name": "f"}]})).as_deref(),
-            Some("functions")
-        );
-        assert_eq!(
-            refused(serde_json::json!({"tool_choice": "required"})).as_deref(),
-            Some("tool_choice")
-        );
-        assert_eq!(
-            refused(serde_json::json!({"tool_choice": 5})).as_deref(),
-            Some("tool_choice"),
-            "a value that is neither a known mode nor a choice is refused, not ignored"
-        );
-        let forced = serde_json::json!({"type": "function", "function": {"name": "f"}});
-        assert_eq!(
-            refused(serde_json::json!({"tool_choice": forced})).as_deref(),
-            Some("tool_choice")
-        );
-        assert_eq!(
-            refused(serde_json::json!({"function_call": {"name": "f"}})).as_deref(),
-            Some("function_call")
-        );
-        let schema =
-            serde_json::json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}});
-        assert_eq!(
-            refused(serde_json::json!({"response_format": schema})).as_deref(),
-            Some("response_format")
-        );
-        assert_eq!(
-            refused(serde_json::json!({"response_format": {"type": "json_object"}})).as_deref(),
-            Some("response_format")
-        );
-        // What changes nothing is accepted.
-        for ok in [
-            serde_json::json!({"tools": [], "tool_choice": "none"}),
-            serde_json::json!({"tools": null, "tool_choice": "auto", "function_call": "none"}),
-            serde_json::json!({"response_format": {"type": "text"}}),
-            serde_json::json!({"response_format": null}),
-        ] {
-            assert_eq!(refused(ok.clone()), None, "{ok}");
-        }
     }
 
     #[test]

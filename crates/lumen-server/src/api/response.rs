@@ -91,6 +91,56 @@ pub struct Delta {
     /// Text added.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Tool calls begun or continued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// One tool call's part of a chunk: the first carries its id, type and name, later ones
+/// pieces of its arguments.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct ToolCallDelta {
+    /// Position among the choice's calls.
+    pub index: usize,
+    /// The call's id (first part only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Always `function` (first part only).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// Name and/or arguments text.
+    pub function: FunctionDelta,
+}
+
+/// `tool_calls[].function` in a delta.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct FunctionDelta {
+    /// The function's name (first part only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// More of the arguments' JSON text.
+    pub arguments: String,
+}
+
+/// A whole tool call of a chat answer.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct ToolCallOut {
+    /// The call's id, which a `tool` message answers.
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// What is called.
+    pub function: FunctionOut,
+}
+
+/// `tool_calls[].function` of a whole answer.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct FunctionOut {
+    /// The function.
+    pub name: String,
+    /// Its arguments, as JSON text.
+    pub arguments: String,
 }
 
 /// One choice of a `chat.completion.chunk`.
@@ -111,8 +161,11 @@ pub struct ChatChunkChoice {
 pub struct MessageOut {
     /// Always `assistant`.
     pub role: &'static str,
-    /// The text.
-    pub content: String,
+    /// The text (`null` when the answer is only tool calls).
+    pub content: Option<String>,
+    /// The tool calls, when the model made any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
 }
 
 /// One choice of a `chat.completion`.
@@ -160,7 +213,8 @@ impl Envelope<ChatChoice> {
             index,
             message: MessageOut {
                 role: "assistant",
-                content: String::new(),
+                content: Some(String::new()),
+                tool_calls: None,
             },
             logprobs: logprobs.then(ChatLogprobs::default),
             finish_reason: UNFINISHED,
@@ -187,7 +241,28 @@ impl Fold<ChatChunkChoice> for Envelope<ChatChoice> {
                 choice.message.role = role;
             }
             if let Some(text) = c.delta.content {
-                choice.message.content.push_str(&text);
+                choice
+                    .message
+                    .content
+                    .get_or_insert_with(String::new)
+                    .push_str(&text);
+            }
+            for part in c.delta.tool_calls.into_iter().flatten() {
+                let calls = choice.message.tool_calls.get_or_insert_with(Vec::new);
+                if part.index >= calls.len() {
+                    calls.resize_with(part.index + 1, || ToolCallOut {
+                        kind: "function",
+                        ..ToolCallOut::default()
+                    });
+                }
+                let call = &mut calls[part.index];
+                if let Some(id) = part.id {
+                    call.id = id;
+                }
+                if let Some(name) = part.function.name {
+                    call.function.name = name;
+                }
+                call.function.arguments.push_str(&part.function.arguments);
             }
             if let Some(lp) = c.logprobs {
                 choice
@@ -198,6 +273,15 @@ impl Fold<ChatChunkChoice> for Envelope<ChatChoice> {
             }
             if let Some(reason) = c.finish_reason {
                 choice.finish_reason = reason;
+                // OpenAI's shape: an answer that is only tool calls has no content.
+                let calls = choice
+                    .message
+                    .tool_calls
+                    .as_ref()
+                    .is_some_and(|c| !c.is_empty());
+                if calls && choice.message.content.as_deref() == Some("") {
+                    choice.message.content = None;
+                }
             }
         }
     }
