@@ -31,11 +31,11 @@ lint:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --release --no-deps --workspace
 
 ## Python venv for the end-to-end tests: the official openai client (idempotent, stamped).
-venv: $(VENV)/.stamp-e2e
+venv: $(VENV)/.stamp-e2e-jsonschema
 
-$(VENV)/.stamp-e2e:
+$(VENV)/.stamp-e2e-jsonschema:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q openai==1.109.1 pytest==8.4.2
+	$(VENV)/bin/pip install -q openai==1.109.1 pytest==8.4.2 jsonschema==4.23.0
 	touch $@
 
 ## Download the default models into $(LUMEN_HOME)/models and verify their SHA-256.

@@ -170,6 +170,7 @@ async fn one_rep(
                     }
                     Some(Event::Done(usage)) => return Ok((first, usage.completion_tokens)),
                     Some(Event::Error(e)) => return Err(e),
+                    Some(Event::GrammarError { message, .. }) => return Err(message),
                     Some(_) => {}
                     None => return Err("the engine closed the stream".to_string()),
                 }

@@ -132,6 +132,10 @@ pub struct ServeBenchArgs {
     /// Bearer token for the server.
     #[arg(long, env = "LUMEN_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// A JSON object merged into every request body, e.g.
+    /// '{"response_format": {"type": "json_object"}}' to measure constrained decoding.
+    #[arg(long)]
+    pub extra_body: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -235,6 +239,12 @@ fn serve(a: ServeBenchArgs) -> Result<()> {
         e2e_ms: a.slo_e2e_ms,
     };
     config.api_key = a.api_key;
+    if let Some(extra) = a.extra_body {
+        match serde_json::from_str(&extra) {
+            Ok(serde_json::Value::Object(m)) => config.extra_body = m,
+            _ => anyhow::bail!("--extra-body must be a JSON object, got {extra}"),
+        }
+    }
     let report =
         run_serve_bench(&config).with_context(|| format!("load-testing {}", config.url))?;
     if a.json {

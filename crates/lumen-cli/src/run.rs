@@ -158,6 +158,7 @@ impl Session<'_> {
                 }
                 Event::Done(_) => break,
                 Event::Error(e) => bail!("generation failed: {e}"),
+                Event::GrammarError { message, .. } => bail!("generation failed: {message}"),
                 Event::PromptLogprobs(_) => {}
             }
         }

@@ -178,6 +178,10 @@ impl Tally {
                     "generation failed: {message}"
                 )));
             }
+            Event::GrammarError { param, message } => {
+                self.ended = true;
+                return Err(ServerError::param(param, message));
+            }
         }
         Ok(())
     }

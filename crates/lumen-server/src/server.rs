@@ -247,7 +247,10 @@ fn warm_up(handle: &lumen_engine::EngineHandle) {
     };
     if let Ok(mut s) = handle.submit(req) {
         while let Some(ev) = s.blocking_recv() {
-            if matches!(ev, Event::Done(_) | Event::Error(_)) {
+            if matches!(
+                ev,
+                Event::Done(_) | Event::Error(_) | Event::GrammarError { .. }
+            ) {
                 break;
             }
         }

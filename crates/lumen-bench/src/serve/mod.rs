@@ -80,6 +80,8 @@ pub struct ServeConfig {
     pub slo: Slo,
     /// Bearer token, if the server wants one.
     pub api_key: Option<String>,
+    /// Fields merged into every request body (they win over the defaults).
+    pub extra_body: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ServeConfig {
@@ -100,6 +102,7 @@ impl ServeConfig {
             mix: PromptMix::default(),
             slo: Slo::default(),
             api_key: None,
+            extra_body: serde_json::Map::new(),
         }
     }
 
@@ -137,6 +140,9 @@ impl ServeConfig {
         }
         if let Some(m) = model {
             body["model"] = json!(m);
+        }
+        for (k, v) in &self.extra_body {
+            body[k.as_str()] = v.clone();
         }
         body.to_string().into_bytes()
     }

@@ -160,16 +160,18 @@ def test_wrong_method_is_openai_shaped_405():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("tools", [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]),
-    ("tool_choice", "required"),
-    ("response_format", {"type": "json_object"}),
-    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}),
+    ("functions", [{"name": "get_weather", "parameters": {"type": "object"}}]),
+    ("function_call", {"name": "get_weather"}),
 ])
-def test_unsupported_features_are_400_not_ignored(field, value):
+def test_deprecated_function_fields_are_400_not_ignored(field, value):
     check(chat(**{field: value}), 400, field, "unsupported_parameter")
-    check(raw("POST", COMPLETIONS, json={"model": MODEL, "prompt": "x", "max_tokens": 1, field: value}), 400, field)
 
 
-def test_neutral_values_of_unsupported_features_are_accepted():
+def test_tools_are_for_chat_only():
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    check(raw("POST", COMPLETIONS, json={"model": MODEL, "prompt": "x", "max_tokens": 1, "tools": tools}), 400, "tools")
+
+
+def test_neutral_values_of_constraint_fields_are_accepted():
     r = chat(tools=[], tool_choice="none", response_format={"type": "text"})
     assert r.status_code == 200, r.text

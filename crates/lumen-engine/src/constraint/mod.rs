@@ -35,7 +35,7 @@ mod tools;
 mod vocab;
 
 pub use compiler::{CompiledConstraint, ConstraintCompiler};
-pub(crate) use seq::SeqConstraint;
+pub(crate) use seq::{GrammarFailure, SeqConstraint};
 pub use spec::{Constraint, ConstraintSpec, JSON_WHITESPACE};
 pub use tool_parse::{ToolCallParser, ToolEvent};
 pub use tools::{ToolCalling, ToolChoice, ToolDef, CALL_CLOSE, CALL_OPEN};

@@ -172,3 +172,49 @@ fn bad_grammars_are_invalid_requests_naming_the_parameter() {
         }
     }
 }
+
+/// Mean time of one mask + commit on the benchmark's schema (`cargo test --release -- --ignored
+/// mask_cost --nocapture`): the figure to compare with a decode step.
+#[test]
+#[ignore]
+fn mask_cost() {
+    let Some(tok) = tokenizer() else { return };
+    let compiler = ConstraintCompiler::new(tok.clone());
+    let mut schema = json!({"type": "object", "properties": {"notes": {"type": "array", "items": {"type": "string", "maxLength": 40}, "minItems": 100}}, "required": ["notes"]});
+    if let Ok(x) = std::env::var("XG") {
+        schema["x-guidance"] = serde_json::from_str(&x).unwrap();
+    }
+    let spec = ConstraintSpec::new(
+        "response_format",
+        Constraint::JsonSchema {
+            schema,
+            strict: true,
+        },
+    );
+    let t = std::time::Instant::now();
+    let text = walk(&compiler, &tok, &spec, 5);
+    let steps = tok.encode(&text, false, false).unwrap().len().max(1);
+    println!(
+        "{steps} steps, {:.1} us per step (incl. fake logits)",
+        t.elapsed().as_secs_f64() * 1e6 / steps as f64
+    );
+    let ids = tok.encode(&text, false, false).unwrap();
+    let compiled = compiler.compile(&spec).unwrap();
+    let mut seq = SeqConstraint::new(&compiled);
+    let mut logits = vec![0f32; tok.vocab_size()];
+    let (mut mask_t, mut commit_t) = (0.0, 0.0);
+    for &id in &ids {
+        let t = std::time::Instant::now();
+        seq.mask(&mut logits).unwrap();
+        mask_t += t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        seq.commit(id).unwrap();
+        commit_t += t.elapsed().as_secs_f64();
+    }
+    println!(
+        "mask {:.1} us, commit {:.1} us per step",
+        mask_t * 1e6 / ids.len() as f64,
+        commit_t * 1e6 / ids.len() as f64
+    );
+    println!("{text:.200}");
+}

@@ -25,7 +25,8 @@ pub struct ToolDef {
     pub description: Option<String>,
     /// JSON schema of its arguments (an object schema).
     pub parameters: Value,
-    /// OpenAI's `strict`: close every object of the schema.
+    /// OpenAI's `strict`. Lumen closes argument objects in every case (see
+    /// [`ToolCalling::grammar`]), so it changes nothing; it is kept to echo the request.
     pub strict: bool,
 }
 
@@ -149,9 +150,12 @@ impl ToolCalling {
             ToolChoice::Named(name) => self.tools.iter().filter(|t| &t.name == name).collect(),
             _ => self.tools.iter().collect(),
         };
+        // Arguments are always closed (`additionalProperties: false` where the schema does
+        // not say otherwise): a function takes the parameters it declares, and a small model
+        // sampled at temperature 1 otherwise invents keys until it runs out of tokens.
         let schemas: Vec<Value> = offered
             .iter()
-            .map(|t| json_schema(&t.call_schema(), t.strict, false))
+            .map(|t| json_schema(&t.call_schema(), true, false))
             .collect();
         let body = match schemas.as_slice() {
             [one] => one.clone(),

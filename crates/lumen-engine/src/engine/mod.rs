@@ -128,7 +128,10 @@ impl RequestStream {
     }
 
     fn note(&mut self, ev: &Option<Event>) {
-        if matches!(ev, None | Some(Event::Done(_)) | Some(Event::Error(_))) {
+        if matches!(
+            ev,
+            None | Some(Event::Done(_)) | Some(Event::Error(_)) | Some(Event::GrammarError { .. })
+        ) {
             self.done = true;
         }
     }

@@ -136,4 +136,12 @@ pub enum Event {
     Done(Usage),
     /// The request failed inside the engine.
     Error(String),
+    /// The request's grammar failed while generating (too complex for its limits): the
+    /// client's input is at fault, so it is reported like an invalid parameter.
+    GrammarError {
+        /// The parameter the grammar came from.
+        param: &'static str,
+        /// What went wrong.
+        message: String,
+    },
 }

@@ -74,6 +74,7 @@ pub fn collect(mut stream: RequestStream, n: usize) -> Outcome {
             }
             Event::Done(u) => out.usage = u,
             Event::Error(e) => panic!("request failed: {e}"),
+            Event::GrammarError { message, .. } => panic!("grammar failed: {message}"),
             Event::PromptLogprobs(_) => {}
         }
     }
