@@ -67,6 +67,11 @@ bench-compare: models
 bench-embeddings: models
 	THREADS=$(THREADS) ./scripts/bench-embeddings.sh
 
+## Constrained decoding's cost: tokens/s with and without a JSON schema (ROUNDS, REQUESTS).
+.PHONY: bench-structured
+bench-structured: models
+	./scripts/bench-structured.sh
+
 ## Fuzz each cargo-fuzz target for FUZZ_TIME seconds (default 60; not part of `make test`).
 ## cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
 FUZZ_TIME ?= 60

@@ -4,7 +4,7 @@
 //! # Design
 //!
 //! **llguidance does the grammar work.** It is the engine vLLM and llama.cpp use; Lumen
-//! supplies its vocabulary ([`vocab`]: each token's bytes, control tokens in llguidance's
+//! supplies its vocabulary (module `vocab`: each token's bytes, control tokens in llguidance's
 //! special form so no text rule produces them, the end-of-generation ids as EOS) and drives
 //! one matcher per sequence.
 //!
