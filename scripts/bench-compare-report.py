@@ -4,7 +4,8 @@
 Reads, from the run folder: lumen-pptg.json / llama-pptg.json (lumen bench / llama-bench),
 lumen-batched.json / llama-batched.jsonl (lumen bench -b / llama-batched-bench),
 lumen-serve.json / llama-serve.json (lumen bench serve against each server) and
-lumen-idle-vmhwm-kib / llama-idle-vmhwm-kib. A missing or broken file leaves its row empty.
+lumen-idle-vmhwm-kib / llama-idle-vmhwm-kib, lumen-ppl-{exact,packed}.json / llama-ppl.log
+(lumen perplexity / llama-perplexity). A missing or broken file leaves its row empty.
 """
 import argparse
 import json
@@ -42,6 +43,18 @@ def read_int(path):
             return int(f.read().strip() or 0)
     except (OSError, ValueError):
         return None
+
+
+def read_llama_ppl(path):
+    """llama-perplexity's final estimate ("Final estimate: PPL = 18.3541 +/- ...")."""
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                if "Final estimate: PPL =" in line:
+                    return float(line.split("PPL =")[1].split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def median(values):
@@ -149,6 +162,13 @@ def print_and_save(a):
     row("idle server peak RSS MiB", [(None if lumen_rss is None else lumen_rss / 1024,
         None if llama_rss is None else llama_rss / 1024)], round(rss_budget, 1), kind="budget",
         note=f"budget = model {model_mib:.1f} + KV {a.kv_mb} + 64 MiB" + (f"; {pending}" if pending else ""))
+
+    # Perplexity on the committed text (lower is better; the ratio should stay near 1).
+    llama_ppl = read_llama_ppl(os.path.join(d, "llama-ppl.log"))
+    for layout in ("exact", "packed"):
+        ppl = get(j(f"lumen-ppl-{layout}.json"), "perplexity")
+        row(f"perplexity ({layout} layout)", [(ppl, llama_ppl)], 1.005, kind="lower",
+            note="fixtures/perplexity/gpl-3.0.txt, 512-token chunks, as llama-perplexity")
 
     fmt = lambda v, p=2: "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
     header = ["figure", "lumen", "llama.cpp", "ratio", "target", "met", "per-round ratios"]

@@ -9,6 +9,7 @@
 #   batched decode (S_TG)   lumen bench -b     vs llama-batched-bench
 #   16 streaming clients    lumen bench serve  against lumen serve and llama-server
 #   idle peak RSS           /proc/PID/status VmHWM of each server, model loaded, no requests
+#   perplexity              lumen perplexity   vs llama-perplexity (both Lumen layouts)
 #
 # and prints figure | lumen | llama.cpp | ratio | target, saving it as JSON under target/bench/.
 # Noise on a shared 2-core machine is real: compare the ratios of one run, never a number
@@ -21,9 +22,9 @@
 # time batched generation end to end through Lumen's engine; an extra row, Lumen only),
 # PROFILE (release; `bench` builds with thin LTO and one codegen unit, slower to build, and
 # its binary also lands in target/release), SKIP_BUILD=1 (use the binaries as they are),
-# SKIP_SERVER=1 (leave the server rows out), LAYOUT (packed: Lumen's weight layout, `packed`
-# for the row-interleaved kernels and fast attention, Lumen's fastest, or `ggml` for
-# llama.cpp's arithmetic bit for bit, the serving default; see `lumen serve --help`).
+# SKIP_SERVER=1 (leave the server rows out), SKIP_PERPLEXITY=1, LAYOUT (packed: Lumen's weight
+# layout, `packed` for the row-interleaved kernels and fast attention, the default and
+# fastest, or `exact` for llama.cpp's arithmetic bit for bit; see `lumen serve --help`).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -169,6 +170,20 @@ if [[ "${SKIP_SERVER:-0}" != 1 ]]; then
     log "llama-server did not come up (see $out/llama-server.log)"
   fi
   stop_server "$pid"
+fi
+
+# 3b. Perplexity on the committed text: both Lumen layouts and llama-perplexity, the same
+#     512-token chunks (SKIP_PERPLEXITY=1 leaves the rows out).
+if [[ "${SKIP_PERPLEXITY:-0}" != 1 ]]; then
+  text="$root/fixtures/perplexity/gpl-3.0.txt"
+  for layout in exact packed; do
+    log "lumen perplexity ($layout layout)"
+    LUMEN_WEIGHT_LAYOUT=$layout "$lumen" perplexity "$model" "$text" -c 512 -t "$threads" --json \
+      >"$out/lumen-ppl-$layout.json" || log "lumen perplexity failed"
+  done
+  log "llama-perplexity"
+  "$llama_bin/llama-perplexity" -m "$model" -f "$text" -c 512 -b 512 -t "$threads" \
+    >"$out/llama-ppl.log" 2>&1 || log "llama-perplexity failed (see $out/llama-ppl.log)"
 fi
 
 # 4. The table and its JSON.

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's llama-bench, llama-batched-bench and llama-server into
+# Builds llama.cpp's llama-bench, llama-batched-bench, llama-server and llama-perplexity into
 # target/llama.cpp-build/bin, for `make bench-compare` to run side by side with Lumen.
 #
 # The sources come from the llama-cpp-python source package on PyPI (it vendors llama.cpp),
 # fetched with pip, pinned by version and checked by SHA-256. A second run does nothing when
-# the three binaries are already there. cmake comes from the system, or else from a venv
+# the four binaries are already there. cmake comes from the system, or else from a venv
 # under target/ (pip's `cmake` package), so no root access is needed.
 set -euo pipefail
 
@@ -15,7 +15,7 @@ sdist_sha="34ed0f9bd9431af045bb63d9324ae620ad0536653740e9bb163a2e1fcb973be6"
 src_dir="$root/target/llama.cpp-src"
 build_dir="$root/target/llama.cpp-build"
 jobs="${JOBS:-2}"
-bins=(llama-bench llama-batched-bench llama-server)
+bins=(llama-bench llama-batched-bench llama-server llama-perplexity)
 
 have_all() {
   for b in "${bins[@]}"; do
@@ -60,7 +60,7 @@ if [[ -z "$cmake_bin" ]]; then
   cmake_bin="$venv/bin/cmake"
 fi
 
-# 3. Configure and build only the three tools, natively tuned (AVX2 here), CPU only.
+# 3. Configure and build only the four tools, natively tuned (AVX2 here), CPU only.
 echo "llama.cpp: building ${bins[*]} with $jobs jobs (several minutes on 2 cores)"
 "$cmake_bin" -S "$llama_src" -B "$build_dir" \
   -DCMAKE_BUILD_TYPE=Release \

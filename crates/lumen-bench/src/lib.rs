@@ -28,6 +28,7 @@
 pub mod engine_bench;
 pub mod error;
 pub mod model_bench;
+pub mod perplexity;
 pub mod rng;
 pub mod serve;
 pub mod stats;
@@ -36,5 +37,6 @@ pub mod table;
 pub use engine_bench::{run_engine_bench, EngineBenchConfig};
 pub use error::BenchError;
 pub use model_bench::{run_model_bench, ModelBenchConfig, ModelBenchReport, TestKind, TestResult};
+pub use perplexity::{run_perplexity, PerplexityConfig, PerplexityReport};
 pub use serve::{run_serve_bench, Endpoint, PromptMix, ServeConfig, ServeReport, Slo};
 pub use stats::{Percentiles, Summary};

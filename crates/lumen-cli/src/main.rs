@@ -3,6 +3,7 @@
 
 mod bench;
 mod embed;
+mod perplexity;
 mod run;
 mod serve;
 
@@ -32,6 +33,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Embed texts with an embedding model; prints one JSON line per input.
     Embed(embed::EmbedArgs),
+    /// A model's perplexity on a text file, computed as llama.cpp's llama-perplexity does.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 fn main() {
@@ -56,6 +59,7 @@ fn main() {
         Command::Serve(args) => serve::serve(args),
         Command::Bench(args) => bench::bench(args),
         Command::Embed(args) => embed::embed(args),
+        Command::Perplexity(args) => perplexity::perplexity(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

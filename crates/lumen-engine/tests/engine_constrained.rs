@@ -27,8 +27,8 @@ fn constrained(seed: u64, max_tokens: usize, spec: ConstraintSpec) -> Req {
     r
 }
 
-/// A constrained sample is valid JSON of its schema, and free requests beside it produce
-/// exactly what they produce alone.
+/// A constrained sample is valid JSON of its schema, and it and the free requests beside it
+/// produce exactly what each produces alone.
 #[test]
 fn constrained_output_parses_and_batchmates_are_unchanged() {
     let Some(chat) = smollm2() else { return };
@@ -42,6 +42,9 @@ fn constrained_output_parses_and_batchmates_are_unchanged() {
         assert_eq!(together[i].tokens, alone[i].tokens, "request {i}");
     }
     let out = &together[free.len()];
+    // The constrained request itself is batch invariant too.
+    let solo = run_all(&eng, vec![constrained(7, 300, schema_notes(1))]);
+    assert_eq!(solo[0].tokens, out.tokens);
     assert_eq!(out.finish[0], Some(FinishReason::Stop), "{}", out.text[0]);
     let v: serde_json::Value = serde_json::from_str(&out.text[0]).expect("JSON");
     assert!(v["notes"].as_array().is_some_and(|a| !a.is_empty()), "{v}");

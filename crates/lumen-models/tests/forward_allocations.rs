@@ -35,7 +35,7 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn warm_decode_steps_do_not_allocate() {
     // One test, not two: the counter is global, and tests of one binary run in parallel.
-    for layout in [WeightLayout::Ggml, WeightLayout::Packed] {
+    for layout in [WeightLayout::Exact, WeightLayout::Packed] {
         warm_decode_steps_do_not_allocate_in(layout);
     }
 }

@@ -15,7 +15,7 @@ fn ids(seed: u32, n: usize, vocab: u32) -> Vec<u32> {
 
 #[test]
 fn ragged_batch_equals_solo_runs() {
-    ragged_batch_equals_solo_runs_in(WeightLayout::Ggml);
+    ragged_batch_equals_solo_runs_in(WeightLayout::Exact);
 }
 
 #[test]

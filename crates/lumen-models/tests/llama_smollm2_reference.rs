@@ -90,7 +90,7 @@ fn compare(path: &std::path::Path, layout: WeightLayout) -> Comparison {
 #[test]
 fn greedy_continuations_and_logprobs_match_llama_cpp() {
     let Some(path) = smollm2() else { return };
-    let c = compare(&path, WeightLayout::Ggml);
+    let c = compare(&path, WeightLayout::Exact);
     eprintln!("top-5 logprob error: worst {:.6}, mean {:.6}; greedy token agrees at {}/{} steps; {} of {} continuations identical", c.worst, c.mean, c.argmax_agree, c.steps, c.identical_cases, c.cases);
     // The bound is 0.05 nats; the mean bound catches a loss of bit-exactness long
     // before it moves a logprob that far (the fixture rounds logprobs to 1e-6).

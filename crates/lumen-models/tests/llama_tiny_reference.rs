@@ -30,7 +30,7 @@ const EXACT: f32 = 1e-5;
 const APPROX: f32 = 0.02;
 
 fn check(name: &str, tolerance: f32) {
-    check_layout(name, tolerance, WeightLayout::Ggml);
+    check_layout(name, tolerance, WeightLayout::Exact);
 }
 
 fn check_layout(name: &str, tolerance: f32, layout: WeightLayout) {
