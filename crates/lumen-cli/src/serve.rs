@@ -113,6 +113,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     config.scheduler = SchedulerConfig {
         max_num_batched_tokens: args.max_num_batched_tokens as usize,
         max_num_seqs: args.max_num_seqs as usize,
+        // The engine turns it on where the model allows it.
+        ..SchedulerConfig::default()
     };
     config.weight_layout = args.weight_layout;
     if let Some(t) = args.threads {

@@ -13,7 +13,7 @@ use crate::constraint::{GrammarFailure, SeqConstraint};
 use crate::kv::{root_hash, BlockPool};
 use crate::request::{Event, FinishReason, GenerateRequest, TokenLogprob, Usage};
 use crate::sampler::{log_softmax_top_n, logsumexp, Sampler};
-use crate::scheduler::{Chunk, Scheduler, Sequence};
+use crate::scheduler::{Chunk, Scheduler, SchedulerConfig, Sequence};
 use crate::stop::ChoiceOutput;
 use crate::tokenizer::Tokenizer;
 
@@ -81,7 +81,10 @@ impl Worker {
             kv,
             ws: ForwardWorkspace::new(),
             pool: BlockPool::new(kv_blocks, BLOCK_SIZE),
-            sched: Scheduler::new(config.scheduler),
+            sched: Scheduler::new(SchedulerConfig {
+                cache_generated: model.kv_is_path_independent(),
+                ..config.scheduler
+            }),
             requests: HashMap::new(),
             stats,
             in_flight,

@@ -23,6 +23,10 @@ pub struct SchedulerConfig {
     pub max_num_batched_tokens: usize,
     /// Most sequences running at once.
     pub max_num_seqs: usize,
+    /// Publish full blocks of generated tokens to the prefix cache too, so that the next
+    /// turn of a conversation, whose prompt holds this turn's answer, finds them. Only sound
+    /// when decoding computes the same KV a prefill would (the engine sets it from the model).
+    pub cache_generated: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -34,6 +38,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             max_num_batched_tokens: 256,
             max_num_seqs: 64,
+            cache_generated: false,
         }
     }
 }
@@ -321,7 +326,7 @@ impl<T> Scheduler<T> {
                 let b = seq.hashes.len();
                 let parent = seq.hashes.last().copied().unwrap_or(seq.root);
                 let h = block_hash(&parent, &seq.tokens[b * bs..(b + 1) * bs]);
-                if (b + 1) * bs <= seq.prompt_len {
+                if (b + 1) * bs <= seq.prompt_len || self.config.cache_generated {
                     pool.register(seq.block_table[b], h);
                 }
                 seq.hashes.push(h);

@@ -45,6 +45,7 @@ fn sched(max_num_batched_tokens: usize, max_num_seqs: usize) -> Scheduler<Job> {
     Scheduler::new(SchedulerConfig {
         max_num_batched_tokens,
         max_num_seqs,
+        cache_generated: false,
     })
 }
 

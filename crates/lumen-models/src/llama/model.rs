@@ -44,7 +44,16 @@ pub struct LlamaModel {
 }
 
 impl LlamaModel {
-    /// Opens and loads a GGUF file, weights in the default layout (llama.cpp's arithmetic).
+    /// Whether a token's KV comes out the same whether it was computed as part of a prompt
+    /// or decoded one at a time: true with the fast attention arithmetic, which has one path
+    /// for both; llama.cpp's has a batched path for prompts and another for generated tokens.
+    /// Only then may blocks of generated tokens serve later prompts from the prefix cache
+    /// without changing their results.
+    pub fn kv_is_path_independent(&self) -> bool {
+        self.attention == AttnArith::Fast
+    }
+
+    /// Opens and loads a GGUF file, weights in the default layout.
     pub fn open(path: &Path) -> Result<Self, ModelError> {
         Self::open_with(path, WeightLayout::default())
     }
