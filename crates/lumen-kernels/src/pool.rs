@@ -102,6 +102,8 @@ pub struct ThreadPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     busy: AtomicBool,
+    /// Taken by [`ThreadPool::turn`]: engines sharing one pool run one step at a time.
+    turn: Mutex<()>,
 }
 
 impl ThreadPool {
@@ -138,7 +140,20 @@ impl ThreadPool {
             shared,
             workers,
             busy: AtomicBool::new(false),
+            turn: Mutex::new(()),
         }
+    }
+
+    /// Waits until no other holder of a turn is computing, then holds the pool until the
+    /// guard drops.
+    ///
+    /// Several engines (a chat model and an embedding model, say) may share one pool so that
+    /// together they never run more compute threads than the pool has. Each takes a turn
+    /// around a whole step (a forward pass, hundreds of [`ThreadPool::run`] calls): a waiting
+    /// engine thread sleeps instead of running its parts inline next to the pool's workers,
+    /// which is what oversubscribed the cores when every engine had a pool of its own.
+    pub fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.turn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Number of threads, the caller included.

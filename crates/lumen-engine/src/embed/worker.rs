@@ -39,7 +39,7 @@ impl Pending {
 
 pub(super) struct Worker {
     model: Arc<BertModel>,
-    pool: ThreadPool,
+    pool: Arc<ThreadPool>,
     budget: usize,
     stats: Arc<EmbedStats>,
     in_flight: Arc<AtomicU64>,
@@ -54,7 +54,10 @@ impl Worker {
     ) -> Worker {
         Worker {
             model,
-            pool: ThreadPool::new(config.threads.max(1)),
+            pool: config
+                .pool
+                .clone()
+                .unwrap_or_else(|| Arc::new(ThreadPool::new(config.threads.max(1)))),
             budget: config.max_batch_tokens.max(1),
             stats,
             in_flight,
@@ -108,7 +111,10 @@ impl Worker {
             .flat_map(|(p, r)| p.job.inputs[r.clone()].iter().map(Vec::as_slice))
             .collect();
         self.stats.batches.fetch_add(1, Relaxed);
-        let result = self.model.embed_batch(&self.pool, &seqs);
+        let result = {
+            let _turn = self.pool.turn();
+            self.model.embed_batch(&self.pool, &seqs)
+        };
         drop(seqs);
         match result {
             Ok(vectors) if vectors.len() == pass.iter().map(|(_, r)| r.len()).sum::<usize>() => {

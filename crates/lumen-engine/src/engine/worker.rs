@@ -41,7 +41,7 @@ struct RequestState {
 pub(crate) struct Worker {
     model: Arc<LlamaModel>,
     tokenizer: Arc<Tokenizer>,
-    threads: ThreadPool,
+    threads: Arc<ThreadPool>,
     kv: KvStorage,
     ws: ForwardWorkspace,
     pool: BlockPool,
@@ -74,7 +74,10 @@ impl Worker {
             .filter(|&t| tokenizer.is_eog(t))
             .collect();
         Worker {
-            threads: ThreadPool::new(config.threads),
+            threads: config
+                .pool
+                .clone()
+                .unwrap_or_else(|| Arc::new(ThreadPool::new(config.threads))),
             kv,
             ws: ForwardWorkspace::new(),
             pool: BlockPool::new(kv_blocks, BLOCK_SIZE),
@@ -275,9 +278,13 @@ impl Worker {
                 }
             })
             .collect();
+        // Hold the (possibly shared) pool for the whole pass, so engines sharing it take
+        // turns by step instead of competing for the cores.
+        let turn = self.threads.turn();
         let result = self
             .model
             .forward(&self.threads, &chunks, &mut self.kv, &mut self.ws);
+        drop(turn);
         drop(chunks);
         let logits = match result {
             Ok(l) => l.to_vec(),
