@@ -120,15 +120,18 @@ where
 {
     let arrived = Instant::now();
     // Two typed passes over the bytes, off the async workers; no JSON tree in between.
-    let (req, fields) = prepare(move || {
+    let (req, fields, keep_alive) = prepare(move || {
         Ok((
             parse_json::<E::Body>(&body)?,
             parse_json::<GenFields>(&body)?,
+            crate::manager::keep_alive::from_body(&body)?,
         ))
     })
     .await?;
     fields.refuse_unsupported()?;
-    let model = state.chat_model(Some(E::model_name(&req)))?;
+    let model = state
+        .chat_model(Some(E::model_name(&req)), keep_alive)
+        .await?;
     state.ensure_accepting()?;
     let (mut params, transport) = fields.split(E::API, caller);
     E::map_params(&req, &mut params);
