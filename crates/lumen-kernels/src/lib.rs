@@ -85,6 +85,7 @@ mod error;
 mod format;
 mod ggml_math;
 mod matmul;
+pub mod mem;
 mod packed;
 mod pool;
 mod quantize;

@@ -411,6 +411,9 @@ impl ModelManager {
             }
             tracing::info!(model = %name, held_secs = held.as_secs_f32(), "model unloaded");
         }
+        // Hand the freed weights' and buffers' heap pages back, or the allocator's arenas
+        // keep the high-water mark of every model ever loaded.
+        lumen_kernels::mem::release_free_memory();
         self.changed.notify_waiters();
     }
 
