@@ -112,7 +112,14 @@ pub fn import(
             };
             (main, sha)
         };
-        let kind = validate(&out, name)?;
+        // Name the user's file in the refusal, not the staging copy.
+        let kind = validate(&out, name).map_err(|e| match e {
+            HubError::Refused { reason, .. } => HubError::Refused {
+                path: src.to_path_buf(),
+                reason,
+            },
+            other => other,
+        })?;
         say(format!(
             "{} read and accepted as a {} model (sha256 {sha256})",
             src.display(),
@@ -132,6 +139,6 @@ pub fn import(
         )?;
         store.install(&out, name)
     })();
-    let _ = std::fs::remove_dir_all(&stage);
+    store.clear_partial(name);
     result
 }

@@ -134,6 +134,6 @@ pub fn pull(
         },
     )?;
     store.install(&out, entry.name)?;
-    let _ = std::fs::remove_dir_all(&stage);
+    store.clear_partial(entry.name);
     Ok(Pulled::Installed)
 }

@@ -76,6 +76,12 @@ impl Store {
         self.home.join(".partial").join(name)
     }
 
+    /// Deletes the staging folder of `name`, and `.partial` itself once empty.
+    pub fn clear_partial(&self, name: &str) {
+        let _ = std::fs::remove_dir_all(self.partial_dir(name));
+        let _ = std::fs::remove_dir(self.home.join(".partial"));
+    }
+
     /// Whether a model called `name` is installed.
     pub fn is_installed(&self, name: &str) -> bool {
         self.model_dir(name).is_dir()
