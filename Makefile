@@ -68,6 +68,11 @@ bench-compare: models
 bench-embeddings: models
 	THREADS=$(THREADS) ./scripts/bench-embeddings.sh
 
+## Mixed load on one server: 16 chat streams, embedding clients, both (THREADS, DURATION).
+.PHONY: bench-mixed
+bench-mixed: models build
+	THREADS=$(THREADS) $(PYTHON) scripts/bench-mixed.py
+
 ## Fuzz each cargo-fuzz target for FUZZ_TIME seconds (default 60; not part of `make test`).
 ## cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
 FUZZ_TIME ?= 60

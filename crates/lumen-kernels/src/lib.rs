@@ -100,5 +100,5 @@ pub use error::KernelError;
 pub use format::{WeightFormat, ALL_FORMATS};
 pub use matmul::{matmul, matmul_many, matmul_quantized, MatRef, MatmulScratch, QuantizedInput};
 pub use packed::{pack, pack_group, packed_group_bytes, packed_len, packs, PACK_ROWS};
-pub use pool::{split_range, ThreadPool};
+pub use pool::{split_range, ThreadPool, Turn};
 pub use quantize::quantize_row;

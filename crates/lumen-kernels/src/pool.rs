@@ -103,7 +103,35 @@ pub struct ThreadPool {
     workers: Vec<JoinHandle<()>>,
     busy: AtomicBool,
     /// Taken by [`ThreadPool::turn`]: engines sharing one pool run one step at a time.
-    turn: Mutex<()>,
+    turns: TicketLock,
+}
+
+/// A first-come, first-served lock: tickets are served in the order they were drawn, so two
+/// engines that both always have work alternate step by step instead of one starving the
+/// other (a plain mutex lets the thread that just released it take it straight back).
+#[derive(Default)]
+struct TicketLock {
+    /// (next ticket to hand out, ticket now served).
+    state: Mutex<(u64, u64)>,
+    served: std::sync::Condvar,
+}
+
+/// A turn on a [`ThreadPool`]: the pool is this holder's until the guard drops.
+pub struct Turn<'a> {
+    lock: &'a TicketLock,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut s = self
+            .lock
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        s.1 += 1;
+        drop(s);
+        self.lock.served.notify_all();
+    }
 }
 
 impl ThreadPool {
@@ -140,20 +168,27 @@ impl ThreadPool {
             shared,
             workers,
             busy: AtomicBool::new(false),
-            turn: Mutex::new(()),
+            turns: TicketLock::default(),
         }
     }
 
     /// Waits until no other holder of a turn is computing, then holds the pool until the
-    /// guard drops.
+    /// guard drops; waiting callers are served in arrival order.
     ///
     /// Several engines (a chat model and an embedding model, say) may share one pool so that
     /// together they never run more compute threads than the pool has. Each takes a turn
     /// around a whole step (a forward pass, hundreds of [`ThreadPool::run`] calls): a waiting
     /// engine thread sleeps instead of running its parts inline next to the pool's workers,
     /// which is what oversubscribed the cores when every engine had a pool of its own.
-    pub fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.turn.lock().unwrap_or_else(PoisonError::into_inner)
+    pub fn turn(&self) -> Turn<'_> {
+        let lock = &self.turns;
+        let mut s = lock.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let ticket = s.0;
+        s.0 += 1;
+        while s.1 != ticket {
+            s = lock.served.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+        Turn { lock }
     }
 
     /// Number of threads, the caller included.
