@@ -144,7 +144,7 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         other => return Err(format!("unknown size unit '{other}' in '{s}'")),
     };
     let v = n * scale;
-    if !v.is_finite() || v < 1.0 || v > 1e18 {
+    if !v.is_finite() || !(1.0..=1e18).contains(&v) {
         return Err(format!("size out of range: '{s}'"));
     }
     Ok(v as u64)

@@ -37,13 +37,13 @@ fn home(tag: &str) -> Option<PathBuf> {
     Some(home)
 }
 
-fn start(home: &PathBuf, extra: &[&str]) -> Server {
+fn start(home: &std::path::Path, extra: &[&str]) -> Server {
     let mut flags = vec!["--kv-cache-mb", "16"];
     flags.extend_from_slice(extra);
     Server::start_with(
         &flags,
         &StartOptions {
-            home: Some(home.clone()),
+            home: Some(home.to_path_buf()),
             ..StartOptions::default()
         },
     )

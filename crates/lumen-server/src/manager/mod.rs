@@ -4,7 +4,7 @@
 //!
 //! - **One lock, never held across an await or a load.** The registry of models is a plain
 //!   mutex-guarded map; loading and unloading run on blocking threads and report back by
-//!   changing a model's [`Slot`] and waking every waiter ([`tokio::sync::Notify`]).
+//!   changing a model's state (unloaded, loading, loaded, unloading) and waking every waiter ([`tokio::sync::Notify`]).
 //! - **Busy models are never unloaded.** A model is busy while a handler holds a [`Lease`]
 //!   on it (from lookup until the request is submitted or answered), while its engine has
 //!   requests in flight (a stream outlives its handler), or while requests wait for it to
