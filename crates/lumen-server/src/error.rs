@@ -269,8 +269,14 @@ impl IntoResponse for ServerError {
         let status = self.status();
         // Not ready (still loading) and shutting down are the server's announced states,
         // polled by health checks and load balancers: not failures worth an error line.
-        let expected = matches!(self, ServerError::NotReady | ServerError::ShuttingDown);
-        if status.is_server_error() && !expected {
+        let expected = matches!(
+            self,
+            ServerError::NotReady | ServerError::ShuttingDown | ServerError::LoadTimeout { .. }
+        );
+        if matches!(self, ServerError::OverMemory(_)) {
+            // The budget doing its job, but an operator should see it.
+            tracing::warn!(status = status.as_u16(), error = %self, "request refused: memory budget");
+        } else if status.is_server_error() && !expected {
             tracing::error!(status = status.as_u16(), error = %self, "request failed");
         } else {
             tracing::debug!(status = status.as_u16(), error = %self, "request rejected");

@@ -268,7 +268,12 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
 
     let preload = async {
         for name in &config.preload {
-            manager.load(name).await?;
+            // A path names the model `--model PATH` made of it (its file stem).
+            let name = match registry::resolve(name, &config.home) {
+                Ok(loc) if std::path::Path::new(name).exists() => loc.name,
+                _ => name.clone(),
+            };
+            manager.load(&name).await?;
         }
         Ok::<(), ServerError>(())
     };
