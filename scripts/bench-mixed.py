@@ -16,6 +16,7 @@ Only the standard library; run it with any python3:
 
     python3 scripts/bench-mixed.py                      # uses target/release/lumen
     THREADS=2 DURATION=30 python3 scripts/bench-mixed.py
+    LUMEN_BIN=/path/to/older/lumen python3 scripts/bench-mixed.py   # compare another build
 
 Results go to stdout and to target/bench/mixed-<time>.json.
 """
@@ -110,8 +111,12 @@ def phase(port, chats, embeds):
 def main():
     port = free_port()
     cmd = [BIN, "serve", "--port", str(port), "--threads", THREADS,
-           "--model", CHAT_MODEL, "--model", EMBED_MODEL,
-           "--preload", CHAT_MODEL, "--preload", EMBED_MODEL]
+           "--model", CHAT_MODEL, "--model", EMBED_MODEL]
+    # Builds from before models loaded on demand load every --model at start and have no
+    # --preload; accepting them lets the same script measure the old per-engine pools.
+    help_text = subprocess.run([BIN, "serve", "--help"], capture_output=True, text=True).stdout
+    if "--preload" in help_text:
+        cmd += ["--preload", CHAT_MODEL, "--preload", EMBED_MODEL]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):

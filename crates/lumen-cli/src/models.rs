@@ -31,9 +31,12 @@ fn say(line: String) {
     eprintln!("lumen: {line}");
 }
 
-/// Whether `arg` means a local path rather than a catalog name.
+/// Whether `arg` means a local path rather than a catalog name (a catalog name wins over a
+/// same-named file in the current folder; write `./NAME` for the file).
 fn is_path(arg: &str) -> bool {
-    arg.contains('/') || arg.ends_with(".gguf") || Path::new(arg).exists()
+    arg.contains('/')
+        || arg.ends_with(".gguf")
+        || (catalog::find(arg).is_none() && Path::new(arg).exists())
 }
 
 /// `lumen pull`.
