@@ -111,10 +111,7 @@ impl Worker {
             .flat_map(|(p, r)| p.job.inputs[r.clone()].iter().map(Vec::as_slice))
             .collect();
         self.stats.batches.fetch_add(1, Relaxed);
-        let result = {
-            let _turn = self.pool.turn();
-            self.model.embed_batch(&self.pool, &seqs)
-        };
+        let result = self.model.embed_batch(&self.pool, &seqs);
         drop(seqs);
         match result {
             Ok(vectors) if vectors.len() == pass.iter().map(|(_, r)| r.len()).sum::<usize>() => {

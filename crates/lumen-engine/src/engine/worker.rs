@@ -278,13 +278,9 @@ impl Worker {
                 }
             })
             .collect();
-        // Hold the (possibly shared) pool for the whole pass, so engines sharing it take
-        // turns by step instead of competing for the cores.
-        let turn = self.threads.turn();
         let result = self
             .model
             .forward(&self.threads, &chunks, &mut self.kv, &mut self.ws);
-        drop(turn);
         drop(chunks);
         let logits = match result {
             Ok(l) => l.to_vec(),
