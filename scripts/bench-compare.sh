@@ -140,11 +140,11 @@ if [[ "${SKIP_SERVER:-0}" == 1 ]]; then
 elif "$lumen" serve --help >/dev/null 2>&1; then
   port="$(free_port)"
   log "lumen serve on 127.0.0.1:$port (--kv-cache-mb $kv_mb, --threads $threads)"
-  "$lumen" serve --host 127.0.0.1 --port "$port" --model "$model" --threads "$threads" \
+  "$lumen" serve --host 127.0.0.1 --port "$port" --model "$model" --preload "$model" --threads "$threads" \
     --kv-cache-mb "$kv_mb" >"$out/lumen-server.log" 2>&1 &
   pid=$!
   pids+=("$pid")
-  if wait_ready "http://127.0.0.1:$port/v1/models" "$pid" 120; then
+  if wait_ready "http://127.0.0.1:$port/ready" "$pid" 120; then
     sleep 2
     echo "$(vm_hwm_kib "$pid")" >"$out/lumen-idle-vmhwm-kib"
     run_load lumen "http://127.0.0.1:$port"

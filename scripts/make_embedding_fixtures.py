@@ -126,7 +126,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     model_dir = lumen_home() / "models" / MODEL_NAME
     if not (model_dir / "config.json").exists():
-        sys.exit(f"model not found in {model_dir}; run scripts/fetch-models.sh first")
+        sys.exit(f"model not found in {model_dir}; run `make models` first")
     model = SentenceTransformer(str(model_dir), device="cpu")
     model.eval()
     max_len = model.max_seq_length

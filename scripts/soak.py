@@ -154,7 +154,7 @@ def main():
     log_path = os.path.join(ROOT, "target/bench", f"soak-server-{int(time.time())}.log")
     log = open(log_path, "w")
     server = subprocess.Popen(
-        [BIN, "serve", "--host", "127.0.0.1", "--port", str(port), "--threads", THREADS, "--api-key", KEY, "--model", MODEL, "--model", EMBED_MODEL],
+        [BIN, "serve", "--host", "127.0.0.1", "--port", str(port), "--threads", THREADS, "--api-key", KEY, "--model", MODEL, "--model", EMBED_MODEL, "--preload", MODEL, "--preload", EMBED_MODEL],
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=dict(os.environ, LUMEN_LOG="info"),
     )
     deadline = time.monotonic() + 120

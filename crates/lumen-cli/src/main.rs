@@ -3,6 +3,7 @@
 
 mod bench;
 mod embed;
+mod models;
 mod perplexity;
 mod run;
 mod serve;
@@ -25,8 +26,21 @@ struct Cli {
 enum Command {
     /// Generate from a model in the terminal: one prompt, or an interactive chat.
     Run(run::RunArgs),
-    /// List the models under $LUMEN_HOME/models.
+    /// Fetch a model from the built-in catalog, or import a local GGUF file or folder.
+    Pull(models::PullArgs),
+    /// List the installed models (architecture, quantization, parameters, size, context).
     List,
+    /// Show one installed model: metadata, chat template, tokenizer, license.
+    Show {
+        /// The model's name.
+        name: String,
+    },
+    /// Remove installed models.
+    Rm {
+        /// The models' names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Serve the OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
     /// Benchmark a model (pp/tg/batched decode, like llama-bench) or load-test a server.
@@ -55,7 +69,10 @@ fn main() {
         .init();
     let result: Result<()> = match cli.command {
         Command::Run(args) => run::run(args),
-        Command::List => list(),
+        Command::Pull(args) => models::pull(args),
+        Command::List => models::list(),
+        Command::Show { name } => models::show(&name),
+        Command::Rm { names } => models::rm(&names),
         Command::Serve(args) => serve::serve(args),
         Command::Bench(args) => bench::bench(args),
         Command::Embed(args) => embed::embed(args),
@@ -65,23 +82,4 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn list() -> Result<()> {
-    let home = lumen_engine::registry::lumen_home();
-    let models = lumen_engine::registry::list(&home);
-    if models.is_empty() {
-        println!(
-            "no models in {} (run `make models` to fetch the defaults)",
-            home.join("models").display()
-        );
-    }
-    for m in models {
-        let kind = match m.kind {
-            lumen_engine::registry::ModelKind::Chat => "chat",
-            lumen_engine::registry::ModelKind::Embedding => "embedding",
-        };
-        println!("{:<24} {:<10} {}", m.name, kind, m.path.display());
-    }
-    Ok(())
 }

@@ -7,7 +7,8 @@ use clap::Args;
 use lumen_engine::registry::lumen_home;
 use lumen_engine::{SchedulerConfig, WeightLayout};
 use lumen_server::conn::{ConnLimits, Timeouts};
-use lumen_server::{ServerConfig, DEFAULT_MODELS};
+use lumen_server::manager::KeepAlive;
+use lumen_server::ServerConfig;
 
 /// Flags of `lumen serve` (each with a `LUMEN_*` environment fallback).
 #[derive(Args, Debug)]
@@ -18,10 +19,30 @@ pub struct ServeArgs {
     /// Port to bind (0 picks a free one).
     #[arg(long, env = "LUMEN_PORT", default_value_t = 8080)]
     pub port: u16,
-    /// Model to serve, by name under $LUMEN_HOME/models or by path; repeatable
-    /// (LUMEN_MODEL takes a comma-separated list). Default: the default models.
+    /// Restrict serving to this model, by name under $LUMEN_HOME/models or by path;
+    /// repeatable (LUMEN_MODEL takes a comma-separated list). Default: every installed model.
     #[arg(long = "model", env = "LUMEN_MODEL", value_delimiter = ',')]
     pub models: Vec<String>,
+    /// Load this model at start (`/ready` waits for it); repeatable. Others load on their
+    /// first request.
+    #[arg(long = "preload", env = "LUMEN_PRELOAD", value_delimiter = ',')]
+    pub preload: Vec<String>,
+    /// Another name for a model, as ALIAS=MODEL (`gpt-4o-mini=smollm2`); repeatable.
+    #[arg(long = "alias", env = "LUMEN_ALIAS", value_delimiter = ',', value_parser = parse_alias)]
+    pub aliases: Vec<(String, String)>,
+    /// Memory all loaded models may hold together (weights and KV caches), like `8GiB`,
+    /// `512MiB` or a byte count; loading past it unloads the least recently used idle model.
+    /// Default: 75 % of RAM.
+    #[arg(long, env = "LUMEN_MAX_MEMORY", value_parser = parse_bytes)]
+    pub max_memory: Option<u64>,
+    /// Seconds a request waits for its model to load before a 503.
+    #[arg(long, env = "LUMEN_LOAD_TIMEOUT", default_value_t = 600.0, value_parser = positive_secs)]
+    pub load_timeout: f64,
+    /// How long a model stays loaded once idle: seconds or a duration (`5m`, `1h`); negative
+    /// keeps it forever, 0 unloads it as soon as its requests finish. Requests may set their
+    /// own `keep_alive`.
+    #[arg(long, env = "LUMEN_KEEP_ALIVE", default_value = "5m", value_parser = KeepAlive::parse, allow_hyphen_values = true)]
+    pub keep_alive: KeepAlive,
     /// Accepted API key; repeatable (LUMEN_API_KEY takes a comma-separated list). None: open.
     #[arg(
         long = "api-key",
@@ -48,7 +69,7 @@ pub struct ServeArgs {
     /// `exact` (llama.cpp's arithmetic, bit for bit).
     #[arg(long, env = "LUMEN_WEIGHT_LAYOUT", default_value_t = WeightLayout::default())]
     pub weight_layout: WeightLayout,
-    /// Compute threads per model (default: one per CPU).
+    /// Compute threads, shared by all loaded models (default: one per CPU).
     #[arg(long, env = "LUMEN_THREADS")]
     pub threads: Option<usize>,
     /// Seconds after which a request is cancelled (finish_reason "cancelled"); 0: never.
@@ -94,15 +115,51 @@ fn positive_secs(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `ALIAS=MODEL`, both non-empty.
+fn parse_alias(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((a, m)) if !a.trim().is_empty() && !m.trim().is_empty() => {
+            Ok((a.trim().to_string(), m.trim().to_string()))
+        }
+        _ => Err(format!("expected ALIAS=MODEL, got '{s}'")),
+    }
+}
+
+/// A byte size: a plain count or a number with a unit (`kB`, `MB`, `GB`, `KiB`, `MiB`, `GiB`).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("not a size: '{s}'"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit '{other}' in '{s}'")),
+    };
+    let v = n * scale;
+    if !v.is_finite() || !(1.0..=1e18).contains(&v) {
+        return Err(format!("size out of range: '{s}'"));
+    }
+    Ok(v as u64)
+}
+
 pub fn serve(args: ServeArgs) -> Result<()> {
     let mut config = ServerConfig::new(lumen_home());
     config.host = args.host;
     config.port = args.port;
-    config.models = if args.models.is_empty() {
-        DEFAULT_MODELS.iter().map(|s| s.to_string()).collect()
-    } else {
-        args.models
-    };
+    config.models = args.models;
+    config.preload = args.preload;
+    config.aliases = args.aliases;
+    config.max_memory = args.max_memory;
+    config.load_timeout = Duration::from_secs_f64(args.load_timeout);
+    config.keep_alive = args.keep_alive;
     config.api_keys = args
         .api_keys
         .into_iter()
@@ -140,4 +197,21 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     );
     lumen_server::run(config)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_aliases() {
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        for bad in ["", "x", "5 parsecs", "0", "-1GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_alias("a=b"), Ok(("a".into(), "b".into())));
+        assert!(parse_alias("a=").is_err() && parse_alias("ab").is_err());
+    }
 }

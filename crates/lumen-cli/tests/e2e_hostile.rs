@@ -128,6 +128,7 @@ fn hostile_requests_under_a_memory_ceiling() {
         &flags(),
         &StartOptions {
             ulimit_kib: Some(ceiling),
+            ..StartOptions::default()
         },
     );
     // Everything but the latency comparison (the first test's) and the requests known to

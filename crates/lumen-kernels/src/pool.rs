@@ -27,6 +27,22 @@ struct Padded<T>(T);
 
 type Job = *const (dyn Fn(usize, usize) + Sync + 'static);
 
+thread_local! {
+    /// The pool (its `Shared` address) whose job part this thread is running, or 0: a `run`
+    /// on that pool from inside a part is nested and runs inline.
+    static IN_PART: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The pool whose turn this thread holds, or 0: its `run` calls need no turn of their own.
+    static HOLDS_TURN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` marked as a part of pool `id`'s job (restoring the previous mark after).
+fn as_part<R>(id: usize, f: impl FnOnce() -> R) -> R {
+    let prev = IN_PART.with(|c| c.replace(id));
+    let r = f();
+    IN_PART.with(|c| c.set(prev));
+    r
+}
+
 struct Shared {
     /// `(epoch << 32) | next unclaimed part`.
     state: Padded<AtomicU64>,
@@ -77,7 +93,10 @@ impl Shared {
         let job = unsafe { *self.job.get() };
         if let Some(job) = job {
             // SAFETY: as above; the closure is Sync, so calling it from any thread is sound.
-            let r = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(t, self.n_threads) }));
+            let id = self as *const Shared as usize;
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                as_part(id, || unsafe { (*job)(t, self.n_threads) })
+            }));
             if r.is_err() {
                 self.panicked.store(true, Ordering::Relaxed);
             }
@@ -102,6 +121,38 @@ pub struct ThreadPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     busy: AtomicBool,
+    /// Taken by [`ThreadPool::turn`]: engines sharing one pool run one step at a time.
+    turns: TicketLock,
+}
+
+/// A first-come, first-served lock: tickets are served in the order they were drawn, so two
+/// engines that both always have work alternate step by step instead of one starving the
+/// other (a plain mutex lets the thread that just released it take it straight back).
+#[derive(Default)]
+struct TicketLock {
+    /// (next ticket to hand out, ticket now served).
+    state: Mutex<(u64, u64)>,
+    served: std::sync::Condvar,
+}
+
+/// A turn on a [`ThreadPool`]: the pool is this holder's until the guard drops.
+pub struct Turn<'a> {
+    lock: &'a TicketLock,
+    prev: usize,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        HOLDS_TURN.with(|c| c.set(self.prev));
+        let mut s = self
+            .lock
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        s.1 += 1;
+        drop(s);
+        self.lock.served.notify_all();
+    }
 }
 
 impl ThreadPool {
@@ -138,7 +189,34 @@ impl ThreadPool {
             shared,
             workers,
             busy: AtomicBool::new(false),
+            turns: TicketLock::default(),
         }
+    }
+
+    /// Waits until no other holder of a turn is computing, then holds the pool until the
+    /// guard drops; waiting callers are served in arrival order.
+    ///
+    /// Several engines (a chat model and an embedding model, say) share one pool so that
+    /// together they never run more compute threads than the pool has. Every
+    /// [`ThreadPool::run`] from outside the pool takes a turn for its one job, so two engines
+    /// interleave kernel by kernel (neither stalls for the other's whole forward pass) and a
+    /// waiting engine thread sleeps instead of computing beside the pool's workers. Holding a
+    /// turn explicitly keeps the pool for a sequence of jobs; `run` calls made while holding it
+    /// take no turn of their own.
+    pub fn turn(&self) -> Turn<'_> {
+        let lock = &self.turns;
+        let mut s = lock.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let ticket = s.0;
+        s.0 += 1;
+        while s.1 != ticket {
+            s = lock.served.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+        let prev = HOLDS_TURN.with(|c| c.replace(self.id()));
+        Turn { lock, prev }
+    }
+
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
     }
 
     /// Number of threads, the caller included.
@@ -151,12 +229,23 @@ impl ThreadPool {
     /// the caller takes over parts a slow worker has not started). A panic in any part is
     /// re-raised here after every part has finished.
     ///
-    /// If the pool is already running a job (a nested call from inside `f`, or a concurrent call
-    /// from another thread), the parts run one after another on the calling thread instead.
+    /// A nested call from inside `f` runs its parts one after another on the calling thread.
+    /// A call from another thread while a job runs waits its turn (see [`ThreadPool::turn`]),
+    /// first come, first served, so engines sharing the pool interleave job by job.
     pub fn run<F: Fn(usize, usize) + Sync>(&self, f: F) {
         let sh = &*self.shared;
         let n = sh.n_threads;
-        if n == 1 || self.busy.swap(true, Ordering::Acquire) {
+        let id = self.id();
+        if n == 1 || IN_PART.with(|c| c.get()) == id {
+            for t in 0..n {
+                f(t, n);
+            }
+            return;
+        }
+        // A caller from outside waits its turn (first come, first served), so threads that
+        // share the pool interleave job by job instead of running parts inline beside it.
+        let _turn = (HOLDS_TURN.with(|c| c.get()) != id).then(|| self.turn());
+        if self.busy.swap(true, Ordering::Acquire) {
             for t in 0..n {
                 f(t, n);
             }
@@ -180,7 +269,7 @@ impl ThreadPool {
         }
         let mut mine = None;
         while let Some(t) = sh.claim(epoch) {
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(t, n))) {
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| as_part(id, || f(t, n)))) {
                 mine.get_or_insert(p);
             }
             sh.done.0.fetch_add(1, Ordering::SeqCst);

@@ -121,3 +121,35 @@ fn split_range_is_even_and_covering() {
         }
     }
 }
+
+#[test]
+fn turns_are_served_in_arrival_order() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    let pool = Arc::new(ThreadPool::new(2));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let first = pool.turn();
+    let waiters: Vec<_> = (0..3)
+        .map(|i| {
+            let (pool, order) = (pool.clone(), order.clone());
+            let t = std::thread::spawn(move || {
+                let _turn = pool.turn();
+                order.lock().unwrap().push(i);
+                // Work inside the turn runs on the pool as usual.
+                pool.run(|_, _| {});
+            });
+            // Let each waiter draw its ticket before the next one starts.
+            std::thread::sleep(Duration::from_millis(50));
+            t
+        })
+        .collect();
+    assert!(
+        order.lock().unwrap().is_empty(),
+        "a turn was granted while held"
+    );
+    drop(first);
+    for w in waiters {
+        w.join().unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+}

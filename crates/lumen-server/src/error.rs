@@ -15,6 +15,9 @@
 //! | `QueueFull` | 429 (+ `Retry-After: 1`) | `rate_limit_error` | `queue_full` |
 //! | `NotReady`, `ShuttingDown` | 503 (+ `Retry-After: 1`) | `server_error` | `not_ready` / `shutting_down` |
 //! | `EngineStopped` | 503 | `server_error` | `engine_stopped` |
+//! | `LoadTimeout` | 503 (+ `Retry-After: 1`) | `server_error` | `model_loading` |
+//! | `OverMemory` | 503 | `server_error` | `insufficient_memory` |
+//! | `LoadFailed` | 500 | `server_error` | `model_load_failed` |
 //! | `Internal`, `Startup` | 500 | `server_error` | `internal_error` |
 //!
 //! Engine errors are sorted into these variants once, in `From<EngineError>`.
@@ -93,6 +96,27 @@ pub enum ServerError {
     /// The server is draining for shutdown.
     #[error("The server is shutting down.")]
     ShuttingDown,
+    /// The model did not finish loading within `--load-timeout`.
+    #[error(
+        "The model '{model}' is still loading after {secs:.1} s (--load-timeout); retry shortly."
+    )]
+    LoadTimeout {
+        /// The model.
+        model: String,
+        /// The timeout, seconds.
+        secs: f64,
+    },
+    /// Loading the model would exceed `--max-memory` and no loaded model is idle.
+    #[error("{0}")]
+    OverMemory(String),
+    /// The model's files could not be loaded.
+    #[error("The model '{model}' failed to load: {reason}")]
+    LoadFailed {
+        /// The model.
+        model: String,
+        /// The loader's error.
+        reason: String,
+    },
     /// A bug or an engine failure.
     #[error("{0}")]
     Internal(String),
@@ -184,6 +208,24 @@ impl ServerError {
                 "engine_stopped",
                 None,
             ),
+            LoadTimeout { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "model_loading",
+                Some("model".into()),
+            ),
+            OverMemory(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "insufficient_memory",
+                Some("model".into()),
+            ),
+            LoadFailed { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "model_load_failed",
+                Some("model".into()),
+            ),
             Internal(_) | Startup(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -227,15 +269,24 @@ impl IntoResponse for ServerError {
         let status = self.status();
         // Not ready (still loading) and shutting down are the server's announced states,
         // polled by health checks and load balancers: not failures worth an error line.
-        let expected = matches!(self, ServerError::NotReady | ServerError::ShuttingDown);
-        if status.is_server_error() && !expected {
+        let expected = matches!(
+            self,
+            ServerError::NotReady | ServerError::ShuttingDown | ServerError::LoadTimeout { .. }
+        );
+        if matches!(self, ServerError::OverMemory(_)) {
+            // The budget doing its job, but an operator should see it.
+            tracing::warn!(status = status.as_u16(), error = %self, "request refused: memory budget");
+        } else if status.is_server_error() && !expected {
             tracing::error!(status = status.as_u16(), error = %self, "request failed");
         } else {
             tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
         }
         let mut resp = (status, axum::Json(self.body())).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS
-            || matches!(self, ServerError::ShuttingDown | ServerError::NotReady)
+            || matches!(
+                self,
+                ServerError::ShuttingDown | ServerError::NotReady | ServerError::LoadTimeout { .. }
+            )
         {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -19,8 +19,10 @@
 //! - **Cancellation by ownership.** The engine streams of a request live in the handler's
 //!   future or the streaming body; when a client disconnects, hyper drops them and the engine
 //!   cancels the request before its next step (the same path serves `--request-timeout`).
-//! - **A model map of variants.** [`state::ServedModel`] is an enum so embedding models (and
-//!   models loaded on demand) join as variants without touching the routes' plumbing.
+//! - **Models on demand.** [`manager::ModelManager`] serves every installed model by name,
+//!   loads it on its first request, unloads it after its `keep_alive` of idleness, keeps all
+//!   loaded models under `--max-memory` and runs them on one shared compute pool. Handlers
+//!   hold a lease on the model while they use it, so it is never unloaded under a request.
 
 pub mod api;
 pub mod auth;
@@ -28,6 +30,7 @@ pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod gen;
+pub mod manager;
 pub mod metrics;
 pub mod server;
 pub mod sse;

@@ -45,7 +45,8 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
+    /// An empty histogram with these bucket bounds (seconds).
+    pub fn new(bounds: &'static [f64]) -> Self {
         Histogram {
             bounds,
             data: Mutex::new(HistData {
@@ -304,6 +305,7 @@ pub fn render(state: &AppState) -> String {
             |m| &m.e2e,
         ),
     ];
+    render_model_states(&mut out, state);
     for (name, help, pick) in hists {
         family(&mut out, name, "histogram", help);
         for c in &chats {
@@ -315,6 +317,53 @@ pub fn render(state: &AppState) -> String {
         }
     }
     out
+}
+
+/// Per model, loaded or not: whether it is loaded, the memory it holds or will hold, and how
+/// long its loads took.
+fn render_model_states(out: &mut String, state: &AppState) {
+    let statuses = state.manager().statuses();
+    family(
+        out,
+        "lumen:model_loaded",
+        "gauge",
+        "1 while the model is loaded, else 0.",
+    );
+    for s in &statuses {
+        let loaded = u8::from(s.state == "loaded");
+        let _ = writeln!(
+            out,
+            "lumen:model_loaded{{model_name=\"{}\"}} {loaded}",
+            label(&s.name)
+        );
+    }
+    family(
+        out,
+        "lumen:model_memory_bytes",
+        "gauge",
+        "Bytes the model holds when loaded (weights and KV cache, estimated).",
+    );
+    for s in &statuses {
+        let _ = writeln!(
+            out,
+            "lumen:model_memory_bytes{{model_name=\"{}\"}} {}",
+            label(&s.name),
+            s.memory_bytes
+        );
+    }
+    family(
+        out,
+        "lumen:model_load_duration_seconds",
+        "histogram",
+        "Time to load and warm up a model.",
+    );
+    for s in &statuses {
+        s.load_seconds.write(
+            out,
+            "lumen:model_load_duration_seconds",
+            &format!("model_name=\"{}\"", label(&s.name)),
+        );
+    }
 }
 
 #[cfg(test)]

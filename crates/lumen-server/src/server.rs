@@ -1,32 +1,34 @@
 //! Start-up, routing and shutdown.
 //!
-//! The listener is bound first and models load in the background, so `/health` answers at
-//! once and `/ready` turns 200 when every model is loaded and warmed up (a load balancer or
-//! Kubernetes sends traffic only then). SIGTERM or SIGINT flips `/ready` to 503, stops
+//! The listener is bound first and the `--preload` models load in the background, so
+//! `/health` answers at once and `/ready` turns 200 when they are loaded and warmed up (a
+//! load balancer or Kubernetes sends traffic only then); every other model loads on its
+//! first request. SIGTERM or SIGINT flips `/ready` to 503, stops
 //! accepting connections, lets in-flight requests finish for up to the grace period, stops
 //! the engines and returns, so the process exits 0.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
-use lumen_engine::registry::{resolve, ChatModel, EmbeddingModel, ModelKind};
-use lumen_engine::{
-    EmbedConfig, EmbedEngine, Engine, EngineConfig, Event, GenerationParams, SchedulerConfig,
-};
+use lumen_engine::registry::{self, ModelLocation};
+use lumen_engine::SchedulerConfig;
 use tokio::net::TcpListener;
 
 use crate::api::chat::Chat;
 use crate::api::completions::Completions;
 use crate::api::generate::handler;
-use crate::api::{embeddings, models, ops};
+use crate::api::{admin, embeddings, models, ops};
 use crate::auth::{require_key, ApiKeys};
 use crate::conn::{ConnLimits, Connections};
 use crate::error::ServerError;
-use crate::state::{unix_now, AppState, ChatServed, EmbeddingServed, Limits, ServedModel};
+use crate::manager::budget::default_max_memory;
+use crate::manager::{KeepAlive, LoadConfig, ManagerConfig, ModelManager};
+use crate::state::{AppState, Limits};
 
 /// Everything `lumen serve` can be told.
 #[derive(Clone, Debug)]
@@ -35,8 +37,18 @@ pub struct ServerConfig {
     pub host: String,
     /// Port to bind (0: any free port).
     pub port: u16,
-    /// Model names (under `$LUMEN_HOME/models`) or paths.
+    /// Model names (under `$LUMEN_HOME/models`) or paths; empty: every installed model.
     pub models: Vec<String>,
+    /// Models loaded at start (`/ready` waits for them).
+    pub preload: Vec<String>,
+    /// Alias to model name.
+    pub aliases: Vec<(String, String)>,
+    /// Bytes all loaded models may hold together (`None`: 75 % of RAM).
+    pub max_memory: Option<u64>,
+    /// How long a request waits for its model to load.
+    pub load_timeout: Duration,
+    /// Idle time after which a model is unloaded (unless a request sets its own).
+    pub keep_alive: KeepAlive,
     /// Accepted API keys (none: open).
     pub api_keys: Vec<String>,
     /// Requests in flight per model (running or queued) beyond which new ones get 429.
@@ -45,7 +57,7 @@ pub struct ServerConfig {
     pub kv_cache_mb: usize,
     /// Per-step limits of each chat model's scheduler.
     pub scheduler: SchedulerConfig,
-    /// Compute threads per model.
+    /// Compute threads of the pool all models share.
     pub threads: usize,
     /// How chat models' weights are laid out in memory.
     pub weight_layout: lumen_engine::WeightLayout,
@@ -61,19 +73,22 @@ pub struct ServerConfig {
     pub home: PathBuf,
 }
 
-/// The default models served when none are named: a chat model and an embedding model.
+/// The models `make models` installs: a chat model and an embedding model.
 pub const DEFAULT_MODELS: &[&str] = &["smollm2", "all-minilm-l6-v2"];
 
-/// Most tokens one embedding forward pass takes.
-const EMBED_BATCH_TOKENS: usize = 8192;
-
 impl ServerConfig {
-    /// Defaults: 127.0.0.1:8080, the default models, open, 256 queued, 256 MiB KV.
+    /// Defaults: 127.0.0.1:8080, every installed model, open, 256 queued, 256 MiB KV,
+    /// 5 minutes of keep-alive, 75 % of RAM, 10 minutes of load timeout.
     pub fn new(home: PathBuf) -> Self {
         ServerConfig {
             host: "127.0.0.1".into(),
             port: 8080,
-            models: DEFAULT_MODELS.iter().map(|s| s.to_string()).collect(),
+            models: Vec::new(),
+            preload: Vec::new(),
+            aliases: Vec::new(),
+            max_memory: None,
+            load_timeout: Duration::from_secs(600),
+            keep_alive: KeepAlive::For(Duration::from_secs(300)),
             api_keys: Vec::new(),
             max_queued_requests: 256,
             kv_cache_mb: 256,
@@ -102,6 +117,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{id}", get(models::get_model))
         .route("/tokenize", post(models::tokenize))
         .route("/detokenize", post(models::detokenize))
+        // Operator endpoints. Behind the same API-key check as the API for now; issue 15's
+        // admin keys will narrow them to administrators.
+        .route("/admin/models", get(admin::list))
+        .route("/admin/models/{id}/load", post(admin::load))
+        .route("/admin/models/{id}/unload", post(admin::unload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -154,121 +174,40 @@ async fn refuse_oversized(
     Ok(next.run(req).await)
 }
 
-/// A running engine of either kind; dropping it stops its thread.
-pub enum RunningEngine {
-    /// A chat model's engine.
-    Chat(Engine),
-    /// An embedding model's engine.
-    Embedding(EmbedEngine),
-}
-
-/// Loads, starts and warms up one model's engine, of the kind found on disk.
-pub fn start_model(
-    name_or_path: &str,
-    config: &ServerConfig,
-) -> Result<(ServedModel, RunningEngine), ServerError> {
-    let loc = resolve(name_or_path, &config.home).map_err(|e| {
-        ServerError::Startup(format!("{e} (fetch the default models with `make models`)"))
-    })?;
-    match loc.kind {
-        ModelKind::Chat => start_chat_model(&loc, config).map(|(s, e)| (s, RunningEngine::Chat(e))),
-        ModelKind::Embedding => {
-            start_embedding_model(&loc, config).map(|(s, e)| (s, RunningEngine::Embedding(e)))
-        }
+/// The models `config` serves: the `--model` names or paths, or every installed model.
+fn locations(config: &ServerConfig) -> Result<Vec<ModelLocation>, ServerError> {
+    if config.models.is_empty() {
+        return Ok(registry::list(&config.home));
     }
+    config
+        .models
+        .iter()
+        .map(|m| {
+            registry::resolve(m, &config.home)
+                .map_err(|e| ServerError::Startup(format!("{e} (fetch it with `lumen pull {m}`)")))
+        })
+        .collect()
 }
 
-/// Loads, starts and warms up one embedding model's engine.
-pub fn start_embedding_model(
-    loc: &lumen_engine::registry::ModelLocation,
-    config: &ServerConfig,
-) -> Result<(ServedModel, EmbedEngine), ServerError> {
-    let started = std::time::Instant::now();
-    let em = EmbeddingModel::load(loc)
-        .map_err(|e| ServerError::Startup(format!("loading {}: {e}", loc.path.display())))?;
-    let ec = EmbedConfig {
-        threads: config.threads.max(1),
-        max_batch_tokens: EMBED_BATCH_TOKENS,
-        max_queued: config.max_queued_requests.max(1),
-    };
-    let engine = EmbedEngine::start(em.model.clone(), em.tokenizer.clone(), ec)
-        .map_err(|e| ServerError::Startup(format!("starting the engine for {}: {e}", em.name)))?;
-    let handle = engine.handle();
-    // One tiny pass so the first client does not pay for cold caches.
-    if let Ok(ids) = handle.prepare(vec![lumen_engine::EmbedInput::Text("Hello".into())], None) {
-        let _ = handle.embed_blocking(ids);
+/// The model manager for `config`.
+pub fn manager(config: &ServerConfig) -> Result<Arc<ModelManager>, ServerError> {
+    let locs = locations(config)?;
+    if locs.is_empty() {
+        tracing::warn!(home = %config.home.display(), "no models installed; fetch one with `lumen pull smollm2`");
     }
-    tracing::info!(model = %em.name, path = %loc.path.display(), dims = handle.info().dims, max_seq_len = handle.info().max_seq_len, secs = started.elapsed().as_secs_f32(), "embedding model loaded");
-    let served = EmbeddingServed {
-        name: em.name,
-        handle,
-        created: unix_now(),
+    let mc = ManagerConfig {
+        load: LoadConfig {
+            kv_cache_mb: config.kv_cache_mb,
+            scheduler: config.scheduler,
+            weight_layout: config.weight_layout,
+            max_queued_requests: config.max_queued_requests,
+        },
+        max_memory: config.max_memory.unwrap_or_else(default_max_memory),
+        load_timeout: config.load_timeout,
+        keep_alive: config.keep_alive,
+        threads: config.threads,
     };
-    Ok((ServedModel::Embedding(std::sync::Arc::new(served)), engine))
-}
-
-/// Loads, starts and warms up one chat model's engine.
-pub fn start_chat_model(
-    loc: &lumen_engine::registry::ModelLocation,
-    config: &ServerConfig,
-) -> Result<(ServedModel, Engine), ServerError> {
-    let started = std::time::Instant::now();
-    let chat = ChatModel::load_with(loc, config.weight_layout)
-        .map_err(|e| ServerError::Startup(format!("loading {}: {e}", loc.path.display())))?;
-    let mut ec = EngineConfig::new(chat.name.clone());
-    ec.threads = config.threads.max(1);
-    ec.kv_cache_bytes = config.kv_cache_mb.saturating_mul(1 << 20);
-    ec.max_queued_requests = config.max_queued_requests.max(1);
-    ec.scheduler = config.scheduler;
-    let sched = ec.scheduler;
-    let engine = Engine::start(chat.model.clone(), chat.tokenizer.clone(), ec)
-        .map_err(|e| ServerError::Startup(format!("starting the engine for {}: {e}", chat.name)))?;
-    let handle = engine.handle();
-    warm_up(&handle);
-    tracing::info!(model = %chat.name, path = %loc.path.display(), kv_blocks = handle.info().kv_blocks, context = handle.info().context_len, max_num_batched_tokens = sched.max_num_batched_tokens, max_num_seqs = sched.max_num_seqs, weight_layout = %config.weight_layout, secs = started.elapsed().as_secs_f32(), "model loaded");
-    let served = ChatServed {
-        name: chat.name,
-        handle,
-        template: chat.template,
-        created: unix_now(),
-        metrics: Default::default(),
-    };
-    Ok((ServedModel::Chat(std::sync::Arc::new(served)), engine))
-}
-
-/// Runs one tiny generation so the first client does not pay for cold caches.
-fn warm_up(handle: &lumen_engine::EngineHandle) {
-    let tok = handle.tokenizer();
-    let Ok(prompt) = tok.encode("Hello", true, false) else {
-        return;
-    };
-    let Ok(req) = handle.prepare(GenerationParams::greedy(2), prompt) else {
-        return;
-    };
-    if let Ok(mut s) = handle.submit(req) {
-        while let Some(ev) = s.blocking_recv() {
-            if matches!(
-                ev,
-                Event::Done(_) | Event::Error(_) | Event::GrammarError { .. }
-            ) {
-                break;
-            }
-        }
-    }
-}
-
-fn load_all(config: &ServerConfig, state: &AppState) -> Result<Vec<RunningEngine>, ServerError> {
-    let mut engines = Vec::new();
-    for name in &config.models {
-        let (served, engine) = start_model(name, config)?;
-        if !state.add_model(served) {
-            return Err(ServerError::Startup(format!(
-                "two models are named '{name}'"
-            )));
-        }
-        engines.push(engine);
-    }
-    Ok(engines)
+    ModelManager::new(locs, config.aliases.iter().cloned().collect(), mc)
 }
 
 async fn shutdown_signal() {
@@ -314,23 +253,34 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         request_timeout: config.request_timeout,
         max_prompts: config.max_queued_requests.max(1),
     };
-    let state = AppState::new(keys, limits);
+    let manager = manager(&config)?;
+    let state = AppState::with_manager(keys, limits, manager.clone());
     let conns = Connections::start(listener, router(state.clone()), config.conn);
     tracing::info!("listening on http://{addr}");
+    manager.spawn_reaper();
+    tracing::info!(
+        models = ?manager.statuses().iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        max_memory_mib = manager.config().max_memory >> 20,
+        keep_alive = %config.keep_alive,
+        threads = config.threads,
+        "serving models on demand"
+    );
 
-    let (cfg, st) = (config.clone(), state.clone());
-    let loader = tokio::task::spawn_blocking(move || load_all(&cfg, &st));
-    let engines = tokio::select! {
-        loaded = loader => match loaded {
-            Ok(Ok(engines)) => engines,
-            Ok(Err(e)) => {
-                conns.close_all();
-                return Err(e);
-            }
-            Err(e) => {
-                conns.close_all();
-                return Err(ServerError::Startup(format!("model loading panicked: {e}")));
-            }
+    let preload = async {
+        for name in &config.preload {
+            // A path names the model `--model PATH` made of it (its file stem).
+            let name = match registry::resolve(name, &config.home) {
+                Ok(loc) if std::path::Path::new(name).exists() => loc.name,
+                _ => name.clone(),
+            };
+            manager.load(&name).await?;
+        }
+        Ok::<(), ServerError>(())
+    };
+    tokio::select! {
+        loaded = preload => if let Err(e) = loaded {
+            conns.close_all();
+            return Err(ServerError::Startup(format!("--preload: {e}")));
         },
         _ = shutdown_signal() => {
             conns.close_all();
@@ -338,10 +288,11 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         }
     };
     state.set_ready();
-    tracing::info!(models = ?config.models, "ready");
+    tracing::info!(preloaded = ?config.preload, "ready");
     shutdown_signal().await;
     drain(&state, conns, config.shutdown_grace).await;
-    drop(engines);
+    let m = manager.clone();
+    let _ = tokio::task::spawn_blocking(move || m.unload_all()).await;
     tracing::info!("stopped");
     Ok(())
 }

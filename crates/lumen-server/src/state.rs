@@ -1,19 +1,20 @@
-//! What every handler shares: the served models, limits, keys and metrics.
+//! What every handler shares: the model manager, limits, keys and metrics.
 //!
-//! Models sit in a map from public name to [`ServedModel`], an enum so that embedding models
-//! (and later models loaded on demand) slot in as further variants; an endpoint asks for the
-//! kind it needs and answers 400 for a model of another kind. The map is filled after the
-//! listener is up, so `/health` answers while models load and `/ready` says 503 until then.
+//! Models are served by the [`ModelManager`], which loads each on its first request; an
+//! endpoint asks for the kind it needs (getting a lease that keeps the model loaded while
+//! the handler holds it) and answers 400 for a model of another kind. `/ready` says 503 until
+//! the `--preload` models are loaded.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lumen_engine::{ChatTemplate, EmbedHandle, EngineHandle};
 
 use crate::auth::ApiKeys;
 use crate::error::ServerError;
+use crate::manager::lease::{ChatLease, EmbedLease};
+use crate::manager::{KeepAlive, ModelManager};
 use crate::metrics::ModelMetrics;
 
 /// A chat/completions model behind its engine.
@@ -103,7 +104,7 @@ pub struct Limits {
 }
 
 struct Inner {
-    models: RwLock<BTreeMap<String, ServedModel>>,
+    manager: Arc<ModelManager>,
     ready: AtomicBool,
     draining: AtomicBool,
     keys: ApiKeys,
@@ -127,14 +128,19 @@ pub fn unix_now() -> u64 {
 }
 
 impl AppState {
-    /// An empty, not yet ready state.
+    /// An empty, not yet ready state with no models (router tests).
     pub fn new(keys: ApiKeys, limits: Limits) -> Self {
+        Self::with_manager(keys, limits, ModelManager::empty())
+    }
+
+    /// A not yet ready state serving `manager`'s models.
+    pub fn with_manager(keys: ApiKeys, limits: Limits, manager: Arc<ModelManager>) -> Self {
         let id_base = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         let inner = Inner {
-            models: RwLock::new(BTreeMap::new()),
+            manager,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             keys,
@@ -147,39 +153,28 @@ impl AppState {
         }
     }
 
-    /// Adds a model; false when the name is taken.
-    pub fn add_model(&self, model: ServedModel) -> bool {
-        let mut map = self.inner.models.write().unwrap_or_else(|p| p.into_inner());
-        if map.contains_key(model.name()) {
-            return false;
-        }
-        map.insert(model.name().to_string(), model);
-        true
+    /// The model manager.
+    pub fn manager(&self) -> &Arc<ModelManager> {
+        &self.inner.manager
     }
 
-    /// Every served model, by name.
+    /// Every loaded model.
     pub fn models(&self) -> Vec<ServedModel> {
-        self.inner
-            .models
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.inner.manager.loaded()
     }
 
-    /// Marks the models as loaded (`/ready` turns 200).
+    /// Marks the server as ready (`/ready` turns 200).
     pub fn set_ready(&self) {
         self.inner.ready.store(true, Ordering::SeqCst);
     }
 
-    /// Whether the models are loaded and the server is not draining.
+    /// Whether start-up finished and the server is not draining.
     pub fn is_ready(&self) -> bool {
         // An engine thread that died (a bug) makes the server unready, so orchestrators
         // take it out of rotation instead of sending it traffic it can only fail.
         self.inner.ready.load(Ordering::SeqCst)
             && !self.is_draining()
-            && self.models().iter().all(ServedModel::is_running)
+            && self.inner.manager.all_running()
     }
 
     /// Marks the server as shutting down (`/ready` turns 503, new generations are refused).
@@ -192,17 +187,6 @@ impl AppState {
         self.inner.draining.load(Ordering::SeqCst)
     }
 
-    /// The model called `name`, once the server is ready.
-    pub fn model(&self, name: &str) -> Result<ServedModel, ServerError> {
-        if !self.inner.ready.load(Ordering::SeqCst) {
-            return Err(ServerError::NotReady);
-        }
-        let map = self.inner.models.read().unwrap_or_else(|p| p.into_inner());
-        map.get(name)
-            .cloned()
-            .ok_or_else(|| ServerError::ModelNotFound(name.to_string()))
-    }
-
     /// Refuses new generation work once shutdown has begun (503 `ShuttingDown`).
     pub fn ensure_accepting(&self) -> Result<(), ServerError> {
         if self.is_draining() {
@@ -211,39 +195,52 @@ impl AppState {
         Ok(())
     }
 
-    /// The chat model called `name` (or the first chat model when `name` is `None`).
-    pub fn chat_model(&self, name: Option<&str>) -> Result<Arc<ChatServed>, ServerError> {
-        let model = match name {
-            Some(n) => self.model(n)?,
-            None => {
-                if !self.inner.ready.load(Ordering::SeqCst) {
-                    return Err(ServerError::NotReady);
-                }
-                let first = self
-                    .models()
-                    .into_iter()
-                    .find(|m| matches!(m, ServedModel::Chat(_)));
-                first.ok_or_else(|| ServerError::param("model", "no chat model is served"))?
-            }
-        };
-        match model {
-            ServedModel::Chat(c) => Ok(c),
-            ServedModel::Embedding(e) => Err(ServerError::WrongModelKind {
-                model: e.name.clone(),
-                expected: "chat",
-            }),
+    fn ensure_ready(&self) -> Result<(), ServerError> {
+        if !self.inner.ready.load(Ordering::SeqCst) {
+            return Err(ServerError::NotReady);
         }
+        Ok(())
     }
 
-    /// The embedding model called `name`.
-    pub fn embedding_model(&self, name: &str) -> Result<Arc<EmbeddingServed>, ServerError> {
-        match self.model(name)? {
-            ServedModel::Embedding(e) => Ok(e),
-            ServedModel::Chat(c) => Err(ServerError::WrongModelKind {
-                model: c.name.clone(),
-                expected: "embedding",
-            }),
+    /// The chat model called `name` (or the first chat model when `name` is `None`), loaded
+    /// if needed; `keep_alive` (the request's) becomes the model's keep-alive.
+    pub async fn chat_model(
+        &self,
+        name: Option<&str>,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<ChatLease, ServerError> {
+        self.ensure_ready()?;
+        let m = &self.inner.manager;
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => m
+                .first_chat()
+                .ok_or_else(|| ServerError::param("model", "no chat model is served"))?,
+        };
+        if m.kind(&name)? != lumen_engine::registry::ModelKind::Chat {
+            return Err(ServerError::WrongModelKind {
+                model: name,
+                expected: "chat",
+            });
         }
+        m.acquire(&name, keep_alive).await?.into_chat()
+    }
+
+    /// The embedding model called `name`, loaded if needed.
+    pub async fn embedding_model(
+        &self,
+        name: &str,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<EmbedLease, ServerError> {
+        self.ensure_ready()?;
+        let m = &self.inner.manager;
+        if m.kind(name)? != lumen_engine::registry::ModelKind::Embedding {
+            return Err(ServerError::WrongModelKind {
+                model: name.to_string(),
+                expected: "embedding",
+            });
+        }
+        m.acquire(name, keep_alive).await?.into_embedding()
     }
 
     /// Accepted API keys.

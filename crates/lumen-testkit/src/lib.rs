@@ -17,7 +17,7 @@
 //! The paths are resolved here, from `$LUMEN_HOME` (default `~/.lumen`) and
 //! `models/<name>/...`, without depending on `lumen-engine`: `lumen-gguf` and `lumen-models`
 //! test against the same files and sit below the engine in the dependency order. The layout is
-//! the one `scripts/fetch-models.sh` writes and `lumen_engine::registry` reads.
+//! the one `lumen pull` writes and `lumen_engine::registry` reads.
 //!
 //! This crate is a dev-dependency only (`publish = false`); nothing in the request path uses it.
 

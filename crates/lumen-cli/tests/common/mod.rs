@@ -47,6 +47,9 @@ pub fn prerequisites() -> Option<PathBuf> {
 pub struct StartOptions {
     /// Run the server under `ulimit -v` of this many KiB (its address space, as `VmSize`).
     pub ulimit_kib: Option<u64>,
+    /// Serve this `LUMEN_HOME` with no `--model`/`--preload` flags (every model installed
+    /// there, each loaded on demand) instead of the default models preloaded.
+    pub home: Option<PathBuf>,
 }
 
 /// A running `lumen serve`.
@@ -93,12 +96,27 @@ impl Server {
             "2",
             "--api-key",
             API_KEY,
-            "--model",
-            MODEL,
-            "--model",
-            EMBED_MODEL,
-        ])
-        .args(extra);
+        ]);
+        match &options.home {
+            Some(home) => {
+                cmd.env("LUMEN_HOME", home);
+            }
+            None => {
+                cmd.args([
+                    "--model",
+                    MODEL,
+                    "--model",
+                    EMBED_MODEL,
+                    // Loaded before `/ready`, as before models loaded on demand: these
+                    // tests time requests and must not pay for a first load.
+                    "--preload",
+                    MODEL,
+                    "--preload",
+                    EMBED_MODEL,
+                ]);
+            }
+        }
+        cmd.args(extra);
         cmd.env("LUMEN_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,4 +1,4 @@
-"""Hostile model files at load time: `lumen serve --model PATH` and `lumen run PATH "hi"`
+"""Hostile model files at load time: `lumen serve --model PATH --preload PATH` and `lumen run PATH "hi"`
 must exit with status 1 and a clear `error:` line, never a panic, an abort or a signal.
 
 The files are copies of the real default models with one field changed in place (so every
@@ -126,7 +126,8 @@ def expect_clean_refusal(args, label):
 
 
 def both_refuse(path, label):
-    served = expect_clean_refusal(["serve", "--port", "0", "--threads", "2", "--model", path], label + " (serve)")
+    # Models load on demand; --preload makes serve load it at start, where it must be refused.
+    served = expect_clean_refusal(["serve", "--port", "0", "--threads", "2", "--model", path, "--preload", path], label + " (serve)")
     ran = expect_clean_refusal(["run", path, "--threads", "2", "--max-tokens", "4", "hi"], label + " (run)")
     print(f"{label}:\n  serve: {served}\n  run:   {ran}")
 
@@ -267,7 +268,7 @@ SAFETENSORS = [
 @pytest.mark.parametrize("label,make", SAFETENSORS, ids=[c[0] for c in SAFETENSORS])
 def test_corrupt_safetensors_embedding_folder_is_refused(work, label, make):
     d = embed_folder(work, "emb_" + safe(label), make())
-    line = expect_clean_refusal(["serve", "--port", "0", "--threads", "2", "--model", d], label + " (serve)")
+    line = expect_clean_refusal(["serve", "--port", "0", "--threads", "2", "--model", d, "--preload", d], label + " (serve)")
     print(f"{label}:\n  serve: {line}")
     line = expect_clean_refusal(["embed", d, "hello"], label + " (embed)")
     print(f"  embed: {line}")

@@ -51,8 +51,10 @@ use crate::EngineError;
 /// How an embedding engine is sized.
 #[derive(Clone, Debug)]
 pub struct EmbedConfig {
-    /// Compute threads (one per physical core is best).
+    /// Compute threads (one per physical core is best); ignored when `pool` is given.
     pub threads: usize,
+    /// A compute pool shared with other engines; `None`: the engine makes its own.
+    pub pool: Option<Arc<lumen_kernels::ThreadPool>>,
     /// Most tokens one forward pass takes (a single longer request is cut into pieces).
     pub max_batch_tokens: usize,
     /// Requests accepted but not yet answered, beyond which new ones are refused.
@@ -64,6 +66,7 @@ impl Default for EmbedConfig {
     fn default() -> Self {
         EmbedConfig {
             threads: 2,
+            pool: None,
             max_batch_tokens: 8192,
             max_queued: 256,
         }

@@ -39,7 +39,7 @@ impl Pending {
 
 pub(super) struct Worker {
     model: Arc<BertModel>,
-    pool: ThreadPool,
+    pool: Arc<ThreadPool>,
     budget: usize,
     stats: Arc<EmbedStats>,
     in_flight: Arc<AtomicU64>,
@@ -54,7 +54,10 @@ impl Worker {
     ) -> Worker {
         Worker {
             model,
-            pool: ThreadPool::new(config.threads.max(1)),
+            pool: config
+                .pool
+                .clone()
+                .unwrap_or_else(|| Arc::new(ThreadPool::new(config.threads.max(1)))),
             budget: config.max_batch_tokens.max(1),
             stats,
             in_flight,

@@ -33,8 +33,11 @@ pub const BLOCK_SIZE: usize = 16;
 pub struct EngineConfig {
     /// The model's public name (also mixed into prefix-cache keys).
     pub model_name: String,
-    /// Compute threads (one per physical core is best).
+    /// Compute threads (one per physical core is best); ignored when `pool` is given.
     pub threads: usize,
+    /// A compute pool shared with other engines (see [`lumen_kernels::ThreadPool::turn`]);
+    /// `None`: the engine makes its own of `threads` threads.
+    pub pool: Option<Arc<lumen_kernels::ThreadPool>>,
     /// Memory for the KV cache, in bytes.
     pub kv_cache_bytes: usize,
     /// Step limits.
@@ -49,6 +52,7 @@ impl EngineConfig {
         EngineConfig {
             model_name: model_name.into(),
             threads: 2,
+            pool: None,
             kv_cache_bytes: 256 << 20,
             scheduler: SchedulerConfig::default(),
             max_queued_requests: 256,

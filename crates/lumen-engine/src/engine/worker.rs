@@ -44,7 +44,7 @@ struct RequestState {
 pub(crate) struct Worker {
     model: Arc<LlamaModel>,
     tokenizer: Arc<Tokenizer>,
-    threads: ThreadPool,
+    threads: Arc<ThreadPool>,
     kv: KvStorage,
     ws: ForwardWorkspace,
     pool: BlockPool,
@@ -77,7 +77,10 @@ impl Worker {
             .filter(|&t| tokenizer.is_eog(t))
             .collect();
         Worker {
-            threads: ThreadPool::new(config.threads),
+            threads: config
+                .pool
+                .clone()
+                .unwrap_or_else(|| Arc::new(ThreadPool::new(config.threads))),
             kv,
             ws: ForwardWorkspace::new(),
             pool: BlockPool::new(kv_blocks, BLOCK_SIZE),

@@ -27,6 +27,7 @@ use serde_json::Value;
 use super::prepare;
 use crate::error::ServerError;
 use crate::extract::OpenAiJson;
+use crate::manager::KeepAlive;
 use crate::state::AppState;
 
 /// The request body.
@@ -44,6 +45,8 @@ pub struct EmbeddingsBody {
     pub truncate_prompt_tokens: Option<i64>,
     /// End-user id (accepted, unused).
     pub user: Option<String>,
+    /// How long the model stays loaded after this request (Ollama's `keep_alive`).
+    pub keep_alive: Option<Value>,
 }
 
 /// How vectors are written in the response.
@@ -197,7 +200,11 @@ pub async fn embeddings(
     State(state): State<AppState>,
     OpenAiJson(req): OpenAiJson<EmbeddingsBody>,
 ) -> Result<Response, ServerError> {
-    let model = state.embedding_model(&req.model)?;
+    let keep_alive = match &req.keep_alive {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(KeepAlive::from_json(v).map_err(|m| ServerError::param("keep_alive", m))?),
+    };
+    let model = state.embedding_model(&req.model, keep_alive).await?;
     state.ensure_accepting()?;
     let format = match req.encoding_format.as_deref() {
         None | Some("float") => Format::Float,

@@ -126,16 +126,19 @@ where
 {
     let arrived = Instant::now();
     // Two typed passes over the bytes, off the async workers; no JSON tree in between.
-    let (req, fields, constraint) = prepare(move || {
+    let (req, fields, constraint, keep_alive) = prepare(move || {
         Ok((
             parse_json::<E::Body>(&body)?,
             parse_json::<GenFields>(&body)?,
             parse_json::<ConstraintFields>(&body)?,
+            crate::manager::keep_alive::from_body(&body)?,
         ))
     })
     .await?;
     let constraint = constraint.to_spec(E::API)?;
-    let model = state.chat_model(Some(E::model_name(&req)))?;
+    let model = state
+        .chat_model(Some(E::model_name(&req)), keep_alive)
+        .await?;
     state.ensure_accepting()?;
     let (mut params, transport) = fields.split(E::API, caller);
     E::map_params(&req, &mut params);

@@ -1,6 +1,7 @@
 //! The HTTP endpoints: OpenAI's (`/v1/...`, chat, completions and embeddings), vLLM's tokenizer extensions and operations
 //! (`/health`, `/ready`, `/metrics`).
 
+pub mod admin;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;

@@ -9,23 +9,49 @@ use super::chat::{convert_messages, MessageIn};
 use super::prepare;
 use crate::error::ServerError;
 use crate::extract::OpenAiJson;
+use crate::manager::ModelStatus;
 use crate::state::{AppState, ServedModel};
+use lumen_engine::registry::ModelKind;
 
-fn model_json(m: &ServedModel) -> Value {
-    let mut v = json!({"id": m.name(), "object": "model", "created": m.created(), "owned_by": "lumen", "max_model_len": m.context_len(), "lumen_kind": m.kind()});
-    if let ServedModel::Embedding(e) = m {
-        v["lumen_dimensions"] = json!(e.handle.info().dims);
+/// One model as `/v1/models` lists it: OpenAI's fields plus Lumen's state and memory.
+pub fn model_json(st: &ModelStatus, id: &str) -> Value {
+    let kind = match st.kind {
+        ModelKind::Chat => "chat",
+        ModelKind::Embedding => "embedding",
+    };
+    let created = st.served.as_ref().map(ServedModel::created).unwrap_or(0);
+    let mut v = json!({"id": id, "object": "model", "created": created, "owned_by": "lumen",
+        "lumen_kind": kind, "lumen_state": st.state, "lumen_memory_bytes": st.memory_bytes});
+    if id != st.name {
+        v["lumen_alias_of"] = json!(st.name);
+    }
+    if let Some(m) = &st.served {
+        v["max_model_len"] = json!(m.context_len());
+        if let ServedModel::Embedding(e) = m {
+            v["lumen_dimensions"] = json!(e.handle.info().dims);
+        }
     }
     v
 }
 
-/// `GET /v1/models`.
-pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, ServerError> {
-    if !state.is_ready() && state.models().is_empty() {
-        return Err(ServerError::NotReady);
+/// Every served model, then every alias, as `/v1/models` entries.
+pub fn all_models_json(state: &AppState) -> Vec<Value> {
+    let m = state.manager();
+    let statuses = m.statuses();
+    let mut out: Vec<Value> = statuses.iter().map(|s| model_json(s, &s.name)).collect();
+    for (alias, target) in m.aliases() {
+        if let Some(s) = statuses.iter().find(|s| &s.name == target) {
+            out.push(model_json(s, alias));
+        }
     }
-    let data: Vec<Value> = state.models().iter().map(model_json).collect();
-    Ok(Json(json!({"object": "list", "data": data})))
+    out
+}
+
+/// `GET /v1/models`: every installed model (loaded or not) and every alias.
+pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, ServerError> {
+    Ok(Json(
+        json!({"object": "list", "data": all_models_json(&state)}),
+    ))
 }
 
 /// `GET /v1/models/{id}`.
@@ -33,7 +59,14 @@ pub async fn get_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ServerError> {
-    Ok(Json(model_json(&state.model(&id)?)))
+    let name = state.manager().resolve(&id)?;
+    let st = state
+        .manager()
+        .statuses()
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| ServerError::ModelNotFound(id.clone()))?;
+    Ok(Json(model_json(&st, &id)))
 }
 
 /// `POST /tokenize` body: a text prompt, or messages rendered through the chat template.
@@ -58,7 +91,7 @@ pub async fn tokenize(
     State(state): State<AppState>,
     OpenAiJson(body): OpenAiJson<TokenizeBody>,
 ) -> Result<Json<Value>, ServerError> {
-    let model = state.chat_model(body.model.as_deref())?;
+    let model = state.chat_model(body.model.as_deref(), None).await?;
     let max_model_len = model.handle.info().context_len;
     let m = model.clone();
     let strs = body.return_token_strs.unwrap_or(false);
@@ -111,7 +144,7 @@ pub async fn detokenize(
     State(state): State<AppState>,
     OpenAiJson(body): OpenAiJson<DetokenizeBody>,
 ) -> Result<Json<Value>, ServerError> {
-    let model = state.chat_model(body.model.as_deref())?;
+    let model = state.chat_model(body.model.as_deref(), None).await?;
     let tok = model.handle.tokenizer().clone();
     let vocab = tok.vocab_size();
     let ids = body

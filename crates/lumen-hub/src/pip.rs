@@ -1,0 +1,77 @@
+//! Downloading one wheel with `python -m pip download`.
+//!
+//! pip, not an HTTP client of our own, so the machine's package index configuration
+//! (`pip.conf`, `PIP_INDEX_URL`, proxies, mirrors, certificates) applies unchanged. On a
+//! terminal pip draws its own progress bar (bytes, rate, time left); in a pipe it is quiet.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::error::HubError;
+
+/// The Python interpreter that runs pip: `$LUMEN_PYTHON`, else `python3`.
+pub fn python() -> String {
+    std::env::var("LUMEN_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".into())
+}
+
+/// Downloads `requirement` (`package==version`, no dependencies, wheels only) into the empty
+/// folder `dir` and returns the wheel's path.
+pub fn download(requirement: &str, dir: &Path) -> Result<PathBuf, HubError> {
+    let tty = std::io::stderr().is_terminal();
+    let mut cmd = Command::new(python());
+    cmd.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+        .args(["--disable-pip-version-check", "--no-input"])
+        .arg("--progress-bar")
+        .arg(if tty { "on" } else { "off" })
+        .arg("-d")
+        .arg(dir)
+        .arg(requirement)
+        .stdin(Stdio::null());
+    if tty {
+        // pip's own progress bar goes to the terminal.
+        cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    } else {
+        cmd.arg("--quiet")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+    }
+    let out = cmd.output().map_err(|e| HubError::Pip {
+        package: requirement.to_string(),
+        status: format!("cannot run {}: {e}", python()),
+        detail: String::new(),
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last: Vec<&str> = stderr.lines().rev().take(3).collect();
+        let detail = if last.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ": {}",
+                last.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            )
+        };
+        return Err(HubError::Pip {
+            package: requirement.to_string(),
+            status: out.status.to_string(),
+            detail,
+        });
+    }
+    let mut wheels: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(HubError::io("listing", dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+        .collect();
+    match wheels.len() {
+        1 => Ok(wheels.remove(0)),
+        n => Err(HubError::Pip {
+            package: requirement.to_string(),
+            status: "success".into(),
+            detail: format!(": expected one wheel in {}, found {n}", dir.display()),
+        }),
+    }
+}
