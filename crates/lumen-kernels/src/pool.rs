@@ -92,10 +92,14 @@ impl Shared {
         // complete (and its closure cannot be dropped) before `done` is incremented below.
         let job = unsafe { *self.job.get() };
         if let Some(job) = job {
-            // SAFETY: as above; the closure is Sync, so calling it from any thread is sound.
+            // The same address as `ThreadPool::id` (`Arc::as_ptr` of this `Shared`).
             let id = self as *const Shared as usize;
             let r = catch_unwind(AssertUnwindSafe(|| {
-                as_part(id, || unsafe { (*job)(t, self.n_threads) })
+                as_part(id, || {
+                    // SAFETY: as above; the closure is Sync, so calling it from any thread is
+                    // sound.
+                    unsafe { (*job)(t, self.n_threads) }
+                })
             }));
             if r.is_err() {
                 self.panicked.store(true, Ordering::Relaxed);
