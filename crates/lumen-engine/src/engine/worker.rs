@@ -338,7 +338,7 @@ impl Worker {
         let mut samples = vec![false; self.sched.running().len()];
         for (c, &kind) in plan.iter().zip(kinds) {
             let s = &self.sched.running()[c.index];
-            if kind != LogitsWanted::None && c.start + c.len == s.tokens.len() {
+            if samples_now(c, kind, s.tokens.len()) {
                 samples[c.index] = true;
             }
         }
@@ -389,7 +389,7 @@ impl Worker {
                     .unwrap_or(0);
                 collect_prompt_logprobs(seq, c, rows, vocab, top_n);
             }
-            if c.start + c.len != seq.tokens.len() || n_rows == 0 {
+            if !samples_now(c, kind, seq.tokens.len()) {
                 continue;
             }
             let last = &rows[(n_rows - 1) * vocab..n_rows * vocab];
@@ -559,6 +559,12 @@ impl Worker {
             self.requests.remove(&id);
         }
     }
+}
+
+/// Whether the sequence of chunk `c` samples a token after this step: the chunk reaches the
+/// end of its `n_tokens` tokens and brings logits back.
+fn samples_now(c: &Chunk, kind: LogitsWanted, n_tokens: usize) -> bool {
+    kind != LogitsWanted::None && c.start + c.len == n_tokens
 }
 
 /// Records logprobs of the prompt tokens predicted by a chunk's rows.
