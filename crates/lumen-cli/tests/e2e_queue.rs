@@ -17,9 +17,11 @@ fn queue_full_then_graceful_shutdown() {
         common::Server::start(&["--max-queued-requests", "4", "--shutdown-grace", "30"]);
     server.pytest(&python, "test_queue.py", Duration::from_secs(600));
 
-    // A streaming request is in flight when SIGTERM arrives: it must run to its end.
+    // A streaming request is in flight when SIGTERM arrives: it must run to its end. It is
+    // long enough (seconds even on a fast machine) that the drain checks below run while it
+    // still holds the server open.
     let body = format!(
-        r#"{{"model":"{}","prompt":"Once upon a time","max_tokens":48,"ignore_eos":true,"stream":true,"temperature":0}}"#,
+        r#"{{"model":"{}","prompt":"Once upon a time","max_tokens":1024,"ignore_eos":true,"stream":true,"temperature":0}}"#,
         common::MODEL
     );
     let mut s = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");

