@@ -41,6 +41,10 @@ CHAT = "/v1/chat/completions"
 
 def connect(src="127.0.0.1", timeout=10):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Choose the port at connect time, not at bind time: bind(port 0) scans for a port free
+    # for every destination, which gets slow with hundreds of sockets bound (bursts then
+    # took over the header limit and the cap check lost its meaning).
+    s.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24), 1)
     s.bind((src, 0))
     s.settimeout(timeout)
     s.connect((HOST, PORT))
