@@ -72,7 +72,8 @@ pub struct ServeArgs {
     /// Compute threads, shared by all loaded models (default: one per CPU).
     #[arg(long, env = "LUMEN_THREADS")]
     pub threads: Option<usize>,
-    /// Seconds after which a request is cancelled (finish_reason "cancelled"); 0: never.
+    /// Seconds after which a request is cancelled: a generation ends with finish_reason
+    /// "cancelled" and what it has, an embedding request is answered 504; 0: never.
     #[arg(long, env = "LUMEN_REQUEST_TIMEOUT", default_value_t = 600)]
     pub request_timeout: u64,
     /// Seconds in-flight requests may take to finish after SIGTERM.

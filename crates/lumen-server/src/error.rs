@@ -15,6 +15,7 @@
 //! | `QueueFull` | 429 (+ `Retry-After: 1`) | `rate_limit_error` | `queue_full` |
 //! | `NotReady`, `ShuttingDown` | 503 (+ `Retry-After: 1`) | `server_error` | `not_ready` / `shutting_down` |
 //! | `EngineStopped` | 503 | `server_error` | `engine_stopped` |
+//! | `Timeout` | 504 | `server_error` | `timeout` |
 //! | `LoadTimeout` | 503 (+ `Retry-After: 1`) | `server_error` | `model_loading` |
 //! | `OverMemory` | 503 | `server_error` | `insufficient_memory` |
 //! | `LoadFailed` | 500 | `server_error` | `model_load_failed` |
@@ -96,6 +97,15 @@ pub enum ServerError {
     /// The server is draining for shutdown.
     #[error("The server is shutting down.")]
     ShuttingDown,
+    /// The request ran past `--request-timeout` with nothing to show for it (a generation
+    /// that times out ends with what it has; an embedding request has no partial answer).
+    #[error(
+        "The request did not finish within {secs:.1} s (--request-timeout) and was cancelled."
+    )]
+    Timeout {
+        /// The timeout, seconds.
+        secs: f64,
+    },
     /// The model did not finish loading within `--load-timeout`.
     #[error(
         "The model '{model}' is still loading after {secs:.1} s (--load-timeout); retry shortly."
@@ -208,6 +218,7 @@ impl ServerError {
                 "engine_stopped",
                 None,
             ),
+            Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "server_error", "timeout", None),
             LoadTimeout { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",

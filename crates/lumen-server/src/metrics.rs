@@ -185,7 +185,7 @@ const EMBED_COUNTERS: &[(&str, &str, EmbedReader)] = &[
     ),
     (
         "lumen:embedding_cancelled_total",
-        "Embedding requests dropped by their client before they ran.",
+        "Embedding requests dropped before they finished (client gone or --request-timeout).",
         |s| s.cancelled.load(Relaxed),
     ),
 ];

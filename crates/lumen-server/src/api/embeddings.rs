@@ -14,6 +14,8 @@
 //!   base64, as OpenAI sends it (and as the official clients request by default).
 //! - **`dimensions`** is for models trained to be cut short (Matryoshka); the BERT models
 //!   served here are not, so any other value than the model's own size is refused.
+//! - **`--request-timeout` holds here too.** Past it the request is answered 504 and its
+//!   oneshot dropped, which makes the embedding thread skip whatever of it has not run yet.
 //! - **Large bodies are written off the async workers**: 2,048 vectors of 384 floats is
 //!   megabytes of JSON.
 
@@ -24,7 +26,7 @@ use lumen_engine::{EmbedInput, MAX_EMBED_INPUTS};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::prepare;
+use super::{deadline, prepare};
 use crate::error::ServerError;
 use crate::extract::OpenAiJson;
 use crate::manager::KeepAlive;
@@ -200,6 +202,7 @@ pub async fn embeddings(
     State(state): State<AppState>,
     OpenAiJson(req): OpenAiJson<EmbeddingsBody>,
 ) -> Result<Response, ServerError> {
+    let arrived = std::time::Instant::now();
     let keep_alive = match &req.keep_alive {
         None | Some(Value::Null) => None,
         Some(v) => Some(KeepAlive::from_json(v).map_err(|m| ServerError::param("keep_alive", m))?),
@@ -240,7 +243,18 @@ pub async fn embeddings(
     let seqs = prepare(move || Ok(handle.prepare(inputs, truncate)?)).await?;
     let prompt_tokens = seqs.iter().map(Vec::len).sum();
     let n = seqs.len();
-    let vectors = model.handle.embed(seqs).await?;
+    let vectors = match deadline(&state, arrived) {
+        None => model.handle.embed(seqs).await?,
+        Some(at) => match tokio::time::timeout_at(at, model.handle.embed(seqs)).await {
+            Ok(vectors) => vectors?,
+            Err(_) => {
+                tracing::warn!(model = %model.name, inputs = n, "embedding request timed out; cancelling it");
+                return Err(ServerError::Timeout {
+                    secs: (at.into_std() - arrived).as_secs_f64(),
+                });
+            }
+        },
+    };
     tracing::debug!(model = %model.name, inputs = n, tokens = prompt_tokens, "embeddings");
     let name = model.name.clone();
     let bytes = prepare(move || {
