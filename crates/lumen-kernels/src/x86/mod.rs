@@ -74,6 +74,30 @@ pub(crate) unsafe fn compute_rows(
             WeightFormat::Q4_K => kquant_tiles::rows::<{ tag::Q4_K }>(w, act, r, out),
             WeightFormat::Q5_K => kquant_tiles::rows::<{ tag::Q5_K }>(w, act, r, out),
             WeightFormat::Q6_K => kquant_tiles::rows::<{ tag::Q6_K }>(w, act, r, out),
+            // No SIMD tiles yet: the scalar reference, which is what the tests hold them to.
+            WeightFormat::Q5_0
+            | WeightFormat::Q5_1
+            | WeightFormat::IQ4_NL
+            | WeightFormat::Q2_K
+            | WeightFormat::Q3_K
+            | WeightFormat::IQ4_XS => scalar_rows(w, x, act, r, out),
+        }
+    }
+}
+
+/// Columns `r` of every output row with the scalar reference dot ([`crate::dot`]), for the
+/// formats that have no tiles at this level.
+///
+/// # Safety
+/// `out` must be valid for `act.m * w.rows()` writes, columns `r` no one else's meanwhile.
+unsafe fn scalar_rows(w: &MatRef, x: &[f32], act: &ActBuf, r: Range<usize>, out: *mut f32) {
+    let (m, cols, rows) = (act.m, w.cols(), w.rows());
+    for j in r {
+        let wr = w.row_data(j);
+        for i in 0..m {
+            let v = crate::dot::dot(w.format(), wr, &x[i * cols..(i + 1) * cols], act, i);
+            // SAFETY: i < m and j < rows, inside the caller's m x rows output, column j its own.
+            unsafe { *out.add(i * rows + j) = v };
         }
     }
 }
