@@ -144,3 +144,37 @@ fn packed_llama_q4_1() {
 fn packed_llama_q8_0() {
     check_layout("tiny_llama_q8_0", APPROX, WeightLayout::Packed);
 }
+
+// The formats llama.cpp's presets fall back to or mix in (issue 23). Q5_0, Q5_1 and IQ4_NL
+// follow llama.cpp's AVX2 dot lane for lane (a Q6_K head, like the Q4_0 fixture's); the
+// super-block formats sum in Lumen's order, like Q4_K.
+
+#[test]
+fn llama_q5_0() {
+    check("tiny_llama_q5_0", EXACT);
+}
+
+#[test]
+fn llama_q5_1() {
+    check("tiny_llama_q5_1", EXACT);
+}
+
+#[test]
+fn llama_iq4_nl() {
+    check("tiny_llama_iq4_nl", EXACT);
+}
+
+#[test]
+fn llama_q2_k() {
+    check("tiny_llama_q2_k", APPROX);
+}
+
+#[test]
+fn llama_q3_k_m() {
+    check("tiny_llama_q3_k_m", APPROX);
+}
+
+#[test]
+fn llama_iq4_xs() {
+    check("tiny_llama_iq4_xs", APPROX);
+}
