@@ -183,3 +183,19 @@ fn llama_q3_k_m() {
 fn llama_iq4_xs() {
     check("tiny_llama_iq4_xs", APPROX);
 }
+
+/// The default (packed) layout loads the new formats too: they stay in ggml's layout (no
+/// packed tiles for them yet) while attention takes the fast arithmetic, hence the 2 % bound.
+#[test]
+fn packed_layout_loads_the_issue_23_formats() {
+    for name in [
+        "tiny_llama_q5_0",
+        "tiny_llama_q5_1",
+        "tiny_llama_iq4_nl",
+        "tiny_llama_q2_k",
+        "tiny_llama_q3_k_m",
+        "tiny_llama_iq4_xs",
+    ] {
+        check_layout(name, APPROX, WeightLayout::Packed);
+    }
+}
