@@ -35,12 +35,14 @@ pub(crate) fn dot_superblock(format: WeightFormat, w: &[u8], a: &ActBuf, i: usiz
                 .sum();
             sumi += u.sc[g] as i32 * p;
         }
-        acc += (u.d * dy) * sumi as f32;
         if format == WeightFormat::Q2_K {
-            // The min term: sum over sub-blocks of min * (sum of the activation quants).
+            // The min term: sum over sub-blocks of min * (sum of the activation quants), in
+            // one expression with the scale term, as the AVX2 tiles' shared update has it.
             let bs16 = &a.bs16[(i * a.nb + b) * 16..][..16];
             let summ: i32 = (0..16).map(|g| u.mins[g] as i32 * bs16[g] as i32).sum();
-            acc -= (u.dmin * dy) * summ as f32;
+            acc += (u.d * dy) * sumi as f32 - (u.dmin * dy) * summ as f32;
+        } else {
+            acc += (u.d * dy) * sumi as f32;
         }
     }
     acc

@@ -11,9 +11,10 @@
 //! - [`packed_tiles`]: the same formats in the row-interleaved layout of [`crate::packed`],
 //!   one weight row per lane, and [`packed_tiles_512`], its 512-bit tiles for pairs of groups
 //!   (from [`CpuLevel::Avx512Vnni`] up);
-//! - [`kquant_tiles`]: Q4_K / Q5_K / Q6_K super-blocks unpacked once per eight rows for every
-//!   activation row, and [`kquant_decode`], the register-only path for a single activation
-//!   row;
+//! - [`kquant_tiles`]: Q4_K / Q5_K / Q6_K / Q2_K / Q3_K / IQ4_XS super-blocks unpacked once
+//!   per eight rows for every activation row ([`kquant_lowbit`] unpacks the last three), and
+//!   [`kquant_decode`], the register-only path for a single activation row (Q4_K, Q5_K,
+//!   Q6_K);
 //! - [`float_tiles`]: F32 / F16 / BF16 weights against f32 activations;
 //! - [`act_quant`]: the activation quantizers (Q8_0, Q8_1, Q8_K);
 //! - [`tag`]: the weight-format tags the tiles take as const generic parameters.
@@ -23,6 +24,7 @@ mod block32_tiles;
 mod block32_unpack;
 mod float_tiles;
 mod kquant_decode;
+mod kquant_lowbit;
 mod kquant_tiles;
 mod packed_tiles;
 mod packed_tiles_512;
@@ -79,27 +81,9 @@ pub(crate) unsafe fn compute_rows(
             WeightFormat::Q5_0 => block32_tiles::rows::<{ tag::Q5_0 }>(level, w, act, r, out),
             WeightFormat::Q5_1 => block32_tiles::rows::<{ tag::Q5_1 }>(level, w, act, r, out),
             WeightFormat::IQ4_NL => block32_tiles::rows::<{ tag::IQ4_NL }>(level, w, act, r, out),
-            // No SIMD tiles yet: the scalar reference, which is what the tests hold them to.
-            WeightFormat::Q2_K | WeightFormat::Q3_K | WeightFormat::IQ4_XS => {
-                scalar_rows(w, x, act, r, out)
-            }
-        }
-    }
-}
-
-/// Columns `r` of every output row with the scalar reference dot ([`crate::dot`]), for the
-/// formats that have no tiles at this level.
-///
-/// # Safety
-/// `out` must be valid for `act.m * w.rows()` writes, columns `r` no one else's meanwhile.
-unsafe fn scalar_rows(w: &MatRef, x: &[f32], act: &ActBuf, r: Range<usize>, out: *mut f32) {
-    let (m, cols, rows) = (act.m, w.cols(), w.rows());
-    for j in r {
-        let wr = w.row_data(j);
-        for i in 0..m {
-            let v = crate::dot::dot(w.format(), wr, &x[i * cols..(i + 1) * cols], act, i);
-            // SAFETY: i < m and j < rows, inside the caller's m x rows output, column j its own.
-            unsafe { *out.add(i * rows + j) = v };
+            WeightFormat::Q2_K => kquant_tiles::rows::<{ tag::Q2_K }>(w, act, r, out),
+            WeightFormat::Q3_K => kquant_tiles::rows::<{ tag::Q3_K }>(w, act, r, out),
+            WeightFormat::IQ4_XS => kquant_tiles::rows::<{ tag::IQ4_XS }>(w, act, r, out),
         }
     }
 }
