@@ -9,6 +9,9 @@ Writes, under fixtures/llama/:
   tiny_*.gguf              tiny random-weight models covering other variants and formats
   tiny_*.json              llama.cpp's logits for every position of a fixed input
 
+`python scripts/make_llama_fixtures.py lowbit` writes only the fixtures of the formats added for
+issue 23 (Q5_0, Q5_1, Q2_K, Q3_K_M, IQ4_NL, IQ4_XS), leaving the others as they are.
+
 The venv under target/ holds llama-cpp-python (which compiles llama.cpp) and gguf; the
 Makefile target `fixtures` creates it.
 """
@@ -188,10 +191,35 @@ def tiny_fixtures():
         tiny_reference(p, vocab)
 
 
+# The types llama.cpp's presets fall back to or mix in (issue 23), each from the same f32 base
+# as the other tiny llama fixtures: (file, llama_ftype). Q2_K and Q3_K_M also mix in Q4_K/Q5_K/
+# Q6_K for some tensors, as llama-quantize does; every file's JSON lists its tensor types.
+LOWBIT = [
+    ("tiny_llama_q5_0.gguf", 8),     # LLAMA_FTYPE_MOSTLY_Q5_0
+    ("tiny_llama_q5_1.gguf", 9),     # LLAMA_FTYPE_MOSTLY_Q5_1
+    ("tiny_llama_q2_k.gguf", 10),    # LLAMA_FTYPE_MOSTLY_Q2_K
+    ("tiny_llama_q3_k_m.gguf", 12),  # LLAMA_FTYPE_MOSTLY_Q3_K_M
+    ("tiny_llama_iq4_nl.gguf", 25),  # LLAMA_FTYPE_MOSTLY_IQ4_NL
+    ("tiny_llama_iq4_xs.gguf", 30),  # LLAMA_FTYPE_MOSTLY_IQ4_XS
+]
+
+
+def lowbit_fixtures():
+    tmp = ROOT / "target" / "fixture-tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    base = tmp / "tiny_llama_f32.gguf"
+    tiny_model(base, "llama", 256, 2, 4, 2, 512, 256, tied=False, seed=3)
+    for name, ftype in LOWBIT:
+        quantize(base, OUT / name, ftype)
+        tiny_reference(OUT / name, 256)
+
+
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     what = sys.argv[1:] or ["smollm", "tiny"]
     if "tiny" in what:
         tiny_fixtures()
+    if "tiny" in what or "lowbit" in what:
+        lowbit_fixtures()
     if "smollm" in what:
         smollm_fixture()

@@ -42,17 +42,23 @@ fn weights(format: WeightFormat, rows: usize, cols: usize) -> Vec<u8> {
         }
         let row = &mut data[r * rb..(r + 1) * rb];
         if quantize_row(format, &src, row).is_err() {
-            // K-quants: random bits with small f16 scales.
+            // No reference quantizer: random bits with small f16 scales where ggml keeps
+            // them (a random scale could be a NaN or a subnormal, which time differently).
             for (k, b) in row.iter_mut().enumerate() {
                 *b = (k as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) as u8;
             }
             let bb = format.block_bytes();
             let d = half::f16::from_f32(0.002).to_bits().to_le_bytes();
+            let offsets: &[usize] = match format {
+                WeightFormat::Q6_K => &[208],
+                WeightFormat::Q2_K => &[80, 82],
+                WeightFormat::Q3_K => &[108],
+                WeightFormat::Q5_0 | WeightFormat::IQ4_NL | WeightFormat::IQ4_XS => &[0],
+                _ => &[0, 2],
+            };
             for blk in row.chunks_exact_mut(bb) {
-                let off = if format == WeightFormat::Q6_K { 208 } else { 0 };
-                blk[off..off + 2].copy_from_slice(&d);
-                if format != WeightFormat::Q6_K {
-                    blk[2..4].copy_from_slice(&d);
+                for &off in offsets {
+                    blk[off..off + 2].copy_from_slice(&d);
                 }
             }
         }

@@ -75,6 +75,17 @@ pub fn dequantize_row(format: WeightFormat, src: &[u8], dst: &mut [f32]) {
                 }
             }
         }
+        WeightFormat::Q5_0
+        | WeightFormat::Q5_1
+        | WeightFormat::IQ4_NL
+        | WeightFormat::Q2_K
+        | WeightFormat::Q3_K
+        | WeightFormat::IQ4_XS => {
+            let (be, bb) = (format.block_elems(), format.block_bytes());
+            for (y, b) in dst.chunks_exact_mut(be).zip(src.chunks_exact(bb)) {
+                crate::lowbit::dequantize_block(format, b, y);
+            }
+        }
         WeightFormat::Q6_K => {
             for (y, b) in dst.chunks_exact_mut(QK_K).zip(src.chunks_exact(210)) {
                 let u = unpack_q6k(b);

@@ -18,7 +18,15 @@ pub(crate) fn dot(format: WeightFormat, w: &[u8], x: &[f32], a: &ActBuf, i: usiz
         WeightFormat::F32 => dot_float(x, |j| f32_at(w, 4 * j)),
         WeightFormat::F16 => dot_float(x, |j| f16_at(w, 2 * j)),
         WeightFormat::BF16 => dot_float(x, |j| bf16_at(w, 2 * j)),
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 => dot_q32(format, w, a, i),
+        WeightFormat::Q4_0
+        | WeightFormat::Q4_1
+        | WeightFormat::Q8_0
+        | WeightFormat::Q5_0
+        | WeightFormat::Q5_1
+        | WeightFormat::IQ4_NL => dot_q32(format, w, a, i),
+        WeightFormat::Q2_K | WeightFormat::Q3_K | WeightFormat::IQ4_XS => {
+            crate::dot_lowbit::dot_superblock(format, w, a, i)
+        }
         WeightFormat::Q4_K => dot_q45k(w, a, i, 144, unpack_q4k),
         WeightFormat::Q5_K => dot_q45k(w, a, i, 176, unpack_q5k),
         WeightFormat::Q6_K => dot_q6k(w, a, i),
@@ -46,54 +54,89 @@ fn dot_float(x: &[f32], w: impl Fn(usize) -> f32) -> f32 {
     s
 }
 
-/// Weight value `e` (0..32) of a Q4_0/Q4_1/Q8_0 block, in ggml's element order.
+/// The 32 weight quants of a Q4_0/Q4_1/Q8_0/Q5_0/Q5_1/IQ4_NL block, in ggml's element order
+/// (the integers its AVX2 dot multiplies: Q4_1 and Q5_1 unsigned, the others signed).
 #[inline]
-fn q32_value(format: WeightFormat, blk: &[u8], e: usize) -> i32 {
+pub(crate) fn q32_values(format: WeightFormat, blk: &[u8]) -> [i8; QK] {
+    let mut q = [0i8; QK];
     match format {
-        WeightFormat::Q8_0 => (blk[2 + e] as i8) as i32,
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
-            let qs = if format == WeightFormat::Q4_1 {
-                &blk[4..20]
-            } else {
-                &blk[2..18]
-            };
-            let nib = if e < 16 { qs[e] & 0xF } else { qs[e - 16] >> 4 } as i32;
-            if format == WeightFormat::Q4_0 {
-                nib - 8
-            } else {
-                nib
+        WeightFormat::Q8_0 => {
+            for (v, &b) in q.iter_mut().zip(&blk[2..34]) {
+                *v = b as i8;
             }
         }
-        _ => unreachable!("q32_value: {format:?} is not a 32-value block format"),
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
+            let (qs, bias) = if format == WeightFormat::Q4_1 {
+                (&blk[4..20], 0)
+            } else {
+                (&blk[2..18], 8)
+            };
+            for j in 0..16 {
+                q[j] = (qs[j] & 0xF) as i8 - bias;
+                q[j + 16] = (qs[j] >> 4) as i8 - bias;
+            }
+        }
+        WeightFormat::Q5_0 => q = crate::lowbit::q5_values(blk, true),
+        WeightFormat::Q5_1 => q = crate::lowbit::q5_values(blk, false),
+        WeightFormat::IQ4_NL => q = crate::lowbit::iq4nl_values(blk),
+        _ => unreachable!("q32_values: {format:?} is not a 32-value block format"),
     }
+    q
 }
 
-/// ggml's AVX2 `vec_dot_q4_0_q8_0` / `_q4_1_q8_1` / `_q8_0_q8_0` arithmetic, lane by lane.
+/// Whether a 32-value format carries a min (`m`, f16 at byte 2) dotted with Q8_1's `s`.
+#[inline]
+fn has_min(format: WeightFormat) -> bool {
+    matches!(format, WeightFormat::Q4_1 | WeightFormat::Q5_1)
+}
+
+/// ggml's AVX2 `vec_dot_q4_0_q8_0` / `_q4_1_q8_1` / `_q8_0_q8_0` / `_q5_0_q8_0` /
+/// `_q5_1_q8_1` / `_iq4_nl_q8_0` arithmetic, lane by lane.
 ///
 /// Lane `l` of a block is the exact integer sum of elements `4l..4l+4`; it is folded into an
-/// eight-lane accumulator with one fused multiply-add by `d_w * d_x`. Q4_1's min term
-/// accumulates separately (`summs = fma(m, s, summs)`) and is added after the lane sum.
+/// eight-lane accumulator with one fused multiply-add by `d_w * d_x`. Q4_1's and Q5_1's min
+/// term accumulates separately (`summs = fma(m, s, summs)`) and is added after the lane sum.
+/// IQ4_NL takes blocks in pairs into two accumulators (even blocks, odd blocks) that are
+/// added lane-wise before the lane sum; an unpaired last block is added after it.
 fn dot_q32(format: WeightFormat, w: &[u8], a: &ActBuf, i: usize) -> f32 {
     let bb = format.block_bytes();
     let xq = a.row_qs(i);
-    let mut lanes = [0.0f32; 8];
+    let nb = w.len() / bb;
+    let iq4 = format == WeightFormat::IQ4_NL;
+    let paired = if iq4 { nb / 2 * 2 } else { nb };
+    let mut lanes = [[0.0f32; 8]; 2];
     let mut summs = 0.0f32;
-    for (b, blk) in w.chunks_exact(bb).enumerate() {
+    for (b, blk) in w.chunks_exact(bb).enumerate().take(paired) {
         let x = &xq[b * QK..b * QK + QK];
         let k = a.at(b, i);
         let dd = f16_at(blk, 0) * a.d[k];
-        for (l, lane) in lanes.iter_mut().enumerate() {
-            let s: i32 = (4 * l..4 * l + 4)
-                .map(|e| q32_value(format, blk, e) * x[e] as i32)
-                .sum();
+        let q = q32_values(format, blk);
+        let acc = &mut lanes[if iq4 { b & 1 } else { 0 }];
+        for (l, lane) in acc.iter_mut().enumerate() {
+            let s: i32 = (4 * l..4 * l + 4).map(|e| q[e] as i32 * x[e] as i32).sum();
             *lane = (s as f32).mul_add(dd, *lane);
         }
-        if format == WeightFormat::Q4_1 {
+        if has_min(format) {
             summs = f16_at(blk, 2).mul_add(a.s[k], summs);
         }
     }
-    let h = crate::ggml_math::hsum8(&lanes);
-    if format == WeightFormat::Q4_1 {
+    let mut h = if iq4 {
+        let mut both = [0.0f32; 8];
+        for (o, (p, q)) in both.iter_mut().zip(lanes[0].iter().zip(&lanes[1])) {
+            *o = p + q;
+        }
+        crate::ggml_math::hsum8(&both)
+    } else {
+        crate::ggml_math::hsum8(&lanes[0])
+    };
+    for (b, blk) in w.chunks_exact(bb).enumerate().skip(paired) {
+        // IQ4_NL's odd last block: ggml's scalar tail, `sumf += d * sumi`.
+        let x = &xq[b * QK..b * QK + QK];
+        let q = q32_values(format, blk);
+        let s: i32 = (0..QK).map(|e| q[e] as i32 * x[e] as i32).sum();
+        h = (f16_at(blk, 0) * a.d[a.at(b, i)]).mul_add(s as f32, h);
+    }
+    if has_min(format) {
         h + summs
     } else {
         h

@@ -22,10 +22,22 @@ pub enum WeightFormat {
     Q5_K,
     /// 256 values: 6-bit quants, 16 signed 8-bit sub-block scales, f16 d.
     Q6_K,
+    /// 32 values: f16 scale, 4 bytes of high bits, 16 bytes of low nibbles; value = (q - 16) * d.
+    Q5_0,
+    /// 32 values: f16 scale and min, 4 bytes of high bits, 16 bytes of low nibbles; q * d + m.
+    Q5_1,
+    /// 256 values: 4-bit sub-block scales and mins, 2-bit quants, f16 d and dmin.
+    Q2_K,
+    /// 256 values: 6-bit signed sub-block scales, 2-bit quants plus a high-bit mask, f16 d.
+    Q3_K,
+    /// 32 values: f16 scale, 16 bytes of 4-bit indices into the non-linear `kvalues_iq4nl`.
+    IQ4_NL,
+    /// 256 values: IQ4_NL's table with 6-bit sub-block scales (split low/high), f16 d.
+    IQ4_XS,
 }
 
 /// Every format, for iteration in tests and tools.
-pub const ALL_FORMATS: [WeightFormat; 9] = [
+pub const ALL_FORMATS: [WeightFormat; 15] = [
     WeightFormat::F32,
     WeightFormat::F16,
     WeightFormat::BF16,
@@ -35,6 +47,12 @@ pub const ALL_FORMATS: [WeightFormat; 9] = [
     WeightFormat::Q4_K,
     WeightFormat::Q5_K,
     WeightFormat::Q6_K,
+    WeightFormat::Q5_0,
+    WeightFormat::Q5_1,
+    WeightFormat::Q2_K,
+    WeightFormat::Q3_K,
+    WeightFormat::IQ4_NL,
+    WeightFormat::IQ4_XS,
 ];
 
 impl WeightFormat {
@@ -42,8 +60,8 @@ impl WeightFormat {
     pub fn block_elems(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => 32,
-            Self::Q4_K | Self::Q5_K | Self::Q6_K => 256,
+            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 | Self::Q5_0 | Self::Q5_1 | Self::IQ4_NL => 32,
+            Self::Q4_K | Self::Q5_K | Self::Q6_K | Self::Q2_K | Self::Q3_K | Self::IQ4_XS => 256,
         }
     }
 
@@ -58,6 +76,12 @@ impl WeightFormat {
             Self::Q4_K => 144,
             Self::Q5_K => 176,
             Self::Q6_K => 210,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
+            Self::Q2_K => 84,
+            Self::Q3_K => 110,
+            Self::IQ4_NL => 18,
+            Self::IQ4_XS => 136,
         }
     }
 
@@ -103,6 +127,12 @@ impl WeightFormat {
             Self::Q4_K => "q4_K",
             Self::Q5_K => "q5_K",
             Self::Q6_K => "q6_K",
+            Self::Q5_0 => "q5_0",
+            Self::Q5_1 => "q5_1",
+            Self::Q2_K => "q2_K",
+            Self::Q3_K => "q3_K",
+            Self::IQ4_NL => "iq4_nl",
+            Self::IQ4_XS => "iq4_xs",
         }
     }
 
@@ -118,6 +148,12 @@ impl WeightFormat {
             13 => Self::Q5_K,
             14 => Self::Q6_K,
             30 => Self::BF16,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
+            10 => Self::Q2_K,
+            11 => Self::Q3_K,
+            20 => Self::IQ4_NL,
+            23 => Self::IQ4_XS,
             _ => return None,
         })
     }
@@ -134,6 +170,12 @@ impl WeightFormat {
             Self::Q5_K => 13,
             Self::Q6_K => 14,
             Self::BF16 => 30,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
+            Self::Q2_K => 10,
+            Self::Q3_K => 11,
+            Self::IQ4_NL => 20,
+            Self::IQ4_XS => 23,
         }
     }
 
@@ -151,9 +193,11 @@ impl WeightFormat {
         use crate::act::ActKind;
         match self {
             Self::F32 | Self::F16 | Self::BF16 => ActKind::F32,
-            Self::Q4_0 | Self::Q8_0 => ActKind::Q8_0,
-            Self::Q4_1 => ActKind::Q8_1,
-            Self::Q4_K | Self::Q5_K | Self::Q6_K => ActKind::Q8K,
+            Self::Q4_0 | Self::Q8_0 | Self::Q5_0 | Self::IQ4_NL => ActKind::Q8_0,
+            Self::Q4_1 | Self::Q5_1 => ActKind::Q8_1,
+            Self::Q4_K | Self::Q5_K | Self::Q6_K | Self::Q2_K | Self::Q3_K | Self::IQ4_XS => {
+                ActKind::Q8K
+            }
         }
     }
 }

@@ -6,16 +6,18 @@
 //! bytes ([`MatRef`], ggml block layouts). It is the engine's hot spot; five decisions shape it.
 //!
 //! **Arithmetic follows llama.cpp bit for bit.** Each weight format is dotted against the
-//! activation format llama.cpp's CPU backend uses for it (its `vec_dot_type`): Q4_0 and Q8_0
-//! weights against Q8_0 activations, Q4_1 against Q8_1 (whose `s = d * sum(q)` carries the min
-//! term), the K-quants against Q8_K. Activations are quantized as llama.cpp's x86 build does
-//! (`127 / amax`, ties to even), and the 32-block formats accumulate each block's integer dot
-//! in eight f32 lanes with one FMA, summed once per row in `hsum_float_8` order, so Q4_0, Q4_1
-//! and Q8_0 matmuls give llama.cpp's exact outputs; so do RMSNorm, RoPE, SwiGLU (ggml's exp
-//! polynomial) and attention ([`attention`]). The point is reproducibility against the
-//! reference everyone knows: a greedy continuation is token for token llama.cpp's. Float
-//! weights (F32, F16, BF16) are dotted against f32 activations (llama.cpp rounds them to
-//! f16/bf16 first), and the K-quants sum in our own order, so those agree within rounding.
+//! activation format llama.cpp's CPU backend uses for it (its `vec_dot_type`): Q4_0, Q5_0,
+//! IQ4_NL and Q8_0 weights against Q8_0 activations, Q4_1 and Q5_1 against Q8_1 (whose
+//! `s = d * sum(q)` carries the min term), the K-quants (Q2_K to Q6_K) and IQ4_XS against
+//! Q8_K. Activations are quantized as llama.cpp's x86 build does (`127 / amax`, ties to
+//! even), and the 32-block formats accumulate each block's integer dot in eight f32 lanes
+//! with one FMA, summed once per row in `hsum_float_8` order, so Q4_0, Q4_1, Q5_0, Q5_1,
+//! IQ4_NL and Q8_0 matmuls give llama.cpp's exact outputs; so do RMSNorm, RoPE, SwiGLU
+//! (ggml's exp polynomial) and attention ([`attention`]). The point is reproducibility
+//! against the reference everyone knows: a greedy continuation is token for token
+//! llama.cpp's. Float weights (F32, F16, BF16) are dotted against f32 activations (llama.cpp
+//! rounds them to f16/bf16 first), and the K-quants and IQ4_XS sum in our own order, so
+//! those agree within rounding.
 //!
 //! **Tiling.** Activations are quantized once per call (once for Q/K/V together, see
 //! [`matmul_many`]), weight rows are cut into chunks of whole 8-row tiles that the pool's
@@ -51,11 +53,14 @@
 //! in any part are caught and re-raised in the caller after every part has finished, so
 //! borrowed data never outlives a running part.
 //!
-//! **Where the code lives.** The scalar references are `dot.rs` (ggml layout), `packed.rs`
+//! **Where the code lives.** Block layouts are `blocks.rs` and, for Q5_0, Q5_1, Q2_K, Q3_K,
+//! IQ4_NL and IQ4_XS, `lowbit.rs`. The scalar references are `dot.rs` and `dot_lowbit.rs`
+//! (ggml layout), `packed.rs`
 //! (packed layout), `act.rs` (activation quantizers) and `attention/scalar.rs`; the x86-64
-//! kernels are in `x86/`: `block32_tiles` (ggml-layout Q4_0/Q4_1/Q8_0), `packed_tiles` and
-//! `packed_tiles_512` (the packed layout, 256- and 512-bit), `kquant_tiles` and
-//! `kquant_decode` (K-quants, batched and single-row), `float_tiles` (F32/F16/BF16),
+//! kernels are in `x86/`: `block32_tiles` with `block32_unpack` (ggml-layout 32-value
+//! formats), `packed_tiles` and
+//! `packed_tiles_512` (the packed layout, 256- and 512-bit), `kquant_tiles`, `kquant_lowbit`
+//! and `kquant_decode` (K-quants and IQ4_XS, batched and single-row), `float_tiles` (F32/F16/BF16),
 //! `act_quant` (activation quantizers), each tile monomorphized per weight format through the
 //! tags of `x86/tag.rs`; attention's are `attention/avx2.rs` and `attention/fast.rs`.
 //!
@@ -81,9 +86,11 @@ mod blocks;
 mod cpu;
 mod dequant;
 mod dot;
+mod dot_lowbit;
 mod error;
 mod format;
 mod ggml_math;
+mod lowbit;
 mod matmul;
 pub mod mem;
 mod packed;

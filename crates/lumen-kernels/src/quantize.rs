@@ -56,7 +56,15 @@ pub fn quantize_row(format: WeightFormat, src: &[f32], dst: &mut [u8]) -> Result
                 quantize_block_q8_0(x, y);
             }
         }
-        WeightFormat::Q4_K | WeightFormat::Q5_K | WeightFormat::Q6_K => {
+        WeightFormat::Q4_K
+        | WeightFormat::Q5_K
+        | WeightFormat::Q6_K
+        | WeightFormat::Q5_0
+        | WeightFormat::Q5_1
+        | WeightFormat::Q2_K
+        | WeightFormat::Q3_K
+        | WeightFormat::IQ4_NL
+        | WeightFormat::IQ4_XS => {
             return Err(KernelError::Unsupported {
                 op: "quantize_row",
                 format: format.name(),

@@ -30,6 +30,12 @@ fn format_constants() {
         (256, 144),
         (256, 176),
         (256, 210),
+        (32, 22),
+        (32, 24),
+        (256, 84),
+        (256, 110),
+        (32, 18),
+        (256, 136),
     ];
     for (f, (be, bb)) in ALL_FORMATS.iter().zip(want) {
         assert_eq!((f.block_elems(), f.block_bytes()), (be, bb), "{f}");
@@ -40,7 +46,10 @@ fn format_constants() {
     assert_eq!(WeightFormat::Q6_K.row_bytes(128), None);
     assert_eq!(WeightFormat::F32.row_bytes(7), Some(28));
     assert_eq!(WeightFormat::Q4_K.name(), "q4_K");
-    assert_eq!(WeightFormat::from_ggml_type(6), None);
+    assert_eq!(WeightFormat::from_ggml_type(6), Some(WeightFormat::Q5_0));
+    assert_eq!(WeightFormat::IQ4_XS.ggml_type(), 23);
+    // IQ2_XXS (16) has no kernels.
+    assert_eq!(WeightFormat::from_ggml_type(16), None);
 }
 
 #[test]

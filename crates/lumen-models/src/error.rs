@@ -38,12 +38,14 @@ pub enum ModelError {
         expected: Vec<u64>,
     },
     /// A tensor is stored in a format Lumen cannot compute with.
-    #[error("tensor `{name}` uses unsupported type {ty}")]
+    #[error("tensor `{name}` uses unsupported type {ty} (supported: {supported})")]
     UnsupportedType {
         /// The tensor.
         name: String,
         /// Its GGUF type.
         ty: String,
+        /// The types that would have loaded, comma-separated.
+        supported: String,
     },
     /// A hyper-parameter is missing, zero or inconsistent.
     #[error("invalid model config: {0}")]

@@ -131,8 +131,24 @@ pub fn weight_format(ty: GgmlType) -> Option<WeightFormat> {
         GgmlType::Q4_K => WeightFormat::Q4_K,
         GgmlType::Q5_K => WeightFormat::Q5_K,
         GgmlType::Q6_K => WeightFormat::Q6_K,
+        GgmlType::Q5_0 => WeightFormat::Q5_0,
+        GgmlType::Q5_1 => WeightFormat::Q5_1,
+        GgmlType::Q2_K => WeightFormat::Q2_K,
+        GgmlType::Q3_K => WeightFormat::Q3_K,
+        GgmlType::IQ4_NL => WeightFormat::IQ4_NL,
+        GgmlType::IQ4_XS => WeightFormat::IQ4_XS,
         _ => return None,
     })
+}
+
+/// The GGUF types [`weight_format`] maps, comma-separated, for error messages.
+pub fn supported_weight_types() -> String {
+    GgmlType::ALL
+        .iter()
+        .filter(|t| weight_format(**t).is_some())
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A `rows × cols` weight matrix living in the GGUF file.
@@ -170,6 +186,7 @@ impl Linear {
         let format = weight_format(info.ggml_type).ok_or_else(|| ModelError::UnsupportedType {
             name: name.to_string(),
             ty: info.ggml_type.name().to_string(),
+            supported: supported_weight_types(),
         })?;
         let packed = file.is_rewritten(info);
         let linear = Linear {
@@ -248,6 +265,7 @@ pub fn load_vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, 
             return Err(ModelError::UnsupportedType {
                 name: name.to_string(),
                 ty: other.name().to_string(),
+                supported: "F32, F16, BF16".to_string(),
             })
         }
     };
@@ -264,4 +282,55 @@ pub fn load_vector_optional(
         return Ok(None);
     }
     load_vector(file, name, len).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GGUF v3 file with no metadata and the given (name, dims, ggml type id, data bytes)
+    /// tensors, each at a 32-byte aligned offset (ggml's default alignment).
+    fn gguf(tensors: &[(&str, &[u64], u32, usize)]) -> GgufFile {
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        let mut off = 0u64;
+        for (name, dims, ty, len) in tensors {
+            b.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            for d in *dims {
+                b.extend_from_slice(&d.to_le_bytes());
+            }
+            b.extend_from_slice(&ty.to_le_bytes());
+            b.extend_from_slice(&off.to_le_bytes());
+            off = (off + *len as u64).next_multiple_of(32);
+        }
+        b.resize(b.len().next_multiple_of(32), 0);
+        b.resize(b.len() + off as usize, 0);
+        GgufFile::from_bytes(b).expect("a well-formed test GGUF")
+    }
+
+    /// A type without kernels is refused by name, and the message lists what would load.
+    #[test]
+    fn unsupported_type_names_itself_and_the_supported_ones() {
+        let file = gguf(&[
+            ("iq2", &[256, 1], GgmlType::IQ2_XXS.id(), 66),
+            ("q5", &[32, 2], GgmlType::Q5_0.id(), 44),
+        ]);
+        let err = Linear::load(&file, "iq2", 1, 256).expect_err("IQ2_XXS has no kernels");
+        let msg = err.to_string();
+        assert!(matches!(err, ModelError::UnsupportedType { .. }), "{msg}");
+        assert!(msg.contains("`iq2`") && msg.contains("IQ2_XXS"), "{msg}");
+        for ty in [
+            "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
+            "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
+        ] {
+            assert!(msg.contains(ty), "{ty} missing from: {msg}");
+        }
+        // The formats added for llama.cpp's fallbacks load.
+        let q5 = Linear::load(&file, "q5", 2, 32).expect("Q5_0 loads");
+        assert_eq!(q5.format, WeightFormat::Q5_0);
+    }
 }

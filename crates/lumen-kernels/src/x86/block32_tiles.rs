@@ -1,11 +1,18 @@
-//! AVX2 tiles for the 32-value block formats (Q4_0, Q4_1, Q8_0) against Q8_0/Q8_1 activations.
+//! AVX2 tiles for the 32-value block formats (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, IQ4_NL) against
+//! Q8_0/Q8_1 activations.
 //!
-//! The arithmetic is ggml's AVX2 `vec_dot_q4_0_q8_0` / `_q4_1_q8_1` / `_q8_0_q8_0`, so every
-//! output equals llama.cpp's bit for bit (and the scalar reference in [`crate::dot`]): each
+//! The arithmetic is ggml's AVX2 `vec_dot_q4_0_q8_0` / `_q4_1_q8_1` / `_q8_0_q8_0` /
+//! `_q5_0_q8_0` / `_q5_1_q8_1` / `_iq4_nl_q8_0`, so every output equals llama.cpp's bit for
+//! bit (and the scalar reference in [`crate::dot`]): each
 //! (weight row, activation row) pair keeps an eight-lane f32 accumulator; per block, lane `l`
 //! gets the exact integer sum of elements `4l..4l+4` (`maddubs` + `madd`), converted to f32 and
-//! folded in with one FMA by `d_w * d_x`; Q4_1's min term accumulates on the side; the lanes
-//! are summed once per row at the end like `hsum_float_8`.
+//! folded in with one FMA by `d_w * d_x`; Q4_1's and Q5_1's min term accumulates on the side;
+//! the lanes are summed once per row at the end like `hsum_float_8`. IQ4_NL, like ggml, keeps
+//! a second accumulator for odd blocks (added lane-wise before the sum) and adds an unpaired
+//! last block after the sum.
+//!
+//! Per format only the unpacking differs: Q5_0/Q5_1 or their fifth bits into the nibbles
+//! (ggml's `bytes_from_bits_32`), IQ4_NL looks its nibbles up in `kvalues_iq4nl` (`pshufb`).
 //!
 //! A tile is R weight rows by C activation rows: each weight block is unpacked once per tile
 //! and each activation block loaded once, so a batch of C rows reads the weights once.
@@ -13,6 +20,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use super::block32_unpack::{block_bytes, has_min, load_w, load_w_unsigned, vnni_offset};
 use super::tag::{self, Tag};
 use super::M_CHUNK;
 use crate::act::ActBuf;
@@ -23,15 +31,7 @@ use crate::matmul::MatRef;
 /// How many tiles ahead [`tile`] prefetches its weights.
 const PREFETCH_TILES: usize = 2;
 
-const fn block_bytes(f: Tag) -> usize {
-    match f {
-        tag::Q4_0 => 18,
-        tag::Q4_1 => 20,
-        _ => 34,
-    }
-}
-
-/// Computes columns `r` of every output row for a Q4_0/Q4_1/Q8_0 matrix.
+/// Computes columns `r` of every output row for a matrix in a 32-value block format.
 ///
 /// # Safety
 /// As [`super::compute_rows`].
@@ -173,74 +173,6 @@ unsafe fn tile_n<const F: Tag, const V: bool, const R: usize>(
     }
 }
 
-/// One block of one weight row as (unsigned operand for `maddubs`, sign source): Q4_1 nibbles
-/// are already unsigned; Q4_0 (`nibble - 8`) and Q8_0 use `|w|` with the sign moved onto x.
-///
-/// # Safety
-/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
-/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
-/// pointer argument must be valid for the reads and writes described above.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn load_w<const F: Tag>(p: *const u8, m4: __m256i) -> (__m256i, __m256i) {
-    // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
-    // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-    unsafe {
-        if F == tag::Q8_0 {
-            let raw = _mm256_loadu_si256(p.add(2).cast());
-            (_mm256_abs_epi8(raw), raw)
-        } else {
-            let v = nibbles::<F>(p, m4);
-            if F == tag::Q4_0 {
-                let s = _mm256_sub_epi8(v, _mm256_set1_epi8(8));
-                (_mm256_abs_epi8(s), s)
-            } else {
-                (v, v)
-            }
-        }
-    }
-}
-
-/// One block of one weight row as the unsigned operand of `vpdpbusd`: Q4_0 and Q4_1 nibbles
-/// as they are, Q8_0 values plus 128 (the caller starts the sums at `-k * sum(x)`).
-///
-/// # Safety
-/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
-/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
-/// pointer argument must be valid for the reads and writes described above.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn load_w_unsigned<const F: Tag>(p: *const u8, m4: __m256i) -> __m256i {
-    // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
-    // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-    unsafe {
-        if F == tag::Q8_0 {
-            _mm256_xor_si256(_mm256_loadu_si256(p.add(2).cast()), _mm256_set1_epi8(-128))
-        } else {
-            nibbles::<F>(p, m4)
-        }
-    }
-}
-
-/// The 32 nibbles of a Q4_0/Q4_1 block as bytes in element order.
-///
-/// # Safety
-/// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
-/// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
-/// pointer argument must be valid for the reads and writes described above.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn nibbles<const F: Tag>(p: *const u8, m4: __m256i) -> __m256i {
-    // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
-    // `# Safety` section; every intrinsic, load and store below relies on exactly those.
-    unsafe {
-        let off = if F == tag::Q4_1 { 4 } else { 2 };
-        // Low nibbles are elements 0..16, high nibbles 16..32: shift only the upper copy.
-        let q = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(off).cast()));
-        _mm256_and_si256(_mm256_srlv_epi64(q, _mm256_setr_epi64x(0, 0, 4, 4)), m4)
-    }
-}
-
 /// R weight rows starting at `w` (stride `rb`, R <= 8) times activation rows `i0..i0+C`;
 /// writes pair (r, c) to `out[c * ors + r]`. `V` picks the VNNI build of the same body.
 ///
@@ -312,7 +244,7 @@ unsafe fn tile_vnni<const F: Tag, const R: usize, const C: usize>(
 }
 
 /// Scales of block `b` for [`tile_body`]: `d_w * d_x` of every pair into `dd[b % 2]` (as
-/// `[c * 8 + r]`), and Q4_1's min term of block `b` added to `summs`.
+/// `[c * 8 + r]`), and Q4_1's or Q5_1's min term of block `b` added to `summs`.
 ///
 /// # Safety
 /// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
@@ -351,7 +283,7 @@ unsafe fn block_scales<const F: Tag, const R: usize, const C: usize>(
             let dx = _mm256_broadcast_ss(&*act.d.as_ptr().add(at + c));
             _mm256_storeu_ps(buf.add(c * 8), _mm256_mul_ps(dw, dx));
         }
-        if F == tag::Q4_1 {
+        if has_min(F) {
             let mw = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(g));
             for (c, sm) in summs.iter_mut().enumerate() {
                 let sx = _mm256_broadcast_ss(&*act.s.as_ptr().add(at + c));
@@ -385,7 +317,11 @@ unsafe fn tile_body<const F: Tag, const V: bool, const R: usize, const C: usize>
         let ones = _mm256_set1_epi16(1);
         let m4 = _mm256_set1_epi8(0x0F);
         let mut acc = [[_mm256_setzero_ps(); C]; R];
-        // Q4_1's min term, one lane per weight row.
+        // IQ4_NL: odd blocks' accumulators, and an unpaired last block's integer sums.
+        let iq4 = F == tag::IQ4_NL;
+        let mut acc_odd = [[_mm256_setzero_ps(); C]; R];
+        let mut tail = [[0i32; C]; R];
+        // Q4_1's and Q5_1's min term, one lane per weight row.
         let mut summs = [_mm256_setzero_ps(); C];
         // d_w * d_x of every pair, as dd[c * 8 + r], read back by broadcasting loads (a load
         // instead of a shuffle and a broadcast on the vector ports). Two buffers: block b + 1's
@@ -419,32 +355,43 @@ unsafe fn tile_body<const F: Tag, const V: bool, const R: usize, const C: usize>
             // or 128) and starts from `-k * (x[4l] + .. + x[4l+3])`: the same exact lane sums as
             // the sign trick, without a sign instruction per pair.
             let mut start = [_mm256_setzero_si256(); C];
-            if V && F != tag::Q4_1 {
-                let k = _mm256_set1_epi8(if F == tag::Q4_0 { 8 } else { -128 });
+            if V && !has_min(F) {
+                let k = _mm256_set1_epi8(vnni_offset(F));
                 for (c, s) in start.iter_mut().enumerate() {
                     let kx =
                         _mm256_dpbusd_epi32(_mm256_setzero_si256(), k, _mm256_loadu_si256(xb(c)));
                     *s = _mm256_sub_epi32(_mm256_setzero_si256(), kx);
                 }
             }
-            for (r, acc_r) in acc.iter_mut().enumerate() {
+            let odd = iq4 && b % 2 == 1;
+            let unpaired = iq4 && b + 1 == nb && nb % 2 == 1;
+            for r in 0..R {
                 let (wu, ws) = if V {
                     (load_w_unsigned::<F>(bp.add(r * rb), m4), m4)
                 } else {
                     load_w::<F>(bp.add(r * rb), m4)
                 };
-                for (c, a) in acc_r.iter_mut().enumerate() {
+                for c in 0..C {
                     let xq = _mm256_loadu_si256(xb(c));
                     // Lane l: the exact sum of products 4l..4l+4 (no i16 saturation: |w| <= 128, |x| <= 127).
                     let p = if V {
                         _mm256_dpbusd_epi32(start[c], wu, xq)
                     } else {
-                        let xv = if F == tag::Q4_1 {
+                        let xv = if has_min(F) {
                             xq
                         } else {
                             _mm256_sign_epi8(xq, ws)
                         };
                         _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xv), ones)
+                    };
+                    if unpaired {
+                        tail[r][c] = super::hsum_epi32(p);
+                        continue;
+                    }
+                    let a = if odd {
+                        &mut acc_odd[r][c]
+                    } else {
+                        &mut acc[r][c]
                     };
                     *a = _mm256_fmadd_ps(
                         _mm256_cvtepi32_ps(p),
@@ -457,9 +404,19 @@ unsafe fn tile_body<const F: Tag, const V: bool, const R: usize, const C: usize>
         for (c, sm) in summs.iter().enumerate() {
             let mut s = [0.0f32; 8];
             _mm256_storeu_ps(s.as_mut_ptr(), *sm);
-            for (r, acc_r) in acc.iter().enumerate() {
-                let h = hsum8(acc_r[c]);
-                *out.add(c * ors + r) = if F == tag::Q4_1 { h + s[r] } else { h };
+            for r in 0..R {
+                let h = if iq4 {
+                    let h = hsum8(_mm256_add_ps(acc[r][c], acc_odd[r][c]));
+                    if nb % 2 == 1 {
+                        // ggml's scalar tail for the unpaired block, `sumf += d * sumi`.
+                        dd[(nb - 1) & 1][c * 8 + r].mul_add(tail[r][c] as f32, h)
+                    } else {
+                        h
+                    }
+                } else {
+                    hsum8(acc[r][c])
+                };
+                *out.add(c * ors + r) = if has_min(F) { h + s[r] } else { h };
             }
         }
     }
@@ -469,16 +426,22 @@ unsafe fn tile_body<const F: Tag, const V: bool, const R: usize, const C: usize>
 mod tests {
     use super::*;
     use crate::pool::ThreadPool;
-    use crate::x86::test_support::{random_rows, Lcg, Q32_FORMATS};
+    use crate::x86::test_support::{random_rows, Lcg, LOWBIT32_FORMATS, Q32_FORMATS};
     use crate::WeightFormat;
 
     /// Every level's build (plain AVX2, VNNI) gives the scalar reference's bits for every
-    /// format and tile shape.
+    /// format and tile shape, with an even and an odd number of blocks per row (IQ4_NL
+    /// pairs blocks and treats an unpaired last one apart).
     #[test]
     fn every_level_matches_scalar() {
-        let (rows, cols) = (21, 256);
+        let rows = 21;
         let mut rng = Lcg(5);
-        for (format, kind) in Q32_FORMATS {
+        for (cols, (format, kind)) in [256, 288].into_iter().flat_map(|c| {
+            Q32_FORMATS
+                .into_iter()
+                .chain(LOWBIT32_FORMATS)
+                .map(move |f| (c, f))
+        }) {
             let data = random_rows(&mut rng, format, rows, cols);
             let w = MatRef::new(format, rows, cols, &data).unwrap();
             for m in [1, 2, 5] {
@@ -519,6 +482,27 @@ mod tests {
                                 0..rows,
                                 out.as_mut_ptr(),
                             ),
+                            WeightFormat::Q5_0 => super::rows::<{ tag::Q5_0 }>(
+                                level,
+                                &w,
+                                &act,
+                                0..rows,
+                                out.as_mut_ptr(),
+                            ),
+                            WeightFormat::Q5_1 => super::rows::<{ tag::Q5_1 }>(
+                                level,
+                                &w,
+                                &act,
+                                0..rows,
+                                out.as_mut_ptr(),
+                            ),
+                            WeightFormat::IQ4_NL => super::rows::<{ tag::IQ4_NL }>(
+                                level,
+                                &w,
+                                &act,
+                                0..rows,
+                                out.as_mut_ptr(),
+                            ),
                             _ => super::rows::<{ tag::Q8_0 }>(
                                 level,
                                 &w,
@@ -531,7 +515,7 @@ mod tests {
                     assert_eq!(
                         out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(),
                         want,
-                        "{format} {level} m={m}"
+                        "{format} {level} m={m} cols={cols}"
                     );
                 }
             }

@@ -1,15 +1,20 @@
-//! AVX2 tiles for the K-quants (Q4_K, Q5_K, Q6_K) against Q8_K activations.
+//! AVX2 tiles for the K-quants (Q4_K, Q5_K, Q6_K, and Q2_K, Q3_K, IQ4_XS unpacked by
+//! [`super::kquant_lowbit`]) against Q8_K activations.
 //!
 //! For each super-block, up to eight weight rows are unpacked once into [`KRow`]s (one byte per
 //! value plus ready-made i16 scale vectors) and then dotted with every activation row of the
 //! chunk. All three formats share the inner loop `madd(maddubs(q, x), scale)`; they differ in
-//! unpacking and in the correction term (mins for Q4_K/Q5_K, the -32 offset for Q6_K). The
-//! per-super-block float update is added into `out`, which starts at zero.
+//! unpacking and in the correction term (mins for Q4_K/Q5_K per 32 values and Q2_K per 16,
+//! the -32 offset for Q6_K, -4 for Q3_K; IQ4_XS's signed values move their sign onto the
+//! activations). The per-super-block float update is added into `out`, which starts at zero.
+//! The single-row path of [`super::kquant_decode`] serves Q4_K, Q5_K and Q6_K; the others
+//! run their one-row tails through the same unpacked rows.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::kquant_decode::direct;
+use super::kquant_lowbit::{unpack_iq4xs, unpack_q2k, unpack_q3k};
 use super::tag::{self, Tag};
 use super::{reduce8, reduce8_128, M_CHUNK};
 use crate::act::ActBuf;
@@ -20,24 +25,39 @@ const fn block_bytes(f: Tag) -> usize {
     match f {
         tag::Q4_K => 144,
         tag::Q5_K => 176,
+        tag::Q2_K => 84,
+        tag::Q3_K => 110,
+        tag::IQ4_XS => 136,
         _ => 210,
     }
+}
+
+/// Whether the format has a min term (`- dmin * sum(min * bsum)`).
+const fn has_min(f: Tag) -> bool {
+    f == tag::Q4_K || f == tag::Q5_K || f == tag::Q2_K
+}
+
+/// Whether [`super::kquant_decode`] has a register-only single-row path for the format.
+const fn has_direct(f: Tag) -> bool {
+    f == tag::Q4_K || f == tag::Q5_K || f == tag::Q6_K
 }
 
 /// One unpacked super-block of one weight row.
 #[repr(C, align(32))]
 #[derive(Clone, Copy)]
-struct KRow {
-    /// Unsigned quants, one byte per value, in value order.
-    q: [u8; 256],
+pub(super) struct KRow {
+    /// Quants, one byte per value, in value order: unsigned, except IQ4_XS's signed values.
+    pub(super) q: [u8; 256],
     /// For each 32-value chunk, the i16 scale of each `maddubs` output lane.
-    scv: [[i16; 16]; 8],
-    /// Q6_K: the 16 sub-block scales (for the -32 correction).
-    sc16: [i16; 16],
+    pub(super) scv: [[i16; 16]; 8],
+    /// Q6_K and Q3_K: the 16 sub-block scales (for the -32 / -4 correction).
+    pub(super) sc16: [i16; 16],
     /// Q4_K/Q5_K: the 8 sub-block mins.
-    mins: [i16; 8],
-    d: f32,
-    dmin: f32,
+    pub(super) mins: [i16; 8],
+    /// Q2_K: the 16 sub-block mins.
+    pub(super) mins16: [i16; 16],
+    pub(super) d: f32,
+    pub(super) dmin: f32,
 }
 
 const KROW_ZERO: KRow = KRow {
@@ -45,6 +65,7 @@ const KROW_ZERO: KRow = KRow {
     scv: [[0; 16]; 8],
     sc16: [0; 16],
     mins: [0; 8],
+    mins16: [0; 16],
     d: 0.0,
     dmin: 0.0,
 };
@@ -73,7 +94,7 @@ pub(crate) unsafe fn rows<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize
             while j < r.end {
                 let rt = (r.end - j).min(8);
                 for b in 0..nb {
-                    if i1 - i0 >= 2 {
+                    if i1 - i0 >= 2 || !has_direct(F) {
                         for k in 0..rt {
                             unpack::<F>(base.add((j + k) * rb + b * bb), &mut *bp.add(k));
                         }
@@ -86,7 +107,10 @@ pub(crate) unsafe fn rows<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize
                             pairs::<F, 4, 2>(bp.add(4), act, b, i, o.add(i * ors + 4), ors);
                             i += 2;
                         }
-                        if i < i1 {
+                        if i < i1 && !has_direct(F) {
+                            pairs::<F, 4, 1>(bp, act, b, i, o.add(i * ors), ors);
+                            pairs::<F, 4, 1>(bp.add(4), act, b, i, o.add(i * ors + 4), ors);
+                        } else if i < i1 {
                             direct::<F, 8>(
                                 base.add(j * rb + b * bb),
                                 rb,
@@ -104,7 +128,9 @@ pub(crate) unsafe fn rows<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize
                                 pairs::<F, 1, 2>(bp.add(k), act, b, i, o.add(i * ors + k), ors);
                                 i += 2;
                             }
-                            if i < i1 {
+                            if i < i1 && !has_direct(F) {
+                                pairs::<F, 1, 1>(bp.add(k), act, b, i, o.add(i * ors + k), ors);
+                            } else if i < i1 {
                                 direct::<F, 1>(
                                     base.add((j + k) * rb + b * bb),
                                     rb,
@@ -138,6 +164,9 @@ unsafe fn unpack<const F: Tag>(p: *const u8, row: &mut KRow) {
         match F {
             tag::Q4_K => unpack_q45k::<false>(p, row),
             tag::Q5_K => unpack_q45k::<true>(p, row),
+            tag::Q2_K => unpack_q2k(p, row),
+            tag::Q3_K => unpack_q3k(p, row),
+            tag::IQ4_XS => unpack_iq4xs(p, row),
             _ => unpack_q6k(p, row),
         }
     }
@@ -285,18 +314,35 @@ unsafe fn pairs<const F: Tag, const R: usize, const C: usize>(
                 let kr = &*rows.add(r);
                 let wv = _mm256_load_si256(kr.q.as_ptr().add(32 * s).cast());
                 let sc = _mm256_load_si256(kr.scv[s].as_ptr().cast());
+                // IQ4_XS: |w| times x with w's sign (no i16 overflow: |w|, |x| <= 127).
+                let wu = if F == tag::IQ4_XS {
+                    _mm256_abs_epi8(wv)
+                } else {
+                    wv
+                };
                 for c in 0..C {
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv[c]), sc);
+                    let xs = if F == tag::IQ4_XS {
+                        _mm256_sign_epi8(xv[c], wv)
+                    } else {
+                        xv[c]
+                    };
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xs), sc);
                     acc[c * R + r] = _mm256_add_epi32(acc[c * R + r], p);
                 }
             }
         }
-        if F == tag::Q6_K {
+        if F == tag::Q6_K || F == tag::Q3_K {
             for c in 0..C {
                 let bs = _mm256_loadu_si256(act.bs16.as_ptr().add(((i0 + c) * nb + b) * 16).cast());
                 for r in 0..R {
                     let sc = _mm256_load_si256((*rows.add(r)).sc16.as_ptr().cast());
-                    let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc, bs));
+                    let m = _mm256_madd_epi16(sc, bs);
+                    // The offset the unpacked quants carry: 32 for Q6_K, 4 for Q3_K.
+                    let corr = if F == tag::Q6_K {
+                        _mm256_slli_epi32::<5>(m)
+                    } else {
+                        _mm256_slli_epi32::<2>(m)
+                    };
                     acc[c * R + r] = _mm256_sub_epi32(acc[c * R + r], corr);
                 }
             }
@@ -309,7 +355,15 @@ unsafe fn pairs<const F: Tag, const R: usize, const C: usize>(
             dw[r] = (*rows.add(r)).d;
             dm[r] = (*rows.add(r)).dmin;
         }
-        if F != tag::Q6_K {
+        if F == tag::Q2_K {
+            for (p, v) in mv.iter_mut().enumerate().take(np) {
+                let (r, c) = (p % R, p / R);
+                let mins = _mm256_loadu_si256((*rows.add(r)).mins16.as_ptr().cast());
+                let bs = _mm256_loadu_si256(act.bs16.as_ptr().add(((i0 + c) * nb + b) * 16).cast());
+                let m = _mm256_madd_epi16(mins, bs);
+                *v = _mm_add_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256::<1>(m));
+            }
+        } else if has_min(F) {
             for (p, v) in mv.iter_mut().enumerate().take(np) {
                 let (r, c) = (p % R, p / R);
                 let mins = _mm_loadu_si128((*rows.add(r)).mins.as_ptr().cast());
@@ -324,8 +378,8 @@ unsafe fn pairs<const F: Tag, const R: usize, const C: usize>(
 }
 
 /// The float update shared by every tile shape: for pair p = (r, c),
-/// `out += (d_r * dy_c) * sumi_p - (dmin_r * dy_c) * summ_p` (no min term for Q6_K), exactly
-/// the scalar reference's expression.
+/// `out += (d_r * dy_c) * sumi_p - (dmin_r * dy_c) * summ_p` (no min term for Q6_K, Q3_K and
+/// IQ4_XS), exactly the scalar reference's expression.
 ///
 /// # Safety
 /// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
@@ -363,7 +417,7 @@ pub(crate) unsafe fn finish<const F: Tag, const R: usize, const C: usize>(
             _mm256_mul_ps(_mm256_loadu_ps(dw.as_ptr()), dyv),
             _mm256_cvtepi32_ps(sumi),
         );
-        if F != tag::Q6_K {
+        if has_min(F) {
             let mt = _mm256_mul_ps(
                 _mm256_mul_ps(_mm256_loadu_ps(dm.as_ptr()), dyv),
                 _mm256_cvtepi32_ps(summ),

@@ -5,22 +5,26 @@
 //! exact integer sums and the same float updates as the scalar reference in [`crate::dot`], so
 //! results do not depend on the tile shape or the level.
 //!
-//! - [`block32_tiles`]: ggml-layout Q4_0 / Q4_1 / Q8_0 against Q8_0 / Q8_1 activations,
-//!   llama.cpp's arithmetic (VNNI build from [`CpuLevel::Avx512Vnni`] up);
+//! - [`block32_tiles`]: ggml-layout Q4_0 / Q4_1 / Q8_0 / Q5_0 / Q5_1 / IQ4_NL against
+//!   Q8_0 / Q8_1 activations, llama.cpp's arithmetic (VNNI build from
+//!   [`CpuLevel::Avx512Vnni`] up), with [`block32_unpack`], each format's block as bytes;
 //! - [`packed_tiles`]: the same formats in the row-interleaved layout of [`crate::packed`],
 //!   one weight row per lane, and [`packed_tiles_512`], its 512-bit tiles for pairs of groups
 //!   (from [`CpuLevel::Avx512Vnni`] up);
-//! - [`kquant_tiles`]: Q4_K / Q5_K / Q6_K super-blocks unpacked once per eight rows for every
-//!   activation row, and [`kquant_decode`], the register-only path for a single activation
-//!   row;
+//! - [`kquant_tiles`]: Q4_K / Q5_K / Q6_K / Q2_K / Q3_K / IQ4_XS super-blocks unpacked once
+//!   per eight rows for every activation row ([`kquant_lowbit`] unpacks the last three), and
+//!   [`kquant_decode`], the register-only path for a single activation row (Q4_K, Q5_K,
+//!   Q6_K);
 //! - [`float_tiles`]: F32 / F16 / BF16 weights against f32 activations;
 //! - [`act_quant`]: the activation quantizers (Q8_0, Q8_1, Q8_K);
 //! - [`tag`]: the weight-format tags the tiles take as const generic parameters.
 
 pub(crate) mod act_quant;
 mod block32_tiles;
+mod block32_unpack;
 mod float_tiles;
 mod kquant_decode;
+mod kquant_lowbit;
 mod kquant_tiles;
 mod packed_tiles;
 mod packed_tiles_512;
@@ -74,6 +78,12 @@ pub(crate) unsafe fn compute_rows(
             WeightFormat::Q4_K => kquant_tiles::rows::<{ tag::Q4_K }>(w, act, r, out),
             WeightFormat::Q5_K => kquant_tiles::rows::<{ tag::Q5_K }>(w, act, r, out),
             WeightFormat::Q6_K => kquant_tiles::rows::<{ tag::Q6_K }>(w, act, r, out),
+            WeightFormat::Q5_0 => block32_tiles::rows::<{ tag::Q5_0 }>(level, w, act, r, out),
+            WeightFormat::Q5_1 => block32_tiles::rows::<{ tag::Q5_1 }>(level, w, act, r, out),
+            WeightFormat::IQ4_NL => block32_tiles::rows::<{ tag::IQ4_NL }>(level, w, act, r, out),
+            WeightFormat::Q2_K => kquant_tiles::rows::<{ tag::Q2_K }>(w, act, r, out),
+            WeightFormat::Q3_K => kquant_tiles::rows::<{ tag::Q3_K }>(w, act, r, out),
+            WeightFormat::IQ4_XS => kquant_tiles::rows::<{ tag::IQ4_XS }>(w, act, r, out),
         }
     }
 }
@@ -140,6 +150,13 @@ pub(crate) mod test_support {
         (WeightFormat::Q8_0, ActKind::Q8_0),
     ];
 
+    /// The 32-value formats added for llama.cpp's fallbacks (no packed layout yet).
+    pub(crate) const LOWBIT32_FORMATS: [(WeightFormat, ActKind); 3] = [
+        (WeightFormat::Q5_0, ActKind::Q8_0),
+        (WeightFormat::Q5_1, ActKind::Q8_1),
+        (WeightFormat::IQ4_NL, ActKind::Q8_0),
+    ];
+
     /// A deterministic stream of values in -1..1.
     pub(crate) struct Lcg(pub(crate) u64);
 
@@ -164,7 +181,23 @@ pub(crate) mod test_support {
         let mut data = vec![0u8; rows * rb];
         for row in data.chunks_exact_mut(rb) {
             let src: Vec<f32> = (0..cols).map(|_| rng.next() * 3.0).collect();
-            quantize_row(format, &src, row).expect("a quantizable format");
+            if quantize_row(format, &src, row).is_ok() {
+                continue;
+            }
+            // No reference quantizer (Q5_0, Q5_1, IQ4_NL): random bits with a small f16 d,
+            // and for Q5_1 a small m (both at the start of each 32-value block).
+            let bb = format.block_bytes();
+            for blk in row.chunks_exact_mut(bb) {
+                for byte in blk.iter_mut() {
+                    *byte = (rng.next() * 128.0 + 128.0) as u8;
+                }
+                let d = half::f16::from_f32(0.01 + 0.02 * rng.next().abs());
+                blk[..2].copy_from_slice(&d.to_bits().to_le_bytes());
+                if format == WeightFormat::Q5_1 {
+                    let m = half::f16::from_f32(0.1 * rng.next());
+                    blk[2..4].copy_from_slice(&m.to_bits().to_le_bytes());
+                }
+            }
         }
         data
     }

@@ -29,6 +29,19 @@ pub(crate) const Q5_K: Tag = WeightFormat::Q5_K as Tag;
 /// [`WeightFormat::Q6_K`].
 pub(crate) const Q6_K: Tag = WeightFormat::Q6_K as Tag;
 
+/// [`WeightFormat::Q5_0`].
+pub(crate) const Q5_0: Tag = WeightFormat::Q5_0 as Tag;
+/// [`WeightFormat::Q5_1`].
+pub(crate) const Q5_1: Tag = WeightFormat::Q5_1 as Tag;
+/// [`WeightFormat::Q2_K`].
+pub(crate) const Q2_K: Tag = WeightFormat::Q2_K as Tag;
+/// [`WeightFormat::Q3_K`].
+pub(crate) const Q3_K: Tag = WeightFormat::Q3_K as Tag;
+/// [`WeightFormat::IQ4_NL`].
+pub(crate) const IQ4_NL: Tag = WeightFormat::IQ4_NL as Tag;
+/// [`WeightFormat::IQ4_XS`].
+pub(crate) const IQ4_XS: Tag = WeightFormat::IQ4_XS as Tag;
+
 /// The weight format a tag stands for (a compile-time constant inside a kernel).
 pub(crate) const fn format(t: Tag) -> WeightFormat {
     match t {
@@ -40,6 +53,12 @@ pub(crate) const fn format(t: Tag) -> WeightFormat {
         Q8_0 => WeightFormat::Q8_0,
         Q4_K => WeightFormat::Q4_K,
         Q5_K => WeightFormat::Q5_K,
+        Q5_0 => WeightFormat::Q5_0,
+        Q5_1 => WeightFormat::Q5_1,
+        Q2_K => WeightFormat::Q2_K,
+        Q3_K => WeightFormat::Q3_K,
+        IQ4_NL => WeightFormat::IQ4_NL,
+        IQ4_XS => WeightFormat::IQ4_XS,
         _ => WeightFormat::Q6_K,
     }
 }

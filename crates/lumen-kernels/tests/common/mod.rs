@@ -43,6 +43,31 @@ pub fn random_weights(rng: &mut StdRng, format: WeightFormat, rows: usize, cols:
                 }
             }
         }
+        WeightFormat::Q5_0
+        | WeightFormat::Q5_1
+        | WeightFormat::Q2_K
+        | WeightFormat::Q3_K
+        | WeightFormat::IQ4_NL
+        | WeightFormat::IQ4_XS => {
+            // No reference quantizer: random bits with sane f16 scales at their ggml offsets
+            // (d, and Q5_1's m / Q2_K's dmin).
+            rng.fill(&mut data[..]);
+            let bb = format.block_bytes();
+            let (d_off, m_off, d_hi) = match format {
+                WeightFormat::Q5_0 => (0, None, 0.05),
+                WeightFormat::Q5_1 => (0, Some(2), 0.05),
+                WeightFormat::Q2_K => (80, Some(82), 0.05),
+                WeightFormat::Q3_K => (108, None, 0.01),
+                WeightFormat::IQ4_NL => (0, None, 0.008),
+                _ => (0, None, 0.0003),
+            };
+            for blk in data.chunks_exact_mut(bb) {
+                put_f16(blk, d_off, rng.gen_range(d_hi / 8.0..d_hi));
+                if let Some(o) = m_off {
+                    put_f16(blk, o, rng.gen_range(-d_hi..d_hi));
+                }
+            }
+        }
         _ => {
             for r in 0..rows {
                 let src = random_f32(rng, cols, 0.5);

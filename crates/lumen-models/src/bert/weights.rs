@@ -175,6 +175,7 @@ impl WeightFile {
         let slot = found.clone().map_err(|ty| ModelError::UnsupportedType {
             name: name.clone(),
             ty,
+            supported: "F32, F16, BF16".to_string(),
         })?;
         if slot.shape != shape {
             return Err(ModelError::BadShape {
