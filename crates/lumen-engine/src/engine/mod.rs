@@ -7,6 +7,7 @@
 //! plan a step, run the forward pass on the worker pool, sample, and push events. Dropping a
 //! stream sends a cancel; the thread frees the sequence's blocks before its next step.
 
+pub mod spec;
 mod stats;
 mod worker;
 
@@ -17,6 +18,7 @@ use std::thread::JoinHandle;
 use lumen_models::{KvStorage, LlamaModel};
 use tokio::sync::mpsc as tmpsc;
 
+pub use spec::SpecConfig;
 pub use stats::EngineStats;
 
 use crate::constraint::ConstraintCompiler;
@@ -44,6 +46,9 @@ pub struct EngineConfig {
     pub scheduler: SchedulerConfig,
     /// Requests accepted but not yet finished, beyond which `submit` refuses (back-pressure).
     pub max_queued_requests: usize,
+    /// Speculative decoding by prompt lookup (used only where the model's arithmetic makes
+    /// it exact, see [`spec`]).
+    pub speculative: SpecConfig,
 }
 
 impl EngineConfig {
@@ -56,6 +61,7 @@ impl EngineConfig {
             kv_cache_bytes: 256 << 20,
             scheduler: SchedulerConfig::default(),
             max_queued_requests: 256,
+            speculative: SpecConfig::default(),
         }
     }
 }

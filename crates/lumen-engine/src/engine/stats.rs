@@ -37,6 +37,10 @@ pub struct EngineStats {
     pub finished_cancelled: AtomicU64,
     /// Forward steps run.
     pub steps: AtomicU64,
+    /// Draft tokens proposed by speculative decoding.
+    pub spec_draft_tokens: AtomicU64,
+    /// Draft tokens the model confirmed (emitted without a step of their own).
+    pub spec_accepted_tokens: AtomicU64,
 }
 
 impl EngineStats {

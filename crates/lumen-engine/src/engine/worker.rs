@@ -8,6 +8,7 @@ use lumen_kernels::ThreadPool;
 use lumen_models::{ForwardWorkspace, KvStorage, LlamaModel, LogitsWanted, SeqChunk};
 use tokio::sync::mpsc as tmpsc;
 
+use super::spec::{self, SpecConfig, SpecState};
 use super::{Command, EngineConfig, EngineStats, BLOCK_SIZE};
 use crate::constraint::{GrammarFailure, SeqConstraint};
 use crate::kv::{root_hash, BlockPool};
@@ -32,6 +33,8 @@ pub(crate) struct SeqData {
     cached: Option<usize>,
     /// Where the choice is in its grammar (constrained requests only).
     constraint: Option<SeqConstraint>,
+    /// Speculative decoding's back-off.
+    spec: SpecState,
 }
 
 struct RequestState {
@@ -56,6 +59,8 @@ pub(crate) struct Worker {
     eog_ids: Vec<u32>,
     arrivals: u64,
     row: Vec<f32>,
+    /// Speculation settings; `tokens` is 0 where the model's arithmetic would make it inexact.
+    spec: SpecConfig,
 }
 
 impl Worker {
@@ -95,6 +100,14 @@ impl Worker {
             eog_ids,
             arrivals: 0,
             row: Vec::new(),
+            spec: SpecConfig {
+                tokens: if model.kv_is_path_independent() {
+                    config.speculative.tokens
+                } else {
+                    0
+                },
+                ..config.speculative
+            },
             model,
             tokenizer,
         }
@@ -200,6 +213,7 @@ impl Worker {
             prompt_lp: request.prompt_logprobs.map(|_| vec![None]),
             cached: None,
             constraint: request.constraint.as_ref().map(SeqConstraint::new),
+            spec: SpecState::default(),
         };
         self.arrivals += 1;
         self.sched.add(Sequence {
@@ -213,6 +227,7 @@ impl Worker {
             hashes: Vec::new(),
             use_prefix_cache: request.prompt_logprobs.is_none(),
             preemptions: 0,
+            draft: 0,
             data,
         });
         self.stats
@@ -256,7 +271,34 @@ impl Worker {
         s.preemptions.store(self.sched.preemptions(), Relaxed);
     }
 
+    /// Appends prompt-lookup drafts to the decoding sequences that may speculate this step.
+    fn propose_drafts(&mut self) {
+        let k = self.spec.tokens;
+        let running = self.sched.running().len();
+        if k == 0 || running == 0 || running > self.spec.max_seqs || self.sched.num_waiting() > 0 {
+            return;
+        }
+        let ctx = self.model.config().context_len;
+        for seq in self.sched.running_mut() {
+            let decoding = seq.pending() == 1 && seq.tokens.len() > seq.prompt_len;
+            if !decoding || seq.draft > 0 || seq.data.pending_forks > 0 || !seq.data.spec.ready() {
+                continue;
+            }
+            // Never past the context, nor past what `max_tokens` leaves.
+            let room = ctx
+                .saturating_sub(seq.tokens.len() + 1)
+                .min(seq.data.output.remaining().saturating_sub(1))
+                .min(k);
+            let draft = spec::propose(&seq.tokens, room).to_vec();
+            if !draft.is_empty() {
+                seq.draft = draft.len();
+                seq.tokens.extend_from_slice(&draft);
+            }
+        }
+    }
+
     fn step(&mut self) {
+        self.propose_drafts();
         let plan = self.sched.schedule(&mut self.pool);
         if plan.is_empty() {
             return;
@@ -268,13 +310,14 @@ impl Worker {
             .map(|c| {
                 let s = &running[c.index];
                 let end = c.start + c.len;
-                let logits = if s.data.prompt_lp.is_some() && c.start < s.data.prompt_len {
-                    LogitsWanted::All
-                } else if end == s.tokens.len() {
-                    LogitsWanted::Last
-                } else {
-                    LogitsWanted::None
-                };
+                let logits =
+                    if s.draft > 0 || (s.data.prompt_lp.is_some() && c.start < s.data.prompt_len) {
+                        LogitsWanted::All
+                    } else if end == s.tokens.len() {
+                        LogitsWanted::Last
+                    } else {
+                        LogitsWanted::None
+                    };
                 kinds.push(logits);
                 SeqChunk {
                     tokens: &s.tokens[c.start..end],
@@ -381,6 +424,30 @@ impl Worker {
             if seq.data.cached.is_none() {
                 seq.data.cached = Some(c.start);
             }
+            if seq.draft > 0 {
+                let Some(state) = self.requests.get_mut(&seq.data.req_id) else {
+                    continue;
+                };
+                let v = verify_draft(seq, rows, vocab, &mut self.row, &self.eog_ids, ctx, state);
+                self.stats
+                    .spec_draft_tokens
+                    .fetch_add(v.drafted as u64, Relaxed);
+                self.stats
+                    .spec_accepted_tokens
+                    .fetch_add(v.accepted as u64, Relaxed);
+                self.stats
+                    .generation_tokens
+                    .fetch_add(v.sampled as u64, Relaxed);
+                self.sched.verified(c.index, v.computed, &mut self.pool);
+                match v.end {
+                    Ok(Some(reason)) => finished.push((c.index, reason)),
+                    Ok(None) => {}
+                    Err(failure) => {
+                        failed.push((self.sched.running()[c.index].data.req_id, failure))
+                    }
+                }
+                continue;
+            }
             if kind == LogitsWanted::All {
                 let top_n = self
                     .requests
@@ -469,6 +536,7 @@ impl Worker {
                 prompt_lp: None,
                 cached,
                 constraint: request.constraint.as_ref().map(SeqConstraint::new),
+                spec: SpecState::default(),
             };
             let mut seq = Sequence {
                 priority: request.priority,
@@ -481,6 +549,7 @@ impl Worker {
                 hashes: Vec::new(),
                 use_prefix_cache: true,
                 preemptions: 0,
+                draft: 0,
                 data,
             };
             if !needs_copy || copy_to.is_some() {
@@ -597,6 +666,53 @@ fn collect_prompt_logprobs(
             top: log_softmax_top_n(row, top_n),
         }));
     }
+}
+
+/// What checking a draft came to.
+struct Verified {
+    drafted: usize,
+    accepted: usize,
+    sampled: usize,
+    /// Tokens of the sequence whose KV is now valid.
+    computed: usize,
+    end: Result<Option<FinishReason>, GrammarFailure>,
+}
+
+/// Samples a drafted sequence's rows in order, as separate steps would have, until a sampled
+/// token differs from the draft or the choice ends (see [`spec`] for why this is exact).
+/// `rows` holds one row per chunk token: the last verified token's, then each draft token's.
+fn verify_draft(
+    seq: &mut Sequence<SeqData>,
+    rows: &[f32],
+    vocab: usize,
+    scratch: &mut Vec<f32>,
+    eog_ids: &[u32],
+    ctx: usize,
+    state: &mut RequestState,
+) -> Verified {
+    let draft = seq.tokens.split_off(seq.tokens.len() - seq.draft);
+    seq.draft = 0;
+    let mut v = Verified {
+        drafted: draft.len(),
+        accepted: 0,
+        sampled: 0,
+        computed: seq.tokens.len(),
+        end: Ok(None),
+    };
+    for (i, row) in rows.chunks_exact(vocab).enumerate() {
+        v.end = sample_into(seq, row, scratch, eog_ids, ctx, state);
+        v.sampled += 1;
+        let token = seq.tokens.last().copied();
+        let confirmed = i < draft.len() && token == Some(draft[i]);
+        if !matches!(v.end, Ok(None)) || !confirmed {
+            break;
+        }
+        // The token sampled is the one drafted at this position: its KV is already computed.
+        v.accepted += 1;
+        v.computed += 1;
+    }
+    seq.data.spec.record(v.accepted);
+    v
 }
 
 /// Samples the next token of `seq` from `logits`, streams it, and says if the choice ended;

@@ -10,6 +10,13 @@
 //! that needs blocks, that sequence is preempted itself. Sequences carry an opaque payload `T`
 //! (the engine's sampler, channels…) so this module stays pure scheduling, and its tests
 //! (`tests.rs`) drive it with a bare [`BlockPool`] and no model.
+//!
+//! **Draft tokens.** A decoding sequence may carry unverified proposals at the end of its
+//! tokens ([`Sequence::draft`], speculative decoding): its decode chunk then covers them too,
+//! so one forward pass scores them all. Drafts are a bonus, never a cost to others: they are
+//! dropped when the step's budget or the free blocks do not cover them, when the sequence is
+//! preempted, and their blocks never enter the prefix cache until the engine has verified
+//! them ([`Scheduler::verified`]).
 
 use std::collections::VecDeque;
 
@@ -70,6 +77,8 @@ pub struct Sequence<T> {
     pub use_prefix_cache: bool,
     /// How many times it was preempted.
     pub preemptions: u32,
+    /// How many of the last `tokens` are unverified draft tokens (speculative decoding).
+    pub draft: usize,
     /// The engine's per-sequence state.
     pub data: T,
 }
@@ -78,6 +87,13 @@ impl<T> Sequence<T> {
     /// Tokens still to compute before the next sample.
     pub fn pending(&self) -> usize {
         self.tokens.len() - self.num_computed
+    }
+
+    /// Forgets the draft tokens.
+    pub fn drop_draft(&mut self) {
+        let keep = self.tokens.len() - self.draft;
+        self.tokens.truncate(keep);
+        self.draft = 0;
     }
 }
 
@@ -194,6 +210,8 @@ impl<T> Scheduler<T> {
 
     fn preempt(&mut self, index: usize, pool: &mut BlockPool) {
         let mut seq = self.running.remove(index);
+        // Recomputing unverified tokens as if they were the sequence's own would be wrong.
+        seq.drop_draft();
         pool.release_all(&seq.block_table);
         seq.block_table.clear();
         seq.num_computed = 0;
@@ -252,15 +270,24 @@ impl<T> Scheduler<T> {
         for pass_decode in [true, false] {
             let mut i = 0;
             while i < self.running.len() && budget > 0 {
+                let draft = self.running[i].draft;
                 let pending = self.running[i].pending();
-                let is_decode = pending == 1;
+                let is_decode = pending == 1 + draft;
                 let already = plan.iter().any(|c: &Chunk| c.index == i);
                 if is_decode != pass_decode || already || pending == 0 {
                     i += 1;
                     continue;
                 }
-                let len = pending.min(budget);
                 let start = self.running[i].num_computed;
+                if draft > 0 {
+                    let blocks = (start + pending).div_ceil(pool.block_size());
+                    let more = blocks.saturating_sub(self.running[i].block_table.len());
+                    if pending > budget || more > pool.available() {
+                        self.running[i].drop_draft();
+                    }
+                }
+                let pending = self.running[i].pending();
+                let len = pending.min(budget);
                 if self.reserve(i, start + len, &mut plan, pool) {
                     plan.push(Chunk {
                         index: i,
@@ -317,20 +344,35 @@ impl<T> Scheduler<T> {
 
     /// After a step: marks chunks computed and publishes newly full blocks in the prefix cache.
     pub fn complete(&mut self, plan: &[Chunk], pool: &mut BlockPool) {
-        let bs = pool.block_size();
         for c in plan {
-            let seq = &mut self.running[c.index];
-            seq.num_computed = c.start + c.len;
-            let full = seq.num_computed / bs;
-            while seq.hashes.len() < full {
-                let b = seq.hashes.len();
-                let parent = seq.hashes.last().copied().unwrap_or(seq.root);
-                let h = block_hash(&parent, &seq.tokens[b * bs..(b + 1) * bs]);
-                if (b + 1) * bs <= seq.prompt_len || self.config.cache_generated {
-                    pool.register(seq.block_table[b], h);
-                }
-                seq.hashes.push(h);
+            self.running[c.index].num_computed = c.start + c.len;
+            self.publish(c.index, pool);
+        }
+    }
+
+    /// After the engine checked `running[index]`'s draft: the draft is gone from its tokens,
+    /// the accepted part is computed, and the blocks that filled up go to the prefix cache.
+    pub fn verified(&mut self, index: usize, num_computed: usize, pool: &mut BlockPool) {
+        let seq = &mut self.running[index];
+        seq.draft = 0;
+        seq.num_computed = num_computed.min(seq.tokens.len());
+        self.publish(index, pool);
+    }
+
+    /// Hashes the full blocks of verified, computed tokens and, where allowed, registers them.
+    fn publish(&mut self, index: usize, pool: &mut BlockPool) {
+        let bs = pool.block_size();
+        let seq = &mut self.running[index];
+        let verified = seq.num_computed.min(seq.tokens.len() - seq.draft);
+        let full = verified / bs;
+        while seq.hashes.len() < full {
+            let b = seq.hashes.len();
+            let parent = seq.hashes.last().copied().unwrap_or(seq.root);
+            let h = block_hash(&parent, &seq.tokens[b * bs..(b + 1) * bs]);
+            if (b + 1) * bs <= seq.prompt_len || self.config.cache_generated {
+                pool.register(seq.block_table[b], h);
             }
+            seq.hashes.push(h);
         }
     }
 }

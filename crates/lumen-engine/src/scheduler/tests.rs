@@ -34,6 +34,7 @@ fn with_tokens(priority: Priority, arrival: u64, tokens: Vec<u32>) -> Sequence<J
         hashes: Vec::new(),
         use_prefix_cache: true,
         preemptions: 0,
+        draft: 0,
         data: Job {
             id: arrival,
             max_new: usize::MAX,

@@ -44,6 +44,11 @@ impl ChoiceOutput {
         }
     }
 
+    /// Tokens `max_tokens` still allows.
+    pub fn remaining(&self) -> usize {
+        self.request.max_tokens.saturating_sub(self.generated)
+    }
+
     /// Whether `token` would end the choice as an end-of-sequence or stop token.
     pub fn is_stop_token(&self, token: u32) -> bool {
         self.request.stop_token_ids.contains(&token)
