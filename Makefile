@@ -73,6 +73,11 @@ bench-embeddings: models
 bench-structured: models
 	./scripts/bench-structured.sh
 
+## Speculative decoding (prompt lookup) on vs off, one stream, edit-and-repeat and free text.
+.PHONY: bench-speculative
+bench-speculative: models venv
+	target/venv/bin/python scripts/bench-speculative.py
+
 ## Mixed load on one server: 16 chat streams, embedding clients, both (THREADS, DURATION).
 .PHONY: bench-mixed
 bench-mixed: models build

@@ -81,6 +81,9 @@ pub fn run_engine_bench(
         ..SchedulerConfig::default()
     };
     ec.max_queued_requests = max_b.max(ec.max_queued_requests);
+    // Plain decoding, as llama-bench measures it: random prompts fall into loops that prompt
+    // lookup would predict, flattering the figures (`make bench-speculative` measures it).
+    ec.speculative.tokens = 0;
     let vocab = c.vocab_size as u64;
     let engine = Engine::start(chat.model.clone(), chat.tokenizer.clone(), ec)?;
     let handle = engine.handle();

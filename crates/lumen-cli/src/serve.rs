@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 use lumen_engine::registry::lumen_home;
-use lumen_engine::{SchedulerConfig, WeightLayout};
+use lumen_engine::{SchedulerConfig, SpecConfig, WeightLayout};
 use lumen_server::conn::{ConnLimits, Timeouts};
 use lumen_server::manager::KeepAlive;
 use lumen_server::ServerConfig;
@@ -69,6 +69,13 @@ pub struct ServeArgs {
     /// `exact` (llama.cpp's arithmetic, bit for bit).
     #[arg(long, env = "LUMEN_WEIGHT_LAYOUT", default_value_t = WeightLayout::default())]
     pub weight_layout: WeightLayout,
+    /// Speculative decoding by prompt lookup: most draft tokens per step (0: off). Output is
+    /// unchanged; it runs with the packed layout only, while few sequences run.
+    #[arg(long, env = "LUMEN_NUM_SPECULATIVE_TOKENS", default_value_t = SpecConfig::default().tokens as u32, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub num_speculative_tokens: u32,
+    /// Speculate only while at most this many sequences run.
+    #[arg(long, env = "LUMEN_SPECULATIVE_MAX_SEQS", default_value_t = SpecConfig::default().max_seqs as u32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub speculative_max_seqs: u32,
     /// Compute threads, shared by all loaded models (default: one per CPU).
     #[arg(long, env = "LUMEN_THREADS")]
     pub threads: Option<usize>,
@@ -175,6 +182,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         ..SchedulerConfig::default()
     };
     config.weight_layout = args.weight_layout;
+    config.speculative = SpecConfig {
+        tokens: args.num_speculative_tokens as usize,
+        max_seqs: args.speculative_max_seqs as usize,
+    };
     if let Some(t) = args.threads {
         config.threads = t.max(1);
     }

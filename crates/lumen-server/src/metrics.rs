@@ -160,6 +160,16 @@ const COUNTERS: &[(&str, &str, Reader)] = &[
         "Sequences preempted for lack of KV blocks.",
         |s| s.preemptions.load(Relaxed) as f64,
     ),
+    (
+        "lumen:spec_decode_draft_tokens_total",
+        "Draft tokens proposed by speculative decoding (prompt lookup).",
+        |s| s.spec_draft_tokens.load(Relaxed) as f64,
+    ),
+    (
+        "lumen:spec_decode_accepted_tokens_total",
+        "Draft tokens the model confirmed, each emitted without a step of its own.",
+        |s| s.spec_accepted_tokens.load(Relaxed) as f64,
+    ),
 ];
 
 type EmbedReader = fn(&EmbedStats) -> u64;

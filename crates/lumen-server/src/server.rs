@@ -16,7 +16,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use lumen_engine::registry::{self, ModelLocation};
-use lumen_engine::SchedulerConfig;
+use lumen_engine::{SchedulerConfig, SpecConfig};
 use tokio::net::TcpListener;
 
 use crate::api::chat::Chat;
@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub kv_cache_mb: usize,
     /// Per-step limits of each chat model's scheduler.
     pub scheduler: SchedulerConfig,
+    /// Speculative decoding of chat models.
+    pub speculative: SpecConfig,
     /// Compute threads of the pool all models share.
     pub threads: usize,
     /// How chat models' weights are laid out in memory.
@@ -93,6 +95,7 @@ impl ServerConfig {
             max_queued_requests: 256,
             kv_cache_mb: 256,
             scheduler: SchedulerConfig::default(),
+            speculative: SpecConfig::default(),
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
@@ -201,6 +204,7 @@ pub fn manager(config: &ServerConfig) -> Result<Arc<ModelManager>, ServerError> 
             scheduler: config.scheduler,
             weight_layout: config.weight_layout,
             max_queued_requests: config.max_queued_requests,
+            speculative: config.speculative,
         },
         max_memory: config.max_memory.unwrap_or_else(default_max_memory),
         load_timeout: config.load_timeout,

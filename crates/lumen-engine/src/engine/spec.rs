@@ -21,6 +21,11 @@
 //! lookup guesses right. Two guards keep it from costing anything elsewhere:
 //! - **Only while the batch is small** ([`SpecConfig::max_seqs`]) and nothing waits: a full
 //!   batch already uses the weights it reads, and its budget belongs to the queue.
+//! - **Draft as far as guesses hold**: each scored draft token costs a fraction of a decode
+//!   step (about an eighth for the 135M model on two cores), so a long draft that fails early
+//!   is waste. A sequence starts at [`START_LEN`] tokens, doubles its length after a draft
+//!   accepted whole (up to [`SpecConfig::tokens`]) and drops to one more than it got accepted
+//!   otherwise.
 //! - **Back off when guesses fail**: after a draft of which nothing was accepted, the
 //!   sequence drafts nothing for 1, 2, 4… steps (up to [`MAX_COOLDOWN`]), and a single
 //!   accepted token resets the wait. Free text, where the lookup rarely finds anything
@@ -34,6 +39,10 @@ const MIN_NGRAM: usize = 2;
 const LOOKBACK: usize = 8192;
 /// Longest wait, in steps, after failed drafts.
 pub const MAX_COOLDOWN: u32 = 16;
+/// A sequence's first draft length.
+pub const START_LEN: usize = 4;
+/// The shortest draft length a partly accepted draft leads to.
+const MIN_LEN: usize = 2;
 
 /// How the engine speculates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +72,8 @@ pub struct SpecState {
     wait: u32,
     /// The wait after the next failure.
     cooldown: u32,
+    /// The next draft's length (0: not drafted yet, [`START_LEN`]).
+    len: usize,
 }
 
 impl SpecState {
@@ -75,8 +86,19 @@ impl SpecState {
         true
     }
 
-    /// Records how a draft went.
-    pub fn record(&mut self, accepted: usize) {
+    /// How many tokens the next draft may have, at most `max`.
+    pub fn draft_len(&self, max: usize) -> usize {
+        let len = if self.len == 0 { START_LEN } else { self.len };
+        len.min(max)
+    }
+
+    /// Records how a draft of `drafted` tokens went; `max` is the configured longest draft.
+    pub fn record(&mut self, drafted: usize, accepted: usize, max: usize) {
+        self.len = if accepted >= drafted {
+            (drafted * 2).clamp(MIN_LEN, max.max(MIN_LEN))
+        } else {
+            (accepted + 1).max(MIN_LEN)
+        };
         if accepted > 0 {
             self.cooldown = 0;
         } else {
@@ -142,7 +164,7 @@ mod tests {
         assert!(s.ready());
         let mut waits = Vec::new();
         for _ in 0..7 {
-            s.record(0);
+            s.record(4, 0, 8);
             let mut w = 0;
             while !s.ready() {
                 w += 1;
@@ -150,9 +172,27 @@ mod tests {
             waits.push(w);
         }
         assert_eq!(waits, [1, 2, 4, 8, 16, 16, 16]);
-        s.record(3);
+        s.record(4, 3, 8);
         assert!(s.ready());
-        s.record(0);
+        s.record(4, 0, 8);
         assert!(!s.ready());
+    }
+
+    #[test]
+    fn drafts_grow_while_accepted_whole_and_shrink_to_what_held() {
+        let mut s = SpecState::default();
+        assert_eq!(s.draft_len(8), START_LEN);
+        assert_eq!(s.draft_len(2), 2);
+        s.record(4, 4, 8);
+        assert_eq!(s.draft_len(8), 8);
+        s.record(8, 8, 8);
+        assert_eq!(s.draft_len(8), 8, "capped at the configured length");
+        s.record(8, 5, 8);
+        assert_eq!(s.draft_len(8), 6);
+        s.record(6, 0, 8);
+        assert_eq!(s.draft_len(8), MIN_LEN);
+        // A short draft (the lookup found little) accepted whole still grows.
+        s.record(1, 1, 8);
+        assert_eq!(s.draft_len(8), 2);
     }
 }

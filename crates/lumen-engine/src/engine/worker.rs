@@ -288,7 +288,7 @@ impl Worker {
             let room = ctx
                 .saturating_sub(seq.tokens.len() + 1)
                 .min(seq.data.output.remaining().saturating_sub(1))
-                .min(k);
+                .min(seq.data.spec.draft_len(k));
             let draft = spec::propose(&seq.tokens, room).to_vec();
             if !draft.is_empty() {
                 seq.draft = draft.len();
@@ -428,7 +428,16 @@ impl Worker {
                 let Some(state) = self.requests.get_mut(&seq.data.req_id) else {
                     continue;
                 };
-                let v = verify_draft(seq, rows, vocab, &mut self.row, &self.eog_ids, ctx, state);
+                let max_draft = self.spec.tokens;
+                let v = verify_draft(
+                    seq,
+                    rows.chunks_exact(vocab),
+                    &mut self.row,
+                    &self.eog_ids,
+                    ctx,
+                    max_draft,
+                    state,
+                );
                 self.stats
                     .spec_draft_tokens
                     .fetch_add(v.drafted as u64, Relaxed);
@@ -683,11 +692,11 @@ struct Verified {
 /// `rows` holds one row per chunk token: the last verified token's, then each draft token's.
 fn verify_draft(
     seq: &mut Sequence<SeqData>,
-    rows: &[f32],
-    vocab: usize,
+    rows: std::slice::ChunksExact<'_, f32>,
     scratch: &mut Vec<f32>,
     eog_ids: &[u32],
     ctx: usize,
+    max_draft: usize,
     state: &mut RequestState,
 ) -> Verified {
     let draft = seq.tokens.split_off(seq.tokens.len() - seq.draft);
@@ -699,7 +708,7 @@ fn verify_draft(
         computed: seq.tokens.len(),
         end: Ok(None),
     };
-    for (i, row) in rows.chunks_exact(vocab).enumerate() {
+    for (i, row) in rows.enumerate() {
         v.end = sample_into(seq, row, scratch, eog_ids, ctx, state);
         v.sampled += 1;
         let token = seq.tokens.last().copied();
@@ -711,7 +720,7 @@ fn verify_draft(
         v.accepted += 1;
         v.computed += 1;
     }
-    seq.data.spec.record(v.accepted);
+    seq.data.spec.record(v.drafted, v.accepted, max_draft);
     v
 }
 

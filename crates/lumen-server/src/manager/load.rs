@@ -6,7 +6,7 @@ use std::time::Instant;
 use lumen_engine::registry::{ChatModel, EmbeddingModel, ModelKind, ModelLocation};
 use lumen_engine::{
     EmbedConfig, EmbedEngine, Engine, EngineConfig, Event, GenerationParams, SchedulerConfig,
-    WeightLayout,
+    SpecConfig, WeightLayout,
 };
 use lumen_kernels::ThreadPool;
 
@@ -28,6 +28,8 @@ pub struct LoadConfig {
     pub weight_layout: WeightLayout,
     /// Requests in flight per model beyond which new ones get 429.
     pub max_queued_requests: usize,
+    /// Speculative decoding of chat models.
+    pub speculative: SpecConfig,
 }
 
 /// A running engine of either kind; dropping it stops its thread and frees its memory.
@@ -82,11 +84,12 @@ pub fn start(
             ec.kv_cache_bytes = config.kv_cache_mb.saturating_mul(1 << 20);
             ec.max_queued_requests = config.max_queued_requests.max(1);
             ec.scheduler = config.scheduler;
+            ec.speculative = config.speculative;
             let engine = Engine::start(chat.model.clone(), chat.tokenizer.clone(), ec)
                 .map_err(|e| failed(format!("starting its engine: {e}")))?;
             let handle = engine.handle();
             warm_up(&handle);
-            tracing::info!(model = %chat.name, path = %loc.path.display(), kv_blocks = handle.info().kv_blocks, context = handle.info().context_len, max_num_batched_tokens = config.scheduler.max_num_batched_tokens, max_num_seqs = config.scheduler.max_num_seqs, weight_layout = %config.weight_layout, secs = started.elapsed().as_secs_f32(), "model loaded");
+            tracing::info!(model = %chat.name, path = %loc.path.display(), kv_blocks = handle.info().kv_blocks, context = handle.info().context_len, max_num_batched_tokens = config.scheduler.max_num_batched_tokens, max_num_seqs = config.scheduler.max_num_seqs, weight_layout = %config.weight_layout, speculative_tokens = config.speculative.tokens, secs = started.elapsed().as_secs_f32(), "model loaded");
             let served = ChatServed {
                 name: chat.name,
                 handle,

@@ -175,6 +175,7 @@ impl ModelManager {
                 scheduler: Default::default(),
                 weight_layout: Default::default(),
                 max_queued_requests: 1,
+                speculative: Default::default(),
             },
             max_memory: 0,
             load_timeout: Duration::from_secs(1),
