@@ -446,3 +446,85 @@ fn a_busy_workload_respects_every_limit_and_returns_every_block() {
         "the pool was meant to be tight enough to preempt"
     );
 }
+
+/// Appends `draft` unverified tokens to running sequence `index`, as the engine's prompt
+/// lookup does before a step.
+fn add_draft(s: &mut Scheduler<Job>, index: usize, draft: &[u32]) {
+    let q = &mut s.running_mut()[index];
+    q.tokens.extend_from_slice(draft);
+    q.draft = draft.len();
+}
+
+#[test]
+fn a_draft_rides_in_the_decode_chunk_and_only_verified_blocks_are_published() {
+    let mut pool = BlockPool::new(64, BS);
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_num_batched_tokens: 256,
+        max_num_seqs: 4,
+        cache_generated: true,
+    });
+    s.add(seq(Priority::Interactive, 1, 6));
+    step(&mut s, &mut pool);
+    // 6 prompt tokens computed, one sampled: decode from position 6, plus 5 draft tokens.
+    add_draft(&mut s, 0, &[1, 2, 3, 4, 5]);
+    let plan = s.schedule(&mut pool);
+    assert_eq!(chunks(&s, &plan), [(1, 6, 6)]);
+    s.complete(&plan, &mut pool);
+    // Only the verified tokens (7: positions 0..7) count for blocks: one full block of 4.
+    assert_eq!(s.running()[0].hashes.len(), 1);
+    // The engine accepted 2 of the draft: it keeps them as tokens, samples one more, and
+    // says positions 0..9 hold valid KV (the 7 verified tokens and the 2 accepted).
+    let q = &mut s.running_mut()[0];
+    let keep = q.tokens.len() - q.draft;
+    q.tokens.truncate(keep);
+    q.tokens.extend_from_slice(&[1, 2, 77]);
+    s.verified(0, 9, &mut pool);
+    let q = &s.running()[0];
+    assert_eq!((q.draft, q.num_computed, q.pending()), (0, 9, 1));
+    assert_eq!(q.hashes.len(), 2, "positions 0..8 fill two blocks");
+    let plan = s.schedule(&mut pool);
+    assert_eq!(chunks(&s, &plan), [(1, 9, 1)]);
+}
+
+#[test]
+fn a_draft_the_step_cannot_afford_is_dropped_not_paid_for_by_others() {
+    // Budget: two decodes and one draft token.
+    let mut pool = BlockPool::new(64, BS);
+    let mut s = sched(3, 4);
+    s.add(seq(Priority::Interactive, 1, 1));
+    s.add(seq(Priority::Interactive, 2, 1));
+    step(&mut s, &mut pool);
+    step(&mut s, &mut pool);
+    add_draft(&mut s, 0, &[5, 6, 7]);
+    let len = s.running()[0].tokens.len();
+    let plan = s.schedule(&mut pool);
+    assert_eq!(chunks(&s, &plan), [(1, len - 4, 1), (2, len - 4, 1)]);
+    assert_eq!(s.running()[0].draft, 0);
+    assert_eq!(s.running()[0].tokens.len(), len - 3);
+
+    // Out of blocks: the draft goes, nobody is preempted for it.
+    let mut pool = BlockPool::new(2, BS);
+    let mut s = sched(256, 4);
+    s.add(seq(Priority::Interactive, 1, 3));
+    step(&mut s, &mut pool);
+    add_draft(&mut s, 0, &[5, 6, 7, 8, 9, 10]);
+    let plan = s.schedule(&mut pool);
+    assert_eq!(chunks(&s, &plan), [(1, 3, 1)]);
+    assert_eq!(s.preemptions(), 0);
+}
+
+#[test]
+fn a_preempted_sequence_forgets_its_draft() {
+    let mut pool = BlockPool::new(3, BS);
+    let mut s = sched(256, 4);
+    s.add(seq(Priority::Interactive, 1, 4));
+    s.add(seq(Priority::Interactive, 2, 4));
+    step(&mut s, &mut pool);
+    // Both hold a full block and a fresh one is needed by each: the newer is preempted.
+    add_draft(&mut s, 1, &[5]);
+    let before = s.running()[1].tokens.len() - 1;
+    s.schedule(&mut pool);
+    let gone = s.waiting().next().expect("one preempted");
+    assert_eq!(gone.data.id, 2);
+    assert_eq!((gone.draft, gone.tokens.len()), (0, before));
+}
