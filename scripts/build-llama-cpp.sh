@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Usage: build-llama-cpp.sh [TOOL...] | --bin-dir
+#
 # Builds llama.cpp's llama-bench, llama-batched-bench, llama-server, llama-perplexity and
 # llama-quantize into target/llama.cpp-VERSION-build/bin, for `make bench-compare` to run side by
 # side with Lumen and for `make bench-models` to quantize its realistic-shape models.
@@ -22,6 +24,10 @@ src_dir="$root/target/llama.cpp-src"
 build_dir="$root/target/llama.cpp-$version-build"
 jobs="${JOBS:-2}"
 bins=(llama-bench llama-batched-bench llama-server llama-perplexity llama-quantize)
+# Named tools build only those (`make bench-models` needs llama-quantize alone, minutes sooner).
+if (($# > 0)) && [[ "$1" != --bin-dir ]]; then
+  bins=("$@")
+fi
 
 # `--bin-dir` prints where the binaries are (or will be), for the scripts that run them.
 if [[ "${1:-}" == --bin-dir ]]; then
