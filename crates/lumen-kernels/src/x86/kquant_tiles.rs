@@ -145,7 +145,7 @@ unsafe fn rows_with<const F: Tag, const V: bool>(
                             if i1 - i0 == 1 {
                                 prefetch_next_tile(base, rb, ors, j + 8, b, nb);
                             }
-                            direct::<F, 8>(
+                            direct::<F, V, 8>(
                                 base.add(j * rb + b * bb),
                                 rb,
                                 act,
@@ -165,7 +165,7 @@ unsafe fn rows_with<const F: Tag, const V: bool>(
                             if i < i1 && !has_direct(F) {
                                 pairs::<F, V, 1, 1>(bp.add(k), act, b, i, o.add(i * ors + k), ors);
                             } else if i < i1 {
-                                direct::<F, 1>(
+                                direct::<F, V, 1>(
                                     base.add((j + k) * rb + b * bb),
                                     rb,
                                     act,
