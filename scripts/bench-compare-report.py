@@ -345,6 +345,8 @@ def print_and_save(a):
     print_table(header, table)
     notes = {}
     for r in rows:
+        if r["lumen"] is None and r["llama_cpp"] is None:
+            continue
         for n in filter(None, r["note"].split("; ")):
             notes.setdefault(n, []).append(r["figure"])
     for n, figures in notes.items():
