@@ -58,10 +58,17 @@ fmt:
 clippy:
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
-## Lumen vs llama.cpp side by side (builds llama.cpp into target/ once; THREADS, REPS, MODEL...).
+## Lumen vs llama.cpp side by side (builds llama.cpp into target/ once; THREADS, REPS, ROUNDS,
+## MODEL, or MODELS=a.gguf,b.gguf for a row per model and figure).
 .PHONY: bench-compare
 bench-compare: models
-	THREADS=$(THREADS) ./scripts/bench-compare.sh
+	THREADS=$(THREADS) MODELS="$(MODELS)" ./scripts/bench-compare.sh
+
+## The realistic-shape benchmark set (1.7B and 8B shapes, random weights, quantized by
+## llama-quantize) under $(LUMEN_HOME)/bench-models; not in CI, ~25 GB of disk while it runs.
+.PHONY: bench-models
+bench-models: models
+	THREADS=$(THREADS) ./scripts/make-bench-models.sh
 
 ## Embedding throughput, Lumen vs sentence-transformers (venv target/st-venv; THREADS, ROUNDS).
 .PHONY: bench-embeddings

@@ -6,10 +6,18 @@ lumen-batched.json / llama-batched.jsonl (lumen bench -b / llama-batched-bench),
 lumen-serve.json / llama-serve.json (lumen bench serve against each server) and
 lumen-idle-vmhwm-kib / llama-idle-vmhwm-kib, lumen-ppl-{exact,packed}.json / llama-ppl.log
 (lumen perplexity / llama-perplexity). A missing or broken file leaves its row empty.
+
+Each row shows the medians over rounds, the median of the per-round ratios and the worst
+round's ratio (rounds run back to back, so each pair shares its moment's noise). With
+--bandwidth (`lumen bench bandwidth --json`) it adds each engine's share of the single-stream
+decode bound: bandwidth / bytes of weights read per token, counted from the GGUF's tensor
+table (every tensor but the token embedding, which decode reads one row of, unless the output
+projection is tied to it). `--summary A.json B.json ...` prints one table of every model.
 """
 import argparse
 import json
 import os
+import struct
 import sys
 
 
@@ -57,6 +65,66 @@ def read_llama_ppl(path):
     return None
 
 
+def gguf_tensor_bytes(path):
+    """{tensor name: bytes} from a GGUF's tensor table (sizes from the data offsets, so no
+    table of block sizes is needed). None if the file cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            rd = lambda fmt: struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))
+            magic, version = f.read(4), rd("I")[0]
+            if magic != b"GGUF" or version < 2:
+                return None
+            n_tensors, n_kv = rd("QQ")
+            fixed = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+            alignment = 32
+
+            def skip(t):
+                if t in fixed:
+                    return f.read(fixed[t])
+                if t == 8:
+                    return f.read(rd("Q")[0])
+                if t == 9:
+                    et, n = rd("IQ")
+                    if et in fixed:
+                        f.seek(fixed[et] * n, 1)
+                    else:
+                        for _ in range(n):
+                            skip(et)
+                    return None
+                raise ValueError(f"GGUF value type {t}")
+
+            for _ in range(n_kv):
+                key = f.read(rd("Q")[0]).decode()
+                t = rd("I")[0]
+                v = skip(t)
+                if key == "general.alignment" and v is not None:
+                    alignment = struct.unpack("<I", v)[0]
+            infos = []
+            for _ in range(n_tensors):
+                name = f.read(rd("Q")[0]).decode()
+                n_dims = rd("I")[0]
+                f.seek(8 * n_dims + 4, 1)
+                infos.append((rd("Q")[0], name))
+            data_start = (f.tell() + alignment - 1) // alignment * alignment
+            end = os.path.getsize(path) - data_start
+            infos.sort()
+            return {name: (infos[i + 1][0] if i + 1 < len(infos) else end) - off
+                    for i, (off, name) in enumerate(infos)}
+    except (OSError, ValueError, struct.error, UnicodeDecodeError):
+        return None
+
+
+def decode_bytes_per_token(path):
+    """Bytes of weights one single-stream decode step reads."""
+    sizes = gguf_tensor_bytes(path)
+    if not sizes:
+        return os.path.getsize(path)
+    total = sum(sizes.values())
+    if "output.weight" in sizes:
+        total -= sizes.get("token_embd.weight", 0)
+    return total
+
+
 def median(values):
     v = sorted(x for x in values if x is not None)
     if not v:
@@ -81,17 +149,71 @@ def llama_bench(rows, n_prompt, n_gen):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("run_dir")
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--threads", type=int, required=True)
-    ap.add_argument("--kv-mb", type=int, required=True)
-    ap.add_argument("--clients", type=int, required=True)
+    ap.add_argument("run_dir", nargs="?")
+    ap.add_argument("--model")
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--kv-mb", type=int)
+    ap.add_argument("--clients", type=int)
     ap.add_argument("--lumen-serve", default="done")
     ap.add_argument("--layout", default="ggml")
+    ap.add_argument("--pp", type=int, default=512)
+    ap.add_argument("--tg", type=int, default=128)
+    ap.add_argument("--ntg", type=int, default=128, help="decode steps of the batched test")
+    ap.add_argument("--bandwidth", help="lumen bench bandwidth --json output")
+    ap.add_argument("--summary", nargs="+", metavar="JSON", help="print one table of these reports")
     ap.add_argument("--json-out", required=True)
     a = ap.parse_args()
-    print_and_save(a)
+    if a.summary:
+        summary(a.summary, a.json_out)
+    else:
+        print_and_save(a)
     return 0
+
+
+def fmt_value(v, p=2):
+    return "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
+
+
+def print_table(header, table):
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for t in table:
+        print(line(t))
+
+
+def ratio_cells(r):
+    worst = r.get("worst_ratio")
+    return ("-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+            "-" if worst is None else f"{worst:.2f}x")
+
+
+def summary(paths, json_out):
+    """One table: every model's rows (server and perplexity rows only where they ran)."""
+    reports = [load_json(p) for p in paths]
+    reports = [r for r in reports if r]
+    if not reports:
+        return
+    bw = reports[0].get("bandwidth_gb_per_s")
+    print(f"all models, {reports[0]['threads']} threads, lumen weight layout {reports[0]['layout']}, "
+          f"lumen CPU path {reports[0].get('lumen_cpu_path') or '-'}, "
+          f"stream-read bandwidth {fmt_value(bw, 1)} GB/s")
+    header = ["model", "figure", "lumen", "llama.cpp", "median ratio", "worst round", "rounds", "llama.cpp flags"]
+    table = []
+    for rep in reports:
+        name = os.path.basename(rep["model"])
+        for r in rep["rows"]:
+            if r["lumen"] is None and r["llama_cpp"] is None:
+                continue
+            med, worst = ratio_cells(r)
+            table.append([name, r["figure"], fmt_value(r["lumen"]), fmt_value(r["llama_cpp"]), med, worst,
+                          str(sum(1 for p in r["rounds"] if len(p) == 2 and p[0] is not None and p[1])),
+                          rep.get("llama_flags") or "-"])
+    print_table(header, table)
+    print()
+    with open(json_out, "w") as f:
+        json.dump({"reports": reports}, f, indent=2)
 
 
 def print_and_save(a):
@@ -121,7 +243,10 @@ def print_and_save(a):
         'budget' (lumen <= target, absolute)."""
         lumen = median([p[0] for p in pairs])
         llama = median([p[1] for p in pairs])
-        ratio = median([p[0] / p[1] for p in pairs if p[0] is not None and p[1]])
+        ratios = [p[0] / p[1] for p in pairs if p[0] is not None and p[1]]
+        ratio = median(ratios)
+        # The worst round: the lowest ratio where higher is better, the highest where lower is.
+        worst = (max(ratios) if kind == "lower" else min(ratios)) if ratios else None
         if kind == "budget":
             met = None if lumen is None else lumen <= target
         elif ratio is None or target is None:
@@ -129,20 +254,43 @@ def print_and_save(a):
         else:
             met = ratio >= target if kind == "higher" else ratio <= target
         rows.append({"figure": figure, "lumen": lumen, "llama_cpp": llama, "ratio": ratio,
-                     "target": target, "kind": kind, "met": met, "note": note,
+                     "worst_ratio": worst, "target": target, "kind": kind, "met": met, "note": note,
                      "rounds": [list(p) for p in pairs]})
 
-    row("pp512 t/s", [(lumen_test(r["lumen_pptg"], "pp512"), llama_bench(r["llama_pptg"], 512, 0)) for r in per_round], 2.0)
-    row("tg128 t/s", [(lumen_test(r["lumen_pptg"], "tg128"), llama_bench(r["llama_pptg"], 0, 128)) for r in per_round], 1.5)
+    pp, tg = a.pp, a.tg
+    tg_pairs = [(lumen_test(r["lumen_pptg"], f"tg{tg}"), llama_bench(r["llama_pptg"], 0, tg)) for r in per_round]
+    if pp:
+        row(f"pp{pp} t/s", [(lumen_test(r["lumen_pptg"], f"pp{pp}"), llama_bench(r["llama_pptg"], pp, 0)) for r in per_round], 2.0)
+    if tg:
+        row(f"tg{tg} t/s", tg_pairs, 1.3)
+    # Each engine's share of the single-stream decode bound, from the median tg figures.
+    bw = _dig(load_json(a.bandwidth), ["best_gb_per_s"]) if a.bandwidth else None
+    per_token = decode_bytes_per_token(a.model)
+    bound = bw * 1e9 / per_token if bw else None
+    if tg and bound:
+        share = lambda v: None if v is None else 100 * v / bound
+        rows.append({"figure": f"tg{tg} share of bound % ({per_token / 1e9:.2f} GB/token, "
+                               f"{bw:.1f} GB/s -> {bound:.1f} t/s)",
+                     "lumen": share(median([p[0] for p in tg_pairs])),
+                     "llama_cpp": share(median([p[1] for p in tg_pairs])), "ratio": None,
+                     "worst_ratio": None, "target": 85.0, "kind": "info",
+                     "met": None, "note": "", "rounds": []})
+    cpu_path = next((r["lumen_pptg"].get("simd") for r in per_round if r["lumen_pptg"]), None) or \
+        next((r["lumen_b"].get("simd") for r in per_round if r["lumen_b"]), None)
+    try:
+        with open(os.path.join(d, "llama-no-repack")) as f:
+            llama_flags = "repack off (" + f.read().strip() + " with repacking)"
+    except OSError:
+        llama_flags = ""
     batched, engine = set(), set()
     for r in per_round:
         for t in (r["lumen_b"] or {}).get("results", []):
             (engine if t.get("kind") == "engine" else batched).add(t["batch"])
         batched |= {k for k in r["llama_b"] if k}
     for b in sorted(batched):
-        target = 5.0 if b == 32 else None
+        target = {16: 3.0, 32: 5.0}.get(b)
         row(f"batched decode B={b} S_TG t/s",
-            [(lumen_test(r["lumen_b"], f"tg128@b{b}"), (r["llama_b"].get(b) or {}).get("speed_tg")) for r in per_round], target)
+            [(lumen_test(r["lumen_b"], f"tg{a.ntg}@b{b}"), (r["llama_b"].get(b) or {}).get("speed_tg")) for r in per_round], target)
     for b in sorted(engine):
         vals = [t["tokens_per_s"]["median"] for r in per_round for t in (r["lumen_b"] or {}).get("results", [])
                 if t.get("kind") == "engine" and t["batch"] == b]
@@ -163,6 +311,8 @@ def print_and_save(a):
         None if llama_rss is None else llama_rss / 1024)], round(rss_budget, 1), kind="budget",
         note=f"budget = model {model_mib:.1f} + KV {a.kv_mb} + 64 MiB" + (f"; {pending}" if pending else ""))
 
+    if a.lumen_serve == "skipped":
+        rows[:] = [r for r in rows if not r["figure"].startswith(("server", "idle server"))]
     # Perplexity on the committed text (lower is better; the ratio should stay near 1).
     llama_ppl = read_llama_ppl(os.path.join(d, "llama-ppl.log"))
     for layout in ("exact", "packed"):
@@ -170,30 +320,33 @@ def print_and_save(a):
         row(f"perplexity ({layout} layout)", [(ppl, llama_ppl)], 1.005, kind="lower",
             note="fixtures/perplexity/gpl-3.0.txt, 512-token chunks, as llama-perplexity")
 
-    fmt = lambda v, p=2: "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
-    header = ["figure", "lumen", "llama.cpp", "ratio", "target", "met", "per-round ratios"]
+    fmt = fmt_value
+    header = ["figure", "lumen", "llama.cpp", "median ratio", "worst round", "target", "met", "per-round ratios"]
     table = []
     for r in rows:
+        if r["lumen"] is None and r["llama_cpp"] is None:
+            continue  # not measured in this run (server, perplexity skipped)
         if r["kind"] == "budget":
             target = f"<= {r['target']} MiB"
         elif r["target"] is None:
             target = ""
+        elif r["kind"] == "info":
+            target = f">= {r['target']:.0f} %"
         else:
             target = (">= " if r["kind"] == "higher" else "<= ") + f"{r['target']}x"
         met = {True: "yes", False: "NO", None: "-"}[r["met"]]
-        table.append([r["figure"], fmt(r["lumen"]), fmt(r["llama_cpp"]),
-                      "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", target, met,
+        med, worst = ratio_cells(r)
+        table.append([r["figure"], fmt(r["lumen"]), fmt(r["llama_cpp"]), med, worst, target, met,
                       ", ".join(f"{p[0] / p[1]:.2f}" for p in r["rounds"] if len(p) == 2 and p[0] is not None and p[1])])
-    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     print()
-    print(f"model {os.path.basename(a.model)}, {a.threads} threads, lumen weight layout {a.layout}")
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for t in table:
-        print(line(t))
+    print(f"model {os.path.basename(a.model)}, {a.threads} threads, lumen weight layout {a.layout}, "
+          f"lumen CPU path {cpu_path or '-'}, stream-read bandwidth {fmt(bw, 1)} GB/s"
+          + (f", llama.cpp {llama_flags}" if llama_flags else ""))
+    print_table(header, table)
     notes = {}
     for r in rows:
+        if r["lumen"] is None and r["llama_cpp"] is None:
+            continue
         for n in filter(None, r["note"].split("; ")):
             notes.setdefault(n, []).append(r["figure"])
     for n, figures in notes.items():
@@ -201,7 +354,8 @@ def print_and_save(a):
     print()
 
     out = {"model": a.model, "threads": a.threads, "clients": a.clients, "kv_mb": a.kv_mb, "layout": a.layout,
-           "run_dir": d, "rows": rows,
+           "run_dir": d, "rows": rows, "lumen_cpu_path": cpu_path, "bandwidth_gb_per_s": bw,
+           "decode_bytes_per_token": per_token, "llama_flags": llama_flags,
            "raw": {"rounds": [{**r, "llama_b": list(r["llama_b"].values())} for r in per_round],
                    "lumen_serve": lumen_s, "llama_serve": llama_s}}
     with open(a.json_out, "w") as f:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# `make bench-compare`: Lumen and llama.cpp side by side on one model, in one run.
+# `make bench-compare`: Lumen and llama.cpp side by side on one or more models, in one run.
 #
-# Builds llama.cpp's llama-bench, llama-batched-bench and llama-server (cached, see
-# build-llama-cpp.sh) and Lumen, then measures each figure on Lumen and on llama.cpp right
-# after each other, with the same thread count:
+# Builds llama.cpp's llama-bench, llama-batched-bench and llama-server from the newest
+# llama-cpp-python we have checked (cached, see build-llama-cpp.sh) and Lumen, measures the
+# machine's stream-read bandwidth (`lumen bench bandwidth`), then measures each figure on
+# Lumen and on llama.cpp right after each other, with the same thread count:
 #
 #   pp512, tg128            lumen bench        vs llama-bench
 #   batched decode (S_TG)   lumen bench -b     vs llama-batched-bench
@@ -11,13 +12,25 @@
 #   idle peak RSS           /proc/PID/status VmHWM of each server, model loaded, no requests
 #   perplexity              lumen perplexity   vs llama-perplexity (both Lumen layouts)
 #
-# and prints figure | lumen | llama.cpp | ratio | target, saving it as JSON under target/bench/.
+# and prints figure | lumen | llama.cpp | median ratio | worst round | target, with each
+# engine's share of the single-stream decode bound (bandwidth / bytes read per token) and the
+# CPU path Lumen's kernels took, saving it as JSON under target/bench/. MODELS=a.gguf,b.gguf
+# runs the pp/tg and batched pairs for every model, alternating models and engines inside each
+# round, and ends with one table of every model and figure.
+#
+# llama.cpp crashes on some CPUs (its AMX repacking path segfaults in
+# ggml_backend_amx_mul_mat on some Intel Xeons): a llama.cpp tool killed by a signal is run
+# again with weight repacking off (`--repack 0` for llama-bench, `-nr` for the others), and
+# from then on for that model; the table says so.
+#
 # Noise on a shared 2-core machine is real: compare the ratios of one run, never a number
 # with an old one. Every server listens on 127.0.0.1 only and is stopped on exit.
 #
-# Environment: LUMEN_HOME, MODEL (a .gguf path), THREADS (2), REPS (5), BATCHED_REPS (3),
-# ROUNDS (1: how many times the pp/tg and batched pairs run; the report takes the median of
-# the per-round ratios), BATCHES (1,32), CLIENTS (16), REQUESTS (64), MAX_TOKENS (128),
+# Environment: LUMEN_HOME, MODEL (a .gguf path) or MODELS (comma-separated paths; then the
+# server and perplexity rows are left out unless SKIP_SERVER=0 / SKIP_PERPLEXITY=0), THREADS
+# (2), REPS (5), BATCHED_REPS (3), ROUNDS (3: how many times the pp/tg and batched pairs run;
+# the report takes the median and the worst of the per-round ratios), PP (512), TG (128),
+# BATCHES (1,16,32), NPP (128), NTG (128), CLIENTS (16), REQUESTS (64), MAX_TOKENS (128),
 # LOAD_SECONDS (600: no load-test request starts later), KV_MB (256), ENGINE (1: also
 # time batched generation end to end through Lumen's engine; an extra row, Lumen only),
 # PROFILE (release; `bench` builds with thin LTO and one codegen unit, slower to build, and
@@ -31,31 +44,45 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 home="${LUMEN_HOME:-$HOME/.lumen}"
 model="${MODEL:-$home/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}"
+# MODELS (comma-separated) overrides MODEL; the server and perplexity rows then default off.
+if [[ -n "${MODELS:-}" ]]; then
+  IFS=, read -r -a models <<<"$MODELS"
+  : "${SKIP_SERVER:=1}" "${SKIP_PERPLEXITY:=1}"
+  model="${models[0]}"
+else
+  models=("$model")
+fi
+pp="${PP:-512}"
+tg="${TG:-128}"
+npp="${NPP:-128}"
+ntg="${NTG:-128}"
 threads="${THREADS:-2}"
 reps="${REPS:-5}"
 batched_reps="${BATCHED_REPS:-3}"
-batches="${BATCHES:-1,32}"
+batches="${BATCHES:-1,16,32}"
 clients="${CLIENTS:-16}"
 requests="${REQUESTS:-64}"
 max_tokens="${MAX_TOKENS:-128}"
 kv_mb="${KV_MB:-256}"
-rounds="${ROUNDS:-1}"
+rounds="${ROUNDS:-3}"
 # Every lumen command below reads its --weight-layout from here.
 export LUMEN_WEIGHT_LAYOUT="${LAYOUT:-packed}"
 load_seconds="${LOAD_SECONDS:-600}"
 python="${PYTHON:-python3}"
 lumen="$root/target/release/lumen"
-llama_bin="$root/target/llama.cpp-build/bin"
+llama_bin="$("$root/scripts/build-llama-cpp.sh" --bin-dir)"
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 out="$root/target/bench/run-$stamp"
 mkdir -p "$out"
 
 log() { echo "bench-compare: $*" >&2; }
 
-if [[ ! -f "$model" ]]; then
-  log "no model at $model (run \`make models\`, or set MODEL)"
-  exit 1
-fi
+for m in "${models[@]}"; do
+  if [[ ! -f "$m" ]]; then
+    log "no model at $m (run \`make models\` or \`make bench-models\`, or set MODEL / MODELS)"
+    exit 1
+  fi
+done
 
 # Servers this script started; stopped by PID on exit.
 pids=()
@@ -114,24 +141,69 @@ engine_flag=()
 [[ "${ENGINE:-1}" == 1 ]] && engine_flag=(--engine)
 max_b="$(tr ',' '\n' <<<"$batches" | sort -n | tail -1)"
 
-# 1 and 2, ROUNDS times, Lumen then llama.cpp each time (the report pairs each round's two).
-for ((round = 1; round <= rounds; round++)); do
-  log "round $round/$rounds: lumen pp512 tg128 (-r $reps, -t $threads)"
-  timeout 1200 "$lumen" bench "$model" -p 512 -n 128 -b 0 -r "$reps" -t "$threads" --json \
-    >"$out/lumen-pptg.r$round.json" 2>"$out/lumen-pptg.r$round.err" || log "lumen bench failed (see $out/lumen-pptg.r$round.err)"
-  log "round $round/$rounds: llama-bench pp512 tg128"
-  timeout 1200 "$llama_bin/llama-bench" -m "$model" -p 512 -n 128 -t "$threads" -r "$reps" -o json \
-    >"$out/llama-pptg.r$round.json" 2>"$out/llama-pptg.r$round.err" || log "llama-bench failed (see $out/llama-pptg.r$round.err)"
+# The bound on single-stream decode: every weight is read once per token.
+log "stream-read bandwidth ($threads threads)"
+"$lumen" bench bandwidth -t "$threads" --json >"$out/bandwidth.json" 2>"$out/bandwidth.err" ||
+  log "bandwidth measurement failed (see $out/bandwidth.err)"
 
-  # Batched decode: B sequences of 128 prompt tokens, then 128 steps; S_TG.
-  log "round $round/$rounds: lumen batched decode at $batches ${engine_flag[*]}"
-  timeout 2400 "$lumen" bench "$model" -p 0 -n 0 -b "$batches" --npp 128 --ntg 128 -r "$batched_reps" -t "$threads" "${engine_flag[@]}" --json \
-    >"$out/lumen-batched.r$round.json" 2>"$out/lumen-batched.r$round.err" || log "lumen batched bench failed (see $out/lumen-batched.r$round.err)"
-  log "round $round/$rounds: llama-batched-bench $batches"
-  timeout 1800 "$llama_bin/llama-batched-bench" -m "$model" -c $((max_b * 256)) -b 2048 -ub 512 \
-    -npp 128 -ntg 128 -npl "$batches" -t "$threads" -tb "$threads" --output-format jsonl \
-    >"$out/llama-batched.r$round.jsonl" 2>"$out/llama-batched.r$round.err" || log "llama-batched-bench failed (see $out/llama-batched.r$round.err)"
+# model_dir I: where model I's raw outputs go (one folder per model, named after the file).
+out_all="$out"
+model_dir() { echo "$out_all/m$1-$(basename "${models[$1]}" .gguf)"; }
+
+# run_llama DIR NAME OUTFILE TOOL ARGS...: runs a llama.cpp tool. Killed by a signal (exit
+# status above 128), it runs again with repacking off, and the model keeps that flag for the
+# rest of the run (DIR/llama-no-repack names the tool that crashed, for the table's note).
+run_llama() {
+  local dir="$1" name="$2" outfile="$3" tool="$4" rc=0
+  shift 4
+  local off=(-nr)
+  [[ "$tool" == llama-bench ]] && off=(--repack 0)
+  local extra=()
+  [[ -f "$dir/llama-no-repack" ]] && extra=("${off[@]}")
+  timeout 2400 "$llama_bin/$tool" "$@" "${extra[@]}" >"$outfile" 2>"$dir/$name.err" || rc=$?
+  if ((rc > 128 && rc != 124 + 128)) && [[ ! -f "$dir/llama-no-repack" ]]; then
+    log "$tool crashed (exit $rc); again with ${off[*]}"
+    cp "$dir/$name.err" "$dir/$name.crash.err"
+    echo "$tool exit $rc" >"$dir/llama-no-repack"
+    rc=0
+    timeout 2400 "$llama_bin/$tool" "$@" "${off[@]}" >"$outfile" 2>"$dir/$name.err" || rc=$?
+  fi
+  ((rc == 0)) || log "$tool failed (exit $rc, see $dir/$name.err)"
+}
+
+# 1 and 2, ROUNDS times; within a round every model, Lumen then llama.cpp each time (the
+# report pairs each round's two, so both share that moment's noise).
+for ((round = 1; round <= rounds; round++)); do
+  for i in "${!models[@]}"; do
+    m="${models[$i]}"
+    d="$(model_dir "$i")"
+    mkdir -p "$d"
+    tag="round $round/$rounds, $(basename "$m")"
+    if ((pp > 0 || tg > 0)); then
+      log "$tag: lumen pp$pp tg$tg (-r $reps, -t $threads)"
+      timeout 2400 "$lumen" bench "$m" -p "$pp" -n "$tg" -b 0 -r "$reps" -t "$threads" --json \
+        >"$d/lumen-pptg.r$round.json" 2>"$d/lumen-pptg.r$round.err" || log "lumen bench failed (see $d/lumen-pptg.r$round.err)"
+      log "$tag: llama-bench pp$pp tg$tg"
+      run_llama "$d" "llama-pptg.r$round" "$d/llama-pptg.r$round.json" llama-bench \
+        -m "$m" -p "$pp" -n "$tg" -t "$threads" -r "$reps" -o json
+    fi
+    if [[ -n "$batches" && "$batches" != 0 ]]; then
+      # Batched decode: B sequences of NPP prompt tokens, then NTG steps; S_TG.
+      log "$tag: lumen batched decode at $batches ${engine_flag[*]}"
+      timeout 2400 "$lumen" bench "$m" -p 0 -n 0 -b "$batches" --npp "$npp" --ntg "$ntg" -r "$batched_reps" -t "$threads" "${engine_flag[@]}" --json \
+        >"$d/lumen-batched.r$round.json" 2>"$d/lumen-batched.r$round.err" || log "lumen batched bench failed (see $d/lumen-batched.r$round.err)"
+      log "$tag: llama-batched-bench $batches"
+      run_llama "$d" "llama-batched.r$round" "$d/llama-batched.r$round.jsonl" llama-batched-bench \
+        -m "$m" -c $((max_b * (npp + ntg) + 64)) -b 2048 -ub 512 \
+        -npp "$npp" -ntg "$ntg" -npl "$batches" -t "$threads" -tb "$threads" --output-format jsonl
+    fi
+  done
 done
+
+# The server and perplexity rows are for the first model; its raw outputs go with its rounds.
+out="$(model_dir 0)"
+no_repack=()
+[[ -f "$out/llama-no-repack" ]] && no_repack=(-nr)
 
 # 3. Servers, one at a time (16 slots of 1024 tokens for llama-server), then the idle RSS.
 lumen_serve_state=pending
@@ -158,7 +230,7 @@ fi
 if [[ "${SKIP_SERVER:-0}" != 1 ]]; then
   port="$(free_port)"
   log "llama-server on 127.0.0.1:$port (-np $clients)"
-  "$llama_bin/llama-server" -m "$model" --host 127.0.0.1 --port "$port" -t "$threads" -tb "$threads" \
+  "$llama_bin/llama-server" -m "$model" "${no_repack[@]}" --host 127.0.0.1 --port "$port" -t "$threads" -tb "$threads" \
     -np "$clients" -c $((clients * 1024)) --no-webui >"$out/llama-server.log" 2>&1 &
   pid=$!
   pids+=("$pid")
@@ -182,13 +254,23 @@ if [[ "${SKIP_PERPLEXITY:-0}" != 1 ]]; then
       >"$out/lumen-ppl-$layout.json" || log "lumen perplexity failed"
   done
   log "llama-perplexity"
-  "$llama_bin/llama-perplexity" -m "$model" -f "$text" -c 512 -b 512 -t "$threads" \
+  "$llama_bin/llama-perplexity" -m "$model" "${no_repack[@]}" -f "$text" -c 512 -b 512 -t "$threads" \
     >"$out/llama-ppl.log" 2>&1 || log "llama-perplexity failed (see $out/llama-ppl.log)"
 fi
 
-# 4. The table and its JSON.
-"$python" "$root/scripts/bench-compare-report.py" "$out" \
-  --model "$model" --threads "$threads" --kv-mb "$kv_mb" --clients "$clients" \
-  --lumen-serve "$lumen_serve_state" --layout "$LUMEN_WEIGHT_LAYOUT" --json-out "$root/target/bench/compare-$stamp.json"
+# 4. One table per model, then all of them in one.
+jsons=()
+for i in "${!models[@]}"; do
+  d="$(model_dir "$i")"
+  serve_state="$lumen_serve_state"
+  ((i == 0)) || serve_state=skipped
+  "$python" "$root/scripts/bench-compare-report.py" "$d" \
+    --model "${models[$i]}" --threads "$threads" --kv-mb "$kv_mb" --clients "$clients" \
+    --lumen-serve "$serve_state" --layout "$LUMEN_WEIGHT_LAYOUT" --pp "$pp" --tg "$tg" --ntg "$ntg" \
+    --bandwidth "$out_all/bandwidth.json" --json-out "$d/compare.json"
+  jsons+=("$d/compare.json")
+done
+"$python" "$root/scripts/bench-compare-report.py" --summary "${jsons[@]}" \
+  --json-out "$root/target/bench/compare-$stamp.json"
 cp "$root/target/bench/compare-$stamp.json" "$root/target/bench/compare-latest.json"
-log "saved target/bench/compare-$stamp.json (raw outputs in $out)"
+log "saved target/bench/compare-$stamp.json (raw outputs in $out_all)"

@@ -1,21 +1,39 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's llama-bench, llama-batched-bench, llama-server and llama-perplexity into
-# target/llama.cpp-build/bin, for `make bench-compare` to run side by side with Lumen.
+# Usage: build-llama-cpp.sh [TOOL...] | --bin-dir
+#
+# Builds llama.cpp's llama-bench, llama-batched-bench, llama-server, llama-perplexity and
+# llama-quantize into target/llama.cpp-VERSION-build/bin, for `make bench-compare` to run side by
+# side with Lumen and for `make bench-models` to quantize its realistic-shape models.
+#
+# The version is the newest llama-cpp-python we have checked (0.3.36): a comparison is only
+# worth making against the llama.cpp users get today. The reference fixtures stay on 0.3.16
+# (`make fixtures` pins its own venv), because Lumen's exact layout matches that one bit for bit.
+# The build directory is named by version, so changing the pin rebuilds instead of reusing.
 #
 # The sources come from the llama-cpp-python source package on PyPI (it vendors llama.cpp),
 # fetched with pip, pinned by version and checked by SHA-256. A second run does nothing when
-# the four binaries are already there. cmake comes from the system, or else from a venv
+# the binaries are already there. cmake comes from the system, or else from a venv
 # under target/ (pip's `cmake` package), so no root access is needed.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-python3}"
-version="0.3.16"
-sdist_sha="34ed0f9bd9431af045bb63d9324ae620ad0536653740e9bb163a2e1fcb973be6"
+version="0.3.36"
+sdist_sha="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 src_dir="$root/target/llama.cpp-src"
-build_dir="$root/target/llama.cpp-build"
+build_dir="$root/target/llama.cpp-$version-build"
 jobs="${JOBS:-2}"
-bins=(llama-bench llama-batched-bench llama-server llama-perplexity)
+bins=(llama-bench llama-batched-bench llama-server llama-perplexity llama-quantize)
+# Named tools build only those (`make bench-models` needs llama-quantize alone, minutes sooner).
+if (($# > 0)) && [[ "$1" != --bin-dir ]]; then
+  bins=("$@")
+fi
+
+# `--bin-dir` prints where the binaries are (or will be), for the scripts that run them.
+if [[ "${1:-}" == --bin-dir ]]; then
+  echo "$build_dir/bin"
+  exit 0
+fi
 
 have_all() {
   for b in "${bins[@]}"; do
@@ -60,7 +78,7 @@ if [[ -z "$cmake_bin" ]]; then
   cmake_bin="$venv/bin/cmake"
 fi
 
-# 3. Configure and build only the four tools, natively tuned (AVX2 here), CPU only.
+# 3. Configure and build only these tools, natively tuned (AVX2 here), CPU only.
 echo "llama.cpp: building ${bins[*]} with $jobs jobs (several minutes on 2 cores)"
 "$cmake_bin" -S "$llama_src" -B "$build_dir" \
   -DCMAKE_BUILD_TYPE=Release \

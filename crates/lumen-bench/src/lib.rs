@@ -24,7 +24,10 @@
 //!   so it takes little CPU from the server it measures on the same machine; it counts output
 //!   tokens from `usage` when the server reports it, else one per streamed chunk with text
 //!   (both llama-server and Lumen stream one token per chunk).
+//! - [`bandwidth`] measures the machine's stream-read bandwidth, the bound that single-stream
+//!   decode is compared with.
 //! - **No timing assertions.** Tests cover statistics, parsing and bookkeeping only.
+pub mod bandwidth;
 pub mod engine_bench;
 pub mod error;
 pub mod model_bench;
@@ -34,6 +37,7 @@ pub mod serve;
 pub mod stats;
 pub mod table;
 
+pub use bandwidth::{measure_read_bandwidth, BandwidthReport};
 pub use engine_bench::{run_engine_bench, EngineBenchConfig};
 pub use error::BenchError;
 pub use model_bench::{run_model_bench, ModelBenchConfig, ModelBenchReport, TestKind, TestResult};

@@ -5,8 +5,8 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use lumen_bench::{
-    run_engine_bench, run_model_bench, run_serve_bench, table, Endpoint, EngineBenchConfig,
-    ModelBenchConfig, PromptMix, ServeConfig, Slo,
+    measure_read_bandwidth, run_engine_bench, run_model_bench, run_serve_bench, table, Endpoint,
+    EngineBenchConfig, ModelBenchConfig, PromptMix, ServeConfig, Slo,
 };
 use lumen_engine::registry::{lumen_home, resolve};
 use lumen_models::WeightLayout;
@@ -28,6 +28,25 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Load-test an OpenAI-compatible server (Lumen, llama-server, vLLM) with streaming clients.
     Serve(ServeBenchArgs),
+    /// Measure this machine's stream-read bandwidth (the bound on single-stream decode).
+    Bandwidth(BandwidthArgs),
+}
+
+/// Flags of `lumen bench bandwidth`.
+#[derive(Args, Debug)]
+pub struct BandwidthArgs {
+    /// Buffer size in MiB (well above the last-level cache).
+    #[arg(long, default_value_t = 1024)]
+    pub mib: usize,
+    /// Reading threads (decode uses all compute threads, so the default is the same).
+    #[arg(short = 't', long, env = "LUMEN_THREADS", default_value_t = default_threads())]
+    pub threads: usize,
+    /// Timed repetitions; the best is the figure.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    pub reps: usize,
+    /// Print JSON instead of a line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `lumen bench MODEL`.
@@ -152,6 +171,7 @@ fn default_threads() -> usize {
 pub fn bench(args: BenchArgs) -> Result<()> {
     match args.command {
         Some(BenchCommand::Serve(s)) => serve(s),
+        Some(BenchCommand::Bandwidth(b)) => bandwidth(b),
         None => model(args.model),
     }
 }
@@ -209,6 +229,19 @@ fn model(a: ModelArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", table::model_table(&report));
+    }
+    Ok(())
+}
+
+fn bandwidth(a: BandwidthArgs) -> Result<()> {
+    let r = measure_read_bandwidth(a.mib, a.threads, a.reps);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "stream read: {:.1} GB/s best, {:.1} GB/s median ({} MiB, {} threads, {} reps)",
+            r.best_gb_per_s, r.median_gb_per_s, a.mib, r.threads, r.reps
+        );
     }
     Ok(())
 }

@@ -17,8 +17,70 @@ use crate::blocks::k4_scales_mins;
 /// # Safety
 /// AVX2/FMA/F16C available; `w` points at R valid blocks of format F; `act` is Q8_K with row
 /// `i0` and block `b`; `out` is valid for R reads and writes.
+/// `V`: the scaled sums by `vpdpwssd` (AVX512-VNNI on 256-bit registers, one instruction for
+/// `madd` + `add`) instead of plain AVX2; the same exact integers either way.
+#[inline(always)]
+pub(crate) unsafe fn direct<const F: Tag, const V: bool, const R: usize>(
+    w: *const u8,
+    rb: usize,
+    act: &ActBuf,
+    b: usize,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+) {
+    // SAFETY: as this function's contract; `V` is set only where the CPU has VNNI.
+    unsafe {
+        if V {
+            direct_vnni::<F, R>(w, rb, act, b, i0, out, ors)
+        } else {
+            direct_avx2::<F, R>(w, rb, act, b, i0, out, ors)
+        }
+    }
+}
+
+/// [`direct_body`] compiled for AVX2.
+///
+/// # Safety
+/// As [`direct`].
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn direct<const F: Tag, const R: usize>(
+unsafe fn direct_avx2<const F: Tag, const R: usize>(
+    w: *const u8,
+    rb: usize,
+    act: &ActBuf,
+    b: usize,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+) {
+    // SAFETY: the contract of `direct`, which this forwards unchanged.
+    unsafe { direct_body::<F, false, R>(w, rb, act, b, i0, out, ors) }
+}
+
+/// [`direct_body`] compiled for AVX2 plus AVX512-VNNI on 256-bit registers.
+///
+/// # Safety
+/// As [`direct`], and the CPU must have AVX512-VNNI and AVX512-VL.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn direct_vnni<const F: Tag, const R: usize>(
+    w: *const u8,
+    rb: usize,
+    act: &ActBuf,
+    b: usize,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+) {
+    // SAFETY: the contract of `direct`, which this forwards unchanged.
+    unsafe { direct_body::<F, true, R>(w, rb, act, b, i0, out, ors) }
+}
+
+/// The body of [`direct`], inlined into each build.
+///
+/// # Safety
+/// As [`direct`].
+#[inline(always)]
+unsafe fn direct_body<const F: Tag, const V: bool, const R: usize>(
     w: *const u8,
     rb: usize,
     act: &ActBuf,
@@ -41,14 +103,14 @@ pub(crate) unsafe fn direct<const F: Tag, const R: usize>(
             if F == tag::Q4_K || F == tag::Q5_K {
                 let bs32 = act.bs32.as_ptr().add((i0 * nb + b) * 8);
                 (sumi[r], summ[r]) = if F == tag::Q5_K {
-                    row_q45k::<true>(p, x, bs32)
+                    row_q45k::<true, V>(p, x, bs32)
                 } else {
-                    row_q45k::<false>(p, x, bs32)
+                    row_q45k::<false, V>(p, x, bs32)
                 };
                 d[r] = f16_at(p);
                 dmin[r] = f16_at(p.add(2));
             } else {
-                sumi[r] = row_q6k(p, x, act.bs16.as_ptr().add((i0 * nb + b) * 16));
+                sumi[r] = row_q6k::<V>(p, x, act.bs16.as_ptr().add((i0 * nb + b) * 16));
                 d[r] = f16_at(p.add(208));
             }
         }
@@ -73,9 +135,8 @@ pub(crate) unsafe fn direct<const F: Tag, const R: usize>(
 /// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
 /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
 /// pointer argument must be valid for the reads and writes described above.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row_q45k<const HIGH: bool>(
+#[inline(always)]
+unsafe fn row_q45k<const HIGH: bool, const V: bool>(
     p: *const u8,
     x: *const i8,
     bs32: *const i16,
@@ -119,15 +180,15 @@ unsafe fn row_q45k<const HIGH: bool>(
                 scales,
                 _mm256_set1_epi16((((4 * j + 3) << 8) | (4 * j + 2)) as i16),
             );
-            let p0 = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(lo, _mm256_loadu_si256(x.add(64 * j).cast())),
-                s0,
-            );
-            let p1 = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(hi, _mm256_loadu_si256(x.add(64 * j + 32).cast())),
-                s1,
-            );
-            acc = _mm256_add_epi32(acc, _mm256_add_epi32(p0, p1));
+            let q0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(x.add(64 * j).cast()));
+            let q1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(x.add(64 * j + 32).cast()));
+            acc = if V {
+                _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(acc, q0, s0), q1, s1)
+            } else {
+                let p0 = _mm256_madd_epi16(q0, s0);
+                let p1 = _mm256_madd_epi16(q1, s1);
+                _mm256_add_epi32(acc, _mm256_add_epi32(p0, p1))
+            };
         }
         (acc, summ)
     }
@@ -139,9 +200,8 @@ unsafe fn row_q45k<const HIGH: bool>(
 /// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
 /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
 /// pointer argument must be valid for the reads and writes described above.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row_q6k(p: *const u8, x: *const i8, bs16: *const i16) -> __m256i {
+#[inline(always)]
+unsafe fn row_q6k<const V: bool>(p: *const u8, x: *const i8, bs16: *const i16) -> __m256i {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
@@ -195,7 +255,12 @@ unsafe fn row_q6k(p: *const u8, x: *const i8, bs16: *const i16) -> __m256i {
                 );
                 let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, mask));
                 let xk = _mm256_loadu_si256(x.add(128 * n + 32 * k).cast());
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(qk, xk), scale));
+                let q = _mm256_maddubs_epi16(qk, xk);
+                acc = if V {
+                    _mm256_dpwssd_epi32(acc, q, scale)
+                } else {
+                    _mm256_add_epi32(acc, _mm256_madd_epi16(q, scale))
+                };
             }
         }
         acc

@@ -19,6 +19,7 @@ use super::tag::{self, Tag};
 use super::{reduce8, reduce8_128, M_CHUNK};
 use crate::act::ActBuf;
 use crate::blocks::k4_scales_mins;
+use crate::cpu::CpuLevel;
 use crate::matmul::MatRef;
 
 const fn block_bytes(f: Tag) -> usize {
@@ -70,11 +71,40 @@ const KROW_ZERO: KRow = KRow {
     dmin: 0.0,
 };
 
-/// Computes columns `r` of every output row for a K-quant matrix.
+/// Computes columns `r` of every output row for a K-quant matrix, with the VNNI build of the
+/// multi-row tiles from [`CpuLevel::Avx512Vnni`] up.
 ///
 /// # Safety
 /// As [`super::compute_rows`].
-pub(crate) unsafe fn rows<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+pub(crate) unsafe fn rows<const F: Tag>(
+    level: CpuLevel,
+    w: &MatRef,
+    act: &ActBuf,
+    r: Range<usize>,
+    out: *mut f32,
+) {
+    // SAFETY: as this function's contract; `level` says which instructions the CPU has.
+    unsafe {
+        if level >= CpuLevel::Avx512Vnni {
+            rows_with::<F, true>(w, act, r, out)
+        } else {
+            rows_with::<F, false>(w, act, r, out)
+        }
+    }
+}
+
+/// [`rows`] with the multi-row tiles' scaled sums done by `vpdpwssd` (`V`, AVX512-VNNI on
+/// 256-bit registers: one instruction for `madd` + `add`) or by plain AVX2. Both give the same
+/// exact lane sums (neither saturates), so the results are bit-identical.
+///
+/// # Safety
+/// As [`super::compute_rows`]; `V` only where the CPU has AVX512-VNNI and AVX512-VL.
+unsafe fn rows_with<const F: Tag, const V: bool>(
+    w: &MatRef,
+    act: &ActBuf,
+    r: Range<usize>,
+    out: *mut f32,
+) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
@@ -95,6 +125,7 @@ pub(crate) unsafe fn rows<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize
                 let rt = (r.end - j).min(8);
                 for b in 0..nb {
                     if i1 - i0 >= 2 || !has_direct(F) {
+                        prefetch_next_tile(base, rb, ors, j + 8, b, nb);
                         for k in 0..rt {
                             unpack::<F>(base.add((j + k) * rb + b * bb), &mut *bp.add(k));
                         }
@@ -103,15 +134,18 @@ pub(crate) unsafe fn rows<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize
                     let mut i = i0;
                     if rt == 8 {
                         while i + 2 <= i1 {
-                            pairs::<F, 4, 2>(bp, act, b, i, o.add(i * ors), ors);
-                            pairs::<F, 4, 2>(bp.add(4), act, b, i, o.add(i * ors + 4), ors);
+                            pairs::<F, V, 4, 2>(bp, act, b, i, o.add(i * ors), ors);
+                            pairs::<F, V, 4, 2>(bp.add(4), act, b, i, o.add(i * ors + 4), ors);
                             i += 2;
                         }
                         if i < i1 && !has_direct(F) {
-                            pairs::<F, 4, 1>(bp, act, b, i, o.add(i * ors), ors);
-                            pairs::<F, 4, 1>(bp.add(4), act, b, i, o.add(i * ors + 4), ors);
+                            pairs::<F, V, 4, 1>(bp, act, b, i, o.add(i * ors), ors);
+                            pairs::<F, V, 4, 1>(bp.add(4), act, b, i, o.add(i * ors + 4), ors);
                         } else if i < i1 {
-                            direct::<F, 8>(
+                            if i1 - i0 == 1 {
+                                prefetch_next_tile(base, rb, ors, j + 8, b, nb);
+                            }
+                            direct::<F, V, 8>(
                                 base.add(j * rb + b * bb),
                                 rb,
                                 act,
@@ -125,13 +159,13 @@ pub(crate) unsafe fn rows<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize
                         for k in 0..rt {
                             let mut i = i0;
                             while i + 2 <= i1 {
-                                pairs::<F, 1, 2>(bp.add(k), act, b, i, o.add(i * ors + k), ors);
+                                pairs::<F, V, 1, 2>(bp.add(k), act, b, i, o.add(i * ors + k), ors);
                                 i += 2;
                             }
                             if i < i1 && !has_direct(F) {
-                                pairs::<F, 1, 1>(bp.add(k), act, b, i, o.add(i * ors + k), ors);
+                                pairs::<F, V, 1, 1>(bp.add(k), act, b, i, o.add(i * ors + k), ors);
                             } else if i < i1 {
-                                direct::<F, 1>(
+                                direct::<F, V, 1>(
                                     base.add((j + k) * rb + b * bb),
                                     rb,
                                     act,
@@ -148,6 +182,35 @@ pub(crate) unsafe fn rows<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize
             }
             i0 = i1;
         }
+    }
+}
+
+/// A tile reads its eight rows block by block, so its loads hop between eight
+/// places a row apart; with short rows (2048 columns: 1152 bytes in Q4_K) those hops fall
+/// back and forth inside the same few pages and the hardware prefetcher stops following,
+/// leaving every block a cache miss (single-row decode of a 32768x2048 Q4_K GEMV ran at half
+/// the rate of an 8192x8192 one of the same size, Q6_K at a third). The next tile's rows are one contiguous range, so this
+/// prefetches it in order, a `1/nb` share per block of the current tile: one tile ahead,
+/// which keeps a steady stream of requests in flight without evicting what is in use.
+/// `next_row` may be past the matrix (nothing is fetched then).
+#[inline]
+fn prefetch_next_tile(
+    base: *const u8,
+    rb: usize,
+    rows: usize,
+    next_row: usize,
+    b: usize,
+    nb: usize,
+) {
+    let span = rows.min(next_row + 8).saturating_sub(next_row) * rb;
+    let per = span.div_ceil(nb);
+    let (lo, hi) = (b * per, ((b + 1) * per).min(span));
+    let mut off = lo;
+    while off < hi {
+        // SAFETY: a prefetch never faults, whatever the address; `off < span` keeps it inside
+        // the matrix anyway, and SSE is part of x86_64.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(next_row * rb + off).cast()) };
+        off += 64;
     }
 }
 
@@ -289,8 +352,65 @@ unsafe fn unpack_q6k(p: *const u8, row: &mut KRow) {
 /// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
 /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
 /// pointer argument must be valid for the reads and writes described above.
+#[inline(always)]
+unsafe fn pairs<const F: Tag, const V: bool, const R: usize, const C: usize>(
+    rows: *const KRow,
+    act: &ActBuf,
+    b: usize,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+) {
+    // SAFETY: as this function's contract; `V` is set only where the CPU has VNNI.
+    unsafe {
+        if V {
+            pairs_vnni::<F, R, C>(rows, act, b, i0, out, ors)
+        } else {
+            pairs_avx2::<F, R, C>(rows, act, b, i0, out, ors)
+        }
+    }
+}
+
+/// [`pairs_body`] compiled for AVX2.
+///
+/// # Safety
+/// As [`pairs`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pairs<const F: Tag, const R: usize, const C: usize>(
+unsafe fn pairs_avx2<const F: Tag, const R: usize, const C: usize>(
+    rows: *const KRow,
+    act: &ActBuf,
+    b: usize,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+) {
+    // SAFETY: the contract of `pairs`, which this forwards unchanged.
+    unsafe { pairs_body::<F, false, R, C>(rows, act, b, i0, out, ors) }
+}
+
+/// [`pairs_body`] compiled for AVX2 plus AVX512-VNNI on 256-bit registers.
+///
+/// # Safety
+/// As [`pairs`], and the CPU must have AVX512-VNNI and AVX512-VL.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn pairs_vnni<const F: Tag, const R: usize, const C: usize>(
+    rows: *const KRow,
+    act: &ActBuf,
+    b: usize,
+    i0: usize,
+    out: *mut f32,
+    ors: usize,
+) {
+    // SAFETY: the contract of `pairs`, which this forwards unchanged.
+    unsafe { pairs_body::<F, true, R, C>(rows, act, b, i0, out, ors) }
+}
+
+/// The body of [`pairs`], inlined into each build.
+///
+/// # Safety
+/// As [`pairs`].
+#[inline(always)]
+unsafe fn pairs_body<const F: Tag, const V: bool, const R: usize, const C: usize>(
     rows: *const KRow,
     act: &ActBuf,
     b: usize,
@@ -326,8 +446,12 @@ unsafe fn pairs<const F: Tag, const R: usize, const C: usize>(
                     } else {
                         xv[c]
                     };
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xs), sc);
-                    acc[c * R + r] = _mm256_add_epi32(acc[c * R + r], p);
+                    let q = _mm256_maddubs_epi16(wu, xs);
+                    acc[c * R + r] = if V {
+                        _mm256_dpwssd_epi32(acc[c * R + r], q, sc)
+                    } else {
+                        _mm256_add_epi32(acc[c * R + r], _mm256_madd_epi16(q, sc))
+                    };
                 }
             }
         }

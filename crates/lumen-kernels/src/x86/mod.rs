@@ -75,15 +75,15 @@ pub(crate) unsafe fn compute_rows(
             WeightFormat::Q4_0 => block32_tiles::rows::<{ tag::Q4_0 }>(level, w, act, r, out),
             WeightFormat::Q4_1 => block32_tiles::rows::<{ tag::Q4_1 }>(level, w, act, r, out),
             WeightFormat::Q8_0 => block32_tiles::rows::<{ tag::Q8_0 }>(level, w, act, r, out),
-            WeightFormat::Q4_K => kquant_tiles::rows::<{ tag::Q4_K }>(w, act, r, out),
-            WeightFormat::Q5_K => kquant_tiles::rows::<{ tag::Q5_K }>(w, act, r, out),
-            WeightFormat::Q6_K => kquant_tiles::rows::<{ tag::Q6_K }>(w, act, r, out),
+            WeightFormat::Q4_K => kquant_tiles::rows::<{ tag::Q4_K }>(level, w, act, r, out),
+            WeightFormat::Q5_K => kquant_tiles::rows::<{ tag::Q5_K }>(level, w, act, r, out),
+            WeightFormat::Q6_K => kquant_tiles::rows::<{ tag::Q6_K }>(level, w, act, r, out),
             WeightFormat::Q5_0 => block32_tiles::rows::<{ tag::Q5_0 }>(level, w, act, r, out),
             WeightFormat::Q5_1 => block32_tiles::rows::<{ tag::Q5_1 }>(level, w, act, r, out),
             WeightFormat::IQ4_NL => block32_tiles::rows::<{ tag::IQ4_NL }>(level, w, act, r, out),
-            WeightFormat::Q2_K => kquant_tiles::rows::<{ tag::Q2_K }>(w, act, r, out),
-            WeightFormat::Q3_K => kquant_tiles::rows::<{ tag::Q3_K }>(w, act, r, out),
-            WeightFormat::IQ4_XS => kquant_tiles::rows::<{ tag::IQ4_XS }>(w, act, r, out),
+            WeightFormat::Q2_K => kquant_tiles::rows::<{ tag::Q2_K }>(level, w, act, r, out),
+            WeightFormat::Q3_K => kquant_tiles::rows::<{ tag::Q3_K }>(level, w, act, r, out),
+            WeightFormat::IQ4_XS => kquant_tiles::rows::<{ tag::IQ4_XS }>(level, w, act, r, out),
         }
     }
 }
