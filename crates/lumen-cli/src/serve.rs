@@ -51,6 +51,19 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
+    /// Administrator key (the admin API and everything else); repeatable (LUMEN_ADMIN_KEY
+    /// takes a comma-separated list). Store keys with role `admin` work too.
+    #[arg(
+        long = "admin-key",
+        env = "LUMEN_ADMIN_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_keys: Vec<String>,
+    /// The keys and usage database: a file path or sqlite://PATH. Default:
+    /// $LUMEN_HOME/lumen.db.
+    #[arg(long, env = "LUMEN_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Requests in flight per model (running or queued) beyond which new ones get 429.
     #[arg(long, env = "LUMEN_MAX_QUEUED_REQUESTS", default_value_t = 256)]
     pub max_queued_requests: usize,
@@ -165,6 +178,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .into_iter()
         .filter(|k| !k.is_empty())
         .collect();
+    config.admin_keys = args
+        .admin_keys
+        .into_iter()
+        .filter(|k| !k.is_empty())
+        .collect();
+    config.database_url = args.database_url;
     config.max_queued_requests = args.max_queued_requests;
     config.kv_cache_mb = args.kv_cache_mb;
     config.scheduler = SchedulerConfig {

@@ -344,6 +344,15 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// Whether the store holds any key at all (revoked ones count: revoking the last key
+    /// must not reopen a server).
+    pub async fn any_key(&self) -> Result<bool> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM api_keys LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Applies `patch` to key `id`.
     pub async fn update_key(&self, id: &str, patch: KeyPatch) -> Result<ApiKey> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;

@@ -1,16 +1,20 @@
 //! `GET /v1/models`, `GET /v1/models/{id}`, and vLLM's `POST /tokenize` and `POST /detokenize`.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::chat::{convert_messages, MessageIn};
+use super::generate::check_model;
 use super::prepare;
 use crate::error::ServerError;
 use crate::extract::OpenAiJson;
 use crate::manager::ModelStatus;
 use crate::state::{AppState, ServedModel};
+use crate::tenancy::{Principal, RequestCtx};
 use lumen_engine::registry::ModelKind;
 
 /// One model as `/v1/models` lists it: OpenAI's fields plus Lumen's state and memory.
@@ -47,18 +51,32 @@ pub fn all_models_json(state: &AppState) -> Vec<Value> {
     out
 }
 
-/// `GET /v1/models`: every installed model (loaded or not) and every alias.
-pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, ServerError> {
-    Ok(Json(
-        json!({"object": "list", "data": all_models_json(&state)}),
-    ))
+/// `GET /v1/models`: every installed model (loaded or not) and every alias the caller's key
+/// may use.
+pub async fn list_models(
+    State(state): State<AppState>,
+    ctx: Option<Extension<Arc<RequestCtx>>>,
+) -> Result<Json<Value>, ServerError> {
+    let principal = ctx.map_or(Principal::Open, |Extension(c)| c.principal.clone());
+    let data: Vec<Value> = all_models_json(&state)
+        .into_iter()
+        .filter(|m| {
+            m["id"]
+                .as_str()
+                .is_some_and(|id| check_model(&state, &principal, id).is_ok())
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 /// `GET /v1/models/{id}`.
 pub async fn get_model(
     State(state): State<AppState>,
+    ctx: Option<Extension<Arc<RequestCtx>>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ServerError> {
+    let principal = ctx.map_or(Principal::Open, |Extension(c)| c.principal.clone());
+    check_model(&state, &principal, &id)?;
     let name = state.manager().resolve(&id)?;
     let st = state
         .manager()

@@ -1,0 +1,452 @@
+//! Admission: a key's limits checked and debited all at once before a request reaches the
+//! engine, and credited back by a drop-safe [`Grant`] when it ends.
+//!
+//! One mutex-guarded map holds each key's live state (GCRA time for requests per minute, a
+//! token bucket for tokens per minute, requests in flight, and the budget period's used and
+//! reserved tokens). [`Admission::admit`] checks every limit and only then debits them all, so
+//! a refused request costs nothing. The request's worst case is reserved: prompt tokens plus
+//! the most it may generate, so concurrent requests cannot together overshoot a token limit
+//! or a budget. The [`Grant`] returned frees the slot and refunds the unused part when
+//! dropped, whatever ended the request (finish, error, timeout, client disconnect).
+//!
+//! The state is in memory, so limits hold per process (one server per SQLite file); budgets
+//! start each process from the store's rollups. Limits shared by several replicas need the
+//! PostgreSQL store, which is not implemented yet.
+
+pub mod headers;
+pub mod rate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use lumen_store::{ApiKey, Period, Store};
+
+use crate::error::ServerError;
+use rate::{LimitView, RequestRate, TokenRate};
+
+/// A key's budget period as admission tracks it.
+#[derive(Clone, Copy, Debug)]
+struct Budget {
+    /// Unix seconds the period started.
+    start: u64,
+    /// Unix seconds it ends.
+    end: u64,
+    /// Tokens used in it (from the store at the period's first request, then counted here).
+    used: u64,
+    /// Tokens reserved by requests in flight.
+    reserved: u64,
+}
+
+#[derive(Debug)]
+struct KeyState {
+    requests: RequestRate,
+    tokens: Option<TokenRate>,
+    in_flight: u64,
+    budget: Option<Budget>,
+}
+
+/// What the `x-ratelimit-*` headers report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateSnapshot {
+    /// Requests per minute, when limited.
+    pub requests: Option<LimitView>,
+    /// Tokens per minute, when limited.
+    pub tokens: Option<LimitView>,
+}
+
+/// Live limit state of every key (one per server).
+#[derive(Debug)]
+pub struct Admission {
+    keys: Mutex<HashMap<String, KeyState>>,
+    epoch: Instant,
+    /// Unix seconds offset added to the wall clock (tests move budget periods with it).
+    clock_offset: u64,
+}
+
+/// A request let in: frees its slot and refunds what it did not use when dropped.
+#[derive(Debug)]
+pub struct Grant {
+    admission: Arc<Admission>,
+    key: Arc<ApiKey>,
+    cost: u64,
+    budget_start: Option<u64>,
+    used: u64,
+}
+
+/// A key's limit was hit: which, and the error to answer with.
+fn limited(kind: &'static str, what: &str, limit: u64, wait_ns: u64) -> ServerError {
+    let ms = wait_ns.div_ceil(1_000_000).max(1);
+    ServerError::RateLimited {
+        kind,
+        message: format!(
+            "Rate limit reached for {what} per minute: limit {limit}. Please try again in {}.",
+            headers::go_duration(ms * 1_000_000)
+        ),
+        retry_after_ms: ms,
+    }
+}
+
+impl Admission {
+    /// Empty state on the real clock.
+    pub fn new() -> Arc<Self> {
+        Self::with_clock_offset(0)
+    }
+
+    /// Empty state whose wall clock runs `offset` seconds ahead (budget-period tests).
+    pub fn with_clock_offset(offset: u64) -> Arc<Self> {
+        Arc::new(Admission {
+            keys: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+            clock_offset: offset,
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        // A minute in the future as the origin keeps GCRA's arithmetic unsigned.
+        self.epoch.elapsed().as_nanos() as u64 + rate::MINUTE_NS
+    }
+
+    /// Unix seconds as budgets see them.
+    pub fn wall_secs(&self) -> u64 {
+        lumen_store::clock::unix_secs() + self.clock_offset
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, KeyState>> {
+        // A panic while holding the lock leaves plain numbers behind: keep going.
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state<'a>(
+        map: &'a mut HashMap<String, KeyState>,
+        key: &ApiKey,
+        now: u64,
+    ) -> &'a mut KeyState {
+        let st = map.entry(key.id.clone()).or_insert_with(|| KeyState {
+            requests: RequestRate::default(),
+            tokens: None,
+            in_flight: 0,
+            budget: None,
+        });
+        if let Some(tpm) = key.limits.tpm {
+            st.tokens.get_or_insert_with(|| TokenRate::full(tpm, now));
+        }
+        st
+    }
+
+    fn period(key: &ApiKey) -> Option<(u64, Period)> {
+        key.limits
+            .budget_tokens
+            .map(|b| (b, key.limits.budget_period.unwrap_or(Period::Month)))
+    }
+
+    /// Loads the key's tokens used this period from `store` unless admission already counts
+    /// them (the first request of a period, or of this process).
+    pub async fn load_budget(
+        &self,
+        key: &ApiKey,
+        store: Option<&Store>,
+    ) -> Result<(), ServerError> {
+        let Some((_, period)) = Self::period(key) else {
+            return Ok(());
+        };
+        let wall = self.wall_secs();
+        let (start, end) = period.bounds(wall);
+        let known = self
+            .lock()
+            .get(&key.id)
+            .and_then(|s| s.budget)
+            .is_some_and(|b| b.start == start);
+        if known {
+            return Ok(());
+        }
+        let used = match store {
+            Some(s) => s.tokens_used(&key.id, start, end).await?,
+            None => 0,
+        };
+        let now = self.now_ns();
+        let mut map = self.lock();
+        let st = Self::state(&mut map, key, now);
+        if st.budget.is_none_or(|b| b.start != start) {
+            // Requests of the old period still in flight are refunded against it (ignored).
+            st.budget = Some(Budget {
+                start,
+                end,
+                used,
+                reserved: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks every limit of `key` for a request reserving `cost` tokens and, only if all
+    /// pass, debits them all. Call [`Admission::load_budget`] first for keys with a budget.
+    pub fn admit(
+        self: &Arc<Self>,
+        key: &Arc<ApiKey>,
+        cost: u64,
+    ) -> (Result<Grant, ServerError>, RateSnapshot) {
+        let now = self.now_ns();
+        let wall = self.wall_secs();
+        let l = &key.limits;
+        let mut map = self.lock();
+        let st = Self::state(&mut map, key, now);
+        let result = (|| {
+            if let Some(tpm) = l.tpm {
+                if cost > tpm {
+                    return Err(ServerError::RequestTooLarge(format!(
+                        "Request too large: it may use {cost} tokens (prompt plus max_tokens), more than this key's limit of {tpm} tokens per minute. Send a shorter prompt or a smaller max_tokens."
+                    )));
+                }
+            }
+            let mut budget_start = None;
+            if let Some((budget, period)) = Self::period(key) {
+                let b = st.budget.filter(|b| wall >= b.start && wall < b.end);
+                let (used, reserved) = b.map(|b| (b.used, b.reserved)).unwrap_or((0, 0));
+                if used + reserved + cost > budget {
+                    return Err(ServerError::QuotaExceeded(format!(
+                        "You exceeded this key's token budget: {used} of {budget} tokens used this {} and {reserved} reserved by requests in flight; this request may use {cost}.",
+                        period.as_str()
+                    )));
+                }
+                budget_start = Some(b.map(|b| b.start).unwrap_or_else(|| period.bounds(wall).0));
+            }
+            if let Some(max) = l.max_parallel {
+                if st.in_flight >= max {
+                    return Err(ServerError::RateLimited {
+                        kind: "requests",
+                        message: format!(
+                            "Too many requests in flight for this key: limit {max}. Retry when one finishes."
+                        ),
+                        retry_after_ms: 1000,
+                    });
+                }
+            }
+            if let Some(rpm) = l.rpm {
+                st.requests
+                    .check(rpm, now)
+                    .map_err(|w| limited("requests", "requests", rpm, w))?;
+            }
+            if let (Some(tpm), Some(bucket)) = (l.tpm, st.tokens.as_mut()) {
+                bucket
+                    .check(tpm, cost, now)
+                    .map_err(|w| limited("tokens", "tokens", tpm, w))?;
+            }
+            // Every check passed: debit everything at once.
+            if let Some(rpm) = l.rpm {
+                st.requests.take(rpm, now);
+            }
+            if let Some(bucket) = st.tokens.as_mut() {
+                bucket.take(cost);
+            }
+            st.in_flight += 1;
+            if let Some(start) = budget_start {
+                if st.budget.is_none_or(|b| b.start != start) {
+                    let (_, end) = l.budget_period.unwrap_or(Period::Month).bounds(wall);
+                    st.budget = Some(Budget {
+                        start,
+                        end,
+                        used: 0,
+                        reserved: 0,
+                    });
+                }
+                if let Some(b) = st.budget.as_mut() {
+                    b.reserved += cost;
+                }
+            }
+            Ok(Grant {
+                admission: self.clone(),
+                key: key.clone(),
+                cost,
+                budget_start,
+                used: cost,
+            })
+        })();
+        let snap = Self::snapshot_of(st, key, now);
+        (result, snap)
+    }
+
+    fn snapshot_of(st: &mut KeyState, key: &ApiKey, now: u64) -> RateSnapshot {
+        RateSnapshot {
+            requests: key.limits.rpm.map(|rpm| st.requests.view(rpm, now)),
+            tokens: match (key.limits.tpm, st.tokens.as_mut()) {
+                (Some(tpm), Some(b)) => Some(b.view(tpm, now)),
+                _ => None,
+            },
+        }
+    }
+
+    /// The key's limits as they stand (for responses that took no admission).
+    pub fn snapshot(&self, key: &ApiKey) -> RateSnapshot {
+        if key.limits.rpm.is_none() && key.limits.tpm.is_none() {
+            return RateSnapshot::default();
+        }
+        let now = self.now_ns();
+        let mut map = self.lock();
+        let st = Self::state(&mut map, key, now);
+        Self::snapshot_of(st, key, now)
+    }
+
+    /// Requests in flight for key `id` (tests and `/admin`).
+    pub fn in_flight(&self, id: &str) -> u64 {
+        self.lock().get(id).map_or(0, |s| s.in_flight)
+    }
+
+    /// Requests in flight over every key.
+    pub fn total_in_flight(&self) -> u64 {
+        self.lock().values().map(|s| s.in_flight).sum()
+    }
+
+    fn release(&self, g: &Grant) {
+        let now = self.now_ns();
+        let mut map = self.lock();
+        let Some(st) = map.get_mut(&g.key.id) else {
+            return;
+        };
+        st.in_flight = st.in_flight.saturating_sub(1);
+        let unused = g.cost.saturating_sub(g.used);
+        if let (Some(tpm), Some(b)) = (g.key.limits.tpm, st.tokens.as_mut()) {
+            b.refund(tpm, unused, now);
+        }
+        if let (Some(start), Some(b)) = (g.budget_start, st.budget.as_mut()) {
+            if b.start == start {
+                b.reserved = b.reserved.saturating_sub(g.cost);
+                b.used += g.used;
+            }
+        }
+    }
+}
+
+impl Grant {
+    /// Sets the tokens the request really used (prompt plus generated); the rest of the
+    /// reservation is refunded on drop. Never more than was reserved.
+    pub fn set_used(&mut self, tokens: u64) {
+        self.used = tokens.min(self.cost);
+    }
+
+    /// The tokens reserved.
+    pub fn cost(&self) -> u64 {
+        self.cost
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        self.admission.release(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lumen_store::KeyLimits;
+
+    fn key(limits: KeyLimits) -> Arc<ApiKey> {
+        Arc::new(ApiKey {
+            id: "key_t".into(),
+            object: "api_key",
+            name: "t".into(),
+            prefix: "sk-lumen-0000".into(),
+            role: lumen_store::Role::User,
+            tenant: None,
+            models: None,
+            limits,
+            expires_at: None,
+            revoked: false,
+            created_at: 0,
+        })
+    }
+
+    #[test]
+    fn parallel_slots_come_back_on_drop() {
+        let a = Admission::new();
+        let k = key(KeyLimits {
+            max_parallel: Some(2),
+            ..KeyLimits::default()
+        });
+        let g1 = a.admit(&k, 10).0.unwrap();
+        let g2 = a.admit(&k, 10).0.unwrap();
+        assert!(matches!(
+            a.admit(&k, 10).0,
+            Err(ServerError::RateLimited { .. })
+        ));
+        drop(g1);
+        let g3 = a.admit(&k, 10).0.unwrap();
+        assert_eq!(a.in_flight("key_t"), 2);
+        drop((g2, g3));
+        assert_eq!(a.in_flight("key_t"), 0);
+    }
+
+    #[test]
+    fn a_refused_request_debits_nothing() {
+        let a = Admission::new();
+        let k = key(KeyLimits {
+            rpm: Some(100),
+            tpm: Some(1000),
+            max_parallel: Some(5),
+            ..KeyLimits::default()
+        });
+        let g = a.admit(&k, 900).0.unwrap();
+        // Refused on tokens: the request and the slot it would have taken stay free.
+        assert!(a.admit(&k, 200).0.is_err());
+        assert_eq!(a.in_flight("key_t"), 1);
+        assert_eq!(a.snapshot(&k).requests.unwrap().remaining, 99);
+        assert!(matches!(
+            a.admit(&k, 2000).0,
+            Err(ServerError::RequestTooLarge(_))
+        ));
+        drop(g);
+    }
+
+    #[test]
+    fn budget_reserves_worst_case_and_keeps_what_was_used() {
+        let a = Admission::new();
+        let k = key(KeyLimits {
+            budget_tokens: Some(1000),
+            budget_period: Some(Period::Day),
+            ..KeyLimits::default()
+        });
+        let mut grants: Vec<Grant> = Vec::new();
+        let mut refused = 0;
+        for _ in 0..10 {
+            match a.admit(&k, 300).0 {
+                Ok(g) => grants.push(g),
+                Err(ServerError::QuotaExceeded(_)) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(
+            (grants.len(), refused),
+            (3, 7),
+            "never more than the budget reserved"
+        );
+        for mut g in grants {
+            g.set_used(100);
+        }
+        // 300 used; 700 left.
+        assert!(a.admit(&k, 700).0.is_ok());
+        assert!(matches!(
+            a.admit(&k, 701).0,
+            Err(ServerError::QuotaExceeded(_))
+        ));
+    }
+
+    #[test]
+    fn budget_resets_at_the_period_boundary() {
+        let k = key(KeyLimits {
+            budget_tokens: Some(100),
+            budget_period: Some(Period::Day),
+            ..KeyLimits::default()
+        });
+        let today = Admission::new();
+        today.admit(&k, 100).0.unwrap().set_used(100);
+        assert!(today.admit(&k, 1).0.is_err());
+        // The same live state seen a day later (the test clock): a fresh period.
+        let tomorrow = Arc::new(Admission {
+            keys: Mutex::new(std::mem::take(&mut *today.lock())),
+            epoch: today.epoch,
+            clock_offset: 86_400,
+        });
+        assert!(tomorrow.admit(&k, 100).0.is_ok());
+    }
+}
