@@ -107,3 +107,69 @@ fn a_key_revoked_by_the_cli_is_refused_within_a_second_and_open_stays_open() {
     );
     assert_eq!(status(&chat), 200, "{chat}");
 }
+
+/// The ledger's stated bound: an event is committed within about 20 ms of its request's end
+/// (`ledger::FLUSH_EVERY` plus the commit). Every request answered more than 100 ms before a
+/// `kill -9` is in the database after it.
+#[test]
+fn answered_requests_survive_kill_9_in_the_ledger() {
+    if common::prerequisites().is_none() {
+        return;
+    }
+    let dir = common::temp_dir("kill9-db");
+    let db = dir.join("lumen.db");
+    let server = Server::start_with(
+        &[],
+        &StartOptions {
+            database: Some(db.clone()),
+            ..StartOptions::default()
+        },
+    );
+    let (mut prompt, mut completion) = (0u64, 0u64);
+    let n = 20;
+    for i in 0..n {
+        let r = common::http(
+            server.port,
+            "POST",
+            "/v1/chat/completions",
+            &format!(
+                r#"{{"model":"smollm2","messages":[{{"role":"user","content":"Count to {i}"}}],"max_tokens":3}}"#
+            ),
+        );
+        assert_eq!(status(&r), 200, "{r}");
+        let u = &body(&r)["usage"];
+        prompt += u["prompt_tokens"].as_u64().expect("prompt_tokens");
+        completion += u["completion_tokens"].as_u64().expect("completion_tokens");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    drop(server); // SIGKILL: no shutdown, no final flush
+    let out = Command::new(env!("CARGO_BIN_EXE_lumen"))
+        .args([
+            "usage",
+            "--bucket-width",
+            "1d",
+            "--buckets",
+            "1",
+            "--database-url",
+        ])
+        .arg(&db)
+        .output()
+        .expect("run lumen usage");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page: Value = serde_json::from_slice(&out.stdout).expect("usage JSON");
+    let r = &page["data"][0]["results"][0];
+    assert_eq!(
+        (
+            r["num_model_requests"].as_u64(),
+            r["input_tokens"].as_u64(),
+            r["output_tokens"].as_u64()
+        ),
+        (Some(n), Some(prompt), Some(completion)),
+        "{page}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub admin_keys: Vec<String>,
     /// The database: a file path, `sqlite://PATH` (default `$LUMEN_HOME/lumen.db`).
     pub database_url: Option<String>,
+    /// Days raw usage events are kept (`None`: forever; rollups are always kept).
+    pub usage_retention_days: Option<u64>,
     /// Requests in flight per model (running or queued) beyond which new ones get 429.
     pub max_queued_requests: usize,
     /// KV cache per model, MiB.
@@ -98,6 +100,7 @@ impl ServerConfig {
             api_keys: Vec::new(),
             admin_keys: Vec::new(),
             database_url: None,
+            usage_retention_days: Some(90),
             max_queued_requests: 256,
             kv_cache_mb: 256,
             scheduler: SchedulerConfig::default(),
@@ -287,13 +290,15 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         .await
         .map_err(|e| ServerError::Startup(format!("cannot read the database {url}: {e}")))?;
     let (ledger, ledger_task) = Ledger::start(store.clone());
-    let tenancy = Arc::new(Tenancy::new(
+    let mut tenancy = Tenancy::new(
         keys,
         admin_keys,
         Some(store.clone()),
         Some(ledger.clone()),
         store_has_keys,
-    ));
+    );
+    tenancy.retention_days = config.usage_retention_days;
+    let tenancy = Arc::new(tenancy);
     crate::tenancy::spawn_key_watch(tenancy.clone());
     if tenancy.is_open() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "no key configured (--api-key, --admin-key or the store) and not bound to loopback: anyone who can reach this address can use the API");

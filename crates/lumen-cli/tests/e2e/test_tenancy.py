@@ -137,6 +137,10 @@ def test_model_allow_list_and_v1_models():
     assert e.value.body["code"] == "model_not_found"
     with pytest.raises(openai.NotFoundError):
         c.models.retrieve(EMBED_MODEL)
+    r = raw("POST", "/tokenize", json={"model": EMBED_MODEL, "prompt": "x"}, key=k["key"])
+    assert r.status_code == 404, r.text
+    r = raw("POST", "/tokenize", json={"model": MODEL, "prompt": "x"}, key=k["key"])
+    assert r.status_code == 200, r.text
     # An unrestricted key sees both.
     ids = {m.id for m in sdk(new_key()["key"]).models.list().data}
     assert {MODEL, EMBED_MODEL} <= ids

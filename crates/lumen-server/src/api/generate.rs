@@ -163,6 +163,10 @@ where
     state.ensure_accepting()?;
     let (mut params, transport) = fields.split(E::API, principal.caller());
     params.cache_salt = principal.cache_salt(params.cache_salt.take());
+    params.priority = crate::tenancy::clamp_priority(
+        params.priority.take(),
+        principal.key().and_then(|k| k.limits.max_priority),
+    );
     E::map_params(&req, &mut params);
     params.constraint = constraint;
     let mut valid = model.handle.validate(params)?;

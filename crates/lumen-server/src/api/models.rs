@@ -104,12 +104,30 @@ pub struct TokenizeBody {
     pub return_token_strs: Option<bool>,
 }
 
+/// The chat model `name` (or the first one) if the caller's key may use it.
+async fn allowed_chat_model(
+    state: &AppState,
+    ctx: Option<Extension<Arc<RequestCtx>>>,
+    name: Option<&str>,
+) -> Result<crate::manager::lease::ChatLease, ServerError> {
+    let principal = ctx.map_or(Principal::Open, |Extension(c)| c.principal.clone());
+    if let Some(n) = name {
+        check_model(state, &principal, n)?;
+    }
+    let model = state.chat_model(name, None).await?;
+    if name.is_none() {
+        check_model(state, &principal, &model.name)?;
+    }
+    Ok(model)
+}
+
 /// `POST /tokenize`.
 pub async fn tokenize(
     State(state): State<AppState>,
+    ctx: Option<Extension<Arc<RequestCtx>>>,
     OpenAiJson(body): OpenAiJson<TokenizeBody>,
 ) -> Result<Json<Value>, ServerError> {
-    let model = state.chat_model(body.model.as_deref(), None).await?;
+    let model = allowed_chat_model(&state, ctx, body.model.as_deref()).await?;
     let max_model_len = model.handle.info().context_len;
     let m = model.clone();
     let strs = body.return_token_strs.unwrap_or(false);
@@ -160,9 +178,10 @@ pub struct DetokenizeBody {
 /// `POST /detokenize`.
 pub async fn detokenize(
     State(state): State<AppState>,
+    ctx: Option<Extension<Arc<RequestCtx>>>,
     OpenAiJson(body): OpenAiJson<DetokenizeBody>,
 ) -> Result<Json<Value>, ServerError> {
-    let model = state.chat_model(body.model.as_deref(), None).await?;
+    let model = allowed_chat_model(&state, ctx, body.model.as_deref()).await?;
     let tok = model.handle.tokenizer().clone();
     let vocab = tok.vocab_size();
     let ids = body

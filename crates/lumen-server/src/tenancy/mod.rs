@@ -16,7 +16,7 @@ pub mod meter;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use lumen_engine::CallerId;
+use lumen_engine::{CallerId, PriorityInput};
 use lumen_store::{ApiKey, Role, Store};
 
 use crate::admission::{Admission, RateSnapshot};
@@ -95,6 +95,31 @@ impl Principal {
     }
 }
 
+/// The priority a request of a key with `max_priority` runs at: vLLM's integer scale (lower
+/// runs earlier; above zero is a batch job), where the key may not ask for anything more
+/// urgent than its `max_priority`, so a more urgent request is demoted to it. Names map to
+/// the scale (`interactive` is 0, `batch` is 1); an unknown name is left for validation.
+pub fn clamp_priority(
+    requested: Option<PriorityInput>,
+    max_priority: Option<i64>,
+) -> Option<PriorityInput> {
+    let Some(floor) = max_priority else {
+        return requested;
+    };
+    let asked = match &requested {
+        None => 0,
+        Some(PriorityInput::Int(p)) => *p,
+        Some(PriorityInput::Name(n)) if n == "interactive" => 0,
+        Some(PriorityInput::Name(n)) if n == "batch" => 1,
+        Some(PriorityInput::Name(_)) => return requested,
+    };
+    if asked >= floor {
+        requested
+    } else {
+        Some(PriorityInput::Int(floor))
+    }
+}
+
 /// What the auth middleware leaves in a request's extensions.
 #[derive(Debug)]
 pub struct RequestCtx {
@@ -138,6 +163,8 @@ pub struct Tenancy {
     pub admission: Arc<Admission>,
     /// The usage ledger's writer (none without a store).
     pub ledger: Option<Ledger>,
+    /// Days raw usage events are kept (`None`: forever); rollups are kept regardless.
+    pub retention_days: Option<u64>,
     store_has_keys: AtomicBool,
 }
 
@@ -162,6 +189,7 @@ impl Tenancy {
             cache: KeyCache::default(),
             admission: Admission::new(),
             ledger,
+            retention_days: None,
             store_has_keys: AtomicBool::new(store_has_keys),
         }
     }
@@ -239,9 +267,33 @@ impl Tenancy {
     }
 }
 
-/// Refreshes whether the store holds keys, every second, until one appears (a key created
+/// Prunes raw usage events older than the retention (rollups stay), at start and hourly.
+fn spawn_retention(t: Arc<Tenancy>) {
+    let (Some(store), Some(days)) = (t.store.clone(), t.retention_days) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let cutoff = lumen_store::clock::unix_ms().saturating_sub(days * 86_400_000);
+            match store.prune_events(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    events = n,
+                    days,
+                    "pruned raw usage events past the retention"
+                ),
+                Err(e) => tracing::warn!(error = %e, "pruning usage events failed"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    });
+}
+
+/// Starts the background tasks: the retention pruner and, on an open server, a watch that
+/// refreshes whether the store holds keys every second until one appears (a key created
 /// with `lumen keys create` closes an open server).
 pub fn spawn_key_watch(t: Arc<Tenancy>) {
+    spawn_retention(t.clone());
     if t.store.is_none() || t.store_has_keys.load(Ordering::Relaxed) {
         return;
     }
@@ -260,4 +312,35 @@ pub fn spawn_key_watch(t: Arc<Tenancy>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_priority_demotes_more_urgent_requests() {
+        let int = |p| Some(PriorityInput::Int(p));
+        let name = |n: &str| Some(PriorityInput::Name(n.into()));
+        assert_eq!(clamp_priority(None, None), None);
+        assert_eq!(clamp_priority(int(-5), None), int(-5));
+        assert_eq!(
+            clamp_priority(None, Some(1)),
+            int(1),
+            "default becomes batch"
+        );
+        assert_eq!(clamp_priority(name("interactive"), Some(1)), int(1));
+        assert_eq!(clamp_priority(name("batch"), Some(1)), name("batch"));
+        assert_eq!(clamp_priority(int(-3), Some(0)), int(0));
+        assert_eq!(
+            clamp_priority(int(7), Some(0)),
+            int(7),
+            "less urgent is fine"
+        );
+        assert_eq!(
+            clamp_priority(name("x"), Some(1)),
+            name("x"),
+            "left to validation"
+        );
+    }
 }
