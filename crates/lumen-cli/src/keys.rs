@@ -96,10 +96,25 @@ pub struct TenantsArgs {
 
 #[derive(Subcommand, Debug)]
 enum TenantsCommand {
-    /// Create a tenant; prints it as JSON.
+    /// Create a tenant, optionally with limits shared by all its keys; prints it as JSON.
     Create {
         /// Its unique name.
         name: String,
+        /// Requests per minute over all its keys.
+        #[arg(long)]
+        rpm: Option<u64>,
+        /// Tokens per minute over all its keys.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// Requests in flight over all its keys.
+        #[arg(long)]
+        max_parallel: Option<u64>,
+        /// Tokens per budget period over all its keys.
+        #[arg(long)]
+        budget_tokens: Option<u64>,
+        /// `day` or `month` (default month).
+        #[arg(long, value_parser = parse_period)]
+        budget_period: Option<Period>,
     },
     /// List tenants.
     List,
@@ -250,7 +265,28 @@ pub fn tenants(args: TenantsArgs) -> Result<()> {
     block_on(async move {
         let store = open(&args.db).await?;
         match args.command {
-            TenantsCommand::Create { name } => print_json(&store.create_tenant(&name).await?)?,
+            TenantsCommand::Create {
+                name,
+                rpm,
+                tpm,
+                max_parallel,
+                budget_tokens,
+                budget_period,
+            } => print_json(
+                &store
+                    .create_tenant(
+                        &name,
+                        KeyLimits {
+                            rpm,
+                            tpm,
+                            max_parallel,
+                            budget_tokens,
+                            budget_period,
+                            max_priority: None,
+                        },
+                    )
+                    .await?,
+            )?,
             TenantsCommand::List => {
                 for t in store.list_tenants().await? {
                     println!("{}\t{}", t.id, t.name);

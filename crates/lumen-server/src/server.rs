@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{middleware, Router};
 use lumen_engine::registry::{self, ModelLocation};
 use lumen_engine::SchedulerConfig;
@@ -138,6 +138,7 @@ pub fn router(state: AppState) -> Router {
             "/admin/tenants",
             post(keys::create_tenant).get(keys::list_tenants),
         )
+        .route("/admin/tenants/{id}", patch(keys::update_tenant))
         .route("/admin/keys", post(keys::create_key).get(keys::list_keys))
         .route(
             "/admin/keys/{id}",

@@ -81,6 +81,9 @@ pub struct ApiKey {
     pub revoked: bool,
     /// Unix time of creation.
     pub created_at: u64,
+    /// The tenant's limits, shared by all its keys (filled by [`Store::key_by_secret`]).
+    #[serde(skip)]
+    pub tenant_limits: Option<KeyLimits>,
 }
 
 impl ApiKey {
@@ -176,7 +179,7 @@ fn check_models(models: &Option<Vec<String>>) -> Result<()> {
     Ok(())
 }
 
-fn check_count(field: &'static str, v: Option<u64>) -> Result<()> {
+pub(crate) fn check_count(field: &'static str, v: Option<u64>) -> Result<()> {
     match v {
         Some(0) => Err(StoreError::invalid(
             field,
@@ -187,7 +190,7 @@ fn check_count(field: &'static str, v: Option<u64>) -> Result<()> {
     }
 }
 
-fn check_limits(l: &KeyLimits) -> Result<()> {
+pub(crate) fn check_limits(l: &KeyLimits) -> Result<()> {
     check_count("rpm", l.rpm)?;
     check_count("tpm", l.tpm)?;
     check_count("max_parallel", l.max_parallel)?;
@@ -202,7 +205,7 @@ fn check_expiry(e: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-fn opt_u64(row: &SqliteRow, col: &str) -> Result<Option<u64>> {
+pub(crate) fn opt_u64(row: &SqliteRow, col: &str) -> Result<Option<u64>> {
     let v: Option<i64> = row.try_get(col)?;
     v.map(|n| u64::try_from(n).map_err(|_| corrupt(format!("negative {col}"))))
         .transpose()
@@ -239,6 +242,7 @@ fn key_from_row(row: &SqliteRow) -> Result<ApiKey> {
         expires_at: opt_u64(row, "expires_at")?,
         revoked: revoked.is_some(),
         created_at: created.max(0) as u64,
+        tenant_limits: None,
     })
 }
 
@@ -248,7 +252,7 @@ fn models_json(models: &Option<Vec<String>>) -> Option<String> {
         .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "[]".into()))
 }
 
-fn i64_of(v: Option<u64>) -> Option<i64> {
+pub(crate) fn i64_of(v: Option<u64>) -> Option<i64> {
     // Validated to be at most i64::MAX before any write.
     v.map(|n| n.min(MAX_COUNT) as i64)
 }
@@ -299,13 +303,20 @@ impl Store {
         Ok((key, secret))
     }
 
-    /// The key whose secret is `secret` (revoked and expired ones too: the caller decides).
+    /// The key whose secret is `secret` (revoked and expired ones too: the caller decides),
+    /// with its tenant's limits.
     pub async fn key_by_secret(&self, secret: &str) -> Result<Option<ApiKey>> {
         let row = sqlx::query("SELECT * FROM api_keys WHERE secret_sha256 = ?")
             .bind(digest_hex(secret))
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(key_from_row).transpose()
+        let Some(mut key) = row.as_ref().map(key_from_row).transpose()? else {
+            return Ok(None);
+        };
+        if let Some(t) = &key.tenant {
+            key.tenant_limits = Some(self.get_tenant(t).await?.limits);
+        }
+        Ok(Some(key))
     }
 
     /// The key `id`.

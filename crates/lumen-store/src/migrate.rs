@@ -10,7 +10,13 @@ use sqlx::SqlitePool;
 use crate::error::Result;
 
 /// `(version, SQL)` in the order they apply; never edit one that has shipped, add another.
-const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_tenancy.sql"))];
+const SQLITE: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_tenancy.sql")),
+    (
+        2,
+        include_str!("../migrations/sqlite/0002_tenant_limits.sql"),
+    ),
+];
 
 /// Applies every migration `pool`'s database has not seen yet.
 pub async fn run(pool: &SqlitePool) -> Result<()> {

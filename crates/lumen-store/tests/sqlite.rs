@@ -35,9 +35,18 @@ async fn keys_tenants_and_no_plaintext_secret_on_disk() {
     let path = tmp_db("keys");
     let store = Store::open(&path.to_string_lossy()).await.unwrap();
     assert!(!store.any_active_key().await.unwrap());
-    let t = store.create_tenant("acme").await.unwrap();
+    let t = store
+        .create_tenant(
+            "acme",
+            KeyLimits {
+                rpm: Some(3),
+                ..KeyLimits::default()
+            },
+        )
+        .await
+        .unwrap();
     assert!(matches!(
-        store.create_tenant("acme").await,
+        store.create_tenant("acme", KeyLimits::default()).await,
         Err(StoreError::Conflict(_))
     ));
     let (key, secret) = store
@@ -64,10 +73,9 @@ async fn keys_tenants_and_no_plaintext_secret_on_disk() {
     );
     assert!(key.allows_model("smollm2") && !key.allows_model("other"));
     assert!(store.any_active_key().await.unwrap());
-    assert_eq!(
-        store.key_by_secret(&secret).await.unwrap(),
-        Some(key.clone())
-    );
+    let found = store.key_by_secret(&secret).await.unwrap().unwrap();
+    assert_eq!(found.tenant_limits.as_ref().and_then(|l| l.rpm), Some(3));
+    assert_eq!(found.id, key.id);
     assert_eq!(store.key_by_secret("sk-lumen-nope").await.unwrap(), None);
 
     // Validation before the database.
@@ -119,6 +127,20 @@ async fn keys_tenants_and_no_plaintext_secret_on_disk() {
     assert!(!store.any_active_key().await.unwrap());
     assert!(store.rotate_key(&key.id).await.is_err());
     assert_eq!(store.list_keys(None).await.unwrap().len(), 1);
+    let t = store
+        .set_tenant_limits(
+            "acme",
+            KeyLimits {
+                budget_tokens: Some(50),
+                ..KeyLimits::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (t.limits.rpm, t.limits.budget_period),
+        (None, Some(Period::Month))
+    );
     assert_eq!(store.list_tenants().await.unwrap(), vec![t]);
     store.close().await;
 
@@ -157,6 +179,14 @@ async fn events_roll_up_into_reports_and_budgets() {
     assert_eq!(
         store.tokens_used("key_a", day, day + 86_400).await.unwrap(),
         42
+    );
+    assert_eq!(
+        store
+            .tenant_tokens_used("", day, day + 86_400)
+            .await
+            .unwrap(),
+        44,
+        "the events' (empty) tenant"
     );
     assert_eq!(
         store

@@ -171,6 +171,27 @@ def test_rpm_10_with_100_concurrent_exactly_10_then_sdk_retry():
     assert 1.0 < time.time() - t0 < 30
 
 
+def test_tenant_limits_hold_across_its_keys():
+    t = admin("POST", "/admin/tenants", json={"name": "shared", "rpm": 3})
+    assert t.status_code == 200 and t.json()["rpm"] == 3, t.text
+    k1, k2 = new_key(tenant="shared"), new_key(tenant="shared")
+
+    async def burst():
+        return await asyncio.gather(gather_chats(k1["key"], 5, max_tokens=2),
+                                    gather_chats(k2["key"], 5, max_tokens=2))
+
+    r1, r2 = asyncio.run(burst())
+    results = r1 + r2
+    ok = [r for r in results if not isinstance(r, Exception)]
+    assert len(ok) == 3, results
+    for e in results:
+        if isinstance(e, Exception):
+            assert isinstance(e, openai.RateLimitError) and "tenant" in e.body["message"], e
+    p = admin("PATCH", f"/admin/tenants/{t.json()['id']}", json={"rpm": None, "max_parallel": 4})
+    assert p.status_code == 200 and p.json()["rpm"] is None and p.json()["max_parallel"] == 4, p.text
+    sdk(k2["key"]).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2)
+
+
 def test_tpm_reserves_the_worst_case_and_refunds_what_was_not_used():
     k = new_key(tpm=1000)
     long = [{"role": "user", "content": "Tell me a long story about the sea and its ships."}]

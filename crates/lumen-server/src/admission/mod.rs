@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use lumen_store::{ApiKey, Period, Store};
+use lumen_store::{ApiKey, KeyLimits, Period, Store};
 
 use crate::error::ServerError;
 use rate::{LimitView, RequestRate, TokenRate};
@@ -64,23 +64,57 @@ pub struct Admission {
     clock_offset: u64,
 }
 
-/// A request let in: frees its slot and refunds what it did not use when dropped.
+/// One party whose limits a request is checked against: its key, then the key's tenant.
+#[derive(Clone, Debug)]
+struct Subject {
+    /// Map key: `key_…` or `tnt_…`.
+    id: String,
+    /// `key` or `tenant`, for messages.
+    what: &'static str,
+    limits: KeyLimits,
+}
+
+/// The subjects of a request by `key`: the key, and its tenant when the tenant has limits.
+fn subjects(key: &ApiKey) -> Vec<Subject> {
+    let mut out = vec![Subject {
+        id: key.id.clone(),
+        what: "key",
+        limits: key.limits.clone(),
+    }];
+    if let (Some(t), Some(l)) = (&key.tenant, &key.tenant_limits) {
+        let limited = l.rpm.is_some()
+            || l.tpm.is_some()
+            || l.max_parallel.is_some()
+            || l.budget_tokens.is_some();
+        if limited {
+            out.push(Subject {
+                id: t.clone(),
+                what: "tenant",
+                limits: l.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// A request let in: frees its slots and refunds what it did not use when dropped.
 #[derive(Debug)]
 pub struct Grant {
     admission: Arc<Admission>,
-    key: Arc<ApiKey>,
+    /// Each subject debited, with the budget period it was charged to.
+    held: Vec<(Subject, Option<u64>)>,
     cost: u64,
-    budget_start: Option<u64>,
     used: u64,
 }
 
-/// A key's limit was hit: which, and the error to answer with.
-fn limited(kind: &'static str, what: &str, limit: u64, wait_ns: u64) -> ServerError {
+/// A per-minute limit was hit: which, and the error to answer with.
+fn limited(kind: &'static str, s: &Subject, limit: u64, wait_ns: u64) -> ServerError {
     let ms = wait_ns.div_ceil(1_000_000).max(1);
     ServerError::RateLimited {
         kind,
         message: format!(
-            "Rate limit reached for {what} per minute: limit {limit}. Please try again in {}.",
+            "Rate limit reached for {kind} per minute on this {}: limit {limit}. Please try again in {}.",
+            s.what,
             headers::go_duration(ms * 1_000_000)
         ),
         retry_after_ms: ms,
@@ -119,68 +153,155 @@ impl Admission {
 
     fn state<'a>(
         map: &'a mut HashMap<String, KeyState>,
-        key: &ApiKey,
+        s: &Subject,
         now: u64,
     ) -> &'a mut KeyState {
-        let st = map.entry(key.id.clone()).or_insert_with(|| KeyState {
+        let st = map.entry(s.id.clone()).or_insert_with(|| KeyState {
             requests: RequestRate::default(),
             tokens: None,
             in_flight: 0,
             budget: None,
         });
-        if let Some(tpm) = key.limits.tpm {
+        if let Some(tpm) = s.limits.tpm {
             st.tokens.get_or_insert_with(|| TokenRate::full(tpm, now));
         }
         st
     }
 
-    fn period(key: &ApiKey) -> Option<(u64, Period)> {
-        key.limits
-            .budget_tokens
-            .map(|b| (b, key.limits.budget_period.unwrap_or(Period::Month)))
+    fn period(l: &KeyLimits) -> Option<(u64, Period)> {
+        l.budget_tokens
+            .map(|b| (b, l.budget_period.unwrap_or(Period::Month)))
     }
 
-    /// Loads the key's tokens used this period from `store` unless admission already counts
-    /// them (the first request of a period, or of this process).
+    /// Loads the tokens used this period by the key and its tenant from `store`, unless
+    /// admission already counts them (the first request of a period, or of this process).
     pub async fn load_budget(
         &self,
         key: &ApiKey,
         store: Option<&Store>,
     ) -> Result<(), ServerError> {
-        let Some((_, period)) = Self::period(key) else {
-            return Ok(());
-        };
-        let wall = self.wall_secs();
-        let (start, end) = period.bounds(wall);
-        let known = self
-            .lock()
-            .get(&key.id)
-            .and_then(|s| s.budget)
-            .is_some_and(|b| b.start == start);
-        if known {
-            return Ok(());
-        }
-        let used = match store {
-            Some(s) => s.tokens_used(&key.id, start, end).await?,
-            None => 0,
-        };
-        let now = self.now_ns();
-        let mut map = self.lock();
-        let st = Self::state(&mut map, key, now);
-        if st.budget.is_none_or(|b| b.start != start) {
-            // Requests of the old period still in flight are refunded against it (ignored).
-            st.budget = Some(Budget {
-                start,
-                end,
-                used,
-                reserved: 0,
-            });
+        for s in subjects(key) {
+            let Some((_, period)) = Self::period(&s.limits) else {
+                continue;
+            };
+            let (start, end) = period.bounds(self.wall_secs());
+            let known = self
+                .lock()
+                .get(&s.id)
+                .and_then(|st| st.budget)
+                .is_some_and(|b| b.start == start);
+            if known {
+                continue;
+            }
+            let used = match (store, s.what) {
+                (Some(st), "tenant") => st.tenant_tokens_used(&s.id, start, end).await?,
+                (Some(st), _) => st.tokens_used(&s.id, start, end).await?,
+                (None, _) => 0,
+            };
+            let now = self.now_ns();
+            let mut map = self.lock();
+            let st = Self::state(&mut map, &s, now);
+            if st.budget.is_none_or(|b| b.start != start) {
+                st.budget = Some(Budget {
+                    start,
+                    end,
+                    used,
+                    reserved: 0,
+                });
+            }
         }
         Ok(())
     }
 
-    /// Checks every limit of `key` for a request reserving `cost` tokens and, only if all
-    /// pass, debits them all. Call [`Admission::load_budget`] first for keys with a budget.
+    /// Whether `s` can take a request of `cost` now; `Ok` carries the budget period start.
+    fn check(
+        st: &mut KeyState,
+        s: &Subject,
+        cost: u64,
+        now: u64,
+        wall: u64,
+    ) -> Result<Option<u64>, ServerError> {
+        let l = &s.limits;
+        if let Some(tpm) = l.tpm {
+            if cost > tpm {
+                return Err(ServerError::RequestTooLarge(format!(
+                    "Request too large: it may use {cost} tokens (prompt plus max_tokens), more than this {}'s limit of {tpm} tokens per minute. Send a shorter prompt or a smaller max_tokens.",
+                    s.what
+                )));
+            }
+        }
+        let mut budget_start = None;
+        if let Some((budget, period)) = Self::period(l) {
+            let b = st.budget.filter(|b| wall >= b.start && wall < b.end);
+            let (used, reserved) = b.map(|b| (b.used, b.reserved)).unwrap_or((0, 0));
+            if used + reserved + cost > budget {
+                return Err(ServerError::QuotaExceeded(format!(
+                    "You exceeded this {}'s token budget: {used} of {budget} tokens used this {} and {reserved} reserved by requests in flight; this request may use {cost}.",
+                    s.what,
+                    period.as_str()
+                )));
+            }
+            budget_start = Some(b.map(|b| b.start).unwrap_or_else(|| period.bounds(wall).0));
+        }
+        if let Some(max) = l.max_parallel {
+            if st.in_flight >= max {
+                return Err(ServerError::RateLimited {
+                    kind: "requests",
+                    message: format!(
+                        "Too many requests in flight for this {}: limit {max}. Retry when one finishes.",
+                        s.what
+                    ),
+                    retry_after_ms: 1000,
+                });
+            }
+        }
+        if let Some(rpm) = l.rpm {
+            st.requests
+                .check(rpm, now)
+                .map_err(|w| limited("requests", s, rpm, w))?;
+        }
+        if let (Some(tpm), Some(bucket)) = (l.tpm, st.tokens.as_mut()) {
+            bucket
+                .check(tpm, cost, now)
+                .map_err(|w| limited("tokens", s, tpm, w))?;
+        }
+        Ok(budget_start)
+    }
+
+    fn debit(
+        st: &mut KeyState,
+        s: &Subject,
+        cost: u64,
+        now: u64,
+        wall: u64,
+        budget_start: Option<u64>,
+    ) {
+        let l = &s.limits;
+        if let Some(rpm) = l.rpm {
+            st.requests.take(rpm, now);
+        }
+        if let Some(bucket) = st.tokens.as_mut() {
+            bucket.take(cost);
+        }
+        st.in_flight += 1;
+        if let Some(start) = budget_start {
+            if st.budget.is_none_or(|b| b.start != start) {
+                let (_, end) = l.budget_period.unwrap_or(Period::Month).bounds(wall);
+                st.budget = Some(Budget {
+                    start,
+                    end,
+                    used: 0,
+                    reserved: 0,
+                });
+            }
+            if let Some(b) = st.budget.as_mut() {
+                b.reserved += cost;
+            }
+        }
+    }
+
+    /// Checks every limit of `key` and of its tenant for a request reserving `cost` tokens
+    /// and, only if all pass, debits them all. Call [`Admission::load_budget`] first.
     pub fn admit(
         self: &Arc<Self>,
         key: &Arc<ApiKey>,
@@ -188,130 +309,98 @@ impl Admission {
     ) -> (Result<Grant, ServerError>, RateSnapshot) {
         let now = self.now_ns();
         let wall = self.wall_secs();
-        let l = &key.limits;
+        let subs = subjects(key);
         let mut map = self.lock();
-        let st = Self::state(&mut map, key, now);
-        let result = (|| {
-            if let Some(tpm) = l.tpm {
-                if cost > tpm {
-                    return Err(ServerError::RequestTooLarge(format!(
-                        "Request too large: it may use {cost} tokens (prompt plus max_tokens), more than this key's limit of {tpm} tokens per minute. Send a shorter prompt or a smaller max_tokens."
-                    )));
+        let mut starts = Vec::with_capacity(subs.len());
+        let mut refused = None;
+        for s in &subs {
+            let st = Self::state(&mut map, s, now);
+            match Self::check(st, s, cost, now, wall) {
+                Ok(b) => starts.push(b),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
                 }
             }
-            let mut budget_start = None;
-            if let Some((budget, period)) = Self::period(key) {
-                let b = st.budget.filter(|b| wall >= b.start && wall < b.end);
-                let (used, reserved) = b.map(|b| (b.used, b.reserved)).unwrap_or((0, 0));
-                if used + reserved + cost > budget {
-                    return Err(ServerError::QuotaExceeded(format!(
-                        "You exceeded this key's token budget: {used} of {budget} tokens used this {} and {reserved} reserved by requests in flight; this request may use {cost}.",
-                        period.as_str()
-                    )));
+        }
+        let result = match refused {
+            Some(e) => Err(e),
+            None => {
+                // Every check passed: debit everything at once.
+                for (s, b) in subs.iter().zip(&starts) {
+                    let st = Self::state(&mut map, s, now);
+                    Self::debit(st, s, cost, now, wall, *b);
                 }
-                budget_start = Some(b.map(|b| b.start).unwrap_or_else(|| period.bounds(wall).0));
+                Ok(Grant {
+                    admission: self.clone(),
+                    held: subs.iter().cloned().zip(starts).collect(),
+                    cost,
+                    used: cost,
+                })
             }
-            if let Some(max) = l.max_parallel {
-                if st.in_flight >= max {
-                    return Err(ServerError::RateLimited {
-                        kind: "requests",
-                        message: format!(
-                            "Too many requests in flight for this key: limit {max}. Retry when one finishes."
-                        ),
-                        retry_after_ms: 1000,
-                    });
-                }
-            }
-            if let Some(rpm) = l.rpm {
-                st.requests
-                    .check(rpm, now)
-                    .map_err(|w| limited("requests", "requests", rpm, w))?;
-            }
-            if let (Some(tpm), Some(bucket)) = (l.tpm, st.tokens.as_mut()) {
-                bucket
-                    .check(tpm, cost, now)
-                    .map_err(|w| limited("tokens", "tokens", tpm, w))?;
-            }
-            // Every check passed: debit everything at once.
-            if let Some(rpm) = l.rpm {
-                st.requests.take(rpm, now);
-            }
-            if let Some(bucket) = st.tokens.as_mut() {
-                bucket.take(cost);
-            }
-            st.in_flight += 1;
-            if let Some(start) = budget_start {
-                if st.budget.is_none_or(|b| b.start != start) {
-                    let (_, end) = l.budget_period.unwrap_or(Period::Month).bounds(wall);
-                    st.budget = Some(Budget {
-                        start,
-                        end,
-                        used: 0,
-                        reserved: 0,
-                    });
-                }
-                if let Some(b) = st.budget.as_mut() {
-                    b.reserved += cost;
-                }
-            }
-            Ok(Grant {
-                admission: self.clone(),
-                key: key.clone(),
-                cost,
-                budget_start,
-                used: cost,
-            })
-        })();
-        let snap = Self::snapshot_of(st, key, now);
+        };
+        let snap = Self::snapshot_locked(&mut map, &subs, now);
         (result, snap)
     }
 
-    fn snapshot_of(st: &mut KeyState, key: &ApiKey, now: u64) -> RateSnapshot {
-        RateSnapshot {
-            requests: key.limits.rpm.map(|rpm| st.requests.view(rpm, now)),
-            tokens: match (key.limits.tpm, st.tokens.as_mut()) {
-                (Some(tpm), Some(b)) => Some(b.view(tpm, now)),
-                _ => None,
-            },
+    /// Per dimension, the limit of the first subject that has one (the key's, else its
+    /// tenant's).
+    fn snapshot_locked(
+        map: &mut HashMap<String, KeyState>,
+        subs: &[Subject],
+        now: u64,
+    ) -> RateSnapshot {
+        let mut snap = RateSnapshot::default();
+        for s in subs {
+            let st = Self::state(map, s, now);
+            if snap.requests.is_none() {
+                snap.requests = s.limits.rpm.map(|rpm| st.requests.view(rpm, now));
+            }
+            if snap.tokens.is_none() {
+                if let (Some(tpm), Some(b)) = (s.limits.tpm, st.tokens.as_mut()) {
+                    snap.tokens = Some(b.view(tpm, now));
+                }
+            }
         }
+        snap
     }
 
     /// The key's limits as they stand (for responses that took no admission).
     pub fn snapshot(&self, key: &ApiKey) -> RateSnapshot {
-        if key.limits.rpm.is_none() && key.limits.tpm.is_none() {
+        let subs = subjects(key);
+        if subs
+            .iter()
+            .all(|s| s.limits.rpm.is_none() && s.limits.tpm.is_none())
+        {
             return RateSnapshot::default();
         }
         let now = self.now_ns();
         let mut map = self.lock();
-        let st = Self::state(&mut map, key, now);
-        Self::snapshot_of(st, key, now)
+        Self::snapshot_locked(&mut map, &subs, now)
     }
 
-    /// Requests in flight for key `id` (tests and `/admin`).
+    /// Requests in flight for key or tenant `id` (tests and `/admin`).
     pub fn in_flight(&self, id: &str) -> u64 {
         self.lock().get(id).map_or(0, |s| s.in_flight)
-    }
-
-    /// Requests in flight over every key.
-    pub fn total_in_flight(&self) -> u64 {
-        self.lock().values().map(|s| s.in_flight).sum()
     }
 
     fn release(&self, g: &Grant) {
         let now = self.now_ns();
         let mut map = self.lock();
-        let Some(st) = map.get_mut(&g.key.id) else {
-            return;
-        };
-        st.in_flight = st.in_flight.saturating_sub(1);
         let unused = g.cost.saturating_sub(g.used);
-        if let (Some(tpm), Some(b)) = (g.key.limits.tpm, st.tokens.as_mut()) {
-            b.refund(tpm, unused, now);
-        }
-        if let (Some(start), Some(b)) = (g.budget_start, st.budget.as_mut()) {
-            if b.start == start {
-                b.reserved = b.reserved.saturating_sub(g.cost);
-                b.used += g.used;
+        for (s, budget_start) in &g.held {
+            let Some(st) = map.get_mut(&s.id) else {
+                continue;
+            };
+            st.in_flight = st.in_flight.saturating_sub(1);
+            if let (Some(tpm), Some(b)) = (s.limits.tpm, st.tokens.as_mut()) {
+                b.refund(tpm, unused, now);
+            }
+            if let (Some(start), Some(b)) = (budget_start, st.budget.as_mut()) {
+                if b.start == *start {
+                    b.reserved = b.reserved.saturating_sub(g.cost);
+                    b.used += g.used;
+                }
             }
         }
     }
@@ -354,6 +443,7 @@ mod tests {
             expires_at: None,
             revoked: false,
             created_at: 0,
+            tenant_limits: None,
         })
     }
 
@@ -429,6 +519,31 @@ mod tests {
             a.admit(&k, 701).0,
             Err(ServerError::QuotaExceeded(_))
         ));
+    }
+
+    #[test]
+    fn a_tenant_limit_binds_all_its_keys_at_once() {
+        let a = Admission::new();
+        let tenant = |id: &str| {
+            let mut k = (*key(KeyLimits::default())).clone();
+            k.id = id.into();
+            k.tenant = Some("tnt_1".into());
+            k.tenant_limits = Some(KeyLimits {
+                max_parallel: Some(1),
+                rpm: Some(100),
+                ..KeyLimits::default()
+            });
+            Arc::new(k)
+        };
+        let (k1, k2) = (tenant("key_1"), tenant("key_2"));
+        let g = a.admit(&k1, 10).0.unwrap();
+        let e = a.admit(&k2, 10).0.unwrap_err();
+        assert!(e.to_string().contains("tenant"), "{e}");
+        assert_eq!(a.in_flight("key_2"), 0, "the refused key was not debited");
+        assert_eq!(a.admit(&k2, 10).1.requests.unwrap().remaining, 99);
+        drop(g);
+        assert_eq!((a.in_flight("tnt_1"), a.in_flight("key_1")), (0, 0));
+        assert!(a.admit(&k2, 10).0.is_ok());
     }
 
     #[test]

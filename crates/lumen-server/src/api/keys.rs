@@ -1,4 +1,5 @@
-//! The admin API for tenants and keys: `POST/GET /admin/tenants`, `POST/GET /admin/keys`,
+//! The admin API for tenants and keys: `POST/GET /admin/tenants`, `PATCH /admin/tenants/{id}`
+//! (limits shared by a tenant's keys), `POST/GET /admin/keys`,
 //! `GET|PATCH|DELETE /admin/keys/{id}` and `POST /admin/keys/{id}/rotate`.
 //!
 //! Bodies refuse unknown fields (a misspelt `rpn` must be a 400, not a key without a limit).
@@ -16,12 +17,38 @@ use crate::error::ServerError;
 use crate::extract::OpenAiJson;
 use crate::state::AppState;
 
-/// `POST /admin/tenants` body.
+/// `POST /admin/tenants` body: a name and optional limits shared by all its keys.
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// Unique name.
     pub name: String,
+    /// Requests per minute over all its keys.
+    pub rpm: Option<u64>,
+    /// Tokens per minute over all its keys.
+    pub tpm: Option<u64>,
+    /// Requests in flight over all its keys.
+    pub max_parallel: Option<u64>,
+    /// Tokens per budget period over all its keys.
+    pub budget_tokens: Option<u64>,
+    /// `day` or `month` (default `month` when a budget is set).
+    pub budget_period: Option<Period>,
+}
+
+/// `PATCH /admin/tenants/{id}` body: absent fields stay, `null` removes a limit.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PatchTenant {
+    #[serde(default, deserialize_with = "patch")]
+    rpm: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "patch")]
+    tpm: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "patch")]
+    max_parallel: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "patch")]
+    budget_tokens: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "patch")]
+    budget_period: Option<Option<Period>>,
 }
 
 /// `POST /admin/keys` body; every limit is optional (absent: unlimited).
@@ -97,8 +124,50 @@ pub async fn create_tenant(
     State(state): State<AppState>,
     OpenAiJson(body): OpenAiJson<CreateTenant>,
 ) -> Result<Json<Value>, ServerError> {
-    let t = state.tenancy().store()?.create_tenant(&body.name).await?;
+    let limits = KeyLimits {
+        rpm: body.rpm,
+        tpm: body.tpm,
+        max_parallel: body.max_parallel,
+        budget_tokens: body.budget_tokens,
+        budget_period: body.budget_period,
+        max_priority: None,
+    };
+    let t = state
+        .tenancy()
+        .store()?
+        .create_tenant(&body.name, limits)
+        .await?;
     Ok(Json(json!(t)))
+}
+
+/// `PATCH /admin/tenants/{id}`: changes the tenant's limits (its keys see them within a
+/// second, at once on this server).
+pub async fn update_tenant(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    OpenAiJson(b): OpenAiJson<PatchTenant>,
+) -> Result<Json<Value>, ServerError> {
+    let t = state.tenancy();
+    let store = t.store()?;
+    let mut l = store.get_tenant(&id).await?.limits;
+    if let Some(v) = b.rpm {
+        l.rpm = v;
+    }
+    if let Some(v) = b.tpm {
+        l.tpm = v;
+    }
+    if let Some(v) = b.max_parallel {
+        l.max_parallel = v;
+    }
+    if let Some(v) = b.budget_tokens {
+        l.budget_tokens = v;
+    }
+    if let Some(v) = b.budget_period {
+        l.budget_period = v;
+    }
+    let tenant = store.set_tenant_limits(&id, l).await?;
+    t.cache.clear();
+    Ok(Json(json!(tenant)))
 }
 
 /// `GET /admin/tenants`.
