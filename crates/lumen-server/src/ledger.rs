@@ -40,7 +40,12 @@ pub struct LedgerTask {
 impl Ledger {
     /// Starts the writer on the current runtime.
     pub fn start(store: Store) -> (Ledger, LedgerTask) {
-        let (tx, rx) = mpsc::channel(CAPACITY);
+        Self::with_capacity(store, CAPACITY)
+    }
+
+    /// [`Ledger::start`] with room for `capacity` queued events.
+    pub fn with_capacity(store: Store, capacity: usize) -> (Ledger, LedgerTask) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
         let stop = Arc::new(Notify::new());
         let written = Arc::new(AtomicU64::new(0));
         let handle = tokio::spawn(write_loop(store, rx, stop.clone(), written.clone()));
@@ -72,7 +77,7 @@ impl Ledger {
 
     /// Events queued and not yet written.
     pub fn queued(&self) -> usize {
-        CAPACITY - self.tx.capacity()
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Events committed so far.
@@ -148,5 +153,64 @@ async fn write_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lumen_store::Outcome;
+
+    fn event(i: usize) -> UsageEvent {
+        UsageEvent {
+            request_id: format!("r{i}"),
+            created_at_ms: lumen_store::clock::unix_ms(),
+            key_id: String::new(),
+            tenant_id: String::new(),
+            model: "m".into(),
+            endpoint: "completions".into(),
+            prompt_tokens: 1,
+            cached_tokens: 0,
+            completion_tokens: 1,
+            status: Outcome::Ok,
+            latency_ms: 1,
+            ttft_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_written_in_batches_and_flushed_at_the_end() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let (ledger, task) = Ledger::with_capacity(store.clone(), 100);
+        for i in 0..60 {
+            ledger.ensure_room().unwrap();
+            ledger.send(event(i));
+        }
+        task.finish(Duration::from_secs(10)).await;
+        assert_eq!((ledger.written(), ledger.dropped()), (60, 0));
+        assert_eq!(store.usage_events(0, 1000, None).await.unwrap().len(), 60);
+    }
+
+    #[tokio::test]
+    async fn a_database_that_is_down_fills_the_queue_then_refuses_new_work() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        // Every write now fails: the writer keeps retrying while events queue.
+        store.close().await;
+        let (ledger, _task) = Ledger::with_capacity(store, 8);
+        let mut admitted = 0;
+        for i in 0..2000 {
+            if ledger.ensure_room().is_err() {
+                break;
+            }
+            ledger.send(event(i));
+            admitted += 1;
+            tokio::task::yield_now().await;
+        }
+        // The writer holds at most one batch aside; the rest fill the queue, then new work
+        // is refused.
+        assert!((8..=8 + BATCH).contains(&admitted), "{admitted}");
+        assert!(matches!(ledger.ensure_room(), Err(ServerError::LedgerFull)));
+        assert_eq!(ledger.dropped(), 0, "nothing admitted went unrecorded");
+        assert_eq!(ledger.written(), 0);
     }
 }
