@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from lumen_e2e import BASE, EMBED_MODEL, KEY, MODEL, raw
+from lumen_e2e import BASE, EMBED_MODEL, KEY, MODEL, metric, metrics, raw
 
 ADMIN = os.environ["LUMEN_TEST_ADMIN_KEY"]
 DATABASE = os.environ["LUMEN_TEST_DATABASE"]
@@ -148,7 +148,10 @@ def test_model_allow_list_and_v1_models():
 
 def test_rpm_10_with_100_concurrent_exactly_10_then_sdk_retry():
     k = new_key(rpm=10)
+    before = metric(metrics(), "lumen:admission_refused_total", reason="rate_limited")
     results = asyncio.run(gather_chats(k["key"], 100, max_tokens=2))
+    after = metric(metrics(), "lumen:admission_refused_total", reason="rate_limited")
+    assert after - before == 90
     ok = [r for r in results if not isinstance(r, Exception)]
     refused = [r for r in results if isinstance(r, Exception)]
     assert len(ok) == 10, [getattr(r, "status_code", None) for r in results]

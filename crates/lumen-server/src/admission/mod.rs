@@ -17,6 +17,7 @@ pub mod headers;
 pub mod rate;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -59,10 +60,16 @@ pub struct RateSnapshot {
 #[derive(Debug)]
 pub struct Admission {
     keys: Mutex<HashMap<String, KeyState>>,
+    /// Refusals by [`REFUSALS`] reason, for `/metrics`.
+    refused: [AtomicU64; 4],
     epoch: Instant,
     /// Unix seconds offset added to the wall clock (tests move budget periods with it).
     clock_offset: u64,
 }
+
+/// Why admission refuses, as `/metrics` labels them: a per-minute or in-flight limit, a
+/// request larger than a per-minute capacity, a spent budget, a full ledger.
+pub const REFUSALS: [&str; 4] = ["rate_limited", "too_large", "insufficient_quota", "other"];
 
 /// One party whose limits a request is checked against: its key, then the key's tenant.
 #[derive(Clone, Debug)]
@@ -131,6 +138,7 @@ impl Admission {
     pub fn with_clock_offset(offset: u64) -> Arc<Self> {
         Arc::new(Admission {
             keys: Mutex::new(HashMap::new()),
+            refused: Default::default(),
             epoch: Instant::now(),
             clock_offset: offset,
         })
@@ -324,7 +332,16 @@ impl Admission {
             }
         }
         let result = match refused {
-            Some(e) => Err(e),
+            Some(e) => {
+                let reason = match e {
+                    ServerError::RateLimited { .. } => 0,
+                    ServerError::RequestTooLarge(_) => 1,
+                    ServerError::QuotaExceeded(_) => 2,
+                    _ => 3,
+                };
+                self.refused[reason].fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
             None => {
                 // Every check passed: debit everything at once.
                 for (s, b) in subs.iter().zip(&starts) {
@@ -377,6 +394,11 @@ impl Admission {
         let now = self.now_ns();
         let mut map = self.lock();
         Self::snapshot_locked(&mut map, &subs, now)
+    }
+
+    /// Requests refused so far, per [`REFUSALS`] reason.
+    pub fn refused(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.refused[i].load(Ordering::Relaxed))
     }
 
     /// Requests in flight for key or tenant `id` (tests and `/admin`).
@@ -485,6 +507,7 @@ mod tests {
             a.admit(&k, 2000).0,
             Err(ServerError::RequestTooLarge(_))
         ));
+        assert_eq!(a.refused(), [1, 1, 0, 0]);
         drop(g);
     }
 
@@ -559,6 +582,7 @@ mod tests {
         // The same live state seen a day later (the test clock): a fresh period.
         let tomorrow = Arc::new(Admission {
             keys: Mutex::new(std::mem::take(&mut *today.lock())),
+            refused: Default::default(),
             epoch: today.epoch,
             clock_offset: 86_400,
         });
