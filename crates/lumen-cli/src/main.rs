@@ -3,6 +3,7 @@
 
 mod bench;
 mod embed;
+mod keys;
 mod models;
 mod perplexity;
 mod run;
@@ -43,6 +44,12 @@ enum Command {
     },
     /// Serve the OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Create, list, revoke and rotate API keys in the store.
+    Keys(keys::KeysArgs),
+    /// Create and list tenants in the store.
+    Tenants(keys::TenantsArgs),
+    /// Usage report from the store's ledger (JSON, OpenAI's Usage API buckets).
+    Usage(keys::UsageArgs),
     /// Benchmark a model (pp/tg/batched decode, like llama-bench) or load-test a server.
     Bench(bench::BenchArgs),
     /// Embed texts with an embedding model; prints one JSON line per input.
@@ -74,6 +81,9 @@ fn main() {
         Command::Show { name } => models::show(&name),
         Command::Rm { names } => models::rm(&names),
         Command::Serve(args) => serve::serve(args),
+        Command::Keys(args) => keys::keys(args),
+        Command::Tenants(args) => keys::tenants(args),
+        Command::Usage(args) => keys::usage(args),
         Command::Bench(args) => bench::bench(args),
         Command::Embed(args) => embed::embed(args),
         Command::Perplexity(args) => perplexity::perplexity(args),

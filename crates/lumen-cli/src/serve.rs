@@ -51,6 +51,23 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
+    /// Administrator key (the admin API and everything else); repeatable (LUMEN_ADMIN_KEY
+    /// takes a comma-separated list). Store keys with role `admin` work too.
+    #[arg(
+        long = "admin-key",
+        env = "LUMEN_ADMIN_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_keys: Vec<String>,
+    /// The keys and usage database: a file path or sqlite://PATH. Default:
+    /// $LUMEN_HOME/lumen.db.
+    #[arg(long, env = "LUMEN_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Days raw usage events are kept in the database (hourly and daily totals are kept
+    /// forever); 0 keeps them forever.
+    #[arg(long, env = "LUMEN_USAGE_RETENTION_DAYS", default_value_t = 90)]
+    pub usage_retention_days: u64,
     /// Requests in flight per model (running or queued) beyond which new ones get 429.
     #[arg(long, env = "LUMEN_MAX_QUEUED_REQUESTS", default_value_t = 256)]
     pub max_queued_requests: usize,
@@ -173,6 +190,14 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .into_iter()
         .filter(|k| !k.is_empty())
         .collect();
+    config.admin_keys = args
+        .admin_keys
+        .into_iter()
+        .filter(|k| !k.is_empty())
+        .collect();
+    config.database_url = args.database_url;
+    config.usage_retention_days =
+        (args.usage_retention_days > 0).then_some(args.usage_retention_days);
     config.max_queued_requests = args.max_queued_requests;
     config.kv_cache_mb = args.kv_cache_mb;
     config.scheduler = SchedulerConfig {

@@ -1,24 +1,35 @@
-//! API keys: `Authorization: Bearer KEY`, compared in constant time.
+//! API keys: `Authorization: Bearer KEY`, compared in constant time; the middleware that
+//! turns a request's key into its [`RequestCtx`], and the admin check.
 //!
 //! Keys are kept only as SHA-256 digests. A presented key is hashed and compared with every
 //! stored digest by an xor fold over all 32 bytes, without an early exit, so neither the
 //! position of the first differing byte nor which key matched shows in the timing. Hashing
 //! first also makes the comparison independent of the keys' lengths.
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
+use axum::Extension;
 use lumen_engine::CallerId;
 use sha2::{Digest, Sha256};
 
 use crate::error::ServerError;
 use crate::state::AppState;
+use crate::tenancy::RequestCtx;
 
 /// The set of accepted API keys (empty: the API is open).
 #[derive(Clone, Default)]
 pub struct ApiKeys {
     digests: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys({} keys)", self.digests.len())
+    }
 }
 
 fn digest(key: &[u8]) -> [u8; 32] {
@@ -72,28 +83,50 @@ fn bearer_token(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Middleware that answers 401 unless the request carries an accepted key.
-pub async fn require_key(
+/// Middleware: identifies the caller (401 without an accepted key, unless the server is
+/// open), leaves a [`RequestCtx`] in the request's extensions, and writes the caller's
+/// `x-ratelimit-*` headers on the response, whatever it is.
+pub async fn authenticate(
     State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Result<Response, ServerError> {
-    let keys = state.keys();
-    if keys.is_open() {
-        return Ok(next.run(req).await);
-    }
+    let tenancy = state.tenancy();
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    match presented.and_then(|k| keys.identify(k)) {
-        Some(caller) => {
-            let mut req = req;
-            req.extensions_mut().insert(caller);
-            Ok(next.run(req).await)
-        }
-        None => Err(ServerError::Unauthorized),
+    let principal = tenancy.authenticate(presented).await?;
+    let ctx = Arc::new(RequestCtx::new(principal));
+    let mut req = req;
+    if let Some(caller) = ctx.principal.caller() {
+        req.extensions_mut().insert(caller);
+    }
+    req.extensions_mut().insert(ctx.clone());
+    let mut resp = next.run(req).await;
+    let snap = match (ctx.rate(), ctx.principal.key()) {
+        (Some(s), _) => Some(s),
+        (None, Some(k)) => Some(tenancy.admission.snapshot(k)),
+        (None, None) => None,
+    };
+    if let Some(s) = snap {
+        crate::admission::headers::apply(resp.headers_mut(), &s);
+    }
+    Ok(resp)
+}
+
+/// Middleware for `/admin/*`: 403 unless the caller is an administrator.
+pub async fn require_admin(
+    ctx: Option<Extension<Arc<RequestCtx>>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ServerError> {
+    match ctx {
+        Some(Extension(c)) if c.principal.is_admin() => Ok(next.run(req).await),
+        _ => Err(ServerError::Forbidden(
+            "This endpoint needs an admin key (--admin-key, LUMEN_ADMIN_KEY, or a key created with role 'admin').".into(),
+        )),
     }
 }
 

@@ -12,7 +12,15 @@
 //! | `ModelNotFound`, `RouteNotFound` | 404 | `invalid_request_error` | `model_not_found` / `not_found` |
 //! | `MethodNotAllowed` | 405 | `invalid_request_error` | `method_not_allowed` |
 //! | `PayloadTooLarge` | 413 | `invalid_request_error` | `request_too_large` |
+//! | `Forbidden` | 403 | `invalid_request_error` | `insufficient_permissions` |
+//! | `NotFound` | 404 | `invalid_request_error` | `not_found` |
+//! | `Conflict` | 409 | `invalid_request_error` | `conflict` |
 //! | `QueueFull` | 429 (+ `Retry-After: 1`) | `rate_limit_error` | `queue_full` |
+//! | `RateLimited` | 429 (+ `Retry-After`, `retry-after-ms`) | `requests` / `tokens` | `rate_limit_exceeded` |
+//! | `RequestTooLarge` | 429 (+ `x-should-retry: false`) | `tokens` | `rate_limit_exceeded` |
+//! | `QuotaExceeded` | 429 (+ `x-should-retry: false`, no `Retry-After`) | `insufficient_quota` | `insufficient_quota` |
+//! | `StoreUnavailable` | 503 | `server_error` | `store_unavailable` |
+//! | `LedgerFull` | 503 (+ `Retry-After: 1`) | `server_error` | `ledger_backlog` |
 //! | `NotReady`, `ShuttingDown` | 503 (+ `Retry-After: 1`) | `server_error` | `not_ready` / `shutting_down` |
 //! | `EngineStopped` | 503 | `server_error` | `engine_stopped` |
 //! | `Timeout` | 504 | `server_error` | `timeout` |
@@ -57,6 +65,37 @@ pub enum ServerError {
     /// No or a wrong API key.
     #[error("Incorrect or missing API key. Send it as 'Authorization: Bearer KEY'.")]
     Unauthorized,
+    /// The caller's key may not do this (a user key on `/admin/*`).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No object (key, tenant) with that id.
+    #[error("{0}")]
+    NotFound(String),
+    /// The object would clash with an existing one.
+    #[error("{0}")]
+    Conflict(String),
+    /// A per-minute limit of the key is reached; retry after `retry_after_ms`.
+    #[error("{message}")]
+    RateLimited {
+        /// `requests` or `tokens` (OpenAI's error type).
+        kind: &'static str,
+        /// What was hit.
+        message: String,
+        /// How long until it would pass.
+        retry_after_ms: u64,
+    },
+    /// The request alone is over the key's per-minute token capacity: it can never pass.
+    #[error("{0}")]
+    RequestTooLarge(String),
+    /// The key's token budget for the period is spent.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The database cannot be reached.
+    #[error("The usage and key database is unavailable: {0}")]
+    StoreUnavailable(String),
+    /// The usage ledger's queue is full (the database is down or too slow).
+    #[error("The server cannot record usage right now (ledger queue full); retry shortly.")]
+    LedgerFull,
     /// No model of that name is served.
     #[error("The model '{0}' does not exist or is not served here.")]
     ModelNotFound(String),
@@ -175,7 +214,44 @@ impl ServerError {
                 "model_not_found",
                 Some("model".into()),
             ),
-            RouteNotFound(_) => (StatusCode::NOT_FOUND, invalid, "not_found", None),
+            RouteNotFound(_) | NotFound(_) => (StatusCode::NOT_FOUND, invalid, "not_found", None),
+            Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                invalid,
+                "insufficient_permissions",
+                None,
+            ),
+            Conflict(_) => (StatusCode::CONFLICT, invalid, "conflict", None),
+            RateLimited { kind, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                kind,
+                "rate_limit_exceeded",
+                None,
+            ),
+            RequestTooLarge(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "tokens",
+                "rate_limit_exceeded",
+                None,
+            ),
+            QuotaExceeded(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                "insufficient_quota",
+                None,
+            ),
+            StoreUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "store_unavailable",
+                None,
+            ),
+            LedgerFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "ledger_backlog",
+                None,
+            ),
             MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 invalid,
@@ -275,6 +351,20 @@ impl From<EngineError> for ServerError {
     }
 }
 
+impl From<lumen_store::StoreError> for ServerError {
+    fn from(e: lumen_store::StoreError) -> Self {
+        use lumen_store::StoreError as S;
+        match e {
+            S::NotFound { .. } => ServerError::NotFound(e.to_string()),
+            S::Invalid { field, reason } => ServerError::param(field, reason),
+            S::Conflict(m) => ServerError::Conflict(m),
+            S::Database(_) | S::Corrupt { .. } | S::UnsupportedUrl(_) => {
+                ServerError::StoreUnavailable(e.to_string())
+            }
+        }
+    }
+}
+
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -293,14 +383,29 @@ impl IntoResponse for ServerError {
             tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
         }
         let mut resp = (status, axum::Json(self.body())).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS
-            || matches!(
-                self,
-                ServerError::ShuttingDown | ServerError::NotReady | ServerError::LoadTimeout { .. }
-            )
-        {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let h = resp.headers_mut();
+        match &self {
+            ServerError::RateLimited { retry_after_ms, .. } => {
+                // Whole seconds, rounded up, for clients that only read Retry-After; the
+                // official SDKs prefer `retry-after-ms`.
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_ms.div_ceil(1000)),
+                );
+                h.insert("retry-after-ms", HeaderValue::from(*retry_after_ms));
+            }
+            // Waiting does not help: tell the SDKs not to retry.
+            ServerError::RequestTooLarge(_) | ServerError::QuotaExceeded(_) => {
+                h.insert("x-should-retry", HeaderValue::from_static("false"));
+            }
+            ServerError::QueueFull
+            | ServerError::ShuttingDown
+            | ServerError::NotReady
+            | ServerError::LoadTimeout { .. }
+            | ServerError::LedgerFull => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         resp
     }
@@ -326,6 +431,34 @@ mod tests {
         let r = ServerError::QueueFull.into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn limits_answer_as_openai_does() {
+        let r = ServerError::RateLimited {
+            kind: "requests",
+            message: "slow down".into(),
+            retry_after_ms: 5_500,
+        };
+        let b = r.body();
+        assert_eq!(
+            (b["error"]["type"].as_str(), b["error"]["code"].as_str()),
+            (Some("requests"), Some("rate_limit_exceeded"))
+        );
+        let r = r.into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "6");
+        assert_eq!(r.headers()["retry-after-ms"], "5500");
+        let q = ServerError::QuotaExceeded("spent".into());
+        assert_eq!(q.body()["error"]["code"], "insufficient_quota");
+        let q = q.into_response();
+        assert_eq!(q.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(q.headers().get(header::RETRY_AFTER).is_none());
+        assert_eq!(q.headers()["x-should-retry"], "false");
+        assert_eq!(
+            ServerError::Forbidden("no".into()).status(),
+            StatusCode::FORBIDDEN
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use lumen_engine::{
 
 use crate::error::ServerError;
 use crate::metrics::ModelMetrics;
+use crate::tenancy::Meter;
 
 /// One step of a generation as the endpoints see it.
 #[derive(Debug)]
@@ -72,6 +73,7 @@ pub struct Tally {
     pending: VecDeque<GenEvent>,
     arrived: Instant,
     first_token: bool,
+    first_token_at: Option<Instant>,
     ended: bool,
     metrics: Arc<ModelMetrics>,
 }
@@ -95,6 +97,7 @@ impl Tally {
             pending: VecDeque::new(),
             arrived,
             first_token: false,
+            first_token_at: None,
             ended: false,
             metrics,
         }
@@ -131,6 +134,7 @@ impl Tally {
                 let now = Instant::now();
                 if !self.first_token {
                     self.first_token = true;
+                    self.first_token_at = Some(now);
                     self.metrics
                         .ttft
                         .observe(now.duration_since(self.arrived).as_secs_f64());
@@ -211,6 +215,11 @@ impl Tally {
         }
     }
 
+    /// Arrival to the first token, once one came.
+    pub fn ttft(&self) -> Option<std::time::Duration> {
+        self.first_token_at.map(|t| t.duration_since(self.arrived))
+    }
+
     /// Token counts over all prompts (counted from the stream for prompts that never
     /// reported theirs, e.g. cancelled ones).
     pub fn usage(&self) -> Usage {
@@ -236,6 +245,12 @@ pub struct Generation {
     tally: Tally,
     /// The tally has been ended and its last events handed out.
     over: bool,
+    /// An engine error or a stopped engine ended it.
+    failed: bool,
+    /// The request timeout cancelled it.
+    timed_out: bool,
+    /// Admission and accounting; settled when the generation is dropped.
+    meter: Option<Meter>,
 }
 
 impl Generation {
@@ -257,7 +272,18 @@ impl Generation {
             deadline,
             tally: Tally::new(prompt_lens, n, arrived, metrics),
             over: false,
+            failed: false,
+            timed_out: false,
+            meter: None,
         }
+    }
+
+    /// Hands the request's meter to the generation: however the generation ends (finished,
+    /// failed, timed out, or dropped because the client went away), dropping it settles the
+    /// meter with the tokens counted so far.
+    pub fn with_meter(mut self, meter: Meter) -> Self {
+        self.meter = Some(meter);
+        self
     }
 
     /// Total number of choices.
@@ -286,6 +312,7 @@ impl Generation {
                         tracing::warn!("request timed out; cancelling it");
                         // Dropping the streams cancels the engine requests.
                         self.events = SelectAll::new();
+                        self.timed_out = true;
                         self.tally.cancel_rest();
                         continue;
                     }
@@ -297,12 +324,14 @@ impl Generation {
                     if let Err(e) = self.tally.on_event(prompt, ev) {
                         self.events = SelectAll::new();
                         self.over = true;
+                        self.failed = true;
                         return Err(e);
                     }
                 }
                 // Every stream closed without `Done`: the engine thread is gone.
                 None => {
                     self.over = true;
+                    self.failed = true;
                     return Err(ServerError::EngineStopped);
                 }
             }
@@ -312,6 +341,24 @@ impl Generation {
     /// Token counts over all prompts.
     pub fn usage(&self) -> Usage {
         self.tally.usage()
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if let Some(mut m) = self.meter.take() {
+            m.set_usage(self.tally.usage());
+            if let Some(t) = self.tally.ttft() {
+                m.set_ttft(t);
+            }
+            m.set_outcome(if self.failed {
+                lumen_store::Outcome::Error
+            } else if self.over && !self.timed_out {
+                lumen_store::Outcome::Ok
+            } else {
+                lumen_store::Outcome::Cancelled
+            });
+        }
     }
 }
 

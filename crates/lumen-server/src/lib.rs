@@ -23,18 +23,25 @@
 //!   loads it on its first request, unloads it after its `keep_alive` of idleness, keeps all
 //!   loaded models under `--max-memory` and runs them on one shared compute pool. Handlers
 //!   hold a lease on the model while they use it, so it is never unloaded under a request.
+//! - **Many tenants.** Keys live in `lumen-store` (hashes only) next to static `--api-key`
+//!   and `--admin-key` keys ([`tenancy`]); each request is admitted against its key's limits
+//!   before it reaches the engine ([`admission`]) and metered by a guard whose drop refunds
+//!   the unused reservation and queues its usage event for the batch writer ([`ledger`]).
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod gen;
+pub mod ledger;
 pub mod manager;
 pub mod metrics;
 pub mod server;
 pub mod sse;
 pub mod state;
+pub mod tenancy;
 
 pub use error::ServerError;
 pub use server::{router, run, serve, ServerConfig, DEFAULT_MODELS};

@@ -316,6 +316,7 @@ pub fn render(state: &AppState) -> String {
         ),
     ];
     render_model_states(&mut out, state);
+    render_tenancy(&mut out, state);
     for (name, help, pick) in hists {
         family(&mut out, name, "histogram", help);
         for c in &chats {
@@ -327,6 +328,46 @@ pub fn render(state: &AppState) -> String {
         }
     }
     out
+}
+
+/// Admission refusals and the usage ledger's queue (server-wide: no `model_name`).
+fn render_tenancy(out: &mut String, state: &AppState) {
+    let t = state.tenancy();
+    family(
+        out,
+        "lumen:admission_refused_total",
+        "counter",
+        "Requests refused by a key's or tenant's limits, by reason.",
+    );
+    for (reason, n) in crate::admission::REFUSALS.iter().zip(t.admission.refused()) {
+        let _ = writeln!(
+            out,
+            "lumen:admission_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    if let Some(l) = &t.ledger {
+        family(
+            out,
+            "lumen:ledger_queued_events",
+            "gauge",
+            "Usage events waiting for the ledger writer.",
+        );
+        let _ = writeln!(out, "lumen:ledger_queued_events {}", l.queued());
+        family(
+            out,
+            "lumen:ledger_written_events_total",
+            "counter",
+            "Usage events committed to the database.",
+        );
+        let _ = writeln!(out, "lumen:ledger_written_events_total {}", l.written());
+        family(
+            out,
+            "lumen:ledger_dropped_events_total",
+            "counter",
+            "Usage events lost because the queue was full (should stay 0).",
+        );
+        let _ = writeln!(out, "lumen:ledger_dropped_events_total {}", l.dropped());
+    }
 }
 
 /// Per model, loaded or not: whether it is loaded, the memory it holds or will hold, and how

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{middleware, Router};
 use lumen_engine::registry::{self, ModelLocation};
 use lumen_engine::{SchedulerConfig, SpecConfig};
@@ -22,13 +22,15 @@ use tokio::net::TcpListener;
 use crate::api::chat::Chat;
 use crate::api::completions::Completions;
 use crate::api::generate::handler;
-use crate::api::{admin, embeddings, models, ops};
-use crate::auth::{require_key, ApiKeys};
+use crate::api::{admin, embeddings, keys, models, ops, usage};
+use crate::auth::{authenticate, require_admin, ApiKeys};
 use crate::conn::{ConnLimits, Connections};
 use crate::error::ServerError;
+use crate::ledger::Ledger;
 use crate::manager::budget::default_max_memory;
 use crate::manager::{KeepAlive, LoadConfig, ManagerConfig, ModelManager};
 use crate::state::{AppState, Limits};
+use crate::tenancy::Tenancy;
 
 /// Everything `lumen serve` can be told.
 #[derive(Clone, Debug)]
@@ -51,6 +53,12 @@ pub struct ServerConfig {
     pub keep_alive: KeepAlive,
     /// Accepted API keys (none: open).
     pub api_keys: Vec<String>,
+    /// Static administrator keys (`--admin-key`).
+    pub admin_keys: Vec<String>,
+    /// The database: a file path, `sqlite://PATH` (default `$LUMEN_HOME/lumen.db`).
+    pub database_url: Option<String>,
+    /// Days raw usage events are kept (`None`: forever; rollups are always kept).
+    pub usage_retention_days: Option<u64>,
     /// Requests in flight per model (running or queued) beyond which new ones get 429.
     pub max_queued_requests: usize,
     /// KV cache per model, MiB.
@@ -92,6 +100,9 @@ impl ServerConfig {
             load_timeout: Duration::from_secs(600),
             keep_alive: KeepAlive::For(Duration::from_secs(300)),
             api_keys: Vec::new(),
+            admin_keys: Vec::new(),
+            database_url: None,
+            usage_retention_days: Some(90),
             max_queued_requests: 256,
             kv_cache_mb: 256,
             scheduler: SchedulerConfig::default(),
@@ -118,14 +129,33 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{id}", get(models::get_model))
+        .route("/v1/usage", get(usage::own_usage))
         .route("/tokenize", post(models::tokenize))
-        .route("/detokenize", post(models::detokenize))
-        // Operator endpoints. Behind the same API-key check as the API for now; issue 15's
-        // admin keys will narrow them to administrators.
+        .route("/detokenize", post(models::detokenize));
+    // Operator endpoints: administrators only (a user key gets 403).
+    let admin = Router::new()
         .route("/admin/models", get(admin::list))
         .route("/admin/models/{id}/load", post(admin::load))
         .route("/admin/models/{id}/unload", post(admin::unload))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .route(
+            "/admin/tenants",
+            post(keys::create_tenant).get(keys::list_tenants),
+        )
+        .route("/admin/tenants/{id}", patch(keys::update_tenant))
+        .route("/admin/keys", post(keys::create_key).get(keys::list_keys))
+        .route(
+            "/admin/keys/{id}",
+            get(keys::get_key)
+                .patch(keys::update_key)
+                .delete(keys::revoke_key),
+        )
+        .route("/admin/keys/{id}/rotate", post(keys::rotate_key))
+        .route("/admin/usage", get(usage::admin_usage))
+        .route("/admin/usage/events", get(usage::events))
+        .route_layer(middleware::from_fn(require_admin));
+    let api = api
+        .merge(admin)
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             refuse_while_draining,
@@ -249,16 +279,43 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         .local_addr()
         .map_err(|e| ServerError::Startup(e.to_string()))?;
     let keys = ApiKeys::new(&config.api_keys);
-    if keys.is_open() && !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "no --api-key given and not bound to loopback: anyone who can reach this address can use the API");
+    let admin_keys = ApiKeys::new(&config.admin_keys);
+    let url = config.database_url.clone().unwrap_or_else(|| {
+        config
+            .home
+            .join(lumen_store::DEFAULT_FILE)
+            .to_string_lossy()
+            .into_owned()
+    });
+    let store = lumen_store::Store::open(&url)
+        .await
+        .map_err(|e| ServerError::Startup(format!("cannot open the database {url}: {e}")))?;
+    let store_has_keys = store
+        .any_key()
+        .await
+        .map_err(|e| ServerError::Startup(format!("cannot read the database {url}: {e}")))?;
+    let (ledger, ledger_task) = Ledger::start(store.clone());
+    let mut tenancy = Tenancy::new(
+        keys,
+        admin_keys,
+        Some(store.clone()),
+        Some(ledger.clone()),
+        store_has_keys,
+    );
+    tenancy.retention_days = config.usage_retention_days;
+    let tenancy = Arc::new(tenancy);
+    crate::tenancy::spawn_key_watch(tenancy.clone());
+    if tenancy.is_open() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "no key configured (--api-key, --admin-key or the store) and not bound to loopback: anyone who can reach this address can use the API");
     }
+    tracing::info!(database = %url, open = tenancy.is_open(), "keys and usage database ready");
     let limits = Limits {
         max_body_bytes: config.max_body_bytes,
         request_timeout: config.request_timeout,
         max_prompts: config.max_queued_requests.max(1),
     };
     let manager = manager(&config)?;
-    let state = AppState::with_manager(keys, limits, manager.clone());
+    let state = AppState::with_manager(tenancy, limits, manager.clone());
     let conns = Connections::start(listener, router(state.clone()), config.conn);
     tracing::info!("listening on http://{addr}");
     manager.spawn_reaper();
@@ -284,10 +341,12 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     tokio::select! {
         loaded = preload => if let Err(e) = loaded {
             conns.close_all();
+            ledger_task.finish(Duration::from_secs(5)).await;
             return Err(ServerError::Startup(format!("--preload: {e}")));
         },
         _ = shutdown_signal() => {
             conns.close_all();
+            ledger_task.finish(Duration::from_secs(5)).await;
             return Ok(());
         }
     };
@@ -295,6 +354,9 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     tracing::info!(preloaded = ?config.preload, "ready");
     shutdown_signal().await;
     drain(&state, conns, config.shutdown_grace).await;
+    // Every request has ended (or been cancelled): write the last usage events.
+    ledger_task.finish(Duration::from_secs(10)).await;
+    store.close().await;
     let m = manager.clone();
     let _ = tokio::task::spawn_blocking(move || m.unload_all()).await;
     tracing::info!("stopped");

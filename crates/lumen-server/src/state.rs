@@ -16,6 +16,7 @@ use crate::error::ServerError;
 use crate::manager::lease::{ChatLease, EmbedLease};
 use crate::manager::{KeepAlive, ModelManager};
 use crate::metrics::ModelMetrics;
+use crate::tenancy::Tenancy;
 
 /// A chat/completions model behind its engine.
 pub struct ChatServed {
@@ -107,7 +108,7 @@ struct Inner {
     manager: Arc<ModelManager>,
     ready: AtomicBool,
     draining: AtomicBool,
-    keys: ApiKeys,
+    tenancy: Arc<Tenancy>,
     limits: Limits,
     next_id: AtomicU64,
     id_base: u64,
@@ -130,11 +131,15 @@ pub fn unix_now() -> u64 {
 impl AppState {
     /// An empty, not yet ready state with no models (router tests).
     pub fn new(keys: ApiKeys, limits: Limits) -> Self {
-        Self::with_manager(keys, limits, ModelManager::empty())
+        Self::with_manager(
+            Arc::new(Tenancy::static_only(keys)),
+            limits,
+            ModelManager::empty(),
+        )
     }
 
-    /// A not yet ready state serving `manager`'s models.
-    pub fn with_manager(keys: ApiKeys, limits: Limits, manager: Arc<ModelManager>) -> Self {
+    /// A not yet ready state serving `manager`'s models, with `tenancy`'s keys and limits.
+    pub fn with_manager(tenancy: Arc<Tenancy>, limits: Limits, manager: Arc<ModelManager>) -> Self {
         let id_base = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -143,7 +148,7 @@ impl AppState {
             manager,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            keys,
+            tenancy,
             limits,
             next_id: AtomicU64::new(0),
             id_base,
@@ -243,9 +248,9 @@ impl AppState {
         m.acquire(name, keep_alive).await?.into_embedding()
     }
 
-    /// Accepted API keys.
-    pub fn keys(&self) -> &ApiKeys {
-        &self.inner.keys
+    /// Keys, the store, admission and the ledger.
+    pub fn tenancy(&self) -> &Arc<Tenancy> {
+        &self.inner.tenancy
     }
 
     /// Request limits.

@@ -248,3 +248,30 @@ async fn draining_refuses_api_requests_with_retry_after() {
     let (status, _, _) = call(&s, Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+fn get(path: &str, key: Option<&str>) -> Request<Body> {
+    let mut b = Request::get(path);
+    if let Some(k) = key {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {k}"));
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn admin_routes_need_an_admin_unless_the_server_is_open() {
+    // Static --api-key keys are users: 403 on /admin/*, 401 without a key.
+    let s = state(&["k"]);
+    let (status, _, body) = call(&s, get("/admin/models", Some("k"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(error_of(&body)["code"], "insufficient_permissions");
+    let (status, _, _) = call(&s, get("/admin/keys", None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // No key configured anywhere: open, /admin included, as before keys existed.
+    let open = state(&[]);
+    let (status, _, _) = call(&open, get("/admin/models", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    // Without a database the key routes say so.
+    let (status, _, body) = call(&open, get("/admin/keys", None)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&body)["code"], "store_unavailable");
+}

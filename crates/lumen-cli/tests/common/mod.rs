@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 /// The API key every e2e server is started with.
 pub const API_KEY: &str = "e2e-test-key";
+/// The admin key every e2e server is started with (`/admin/*` needs it).
+pub const ADMIN_KEY: &str = "e2e-admin-key";
 /// The chat model the tests use.
 pub const MODEL: &str = "smollm2";
 /// The embedding model the tests use.
@@ -50,6 +52,10 @@ pub struct StartOptions {
     /// Serve this `LUMEN_HOME` with no `--model`/`--preload` flags (every model installed
     /// there, each loaded on demand) instead of the default models preloaded.
     pub home: Option<PathBuf>,
+    /// Use this database (default: a fresh one in a temporary folder, removed on drop).
+    pub database: Option<PathBuf>,
+    /// Start with no `--api-key` and no `--admin-key` (an open server).
+    pub open: bool,
 }
 
 /// A running `lumen serve`.
@@ -60,6 +66,27 @@ pub struct Server {
     /// Port.
     pub port: u16,
     log: Arc<Mutex<String>>,
+    /// The temporary folder of the server's own database, removed on drop.
+    db_dir: Option<PathBuf>,
+    /// The database file.
+    pub database: PathBuf,
+}
+
+/// A fresh, empty folder under the system's temporary directory.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "lumen-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temporary folder");
+    dir
 }
 
 impl Server {
@@ -94,9 +121,19 @@ impl Server {
             "0",
             "--threads",
             "2",
-            "--api-key",
-            API_KEY,
         ]);
+        if !options.open {
+            cmd.args(["--api-key", API_KEY, "--admin-key", ADMIN_KEY]);
+        }
+        // Each server gets its own database, so tests never share keys or usage.
+        let (db_dir, database) = match &options.database {
+            Some(db) => (None, db.clone()),
+            None => {
+                let dir = temp_dir("e2e-db");
+                (Some(dir.clone()), dir.join("lumen.db"))
+            }
+        };
+        cmd.arg("--database-url").arg(&database);
         match &options.home {
             Some(home) => {
                 cmd.env("LUMEN_HOME", home);
@@ -153,6 +190,8 @@ impl Server {
             base: format!("http://127.0.0.1:{port}"),
             port,
             log,
+            db_dir,
+            database,
         };
         server.wait_ready(Duration::from_secs(120));
         server
@@ -214,6 +253,11 @@ impl Server {
         let server_env = [
             ("LUMEN_BASE_URL", self.base.clone()),
             ("LUMEN_API_KEY", API_KEY.to_string()),
+            ("LUMEN_TEST_ADMIN_KEY", ADMIN_KEY.to_string()),
+            (
+                "LUMEN_TEST_DATABASE",
+                self.database.to_string_lossy().into_owned(),
+            ),
             ("LUMEN_MODEL", MODEL.to_string()),
             ("LUMEN_EMBED_MODEL", EMBED_MODEL.to_string()),
         ];
@@ -241,6 +285,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(d) = &self.db_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
@@ -366,15 +413,25 @@ fn read_response(mut s: TcpStream) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
-/// A `Connection: close` request with the test API key; the whole raw response (head and
-/// body), for checks on headers.
+/// A `Connection: close` request with the test API key (the admin key for `/admin/*`); the
+/// whole raw response (head and body), for checks on headers.
 pub fn http(port: u16, method: &str, path: &str, body: &str) -> String {
+    let key = if path.starts_with("/admin") {
+        ADMIN_KEY
+    } else {
+        API_KEY
+    };
+    http_with_key(port, key, method, path, body)
+}
+
+/// [`http`] with the bearer key `key`.
+pub fn http_with_key(port: u16, key: &str, method: &str, path: &str, body: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("write");

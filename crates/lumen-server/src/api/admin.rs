@@ -1,8 +1,7 @@
 //! Operator endpoints for models: `GET /admin/models`, `POST /admin/models/{id}/load` and
 //! `POST /admin/models/{id}/unload`.
 //!
-//! They sit behind the API-key check like the rest of the API; issue 15's admin keys will
-//! restrict them to administrators.
+//! Like every `/admin/*` route they need an admin key (a user key gets 403).
 
 use axum::extract::{Path, State};
 use axum::Json;

@@ -26,11 +26,18 @@ use lumen_engine::{EmbedInput, MAX_EMBED_INPUTS};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::sync::Arc;
+
+use axum::Extension;
+
+use super::generate::check_model;
 use super::{deadline, prepare};
 use crate::error::ServerError;
 use crate::extract::OpenAiJson;
 use crate::manager::KeepAlive;
 use crate::state::AppState;
+use crate::tenancy::meter::EventInfo;
+use crate::tenancy::{Principal, RequestCtx};
 
 /// The request body.
 #[derive(Deserialize, Debug)]
@@ -200,9 +207,15 @@ struct EmbeddingsResponse {
 /// The handler.
 pub async fn embeddings(
     State(state): State<AppState>,
+    ctx: Option<Extension<Arc<RequestCtx>>>,
     OpenAiJson(req): OpenAiJson<EmbeddingsBody>,
 ) -> Result<Response, ServerError> {
     let arrived = std::time::Instant::now();
+    let ctx = ctx.map(|Extension(c)| c);
+    let principal = ctx
+        .as_ref()
+        .map_or(Principal::Open, |c| c.principal.clone());
+    check_model(&state, &principal, &req.model)?;
     let keep_alive = match &req.keep_alive {
         None | Some(Value::Null) => None,
         Some(v) => Some(KeepAlive::from_json(v).map_err(|m| ServerError::param("keep_alive", m))?),
@@ -241,20 +254,50 @@ pub async fn embeddings(
     let inputs = parse_input(req.input)?;
     let handle = model.handle.clone();
     let seqs = prepare(move || Ok(handle.prepare(inputs, truncate)?)).await?;
-    let prompt_tokens = seqs.iter().map(Vec::len).sum();
+    let prompt_tokens: usize = seqs.iter().map(Vec::len).sum();
     let n = seqs.len();
-    let vectors = match deadline(&state, arrived) {
-        None => model.handle.embed(seqs).await?,
-        Some(at) => match tokio::time::timeout_at(at, model.handle.embed(seqs)).await {
-            Ok(vectors) => vectors?,
-            Err(_) => {
-                tracing::warn!(model = %model.name, inputs = n, "embedding request timed out; cancelling it");
-                return Err(ServerError::Timeout {
-                    secs: (at.into_std() - arrived).as_secs_f64(),
-                });
-            }
-        },
+    // Admitted and metered like generation: the cost is the input tokens.
+    let mut meter = state
+        .tenancy()
+        .admit(
+            ctx.as_deref(),
+            prompt_tokens as u64,
+            EventInfo {
+                request_id: state.new_id("embd"),
+                model: model.name.clone(),
+                endpoint: "embeddings",
+                arrived,
+            },
+        )
+        .await?;
+    meter.set_usage(lumen_engine::Usage {
+        prompt_tokens,
+        ..Default::default()
+    });
+    // `--request-timeout` holds here too: past it the request is answered 504 and the
+    // dropped oneshot makes the embedding thread skip what has not run.
+    let embedded = match deadline(&state, arrived) {
+        None => Ok(model.handle.embed(seqs).await),
+        Some(at) => tokio::time::timeout_at(at, model.handle.embed(seqs))
+            .await
+            .map_err(|_| at),
     };
+    let vectors = match embedded {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            meter.set_outcome(lumen_store::Outcome::Error);
+            return Err(e.into());
+        }
+        Err(at) => {
+            tracing::warn!(model = %model.name, inputs = n, "embedding request timed out; cancelling it");
+            meter.set_outcome(lumen_store::Outcome::Cancelled);
+            return Err(ServerError::Timeout {
+                secs: (at.into_std() - arrived).as_secs_f64(),
+            });
+        }
+    };
+    meter.set_outcome(lumen_store::Outcome::Ok);
+    drop(meter);
     tracing::debug!(model = %model.name, inputs = n, tokens = prompt_tokens, "embeddings");
     let name = model.name.clone();
     let bytes = prepare(move || {

@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use lumen_engine::{Api, CallerId, GenerationParams, Tokenizer, Usage, ValidParams};
+use lumen_engine::{Api, GenerationParams, Tokenizer, Usage, ValidParams};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -28,6 +28,8 @@ use crate::extract::{parse_json, JsonBody};
 use crate::gen::{submit_all, GenEvent, Generation};
 use crate::sse::stream_response;
 use crate::state::{AppState, ChatServed};
+use crate::tenancy::meter::EventInfo;
+use crate::tenancy::{Principal, RequestCtx};
 
 /// One tokenized prompt and the text it came from.
 #[derive(Debug, Clone)]
@@ -106,19 +108,34 @@ pub trait Endpoint: 'static {
 /// The axum handler of endpoint `E` (`post(handler::<Chat>)`).
 pub async fn handler<E: Endpoint>(
     State(state): State<AppState>,
-    caller: Option<Extension<CallerId>>,
+    ctx: Option<Extension<Arc<RequestCtx>>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ServerError>
 where
     Envelope<<E::Format as ChunkFormat>::FinalChoice>: Fold<<E::Format as ChunkFormat>::Choice>,
 {
-    serve::<E>(state, caller.map(|Extension(c)| c), body).await
+    serve::<E>(state, ctx.map(|Extension(c)| c), body).await
+}
+
+/// Whether `principal` may use model `name` (by its own name or the one an alias points to);
+/// a model it may not use is answered as if it did not exist.
+pub fn check_model(state: &AppState, principal: &Principal, name: &str) -> Result<(), ServerError> {
+    let allowed = principal.allows_model(name)
+        || state
+            .manager()
+            .resolve(name)
+            .is_ok_and(|target| principal.allows_model(&target));
+    if allowed {
+        Ok(())
+    } else {
+        Err(ServerError::ModelNotFound(name.to_string()))
+    }
 }
 
 /// Serves one generation request of endpoint `E`.
 pub async fn serve<E: Endpoint>(
     state: AppState,
-    caller: Option<CallerId>,
+    ctx: Option<Arc<RequestCtx>>,
     body: Bytes,
 ) -> Result<Response, ServerError>
 where
@@ -136,11 +153,20 @@ where
     })
     .await?;
     let constraint = constraint.to_spec(E::API)?;
+    let principal = ctx
+        .as_ref()
+        .map_or(Principal::Open, |c| c.principal.clone());
+    check_model(&state, &principal, E::model_name(&req))?;
     let model = state
         .chat_model(Some(E::model_name(&req)), keep_alive)
         .await?;
     state.ensure_accepting()?;
-    let (mut params, transport) = fields.split(E::API, caller);
+    let (mut params, transport) = fields.split(E::API, principal.caller());
+    params.cache_salt = principal.cache_salt(params.cache_salt.take());
+    params.priority = crate::tenancy::clamp_priority(
+        params.priority.take(),
+        principal.key().and_then(|k| k.limits.max_priority),
+    );
     E::map_params(&req, &mut params);
     params.constraint = constraint;
     let mut valid = model.handle.validate(params)?;
@@ -163,7 +189,36 @@ where
         .iter()
         .map(|p| valid.for_prompt(p.ids.clone(), model.handle.info()))
         .collect::<Result<Vec<_>, _>>()?;
-    let streams = submit_all(&model.handle, requests)?;
+    // Admission: the worst case (every prompt plus the most every choice may generate) is
+    // reserved against the key's limits before the engine sees anything.
+    let cost: u64 = requests
+        .iter()
+        .map(|r| (r.prompt_tokens() + r.max_new_tokens()) as u64)
+        .sum();
+    let meta = Meta::new(&state, E::ID_PREFIX, &model.name);
+    let mut meter = state
+        .tenancy()
+        .admit(
+            ctx.as_deref(),
+            cost,
+            EventInfo {
+                request_id: meta.id.clone(),
+                model: model.name.clone(),
+                endpoint: match E::API {
+                    Api::Chat => "chat.completions",
+                    Api::Completions => "completions",
+                },
+                arrived,
+            },
+        )
+        .await?;
+    let streams = match submit_all(&model.handle, requests) {
+        Ok(s) => s,
+        Err(e) => {
+            meter.set_outcome(lumen_store::Outcome::Error);
+            return Err(e);
+        }
+    };
     tracing::debug!(model = %model.name, prompts = prompts.len(), n = valid.n(), stream = transport.stream, user = transport.user.as_deref().unwrap_or(""), "generation");
     let gen = Generation::new(
         streams,
@@ -171,8 +226,8 @@ where
         arrived,
         deadline(&state, arrived),
         model.metrics.clone(),
-    );
-    let meta = Meta::new(&state, E::ID_PREFIX, &model.name);
+    )
+    .with_meter(meter);
     let fmt = E::format(
         meta,
         model.handle.tokenizer().clone(),

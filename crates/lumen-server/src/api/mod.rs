@@ -6,6 +6,7 @@ pub mod chat;
 pub mod completions;
 pub mod embeddings;
 pub mod generate;
+pub mod keys;
 pub mod logprobs;
 pub mod models;
 pub mod ops;
@@ -13,6 +14,7 @@ pub mod params;
 pub mod response;
 pub mod structured;
 pub mod tool_calls;
+pub mod usage;
 
 use std::time::Instant;
 

@@ -1,16 +1,20 @@
 //! `GET /v1/models`, `GET /v1/models/{id}`, and vLLM's `POST /tokenize` and `POST /detokenize`.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::chat::{convert_messages, MessageIn};
+use super::generate::check_model;
 use super::prepare;
 use crate::error::ServerError;
 use crate::extract::OpenAiJson;
 use crate::manager::ModelStatus;
 use crate::state::{AppState, ServedModel};
+use crate::tenancy::{Principal, RequestCtx};
 use lumen_engine::registry::ModelKind;
 
 /// One model as `/v1/models` lists it: OpenAI's fields plus Lumen's state and memory.
@@ -47,18 +51,32 @@ pub fn all_models_json(state: &AppState) -> Vec<Value> {
     out
 }
 
-/// `GET /v1/models`: every installed model (loaded or not) and every alias.
-pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, ServerError> {
-    Ok(Json(
-        json!({"object": "list", "data": all_models_json(&state)}),
-    ))
+/// `GET /v1/models`: every installed model (loaded or not) and every alias the caller's key
+/// may use.
+pub async fn list_models(
+    State(state): State<AppState>,
+    ctx: Option<Extension<Arc<RequestCtx>>>,
+) -> Result<Json<Value>, ServerError> {
+    let principal = ctx.map_or(Principal::Open, |Extension(c)| c.principal.clone());
+    let data: Vec<Value> = all_models_json(&state)
+        .into_iter()
+        .filter(|m| {
+            m["id"]
+                .as_str()
+                .is_some_and(|id| check_model(&state, &principal, id).is_ok())
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 /// `GET /v1/models/{id}`.
 pub async fn get_model(
     State(state): State<AppState>,
+    ctx: Option<Extension<Arc<RequestCtx>>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ServerError> {
+    let principal = ctx.map_or(Principal::Open, |Extension(c)| c.principal.clone());
+    check_model(&state, &principal, &id)?;
     let name = state.manager().resolve(&id)?;
     let st = state
         .manager()
@@ -86,12 +104,30 @@ pub struct TokenizeBody {
     pub return_token_strs: Option<bool>,
 }
 
+/// The chat model `name` (or the first one) if the caller's key may use it.
+async fn allowed_chat_model(
+    state: &AppState,
+    ctx: Option<Extension<Arc<RequestCtx>>>,
+    name: Option<&str>,
+) -> Result<crate::manager::lease::ChatLease, ServerError> {
+    let principal = ctx.map_or(Principal::Open, |Extension(c)| c.principal.clone());
+    if let Some(n) = name {
+        check_model(state, &principal, n)?;
+    }
+    let model = state.chat_model(name, None).await?;
+    if name.is_none() {
+        check_model(state, &principal, &model.name)?;
+    }
+    Ok(model)
+}
+
 /// `POST /tokenize`.
 pub async fn tokenize(
     State(state): State<AppState>,
+    ctx: Option<Extension<Arc<RequestCtx>>>,
     OpenAiJson(body): OpenAiJson<TokenizeBody>,
 ) -> Result<Json<Value>, ServerError> {
-    let model = state.chat_model(body.model.as_deref(), None).await?;
+    let model = allowed_chat_model(&state, ctx, body.model.as_deref()).await?;
     let max_model_len = model.handle.info().context_len;
     let m = model.clone();
     let strs = body.return_token_strs.unwrap_or(false);
@@ -142,9 +178,10 @@ pub struct DetokenizeBody {
 /// `POST /detokenize`.
 pub async fn detokenize(
     State(state): State<AppState>,
+    ctx: Option<Extension<Arc<RequestCtx>>>,
     OpenAiJson(body): OpenAiJson<DetokenizeBody>,
 ) -> Result<Json<Value>, ServerError> {
-    let model = state.chat_model(body.model.as_deref(), None).await?;
+    let model = allowed_chat_model(&state, ctx, body.model.as_deref()).await?;
     let tok = model.handle.tokenizer().clone();
     let vocab = tok.vocab_size();
     let ids = body

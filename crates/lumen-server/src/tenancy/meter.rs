@@ -1,0 +1,105 @@
+//! One request's meter: it holds the admission [`Grant`] and, when dropped, settles the
+//! grant with the tokens really used and queues the request's usage event.
+//!
+//! Dropping is the only way it ends, so every path (a finished answer, an error, a timeout,
+//! a client that disconnects mid-stream and so drops the response body) frees the slot,
+//! refunds the unused reservation and is recorded. A meter never told how the request ended
+//! records it as `cancelled` with the counts it was given.
+
+use std::time::{Duration, Instant};
+
+use lumen_engine::Usage;
+use lumen_store::{Outcome, UsageEvent};
+
+use super::Principal;
+use crate::admission::Grant;
+use crate::ledger::Ledger;
+
+/// What the ledger event says about the request itself.
+#[derive(Clone, Debug)]
+pub struct EventInfo {
+    /// The response id.
+    pub request_id: String,
+    /// The model.
+    pub model: String,
+    /// `chat.completions`, `completions` or `embeddings`.
+    pub endpoint: &'static str,
+    /// When the request arrived.
+    pub arrived: Instant,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Meter {
+    grant: Option<Grant>,
+    ledger: Option<Ledger>,
+    info: EventInfo,
+    key_id: String,
+    tenant_id: String,
+    usage: Usage,
+    outcome: Outcome,
+    ttft: Option<Duration>,
+}
+
+impl Meter {
+    /// A meter for a request admitted with `grant`.
+    pub fn new(
+        grant: Option<Grant>,
+        ledger: Option<Ledger>,
+        principal: &Principal,
+        info: EventInfo,
+    ) -> Self {
+        Meter {
+            grant,
+            ledger,
+            info,
+            key_id: principal.key_id().to_string(),
+            tenant_id: principal.tenant_id().to_string(),
+            usage: Usage::default(),
+            outcome: Outcome::Cancelled,
+            ttft: None,
+        }
+    }
+
+    /// Updates the token counts so far (what a cancelled request is charged).
+    pub fn set_usage(&mut self, usage: Usage) {
+        self.usage = usage;
+    }
+
+    /// Says how the request ended.
+    pub fn set_outcome(&mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+
+    /// Time to the first token, once known.
+    pub fn set_ttft(&mut self, ttft: Duration) {
+        self.ttft.get_or_insert(ttft);
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        let u = self.usage;
+        if let Some(g) = self.grant.as_mut() {
+            g.set_used((u.prompt_tokens + u.completion_tokens) as u64);
+        }
+        // The grant is released here, before the event is queued.
+        self.grant = None;
+        if let Some(ledger) = &self.ledger {
+            ledger.send(UsageEvent {
+                request_id: std::mem::take(&mut self.info.request_id),
+                created_at_ms: lumen_store::clock::unix_ms(),
+                key_id: std::mem::take(&mut self.key_id),
+                tenant_id: std::mem::take(&mut self.tenant_id),
+                model: std::mem::take(&mut self.info.model),
+                endpoint: self.info.endpoint.to_string(),
+                prompt_tokens: u.prompt_tokens as u64,
+                cached_tokens: u.cached_prompt_tokens as u64,
+                completion_tokens: u.completion_tokens as u64,
+                status: self.outcome,
+                latency_ms: self.info.arrived.elapsed().as_millis() as u64,
+                ttft_ms: self.ttft.map(|t| t.as_millis() as u64),
+            });
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Who is calling, and what they may do: static keys, admin keys and store keys, the
+//! per-request context handlers read, and the meter that admits and records a request.
+//!
+//! - **Open unless configured.** With no `--api-key`, no `--admin-key` and no key in the
+//!   store, every request is let in as [`Principal::Open`] (the `make serve` experience);
+//!   once any of them exists, every API request needs a key. Creating a key (API or CLI) on
+//!   an open server closes it within a second; revoking the last key does not reopen it.
+//! - **Roles.** `/admin/*` needs an admin: a `--admin-key`, or a store key with role
+//!   `admin` (on an open server everyone is). Static `--api-key` keys are users.
+//! - **Tenant isolation.** A store key's requests carry its tenant's id (or, without a
+//!   tenant, its own id) as the prefix-cache salt, so tenants never share cached blocks.
+
+pub mod cache;
+pub mod meter;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lumen_engine::{CallerId, PriorityInput};
+use lumen_store::{ApiKey, Role, Store};
+
+use crate::admission::{Admission, RateSnapshot};
+use crate::auth::ApiKeys;
+use crate::error::ServerError;
+use crate::ledger::Ledger;
+use cache::KeyCache;
+pub use meter::Meter;
+
+/// The authenticated caller of one request.
+#[derive(Clone, Debug)]
+pub enum Principal {
+    /// No key is configured anywhere: the server is open.
+    Open,
+    /// A static `--api-key`.
+    Static(CallerId),
+    /// A static `--admin-key`.
+    Admin(CallerId),
+    /// A key from the store (active when the request arrived).
+    Key(Arc<ApiKey>),
+}
+
+impl Principal {
+    /// Whether the caller may use `/admin/*`.
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Principal::Open | Principal::Admin(_) => true,
+            Principal::Static(_) => false,
+            Principal::Key(k) => k.role == Role::Admin,
+        }
+    }
+
+    /// The caller's id as the engine carries it.
+    pub fn caller(&self) -> Option<CallerId> {
+        match self {
+            Principal::Open => None,
+            Principal::Static(c) | Principal::Admin(c) => Some(c.clone()),
+            Principal::Key(k) => Some(CallerId::new(format!("key:{}", k.id))),
+        }
+    }
+
+    /// The store key, if the caller used one.
+    pub fn key(&self) -> Option<&Arc<ApiKey>> {
+        match self {
+            Principal::Key(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// The store key's id (empty for static keys and open servers), as the ledger records it.
+    pub fn key_id(&self) -> &str {
+        self.key().map_or("", |k| k.id.as_str())
+    }
+
+    /// The tenant's id (empty when none).
+    pub fn tenant_id(&self) -> &str {
+        self.key().and_then(|k| k.tenant.as_deref()).unwrap_or("")
+    }
+
+    /// Whether the caller may use `model` (a store key's allow-list).
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.key().is_none_or(|k| k.allows_model(model))
+    }
+
+    /// The prefix-cache salt of the caller's tenant, combined with the request's own
+    /// `cache_salt` (vLLM's field), if any.
+    pub fn cache_salt(&self, requested: Option<String>) -> Option<String> {
+        let tenant = self
+            .key()
+            .map(|k| k.tenant.clone().unwrap_or_else(|| k.id.clone()));
+        match (tenant, requested) {
+            (None, r) => r,
+            (Some(t), None) => Some(format!("tenant:{t}")),
+            (Some(t), Some(r)) => Some(format!("tenant:{t}:{r}")),
+        }
+    }
+}
+
+/// The priority a request of a key with `max_priority` runs at: vLLM's integer scale (lower
+/// runs earlier; above zero is a batch job), where the key may not ask for anything more
+/// urgent than its `max_priority`, so a more urgent request is demoted to it. Names map to
+/// the scale (`interactive` is 0, `batch` is 1); an unknown name is left for validation.
+pub fn clamp_priority(
+    requested: Option<PriorityInput>,
+    max_priority: Option<i64>,
+) -> Option<PriorityInput> {
+    let Some(floor) = max_priority else {
+        return requested;
+    };
+    let asked = match &requested {
+        None => 0,
+        Some(PriorityInput::Int(p)) => *p,
+        Some(PriorityInput::Name(n)) if n == "interactive" => 0,
+        Some(PriorityInput::Name(n)) if n == "batch" => 1,
+        Some(PriorityInput::Name(_)) => return requested,
+    };
+    if asked >= floor {
+        requested
+    } else {
+        Some(PriorityInput::Int(floor))
+    }
+}
+
+/// What the auth middleware leaves in a request's extensions.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// The caller.
+    pub principal: Principal,
+    rate: Mutex<Option<RateSnapshot>>,
+}
+
+impl RequestCtx {
+    /// The context of a request from `principal`.
+    pub fn new(principal: Principal) -> Self {
+        RequestCtx {
+            principal,
+            rate: Mutex::new(None),
+        }
+    }
+
+    /// Records the limits the response's `x-ratelimit-*` headers report.
+    pub fn set_rate(&self, snap: RateSnapshot) {
+        *self.rate.lock().unwrap_or_else(|p| p.into_inner()) = Some(snap);
+    }
+
+    /// The limits recorded by admission, if it ran.
+    pub fn rate(&self) -> Option<RateSnapshot> {
+        *self.rate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Keys, the store, admission and the ledger: everything multi-tenancy needs.
+#[derive(Debug)]
+pub struct Tenancy {
+    /// `--api-key` keys.
+    pub static_keys: ApiKeys,
+    /// `--admin-key` keys.
+    pub admin_keys: ApiKeys,
+    /// The store (none in router tests).
+    pub store: Option<Store>,
+    /// Cached key lookups.
+    pub cache: KeyCache,
+    /// Live limit state.
+    pub admission: Arc<Admission>,
+    /// The usage ledger's writer (none without a store).
+    pub ledger: Option<Ledger>,
+    /// Days raw usage events are kept (`None`: forever); rollups are kept regardless.
+    pub retention_days: Option<u64>,
+    store_has_keys: AtomicBool,
+}
+
+impl Tenancy {
+    /// Static keys only: no store, no ledger (router tests).
+    pub fn static_only(keys: ApiKeys) -> Self {
+        Tenancy::new(keys, ApiKeys::default(), None, None, false)
+    }
+
+    /// Everything; `store_has_keys` says whether the store held a key at start.
+    pub fn new(
+        static_keys: ApiKeys,
+        admin_keys: ApiKeys,
+        store: Option<Store>,
+        ledger: Option<Ledger>,
+        store_has_keys: bool,
+    ) -> Self {
+        Tenancy {
+            static_keys,
+            admin_keys,
+            store,
+            cache: KeyCache::default(),
+            admission: Admission::new(),
+            ledger,
+            retention_days: None,
+            store_has_keys: AtomicBool::new(store_has_keys),
+        }
+    }
+
+    /// Whether no key is needed.
+    pub fn is_open(&self) -> bool {
+        self.static_keys.is_open()
+            && self.admin_keys.is_open()
+            && !self.store_has_keys.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the store now holds a key (the server stops being open).
+    pub fn note_store_key(&self) {
+        self.store_has_keys.store(true, Ordering::Relaxed);
+    }
+
+    /// The store, or 503 when this server has none.
+    pub fn store(&self) -> Result<&Store, ServerError> {
+        self.store
+            .as_ref()
+            .ok_or_else(|| ServerError::StoreUnavailable("this server has no database".into()))
+    }
+
+    /// Who `token` (the bearer credentials, if any) identifies.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Principal, ServerError> {
+        if self.is_open() {
+            return Ok(Principal::Open);
+        }
+        let Some(token) = token else {
+            return Err(ServerError::Unauthorized);
+        };
+        if let Some(c) = self.admin_keys.identify(token) {
+            return Ok(Principal::Admin(c));
+        }
+        if let Some(c) = self.static_keys.identify(token) {
+            return Ok(Principal::Static(c));
+        }
+        if let (Some(store), true) = (
+            &self.store,
+            token.starts_with(lumen_store::secret::SECRET_PREFIX),
+        ) {
+            if let Some(key) = self.cache.lookup(store, token).await? {
+                if key.is_active(self.admission.wall_secs()) {
+                    return Ok(Principal::Key(key));
+                }
+            }
+        }
+        Err(ServerError::Unauthorized)
+    }
+
+    /// Admits a request of `principal` reserving `cost` tokens, and returns the meter that
+    /// records its usage and frees its limits when dropped.
+    pub async fn admit(
+        &self,
+        ctx: Option<&RequestCtx>,
+        cost: u64,
+        event: meter::EventInfo,
+    ) -> Result<Meter, ServerError> {
+        if let Some(l) = &self.ledger {
+            l.ensure_room()?;
+        }
+        let principal = ctx.map_or(&Principal::Open, |c| &c.principal);
+        let grant = match principal.key() {
+            Some(k) => {
+                self.admission.load_budget(k, self.store.as_ref()).await?;
+                let (result, snap) = self.admission.admit(k, cost);
+                if let Some(c) = ctx {
+                    c.set_rate(snap);
+                }
+                Some(result?)
+            }
+            None => None,
+        };
+        Ok(Meter::new(grant, self.ledger.clone(), principal, event))
+    }
+}
+
+/// Prunes raw usage events older than the retention (rollups stay), at start and hourly.
+fn spawn_retention(t: Arc<Tenancy>) {
+    let (Some(store), Some(days)) = (t.store.clone(), t.retention_days) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let cutoff = lumen_store::clock::unix_ms().saturating_sub(days * 86_400_000);
+            match store.prune_events(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    events = n,
+                    days,
+                    "pruned raw usage events past the retention"
+                ),
+                Err(e) => tracing::warn!(error = %e, "pruning usage events failed"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    });
+}
+
+/// Starts the background tasks: the retention pruner and, on an open server, a watch that
+/// refreshes whether the store holds keys every second until one appears (a key created
+/// with `lumen keys create` closes an open server).
+pub fn spawn_key_watch(t: Arc<Tenancy>) {
+    spawn_retention(t.clone());
+    if t.store.is_none() || t.store_has_keys.load(Ordering::Relaxed) {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if t.store_has_keys.load(Ordering::Relaxed) {
+                return;
+            }
+            if let Some(store) = &t.store {
+                if let Ok(true) = store.any_key().await {
+                    tracing::info!("a key was created in the store: the API now requires keys");
+                    t.note_store_key();
+                    return;
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_priority_demotes_more_urgent_requests() {
+        let int = |p| Some(PriorityInput::Int(p));
+        let name = |n: &str| Some(PriorityInput::Name(n.into()));
+        assert_eq!(clamp_priority(None, None), None);
+        assert_eq!(clamp_priority(int(-5), None), int(-5));
+        assert_eq!(
+            clamp_priority(None, Some(1)),
+            int(1),
+            "default becomes batch"
+        );
+        assert_eq!(clamp_priority(name("interactive"), Some(1)), int(1));
+        assert_eq!(clamp_priority(name("batch"), Some(1)), name("batch"));
+        assert_eq!(clamp_priority(int(-3), Some(0)), int(0));
+        assert_eq!(
+            clamp_priority(int(7), Some(0)),
+            int(7),
+            "less urgent is fine"
+        );
+        assert_eq!(
+            clamp_priority(name("x"), Some(1)),
+            name("x"),
+            "left to validation"
+        );
+    }
+}

@@ -1,0 +1,62 @@
+-- Tenants, API keys (digests only) and the usage ledger with its rollups.
+CREATE TABLE tenants (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL
+);
+
+CREATE TABLE api_keys (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    -- Hex SHA-256 of the secret; the secret itself is never stored.
+    secret_sha256 TEXT NOT NULL UNIQUE,
+    prefix        TEXT NOT NULL,
+    role          TEXT NOT NULL CHECK (role IN ('admin', 'user')),
+    tenant_id     TEXT REFERENCES tenants(id),
+    -- JSON array of model names, or NULL for every model.
+    models        TEXT,
+    rpm           INTEGER,
+    tpm           INTEGER,
+    max_parallel  INTEGER,
+    budget_tokens INTEGER,
+    budget_period TEXT CHECK (budget_period IN ('day', 'month')),
+    max_priority  INTEGER,
+    expires_at    INTEGER,
+    revoked_at    INTEGER,
+    created_at    INTEGER NOT NULL
+);
+CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
+
+CREATE TABLE usage_events (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id        TEXT NOT NULL,
+    created_at_ms     INTEGER NOT NULL,
+    key_id            TEXT NOT NULL DEFAULT '',
+    tenant_id         TEXT NOT NULL DEFAULT '',
+    model             TEXT NOT NULL,
+    endpoint          TEXT NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    cached_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    status            TEXT NOT NULL CHECK (status IN ('ok', 'error', 'cancelled')),
+    latency_ms        INTEGER NOT NULL,
+    ttft_ms           INTEGER
+);
+CREATE INDEX usage_events_time ON usage_events(created_at_ms);
+CREATE INDEX usage_events_key ON usage_events(key_id, id);
+
+-- One row per (width, bucket, key, tenant, model), kept in step with usage_events in the
+-- same transaction, so reports and budgets never scan raw events.
+CREATE TABLE usage_rollups (
+    width         TEXT NOT NULL CHECK (width IN ('1m', '1h', '1d')),
+    bucket_start  INTEGER NOT NULL,
+    key_id        TEXT NOT NULL,
+    tenant_id     TEXT NOT NULL,
+    model         TEXT NOT NULL,
+    input_tokens  INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    requests      INTEGER NOT NULL,
+    PRIMARY KEY (width, bucket_start, key_id, tenant_id, model)
+);
+CREATE INDEX usage_rollups_key ON usage_rollups(key_id, width, bucket_start);
