@@ -109,7 +109,7 @@ impl SpecState {
 }
 
 /// Up to `k` tokens that followed the latest earlier occurrence of the longest suffix of
-/// `tokens` (between [`MIN_NGRAM`] and [`MAX_NGRAM`] tokens) found within [`LOOKBACK`].
+/// `tokens` (between 2 and 4 tokens) found within the last 8,192 tokens.
 pub fn propose(tokens: &[u32], k: usize) -> &[u32] {
     let n = tokens.len();
     let from = n.saturating_sub(LOOKBACK);
