@@ -3,18 +3,23 @@
 
 Run by hand, not in CI:
 
-    python3 scripts/make_embedding_fixtures.py            # set up the venv, write the fixture
+    python3 scripts/make_embedding_fixtures.py            # set up the venv, write the fixtures
+    python3 scripts/make_embedding_fixtures.py --only all-mpnet-base-v2   # just one of them
     python3 scripts/make_embedding_fixtures.py --bench    # also time sentence-transformers
 
 The first run creates a virtual environment under `target/st-venv` and installs `torch` and
-`sentence-transformers` into it with plain pip, then re-runs itself inside that venv. The model
-is read from the local folder `$LUMEN_HOME/models/all-minilm-l6-v2` (default `~/.lumen`) with
-the hub switched off; nothing is downloaded for the model itself.
+`sentence-transformers` into it with plain pip, then re-runs itself inside that venv. Each model
+is read from its local folder `$LUMEN_HOME/models/NAME` (default `~/.lumen`; `lumen pull NAME`
+puts it there) with the hub switched off; nothing is downloaded for the models themselves.
 
-The output, `crates/lumen-models/tests/fixtures/minilm_reference.json`, holds for each sentence
-the token ids the model's own tokenizer produced (after sentence-transformers truncated them to
-`max_seq_length`) and the normalized embedding rounded to 7 significant digits. Committing the
-ids lets the Rust test feed exactly the same input to `BertModel` without a tokenizer.
+Each output, `crates/lumen-models/tests/fixtures/{minilm,mpnet}_reference.json`, holds for each
+sentence the token ids the model's own tokenizer produced (after sentence-transformers truncated
+them to `max_seq_length`) and the normalized embedding rounded to 7 significant digits.
+Committing the ids lets the Rust test feed exactly the same input to `BertModel` without a
+tokenizer, and check Lumen's tokenizer against them separately. The MPNet fixture also holds
+the relative-position bucket of every distance the model can see, computed by transformers'
+own `relative_position_bucket` (float32 logarithms decide the bucket edges, so the Rust side
+is checked against them rather than against a formula).
 """
 
 import json
@@ -27,8 +32,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "target" / "st-venv"
-OUT = ROOT / "crates" / "lumen-models" / "tests" / "fixtures" / "minilm_reference.json"
-MODEL_NAME = "all-minilm-l6-v2"
+FIXTURES = ROOT / "crates" / "lumen-models" / "tests" / "fixtures"
+# Installed model name -> fixture file.
+MODELS = {
+    "all-minilm-l6-v2": "minilm_reference.json",
+    "all-mpnet-base-v2": "mpnet_reference.json",
+}
 
 LONG_PARAGRAPH = (
     "The history of computing is longer than the history of computing hardware and modern "
@@ -121,10 +130,25 @@ def main() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     import torch
-    from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(os.cpu_count() or 1)
-    model_dir = lumen_home() / "models" / MODEL_NAME
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
+    if only is not None and only not in MODELS:
+        sys.exit(f"--only takes one of {', '.join(MODELS)}")
+    model = None
+    for name, fixture in MODELS.items():
+        if only is None or only == name:
+            model = write_fixture(torch, name, FIXTURES / fixture)
+
+    if "--bench" in sys.argv:
+        bench(model, torch)
+
+
+def write_fixture(torch, name: str, out: Path):
+    """Writes the reference file `out` for the installed model `name`; returns the model."""
+    from sentence_transformers import SentenceTransformer
+
+    model_dir = lumen_home() / "models" / name
     if not (model_dir / "config.json").exists():
         sys.exit(f"model not found in {model_dir}; run `make models` first")
     model = SentenceTransformer(str(model_dir), device="cpu")
@@ -148,7 +172,7 @@ def main() -> None:
         assert features["input_ids"][i][:n].tolist() == rec["ids"], rec["text"][:40]
 
     doc = {
-        "model": MODEL_NAME,
+        "model": name,
         "generator": "scripts/make_embedding_fixtures.py",
         "sentence_transformers": __import__("sentence_transformers").__version__,
         "torch": torch.__version__,
@@ -162,13 +186,18 @@ def main() -> None:
             for t in BENCH_SENTENCES
         ],
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
+    encoder = model[0].auto_model
+    if encoder.config.model_type == "mpnet":
+        # Bucket of every relative position (key minus query) the model can meet.
+        span = encoder.config.max_position_embeddings - 2
+        rel = torch.arange(-(span - 1), span)
+        buckets = encoder.encoder.relative_position_bucket(rel, num_buckets=32)
+        doc["relative_position_buckets"] = {"from": -(span - 1), "buckets": buckets.tolist()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
     lengths = [len(r["ids"]) for r in records]
-    print(f"wrote {OUT}: {len(records)} sentences, token lengths {min(lengths)}..{max(lengths)}")
-
-    if "--bench" in sys.argv:
-        bench(model, torch)
+    print(f"wrote {out}: {len(records)} sentences, token lengths {min(lengths)}..{max(lengths)}")
+    return model
 
 
 def bench(model, torch) -> None:

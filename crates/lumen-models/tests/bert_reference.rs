@@ -7,17 +7,15 @@
 //! (`make models` puts it in `$LUMEN_HOME/models`), and fail instead under `CI` (see
 //! `lumen_testkit`).
 
+mod sentence_reference;
+
 use std::sync::OnceLock;
+
+use sentence_reference::{assert_matches, Reference};
 
 use lumen_kernels::ThreadPool;
 use lumen_models::bert::{BertModel, PoolingMode};
 use lumen_models::ModelError;
-
-struct Reference {
-    text: String,
-    ids: Vec<u32>,
-    embedding: Vec<f32>,
-}
 
 /// The model, loaded once for all tests; `None` (with a note) when it is not installed.
 fn model() -> Option<&'static BertModel> {
@@ -31,41 +29,7 @@ fn model() -> Option<&'static BertModel> {
 }
 
 fn references() -> Vec<Reference> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/minilm_reference.json"
-    );
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let floats = |v: &serde_json::Value| -> Vec<f32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect()
-    };
-    doc["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| Reference {
-            text: s["text"].as_str().unwrap().to_string(),
-            ids: s["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect(),
-            embedding: floats(&s["embedding"]),
-        })
-        .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
-    let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
+    sentence_reference::references("minilm_reference.json")
 }
 
 #[test]
@@ -87,31 +51,7 @@ fn embeddings_match_sentence_transformers() {
     let pool = ThreadPool::new(2);
     let batch: Vec<&[u32]> = refs.iter().map(|r| r.ids.as_slice()).collect();
     let got = model.embed_batch(&pool, &batch).unwrap();
-    assert_eq!(got.len(), refs.len());
-    let mut worst = (f64::INFINITY, "");
-    let mut max_diff = 0.0f32;
-    for (r, e) in refs.iter().zip(&got) {
-        assert_eq!(e.len(), 384);
-        let norm: f32 = e.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-5, "norm {norm} for {:?}", r.text);
-        let c = cosine(e, &r.embedding);
-        if c < worst.0 {
-            worst = (c, &r.text);
-        }
-        assert!(c >= 0.9999, "cosine {c} for {:?}", r.text);
-        let diff = e
-            .iter()
-            .zip(&r.embedding)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        max_diff = max_diff.max(diff);
-    }
-    let head: String = worst.1.chars().take(40).collect();
-    eprintln!(
-        "min cosine vs sentence-transformers: {:.9} (1 - cos = {:.1e}, {head:?}); max |diff| {max_diff:.1e}",
-        worst.0,
-        1.0 - worst.0
-    );
+    assert_matches(&refs, &got, 384);
 }
 
 #[test]

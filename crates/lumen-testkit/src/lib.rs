@@ -30,6 +30,8 @@ pub const CHAT_MODEL: &str = "smollm2";
 pub const CHAT_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Name of the default embedding model under `$LUMEN_HOME/models`.
 pub const EMBED_MODEL: &str = "all-minilm-l6-v2";
+/// Name of the second embedding model (MPNet) under `$LUMEN_HOME/models`.
+pub const MPNET_MODEL: &str = "all-mpnet-base-v2";
 /// Files the embedding model's folder must hold.
 pub const EMBED_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
 
@@ -87,7 +89,17 @@ pub fn chat_gguf() -> Option<PathBuf> {
 
 /// The default embedding model's folder (all-MiniLM-L6-v2), when every file it needs is there.
 pub fn embedding_dir() -> Option<PathBuf> {
-    let dir = lumen_home().join("models").join(EMBED_MODEL);
+    sentence_model_dir(EMBED_MODEL)
+}
+
+/// The MPNet embedding model's folder (all-mpnet-base-v2), when every file it needs is there.
+pub fn mpnet_dir() -> Option<PathBuf> {
+    sentence_model_dir(MPNET_MODEL)
+}
+
+/// `$LUMEN_HOME/models/<name>` when it holds every file an embedding model needs.
+fn sentence_model_dir(name: &str) -> Option<PathBuf> {
+    let dir = lumen_home().join("models").join(name);
     match EMBED_FILES
         .iter()
         .map(|f| dir.join(f))

@@ -7,11 +7,15 @@
 //! items are handed to each pool thread, so every thread owns one contiguous slice of that
 //! buffer. A final pass transposes it back to the row-major `[row][hidden]` layout the output
 //! projection needs.
+//!
+//! MPNet adds a relative-position bias to the scaled scores before the softmax, as
+//! transformers does (`q kᵀ / √d + bias`); BERT passes none.
 
 use std::ops::Range;
 
 use lumen_kernels::{split_range, ThreadPool};
 
+use super::mpnet::RelativeBias;
 use super::ops::{dot, par_chunks, par_rows};
 
 /// Shapes shared by every attention call of one model.
@@ -27,15 +31,17 @@ impl Heads {
     }
 }
 
-/// Computes `ctx = softmax(q kᵀ / √d) v` for every head of every sequence.
+/// Computes `ctx = softmax(q kᵀ / √d + bias) v` for every head of every sequence.
 ///
 /// `q`, `k`, `v` and `ctx` are `rows × hidden`; `seqs` are the sequences' row ranges, in order
-/// and covering all rows; `scratch` is a `rows × hidden` buffer that is overwritten.
+/// and covering all rows; `scratch` is a `rows × hidden` buffer that is overwritten; `bias`
+/// is MPNet's relative-position bias (covering the longest sequence), `None` for BERT.
 pub(crate) fn attention(
     pool: &ThreadPool,
     heads: Heads,
     seqs: &[Range<usize>],
     (q, k, v): (&[f32], &[f32], &[f32]),
+    bias: Option<&RelativeBias>,
     scratch: &mut [f32],
     ctx: &mut [f32],
 ) {
@@ -83,6 +89,7 @@ pub(crate) fn attention(
                         col: h * d,
                         d,
                         scale,
+                        bias: bias.map(|b| (b, h)),
                     },
                     seq,
                     out,
@@ -110,6 +117,8 @@ struct Head<'a> {
     col: usize,
     d: usize,
     scale: f32,
+    /// The relative-position bias and this head's index in it.
+    bias: Option<(&'a RelativeBias, usize)>,
 }
 
 impl Head<'_> {
@@ -125,11 +134,15 @@ fn attend(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f
     scores.resize(n, 0.0);
     for (i, o) in out.chunks_exact_mut(head.d).enumerate() {
         let qi = head.row(head.q, seq.start + i);
-        let mut max = f32::NEG_INFINITY;
         for (j, s) in scores.iter_mut().enumerate() {
             *s = dot(qi, head.row(head.k, seq.start + j)) * head.scale;
-            max = max.max(*s);
         }
+        if let Some((bias, h)) = head.bias {
+            for (s, &b) in scores.iter_mut().zip(bias.row(h, i, n)) {
+                *s += b;
+            }
+        }
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let mut sum = 0.0f32;
         for s in scores.iter_mut() {
             *s = (*s - max).exp();
@@ -205,7 +218,15 @@ mod tests {
         for threads in [1, 2, 5] {
             let pool = ThreadPool::new(threads);
             let (mut scratch, mut ctx) = (vec![0.0; n], vec![0.0; n]);
-            attention(&pool, heads, &seqs, (&q, &k, &v), &mut scratch, &mut ctx);
+            attention(
+                &pool,
+                heads,
+                &seqs,
+                (&q, &k, &v),
+                None,
+                &mut scratch,
+                &mut ctx,
+            );
             for (a, b) in ctx.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-5, "{a} vs {b}");
             }
@@ -218,7 +239,15 @@ mod tests {
         let (mut scratch, mut ctx) = (vec![0.0; rows.len()], vec![0.0; rows.len()]);
         let (qs, ks, vs) = (&q[rows.clone()], &k[rows.clone()], &v[rows.clone()]);
         let alone = std::slice::from_ref(&(0..5));
-        attention(&pool, heads, alone, (qs, ks, vs), &mut scratch, &mut ctx);
+        attention(
+            &pool,
+            heads,
+            alone,
+            (qs, ks, vs),
+            None,
+            &mut scratch,
+            &mut ctx,
+        );
         assert_eq!(ctx[..], results[0][rows]);
     }
 }

@@ -1,4 +1,8 @@
-//! `config.json` of a Hugging Face BERT checkpoint, parsed and checked.
+//! `config.json` of a Hugging Face BERT or MPNet checkpoint, parsed and checked.
+//!
+//! `model_type` picks the [`Family`]: `bert` (or no `model_type`, as old checkpoints write)
+//! or `mpnet`. The two share every shape this module checks; MPNet adds the size of its
+//! relative-position bias table and has no token-type table.
 //!
 //! Every hyper-parameter is validated before any tensor is looked at, so a bad file fails with
 //! a message naming the field instead of a shape mismatch (or a huge allocation) later on.
@@ -32,6 +36,16 @@ impl Activation {
     }
 }
 
+/// Which encoder a checkpoint holds; they differ only in position handling and tensor names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// BERT: absolute positions from 0, a token-type table.
+    Bert,
+    /// MPNet: absolute positions from the padding id + 1, no token-type table, and a learned
+    /// relative-position bias (T5-style buckets) added to every layer's attention scores.
+    MpNet,
+}
+
 /// The fields of `config.json` exactly as written; see [`BertConfig`] for the checked form.
 #[derive(Debug, Deserialize)]
 struct RawConfig {
@@ -50,6 +64,8 @@ struct RawConfig {
     position_embedding_type: Option<String>,
     #[serde(default)]
     model_type: Option<String>,
+    #[serde(default)]
+    relative_attention_num_buckets: Option<usize>,
 }
 
 fn default_type_vocab() -> usize {
@@ -60,9 +76,11 @@ fn default_eps() -> f64 {
     1e-12
 }
 
-/// Validated hyper-parameters of a BERT encoder.
+/// Validated hyper-parameters of a BERT-family encoder.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BertConfig {
+    /// BERT or MPNet.
+    pub family: Family,
     /// Number of word-piece ids.
     pub vocab_size: usize,
     /// Width of the residual stream.
@@ -77,8 +95,10 @@ pub struct BertConfig {
     pub activation: Activation,
     /// Longest sequence the position table covers.
     pub max_position_embeddings: usize,
-    /// Rows of the token-type (segment) table.
+    /// Rows of the token-type (segment) table (BERT only).
     pub type_vocab_size: usize,
+    /// Rows of the relative-position bias table (MPNet only, else 0).
+    pub relative_buckets: usize,
     /// LayerNorm epsilon.
     pub layer_norm_eps: f32,
 }
@@ -110,11 +130,34 @@ impl BertConfig {
 
     fn validate(raw: RawConfig) -> Result<BertConfig, ModelError> {
         let bad = |msg: String| Err(ModelError::BadConfig(msg));
-        if let Some(ty) = raw.model_type.as_deref() {
-            if ty != "bert" {
-                return bad(format!("model_type `{ty}` is not `bert`"));
+        let family = match raw.model_type.as_deref() {
+            None | Some("bert") => Family::Bert,
+            Some("mpnet") => Family::MpNet,
+            Some(ty) => return bad(format!("model_type `{ty}` is not `bert` or `mpnet`")),
+        };
+        let relative_buckets = match family {
+            Family::Bert => 0,
+            Family::MpNet => {
+                // transformers computes MPNet's buckets with a fixed 32 whatever the config
+                // says; a table of another size would be read differently, so refuse it.
+                let n = raw
+                    .relative_attention_num_buckets
+                    .unwrap_or(super::mpnet::NUM_BUCKETS);
+                if n != super::mpnet::NUM_BUCKETS {
+                    return bad(format!(
+                        "relative_attention_num_buckets {n} is not {}",
+                        super::mpnet::NUM_BUCKETS
+                    ));
+                }
+                if raw.max_position_embeddings <= super::mpnet::PADDING_IDX + 1 {
+                    return bad(format!(
+                        "max_position_embeddings {} leaves no position for a token",
+                        raw.max_position_embeddings
+                    ));
+                }
+                n
             }
-        }
+        };
         let sizes = [
             ("vocab_size", raw.vocab_size),
             ("hidden_size", raw.hidden_size),
@@ -143,7 +186,7 @@ impl BertConfig {
             return bad(format!("unsupported hidden_act `{}`", raw.hidden_act));
         };
         let pos_type = raw.position_embedding_type.as_deref().unwrap_or("absolute");
-        if pos_type != "absolute" {
+        if family == Family::Bert && pos_type != "absolute" {
             return bad(format!("unsupported position_embedding_type `{pos_type}`"));
         }
         let eps = raw.layer_norm_eps as f32;
@@ -154,6 +197,7 @@ impl BertConfig {
             ));
         }
         Ok(BertConfig {
+            family,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
             num_layers: raw.num_hidden_layers,
@@ -162,8 +206,18 @@ impl BertConfig {
             activation,
             max_position_embeddings: raw.max_position_embeddings,
             type_vocab_size: raw.type_vocab_size,
+            relative_buckets,
             layer_norm_eps: eps,
         })
+    }
+
+    /// Longest token sequence the position table covers: all its rows for BERT, all but the
+    /// first `padding id + 1` for MPNet (its positions start there).
+    pub fn max_tokens(&self) -> usize {
+        match self.family {
+            Family::Bert => self.max_position_embeddings,
+            Family::MpNet => self.max_position_embeddings - super::mpnet::PADDING_IDX - 1,
+        }
     }
 
     /// Width of one attention head.
@@ -196,6 +250,32 @@ mod tests {
         v.to_string()
     }
 
+    const MPNET: &str = r#"{
+        "architectures": ["MPNetForMaskedLM"], "bos_token_id": 0, "eos_token_id": 2,
+        "hidden_act": "gelu", "hidden_size": 768, "intermediate_size": 3072,
+        "layer_norm_eps": 1e-05, "max_position_embeddings": 514, "model_type": "mpnet",
+        "num_attention_heads": 12, "num_hidden_layers": 12, "pad_token_id": 1,
+        "relative_attention_num_buckets": 32, "vocab_size": 30527
+    }"#;
+
+    #[test]
+    fn parses_mpnet() {
+        let c = BertConfig::from_json(MPNET).unwrap();
+        assert_eq!(c.family, Family::MpNet);
+        assert_eq!((c.hidden_size, c.num_layers, c.head_dim()), (768, 12, 64));
+        assert_eq!((c.relative_buckets, c.max_tokens()), (32, 512));
+        assert_eq!(c.layer_norm_eps, 1e-5);
+        let mut v: serde_json::Value = serde_json::from_str(MPNET).unwrap();
+        v["relative_attention_num_buckets"] = 64.into();
+        assert!(matches!(
+            BertConfig::from_json(&v.to_string()),
+            Err(ModelError::BadConfig(ref m)) if m.contains("relative_attention_num_buckets")
+        ));
+        v["relative_attention_num_buckets"] = 32.into();
+        v["max_position_embeddings"] = 2.into();
+        assert!(BertConfig::from_json(&v.to_string()).is_err());
+    }
+
     #[test]
     fn parses_minilm() {
         let c = BertConfig::from_json(MINILM).unwrap();
@@ -204,6 +284,10 @@ mod tests {
         assert_eq!(c.head_dim(), 32);
         assert_eq!(c.activation, Activation::Gelu);
         assert_eq!(c.layer_norm_eps, 1e-12);
+        assert_eq!(
+            (c.family, c.relative_buckets, c.max_tokens()),
+            (Family::Bert, 0, 512)
+        );
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! One BERT encoder layer: its weights and its forward pass over a ragged batch.
 //!
+//! MPNet's layer is the same computation (post-LN attention and GELU feed-forward); only its
+//! attention tensors have other names ([`AttentionNames`]), and its scores get the
+//! relative-position bias carried in [`Cx`].
+//!
 //! All linear layers are one kernels GEMM over every row of the batch (weights read once per
 //! step, not once per sequence); the bias, residual, LayerNorm and activation that follow are
 //! fused into a single row-wise pass each, split across the pool.
@@ -9,7 +13,8 @@ use std::ops::Range;
 use lumen_kernels::{matmul, MatmulScratch, ThreadPool};
 
 use super::attention::{attention, Heads};
-use super::config::{Activation, BertConfig};
+use super::config::{Activation, BertConfig, Family};
+use super::mpnet::RelativeBias;
 use super::ops::{bias_activate, layer_norm_inplace, par_rows};
 use super::weights::{MatSlot, WeightFile};
 use crate::error::ModelError;
@@ -98,6 +103,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) act: Activation,
     /// Row range of each sequence in the batch.
     pub(crate) seqs: &'a [Range<usize>],
+    /// MPNet's relative-position bias (`None` for BERT).
+    pub(crate) rel_bias: Option<&'a RelativeBias>,
 }
 
 /// Activations of one step; every buffer is sized for the largest step and used as a prefix.
@@ -136,6 +143,36 @@ impl Buffers {
     }
 }
 
+/// Where each family keeps a layer's attention tensors, under `encoder.layer.N.`.
+struct AttentionNames {
+    query: &'static str,
+    key: &'static str,
+    value: &'static str,
+    out: &'static str,
+    norm: &'static str,
+}
+
+impl AttentionNames {
+    fn of(family: Family) -> AttentionNames {
+        match family {
+            Family::Bert => AttentionNames {
+                query: "attention.self.query",
+                key: "attention.self.key",
+                value: "attention.self.value",
+                out: "attention.output.dense",
+                norm: "attention.output.LayerNorm",
+            },
+            Family::MpNet => AttentionNames {
+                query: "attention.attn.q",
+                key: "attention.attn.k",
+                value: "attention.attn.v",
+                out: "attention.attn.o",
+                norm: "attention.LayerNorm",
+            },
+        }
+    }
+}
+
 /// The weights of one encoder layer.
 pub(crate) struct Layer {
     query: Linear,
@@ -153,12 +190,13 @@ impl Layer {
     pub(crate) fn load(file: &WeightFile, cfg: &BertConfig, i: usize) -> Result<Layer, ModelError> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         let p = format!("encoder.layer.{i}");
+        let a = AttentionNames::of(cfg.family);
         Ok(Layer {
-            query: Linear::load(file, &format!("{p}.attention.self.query"), h, h)?,
-            key: Linear::load(file, &format!("{p}.attention.self.key"), h, h)?,
-            value: Linear::load(file, &format!("{p}.attention.self.value"), h, h)?,
-            attn_out: Linear::load(file, &format!("{p}.attention.output.dense"), h, h)?,
-            attn_norm: Norm::load(file, &format!("{p}.attention.output.LayerNorm"), h)?,
+            query: Linear::load(file, &format!("{p}.{}", a.query), h, h)?,
+            key: Linear::load(file, &format!("{p}.{}", a.key), h, h)?,
+            value: Linear::load(file, &format!("{p}.{}", a.value), h, h)?,
+            attn_out: Linear::load(file, &format!("{p}.{}", a.out), h, h)?,
+            attn_norm: Norm::load(file, &format!("{p}.{}", a.norm), h)?,
             inter: Linear::load(file, &format!("{p}.intermediate.dense"), f, h)?,
             out: Linear::load(file, &format!("{p}.output.dense"), h, f)?,
             out_norm: Norm::load(file, &format!("{p}.output.LayerNorm"), h)?,
@@ -184,6 +222,7 @@ impl Layer {
             cx.heads,
             cx.seqs,
             qkv,
+            cx.rel_bias,
             &mut buf.heads[..n],
             &mut buf.ctx[..n],
         );

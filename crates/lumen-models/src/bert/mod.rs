@@ -1,6 +1,8 @@
-//! BERT-family sentence embedding models (all-MiniLM-L6-v2 and kin).
+//! BERT-family sentence embedding models: BERT (all-MiniLM-L6-v2 and kin) and MPNet
+//! (all-mpnet-base-v2).
 //!
-//! [`BertModel::load`] reads a sentence-transformers folder: `config.json` (the encoder),
+//! [`BertModel::load`] reads a sentence-transformers folder: `config.json` (the encoder and its
+//! [`Family`], from `model_type`),
 //! `model.safetensors` (the weights, mapped and checked against the config), and the
 //! sentence-transformers files that say how token vectors become one sentence vector
 //! (pooling, normalization, maximum sequence length). [`BertModel::embed_batch`] turns
@@ -9,8 +11,16 @@
 //! # Design
 //!
 //! **Token ids in, vectors out.** Tokenization belongs to `lumen-engine`, which this crate must
-//! not depend on; callers pass `[CLS] … [SEP]` id sequences, truncated to
-//! [`BertModel::max_seq_len`] to match sentence-transformers. Token types are all 0.
+//! not depend on; callers pass `[CLS] … [SEP]` (MPNet: `<s> … </s>`) id sequences, truncated
+//! to [`BertModel::max_seq_len`] to match sentence-transformers. Token types are all 0.
+//!
+//! **One encoder, two families.** MPNet is BERT with other position handling: positions
+//! counted from its padding id, no token-type table, and a relative-position bias added to
+//! the attention scores (module `mpnet`). Its layers are BERT's under other tensor names. So
+//! there is one forward pass here, and the family only changes which tensors are loaded,
+//! which position row a token takes and whether attention adds the bias; every fast path
+//! (one GEMM per linear layer over the whole ragged batch, pool-split row passes and
+//! attention) serves both.
 //!
 //! **Ragged, not padded.** A batch is the concatenation of its sequences' tokens. The linear
 //! layers run as one GEMM over all rows, so weights are read once per step however many
@@ -32,6 +42,7 @@
 mod attention;
 mod config;
 mod layer;
+mod mpnet;
 mod ops;
 mod pooling;
 mod sentence;
@@ -43,11 +54,12 @@ use std::path::Path;
 
 use lumen_kernels::{MatmulScratch, ThreadPool};
 
-pub use config::{Activation, BertConfig};
+pub use config::{Activation, BertConfig, Family};
 pub use pooling::{PoolingConfig, PoolingMode};
 
 use attention::Heads;
 use layer::{Buffers, Cx, Layer, Norm};
+use mpnet::RelativeBias;
 use ops::{layer_norm_inplace, par_rows};
 use pooling::l2_normalize;
 use sentence::SentenceConfig;
@@ -58,16 +70,19 @@ use crate::error::ModelError;
 /// Tokens per forward step; a batch with more is run in several steps.
 pub const STEP_ROWS: usize = 2048;
 
-/// A loaded BERT encoder with its sentence-transformers pooling.
+/// A loaded BERT-family encoder with its sentence-transformers pooling.
 pub struct BertModel {
     config: BertConfig,
     sentence: SentenceConfig,
     file: WeightFile,
     word: MatSlot,
     position: Vec<f32>,
-    token_type: Vec<f32>,
+    /// Token type 0's row (BERT); MPNet has no token types.
+    token_type: Option<Vec<f32>>,
     emb_norm: Norm,
     layers: Vec<Layer>,
+    /// MPNet's relative-position bias.
+    rel_bias: Option<RelativeBias>,
 }
 
 impl fmt::Debug for BertModel {
@@ -84,8 +99,7 @@ impl BertModel {
     /// sentence-transformers files).
     pub fn load(dir: &Path) -> Result<BertModel, ModelError> {
         let config = BertConfig::load(&dir.join("config.json"))?;
-        let sentence =
-            SentenceConfig::load(dir, config.hidden_size, config.max_position_embeddings)?;
+        let sentence = SentenceConfig::load(dir, config.hidden_size, config.max_tokens())?;
         let file = WeightFile::open(&dir.join("model.safetensors"))?;
         let h = config.hidden_size;
         let word = file.matrix("embeddings.word_embeddings.weight", config.vocab_size, h)?;
@@ -94,17 +108,31 @@ impl BertModel {
             config.max_position_embeddings,
             h,
         )?;
-        let mut token_type = file.table(
-            "embeddings.token_type_embeddings.weight",
-            config.type_vocab_size,
-            h,
-        )?;
-        token_type.truncate(h);
+        let (token_type, rel_bias) = match config.family {
+            Family::Bert => {
+                let mut t = file.table(
+                    "embeddings.token_type_embeddings.weight",
+                    config.type_vocab_size,
+                    h,
+                )?;
+                t.truncate(h);
+                (Some(t), None)
+            }
+            Family::MpNet => {
+                let bias = RelativeBias::load(
+                    &file,
+                    config.relative_buckets,
+                    config.num_heads,
+                    config.max_tokens(),
+                )?;
+                (None, Some(bias))
+            }
+        };
         let emb_norm = Norm::load(&file, "embeddings.LayerNorm", h)?;
         let layers = (0..config.num_layers)
             .map(|i| Layer::load(&file, &config, i))
             .collect::<Result<Vec<_>, _>>()?;
-        tracing::debug!(dir = %dir.display(), layers = config.num_layers, hidden = h, "loaded BERT model");
+        tracing::debug!(dir = %dir.display(), family = ?config.family, layers = config.num_layers, hidden = h, "loaded encoder");
         Ok(BertModel {
             config,
             sentence,
@@ -114,6 +142,7 @@ impl BertModel {
             token_type,
             emb_norm,
             layers,
+            rel_bias,
         })
     }
 
@@ -137,9 +166,9 @@ impl BertModel {
         self.sentence.max_seq_len
     }
 
-    /// Longest sequence the model can run at all (its position table).
+    /// Longest sequence the model can run at all (what its position table covers).
     pub fn max_positions(&self) -> usize {
-        self.config.max_position_embeddings
+        self.config.max_tokens()
     }
 
     /// Whether embeddings are scaled to unit length.
@@ -147,7 +176,7 @@ impl BertModel {
         self.sentence.normalize
     }
 
-    /// Embeds each token-id sequence of `batch` (each `[CLS] … [SEP]`, at most
+    /// Embeds each token-id sequence of `batch` (each `[CLS] … [SEP]` or `<s> … </s>`, at most
     /// [`max_positions`](Self::max_positions) long); one vector of [`dims`](Self::dims) per input.
     pub fn embed_batch(
         &self,
@@ -229,6 +258,7 @@ impl BertModel {
             eps: self.config.layer_norm_eps,
             act: self.config.activation,
             seqs: &ranges,
+            rel_bias: self.rel_bias.as_ref(),
         };
         for layer in &self.layers {
             layer.forward(&mut cx, buf, rows)?;
@@ -247,7 +277,8 @@ impl BertModel {
         Ok(())
     }
 
-    /// `x = LayerNorm(word + token_type + position)` for every token of the step.
+    /// `x = LayerNorm(word + token_type + position)` for every token of the step (MPNet:
+    /// `LayerNorm(word + position)`, positions from its padding id).
     fn embed_tokens(
         &self,
         pool: &ThreadPool,
@@ -256,20 +287,34 @@ impl BertModel {
         x: &mut [f32],
     ) {
         let h = self.config.hidden_size;
-        // Row r belongs to sequence `owner[r]` at position `r - ranges[owner[r]].start`.
-        let owner: Vec<usize> = ranges
-            .iter()
-            .enumerate()
-            .flat_map(|(s, r)| r.clone().map(move |_| s))
-            .collect();
+        // Row r is token `tokens[r]`, whose position-table row is `positions[r]`.
+        let rows = ranges.last().map_or(0, |r| r.end);
+        let mut tokens = Vec::with_capacity(rows);
+        let mut positions = vec![0; rows];
+        for (seq, r) in seqs.iter().zip(ranges) {
+            tokens.extend_from_slice(seq);
+            let pos = &mut positions[r.clone()];
+            match self.config.family {
+                Family::Bert => pos.iter_mut().enumerate().for_each(|(i, p)| *p = i),
+                Family::MpNet => mpnet::position_ids(seq, pos),
+            }
+        }
         par_rows(pool, x, h, |r, row| {
-            let s = owner[r];
-            let pos = r - ranges[s].start;
-            let id = seqs[s][pos] as usize;
-            self.file.decode_row(&self.word, id, row);
+            self.file.decode_row(&self.word, tokens[r] as usize, row);
+            let pos = positions[r];
             let p = &self.position[pos * h..(pos + 1) * h];
-            for ((v, &t), &p) in row.iter_mut().zip(&self.token_type).zip(p) {
-                *v = (*v + t) + p;
+            match &self.token_type {
+                // BERT adds in this order: (word + token type) + position.
+                Some(tt) => {
+                    for ((v, &t), &p) in row.iter_mut().zip(tt).zip(p) {
+                        *v = (*v + t) + p;
+                    }
+                }
+                None => {
+                    for (v, &p) in row.iter_mut().zip(p) {
+                        *v += p;
+                    }
+                }
             }
             layer_norm_inplace(
                 row,

@@ -6,8 +6,8 @@
 //! (biases, LayerNorm parameters) and the position table are decoded into `Vec<f32>` once.
 //!
 //! Hugging Face saves `BertModel` tensors as `embeddings.…` / `encoder.layer.N.…`, while
-//! checkpoints saved from a task model (`BertForMaskedLM`, …) prefix them with `bert.`; the
-//! prefix is detected from the word-embedding table. Old checkpoints call LayerNorm's
+//! checkpoints saved from a task model (`BertForMaskedLM`, …) prefix them with `bert.` (MPNet's
+//! with `mpnet.`); the prefix is detected from the word-embedding table. Old checkpoints call LayerNorm's
 //! parameters `gamma`/`beta`; both spellings are accepted.
 
 use std::collections::HashMap;
@@ -144,6 +144,8 @@ impl WeightFile {
             ""
         } else if slots.contains_key("bert.embeddings.word_embeddings.weight") {
             "bert."
+        } else if slots.contains_key("mpnet.embeddings.word_embeddings.weight") {
+            "mpnet."
         } else {
             return Err(ModelError::MissingTensor(
                 "embeddings.word_embeddings.weight".into(),
@@ -302,7 +304,7 @@ mod tests {
 
     #[test]
     fn finds_tensors_with_and_without_prefix() {
-        for prefix in ["", "bert."] {
+        for prefix in ["", "bert.", "mpnet."] {
             let f = file(&[word(prefix)]).unwrap();
             let m = f.matrix("embeddings.word_embeddings.weight", 3, 2).unwrap();
             let mut row = [0.0; 2];
