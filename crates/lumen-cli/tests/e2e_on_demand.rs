@@ -1,6 +1,7 @@
 //! Models on demand, end to end: the real `lumen serve` over a `LUMEN_HOME` holding two chat
-//! models and two embedding models (links to the default models' folders under other names),
-//! none listed on the command line, none preloaded.
+//! models and two embedding models (links to the default models' folders under other names;
+//! the first test adds all-mpnet-base-v2, a second embedding architecture), none listed on
+//! the command line, none preloaded.
 //!
 //! Covered: every installed model served by name and loaded on its first request, aliases in
 //! `/v1/models` and in requests, `keep_alive` of one second (and zero, and forever), the
@@ -20,21 +21,50 @@ use serde_json::{json, Value};
 /// A `LUMEN_HOME` whose `models/` holds `chat-a`, `chat-b` (the chat model) and `emb-a`,
 /// `emb-b` (the embedding model), as symbolic links to the installed folders.
 fn home(tag: &str) -> Option<PathBuf> {
+    home_with(tag, &[])
+}
+
+/// [`home`] plus `extra` models (name, installed folder).
+fn home_with(tag: &str, extra: &[(&str, PathBuf)]) -> Option<PathBuf> {
     let chat = lumen_testkit::chat_gguf()?.parent()?.to_path_buf();
     let emb = lumen_testkit::embedding_dir()?;
     let home = std::env::temp_dir().join(format!("lumen-on-demand-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&home);
     let models = home.join("models");
     std::fs::create_dir_all(&models).unwrap();
-    for (name, target) in [
+    let links = [
         ("chat-a", &chat),
         ("chat-b", &chat),
         ("emb-a", &emb),
         ("emb-b", &emb),
-    ] {
+    ];
+    for (name, target) in links.into_iter().chain(extra.iter().map(|(n, t)| (*n, t))) {
         std::os::unix::fs::symlink(target, models.join(name)).unwrap();
     }
     Some(home)
+}
+
+/// The mpnet fixture's embedding of "Hello world" (sentence-transformers').
+fn mpnet_hello_world() -> Vec<f64> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lumen-models/tests/fixtures/mpnet_reference.json"
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let s = &doc["sentences"][0];
+    assert_eq!(s["text"], "Hello world");
+    s["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let n = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
 }
 
 fn start(home: &std::path::Path, extra: &[&str]) -> Server {
@@ -134,13 +164,20 @@ fn wait_state(port: u16, id: &str, want: &str, within: Duration) -> bool {
 
 #[test]
 fn every_installed_model_loads_on_first_request_and_aliases_resolve() {
-    let Some(home) = home("serve") else { return };
+    // The two BERT copies and the MPNet model (a different architecture) side by side.
+    const MPNET: &str = lumen_testkit::MPNET_MODEL;
+    let Some(mpnet) = lumen_testkit::mpnet_dir() else {
+        return;
+    };
+    let Some(home) = home_with("serve", &[(MPNET, mpnet)]) else {
+        return;
+    };
     let server = start(&home, &["--alias", "gpt-4o-mini=chat-a"]);
     let port = server.port;
     let before = states(port);
     assert_eq!(
         before,
-        ["chat-a", "chat-b", "emb-a", "emb-b", "gpt-4o-mini"]
+        [MPNET, "chat-a", "chat-b", "emb-a", "emb-b", "gpt-4o-mini"]
             .iter()
             .map(|m| (m.to_string(), "unloaded".to_string()))
             .collect::<Vec<_>>(),
@@ -151,14 +188,27 @@ fn every_installed_model_loads_on_first_request_and_aliases_resolve() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["model"], m);
     }
-    for m in ["emb-a", "emb-b"] {
+    for (m, dims) in [("emb-a", 384), (MPNET, 768), ("emb-b", 384)] {
         let (status, body) = embed(port, m, json!({}));
         assert_eq!(status, 200, "{body}");
         assert_eq!(
             body["data"][0]["embedding"].as_array().map(Vec::len),
-            Some(384)
+            Some(dims),
+            "{m}"
         );
     }
+    // MPNet's vector is sentence-transformers' (its tokenizer lower-cases "Hello world").
+    let (status, body) = embed(port, MPNET, json!({"input": "Hello world"}));
+    assert_eq!(status, 200, "{body}");
+    let got: Vec<f64> = body["data"][0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let c = cosine(&got, &mpnet_hello_world());
+    assert!(c >= 0.9999, "cosine {c} against sentence-transformers");
+    assert_eq!(body["usage"]["prompt_tokens"], 4, "<s> hello world </s>");
     let (status, body) = chat(port, "gpt-4o-mini", json!({}));
     assert_eq!(
         (status, body["model"].as_str()),
@@ -176,7 +226,7 @@ fn every_installed_model_loads_on_first_request_and_aliases_resolve() {
     assert_eq!(embed(port, "gpt-4o-mini", json!({})).0, 400);
     assert_eq!(chat(port, "nope", json!({})).0, 404);
     let (_, metrics) = http_get(port, "/metrics").unwrap();
-    for m in ["chat-a", "chat-b", "emb-a", "emb-b"] {
+    for m in ["chat-a", "chat-b", "emb-a", "emb-b", MPNET] {
         assert!(
             metrics.contains(&format!("lumen:model_loaded{{model_name=\"{m}\"}} 1")),
             "{m}"
