@@ -61,7 +61,10 @@ fn tokenizes_truncates_and_embeds_like_sentence_transformers() {
         .expect("start");
     let h = e.handle();
     let info = h.info();
-    assert_eq!((info.dims, info.max_seq_len, info.max_positions), (768, 384, 512));
+    assert_eq!(
+        (info.dims, info.max_seq_len, info.max_positions),
+        (768, 384, 512)
+    );
     assert_eq!(info.suffix, vec![2], "</s> closes a text");
 
     let refs = references();
