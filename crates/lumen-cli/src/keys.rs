@@ -10,8 +10,8 @@ use lumen_store::{GroupBy, KeyLimits, NewKey, Period, Role, Store, UsageQuery, W
 /// Where the database is.
 #[derive(Args, Debug, Clone)]
 pub struct DbArgs {
-    /// The keys and usage database: a file path or sqlite://PATH. Default:
-    /// $LUMEN_HOME/lumen.db.
+    /// The keys and usage database: a file path, sqlite://PATH or postgres://USER@HOST/DB.
+    /// Default: $LUMEN_HOME/lumen.db.
     #[arg(
         long,
         env = "LUMEN_DATABASE_URL",
@@ -323,6 +323,7 @@ pub fn usage(args: UsageArgs) -> Result<()> {
                 group_by,
                 key_id: args.key,
                 limit: buckets as usize,
+                prices: Default::default(),
             })
             .await?;
         print_json(&page)?;

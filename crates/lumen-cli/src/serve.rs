@@ -60,8 +60,8 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_keys: Vec<String>,
-    /// The keys and usage database: a file path or sqlite://PATH. Default:
-    /// $LUMEN_HOME/lumen.db.
+    /// The keys and usage database: a file path, sqlite://PATH, or postgres://USER@HOST/DB
+    /// (several servers on one PostgreSQL share their limits). Default: $LUMEN_HOME/lumen.db.
     #[arg(long, env = "LUMEN_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Days raw usage events are kept in the database (hourly and daily totals are kept

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use sqlx::Row;
 
 use crate::clock::Width;
@@ -59,6 +59,30 @@ pub struct UsageEvent {
     pub latency_ms: u64,
     /// Arrival to first token, milliseconds.
     pub ttft_ms: Option<u64>,
+    /// Engine time attributed to the request, microseconds (shown as `compute_ms`).
+    #[serde(rename = "compute_ms", serialize_with = "us_as_ms")]
+    pub compute_us: u64,
+}
+
+/// Writes microseconds as (fractional) milliseconds.
+fn us_as_ms<S: Serializer>(us: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(*us as f64 / 1000.0)
+}
+
+/// A model's price, USD per million tokens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Price {
+    /// Per million input (prompt) tokens, cached ones included.
+    pub input: f64,
+    /// Per million output (generated) tokens.
+    pub output: f64,
+}
+
+impl Price {
+    /// What `input` and `output` tokens cost, USD.
+    pub fn cost(&self, input: u64, output: u64) -> f64 {
+        (input as f64 * self.input + output as f64 * self.output) / 1e6
+    }
 }
 
 /// A stored event with its ledger id.
@@ -82,8 +106,9 @@ pub struct GroupBy {
     pub tenant: bool,
 }
 
-/// One result row of a bucket (OpenAI's completions usage result).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// One result row of a bucket (OpenAI's completions usage result, plus Lumen's compute time
+/// and cost).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct UsageResult {
     /// `organization.usage.completions.result`.
     pub object: &'static str,
@@ -95,6 +120,11 @@ pub struct UsageResult {
     pub input_cached_tokens: u64,
     /// Requests.
     pub num_model_requests: u64,
+    /// Engine time attributed to these requests, milliseconds.
+    pub compute_ms: f64,
+    /// USD at the configured prices (`None` when no price is configured); models without a
+    /// price add nothing.
+    pub cost: Option<f64>,
     /// The key, when grouped by it.
     pub api_key_id: Option<String>,
     /// The model, when grouped by it.
@@ -104,7 +134,7 @@ pub struct UsageResult {
 }
 
 /// One time bucket of a report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct UsageBucket {
     /// `bucket`.
     pub object: &'static str,
@@ -131,6 +161,8 @@ pub struct UsageQuery {
     pub key_id: Option<String>,
     /// Most buckets returned.
     pub limit: usize,
+    /// Prices by model, for `cost` (empty: no cost column).
+    pub prices: BTreeMap<String, Price>,
 }
 
 /// A report page (OpenAI's `page` object).
@@ -155,12 +187,12 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         for e in events {
             sqlx::query(
                 "INSERT INTO usage_events (request_id, created_at_ms, key_id, tenant_id, model, endpoint, \
-                 prompt_tokens, cached_tokens, completion_tokens, status, latency_ms, ttft_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 prompt_tokens, cached_tokens, completion_tokens, status, latency_ms, ttft_ms, compute_us) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .bind(&e.request_id)
             .bind(e.created_at_ms as i64)
@@ -174,18 +206,21 @@ impl Store {
             .bind(e.status.as_str())
             .bind(e.latency_ms as i64)
             .bind(e.ttft_ms.map(|t| t as i64))
+            .bind(e.compute_us as i64)
             .execute(&mut *tx)
             .await?;
             let secs = e.created_at_ms / 1000;
             for w in Width::ALL {
                 sqlx::query(
                     "INSERT INTO usage_rollups (width, bucket_start, key_id, tenant_id, model, \
-                     input_tokens, cached_tokens, output_tokens, requests) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) \
+                     input_tokens, cached_tokens, output_tokens, requests, compute_us) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9) \
                      ON CONFLICT (width, bucket_start, key_id, tenant_id, model) DO UPDATE SET \
-                     input_tokens = input_tokens + excluded.input_tokens, \
-                     cached_tokens = cached_tokens + excluded.cached_tokens, \
-                     output_tokens = output_tokens + excluded.output_tokens, \
-                     requests = requests + 1",
+                     input_tokens = usage_rollups.input_tokens + excluded.input_tokens, \
+                     cached_tokens = usage_rollups.cached_tokens + excluded.cached_tokens, \
+                     output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
+                     requests = usage_rollups.requests + 1, \
+                     compute_us = usage_rollups.compute_us + excluded.compute_us",
                 )
                 .bind(w.as_str())
                 .bind(w.floor(secs) as i64)
@@ -195,6 +230,7 @@ impl Store {
                 .bind(e.prompt_tokens as i64)
                 .bind(e.cached_tokens as i64)
                 .bind(e.completion_tokens as i64)
+                .bind(e.compute_us as i64)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -207,8 +243,8 @@ impl Store {
     /// from the day rollups (`start` and `end` are day-aligned budget periods).
     pub async fn tokens_used(&self, key_id: &str, start: u64, end: u64) -> Result<u64> {
         let row: (Option<i64>,) = sqlx::query_as(
-            "SELECT SUM(input_tokens + output_tokens) FROM usage_rollups \
-             WHERE key_id = ? AND width = '1d' AND bucket_start >= ? AND bucket_start < ?",
+            "SELECT CAST(SUM(input_tokens + output_tokens) AS BIGINT) FROM usage_rollups \
+             WHERE key_id = $1 AND width = '1d' AND bucket_start >= $2 AND bucket_start < $3",
         )
         .bind(key_id)
         .bind(start as i64)
@@ -226,6 +262,9 @@ impl Store {
         let buckets_total = end.saturating_sub(start).div_ceil(w);
         let n = (buckets_total as usize).min(q.limit.max(1));
         let page_end = (start + n as u64 * w).min(end);
+        // Costs are per model: without a model grouping, rows are fetched per model anyway
+        // and folded below.
+        let priced = !q.prices.is_empty();
         let mut cols = vec!["bucket_start"];
         if q.group_by.api_key_id {
             cols.push("key_id");
@@ -233,19 +272,21 @@ impl Store {
         if q.group_by.tenant {
             cols.push("tenant_id");
         }
-        if q.group_by.model {
+        if q.group_by.model || priced {
             cols.push("model");
         }
         // Only fixed column names reach the SQL text; values are bound.
         let group = cols.join(", ");
         let key_filter = if q.key_id.is_some() {
-            " AND key_id = ?"
+            " AND key_id = $4"
         } else {
             ""
         };
         let sql = format!(
-            "SELECT {group}, SUM(input_tokens) AS i, SUM(cached_tokens) AS c, SUM(output_tokens) AS o, \
-             SUM(requests) AS r FROM usage_rollups WHERE width = ? AND bucket_start >= ? AND bucket_start < ?{key_filter} \
+            "SELECT {group}, CAST(SUM(input_tokens) AS BIGINT) AS i, CAST(SUM(cached_tokens) AS BIGINT) AS c, \
+             CAST(SUM(output_tokens) AS BIGINT) AS o, CAST(SUM(requests) AS BIGINT) AS r, \
+             CAST(SUM(compute_us) AS BIGINT) AS u FROM usage_rollups \
+             WHERE width = $1 AND bucket_start >= $2 AND bucket_start < $3{key_filter} \
              GROUP BY {group} ORDER BY {group}"
         );
         let mut query = sqlx::query(&sql)
@@ -256,8 +297,10 @@ impl Store {
             query = query.bind(k);
         }
         let rows = query.fetch_all(&self.pool).await?;
-        let mut by_bucket: BTreeMap<u64, Vec<UsageResult>> = BTreeMap::new();
-        let text = |row: &sqlx::sqlite::SqliteRow, col: &str, on: bool| -> Result<Option<String>> {
+        // Bucket start, then the group's values, to its result (rows arrive sorted).
+        type GroupKey = (Option<String>, Option<String>, Option<String>);
+        let mut by_bucket: BTreeMap<u64, BTreeMap<GroupKey, UsageResult>> = BTreeMap::new();
+        let text = |row: &sqlx::any::AnyRow, col: &str, on: bool| -> Result<Option<String>> {
             Ok(if on { Some(row.try_get(col)?) } else { None })
         };
         for row in &rows {
@@ -266,19 +309,38 @@ impl Store {
                 let v: Option<i64> = row.try_get(c)?;
                 Ok(v.unwrap_or(0).max(0) as u64)
             };
-            by_bucket
+            let (input, output, compute) = (num("i")?, num("o")?, num("u")?);
+            let cost = if priced {
+                let model: String = row.try_get("model")?;
+                Some(q.prices.get(&model).map_or(0.0, |p| p.cost(input, output)))
+            } else {
+                None
+            };
+            let group = (
+                text(row, "key_id", q.group_by.api_key_id)?,
+                text(row, "model", q.group_by.model)?,
+                text(row, "tenant_id", q.group_by.tenant)?,
+            );
+            let r = by_bucket
                 .entry(b.max(0) as u64)
                 .or_default()
-                .push(UsageResult {
+                .entry(group.clone())
+                .or_insert_with(|| UsageResult {
                     object: "organization.usage.completions.result",
-                    input_tokens: num("i")?,
-                    output_tokens: num("o")?,
-                    input_cached_tokens: num("c")?,
-                    num_model_requests: num("r")?,
-                    api_key_id: text(row, "key_id", q.group_by.api_key_id)?,
-                    model: text(row, "model", q.group_by.model)?,
-                    tenant: text(row, "tenant_id", q.group_by.tenant)?,
+                    api_key_id: group.0,
+                    model: group.1,
+                    tenant: group.2,
+                    cost: priced.then_some(0.0),
+                    ..UsageResult::default()
                 });
+            r.input_tokens += input;
+            r.output_tokens += output;
+            r.input_cached_tokens += num("c")?;
+            r.num_model_requests += num("r")?;
+            r.compute_ms += compute as f64 / 1000.0;
+            if let (Some(total), Some(c)) = (r.cost.as_mut(), cost) {
+                *total += c;
+            }
         }
         let data = (0..n as u64)
             .map(|i| {
@@ -287,7 +349,10 @@ impl Store {
                     object: "bucket",
                     start_time: s,
                     end_time: s + w,
-                    results: by_bucket.remove(&s).unwrap_or_default(),
+                    results: by_bucket
+                        .remove(&s)
+                        .map(|m| m.into_values().collect())
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -311,7 +376,7 @@ impl Store {
         let rows =
             match key_id {
                 Some(k) => sqlx::query(
-                    "SELECT * FROM usage_events WHERE id > ? AND key_id = ? ORDER BY id LIMIT ?",
+                    "SELECT * FROM usage_events WHERE id > $1 AND key_id = $2 ORDER BY id LIMIT $3",
                 )
                 .bind(after)
                 .bind(k)
@@ -319,7 +384,7 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?,
                 None => {
-                    sqlx::query("SELECT * FROM usage_events WHERE id > ? ORDER BY id LIMIT ?")
+                    sqlx::query("SELECT * FROM usage_events WHERE id > $1 ORDER BY id LIMIT $2")
                         .bind(after)
                         .bind(limit)
                         .fetch_all(&self.pool)
@@ -353,6 +418,7 @@ impl Store {
                         },
                         latency_ms: n("latency_ms")?,
                         ttft_ms: ttft.map(|t| t.max(0) as u64),
+                        compute_us: n("compute_us")?,
                     },
                 })
             })
@@ -361,8 +427,8 @@ impl Store {
 
     /// Deletes raw events older than `before_ms` (rollups stay); returns how many.
     pub async fn prune_events(&self, before_ms: u64) -> Result<u64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let r = sqlx::query("DELETE FROM usage_events WHERE created_at_ms < ?")
+        let mut tx = self.begin_write().await?;
+        let r = sqlx::query("DELETE FROM usage_events WHERE created_at_ms < $1")
             .bind(before_ms as i64)
             .execute(&mut *tx)
             .await?;

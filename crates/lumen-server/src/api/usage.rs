@@ -101,6 +101,7 @@ fn report_query(
         group_by,
         key_id,
         limit: limit as usize,
+        prices: Default::default(),
     })
 }
 

@@ -99,6 +99,7 @@ impl Drop for Meter {
                 status: self.outcome,
                 latency_ms: self.info.arrived.elapsed().as_millis() as u64,
                 ttft_ms: self.ttft.map(|t| t.as_millis() as u64),
+                compute_us: 0,
             });
         }
     }
