@@ -4,7 +4,12 @@
 -- One row per limited key or tenant: the GCRA time for requests per minute, the token
 -- bucket for tokens per minute, and the budget period's tokens used. Times are microseconds
 -- on the database's clock, so replicas with skewed clocks still agree.
-CREATE TABLE admission_state (
+--
+-- Both tables are UNLOGGED: no write-ahead log, so an admission costs no WAL flush. A
+-- database crash (or a failover) empties them, which only forgets the last minute's rate
+-- state and the slots in flight; budgets reload from the (logged) usage rollups, because an
+-- empty row has no budget period yet.
+CREATE UNLOGGED TABLE admission_state (
     subject      TEXT PRIMARY KEY,
     tat_us       BIGINT NOT NULL DEFAULT 0,
     -- Tokens in the bucket at tokens_at_us; NULL is a full bucket.
@@ -18,7 +23,7 @@ CREATE TABLE admission_state (
 -- One row per (request in flight, subject): its slot and its budget reservation. A row is a
 -- lease: the server holding the request renews it; a server that dies stops renewing, and
 -- once expires_us passes the row counts for nothing (and is deleted by the next admission).
-CREATE TABLE admission_grants (
+CREATE UNLOGGED TABLE admission_grants (
     subject      TEXT NOT NULL,
     grant_id     TEXT NOT NULL,
     cost         BIGINT NOT NULL,
@@ -57,8 +62,10 @@ BEGIN
         rpm := (s ->> 'rpm')::bigint; tpm := (s ->> 'tpm')::bigint;
         maxp := (s ->> 'max_parallel')::bigint; budget := (s ->> 'budget')::bigint;
         bstart := (s ->> 'budget_start')::bigint; bend := (s ->> 'budget_end')::bigint;
-        INSERT INTO admission_state (subject) VALUES (sid) ON CONFLICT DO NOTHING;
-        SELECT * INTO st FROM admission_state WHERE subject = sid FOR UPDATE;
+        -- Creates the row if missing and locks it, in one statement.
+        INSERT INTO admission_state AS a (subject) VALUES (sid)
+            ON CONFLICT (subject) DO UPDATE SET subject = a.subject
+            RETURNING * INTO st;
         used := 0;
         IF maxp IS NOT NULL OR budget IS NOT NULL THEN
             DELETE FROM admission_grants WHERE subject = sid AND expires_us <= now_us;
