@@ -28,7 +28,13 @@ fn tenancy_with_the_official_client() {
     let Some(python) = common::prerequisites() else {
         return;
     };
-    let server = Server::start(&[]);
+    // The prices test_tenancy.py's PRICES expects.
+    let server = Server::start(&[
+        "--price",
+        "smollm2=2:10",
+        "--price",
+        "all-minilm-l6-v2=0.5:0",
+    ]);
     server.pytest(&python, "test_tenancy.py", Duration::from_secs(300));
 }
 

@@ -78,7 +78,57 @@ pub struct Price {
     pub output: f64,
 }
 
+/// Highest price accepted, USD per million tokens (a typo guard, far above any real price).
+pub const MAX_PRICE: f64 = 1_000_000.0;
+
 impl Price {
+    /// Parses `MODEL=IN:OUT` (USD per million input and output tokens, e.g.
+    /// `smollm2=0.05:0.2`): a model name and two finite prices from 0 to [`MAX_PRICE`].
+    pub fn parse_flag(s: &str) -> std::result::Result<(String, Price), String> {
+        let Some((model, prices)) = s.split_once('=') else {
+            return Err(format!(
+                "'{s}' is not MODEL=IN:OUT (USD per million input and output tokens)"
+            ));
+        };
+        let model = model.trim();
+        if model.is_empty() || model.len() > crate::keys::MAX_NAME {
+            return Err(format!(
+                "'{s}': the model name must be 1 to {} characters",
+                crate::keys::MAX_NAME
+            ));
+        }
+        let Some((input, output)) = prices.split_once(':') else {
+            return Err(format!("'{s}': the prices must be IN:OUT, like 0.05:0.2"));
+        };
+        let num = |what: &str, v: &str| -> std::result::Result<f64, String> {
+            match v.trim().parse::<f64>() {
+                Ok(x) if x.is_finite() && (0.0..=MAX_PRICE).contains(&x) => Ok(x),
+                _ => Err(format!(
+                    "'{s}': the {what} price must be a number from 0 to {MAX_PRICE} (USD per million tokens)"
+                )),
+            }
+        };
+        Ok((
+            model.to_string(),
+            Price {
+                input: num("input", input)?,
+                output: num("output", output)?,
+            },
+        ))
+    }
+
+    /// Parses every `--price` flag; a model priced twice is an error.
+    pub fn parse_flags(flags: &[String]) -> std::result::Result<BTreeMap<String, Price>, String> {
+        let mut out = BTreeMap::new();
+        for f in flags {
+            let (model, price) = Price::parse_flag(f)?;
+            if out.insert(model.clone(), price).is_some() {
+                return Err(format!("model '{model}' has two --price flags"));
+            }
+        }
+        Ok(out)
+    }
+
     /// What `input` and `output` tokens cost, USD.
     pub fn cost(&self, input: u64, output: u64) -> f64 {
         (input as f64 * self.input + output as f64 * self.output) / 1e6
@@ -434,5 +484,33 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(r.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn price_flags_are_validated() {
+        let (m, p) = Price::parse_flag("smollm2=0.05:0.2").unwrap();
+        assert_eq!(
+            (m.as_str(), p),
+            (
+                "smollm2",
+                Price {
+                    input: 0.05,
+                    output: 0.2
+                }
+            )
+        );
+        assert!((p.cost(1_000_000, 500_000) - 0.15).abs() < 1e-12);
+        for bad in [
+            "smollm2", "=1:2", "m=1", "m=a:2", "m=-1:2", "m=1:inf", "m=NaN:1", "m=1:2e7",
+        ] {
+            assert!(Price::parse_flag(bad).is_err(), "{bad}");
+        }
+        let twice = ["m=1:2".to_string(), "m=3:4".to_string()];
+        assert!(Price::parse_flags(&twice).unwrap_err().contains("two"));
     }
 }

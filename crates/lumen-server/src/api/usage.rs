@@ -110,7 +110,8 @@ pub async fn admin_usage(
     State(state): State<AppState>,
     Query(params): Params,
 ) -> Result<Json<Value>, ServerError> {
-    let q = report_query(&params, None)?;
+    let mut q = report_query(&params, None)?;
+    q.prices = state.tenancy().prices.clone();
     let page = state.tenancy().store()?.usage_report(&q).await?;
     Ok(Json(json!(page)))
 }
@@ -125,7 +126,8 @@ pub async fn own_usage(
     let key_id = ctx.map_or(String::new(), |Extension(c)| {
         c.principal.key_id().to_string()
     });
-    let q = report_query(&params, Some(key_id))?;
+    let mut q = report_query(&params, Some(key_id))?;
+    q.prices = state.tenancy().prices.clone();
     let page = state.tenancy().store()?.usage_report(&q).await?;
     Ok(Json(json!(page)))
 }

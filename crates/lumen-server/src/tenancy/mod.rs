@@ -169,6 +169,8 @@ pub struct Tenancy {
     pub ledger: Option<Ledger>,
     /// Days raw usage events are kept (`None`: forever); rollups are kept regardless.
     pub retention_days: Option<u64>,
+    /// Prices per model (`--price`), for the `cost` of usage reports.
+    pub prices: std::collections::BTreeMap<String, lumen_store::Price>,
     store_has_keys: AtomicBool,
 }
 
@@ -200,6 +202,7 @@ impl Tenancy {
             admission: Admission::new(),
             ledger,
             retention_days: None,
+            prices: Default::default(),
             store_has_keys: AtomicBool::new(store_has_keys),
         }
     }
