@@ -430,6 +430,34 @@ def test_cost_is_tokens_times_price_and_compute_time_adds_up_to_engine_time():
     assert mine["compute_ms"] == pytest.approx(total + rows[EMBED_MODEL]["compute_ms"], abs=1e-6)
 
 
+def test_usage_events_page_with_a_cursor():
+    k = new_key()
+    c = sdk(k["key"])
+    ids = {c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1).id for _ in range(5)}
+    assert len(wait_events(k["id"], 5)) == 5
+    seen, after, pages = [], 0, 0
+    while True:
+        r = admin("GET", f"/admin/usage/events?api_key_id={k['id']}&after={after}&limit=2")
+        assert r.status_code == 200, r.text
+        page = r.json()
+        pages += 1
+        assert len(page["data"]) <= 2
+        seen += page["data"]
+        if not page["has_more"]:
+            break
+        assert page["last_id"] == page["data"][-1]["id"]
+        after = page["last_id"]
+    # Pages 2, 2, 1: every event exactly once, oldest first, each the response's own id.
+    assert pages == 3
+    assert [e["id"] for e in seen] == sorted({e["id"] for e in seen}) and len(seen) == 5
+    assert {e["request_id"] for e in seen} == ids
+    assert all(e["status"] == "ok" and e["key_id"] == k["id"] for e in seen)
+    for bad in ["limit=0", "limit=1001", "after=-1", "after=x"]:
+        r = admin("GET", f"/admin/usage/events?{bad}")
+        assert r.status_code == 400, (bad, r.text)
+        assert r.json()["error"]["param"] in ("limit", "after"), r.text
+
+
 def test_zz_database_holds_no_plaintext_secret():
     assert SECRETS
     for suffix in ["", "-wal", "-shm"]:
