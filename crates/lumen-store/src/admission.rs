@@ -10,13 +10,15 @@
 //!   them all and records the grant, in the statement's own transaction. The arithmetic is
 //!   the in-memory admission's (GCRA for requests per minute, a token bucket for tokens per
 //!   minute) on the database's clock, so replicas need not agree on the time.
-//! - **Slots are leases.** Each admitted request holds one `admission_grants` row per
-//!   subject, carrying its budget reservation; requests in flight and reserved tokens are
-//!   counted from the rows whose lease has not expired. The server renews its rows
-//!   ([`Store::renew_grants`]) while the requests run and deletes them at the end
-//!   ([`Store::release_shared`]); a server that dies stops renewing, and its slots and
-//!   reservations come back once the lease ([`LEASE`]) runs out. Tokens per minute are not
-//!   refunded for a dead server's requests: the bucket refills on its own within a minute.
+//! - **Slots are leases.** An admitted request holds one `admission_grants` row per subject
+//!   with a parallel limit or a budget, carrying its budget reservation; the state row
+//!   counts them (requests in flight, tokens reserved), so no check scans grants. The server
+//!   renews its rows ([`Store::renew_grants`]) while the requests run and deletes them at
+//!   the end ([`Store::release_shared`]); a server that dies stops renewing, and the next
+//!   admission of that key or tenant after the lease ([`LEASE`]) reclaims its rows and their
+//!   counts. Tokens per minute are not refunded for a dead server's requests: the bucket
+//!   refills on its own within a minute. A key with only per-minute limits writes no grant
+//!   rows, so its release is a refund of unused tokens, or nothing at all.
 //! - **Budgets** start each period from the day rollups (as the in-memory admission does)
 //!   and then count what released grants used, so a burst across replicas cannot overshoot.
 //!
@@ -89,8 +91,12 @@ pub struct SharedView {
 /// The answer of [`Store::admit_shared`].
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct SharedDecision {
-    /// Whether the request was admitted (and its grant recorded).
+    /// Whether the request was admitted.
     pub ok: bool,
+    /// Grant rows written (subjects with a parallel limit or a budget); with none, a release
+    /// has only unused tokens to refund.
+    #[serde(default)]
+    pub held: u32,
     /// Why not.
     pub refusal: Option<SharedRefusal>,
     /// Requests per minute of the first subject limiting them.
@@ -135,14 +141,27 @@ impl Store {
         })
     }
 
-    /// Ends grant `grant_id`: frees its slots, refunds to the token buckets what it reserved
-    /// beyond `used`, and counts `used` against its budget period. Returns how many subject
-    /// rows it held (0 when its lease had already expired).
-    pub async fn release_shared(&self, grant_id: &str, used: u64) -> Result<u64> {
+    /// Ends grant `grant_id` of `cost` tokens: frees its slots, counts `used` against its
+    /// budget period, and refunds `cost - used` to the token buckets of `refunds` (its
+    /// subjects with a tokens-per-minute limit: id and limit). Returns how many grant rows it
+    /// held (0 when they had expired and were reclaimed, or there were none).
+    pub async fn release_shared(
+        &self,
+        grant_id: &str,
+        used: u64,
+        cost: u64,
+        refunds: &[(String, u64)],
+    ) -> Result<u64> {
         self.require_postgres()?;
-        let (n,): (i64,) = sqlx::query_as("SELECT lumen_release($1, $2)")
+        let refunds: Vec<serde_json::Value> = refunds
+            .iter()
+            .map(|(id, tpm)| serde_json::json!({"id": id, "tpm": tpm}))
+            .collect();
+        let (n,): (i64,) = sqlx::query_as("SELECT lumen_release($1, $2, $3, CAST($4 AS jsonb))")
             .bind(grant_id)
             .bind(used.min(i64::MAX as u64) as i64)
+            .bind(cost.min(i64::MAX as u64) as i64)
+            .bind(serde_json::Value::Array(refunds).to_string())
             .fetch_one(&self.pool)
             .await?;
         Ok(n.max(0) as u64)

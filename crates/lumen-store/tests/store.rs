@@ -380,7 +380,7 @@ async fn shared_admission(url: &str) {
     assert_eq!(refused.1.rpm.unwrap().remaining, 0);
     for (id, d) in &got {
         if d.ok {
-            assert_eq!(a.release_shared(id, 1).await.unwrap(), 1);
+            assert_eq!(a.release_shared(id, 1, 1, &[]).await.unwrap(), 0);
         }
     }
 
@@ -392,7 +392,7 @@ async fn shared_admission(url: &str) {
     assert_eq!(held.len(), 2);
     assert_eq!(b.shared_in_flight("key_par").await.unwrap(), 2);
     assert!(!a.admit_shared(&[key.clone()], "x1", 5).await.unwrap().ok);
-    b.release_shared(&held[0].0, 5).await.unwrap();
+    assert_eq!(b.release_shared(&held[0].0, 5, 5, &[]).await.unwrap(), 1);
     assert!(a.admit_shared(&[key.clone()], "x2", 5).await.unwrap().ok);
 
     // A tenant's limit binds its keys on every replica, and a refusal debits nothing.
@@ -415,6 +415,14 @@ async fn shared_admission(url: &str) {
     assert_eq!((r.subject, r.reason.as_str()), (1, "parallel"));
     let d = a.admit_shared(&[k1.clone()], "t3", 1).await.unwrap();
     assert_eq!(d.rpm.unwrap().remaining, 98, "t1 and t3 only");
+    assert_eq!(d.held, 0, "per-minute limits alone hold no grant rows");
+    a.release_shared("t1", 1, 1, &[]).await.unwrap();
+    assert!(
+        b.admit_shared(&[k2.clone(), tenant.clone()], "t4", 1)
+            .await
+            .unwrap()
+            .ok
+    );
 
     // Tokens per minute: a bucket of 1000 admits two of 450; a refund admits the next.
     let mut key = subject("key_tpm", "key");
@@ -431,7 +439,9 @@ async fn shared_admission(url: &str) {
         .clone()
         .unwrap();
     assert_eq!(r.reason, "tpm");
-    b.release_shared(&ok[0].0, 50).await.unwrap();
+    b.release_shared(&ok[0].0, 50, 450, &[("key_tpm".into(), 1000)])
+        .await
+        .unwrap();
     assert!(
         a.admit_shared(&[key.clone()], "tpm-next", 450)
             .await
@@ -458,7 +468,7 @@ async fn shared_admission(url: &str) {
         .unwrap();
     assert_eq!((r.reason.as_str(), r.reserved), ("budget", 900));
     for (id, _) in &ok {
-        a.release_shared(id, 100).await.unwrap();
+        a.release_shared(id, 100, 300, &[]).await.unwrap();
     }
     assert!(
         b.admit_shared(&[key.clone()], "b-700", 700)
@@ -501,9 +511,16 @@ async fn shared_leases(url: &str) {
     assert!(live.admit_shared(&[key.clone()], "l3", 1).await.unwrap().ok);
     assert!(!live.admit_shared(&[key.clone()], "l4", 1).await.unwrap().ok);
     assert_eq!(
-        live.release_shared("d1", 1).await.unwrap(),
+        live.release_shared("d1", 1, 1, &[]).await.unwrap(),
         0,
-        "already gone"
+        "reclaimed by the admission of l3"
+    );
+    assert_eq!(live.release_shared("l1", 1, 1, &[]).await.unwrap(), 1);
+    assert_eq!(live.shared_in_flight("key_lease").await.unwrap(), 1, "l3");
+    assert!(live.admit_shared(&[key.clone()], "l5", 1).await.unwrap().ok);
+    assert!(
+        !live.admit_shared(&[key.clone()], "l6", 1).await.unwrap().ok,
+        "counts stay exact"
     );
     live.close().await;
 }

@@ -127,6 +127,10 @@ enum Holder {
     Shared {
         shared: Arc<shared::SharedAdmission>,
         id: String,
+        /// Whether grant rows (slots, reservations) were written.
+        held: bool,
+        /// Subjects with tokens per minute, and that limit: where unused tokens go back.
+        refunds: Vec<(String, u64)>,
     },
 }
 
@@ -488,7 +492,12 @@ impl Drop for Grant {
     fn drop(&mut self) {
         match &self.holder {
             Holder::Local { admission, held } => admission.release(held, self.cost, self.used),
-            Holder::Shared { shared, id } => shared.release(id.clone(), self.used),
+            Holder::Shared {
+                shared,
+                id,
+                held,
+                refunds,
+            } => shared.release(id, *held, refunds, self.cost, self.used),
         }
     }
 }

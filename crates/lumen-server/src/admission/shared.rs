@@ -112,11 +112,20 @@ impl SharedAdmission {
             tokens: d.tpm.map(view),
         };
         if d.ok {
-            lock(&self.live).insert(id.clone());
+            let held = d.held > 0;
+            if held {
+                lock(&self.live).insert(id.clone());
+            }
+            let refunds = subs
+                .iter()
+                .filter_map(|s| s.limits.tpm.map(|t| (s.id.clone(), t)))
+                .collect();
             let grant = Grant {
                 holder: Holder::Shared {
                     shared: self.clone(),
                     id,
+                    held,
+                    refunds,
                 },
                 cost,
                 used: cost,
@@ -126,8 +135,21 @@ impl SharedAdmission {
         (Err(refusal(&subs, &d, cost)), snap)
     }
 
-    /// Ends grant `id` (from [`Grant`]'s drop): released on a spawned task.
-    pub(super) fn release(&self, id: String, used: u64) {
+    /// Ends grant `id` of `cost` tokens, `used` of them used (from [`Grant`]'s drop), on a
+    /// spawned task; skipped when it holds no rows and has no tokens to refund.
+    pub(super) fn release(
+        &self,
+        id: &str,
+        held: bool,
+        refunds: &[(String, u64)],
+        cost: u64,
+        used: u64,
+    ) {
+        let unused = cost.saturating_sub(used);
+        if !held && (refunds.is_empty() || unused == 0) {
+            return;
+        }
+        let (id, refunds) = (id.to_string(), refunds.to_vec());
         let store = self.store.clone();
         let live = self.live.clone();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -135,7 +157,7 @@ impl SharedAdmission {
             return;
         };
         rt.spawn(async move {
-            if let Err(e) = store.release_shared(&id, used).await {
+            if let Err(e) = store.release_shared(&id, used, cost, &refunds).await {
                 tracing::warn!(error = %e, grant = %id, "releasing an admission grant failed; its lease will expire");
             }
             lock(&live).remove(&id);

@@ -15,29 +15,35 @@ CREATE UNLOGGED TABLE admission_state (
     -- Tokens in the bucket at tokens_at_us; NULL is a full bucket.
     tokens       DOUBLE PRECISION,
     tokens_at_us BIGINT NOT NULL DEFAULT 0,
-    -- Unix seconds the counted budget period started, and the tokens used in it.
+    -- Unix seconds the counted budget period started, the tokens used in it, and the tokens
+    -- reserved in it by requests in flight.
     budget_start BIGINT,
-    budget_used  BIGINT NOT NULL DEFAULT 0
+    budget_used  BIGINT NOT NULL DEFAULT 0,
+    reserved     BIGINT NOT NULL DEFAULT 0,
+    -- Grants (rows below) held: requests in flight.
+    in_flight    BIGINT NOT NULL DEFAULT 0
 );
 
--- One row per (request in flight, subject): its slot and its budget reservation. A row is a
--- lease: the server holding the request renews it; a server that dies stops renewing, and
--- once expires_us passes the row counts for nothing (and is deleted by the next admission).
+-- One row per (request in flight, subject with a parallel limit or a budget): its slot and
+-- its budget reservation, also counted in admission_state. A row is a lease: the server
+-- holding the request renews it; a server that dies stops renewing, and the next admission
+-- of that subject past expires_us reclaims the row (and its counts).
 CREATE UNLOGGED TABLE admission_grants (
     subject      TEXT NOT NULL,
     grant_id     TEXT NOT NULL,
     cost         BIGINT NOT NULL,
-    tpm          BIGINT,
     budget_start BIGINT,
     expires_us   BIGINT NOT NULL,
     PRIMARY KEY (subject, grant_id)
 );
 CREATE INDEX admission_grants_id ON admission_grants(grant_id);
+CREATE INDEX admission_grants_expiry ON admission_grants(subject, expires_us);
 
--- Checks every subject (a JSON array, the key first, then its tenant: rows are locked in
--- that order everywhere, so two calls cannot deadlock) for a request of p_cost tokens and,
--- only if all pass, debits them all and records the grant. One call, one statement, one
--- transaction. Returns a JSON object: ok, and on refusal the subject's index, the reason
+-- Checks every subject (a JSON array, the key first, then its tenant: state rows are locked
+-- in that order everywhere, so two calls cannot deadlock) for a request of p_cost tokens
+-- and, only if all pass, debits them all and records the grant. One call, one statement,
+-- one transaction. Returns a JSON object: ok, held (grant rows written: 0 means there is
+-- nothing to release but unused tokens), and on refusal the subject's index, the reason
 -- (budget, parallel, rpm, tpm) and what the message needs; always the rpm and tpm views of
 -- the first subject limiting each (for the x-ratelimit-* headers).
 CREATE FUNCTION lumen_admit(p_subjects jsonb, p_grant text, p_cost bigint, p_lease_us bigint)
@@ -48,11 +54,14 @@ DECLARE
     n int := jsonb_array_length(p_subjects);
     s jsonb;
     st admission_state%ROWTYPE;
+    sts admission_state[] := '{}';
+    g record;
     sid text;
     rpm bigint; tpm bigint; maxp bigint; budget bigint; bstart bigint; bend bigint;
     step bigint; next_tat bigint; lvl double precision;
-    live bigint; reserved bigint; used bigint;
+    reserved bigint; used bigint;
     useds bigint[] := '{}';
+    held int := 0;
     refusal jsonb := NULL;
     snap_rpm jsonb := NULL; snap_tpm jsonb := NULL;
 BEGIN
@@ -66,12 +75,17 @@ BEGIN
         INSERT INTO admission_state AS a (subject) VALUES (sid)
             ON CONFLICT (subject) DO UPDATE SET subject = a.subject
             RETURNING * INTO st;
-        used := 0;
         IF maxp IS NOT NULL OR budget IS NOT NULL THEN
-            DELETE FROM admission_grants WHERE subject = sid AND expires_us <= now_us;
-            SELECT count(*), coalesce(sum(cost) FILTER (WHERE budget_start = bstart), 0)
-              INTO live, reserved FROM admission_grants WHERE subject = sid;
+            -- Leases past their time belong to a server that died: reclaim them.
+            FOR g IN DELETE FROM admission_grants
+                      WHERE subject = sid AND expires_us <= now_us RETURNING cost, budget_start LOOP
+                st.in_flight := greatest(st.in_flight - 1, 0);
+                IF g.budget_start = st.budget_start THEN
+                    st.reserved := greatest(st.reserved - g.cost, 0);
+                END IF;
+            END LOOP;
         END IF;
+        used := 0;
         IF refusal IS NULL AND budget IS NOT NULL THEN
             IF st.budget_start IS DISTINCT FROM bstart THEN
                 -- A new period (or the first request): start from the ledger's day rollups.
@@ -79,8 +93,10 @@ BEGIN
                   FROM usage_rollups
                  WHERE width = '1d' AND bucket_start >= bstart AND bucket_start < bend
                    AND (CASE WHEN s ->> 'kind' = 'tenant' THEN tenant_id ELSE key_id END) = sid;
+                reserved := 0;
             ELSE
                 used := st.budget_used;
+                reserved := st.reserved;
             END IF;
             IF used + reserved + p_cost > budget THEN
                 refusal := jsonb_build_object('subject', i, 'reason', 'budget', 'limit', budget,
@@ -88,7 +104,7 @@ BEGIN
             END IF;
         END IF;
         useds := useds || used;
-        IF refusal IS NULL AND maxp IS NOT NULL AND live >= maxp THEN
+        IF refusal IS NULL AND maxp IS NOT NULL AND st.in_flight >= maxp THEN
             refusal := jsonb_build_object('subject', i, 'reason', 'parallel', 'limit', maxp);
         END IF;
         IF refusal IS NULL AND rpm IS NOT NULL THEN
@@ -99,44 +115,57 @@ BEGIN
                     'wait_us', next_tat - now_us - minute);
             END IF;
         END IF;
+        IF st.tokens IS NOT NULL AND tpm IS NOT NULL THEN
+            st.tokens := least(tpm, st.tokens
+                + greatest(now_us - st.tokens_at_us, 0)::double precision * tpm / minute);
+            st.tokens_at_us := now_us;
+        END IF;
         IF refusal IS NULL AND tpm IS NOT NULL THEN
-            lvl := CASE WHEN st.tokens IS NULL THEN tpm
-                   ELSE least(tpm, st.tokens + greatest(now_us - st.tokens_at_us, 0)::double precision * tpm / minute) END;
+            lvl := coalesce(st.tokens, tpm);
             IF p_cost > lvl THEN
                 refusal := jsonb_build_object('subject', i, 'reason', 'tpm', 'limit', tpm,
                     'wait_us', ceil((p_cost - lvl) * minute / tpm)::bigint);
             END IF;
         END IF;
+        sts := sts || st;
     END LOOP;
 
-    IF refusal IS NULL THEN
-        -- Every check passed: debit everything.
-        FOR i IN 0 .. n - 1 LOOP
-            s := p_subjects -> i;
-            sid := s ->> 'id';
-            rpm := (s ->> 'rpm')::bigint; tpm := (s ->> 'tpm')::bigint;
-            budget := (s ->> 'budget')::bigint; bstart := (s ->> 'budget_start')::bigint;
-            UPDATE admission_state SET
-                tat_us = CASE WHEN rpm IS NULL THEN tat_us
-                              ELSE greatest(tat_us, now_us) + greatest(minute / rpm, 1) END,
-                tokens = CASE WHEN tpm IS NULL THEN tokens
-                              ELSE (CASE WHEN tokens IS NULL THEN tpm
-                                    ELSE least(tpm, tokens + greatest(now_us - tokens_at_us, 0)::double precision * tpm / minute) END) - p_cost END,
-                tokens_at_us = CASE WHEN tpm IS NULL THEN tokens_at_us ELSE now_us END,
-                budget_used = CASE WHEN budget IS NULL THEN budget_used ELSE useds[i + 1] END,
-                budget_start = CASE WHEN budget IS NULL THEN budget_start ELSE bstart END
-            WHERE subject = sid;
-            INSERT INTO admission_grants (subject, grant_id, cost, tpm, budget_start, expires_us)
-            VALUES (sid, p_grant, p_cost, tpm, CASE WHEN budget IS NULL THEN NULL ELSE bstart END,
-                    now_us + p_lease_us);
-        END LOOP;
-    END IF;
-
-    -- The header views, after the debit.
     FOR i IN 0 .. n - 1 LOOP
         s := p_subjects -> i;
+        st := sts[i + 1];
         rpm := (s ->> 'rpm')::bigint; tpm := (s ->> 'tpm')::bigint;
-        SELECT * INTO st FROM admission_state WHERE subject = s ->> 'id';
+        maxp := (s ->> 'max_parallel')::bigint;
+        budget := (s ->> 'budget')::bigint; bstart := (s ->> 'budget_start')::bigint;
+        IF refusal IS NULL THEN
+            -- Every check passed: debit everything.
+            IF rpm IS NOT NULL THEN
+                st.tat_us := greatest(st.tat_us, now_us) + greatest(minute / rpm, 1);
+            END IF;
+            IF tpm IS NOT NULL THEN
+                st.tokens := coalesce(st.tokens, tpm) - p_cost;
+                st.tokens_at_us := now_us;
+            END IF;
+            IF budget IS NOT NULL THEN
+                IF st.budget_start IS DISTINCT FROM bstart THEN
+                    st.reserved := 0;
+                END IF;
+                st.budget_start := bstart;
+                st.budget_used := useds[i + 1];
+                st.reserved := st.reserved + p_cost;
+            END IF;
+            IF maxp IS NOT NULL OR budget IS NOT NULL THEN
+                st.in_flight := st.in_flight + 1;
+                INSERT INTO admission_grants (subject, grant_id, cost, budget_start, expires_us)
+                VALUES (st.subject, p_grant, p_cost,
+                        CASE WHEN budget IS NULL THEN NULL ELSE bstart END, now_us + p_lease_us);
+                held := held + 1;
+            END IF;
+        END IF;
+        UPDATE admission_state SET tat_us = st.tat_us, tokens = st.tokens,
+            tokens_at_us = st.tokens_at_us, budget_start = st.budget_start,
+            budget_used = st.budget_used, reserved = st.reserved, in_flight = st.in_flight
+        WHERE subject = st.subject;
+        -- The header views, after the debit.
         IF snap_rpm IS NULL AND rpm IS NOT NULL THEN
             step := greatest(minute / rpm, 1);
             snap_rpm := jsonb_build_object('limit', rpm,
@@ -144,40 +173,58 @@ BEGIN
                 'reset_us', greatest(st.tat_us - now_us, 0));
         END IF;
         IF snap_tpm IS NULL AND tpm IS NOT NULL THEN
-            lvl := CASE WHEN st.tokens IS NULL THEN tpm
-                   ELSE least(tpm, st.tokens + greatest(now_us - st.tokens_at_us, 0)::double precision * tpm / minute) END;
+            lvl := coalesce(st.tokens, tpm);
             snap_tpm := jsonb_build_object('limit', tpm,
                 'remaining', greatest(floor(lvl), 0)::bigint,
                 'reset_us', ceil(greatest(tpm - lvl, 0) * minute / tpm)::bigint);
         END IF;
     END LOOP;
-    RETURN jsonb_build_object('ok', refusal IS NULL, 'refusal', refusal,
+    RETURN jsonb_build_object('ok', refusal IS NULL, 'held', held, 'refusal', refusal,
         'rpm', snap_rpm, 'tpm', snap_tpm)::text;
 END
 $$;
 
--- Ends grant p_grant: frees its slots, refunds the tokens it reserved and did not use to the
--- token buckets, and adds what it used to the budget period it was charged to.
-CREATE FUNCTION lumen_release(p_grant text, p_used bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+-- Ends grant p_grant of p_cost tokens, of which p_used were used: frees its slots, adds what
+-- it used to the budget period it was charged to, and refunds the rest to the token buckets
+-- of p_refunds (a JSON array of {"id", "tpm"}: its subjects with tokens per minute). Grant
+-- rows already reclaimed as expired are not counted twice: only rows this call deletes are.
+CREATE FUNCTION lumen_release(p_grant text, p_used bigint, p_cost bigint, p_refunds jsonb)
+RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     minute CONSTANT bigint := 60000000;
     now_us bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
-    g admission_grants%ROWTYPE;
+    g record;
+    r jsonb;
+    tpm bigint;
+    unused bigint := greatest(p_cost - p_used, 0);
     k bigint := 0;
 BEGIN
-    -- The same lock order as lumen_admit (subjects sorted: keys before tenants).
-    FOR g IN SELECT * FROM admission_grants WHERE grant_id = p_grant ORDER BY subject LOOP
+    -- Lock the state rows first, in lumen_admit's order (keys sort before tenants), then take
+    -- the grant rows: a concurrent reclaim holds the state row before it touches a grant.
+    PERFORM 1 FROM admission_state
+     WHERE subject IN (SELECT subject FROM admission_grants WHERE grant_id = p_grant
+                       UNION SELECT jsonb_array_elements(p_refunds) ->> 'id')
+     ORDER BY subject FOR UPDATE;
+    FOR g IN DELETE FROM admission_grants WHERE grant_id = p_grant RETURNING * LOOP
         UPDATE admission_state SET
-            tokens = CASE WHEN g.tpm IS NULL OR tokens IS NULL THEN tokens
-                     ELSE least(g.tpm, tokens + greatest(now_us - tokens_at_us, 0)::double precision * g.tpm / minute
-                                + greatest(g.cost - p_used, 0)) END,
-            tokens_at_us = CASE WHEN g.tpm IS NULL OR tokens IS NULL THEN tokens_at_us ELSE now_us END,
-            budget_used = CASE WHEN g.budget_start IS NOT NULL AND budget_start = g.budget_start
-                          THEN budget_used + least(p_used, g.cost) ELSE budget_used END
+            in_flight = greatest(in_flight - 1, 0),
+            reserved = CASE WHEN budget_start = g.budget_start
+                            THEN greatest(reserved - g.cost, 0) ELSE reserved END,
+            budget_used = CASE WHEN budget_start = g.budget_start
+                               THEN budget_used + least(p_used, g.cost) ELSE budget_used END
         WHERE subject = g.subject;
         k := k + 1;
     END LOOP;
-    DELETE FROM admission_grants WHERE grant_id = p_grant;
+    IF unused > 0 THEN
+        FOR r IN SELECT * FROM jsonb_array_elements(p_refunds) LOOP
+            tpm := (r ->> 'tpm')::bigint;
+            UPDATE admission_state SET
+                tokens = least(tpm, tokens
+                    + greatest(now_us - tokens_at_us, 0)::double precision * tpm / minute + unused),
+                tokens_at_us = now_us
+            WHERE subject = r ->> 'id' AND tokens IS NOT NULL;
+        END LOOP;
+    END IF;
     RETURN k;
 END
 $$;
