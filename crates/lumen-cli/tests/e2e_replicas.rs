@@ -190,3 +190,38 @@ fn two_servers_on_one_postgres_share_limits_revocation_and_usage() {
     }
     drop(servers);
 }
+
+/// The whole tenancy suite (`tests/e2e/test_tenancy.py`, official `openai` client) against a
+/// server on PostgreSQL, whose limits are the shared ones: rpm, tpm refunds, 500 aborted
+/// streams under `max_parallel`, budgets, revocation, usage and cost reports. Only the check
+/// that grep's SQLite's files for secrets is left out (there is no file to read).
+#[test]
+fn the_tenancy_suite_passes_on_postgres() {
+    let Some(python) = common::prerequisites() else {
+        return;
+    };
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.create_database("tenancy");
+    let server = Server::start_with(
+        // The prices test_tenancy.py's PRICES expects.
+        &[
+            "--price",
+            "smollm2=2:10",
+            "--price",
+            "all-minilm-l6-v2=0.5:0",
+        ],
+        &StartOptions {
+            database: Some(PathBuf::from(&url)),
+            ..StartOptions::default()
+        },
+    );
+    server.pytest_with(
+        &python,
+        "test_tenancy.py",
+        &["-k", "not database_holds_no_plaintext_secret"],
+        &[],
+        Duration::from_secs(300),
+    );
+}

@@ -95,7 +95,15 @@ impl Store {
             .bind(&t.name)
             .bind(t.created_at as i64)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| match e.as_database_error() {
+                // PostgreSQL's transaction does not lock the name: a concurrent create can
+                // pass the check above and lose here, on the UNIQUE constraint.
+                Some(d) if d.is_unique_violation() => {
+                    StoreError::Conflict(format!("a tenant named '{name}' exists"))
+                }
+                _ => StoreError::Database(e),
+            })?;
         write_limits(&mut tx, &t.id, &t.limits).await?;
         tx.commit().await?;
         Ok(t)
