@@ -23,10 +23,10 @@
 //! - **One code path for both.** The pool is sqlx's `Any` driver, chosen by URL at run time:
 //!   every query is written once with `$1, $2, …` placeholders, which SQLite accepts too, and
 //!   reads rows through the same `AnyRow` decoding. What differs is kept small and explicit:
-//!   how a write transaction starts ([`begin_write`]), the column types in each migration
-//!   list, and sums cast to `BIGINT` (PostgreSQL's `SUM(bigint)` is `numeric`). The `Any`
-//!   driver only carries plain values (integers, floats, text), which is all this schema
-//!   uses; lists cross into PostgreSQL functions as JSON text.
+//!   how a write transaction starts (`BEGIN IMMEDIATE` on SQLite), the column types in each
+//!   migration list, and sums cast to `BIGINT` (PostgreSQL's `SUM(bigint)` is `numeric`).
+//!   The `Any` driver only carries plain values (integers, floats, text), which is all this
+//!   schema uses; lists cross into PostgreSQL functions as JSON text.
 
 pub mod admission;
 pub mod clock;
