@@ -16,6 +16,7 @@
 
 pub mod headers;
 pub mod rate;
+mod refusal;
 pub mod shared;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use lumen_store::{ApiKey, KeyLimits, Period, Store};
 
 use crate::error::ServerError;
 use rate::{LimitView, RequestRate, TokenRate};
+use refusal::{limited, over_budget, too_large, too_many_in_flight};
 
 /// A key's budget period as admission tracks it.
 #[derive(Clone, Copy, Debug)]
@@ -132,54 +134,6 @@ enum Holder {
         /// Subjects with tokens per minute, and that limit: where unused tokens go back.
         refunds: Vec<(String, u64)>,
     },
-}
-
-/// A request larger than `s`'s tokens per minute.
-fn too_large(s: &Subject, cost: u64, tpm: u64) -> ServerError {
-    ServerError::RequestTooLarge(format!(
-        "Request too large: it may use {cost} tokens (prompt plus max_tokens), more than this {}'s limit of {tpm} tokens per minute. Send a shorter prompt or a smaller max_tokens.",
-        s.what
-    ))
-}
-
-/// `s`'s budget cannot cover `cost` more tokens.
-fn over_budget(
-    s: &Subject,
-    period: Period,
-    (used, reserved, budget): (u64, u64, u64),
-    cost: u64,
-) -> ServerError {
-    ServerError::QuotaExceeded(format!(
-        "You exceeded this {}'s token budget: {used} of {budget} tokens used this {} and {reserved} reserved by requests in flight; this request may use {cost}.",
-        s.what,
-        period.as_str()
-    ))
-}
-
-/// `s` has `max` requests in flight already.
-fn too_many_in_flight(s: &Subject, max: u64) -> ServerError {
-    ServerError::RateLimited {
-        kind: "requests",
-        message: format!(
-            "Too many requests in flight for this {}: limit {max}. Retry when one finishes.",
-            s.what
-        ),
-        retry_after_ms: 1000,
-    }
-}
-
-/// A per-minute limit was hit: which, and the error to answer with.
-fn limited(kind: &'static str, s: &Subject, limit: u64, wait_ns: u64) -> ServerError {
-    let ms = wait_ns.div_ceil(1_000_000).max(1);
-    ServerError::RateLimited {
-        kind,
-        message: format!(
-            "Rate limit reached for {kind} per minute on this {}: limit {limit}. Please try again in {}.",
-            s.what,
-            headers::go_duration(ms * 1_000_000)
-        ),
-        retry_after_ms: ms,
-    }
 }
 
 impl Admission {

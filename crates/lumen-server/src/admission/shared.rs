@@ -18,10 +18,8 @@ use lumen_store::admission::{SharedDecision, SharedSubject, SharedView};
 use lumen_store::{ApiKey, Period, Store};
 
 use super::rate::LimitView;
-use super::{
-    limited, over_budget, subjects, too_large, too_many_in_flight, Admission, Grant, Holder,
-    RateSnapshot, Subject,
-};
+use super::refusal::{limited, over_budget, too_large, too_many_in_flight};
+use super::{subjects, Admission, Grant, Holder, RateSnapshot, Subject};
 use crate::error::ServerError;
 
 /// Grant ids of this server's requests in flight (renewed until released).
