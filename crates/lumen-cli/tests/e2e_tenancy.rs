@@ -157,6 +157,8 @@ fn answered_requests_survive_kill_9_in_the_ledger() {
             "1d",
             "--buckets",
             "1",
+            "--price",
+            "smollm2=2:10",
             "--database-url",
         ])
         .arg(&db)
@@ -176,6 +178,14 @@ fn answered_requests_survive_kill_9_in_the_ledger() {
             r["output_tokens"].as_u64()
         ),
         (Some(n), Some(prompt), Some(completion)),
+        "{page}"
+    );
+    // `lumen usage --price` prices the same tokens as the server's reports would.
+    let want = (prompt as f64 * 2.0 + completion as f64 * 10.0) / 1e6;
+    let cost = r["cost"].as_f64().expect("cost");
+    assert!((cost - want).abs() <= 1e-12, "cost {cost}, want {want}");
+    assert!(
+        r["compute_ms"].as_f64().expect("compute_ms") > 0.0,
         "{page}"
     );
     let _ = std::fs::remove_dir_all(dir);

@@ -228,16 +228,29 @@ pub struct UsagePage {
     pub next_page: Option<String>,
 }
 
+/// PostgreSQL advisory lock serializing ledger batches ("LumenLed").
+const LEDGER_LOCK: i64 = 0x4c75_6d65_6e4c_6564;
+
 /// Ledger rows a single events page returns at most.
 pub const MAX_EVENTS_PAGE: usize = 1000;
 
 impl Store {
-    /// Writes `events` and their rollups in one `BEGIN IMMEDIATE` transaction.
+    /// Writes `events` and their rollups in one write transaction (ids grow in commit order).
     pub async fn record(&self, events: &[UsageEvent]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
+        if self.backend == crate::Backend::Postgres {
+            // Ledger ids must grow in commit order, or a reader paging by id could pass an id
+            // that another server's batch commits later. Holding this lock from the first
+            // insert to the commit serializes writers (one short transaction per batch per
+            // server), as SQLite's `BEGIN IMMEDIATE` does.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(LEDGER_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
         for e in events {
             sqlx::query(
                 "INSERT INTO usage_events (request_id, created_at_ms, key_id, tenant_id, model, endpoint, \
