@@ -251,6 +251,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        // (width, bucket, key, tenant, model) to input, cached, output, requests, compute.
+        type RollupKey<'a> = (Width, u64, &'a str, &'a str, &'a str);
+        let mut rollups: BTreeMap<RollupKey<'_>, [u64; 5]> = BTreeMap::new();
         for e in events {
             sqlx::query(
                 "INSERT INTO usage_events (request_id, created_at_ms, key_id, tenant_id, model, endpoint, \
@@ -274,29 +277,41 @@ impl Store {
             .await?;
             let secs = e.created_at_ms / 1000;
             for w in Width::ALL {
-                sqlx::query(
-                    "INSERT INTO usage_rollups (width, bucket_start, key_id, tenant_id, model, \
-                     input_tokens, cached_tokens, output_tokens, requests, compute_us) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9) \
-                     ON CONFLICT (width, bucket_start, key_id, tenant_id, model) DO UPDATE SET \
-                     input_tokens = usage_rollups.input_tokens + excluded.input_tokens, \
-                     cached_tokens = usage_rollups.cached_tokens + excluded.cached_tokens, \
-                     output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
-                     requests = usage_rollups.requests + 1, \
-                     compute_us = usage_rollups.compute_us + excluded.compute_us",
-                )
-                .bind(w.as_str())
-                .bind(w.floor(secs) as i64)
-                .bind(&e.key_id)
-                .bind(&e.tenant_id)
-                .bind(&e.model)
-                .bind(e.prompt_tokens as i64)
-                .bind(e.cached_tokens as i64)
-                .bind(e.completion_tokens as i64)
-                .bind(e.compute_us as i64)
-                .execute(&mut *tx)
-                .await?;
+                let sum = rollups
+                    .entry((w, w.floor(secs), &*e.key_id, &*e.tenant_id, &*e.model))
+                    .or_default();
+                sum[0] += e.prompt_tokens;
+                sum[1] += e.cached_tokens;
+                sum[2] += e.completion_tokens;
+                sum[3] += 1;
+                sum[4] += e.compute_us;
             }
+        }
+        // One upsert per rollup row the batch touches, not per event.
+        for ((w, bucket, key, tenant, model), sum) in rollups {
+            sqlx::query(
+                "INSERT INTO usage_rollups (width, bucket_start, key_id, tenant_id, model, \
+                 input_tokens, cached_tokens, output_tokens, requests, compute_us) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (width, bucket_start, key_id, tenant_id, model) DO UPDATE SET \
+                 input_tokens = usage_rollups.input_tokens + excluded.input_tokens, \
+                 cached_tokens = usage_rollups.cached_tokens + excluded.cached_tokens, \
+                 output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
+                 requests = usage_rollups.requests + excluded.requests, \
+                 compute_us = usage_rollups.compute_us + excluded.compute_us",
+            )
+            .bind(w.as_str())
+            .bind(bucket as i64)
+            .bind(key)
+            .bind(tenant)
+            .bind(model)
+            .bind(sum[0] as i64)
+            .bind(sum[1] as i64)
+            .bind(sum[2] as i64)
+            .bind(sum[3] as i64)
+            .bind(sum[4] as i64)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -332,6 +332,36 @@ async fn events_roll_up_into_reports_and_budgets(store: Store, _file: Option<Pat
         .unwrap();
     assert_eq!(page2.len(), 1, "key_b's event is filtered out");
     assert_eq!(page2[0].event.compute_us, 1500);
+    // Events of one key, model and minute in one batch fold into one rollup row.
+    let t = day + 10 * 86_400;
+    store
+        .record(&[
+            event("key_c", "m1", ms(t), 3, 4),
+            event("key_c", "m1", ms(t + 1), 5, 6),
+        ])
+        .await
+        .unwrap();
+    let page = store
+        .usage_report(&UsageQuery {
+            start_time: t,
+            end_time: t + 60,
+            width: Width::Minute,
+            key_id: Some("key_c".into()),
+            ..q.clone()
+        })
+        .await
+        .unwrap();
+    let r = &page.data[0].results[0];
+    assert_eq!(
+        (
+            r.num_model_requests,
+            r.input_tokens,
+            r.output_tokens,
+            r.input_cached_tokens
+        ),
+        (2, 8, 10, 2)
+    );
+    assert_eq!(r.compute_ms, 3.0);
     assert_eq!(store.prune_events(ms(day + 86_400)).await.unwrap(), 3);
     assert_eq!(
         store.tokens_used("key_a", day, day + 86_400).await.unwrap(),
