@@ -7,7 +7,7 @@ VENV := target/venv
 FIXTURE_VENV := target/fixture-venv
 THREADS ?= 2
 
-.PHONY: serve test lint models build fixtures fmt clippy bench venv
+.PHONY: serve test lint models build fixtures fmt clippy bench venv postgres
 
 ## Fetch the default models (checksummed), build, and start the server on 127.0.0.1:8080.
 serve: models build
@@ -20,7 +20,7 @@ serve: models build
 
 ## Fetch what the tests need, check formatting, lints and docs, and run the whole suite
 ## (release build, shared by every test).
-test: models venv lint
+test: models venv postgres lint
 	$(CARGO) test --release --workspace
 
 ## Formatting, clippy and rustdoc, each with warnings denied (the workspace [lints] in
@@ -29,6 +29,14 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --release --no-deps --workspace
+
+## PostgreSQL for the store and replica tests, which start throwaway clusters with initdb and
+## pg_ctl: Debian's package when initdb is missing (its binaries stay in
+## /usr/lib/postgresql/<version>/bin, where lumen-testkit finds them).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| ($(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
 
 ## Python venv for the end-to-end tests: the official openai client (idempotent, stamped).
 venv: $(VENV)/.stamp-e2e-jsonschema

@@ -10,8 +10,8 @@ use lumen_store::{GroupBy, KeyLimits, NewKey, Period, Role, Store, UsageQuery, W
 /// Where the database is.
 #[derive(Args, Debug, Clone)]
 pub struct DbArgs {
-    /// The keys and usage database: a file path or sqlite://PATH. Default:
-    /// $LUMEN_HOME/lumen.db.
+    /// The keys and usage database: a file path, sqlite://PATH or postgres://USER@HOST/DB.
+    /// Default: $LUMEN_HOME/lumen.db.
     #[arg(
         long,
         env = "LUMEN_DATABASE_URL",
@@ -137,6 +137,10 @@ pub struct UsageArgs {
     /// Only this key's usage.
     #[arg(long)]
     key: Option<String>,
+    /// A model's price for the report's `cost`: MODEL=IN:OUT, USD per million input and
+    /// output tokens (as `lumen serve --price`); repeatable.
+    #[arg(long = "price", env = "LUMEN_PRICES", value_delimiter = ',')]
+    prices: Vec<String>,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -310,6 +314,7 @@ pub fn usage(args: UsageArgs) -> Result<()> {
         }
     }
     let buckets = args.buckets.clamp(1, 10_000);
+    let prices = lumen_store::Price::parse_flags(&args.prices).map_err(anyhow::Error::msg)?;
     block_on(async move {
         let store = open(&args.db).await?;
         let w = args.bucket_width;
@@ -323,6 +328,7 @@ pub fn usage(args: UsageArgs) -> Result<()> {
                 group_by,
                 key_id: args.key,
                 limit: buckets as usize,
+                prices,
             })
             .await?;
         print_json(&page)?;

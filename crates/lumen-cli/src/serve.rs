@@ -60,14 +60,19 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_keys: Vec<String>,
-    /// The keys and usage database: a file path or sqlite://PATH. Default:
-    /// $LUMEN_HOME/lumen.db.
+    /// The keys and usage database: a file path, sqlite://PATH, or postgres://USER@HOST/DB
+    /// (several servers on one PostgreSQL share their limits). Default: $LUMEN_HOME/lumen.db.
     #[arg(long, env = "LUMEN_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Days raw usage events are kept in the database (hourly and daily totals are kept
     /// forever); 0 keeps them forever.
     #[arg(long, env = "LUMEN_USAGE_RETENTION_DAYS", default_value_t = 90)]
     pub usage_retention_days: u64,
+    /// A model's price for usage reports' `cost`: MODEL=IN:OUT in USD per million input and
+    /// output tokens (cached input tokens count as input), e.g. smollm2=0.05:0.2; repeatable
+    /// (or comma-separated in the environment). Models without a price cost nothing.
+    #[arg(long = "price", env = "LUMEN_PRICES", value_delimiter = ',', value_parser = parse_price)]
+    pub prices: Vec<String>,
     /// Requests in flight per model (running or queued) beyond which new ones get 429.
     #[arg(long, env = "LUMEN_MAX_QUEUED_REQUESTS", default_value_t = 256)]
     pub max_queued_requests: usize,
@@ -123,6 +128,11 @@ pub struct ServeArgs {
     /// Most simultaneous connections from one IP address; more are closed at once.
     #[arg(long, env = "LUMEN_MAX_CONNECTIONS_PER_IP", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections_per_ip: u32,
+}
+
+/// Checks one `--price` flag (the whole list is parsed again, for duplicates, at start).
+fn parse_price(s: &str) -> Result<String, String> {
+    lumen_store::Price::parse_flag(s).map(|_| s.to_string())
 }
 
 /// A duration flag in seconds: finite, above zero, at most a day.
@@ -198,6 +208,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     config.database_url = args.database_url;
     config.usage_retention_days =
         (args.usage_retention_days > 0).then_some(args.usage_retention_days);
+    config.prices = lumen_store::Price::parse_flags(&args.prices).map_err(anyhow::Error::msg)?;
     config.max_queued_requests = args.max_queued_requests;
     config.kv_cache_mb = args.kv_cache_mb;
     config.scheduler = SchedulerConfig {

@@ -6,6 +6,7 @@
 mod common;
 
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{http_with_key, Server, StartOptions, ADMIN_KEY};
@@ -28,7 +29,13 @@ fn tenancy_with_the_official_client() {
     let Some(python) = common::prerequisites() else {
         return;
     };
-    let server = Server::start(&[]);
+    // The prices test_tenancy.py's PRICES expects.
+    let server = Server::start(&[
+        "--price",
+        "smollm2=2:10",
+        "--price",
+        "all-minilm-l6-v2=0.5:0",
+    ]);
     server.pytest(&python, "test_tenancy.py", Duration::from_secs(300));
 }
 
@@ -150,6 +157,8 @@ fn answered_requests_survive_kill_9_in_the_ledger() {
             "1d",
             "--buckets",
             "1",
+            "--price",
+            "smollm2=2:10",
             "--database-url",
         ])
         .arg(&db)
@@ -171,5 +180,62 @@ fn answered_requests_survive_kill_9_in_the_ledger() {
         (Some(n), Some(prompt), Some(completion)),
         "{page}"
     );
+    // `lumen usage --price` prices the same tokens as the server's reports would.
+    let want = (prompt as f64 * 2.0 + completion as f64 * 10.0) / 1e6;
+    let cost = r["cost"].as_f64().expect("cost");
+    assert!((cost - want).abs() <= 1e-12, "cost {cost}, want {want}");
+    assert!(
+        r["compute_ms"].as_f64().expect("compute_ms") > 0.0,
+        "{page}"
+    );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `max_priority` holds end to end: with one sequence running at a time, a request from a
+/// key capped at batch priority that asks for the most urgent priority still waits behind an
+/// interactive request that arrived after it.
+#[test]
+fn max_priority_demotes_a_keys_requests_behind_interactive_ones() {
+    if common::prerequisites().is_none() {
+        return;
+    }
+    let server = Arc::new(Server::start(&["--max-num-seqs", "1"]));
+    let created = http_with_key(
+        server.port,
+        ADMIN_KEY,
+        "POST",
+        "/admin/keys",
+        r#"{"name":"batch-only","max_priority":1}"#,
+    );
+    assert_eq!(status(&created), 200, "{created}");
+    let capped = body(&created)["key"].as_str().expect("secret").to_string();
+    let chat = |priority: i64, max_tokens: u32| {
+        format!(
+            r#"{{"model":"smollm2","messages":[{{"role":"user","content":"Tell a long story"}}],"max_tokens":{max_tokens},"ignore_eos":true,"priority":{priority}}}"#
+        )
+    };
+    let finished = Arc::new(Mutex::new(Vec::new()));
+    let send = |name: &'static str, key: String, body: String| {
+        let (server, finished) = (server.clone(), finished.clone());
+        std::thread::spawn(move || {
+            let r = http_with_key(server.port, &key, "POST", "/v1/chat/completions", &body);
+            assert_eq!(status(&r), 200, "{name}: {r}");
+            finished.lock().unwrap().push(name);
+        })
+    };
+    // The engine's one slot is busy with a long request; then the capped key asks for
+    // priority -10 and, after it, a static key asks for 0.
+    let busy = send("busy", common::API_KEY.into(), chat(0, 400));
+    std::thread::sleep(Duration::from_millis(300));
+    let demoted = send("capped", capped, chat(-10, 8));
+    std::thread::sleep(Duration::from_millis(200));
+    let interactive = send("interactive", common::API_KEY.into(), chat(0, 8));
+    for t in [busy, demoted, interactive] {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        *finished.lock().unwrap(),
+        vec!["busy", "interactive", "capped"],
+        "the capped key's request ran as batch"
+    );
 }

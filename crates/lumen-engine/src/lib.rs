@@ -69,8 +69,8 @@ pub use embed::{
     MAX_EMBED_INPUTS,
 };
 pub use engine::{
-    Engine, EngineConfig, EngineHandle, EngineStats, ModelInfo, RequestStream, SpecConfig,
-    BLOCK_SIZE,
+    ComputeTime, Engine, EngineConfig, EngineHandle, EngineStats, ModelInfo, RequestStream,
+    SpecConfig, BLOCK_SIZE,
 };
 pub use error::{ChatTemplateError, EngineError, SamplingError, TokenizerError};
 pub use lumen_models::WeightLayout;

@@ -1,8 +1,11 @@
 //! What admission and the ledger add to one request: key lookup (a cache hit), every limit
 //! checked and debited, and the meter's drop (refund, slot freed, usage event queued for the
-//! batch writer, which commits to a real SQLite file meanwhile).
+//! batch writer, which commits to the store meanwhile).
 //!
-//! `cargo bench -p lumen-server --bench admission`; prints p50, p99 and p99.9 in µs.
+//! `cargo bench -p lumen-server --bench admission`; prints p50, p99 and p99.9 in µs, first
+//! on a SQLite file (limits in memory), then on a throwaway PostgreSQL cluster (limits in the
+//! database: one round trip to admit, the release on a spawned task) when PostgreSQL is
+//! installed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +15,7 @@ use lumen_server::ledger::Ledger;
 use lumen_server::tenancy::meter::EventInfo;
 use lumen_server::tenancy::{RequestCtx, Tenancy};
 use lumen_store::{KeyLimits, NewKey, Period, Store};
+use lumen_testkit::pg::PgCluster;
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -19,19 +23,27 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(async {
-        let dir = std::env::temp_dir().join(format!("lumen-bench-admission-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::open(&dir.join("lumen.db").to_string_lossy())
-            .await
-            .expect("store");
+    let dir = std::env::temp_dir().join(format!("lumen-bench-admission-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sqlite = dir.join("lumen.db").to_string_lossy().into_owned();
+    rt.block_on(run("sqlite", &sqlite, 40_000));
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(pg) = PgCluster::start() {
+        let url = pg.create_database("bench");
+        rt.block_on(run("postgres", &url, 10_000));
+    }
+}
+
+async fn run(name: &str, url: &str, n: usize) {
+    {
+        let store = Store::open(url).await.expect("store");
         let (_, secret) = store
             .create_key(NewKey {
                 name: "bench".into(),
                 limits: KeyLimits {
                     rpm: Some(u32::MAX as u64),
                     tpm: Some(u64::MAX >> 2),
-                    max_parallel: Some(1000),
+                    max_parallel: Some(1_000_000),
                     budget_tokens: Some(u64::MAX >> 2),
                     budget_period: Some(Period::Month),
                     max_priority: None,
@@ -48,7 +60,6 @@ fn main() {
             Some(ledger),
             true,
         ));
-        let n = 40_000;
         let mut samples = Vec::with_capacity(n);
         let start = Instant::now();
         for i in 0..n {
@@ -85,7 +96,7 @@ fn main() {
         samples.sort();
         let q = |p: f64| samples[((n as f64 * p) as usize).min(n - 1)].as_secs_f64() * 1e6;
         println!(
-            "admission + ledger per request: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs ({n} requests in {:.2} s)",
+            "{name}: admission + ledger per request: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs ({n} requests in {:.2} s)",
             q(0.5),
             q(0.99),
             q(0.999),
@@ -99,6 +110,5 @@ fn main() {
             .unwrap_or(0);
         println!("ledger flushed: {}", if written > 0 { "yes" } else { "no" });
         store.close().await;
-        let _ = std::fs::remove_dir_all(&dir);
-    });
+    }
 }

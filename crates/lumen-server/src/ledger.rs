@@ -175,6 +175,7 @@ mod tests {
             status: Outcome::Ok,
             latency_ms: 1,
             ttft_ms: None,
+            compute_us: 0,
         }
     }
 

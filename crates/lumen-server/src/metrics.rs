@@ -161,6 +161,11 @@ const COUNTERS: &[(&str, &str, Reader)] = &[
         |s| s.preemptions.load(Relaxed) as f64,
     ),
     (
+        "lumen:engine_busy_seconds_total",
+        "Seconds spent in forward passes; the compute time attributed to requests adds up to it.",
+        |s| s.busy_ns.load(Relaxed) as f64 / 1e9,
+    ),
+    (
         "lumen:spec_decode_draft_tokens_total",
         "Draft tokens proposed by speculative decoding (prompt lookup).",
         |s| s.spec_draft_tokens.load(Relaxed) as f64,

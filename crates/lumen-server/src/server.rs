@@ -55,10 +55,13 @@ pub struct ServerConfig {
     pub api_keys: Vec<String>,
     /// Static administrator keys (`--admin-key`).
     pub admin_keys: Vec<String>,
-    /// The database: a file path, `sqlite://PATH` (default `$LUMEN_HOME/lumen.db`).
+    /// The database: a file path, `sqlite://PATH` (default `$LUMEN_HOME/lumen.db`) or
+    /// `postgres://…`.
     pub database_url: Option<String>,
     /// Days raw usage events are kept (`None`: forever; rollups are always kept).
     pub usage_retention_days: Option<u64>,
+    /// Prices per model (`--price`), for the `cost` in usage reports.
+    pub prices: std::collections::BTreeMap<String, lumen_store::Price>,
     /// Requests in flight per model (running or queued) beyond which new ones get 429.
     pub max_queued_requests: usize,
     /// KV cache per model, MiB.
@@ -103,6 +106,7 @@ impl ServerConfig {
             admin_keys: Vec::new(),
             database_url: None,
             usage_retention_days: Some(90),
+            prices: Default::default(),
             max_queued_requests: 256,
             kv_cache_mb: 256,
             scheduler: SchedulerConfig::default(),
@@ -303,6 +307,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         store_has_keys,
     );
     tenancy.retention_days = config.usage_retention_days;
+    tenancy.prices = config.prices.clone();
     let tenancy = Arc::new(tenancy);
     crate::tenancy::spawn_key_watch(tenancy.clone());
     if tenancy.is_open() && !addr.ip().is_loopback() {

@@ -18,7 +18,7 @@ pub fn unix_ms() -> u64 {
 }
 
 /// A rollup width (OpenAI's `bucket_width`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Width {
     /// One minute.
     #[serde(rename = "1m")]

@@ -7,7 +7,9 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// A `--database-url` this build cannot open.
-    #[error("unsupported database URL '{0}': use a file path or sqlite://PATH (PostgreSQL is not supported yet)")]
+    #[error(
+        "unsupported database URL '{0}': use a file path, sqlite://PATH or postgres://USER@HOST/DB"
+    )]
     UnsupportedUrl(String),
     /// No row with that id (or name).
     #[error("{kind} '{id}' not found")]

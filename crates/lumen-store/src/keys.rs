@@ -2,7 +2,7 @@
 //! listing, limit updates, revocation and rotation.
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::clock::{unix_secs, Period};
@@ -205,13 +205,13 @@ fn check_expiry(e: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn opt_u64(row: &SqliteRow, col: &str) -> Result<Option<u64>> {
+pub(crate) fn opt_u64(row: &AnyRow, col: &str) -> Result<Option<u64>> {
     let v: Option<i64> = row.try_get(col)?;
     v.map(|n| u64::try_from(n).map_err(|_| corrupt(format!("negative {col}"))))
         .transpose()
 }
 
-fn key_from_row(row: &SqliteRow) -> Result<ApiKey> {
+fn key_from_row(row: &AnyRow) -> Result<ApiKey> {
     let models: Option<String> = row.try_get("models")?;
     let models = models
         .map(|m| serde_json::from_str(&m).map_err(|e| corrupt(format!("models: {e}"))))
@@ -269,7 +269,7 @@ impl Store {
         if limits.budget_tokens.is_some() && limits.budget_period.is_none() {
             limits.budget_period = Some(Period::Month);
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let tenant = match &new.tenant {
             Some(t) => Some(crate::tenants::resolve(&mut tx, t).await?),
             None => None,
@@ -279,7 +279,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO api_keys (id, name, secret_sha256, prefix, role, tenant_id, models, rpm, tpm, \
              max_parallel, budget_tokens, budget_period, max_priority, expires_at, revoked_at, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, $15)",
         )
         .bind(&id)
         .bind(new.name.trim())
@@ -306,7 +306,7 @@ impl Store {
     /// The key whose secret is `secret` (revoked and expired ones too: the caller decides),
     /// with its tenant's limits.
     pub async fn key_by_secret(&self, secret: &str) -> Result<Option<ApiKey>> {
-        let row = sqlx::query("SELECT * FROM api_keys WHERE secret_sha256 = ?")
+        let row = sqlx::query("SELECT * FROM api_keys WHERE secret_sha256 = $1")
             .bind(digest_hex(secret))
             .fetch_optional(&self.pool)
             .await?;
@@ -329,7 +329,7 @@ impl Store {
     pub async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
         let rows = match tenant {
             Some(t) => {
-                sqlx::query("SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at, id")
+                sqlx::query("SELECT * FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id")
                     .bind(t)
                     .fetch_all(&self.pool)
                     .await?
@@ -347,7 +347,7 @@ impl Store {
     pub async fn any_active_key(&self) -> Result<bool> {
         let now = unix_secs() as i64;
         let row: Option<(i64,)> = sqlx::query_as(
-            "SELECT 1 FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) LIMIT 1",
+            "SELECT 1 FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) LIMIT 1",
         )
         .bind(now)
         .fetch_optional(&self.pool)
@@ -366,7 +366,7 @@ impl Store {
 
     /// Applies `patch` to key `id`.
     pub async fn update_key(&self, id: &str, patch: KeyPatch) -> Result<ApiKey> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let mut key = fetch(&mut tx, id).await?;
         if let Some(n) = patch.name {
             check_name("name", &n)?;
@@ -399,8 +399,8 @@ impl Store {
             key.expires_at = e;
         }
         sqlx::query(
-            "UPDATE api_keys SET name = ?, models = ?, rpm = ?, tpm = ?, max_parallel = ?, \
-             budget_tokens = ?, budget_period = ?, max_priority = ?, expires_at = ? WHERE id = ?",
+            "UPDATE api_keys SET name = $1, models = $2, rpm = $3, tpm = $4, max_parallel = $5, \
+             budget_tokens = $6, budget_period = $7, max_priority = $8, expires_at = $9 WHERE id = $10",
         )
         .bind(&key.name)
         .bind(models_json(&key.models))
@@ -420,8 +420,8 @@ impl Store {
 
     /// Revokes key `id` (idempotent).
     pub async fn revoke_key(&self, id: &str) -> Result<ApiKey> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
             .bind(unix_secs() as i64)
             .bind(id)
             .execute(&mut *tx)
@@ -434,14 +434,14 @@ impl Store {
     /// Gives key `id` a new secret (the old one stops working); returns it with the secret.
     pub async fn rotate_key(&self, id: &str) -> Result<(ApiKey, String)> {
         let secret = new_secret();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let key = fetch(&mut tx, id).await?;
         if key.revoked {
             return Err(StoreError::Conflict(format!(
                 "api key '{id}' is revoked; create a new one"
             )));
         }
-        sqlx::query("UPDATE api_keys SET secret_sha256 = ?, prefix = ? WHERE id = ?")
+        sqlx::query("UPDATE api_keys SET secret_sha256 = $1, prefix = $2 WHERE id = $3")
             .bind(digest_hex(&secret))
             .bind(display_prefix(&secret))
             .bind(id)
@@ -453,8 +453,8 @@ impl Store {
     }
 }
 
-async fn fetch(conn: &mut sqlx::SqliteConnection, id: &str) -> Result<ApiKey> {
-    let row = sqlx::query("SELECT * FROM api_keys WHERE id = ?")
+async fn fetch(conn: &mut sqlx::AnyConnection, id: &str) -> Result<ApiKey> {
+    let row = sqlx::query("SELECT * FROM api_keys WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;

@@ -25,7 +25,7 @@ pub struct Tenant {
     pub limits: KeyLimits,
 }
 
-fn tenant_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Tenant> {
+fn tenant_from_row(row: &sqlx::any::AnyRow) -> Result<Tenant> {
     let created: i64 = row.try_get("created_at")?;
     let period: Option<String> = row.try_get("budget_period")?;
     Ok(Tenant {
@@ -54,9 +54,9 @@ fn normalize(mut l: KeyLimits) -> Result<KeyLimits> {
 }
 
 /// The id of the tenant whose id or name is `id_or_name`.
-pub(crate) async fn resolve(conn: &mut sqlx::SqliteConnection, id_or_name: &str) -> Result<String> {
+pub(crate) async fn resolve(conn: &mut sqlx::AnyConnection, id_or_name: &str) -> Result<String> {
     let row: Option<(String,)> =
-        sqlx::query_as("SELECT id FROM tenants WHERE id = ? OR name = ? LIMIT 1")
+        sqlx::query_as("SELECT id FROM tenants WHERE id = $1 OR name = $2 LIMIT 1")
             .bind(id_or_name)
             .bind(id_or_name)
             .fetch_optional(&mut *conn)
@@ -73,8 +73,8 @@ impl Store {
         check_name("name", name)?;
         let limits = normalize(limits)?;
         let name = name.trim();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let taken: Option<(String,)> = sqlx::query_as("SELECT id FROM tenants WHERE name = ?")
+        let mut tx = self.begin_write().await?;
+        let taken: Option<(String,)> = sqlx::query_as("SELECT id FROM tenants WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?;
@@ -90,12 +90,20 @@ impl Store {
             created_at: unix_secs(),
             limits,
         };
-        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(&t.id)
             .bind(&t.name)
             .bind(t.created_at as i64)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| match e.as_database_error() {
+                // PostgreSQL's transaction does not lock the name: a concurrent create can
+                // pass the check above and lose here, on the UNIQUE constraint.
+                Some(d) if d.is_unique_violation() => {
+                    StoreError::Conflict(format!("a tenant named '{name}' exists"))
+                }
+                _ => StoreError::Database(e),
+            })?;
         write_limits(&mut tx, &t.id, &t.limits).await?;
         tx.commit().await?;
         Ok(t)
@@ -103,7 +111,7 @@ impl Store {
 
     /// Tenant `id_or_name`.
     pub async fn get_tenant(&self, id_or_name: &str) -> Result<Tenant> {
-        let row = sqlx::query("SELECT * FROM tenants WHERE id = ? OR name = ? LIMIT 1")
+        let row = sqlx::query("SELECT * FROM tenants WHERE id = $1 OR name = $2 LIMIT 1")
             .bind(id_or_name)
             .bind(id_or_name)
             .fetch_optional(&self.pool)
@@ -120,7 +128,7 @@ impl Store {
     /// Replaces tenant `id_or_name`'s limits.
     pub async fn set_tenant_limits(&self, id_or_name: &str, limits: KeyLimits) -> Result<Tenant> {
         let limits = normalize(limits)?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let id = resolve(&mut tx, id_or_name).await?;
         write_limits(&mut tx, &id, &limits).await?;
         tx.commit().await?;
@@ -130,8 +138,8 @@ impl Store {
     /// Tokens (prompt plus completion) tenant `tenant_id`'s keys used in `[start, end)`.
     pub async fn tenant_tokens_used(&self, tenant_id: &str, start: u64, end: u64) -> Result<u64> {
         let row: (Option<i64>,) = sqlx::query_as(
-            "SELECT SUM(input_tokens + output_tokens) FROM usage_rollups \
-             WHERE tenant_id = ? AND width = '1d' AND bucket_start >= ? AND bucket_start < ?",
+            "SELECT CAST(SUM(input_tokens + output_tokens) AS BIGINT) FROM usage_rollups \
+             WHERE tenant_id = $1 AND width = '1d' AND bucket_start >= $2 AND bucket_start < $3",
         )
         .bind(tenant_id)
         .bind(start as i64)
@@ -150,9 +158,9 @@ impl Store {
     }
 }
 
-async fn write_limits(conn: &mut sqlx::SqliteConnection, id: &str, l: &KeyLimits) -> Result<()> {
+async fn write_limits(conn: &mut sqlx::AnyConnection, id: &str, l: &KeyLimits) -> Result<()> {
     sqlx::query(
-        "UPDATE tenants SET rpm = ?, tpm = ?, max_parallel = ?, budget_tokens = ?, budget_period = ? WHERE id = ?",
+        "UPDATE tenants SET rpm = $1, tpm = $2, max_parallel = $3, budget_tokens = $4, budget_period = $5 WHERE id = $6",
     )
     .bind(i64_of(l.rpm))
     .bind(i64_of(l.tpm))

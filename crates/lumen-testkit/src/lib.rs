@@ -19,7 +19,12 @@
 //! test against the same files and sit below the engine in the dependency order. The layout is
 //! the one `lumen pull` writes and `lumen_engine::registry` reads.
 //!
+//! The same rule covers PostgreSQL: [`pg::PgCluster`] starts a throwaway cluster for tests
+//! that need a real server, and skips or fails the same way when it is not installed.
+//!
 //! This crate is a dev-dependency only (`publish = false`); nothing in the request path uses it.
+
+pub mod pg;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};

@@ -17,6 +17,9 @@ ADMIN = os.environ["LUMEN_TEST_ADMIN_KEY"]
 DATABASE = os.environ["LUMEN_TEST_DATABASE"]
 SECRETS = []  # every secret handed out; none may be found in the database files
 MESSAGES = [{"role": "user", "content": "Say hi"}]
+# USD per million (input, output) tokens; e2e_tenancy.rs starts the server with these as
+# --price flags.
+PRICES = {MODEL: (2.0, 10.0), EMBED_MODEL: (0.5, 0.0)}
 
 
 def admin(method, path, json=None, key=ADMIN):
@@ -381,6 +384,78 @@ def test_usage_report_equals_the_usage_the_client_received():
     assert {x["model"] for x in mine} == {MODEL, EMBED_MODEL}
     endpoints = {e["endpoint"] for e in events(k["id"])}
     assert endpoints == {"chat.completions", "completions", "embeddings"}
+
+
+def test_cost_is_tokens_times_price_and_compute_time_adds_up_to_engine_time():
+    k = new_key()
+    before = metric(metrics(), "lumen:engine_busy_seconds_total", model_name=MODEL)
+    results = asyncio.run(gather_chats(k["key"], 8, max_tokens=24))
+    assert not [r for r in results if isinstance(r, Exception)], results
+    after = metric(metrics(), "lumen:engine_busy_seconds_total", model_name=MODEL)
+    sdk(k["key"]).embeddings.create(model=EMBED_MODEL, input=["alpha beta gamma", "delta"])
+    ev = wait_events(k["id"], 9)
+    assert len(ev) == 9, ev
+    assert all(e["compute_ms"] > 0 for e in ev), ev
+    chat = [e for e in ev if e["endpoint"] == "chat.completions"]
+    assert len(chat) == 8
+    for e in chat:
+        assert e["compute_ms"] <= e["latency_ms"] + 1, e
+    # Each forward pass is split among the requests in it, so the eight requests' times add
+    # up to the engine's busy time over the burst (each event rounds down to whole µs); had
+    # every request been charged whole steps, the sum would be several times larger.
+    total = sum(e["compute_ms"] for e in chat)
+    busy_ms = (after - before) * 1000
+    assert busy_ms > 0
+    assert abs(total - busy_ms) <= 0.01 * busy_ms + 0.01 * len(chat), (total, busy_ms)
+    # They shared steps: the busy time is well below the sum of their latencies.
+    assert busy_ms < sum(e["latency_ms"] for e in chat)
+
+    # Costs: each model's tokens times its price, in both reports; compute time summed.
+    page = admin("GET", "/admin/usage?bucket_width=1d&limit=1&group_by=api_key_id,model").json()
+    rows = {r["model"]: r for b in page["data"] for r in b["results"] if r["api_key_id"] == k["id"]}
+    assert set(rows) == {MODEL, EMBED_MODEL}
+    want_total = 0.0
+    for model, r in rows.items():
+        p_in, p_out = PRICES[model]
+        want = (r["input_tokens"] * p_in + r["output_tokens"] * p_out) / 1e6
+        assert r["cost"] == pytest.approx(want, rel=1e-12, abs=1e-15), (model, r)
+        mine = [e for e in ev if e["model"] == model]
+        assert r["compute_ms"] == pytest.approx(sum(e["compute_ms"] for e in mine), abs=1e-6)
+        assert r["input_tokens"] == sum(e["prompt_tokens"] for e in mine)
+        want_total += want
+    assert rows[MODEL]["output_tokens"] == sum(r.usage.completion_tokens for r in results)
+    own = sdk(k["key"]).get("/usage?bucket_width=1d&limit=1", cast_to=object)
+    mine = own["data"][-1]["results"][0]
+    assert mine["cost"] == pytest.approx(want_total, rel=1e-12)
+    assert mine["compute_ms"] == pytest.approx(total + rows[EMBED_MODEL]["compute_ms"], abs=1e-6)
+
+
+def test_usage_events_page_with_a_cursor():
+    k = new_key()
+    c = sdk(k["key"])
+    ids = {c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1).id for _ in range(5)}
+    assert len(wait_events(k["id"], 5)) == 5
+    seen, after, pages = [], 0, 0
+    while True:
+        r = admin("GET", f"/admin/usage/events?api_key_id={k['id']}&after={after}&limit=2")
+        assert r.status_code == 200, r.text
+        page = r.json()
+        pages += 1
+        assert len(page["data"]) <= 2
+        seen += page["data"]
+        if not page["has_more"]:
+            break
+        assert page["last_id"] == page["data"][-1]["id"]
+        after = page["last_id"]
+    # Pages 2, 2, 1: every event exactly once, oldest first, each the response's own id.
+    assert pages == 3
+    assert [e["id"] for e in seen] == sorted({e["id"] for e in seen}) and len(seen) == 5
+    assert {e["request_id"] for e in seen} == ids
+    assert all(e["status"] == "ok" and e["key_id"] == k["id"] for e in seen)
+    for bad in ["limit=0", "limit=1001", "after=-1", "after=x"]:
+        r = admin("GET", f"/admin/usage/events?{bad}")
+        assert r.status_code == 400, (bad, r.text)
+        assert r.json()["error"]["param"] in ("limit", "after"), r.text
 
 
 def test_zz_database_holds_no_plaintext_secret():

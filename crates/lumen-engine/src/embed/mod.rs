@@ -45,6 +45,7 @@ use tokio::sync::oneshot;
 pub use input::{EmbedInput, MAX_EMBED_INPUTS};
 pub use model::EmbeddingModel;
 
+use crate::engine::ComputeTime;
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
 
@@ -114,6 +115,8 @@ type Reply = Result<Vec<Vec<f32>>, EngineError>;
 struct Job {
     inputs: Vec<Vec<u32>>,
     reply: oneshot::Sender<Reply>,
+    /// Engine time attributed to the request (its tokens' share of each pass).
+    compute: ComputeTime,
 }
 
 enum Command {
@@ -253,13 +256,23 @@ impl EmbedHandle {
 
     /// Embeds token sequences (each with its special tokens); one vector per input, in order.
     pub async fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EngineError> {
-        let rx = self.submit(inputs)?;
+        self.embed_metered(inputs, ComputeTime::default()).await
+    }
+
+    /// [`EmbedHandle::embed`], adding the engine time attributed to the request to `compute`
+    /// (each pass's time split among its requests by tokens, as for generation).
+    pub async fn embed_metered(
+        &self,
+        inputs: Vec<Vec<u32>>,
+        compute: ComputeTime,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let rx = self.submit(inputs, compute)?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
     /// Blocking version of [`EmbedHandle::embed`] for synchronous callers (not in async code).
     pub fn embed_blocking(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EngineError> {
-        let rx = self.submit(inputs)?;
+        let rx = self.submit(inputs, ComputeTime::default())?;
         rx.blocking_recv().map_err(|_| EngineError::Stopped)?
     }
 
@@ -297,7 +310,11 @@ impl EmbedHandle {
     }
 
     /// Validates and queues a request; its vectors arrive on the returned oneshot.
-    fn submit(&self, inputs: Vec<Vec<u32>>) -> Result<oneshot::Receiver<Reply>, EngineError> {
+    fn submit(
+        &self,
+        inputs: Vec<Vec<u32>>,
+        compute: ComputeTime,
+    ) -> Result<oneshot::Receiver<Reply>, EngineError> {
         self.validate(&inputs)?;
         let s = &self.shared;
         // Reserve a place first so concurrent submits cannot overshoot the limit.
@@ -307,7 +324,11 @@ impl EmbedHandle {
         }
         let (tx, rx) = oneshot::channel();
         if s.commands
-            .send(Command::Embed(Job { inputs, reply: tx }))
+            .send(Command::Embed(Job {
+                inputs,
+                reply: tx,
+                compute,
+            }))
             .is_err()
         {
             s.in_flight.fetch_sub(1, Ordering::SeqCst);

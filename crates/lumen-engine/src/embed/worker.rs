@@ -10,6 +10,7 @@ use lumen_kernels::ThreadPool;
 use lumen_models::bert::BertModel;
 
 use super::{Command, EmbedConfig, EmbedStats, Job, Reply};
+use crate::engine::compute::{attribute, ComputeTime};
 use crate::EngineError;
 
 /// A request being worked on: its inputs, the vectors computed so far, and where to reply.
@@ -111,8 +112,17 @@ impl Worker {
             .flat_map(|(p, r)| p.job.inputs[r.clone()].iter().map(Vec::as_slice))
             .collect();
         self.stats.batches.fetch_add(1, Relaxed);
+        let started = std::time::Instant::now();
         let result = self.model.embed_batch(&self.pool, &seqs);
         drop(seqs);
+        let rows: Vec<(ComputeTime, usize)> = pass
+            .iter()
+            .map(|(p, r)| {
+                let tokens = p.job.inputs[r.clone()].iter().map(Vec::len).sum();
+                (p.job.compute.clone(), tokens)
+            })
+            .collect();
+        attribute(started.elapsed().as_nanos() as u64, &rows);
         match result {
             Ok(vectors) if vectors.len() == pass.iter().map(|(_, r)| r.len()).sum::<usize>() => {
                 let mut vectors = vectors.into_iter();
@@ -215,7 +225,15 @@ mod tests {
     fn pending(lens: &[usize]) -> (Pending, oneshot::Receiver<Reply>) {
         let (tx, rx) = oneshot::channel();
         let inputs = lens.iter().map(|&n| vec![1u32; n]).collect();
-        (Pending::new(Job { inputs, reply: tx }), rx)
+        let compute = ComputeTime::default();
+        (
+            Pending::new(Job {
+                inputs,
+                reply: tx,
+                compute,
+            }),
+            rx,
+        )
     }
 
     fn ranges(pass: &[(Pending, Range<usize>)]) -> Vec<Range<usize>> {

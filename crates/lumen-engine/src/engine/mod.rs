@@ -7,6 +7,7 @@
 //! plan a step, run the forward pass on the worker pool, sample, and push events. Dropping a
 //! stream sends a cancel; the thread frees the sequence's blocks before its next step.
 
+pub(crate) mod compute;
 pub mod spec;
 mod stats;
 mod worker;
@@ -18,6 +19,7 @@ use std::thread::JoinHandle;
 use lumen_models::{KvStorage, LlamaModel};
 use tokio::sync::mpsc as tmpsc;
 
+pub use compute::ComputeTime;
 pub use spec::SpecConfig;
 pub use stats::EngineStats;
 
@@ -72,6 +74,7 @@ enum Command {
         id: u64,
         request: Box<GenerateRequest>,
         events: tmpsc::UnboundedSender<Event>,
+        compute: ComputeTime,
     },
     Cancel(u64),
     Shutdown,
@@ -114,9 +117,15 @@ pub struct RequestStream {
     events: tmpsc::UnboundedReceiver<Event>,
     commands: mpsc::Sender<Command>,
     done: bool,
+    compute: ComputeTime,
 }
 
 impl RequestStream {
+    /// The engine time attributed to this request, read live (see [`ComputeTime`]).
+    pub fn compute_time(&self) -> ComputeTime {
+        self.compute.clone()
+    }
+
     /// The next event, `None` after [`Event::Done`] or [`Event::Error`].
     pub async fn recv(&mut self) -> Option<Event> {
         if self.done {
@@ -296,11 +305,13 @@ impl EngineHandle {
         let id = s.next_id.fetch_add(1, Ordering::Relaxed);
         s.stats.submitted.fetch_add(1, Ordering::SeqCst);
         let (etx, erx) = tmpsc::unbounded_channel();
+        let compute = ComputeTime::default();
         if s.commands
             .send(Command::Submit {
                 id,
                 request: Box::new(req),
                 events: etx,
+                compute: compute.clone(),
             })
             .is_err()
         {
@@ -313,6 +324,7 @@ impl EngineHandle {
             events: erx,
             commands: s.commands.clone(),
             done: false,
+            compute,
         })
     }
 

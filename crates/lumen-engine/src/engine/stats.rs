@@ -29,6 +29,8 @@ pub struct EngineStats {
     pub prefix_hits: AtomicU64,
     /// Sequences preempted.
     pub preemptions: AtomicU64,
+    /// Nanoseconds spent in forward passes (what requests' compute times add up to).
+    pub busy_ns: AtomicU64,
     /// Requests finished with `stop`.
     pub finished_stop: AtomicU64,
     /// Requests finished with `length`.

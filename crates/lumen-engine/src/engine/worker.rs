@@ -12,6 +12,7 @@ use tokio::sync::mpsc as tmpsc;
 
 use super::spec::{self, SpecConfig, SpecState};
 
+use super::compute::{attribute, ComputeTime};
 use super::{Command, EngineConfig, EngineStats, BLOCK_SIZE};
 use crate::constraint::{GrammarFailure, SeqConstraint};
 use crate::kv::{root_hash, BlockPool};
@@ -46,6 +47,8 @@ struct RequestState {
     events: tmpsc::UnboundedSender<Event>,
     live_choices: usize,
     usage: Usage,
+    /// Engine time attributed to it.
+    compute: ComputeTime,
 }
 
 pub(crate) struct Worker {
@@ -167,8 +170,9 @@ impl Worker {
                 id,
                 request,
                 events,
+                compute,
             } => {
-                self.admit(id, *request, events);
+                self.admit(id, *request, events, compute);
                 // Count it as waiting before it stops counting as submitted, so a reader of
                 // the gauges never misses it; the next publish makes `waiting` exact again.
                 self.stats.waiting.fetch_add(1, SeqCst);
@@ -195,7 +199,13 @@ impl Worker {
         Ok(sampler)
     }
 
-    fn admit(&mut self, id: u64, request: GenerateRequest, events: tmpsc::UnboundedSender<Event>) {
+    fn admit(
+        &mut self,
+        id: u64,
+        request: GenerateRequest,
+        events: tmpsc::UnboundedSender<Event>,
+        compute: ComputeTime,
+    ) {
         let request = Arc::new(request);
         let root = root_hash(&self.model_key, request.cache_salt.as_deref());
         let sampler = match self.new_sampler(&request, 0) {
@@ -248,6 +258,7 @@ impl Worker {
                 events,
                 live_choices: 1,
                 usage,
+                compute,
             },
         );
     }
@@ -332,10 +343,23 @@ impl Worker {
                 }
             })
             .collect();
+        let started = std::time::Instant::now();
         let result = self
             .model
             .forward(&self.threads, &chunks, &mut self.kv, &mut self.ws);
         drop(chunks);
+        // The step's time goes to its requests by rows, before any of them can finish.
+        let step_ns = started.elapsed().as_nanos() as u64;
+        self.stats.busy_ns.fetch_add(step_ns, Relaxed);
+        let running = self.sched.running();
+        let rows: Vec<(ComputeTime, usize)> = plan
+            .iter()
+            .filter_map(|c| {
+                let r = self.requests.get(&running[c.index].data.req_id)?;
+                Some((r.compute.clone(), c.len))
+            })
+            .collect();
+        attribute(step_ns, &rows);
         let logits = match result {
             Ok(l) => l.to_vec(),
             Err(e) => {

@@ -9,12 +9,15 @@
 //! or a budget. The [`Grant`] returned frees the slot and refunds the unused part when
 //! dropped, whatever ended the request (finish, error, timeout, client disconnect).
 //!
-//! The state is in memory, so limits hold per process (one server per SQLite file); budgets
-//! start each process from the store's rollups. Limits shared by several replicas need the
-//! PostgreSQL store, which is not implemented yet.
+//! With a SQLite store the state is in memory, so limits hold per process (one server per
+//! SQLite file); budgets start each process from the store's rollups. With a PostgreSQL
+//! store, [`shared::SharedAdmission`] keeps the same state in the database instead, so every
+//! server on it enforces one set of limits; the [`Grant`] it returns behaves the same.
 
 pub mod headers;
 pub mod rate;
+mod refusal;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +28,7 @@ use lumen_store::{ApiKey, KeyLimits, Period, Store};
 
 use crate::error::ServerError;
 use rate::{LimitView, RequestRate, TokenRate};
+use refusal::{limited, over_budget, too_large, too_many_in_flight};
 
 /// A key's budget period as admission tracks it.
 #[derive(Clone, Copy, Debug)]
@@ -107,25 +111,29 @@ fn subjects(key: &ApiKey) -> Vec<Subject> {
 /// A request let in: frees its slots and refunds what it did not use when dropped.
 #[derive(Debug)]
 pub struct Grant {
-    admission: Arc<Admission>,
-    /// Each subject debited, with the budget period it was charged to.
-    held: Vec<(Subject, Option<u64>)>,
+    holder: Holder,
     cost: u64,
     used: u64,
 }
 
-/// A per-minute limit was hit: which, and the error to answer with.
-fn limited(kind: &'static str, s: &Subject, limit: u64, wait_ns: u64) -> ServerError {
-    let ms = wait_ns.div_ceil(1_000_000).max(1);
-    ServerError::RateLimited {
-        kind,
-        message: format!(
-            "Rate limit reached for {kind} per minute on this {}: limit {limit}. Please try again in {}.",
-            s.what,
-            headers::go_duration(ms * 1_000_000)
-        ),
-        retry_after_ms: ms,
-    }
+/// Where a grant's debits live.
+#[derive(Debug)]
+enum Holder {
+    /// This process's [`Admission`]: each subject debited, with the budget period it was
+    /// charged to.
+    Local {
+        admission: Arc<Admission>,
+        held: Vec<(Subject, Option<u64>)>,
+    },
+    /// The database's shared state, under this grant id.
+    Shared {
+        shared: Arc<shared::SharedAdmission>,
+        id: String,
+        /// Whether grant rows (slots, reservations) were written.
+        held: bool,
+        /// Subjects with tokens per minute, and that limit: where unused tokens go back.
+        refunds: Vec<(String, u64)>,
+    },
 }
 
 impl Admission {
@@ -232,10 +240,7 @@ impl Admission {
         let l = &s.limits;
         if let Some(tpm) = l.tpm {
             if cost > tpm {
-                return Err(ServerError::RequestTooLarge(format!(
-                    "Request too large: it may use {cost} tokens (prompt plus max_tokens), more than this {}'s limit of {tpm} tokens per minute. Send a shorter prompt or a smaller max_tokens.",
-                    s.what
-                )));
+                return Err(too_large(s, cost, tpm));
             }
         }
         let mut budget_start = None;
@@ -243,24 +248,13 @@ impl Admission {
             let b = st.budget.filter(|b| wall >= b.start && wall < b.end);
             let (used, reserved) = b.map(|b| (b.used, b.reserved)).unwrap_or((0, 0));
             if used + reserved + cost > budget {
-                return Err(ServerError::QuotaExceeded(format!(
-                    "You exceeded this {}'s token budget: {used} of {budget} tokens used this {} and {reserved} reserved by requests in flight; this request may use {cost}.",
-                    s.what,
-                    period.as_str()
-                )));
+                return Err(over_budget(s, period, (used, reserved, budget), cost));
             }
             budget_start = Some(b.map(|b| b.start).unwrap_or_else(|| period.bounds(wall).0));
         }
         if let Some(max) = l.max_parallel {
             if st.in_flight >= max {
-                return Err(ServerError::RateLimited {
-                    kind: "requests",
-                    message: format!(
-                        "Too many requests in flight for this {}: limit {max}. Retry when one finishes.",
-                        s.what
-                    ),
-                    retry_after_ms: 1000,
-                });
+                return Err(too_many_in_flight(s, max));
             }
         }
         if let Some(rpm) = l.rpm {
@@ -333,13 +327,7 @@ impl Admission {
         }
         let result = match refused {
             Some(e) => {
-                let reason = match e {
-                    ServerError::RateLimited { .. } => 0,
-                    ServerError::RequestTooLarge(_) => 1,
-                    ServerError::QuotaExceeded(_) => 2,
-                    _ => 3,
-                };
-                self.refused[reason].fetch_add(1, Ordering::Relaxed);
+                self.note_refusal(&e);
                 Err(e)
             }
             None => {
@@ -349,8 +337,10 @@ impl Admission {
                     Self::debit(st, s, cost, now, wall, *b);
                 }
                 Ok(Grant {
-                    admission: self.clone(),
-                    held: subs.iter().cloned().zip(starts).collect(),
+                    holder: Holder::Local {
+                        admission: self.clone(),
+                        held: subs.iter().cloned().zip(starts).collect(),
+                    },
                     cost,
                     used: cost,
                 })
@@ -396,6 +386,17 @@ impl Admission {
         Self::snapshot_locked(&mut map, &subs, now)
     }
 
+    /// Counts a refusal under its [`REFUSALS`] reason.
+    pub fn note_refusal(&self, e: &ServerError) {
+        let reason = match e {
+            ServerError::RateLimited { .. } => 0,
+            ServerError::RequestTooLarge(_) => 1,
+            ServerError::QuotaExceeded(_) => 2,
+            _ => 3,
+        };
+        self.refused[reason].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Requests refused so far, per [`REFUSALS`] reason.
     pub fn refused(&self) -> [u64; 4] {
         std::array::from_fn(|i| self.refused[i].load(Ordering::Relaxed))
@@ -406,11 +407,11 @@ impl Admission {
         self.lock().get(id).map_or(0, |s| s.in_flight)
     }
 
-    fn release(&self, g: &Grant) {
+    fn release(&self, held: &[(Subject, Option<u64>)], cost: u64, used: u64) {
         let now = self.now_ns();
         let mut map = self.lock();
-        let unused = g.cost.saturating_sub(g.used);
-        for (s, budget_start) in &g.held {
+        let unused = cost.saturating_sub(used);
+        for (s, budget_start) in held {
             let Some(st) = map.get_mut(&s.id) else {
                 continue;
             };
@@ -420,8 +421,8 @@ impl Admission {
             }
             if let (Some(start), Some(b)) = (budget_start, st.budget.as_mut()) {
                 if b.start == *start {
-                    b.reserved = b.reserved.saturating_sub(g.cost);
-                    b.used += g.used;
+                    b.reserved = b.reserved.saturating_sub(cost);
+                    b.used += used;
                 }
             }
         }
@@ -443,7 +444,15 @@ impl Grant {
 
 impl Drop for Grant {
     fn drop(&mut self) {
-        self.admission.release(self);
+        match &self.holder {
+            Holder::Local { admission, held } => admission.release(held, self.cost, self.used),
+            Holder::Shared {
+                shared,
+                id,
+                held,
+                refunds,
+            } => shared.release(id, *held, refunds, self.cost, self.used),
+        }
     }
 }
 

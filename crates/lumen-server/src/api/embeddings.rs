@@ -274,13 +274,14 @@ pub async fn embeddings(
         prompt_tokens,
         ..Default::default()
     });
+    let compute = lumen_engine::ComputeTime::default();
+    meter.add_compute(compute.clone());
     // `--request-timeout` holds here too: past it the request is answered 504 and the
     // dropped oneshot makes the embedding thread skip what has not run.
+    let work = model.handle.embed_metered(seqs, compute);
     let embedded = match deadline(&state, arrived) {
-        None => Ok(model.handle.embed(seqs).await),
-        Some(at) => tokio::time::timeout_at(at, model.handle.embed(seqs))
-            .await
-            .map_err(|_| at),
+        None => Ok(work.await),
+        Some(at) => tokio::time::timeout_at(at, work).await.map_err(|_| at),
     };
     let vectors = match embedded {
         Ok(Ok(v)) => v,

@@ -219,6 +219,9 @@ where
             return Err(e);
         }
     };
+    for (s, _) in &streams {
+        meter.add_compute(s.compute_time());
+    }
     tracing::debug!(model = %model.name, prompts = prompts.len(), n = valid.n(), stream = transport.stream, user = transport.user.as_deref().unwrap_or(""), "generation");
     let gen = Generation::new(
         streams,

@@ -216,7 +216,8 @@ pub async fn list_keys(State(state): State<AppState>) -> Result<Json<Value>, Ser
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
-/// `GET /admin/keys/{id}`: the key plus its requests in flight on this server.
+/// `GET /admin/keys/{id}`: the key plus its requests in flight (on this server; on every
+/// server sharing a PostgreSQL store).
 pub async fn get_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -224,7 +225,7 @@ pub async fn get_key(
     let t = state.tenancy();
     let key = t.store()?.get_key(&id).await?;
     let mut v = key_json(&key, None)?;
-    v["in_flight"] = json!(t.admission.in_flight(&key.id));
+    v["in_flight"] = json!(t.in_flight(&key.id).await?);
     Ok(Json(v))
 }
 

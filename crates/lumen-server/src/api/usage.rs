@@ -101,6 +101,7 @@ fn report_query(
         group_by,
         key_id,
         limit: limit as usize,
+        prices: Default::default(),
     })
 }
 
@@ -109,7 +110,8 @@ pub async fn admin_usage(
     State(state): State<AppState>,
     Query(params): Params,
 ) -> Result<Json<Value>, ServerError> {
-    let q = report_query(&params, None)?;
+    let mut q = report_query(&params, None)?;
+    q.prices = state.tenancy().prices.clone();
     let page = state.tenancy().store()?.usage_report(&q).await?;
     Ok(Json(json!(page)))
 }
@@ -124,7 +126,8 @@ pub async fn own_usage(
     let key_id = ctx.map_or(String::new(), |Extension(c)| {
         c.principal.key_id().to_string()
     });
-    let q = report_query(&params, Some(key_id))?;
+    let mut q = report_query(&params, Some(key_id))?;
+    q.prices = state.tenancy().prices.clone();
     let page = state.tenancy().store()?.usage_report(&q).await?;
     Ok(Json(json!(page)))
 }

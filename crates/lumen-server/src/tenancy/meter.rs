@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use lumen_engine::Usage;
+use lumen_engine::{ComputeTime, Usage};
 use lumen_store::{Outcome, UsageEvent};
 
 use super::Principal;
@@ -39,6 +39,8 @@ pub struct Meter {
     usage: Usage,
     outcome: Outcome,
     ttft: Option<Duration>,
+    /// The engine time of each of the request's engine requests, read at the end.
+    compute: Vec<ComputeTime>,
 }
 
 impl Meter {
@@ -58,6 +60,7 @@ impl Meter {
             usage: Usage::default(),
             outcome: Outcome::Cancelled,
             ttft: None,
+            compute: Vec::new(),
         }
     }
 
@@ -69,6 +72,11 @@ impl Meter {
     /// Says how the request ended.
     pub fn set_outcome(&mut self, outcome: Outcome) {
         self.outcome = outcome;
+    }
+
+    /// Adds an engine request whose attributed time the event records (summed at the end).
+    pub fn add_compute(&mut self, compute: ComputeTime) {
+        self.compute.push(compute);
     }
 
     /// Time to the first token, once known.
@@ -99,6 +107,11 @@ impl Drop for Meter {
                 status: self.outcome,
                 latency_ms: self.info.arrived.elapsed().as_millis() as u64,
                 ttft_ms: self.ttft.map(|t| t.as_millis() as u64),
+                compute_us: self
+                    .compute
+                    .iter()
+                    .map(|c| c.get().as_micros() as u64)
+                    .sum(),
             });
         }
     }

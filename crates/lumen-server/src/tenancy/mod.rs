@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lumen_engine::{CallerId, PriorityInput};
-use lumen_store::{ApiKey, Role, Store};
+use lumen_store::{ApiKey, Backend, Role, Store};
 
+use crate::admission::shared::SharedAdmission;
 use crate::admission::{Admission, RateSnapshot};
 use crate::auth::ApiKeys;
 use crate::error::ServerError;
@@ -159,12 +160,17 @@ pub struct Tenancy {
     pub store: Option<Store>,
     /// Cached key lookups.
     pub cache: KeyCache,
-    /// Live limit state.
+    /// Live limit state (in memory; with a PostgreSQL store, its refusal counts and clock).
     pub admission: Arc<Admission>,
+    /// Limits shared through the database (a PostgreSQL store), used instead of
+    /// `admission`'s in-memory state.
+    pub shared: Option<Arc<SharedAdmission>>,
     /// The usage ledger's writer (none without a store).
     pub ledger: Option<Ledger>,
     /// Days raw usage events are kept (`None`: forever); rollups are kept regardless.
     pub retention_days: Option<u64>,
+    /// Prices per model (`--price`), for the `cost` of usage reports.
+    pub prices: std::collections::BTreeMap<String, lumen_store::Price>,
     store_has_keys: AtomicBool,
 }
 
@@ -174,7 +180,8 @@ impl Tenancy {
         Tenancy::new(keys, ApiKeys::default(), None, None, false)
     }
 
-    /// Everything; `store_has_keys` says whether the store held a key at start.
+    /// Everything; `store_has_keys` says whether the store held a key at start. A PostgreSQL
+    /// store gets shared admission (call from within the runtime: it starts the lease renewer).
     pub fn new(
         static_keys: ApiKeys,
         admin_keys: ApiKeys,
@@ -182,14 +189,20 @@ impl Tenancy {
         ledger: Option<Ledger>,
         store_has_keys: bool,
     ) -> Self {
+        let shared = store
+            .as_ref()
+            .filter(|s| s.backend() == Backend::Postgres)
+            .map(|s| SharedAdmission::start(s.clone()));
         Tenancy {
             static_keys,
             admin_keys,
+            shared,
             store,
             cache: KeyCache::default(),
             admission: Admission::new(),
             ledger,
             retention_days: None,
+            prices: Default::default(),
             store_has_keys: AtomicBool::new(store_has_keys),
         }
     }
@@ -211,6 +224,14 @@ impl Tenancy {
         self.store
             .as_ref()
             .ok_or_else(|| ServerError::StoreUnavailable("this server has no database".into()))
+    }
+
+    /// Requests in flight for key or tenant `id` (on every server, with shared admission).
+    pub async fn in_flight(&self, id: &str) -> Result<u64, ServerError> {
+        match &self.shared {
+            Some(shared) => shared.in_flight(id).await,
+            None => Ok(self.admission.in_flight(id)),
+        }
     }
 
     /// Who `token` (the bearer credentials, if any) identifies.
@@ -254,10 +275,18 @@ impl Tenancy {
         let principal = ctx.map_or(&Principal::Open, |c| &c.principal);
         let grant = match principal.key() {
             Some(k) => {
-                self.admission.load_budget(k, self.store.as_ref()).await?;
-                let (result, snap) = self.admission.admit(k, cost);
+                let (result, snap) = match &self.shared {
+                    Some(shared) => shared.admit(&self.admission, k, cost).await,
+                    None => {
+                        self.admission.load_budget(k, self.store.as_ref()).await?;
+                        self.admission.admit(k, cost)
+                    }
+                };
                 if let Some(c) = ctx {
                     c.set_rate(snap);
+                }
+                if let (Err(e), Some(_)) = (&result, &self.shared) {
+                    self.admission.note_refusal(e);
                 }
                 Some(result?)
             }
