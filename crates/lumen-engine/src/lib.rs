@@ -82,7 +82,9 @@ pub use request::{
     Api, CallerId, Event, FinishReason, GenerationParams, Priority, PriorityInput, TokenLogprob,
     Usage, ValidParams, ValidRequest,
 };
-pub use sampler::{log_softmax_top_n, logsumexp, Sampled, Sampler, SamplingParams};
+pub use sampler::{
+    log_softmax_top_n, logsumexp, Sampled, Sampler, SamplingParams, TokenUncertainty,
+};
 pub use scheduler::SchedulerConfig;
 pub use stop::{StopMatcher, StopOutput};
 pub use tokenizer::{GgufVocab, TokenType, Tokenizer, VocabKind};

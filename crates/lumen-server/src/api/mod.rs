@@ -14,6 +14,7 @@ pub mod params;
 pub mod response;
 pub mod structured;
 pub mod tool_calls;
+pub mod uncertainty;
 pub mod usage;
 
 use std::time::Instant;

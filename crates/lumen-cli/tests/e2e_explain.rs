@@ -1,0 +1,15 @@
+//! Interpretability end to end: `lumen_uncertainty` on the generation endpoints, checked
+//! with the official client against the logprobs the same server returns.
+
+mod common;
+
+use std::time::Duration;
+
+#[test]
+fn interpretability_end_to_end() {
+    let Some(python) = common::prerequisites() else {
+        return;
+    };
+    let server = common::Server::start(&[]);
+    server.pytest(&python, "test_uncertainty.py", Duration::from_secs(300));
+}
