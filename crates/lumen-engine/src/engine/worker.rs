@@ -163,8 +163,7 @@ impl Worker {
             // Explanations run below generation: when nothing is scheduled, or one pass
             // every few steps so that a busy engine still finishes them.
             if self.explains.due(self.sched.is_idle()) {
-                self.explains
-                    .run_one(&self.model, &self.threads);
+                self.explains.run_one(&self.model, &self.threads);
             }
             if !self.sched.is_idle() {
                 self.step();

@@ -188,13 +188,20 @@ fn vocab_token(param: &'static str, t: u32, vocab: usize) -> Result<u32, EngineE
     if (t as usize) < vocab {
         Ok(t)
     } else {
-        Err(invalid(param, format!("token id {t} is outside the vocabulary")))
+        Err(invalid(
+            param,
+            format!("token id {t} is outside the vocabulary"),
+        ))
     }
 }
 
 impl ExplainParams {
     /// Checks every limit before any compute; `tok` cuts spans into words and sentences.
-    pub fn validate(self, model: ExplainModel, tok: &Tokenizer) -> Result<ValidExplain, EngineError> {
+    pub fn validate(
+        self,
+        model: ExplainModel,
+        tok: &Tokenizer,
+    ) -> Result<ValidExplain, EngineError> {
         let n_prompt = self.prompt.len();
         if n_prompt == 0 {
             return Err(invalid("prompt", "the prompt is empty"));
@@ -206,7 +213,9 @@ impl ExplainParams {
             ));
         }
         if self.protected.len() != n_prompt {
-            return Err(EngineError::Config("one protected flag per prompt token".into()));
+            return Err(EngineError::Config(
+                "one protected flag per prompt token".into(),
+            ));
         }
         let max_completion = match (&self.completion, self.max_tokens) {
             (Some(c), _) if c.is_empty() => {
@@ -300,7 +309,10 @@ impl ExplainParams {
                     .as_deref()
                     .map(|t| positions("attention.targets", t, total))
                     .transpose()?;
-                if targets.as_ref().is_some_and(|t| t.len() > MAX_ATTENTION_TARGETS || t.is_empty()) {
+                if targets
+                    .as_ref()
+                    .is_some_and(|t| t.len() > MAX_ATTENTION_TARGETS || t.is_empty())
+                {
                     return Err(invalid(
                         "attention.targets",
                         format!("between 1 and {MAX_ATTENTION_TARGETS} targets"),
@@ -334,10 +346,21 @@ impl ExplainParams {
             total,
             spans.len(),
             contrast.is_some(),
-            lens.as_ref().map(|(p, k)| (p.as_ref().map_or(MAX_LENS_CELLS / n_layers, Vec::len) * n_layers, *k)),
-            dla.is_some().then_some(model.n_layers * (model.n_heads + 2) + 1),
+            lens.as_ref().map(|(p, k)| {
+                (
+                    p.as_ref().map_or(MAX_LENS_CELLS / n_layers, Vec::len) * n_layers,
+                    *k,
+                )
+            }),
+            dla.is_some()
+                .then_some(model.n_layers * (model.n_heads + 2) + 1),
             attention.as_ref().map(|(t, h, k)| {
-                (t.as_ref().map_or(1, Vec::len) * model.n_layers * h.as_ref().map_or(1, Vec::len), *k)
+                (
+                    t.as_ref().map_or(1, Vec::len)
+                        * model.n_layers
+                        * h.as_ref().map_or(1, Vec::len),
+                    *k,
+                )
             }),
         );
         if bytes > MAX_EXPLAIN_RESPONSE_BYTES {
@@ -428,7 +451,9 @@ impl ValidExplain {
             ));
         }
         if completion.len() > self.max_completion {
-            return Err(EngineError::Config("completion longer than validated".into()));
+            return Err(EngineError::Config(
+                "completion longer than validated".into(),
+            ));
         }
         Ok(ExplainJob::new(self, completion))
     }

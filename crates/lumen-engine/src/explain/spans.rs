@@ -31,11 +31,8 @@ pub fn protected_tokens(
     let mut at = 0usize;
     for &id in ids {
         let len = tok.token_bytes(id).map_or(0, <[u8]>::len);
-        let inside = content.is_none_or(|ranges| {
-            ranges
-                .iter()
-                .any(|&(s, e)| s <= at && at + len <= e)
-        });
+        let inside =
+            content.is_none_or(|ranges| ranges.iter().any(|&(s, e)| s <= at && at + len <= e));
         offsets.push(at);
         protected.push(tok.is_special(id) || !inside);
         at += len;
@@ -49,7 +46,10 @@ fn starts_word(bytes: &[u8]) -> bool {
 
 fn ends_sentence(bytes: &[u8]) -> bool {
     let trimmed = bytes.trim_ascii_end();
-    bytes.contains(&b'\n') || trimmed.last().is_some_and(|b| matches!(b, b'.' | b'!' | b'?'))
+    bytes.contains(&b'\n')
+        || trimmed
+            .last()
+            .is_some_and(|b| matches!(b, b'.' | b'!' | b'?'))
 }
 
 /// The spans of `spec` over `prompt`, each the unprotected token indices it removes.
@@ -71,10 +71,15 @@ pub(super) fn build(
                 if !ok {
                     return Err(invalid(
                         "occlusion.spans",
-                        format!("range [{s}, {e}) is not a non-empty range of the {} prompt tokens", prompt.len()),
+                        format!(
+                            "range [{s}, {e}) is not a non-empty range of the {} prompt tokens",
+                            prompt.len()
+                        ),
                     ));
                 }
-                let span: Vec<usize> = (s as usize..e as usize).filter(|&i| !protected[i]).collect();
+                let span: Vec<usize> = (s as usize..e as usize)
+                    .filter(|&i| !protected[i])
+                    .collect();
                 if span.is_empty() {
                     return Err(invalid(
                         "occlusion.spans",

@@ -179,7 +179,8 @@ impl ForwardHook for Capture {
     fn attention(&mut self, _layer: usize, q: &[f32], k: &[f32], v: &[f32], heads: &[f32]) {
         let (qd, kvd) = (self.qd, self.kvd);
         if let Some(p) = self.dla {
-            self.dla_heads.extend_from_slice(&heads[p * qd..(p + 1) * qd]);
+            self.dla_heads
+                .extend_from_slice(&heads[p * qd..(p + 1) * qd]);
         }
         for &p in &self.attention {
             self.att_q.extend_from_slice(&q[p * qd..(p + 1) * qd]);
@@ -192,13 +193,15 @@ impl ForwardHook for Capture {
 
     fn attn_out(&mut self, _layer: usize, o: &[f32]) {
         if let Some(p) = self.dla {
-            self.dla_attn.extend_from_slice(&o[p * self.d..(p + 1) * self.d]);
+            self.dla_attn
+                .extend_from_slice(&o[p * self.d..(p + 1) * self.d]);
         }
     }
 
     fn mlp_out(&mut self, _layer: usize, o: &[f32]) {
         if let Some(p) = self.dla {
-            self.dla_mlp.extend_from_slice(&o[p * self.d..(p + 1) * self.d]);
+            self.dla_mlp
+                .extend_from_slice(&o[p * self.d..(p + 1) * self.d]);
         }
     }
 }

@@ -18,8 +18,7 @@ pub trait ForwardHook {
     fn residual(&mut self, _layer: usize, _x: &[f32]) {}
     /// Block `layer`'s attention: queries and keys after RoPE (`q_dim`, `kv_dim` per row),
     /// values (`kv_dim`), and the heads' outputs before the output projection (`q_dim`).
-    fn attention(&mut self, _layer: usize, _q: &[f32], _k: &[f32], _v: &[f32], _heads: &[f32]) {
-    }
+    fn attention(&mut self, _layer: usize, _q: &[f32], _k: &[f32], _v: &[f32], _heads: &[f32]) {}
     /// Block `layer`'s attention output after the output projection (what joins the residual).
     fn attn_out(&mut self, _layer: usize, _o: &[f32]) {}
     /// Block `layer`'s MLP output (what joins the residual).

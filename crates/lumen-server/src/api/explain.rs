@@ -177,7 +177,10 @@ fn tokenize(body: &ExplainBody, model: &ChatServed) -> Result<Tokenized, ServerE
             "prompt",
             "give either messages or prompt, not both",
         )),
-        (None, None) => Err(ServerError::param("messages", "messages or prompt is required")),
+        (None, None) => Err(ServerError::param(
+            "messages",
+            "messages or prompt is required",
+        )),
         (Some(m), None) => {
             let messages = convert_messages(m)?;
             let text = model.template.render_with_tools(&messages, true, None)?;
@@ -216,7 +219,11 @@ fn tokenize(body: &ExplainBody, model: &ChatServed) -> Result<Tokenized, ServerE
     }
 }
 
-fn params(body: &ExplainBody, t: &Tokenized, tok: &Tokenizer) -> Result<ExplainParams, ServerError> {
+fn params(
+    body: &ExplainBody,
+    t: &Tokenized,
+    tok: &Tokenizer,
+) -> Result<ExplainParams, ServerError> {
     let completion = match &body.completion {
         None => None,
         Some(TextOrIds::Text(s)) => Some(tok.encode(s, false, false)?),
@@ -317,7 +324,9 @@ async fn generate(
         match ev {
             Event::Token { token, .. } => out.push(token),
             Event::Error(e) => return Err(ServerError::Internal(e)),
-            Event::GrammarError { param, message } => return Err(ServerError::param(param, message)),
+            Event::GrammarError { param, message } => {
+                return Err(ServerError::param(param, message))
+            }
             Event::Done(_) => break,
             _ => {}
         }

@@ -1,9 +1,9 @@
 //! The typed body `POST /v1/explain` answers with (field names fixed by the issue that
 //! introduced the endpoint; `docs/explain.md` explains each).
 
+use lumen_engine::explain::DlaPart;
 use lumen_engine::explain::ExplainOutput;
 use lumen_engine::Tokenizer;
-use lumen_engine::explain::DlaPart;
 use serde::Serialize;
 
 /// One token of the explained text.
@@ -232,9 +232,9 @@ pub fn build(ctx: Context<'_>, out: ExplainOutput) -> ExplainResponse {
             protected,
         })
         .collect();
-    let mut at = prompt
-        .last()
-        .map_or(0, |t| t.offset + tok.token_bytes(t.id).map_or(0, <[u8]>::len));
+    let mut at = prompt.last().map_or(0, |t| {
+        t.offset + tok.token_bytes(t.id).map_or(0, <[u8]>::len)
+    });
     let completion: Vec<TokenOut> = out
         .completion
         .iter()
