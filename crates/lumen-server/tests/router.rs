@@ -174,6 +174,18 @@ async fn unknown_models_and_routes_are_404() {
         (status, error_of(&body)["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
+    // Explanations are off unless the operator turns them on (`--enable-explain`).
+    let req = post(
+        "/v1/explain",
+        "application/json",
+        r#"{"model":"ghost","prompt":"hi"}"#,
+        None,
+    );
+    let (status, _, body) = call(&s, req).await;
+    assert_eq!(
+        (status, error_of(&body)["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
     let (status, _, body) = call(&s, Request::get("/v1/models").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(

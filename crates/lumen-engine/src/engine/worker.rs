@@ -102,7 +102,7 @@ impl Worker {
                 ..config.scheduler
             }),
             requests: HashMap::new(),
-            stats,
+            stats: stats.clone(),
             in_flight,
             model_key: config.model_name.clone(),
             eog_ids,
@@ -116,7 +116,7 @@ impl Worker {
                 },
                 ..config.speculative
             },
-            explains: explain::ExplainQueue::new(explains),
+            explains: explain::ExplainQueue::new(explains, stats.clone()),
             model,
             tokenizer,
         }

@@ -176,6 +176,11 @@ impl ExplainJob {
         self.out.completion.len()
     }
 
+    /// Tokens the passes run so far.
+    pub fn forward_tokens(&self) -> usize {
+        self.out.forward_tokens
+    }
+
     /// Whether every pass has run.
     pub fn is_done(&self) -> bool {
         self.started && (!self.v.occlusion || self.next_span == self.v.spans.len())

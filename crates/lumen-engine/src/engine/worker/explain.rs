@@ -3,13 +3,14 @@
 //! busy engine still finishes them), each pass in a KV cache of its own.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 
 use lumen_kernels::ThreadPool;
 use lumen_models::{ForwardWorkspace, LlamaModel};
 use tokio::sync::oneshot;
 
+use super::EngineStats;
 use crate::explain::{ExplainJob, ExplainOutput};
 use crate::EngineError;
 
@@ -26,15 +27,17 @@ pub(super) struct ExplainQueue {
     /// Activation buffers of explanation passes, apart from generation's.
     ws: ForwardWorkspace,
     steps: usize,
+    stats: Arc<EngineStats>,
 }
 
 impl ExplainQueue {
-    pub fn new(count: Arc<AtomicUsize>) -> Self {
+    pub fn new(count: Arc<AtomicUsize>, stats: Arc<EngineStats>) -> Self {
         ExplainQueue {
             jobs: VecDeque::new(),
             count,
             ws: ForwardWorkspace::new(),
             steps: 0,
+            stats,
         }
     }
 
@@ -71,7 +74,13 @@ impl ExplainQueue {
             self.done();
             return;
         }
-        if let Err(e) = job.step(model, pool, &mut self.ws) {
+        let before = job.forward_tokens();
+        let result = job.step(model, pool, &mut self.ws);
+        self.stats.explain_passes.fetch_add(1, Relaxed);
+        self.stats
+            .explain_tokens
+            .fetch_add((job.forward_tokens() - before) as u64, Relaxed);
+        if let Err(e) = result {
             tracing::error!(error = %e, "explanation pass failed");
             let _ = reply.send(Err(e));
             self.done();
