@@ -85,6 +85,11 @@ bench-structured: models
 bench-speculative: models venv
 	target/venv/bin/python scripts/bench-speculative.py
 
+## Interactive TTFT p50 alone and beside 20 concurrent explanations (SAMPLES, EXPLAINS).
+.PHONY: bench-explain
+bench-explain: models venv build
+	target/venv/bin/python scripts/bench-explain.py
+
 ## Mixed load on one server: 16 chat streams, embedding clients, both (THREADS, DURATION).
 .PHONY: bench-mixed
 bench-mixed: models build

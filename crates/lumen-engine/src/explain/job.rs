@@ -14,7 +14,7 @@ use crate::sampler::{log_softmax_top_n, logsumexp};
 
 /// Tokens one occlusion pass runs at most (a sequence longer than this runs alone): about a
 /// generation step's prefill budget, so a pass between steps delays streams little.
-const UNIT_TOKENS: usize = 512;
+const UNIT_TOKENS: usize = 256;
 
 /// Occlusion's scores.
 #[derive(Clone, Debug, PartialEq)]

@@ -40,7 +40,7 @@ pub const MAX_EXPLAIN_FORWARD_TOKENS: usize = 50_000;
 /// Largest response an explanation may produce (estimated before compute).
 pub const MAX_EXPLAIN_RESPONSE_BYTES: usize = 2 << 20;
 /// Explanations queued per model before the next is refused (429).
-pub const MAX_EXPLAIN_QUEUED: usize = 8;
+pub const MAX_EXPLAIN_QUEUED: usize = 32;
 /// Most attention target positions.
 pub const MAX_ATTENTION_TARGETS: usize = 8;
 
