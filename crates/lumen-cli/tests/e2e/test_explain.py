@@ -8,7 +8,7 @@ import random
 import threading
 import time
 
-from lumen_e2e import MODEL, client, metric, metrics, raw
+from lumen_e2e import EMBED_MODEL, MODEL, client, metric, metrics, raw
 
 c = client()
 N_LAYERS = 30
@@ -265,3 +265,40 @@ def test_explain_alone_equals_explain_beside_16_busy_streams():
     assert len(ends) == 16 and max(ends) > done, "the streams were not running alongside"
     for key in ("occlusion", "logit_lens", "dla", "attention", "tokens", "completion"):
         assert busy[key] == alone[key], key
+
+
+def embed_ids(lists):
+    r = raw("POST", "/v1/embeddings", json={"model": EMBED_MODEL, "input": lists})
+    assert r.status_code == 200, r.text
+    return [d["embedding"] for d in sorted(r.json()["data"], key=lambda d: d["index"])]
+
+
+def cosine(a, b):
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_embedding_explanation_is_two_embedding_requests_apart():
+    query, doc = "Where is the Eiffel Tower?", "Bananas are yellow and sweet. The Eiffel Tower stands in Paris. My cat sleeps a lot."
+    r = raw("POST", "/v1/explain", json={"model": EMBED_MODEL, "texts": [query, doc],
+                                          "occlusion": {"spans": "sentence"}})
+    assert r.status_code == 200, r.text
+    e = r.json()
+    q, d = e["texts"]
+    assert [s["text"] for s in d["spans"]] == ["bananas are yellow and sweet.", "the eiffel tower stands in paris.", "my cat sleeps a lot."]
+    assert q["tokens"][0]["protected"] and q["tokens"][-1]["protected"]
+    # The sentence that answers the query carries the similarity; the others work against it.
+    assert max(range(3), key=lambda i: d["delta"][i]) == 1 and d["delta"][1] > 0 > d["delta"][0]
+    # Each delta is what two ordinary embedding requests give (the engine is batch invariant).
+    qi, di = [t["id"] for t in q["tokens"]], [t["id"] for t in d["tokens"]]
+    vq, vd = embed_ids([qi, di])
+    assert abs(cosine(vq, vd) - e["similarity"]) < 1e-5
+    for s, span in enumerate(d["spans"]):
+        [v] = embed_ids([di[:span["start"]] + di[span["end"]:]])
+        assert abs((e["similarity"] - cosine(vq, v)) - d["delta"][s]) < 1e-5
+    words = raw("POST", "/v1/explain", json={"model": EMBED_MODEL, "texts": [query, doc]}).json()
+    assert [s["text"] for s in words["texts"][0]["spans"]] == ["where", "is", "the", "eiffel", "tower", "?"]
+    bad = raw("POST", "/v1/explain", json={"model": EMBED_MODEL, "texts": [query]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "texts"
+    bad = raw("POST", "/v1/explain", json={"model": EMBED_MODEL, "texts": [query, doc], "occlusion": {"mode": "mask"}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "occlusion.mode"

@@ -20,7 +20,7 @@ pub use job::{
     LensOut, OcclusionOut,
 };
 pub use lumen_models::{DlaPart, DlaTerm};
-pub use spans::{protected_tokens, SpanSpec};
+pub use spans::{build_spans, protected_tokens, span_text, SpanSpec};
 
 use crate::error::EngineError;
 use crate::tokenizer::Tokenizer;
@@ -261,7 +261,7 @@ impl ExplainParams {
         let (spans, mode, contrast, occlusion) = match &self.occlusion {
             None => (Vec::new(), OcclusionMode::Mask, None, false),
             Some(o) => {
-                let spans = spans::build(&o.spans, &self.prompt, &self.protected, tok)?;
+                let spans = spans::build_spans(&o.spans, &self.prompt, &self.protected, tok)?;
                 if spans.is_empty() {
                     return Err(invalid(
                         "occlusion.spans",

@@ -40,6 +40,19 @@ pub fn protected_tokens(
     (offsets, protected)
 }
 
+/// The text of a span's tokens: their bytes end to end, or, for WordPiece (whose pieces hold
+/// no spaces), the tokenizer's decoding.
+pub fn span_text(tok: &Tokenizer, ids: &[u32]) -> String {
+    if tok.is_wordpiece() {
+        return tok.decode(ids, false).unwrap_or_default();
+    }
+    let bytes: Vec<u8> = ids
+        .iter()
+        .flat_map(|&id| tok.token_bytes(id).unwrap_or(&[]).iter().copied())
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 fn starts_word(bytes: &[u8]) -> bool {
     bytes.first().is_some_and(|b| b.is_ascii_whitespace())
 }
@@ -52,14 +65,23 @@ fn ends_sentence(bytes: &[u8]) -> bool {
             .is_some_and(|b| matches!(b, b'.' | b'!' | b'?'))
 }
 
-/// The spans of `spec` over `prompt`, each the unprotected token indices it removes.
-pub(super) fn build(
+/// The spans of `spec` over `prompt`, each the unprotected token indices it removes (errors
+/// name `occlusion.spans`; at most [`MAX_EXPLAIN_SPANS`]).
+pub fn build_spans(
     spec: &SpanSpec,
     prompt: &[u32],
     protected: &[bool],
     tok: &Tokenizer,
 ) -> Result<Vec<Vec<usize>>, EngineError> {
     let bytes = |i: usize| tok.token_bytes(prompt[i]).unwrap_or(&[]);
+    let wordpiece = tok.is_wordpiece();
+    let starts_word = |b: &[u8]| {
+        if wordpiece {
+            !b.starts_with(b"##")
+        } else {
+            starts_word(b)
+        }
+    };
     let mut spans: Vec<Vec<usize>> = Vec::new();
     match spec {
         SpanSpec::Ranges(ranges) => {

@@ -22,6 +22,7 @@ use lumen_engine::{Event, GenerationParams, PriorityInput, Tokenizer, Usage};
 use serde::Deserialize;
 
 use super::chat::{convert_messages, MessageIn};
+use super::explain_embed;
 use super::explain_out::{build, Context, ExplainResponse};
 use super::generate::check_model;
 use super::{prepare, Meta};
@@ -120,6 +121,8 @@ pub struct ExplainBody {
     pub messages: Option<Vec<MessageIn>>,
     /// ... or a plain prompt.
     pub prompt: Option<TextOrIds>,
+    /// Two texts, for an embedding model: which spans carry their similarity.
+    pub texts: Option<Vec<String>>,
     /// The completion to explain; else generated greedily.
     pub completion: Option<TextOrIds>,
     /// Most tokens to generate (at most 32).
@@ -424,6 +427,9 @@ pub async fn explain(
         .as_ref()
         .map_or(Principal::Open, |c| c.principal.clone());
     check_model(&state, &principal, &body.model)?;
+    if body.texts.is_some() {
+        return explain_embedding(state, ctx, body, arrived).await;
+    }
     let model = state.chat_model(Some(&body.model), None).await?;
     state.ensure_accepting()?;
     let m = model.clone();
@@ -449,6 +455,40 @@ pub async fn explain(
         cached_prompt_tokens: 0,
         completion_tokens: response.usage.generated_tokens,
     });
+    meter.set_outcome(lumen_store::Outcome::Ok);
+    Ok(Json(response).into_response())
+}
+
+/// The embedding form (two `texts`; see [`super::explain_embed`]).
+async fn explain_embedding(
+    state: AppState,
+    ctx: Option<Arc<RequestCtx>>,
+    body: ExplainBody,
+    arrived: Instant,
+) -> Result<Response, ServerError> {
+    let model = state.embedding_model(&body.model, None).await?;
+    state.ensure_accepting()?;
+    let m = model.clone();
+    let plan = prepare(move || explain_embed::plan(&body, &m)).await?;
+    let tokens = plan.tokens();
+    let mut meter = state
+        .tenancy()
+        .admit(
+            ctx.as_deref(),
+            tokens as u64,
+            EventInfo {
+                request_id: state.new_id("explain"),
+                model: model.name.clone(),
+                endpoint: "explain",
+                arrived,
+            },
+        )
+        .await?;
+    meter.set_usage(Usage {
+        prompt_tokens: tokens,
+        ..Usage::default()
+    });
+    let response = explain_embed::run(&model, plan).await?;
     meter.set_outcome(lumen_store::Outcome::Ok);
     Ok(Json(response).into_response())
 }

@@ -1,8 +1,8 @@
 //! The typed body `POST /v1/explain` answers with (field names fixed by the issue that
 //! introduced the endpoint; `docs/explain.md` explains each).
 
-use lumen_engine::explain::DlaPart;
 use lumen_engine::explain::ExplainOutput;
+use lumen_engine::explain::{span_text, DlaPart};
 use lumen_engine::Tokenizer;
 use serde::Serialize;
 
@@ -260,7 +260,7 @@ pub fn build(ctx: Context<'_>, out: ExplainOutput) -> ExplainResponse {
                 SpanOut {
                     start,
                     end,
-                    text: s.iter().map(|&i| text(tok, ctx.prompt[i])).collect(),
+                    text: span_text(tok, &s.iter().map(|&i| ctx.prompt[i]).collect::<Vec<_>>()),
                 }
             })
             .collect(),

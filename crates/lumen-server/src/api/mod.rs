@@ -6,6 +6,7 @@ pub mod chat;
 pub mod completions;
 pub mod embeddings;
 pub mod explain;
+pub mod explain_embed;
 pub mod explain_out;
 pub mod generate;
 pub mod keys;
