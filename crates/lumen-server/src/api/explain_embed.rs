@@ -186,7 +186,14 @@ pub async fn run(
         embedded_inputs: plan.inputs.len(),
         tokens: plan.tokens(),
     };
+    let expected = plan.inputs.len();
     let vectors = model.handle.embed(plan.inputs).await?;
+    if vectors.len() != expected {
+        return Err(ServerError::Internal(format!(
+            "the embedding engine returned {} vectors for {expected} inputs",
+            vectors.len()
+        )));
+    }
     let tok = model.handle.tokenizer().clone();
     let similarity = cosine(&vectors[0], &vectors[1]);
     let mut next = 2;
