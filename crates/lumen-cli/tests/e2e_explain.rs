@@ -82,3 +82,30 @@ fn lumen_explain_cli() {
     // The lens grid: one row per layer, 0 to 30.
     assert!(plain.contains("logit lens") && plain.lines().any(|l| l.starts_with("   30 |")));
 }
+
+/// `--request-timeout` holds for explanations: a long one is answered 504, its job is dropped,
+/// and the next explanation is served.
+#[test]
+fn explain_past_the_request_timeout_is_504() {
+    if common::prerequisites().is_none() {
+        return;
+    }
+    let server = common::Server::start(&["--enable-explain", "--request-timeout", "1"]);
+    let words = "the quick brown fox jumps over the lazy dog and runs far away ".repeat(30);
+    // 64 token spans over ~360 tokens: about 23,000 forward tokens, far more than a second.
+    let spans: Vec<[i64; 2]> = (0..64).map(|i| [i * 5, i * 5 + 5]).collect();
+    let long = serde_json::json!({
+        "model": "smollm2", "prompt": words,
+        "completion": " home again", "occlusion": {"spans": spans}
+    });
+    let (status, body) =
+        common::http_post_json(server.port, "/v1/explain", &long.to_string()).expect("post");
+    assert_eq!(status, 504, "{body}");
+    let short = serde_json::json!({
+        "model": "smollm2", "prompt": "The capital of France is", "completion": " Paris",
+        "occlusion": {"spans": "word"}
+    });
+    let (status, body) =
+        common::http_post_json(server.port, "/v1/explain", &short.to_string()).expect("post");
+    assert_eq!(status, 200, "{body}");
+}

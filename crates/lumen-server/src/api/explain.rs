@@ -25,7 +25,7 @@ use super::chat::{convert_messages, MessageIn};
 use super::explain_embed;
 use super::explain_out::{build, Context, ExplainResponse};
 use super::generate::check_model;
-use super::{prepare, Meta};
+use super::{deadline, prepare, Meta};
 use crate::error::ServerError;
 use crate::extract::{parse_json, JsonBody};
 use crate::state::{AppState, ChatServed};
@@ -449,7 +449,20 @@ pub async fn explain(
             },
         )
         .await?;
-    let response = run_explain(&model, prepared).await?;
+    // `--request-timeout` holds: past it the answer is 504, and the dropped reply channel
+    // makes the engine drop the job before its next pass.
+    let response = match deadline(&state, arrived) {
+        None => run_explain(&model, prepared).await?,
+        Some(at) => match tokio::time::timeout_at(at, run_explain(&model, prepared)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                meter.set_outcome(lumen_store::Outcome::Cancelled);
+                return Err(ServerError::Timeout {
+                    secs: (at.into_std() - arrived).as_secs_f64(),
+                });
+            }
+        },
+    };
     meter.set_usage(Usage {
         prompt_tokens: response.usage.forward_tokens,
         cached_prompt_tokens: 0,
