@@ -50,6 +50,7 @@ pub mod detokenize;
 pub mod embed;
 pub mod engine;
 pub mod error;
+pub mod explain;
 pub mod kv;
 pub mod registry;
 pub mod request;
@@ -82,7 +83,9 @@ pub use request::{
     Api, CallerId, Event, FinishReason, GenerationParams, Priority, PriorityInput, TokenLogprob,
     Usage, ValidParams, ValidRequest,
 };
-pub use sampler::{log_softmax_top_n, logsumexp, Sampled, Sampler, SamplingParams};
+pub use sampler::{
+    log_softmax_top_n, logsumexp, Sampled, Sampler, SamplingParams, TokenUncertainty,
+};
 pub use scheduler::SchedulerConfig;
 pub use stop::{StopMatcher, StopOutput};
 pub use tokenizer::{GgufVocab, TokenType, Tokenizer, VocabKind};

@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use futures_util::stream::{SelectAll, Stream, StreamExt};
 use lumen_engine::{
-    EngineHandle, Event, FinishReason, RequestStream, TokenLogprob, Usage, ValidRequest,
+    EngineHandle, Event, FinishReason, RequestStream, TokenLogprob, TokenUncertainty, Usage,
+    ValidRequest,
 };
 
 use crate::error::ServerError;
@@ -41,6 +42,8 @@ pub enum GenEvent {
         text: String,
         /// Its logprobs, when asked for.
         logprob: Option<TokenLogprob>,
+        /// Its uncertainty, when asked for.
+        uncertainty: Option<TokenUncertainty>,
     },
     /// Choice `index` ended.
     Finished {
@@ -129,6 +132,7 @@ impl Tally {
                 token,
                 text,
                 logprob,
+                uncertainty,
             } => {
                 let index = prompt * self.n + choice;
                 let now = Instant::now();
@@ -154,6 +158,7 @@ impl Tally {
                     token,
                     text,
                     logprob,
+                    uncertainty,
                 });
             }
             Event::Finished {
@@ -394,6 +399,7 @@ mod tests {
             token: 7,
             text: "x".into(),
             logprob: None,
+            uncertainty: None,
         }
     }
 

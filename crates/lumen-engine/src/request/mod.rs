@@ -17,7 +17,7 @@ pub use params::{Api, CallerId, GenerationParams, PriorityInput};
 pub use valid::{ValidParams, ValidRequest};
 
 use crate::constraint::CompiledConstraint;
-use crate::sampler::SamplingParams;
+use crate::sampler::{SamplingParams, TokenUncertainty};
 
 /// Scheduling class: interactive requests run before batch jobs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -122,6 +122,8 @@ pub enum Event {
         text: String,
         /// Logprobs, when asked for.
         logprob: Option<TokenLogprob>,
+        /// Entropy, margin and logprob of the choice, when `uncertainty` was asked for.
+        uncertainty: Option<TokenUncertainty>,
     },
     /// A choice ended; `text` is any held-back text released at the end.
     Finished {

@@ -112,6 +112,8 @@ pub struct GenerationParams {
     pub top_logprobs: Option<i64>,
     /// vLLM: logprobs of the prompt tokens, with this many alternatives.
     pub prompt_logprobs: Option<i64>,
+    /// Lumen: entropy and margin of every generated token (`lumen_uncertainty`).
+    pub uncertainty: Option<bool>,
     /// Completions: prepend the prompt to each choice.
     pub echo: Option<bool>,
     /// Completions: must equal `n` when sent (every choice is returned).
@@ -202,6 +204,7 @@ impl GenerationParams {
             // OpenAI seeds are any integer; the bits are what matter.
             seed: self.seed.map(|s| s as u64),
             logprobs,
+            uncertainty: self.uncertainty.unwrap_or(false),
             logit_bias: logit_bias(&self.logit_bias, vocab)?,
         };
         if self.stop.len() > MAX_STOP {

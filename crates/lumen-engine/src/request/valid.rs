@@ -85,6 +85,11 @@ impl ValidParams {
         self.template.sampling.logprobs
     }
 
+    /// Whether each generated token's uncertainty is measured (`lumen_uncertainty`).
+    pub fn uncertainty(&self) -> bool {
+        self.template.sampling.uncertainty
+    }
+
     /// Whether the prompt is prepended to each choice (completions' `echo`).
     pub fn echo(&self) -> bool {
         self.echo

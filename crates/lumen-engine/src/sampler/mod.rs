@@ -29,9 +29,11 @@ mod logprobs;
 mod params;
 mod penalties;
 mod rng;
+mod uncertainty;
 
 pub use logprobs::{log_softmax_top_n, logsumexp};
 pub use params::SamplingParams;
+pub use uncertainty::TokenUncertainty;
 
 use crate::error::EngineError;
 use penalties::PenaltyState;
@@ -48,6 +50,8 @@ pub struct Sampled {
     pub logprob: Option<f32>,
     /// The `params.logprobs` most likely tokens with their logprobs, most likely first.
     pub top_logprobs: Vec<(u32, f32)>,
+    /// The token's entropy, margin and logprob, when `params.uncertainty` asks for them.
+    pub uncertainty: Option<TokenUncertainty>,
 }
 
 /// One sequence's sampling state.
@@ -118,7 +122,8 @@ impl Sampler {
                 sp.presence_penalty,
             );
         }
-        let lse = self.params.logprobs.map(|_| logsumexp(logits));
+        let wants_lse = self.params.logprobs.is_some() || self.params.uncertainty;
+        let lse = wants_lse.then(|| logsumexp(logits));
         let top_logprobs = match (self.params.logprobs, lse) {
             (Some(k), Some(lse)) => logprobs::top_n_with_lse(logits, k, lse),
             _ => Vec::new(),
@@ -128,13 +133,22 @@ impl Sampler {
         } else {
             self.draw(logits)
         };
-        let logprob = lse.map(|lse| {
-            logprobs::logprob(logits.get(token as usize).copied().unwrap_or(f32::NAN), lse)
-        });
+        let logprob = match (self.params.logprobs, lse) {
+            (Some(_), Some(lse)) => Some(logprobs::logprob(
+                logits.get(token as usize).copied().unwrap_or(f32::NAN),
+                lse,
+            )),
+            _ => None,
+        };
+        let uncertainty = match (self.params.uncertainty, lse) {
+            (true, Some(lse)) => Some(uncertainty::measure(logits, lse, token)),
+            _ => None,
+        };
         Sampled {
             token,
             logprob,
             top_logprobs,
+            uncertainty,
         }
     }
 

@@ -26,6 +26,9 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Return this many most likely alternatives with each token (0..=20).
     pub logprobs: Option<usize>,
+    /// Measure each chosen token's uncertainty (`lumen_uncertainty`; see
+    /// [`TokenUncertainty`](super::TokenUncertainty)).
+    pub uncertainty: bool,
 }
 
 impl Default for SamplingParams {
@@ -41,6 +44,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             seed: None,
             logprobs: None,
+            uncertainty: false,
         }
     }
 }

@@ -433,6 +433,15 @@ impl Tokenizer {
         &self.eog
     }
 
+    /// Whether pieces are WordPiece's: no leading space, `##` marks a word's continuation
+    /// (so a piece without it starts a new word).
+    pub fn is_wordpiece(&self) -> bool {
+        match &self.backend {
+            Backend::HfJson(hf) => matches!(hf.get_model(), tokenizers::ModelWrapper::WordPiece(_)),
+            _ => false,
+        }
+    }
+
     /// Whether `id` is a control or unknown token (hidden when decoding with `skip_special`).
     pub fn is_special(&self, id: u32) -> bool {
         matches!(

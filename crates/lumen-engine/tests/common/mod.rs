@@ -57,6 +57,7 @@ pub fn collect(mut stream: RequestStream, n: usize) -> Outcome {
                 token,
                 text,
                 logprob,
+                ..
             } => {
                 out.tokens[choice].push(token);
                 if let Some(lp) = logprob {

@@ -12,6 +12,7 @@ use super::generate::{ChunkFormat, Endpoint, Prompt};
 use super::logprobs::{prompt_logprobs, ChatTokenLogprob, PromptLogprobs};
 use super::response::{chat_logprobs, ChatChoice, ChatChunkChoice, Delta, Envelope};
 use super::tool_calls::ToolStream;
+use super::uncertainty::UncertaintyTally;
 use super::Meta;
 use crate::error::ServerError;
 use crate::gen::GenEvent;
@@ -254,6 +255,7 @@ impl Endpoint for Chat {
             include_usage,
             prompt_logprobs: None,
             tools,
+            uncertainty: params.uncertainty().then(UncertaintyTally::default),
         }
     }
 }
@@ -269,6 +271,8 @@ pub struct ChatChunks {
     prompt_logprobs: Option<PromptLogprobs>,
     /// Tool-call parsing, when the request offers tools.
     tools: Option<ToolStream>,
+    /// Per-choice uncertainty sums, when `lumen_uncertainty` was asked for.
+    uncertainty: Option<UncertaintyTally>,
 }
 
 impl ChatChunks {
@@ -306,6 +310,7 @@ impl ChunkFormat for ChatChunks {
                     delta,
                     logprobs: None,
                     finish_reason: None,
+                    lumen_uncertainty: None,
                 },
             );
         }
@@ -317,11 +322,16 @@ impl ChunkFormat for ChatChunks {
                 index,
                 text,
                 logprob,
+                uncertainty,
                 ..
             } => {
-                if text.is_empty() && logprob.is_none() {
+                if text.is_empty() && logprob.is_none() && uncertainty.is_none() {
                     return;
                 }
+                let mut lumen_uncertainty = match (&mut self.uncertainty, uncertainty) {
+                    (Some(t), Some(u)) => Some(t.token(index, &u)),
+                    _ => None,
+                };
                 let mut logprobs =
                     logprob.map(|lp| chat_logprobs(ChatTokenLogprob::new(&self.tokenizer, &lp)));
                 let mut deltas = match &mut self.tools {
@@ -331,7 +341,7 @@ impl ChunkFormat for ChatChunks {
                         ..Delta::default()
                     }],
                 };
-                if deltas.is_empty() && logprobs.is_some() {
+                if deltas.is_empty() && (logprobs.is_some() || lumen_uncertainty.is_some()) {
                     // Text held back by the tool parser: the token's logprobs still go out.
                     deltas.push(Delta::default());
                 }
@@ -341,6 +351,7 @@ impl ChunkFormat for ChatChunks {
                         delta,
                         logprobs: logprobs.take(),
                         finish_reason: None,
+                        lumen_uncertainty: lumen_uncertainty.take(),
                     };
                     self.push(out, choice);
                 }
@@ -371,6 +382,7 @@ impl ChunkFormat for ChatChunks {
                         delta,
                         logprobs: None,
                         finish_reason: None,
+                        lumen_uncertainty: None,
                     };
                     self.push(out, choice);
                 }
@@ -379,6 +391,7 @@ impl ChunkFormat for ChatChunks {
                     delta: last,
                     logprobs: None,
                     finish_reason: Some(reason),
+                    lumen_uncertainty: self.uncertainty.as_mut().map(|t| t.finish(index)),
                 };
                 self.push(out, choice);
             }
@@ -389,6 +402,11 @@ impl ChunkFormat for ChatChunks {
     }
 
     fn empty_answer(&self, choices: usize) -> Envelope<ChatChoice> {
-        Envelope::empty_chat(&self.meta, choices, self.logprobs)
+        Envelope::empty_chat(
+            &self.meta,
+            choices,
+            self.logprobs,
+            self.uncertainty.is_some(),
+        )
     }
 }

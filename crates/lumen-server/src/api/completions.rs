@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::generate::{ChunkFormat, Endpoint, Prompt};
 use super::logprobs::{prompt_logprobs, CompletionLogprobs};
 use super::response::{Envelope, TextChoice};
+use super::uncertainty::UncertaintyTally;
 use super::Meta;
 use crate::error::ServerError;
 use crate::gen::GenEvent;
@@ -143,6 +144,7 @@ impl Endpoint for Completions {
             prompts,
             include_usage,
             offsets: vec![0; choices],
+            uncertainty: params.uncertainty().then(UncertaintyTally::default),
         }
     }
 }
@@ -161,6 +163,8 @@ pub struct TextChunks {
     /// Per choice, the character offset at which the next token's text starts (for
     /// `text_offset`), counted over token pieces and the echoed prompt.
     offsets: Vec<usize>,
+    /// Per-choice uncertainty sums, when `lumen_uncertainty` was asked for.
+    uncertainty: Option<UncertaintyTally>,
 }
 
 impl TextChunks {
@@ -205,6 +209,7 @@ impl ChunkFormat for TextChunks {
                     logprobs: None,
                     finish_reason: None,
                     prompt_logprobs: None,
+                    lumen_uncertainty: None,
                 },
             );
         }
@@ -237,6 +242,7 @@ impl ChunkFormat for TextChunks {
                         logprobs: lp,
                         finish_reason: None,
                         prompt_logprobs: shown.clone(),
+                        lumen_uncertainty: None,
                     };
                     self.push(out, choice);
                 }
@@ -245,11 +251,16 @@ impl ChunkFormat for TextChunks {
                 index,
                 text,
                 logprob,
+                uncertainty,
                 ..
             } => {
-                if text.is_empty() && logprob.is_none() {
+                if text.is_empty() && logprob.is_none() && uncertainty.is_none() {
                     return;
                 }
+                let lumen_uncertainty = match (&mut self.uncertainty, uncertainty) {
+                    (Some(t), Some(u)) => Some(t.token(index, &u)),
+                    _ => None,
+                };
                 let logprobs = logprob.map(|lp| {
                     let mut l = CompletionLogprobs::default();
                     let tok = self.tokenizer.clone();
@@ -264,6 +275,7 @@ impl ChunkFormat for TextChunks {
                         logprobs,
                         finish_reason: None,
                         prompt_logprobs: None,
+                        lumen_uncertainty,
                     },
                 );
             }
@@ -278,6 +290,7 @@ impl ChunkFormat for TextChunks {
                     logprobs: None,
                     finish_reason: Some(reason.as_str()),
                     prompt_logprobs: None,
+                    lumen_uncertainty: self.uncertainty.as_mut().map(|t| t.finish(index)),
                 };
                 self.push(out, choice);
             }
@@ -285,6 +298,11 @@ impl ChunkFormat for TextChunks {
     }
 
     fn empty_answer(&self, choices: usize) -> Envelope<TextChoice> {
-        Envelope::empty_text(&self.meta, choices, self.logprobs)
+        Envelope::empty_text(
+            &self.meta,
+            choices,
+            self.logprobs,
+            self.uncertainty.is_some(),
+        )
     }
 }

@@ -5,6 +5,9 @@ pub mod admin;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
+pub mod explain;
+pub mod explain_embed;
+pub mod explain_out;
 pub mod generate;
 pub mod keys;
 pub mod logprobs;
@@ -14,6 +17,7 @@ pub mod params;
 pub mod response;
 pub mod structured;
 pub mod tool_calls;
+pub mod uncertainty;
 pub mod usage;
 
 use std::time::Instant;

@@ -93,6 +93,8 @@ pub struct GenFields {
     pub skip_special_tokens: Option<bool>,
     /// vLLM: salt that keeps this request's prefix-cache entries apart.
     pub cache_salt: Option<String>,
+    /// Lumen: entropy and margin per generated token, and a summary per choice.
+    pub lumen_uncertainty: Option<bool>,
 }
 
 /// How the answer travels, which the engine does not need to know.
@@ -186,6 +188,7 @@ impl GenFields {
                 PriorityField::Name(s) => PriorityInput::Name(s),
             }),
             cache_salt: self.cache_salt,
+            uncertainty: self.lumen_uncertainty,
             caller,
             // Each endpoint maps its own logprobs fields, `echo` and `best_of`.
             ..GenerationParams::default()

@@ -7,6 +7,7 @@ use lumen_engine::Usage;
 use serde::Serialize;
 
 use super::logprobs::{ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, PromptLogprobs};
+use super::uncertainty::UncertaintyOut;
 use super::Meta;
 
 /// OpenAI's `usage` object.
@@ -154,6 +155,9 @@ pub struct ChatChunkChoice {
     pub logprobs: Option<ChatLogprobs>,
     /// Set in the choice's last chunk.
     pub finish_reason: Option<&'static str>,
+    /// Lumen: the uncertainty of the token(s) in this chunk (the summary in the last one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lumen_uncertainty: Option<UncertaintyOut>,
 }
 
 /// The assistant message of a whole chat answer.
@@ -179,6 +183,9 @@ pub struct ChatChoice {
     pub logprobs: Option<ChatLogprobs>,
     /// Why it ended.
     pub finish_reason: &'static str,
+    /// Lumen: per-token uncertainty and its summary, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lumen_uncertainty: Option<UncertaintyOut>,
 }
 
 /// One choice of a `text_completion`, whole or as a chunk (the shapes are the same).
@@ -195,6 +202,9 @@ pub struct TextChoice {
     /// vLLM's prompt logprobs of this choice's prompt, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_logprobs: Option<PromptLogprobs>,
+    /// Lumen: uncertainty of the tokens added (the summary in the last chunk), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lumen_uncertainty: Option<UncertaintyOut>,
 }
 
 /// A whole answer built by folding the chunks of a stream into it.
@@ -208,7 +218,7 @@ const UNFINISHED: &str = "cancelled";
 
 impl Envelope<ChatChoice> {
     /// An empty chat answer with `choices` choices (logprobs lists present when asked for).
-    pub fn empty_chat(meta: &Meta, choices: usize, logprobs: bool) -> Self {
+    pub fn empty_chat(meta: &Meta, choices: usize, logprobs: bool, uncertainty: bool) -> Self {
         let choice = |index| ChatChoice {
             index,
             message: MessageOut {
@@ -218,6 +228,7 @@ impl Envelope<ChatChoice> {
             },
             logprobs: logprobs.then(ChatLogprobs::default),
             finish_reason: UNFINISHED,
+            lumen_uncertainty: uncertainty.then(UncertaintyOut::default),
         };
         Envelope::new(
             meta,
@@ -271,6 +282,12 @@ impl Fold<ChatChunkChoice> for Envelope<ChatChoice> {
                     .content
                     .extend(lp.content);
             }
+            if let Some(u) = c.lumen_uncertainty {
+                choice
+                    .lumen_uncertainty
+                    .get_or_insert_with(UncertaintyOut::default)
+                    .extend(u);
+            }
             if let Some(reason) = c.finish_reason {
                 choice.finish_reason = reason;
                 // OpenAI's shape: an answer that is only tool calls has no content.
@@ -289,13 +306,14 @@ impl Fold<ChatChunkChoice> for Envelope<ChatChoice> {
 
 impl Envelope<TextChoice> {
     /// An empty text completion with `choices` choices.
-    pub fn empty_text(meta: &Meta, choices: usize, logprobs: bool) -> Self {
+    pub fn empty_text(meta: &Meta, choices: usize, logprobs: bool, uncertainty: bool) -> Self {
         let choice = |index| TextChoice {
             index,
             text: String::new(),
             logprobs: logprobs.then(CompletionLogprobs::default),
             finish_reason: Some(UNFINISHED),
             prompt_logprobs: None,
+            lumen_uncertainty: uncertainty.then(UncertaintyOut::default),
         };
         Envelope::new(
             meta,
@@ -324,6 +342,12 @@ impl Fold<TextChoice> for Envelope<TextChoice> {
             }
             if c.prompt_logprobs.is_some() {
                 choice.prompt_logprobs = c.prompt_logprobs;
+            }
+            if let Some(u) = c.lumen_uncertainty {
+                choice
+                    .lumen_uncertainty
+                    .get_or_insert_with(UncertaintyOut::default)
+                    .extend(u);
             }
         }
     }

@@ -139,6 +139,7 @@ pub(super) fn sample_into(
             token: sampled.token,
             text: outcome.text,
             logprob,
+            uncertainty: sampled.uncertainty,
         });
     }
     Ok(outcome.finish)
