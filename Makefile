@@ -16,7 +16,7 @@ serve: models build
 	@echo "  curl -s http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\"
 	@echo "    -d '{\"model\":\"smollm2\",\"messages\":[{\"role\":\"user\",\"content\":\"Write a haiku about the sea.\"}]}'"
 	@echo
-	$(CARGO) run --release -q -p lumen-cli -- serve --host 127.0.0.1 --port 8080
+	$(CARGO) run --release -q -p lumen-cli -- serve --host 127.0.0.1 --port 8080 --enable-explain
 
 ## Fetch what the tests need, check formatting, lints and docs, and run the whole suite
 ## (release build, shared by every test).

@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// Compute threads, shared by all loaded models (default: one per CPU).
     #[arg(long, env = "LUMEN_THREADS")]
     pub threads: Option<usize>,
+    /// Serve `POST /v1/explain` (occlusion, logit lens, logit attribution, attention; see
+    /// docs/explain.md). Explanations run below generation, but each costs many forward passes.
+    #[arg(long, env = "LUMEN_ENABLE_EXPLAIN")]
+    pub enable_explain: bool,
     /// Seconds after which a request is cancelled: a generation ends with finish_reason
     /// "cancelled" and what it has, an embedding request is answered 504; 0: never.
     #[arg(long, env = "LUMEN_REQUEST_TIMEOUT", default_value_t = 600)]
@@ -210,6 +214,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         ..SchedulerConfig::default()
     };
     config.weight_layout = args.weight_layout;
+    config.enable_explain = args.enable_explain;
     config.speculative = SpecConfig {
         tokens: args.num_speculative_tokens as usize,
         max_seqs: args.speculative_max_seqs as usize,

@@ -50,6 +50,7 @@ pub mod detokenize;
 pub mod embed;
 pub mod engine;
 pub mod error;
+pub mod explain;
 pub mod kv;
 pub mod registry;
 pub mod request;

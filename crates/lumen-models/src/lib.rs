@@ -12,5 +12,8 @@ pub mod weights;
 
 pub use error::ModelError;
 pub use kv::KvStorage;
-pub use llama::{ForwardWorkspace, LlamaConfig, LlamaModel, LogitsWanted, SeqChunk};
+pub use llama::{
+    AttentionRow, DlaPart, DlaProbe, DlaTerm, DlaTerms, ForwardHook, ForwardWorkspace, LlamaConfig,
+    LlamaModel, LogitsWanted, Observer, PassOutput, Probe, SeqChunk, TeacherForced,
+};
 pub use weights::WeightLayout;

@@ -170,6 +170,16 @@ const COUNTERS: &[(&str, &str, Reader)] = &[
         "Draft tokens the model confirmed, each emitted without a step of its own.",
         |s| s.spec_accepted_tokens.load(Relaxed) as f64,
     ),
+    (
+        "lumen:explain_forward_passes_total",
+        "Forward passes run for /v1/explain.",
+        |s| s.explain_passes.load(Relaxed) as f64,
+    ),
+    (
+        "lumen:explain_forward_tokens_total",
+        "Tokens run by /v1/explain's forward passes.",
+        |s| s.explain_tokens.load(Relaxed) as f64,
+    ),
 ];
 
 type EmbedReader = fn(&EmbedStats) -> u64;

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use crate::api::chat::Chat;
 use crate::api::completions::Completions;
 use crate::api::generate::handler;
-use crate::api::{admin, embeddings, keys, models, ops, usage};
+use crate::api::{admin, embeddings, explain, keys, models, ops, usage};
 use crate::auth::{authenticate, require_admin, ApiKeys};
 use crate::conn::{ConnLimits, Connections};
 use crate::error::ServerError;
@@ -83,6 +83,8 @@ pub struct ServerConfig {
     pub home: PathBuf,
     /// Serve the playground at `/` (`--no-ui` turns it off).
     pub ui: bool,
+    /// Serve `POST /v1/explain`.
+    pub enable_explain: bool,
 }
 
 /// The models `make models` installs: a chat model and an embedding model.
@@ -119,6 +121,7 @@ impl ServerConfig {
             weight_layout: lumen_engine::WeightLayout::default(),
             home,
             ui: true,
+            enable_explain: false,
         }
     }
 }
@@ -140,6 +143,12 @@ pub fn app(state: AppState, ui: bool) -> Router {
         .route("/v1/usage", get(usage::own_usage))
         .route("/tokenize", post(models::tokenize))
         .route("/detokenize", post(models::detokenize));
+    // Explanations cost many forward passes: only where the operator turned them on.
+    let api = if state.limits().explain {
+        api.route("/v1/explain", post(explain::explain))
+    } else {
+        api
+    };
     // Operator endpoints: administrators only (a user key gets 403).
     let admin = Router::new()
         .route("/admin/models", get(admin::list))
@@ -323,6 +332,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         max_body_bytes: config.max_body_bytes,
         request_timeout: config.request_timeout,
         max_prompts: config.max_queued_requests.max(1),
+        explain: config.enable_explain,
     };
     let manager = manager(&config)?;
     let state = AppState::with_manager(tenancy, limits, manager.clone());

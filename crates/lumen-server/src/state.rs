@@ -102,6 +102,8 @@ pub struct Limits {
     pub request_timeout: Option<Duration>,
     /// Most prompts in one completions request.
     pub max_prompts: usize,
+    /// Serve `POST /v1/explain` (`--enable-explain`).
+    pub explain: bool,
 }
 
 struct Inner {

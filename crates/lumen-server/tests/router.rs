@@ -17,6 +17,7 @@ fn state(keys: &[&str]) -> AppState {
             max_body_bytes: 1024,
             request_timeout: None,
             max_prompts: 8,
+            explain: false,
         },
     )
 }
@@ -169,6 +170,18 @@ async fn unknown_models_and_routes_are_404() {
         Request::get("/v2/whatever").body(Body::empty()).unwrap(),
     )
     .await;
+    assert_eq!(
+        (status, error_of(&body)["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    // Explanations are off unless the operator turns them on (`--enable-explain`).
+    let req = post(
+        "/v1/explain",
+        "application/json",
+        r#"{"model":"ghost","prompt":"hi"}"#,
+        None,
+    );
+    let (status, _, body) = call(&s, req).await;
     assert_eq!(
         (status, error_of(&body)["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))

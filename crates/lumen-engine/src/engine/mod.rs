@@ -11,17 +11,19 @@ pub mod spec;
 mod stats;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use lumen_models::{KvStorage, LlamaModel};
 use tokio::sync::mpsc as tmpsc;
+use tokio::sync::oneshot;
 
 pub use spec::SpecConfig;
 pub use stats::EngineStats;
 
 use crate::constraint::ConstraintCompiler;
+use crate::explain::{ExplainJob, ExplainModel, ExplainOutput, MAX_EXPLAIN_QUEUED};
 use crate::request::{Event, GenerateRequest, GenerationParams, ValidParams, ValidRequest};
 use crate::scheduler::SchedulerConfig;
 use crate::tokenizer::Tokenizer;
@@ -74,6 +76,11 @@ enum Command {
         events: tmpsc::UnboundedSender<Event>,
     },
     Cancel(u64),
+    /// An explanation to run at low priority (see `worker/explain.rs`).
+    Explain {
+        job: Box<ExplainJob>,
+        reply: oneshot::Sender<Result<ExplainOutput, EngineError>>,
+    },
     Shutdown,
 }
 
@@ -100,6 +107,9 @@ struct Shared {
     in_flight: Arc<AtomicU64>,
     alive: Arc<AtomicBool>,
     max_queued: usize,
+    /// Explanations queued or running.
+    explains: Arc<AtomicUsize>,
+    explain_model: ExplainModel,
 }
 
 /// A cheap, cloneable handle to a running engine.
@@ -186,6 +196,12 @@ impl Engine {
         };
         let stats = Arc::new(EngineStats::default());
         let in_flight = Arc::new(AtomicU64::new(0));
+        let explains = Arc::new(AtomicUsize::new(0));
+        let explain_model = ExplainModel {
+            n_layers: model.config().n_layers,
+            n_heads: model.config().n_heads,
+            vocab_size: model.config().vocab_size,
+        };
         let (tx, rx) = mpsc::channel();
         let alive = Arc::new(AtomicBool::new(true));
         let worker = worker::Worker::new(
@@ -195,6 +211,7 @@ impl Engine {
             kv_blocks,
             stats.clone(),
             in_flight.clone(),
+            explains.clone(),
         );
         let thread = std::thread::Builder::new()
             .name(format!("lumen-engine-{}", config.model_name))
@@ -213,6 +230,8 @@ impl Engine {
             in_flight,
             alive,
             max_queued: config.max_queued_requests,
+            explains,
+            explain_model,
         };
         Ok(Engine {
             handle: EngineHandle {
@@ -314,6 +333,35 @@ impl EngineHandle {
             commands: s.commands.clone(),
             done: false,
         })
+    }
+
+    /// The model facts an explanation is validated against.
+    pub fn explain_model(&self) -> ExplainModel {
+        self.shared.explain_model
+    }
+
+    /// Queues an explanation; it runs when generation leaves room (one pass every few steps
+    /// under load). More than [`MAX_EXPLAIN_QUEUED`] waiting is [`EngineError::QueueFull`].
+    pub fn explain(
+        &self,
+        job: ExplainJob,
+    ) -> Result<oneshot::Receiver<Result<ExplainOutput, EngineError>>, EngineError> {
+        let s = &self.shared;
+        let prev = s.explains.fetch_add(1, Ordering::SeqCst);
+        if prev >= MAX_EXPLAIN_QUEUED {
+            s.explains.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::QueueFull);
+        }
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Explain {
+            job: Box::new(job),
+            reply,
+        };
+        if s.commands.send(cmd).is_err() {
+            s.explains.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::Stopped);
+        }
+        Ok(rx)
     }
 
     /// Whether the engine thread is still running (false after a shutdown or a crash).

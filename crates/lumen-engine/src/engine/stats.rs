@@ -41,6 +41,10 @@ pub struct EngineStats {
     pub spec_draft_tokens: AtomicU64,
     /// Draft tokens the model confirmed (emitted without a step of their own).
     pub spec_accepted_tokens: AtomicU64,
+    /// Forward passes run for explanations.
+    pub explain_passes: AtomicU64,
+    /// Tokens those passes ran.
+    pub explain_tokens: AtomicU64,
 }
 
 impl EngineStats {

@@ -1,9 +1,10 @@
 //! The engine thread's loop: commands in, one scheduled step at a time, events out.
 
+mod explain;
 mod sampling;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 
 use lumen_kernels::ThreadPool;
@@ -65,6 +66,8 @@ pub(crate) struct Worker {
     row: Vec<f32>,
     /// Speculation settings; `tokens` is 0 where the model's arithmetic would make it inexact.
     spec: SpecConfig,
+    /// Explanations waiting or under way, and their own activation buffers.
+    explains: explain::ExplainQueue,
 }
 
 impl Worker {
@@ -75,6 +78,7 @@ impl Worker {
         kv_blocks: usize,
         stats: Arc<EngineStats>,
         in_flight: Arc<AtomicU64>,
+        explains: Arc<AtomicUsize>,
     ) -> Self {
         let kv = KvStorage::new(
             model.kv_geometry(BLOCK_SIZE),
@@ -98,7 +102,7 @@ impl Worker {
                 ..config.scheduler
             }),
             requests: HashMap::new(),
-            stats,
+            stats: stats.clone(),
             in_flight,
             model_key: config.model_name.clone(),
             eog_ids,
@@ -112,6 +116,7 @@ impl Worker {
                 },
                 ..config.speculative
             },
+            explains: explain::ExplainQueue::new(explains, stats.clone()),
             model,
             tokenizer,
         }
@@ -127,7 +132,7 @@ impl Worker {
         }
         let _alive = Alive(alive);
         loop {
-            if self.sched.is_idle() {
+            if self.sched.is_idle() && self.explains.is_empty() {
                 match commands.recv() {
                     Ok(cmd) => {
                         if !self.handle(cmd) {
@@ -155,7 +160,15 @@ impl Worker {
             }
             // New and cancelled requests show in the gauges before the step, which may be long.
             self.publish_stats();
-            self.step();
+            // Explanations run below generation: when nothing is scheduled, or one pass
+            // every few steps so that a busy engine still finishes them.
+            if self.explains.due(self.sched.is_idle()) {
+                self.explains.run_one(&self.model, &self.threads);
+            }
+            if !self.sched.is_idle() {
+                self.step();
+                self.explains.stepped();
+            }
             self.publish_stats();
         }
     }
@@ -175,6 +188,7 @@ impl Worker {
                 self.stats.submitted.fetch_sub(1, SeqCst);
             }
             Command::Cancel(id) => self.cancel(id),
+            Command::Explain { job, reply } => self.explains.push(job, reply),
             Command::Shutdown => {
                 let ids: Vec<u64> = self.requests.keys().copied().collect();
                 for id in ids {

@@ -8,6 +8,7 @@ use lumen_kernels::attention::{paged_attention, store_step, AttnQuery, AttnScrat
 use lumen_kernels::ops::{add_inplace, rms_norm, rms_norm_heads_inplace};
 use lumen_kernels::{fused, matmul, matmul_quantized, MatmulScratch, ThreadPool};
 
+use super::hook::Observer;
 use super::model::LlamaModel;
 use crate::kv::KvStorage;
 use crate::weights::Linear;
@@ -155,7 +156,37 @@ impl LlamaModel {
         kv: &mut KvStorage,
         ws: &'w mut ForwardWorkspace,
     ) -> Result<&'w [f32], ModelError> {
+        self.forward_impl(pool, seqs, kv, ws, None)
+    }
+
+    /// [`forward`](Self::forward) with an explain pass's observer: the same arithmetic, with
+    /// each layer's rows shown to `obs.hook` and optional RoPE positions (see `hook.rs`).
+    pub fn forward_observed<'w>(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqChunk<'_>],
+        kv: &mut KvStorage,
+        ws: &'w mut ForwardWorkspace,
+        obs: Observer<'_>,
+    ) -> Result<&'w [f32], ModelError> {
+        self.forward_impl(pool, seqs, kv, ws, Some(obs))
+    }
+
+    fn forward_impl<'w>(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqChunk<'_>],
+        kv: &mut KvStorage,
+        ws: &'w mut ForwardWorkspace,
+        mut obs: Option<Observer<'_>>,
+    ) -> Result<&'w [f32], ModelError> {
         let t_total = self.check_batch(seqs, kv)?;
+        let rope_positions = obs.as_ref().and_then(|o| o.rope_positions);
+        if rope_positions.is_some_and(|p| p.len() != t_total) {
+            return Err(ModelError::BadBatch(
+                "one RoPE position per batch row is needed".into(),
+            ));
+        }
         let c = &self.config;
         let (d, qd, kvd, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.d_ff);
         let ws_ = &mut *ws;
@@ -180,8 +211,9 @@ impl LlamaModel {
             for (i, &tok) in s.tokens.iter().enumerate() {
                 let pos = s.start_pos + i;
                 emb.dequantize_row(tok as usize, &mut x[row * d..(row + 1) * d]);
+                let rope_pos = rope_positions.map_or(pos, |p| p[row]);
                 self.rope
-                    .cos_sin(pos, &mut cos_sin[row * rd..(row + 1) * rd]);
+                    .cos_sin(rope_pos, &mut cos_sin[row * rd..(row + 1) * rd]);
                 let prompt = s.prompt_len >= 2 && pos < s.prompt_len;
                 queries.push(AttnQuery {
                     n_ctx: pos + 1,
@@ -217,6 +249,9 @@ impl LlamaModel {
                     &mut ws_.mm,
                 )
             };
+            if let Some(o) = obs.as_mut() {
+                o.hook.residual(li, x);
+            }
             matmul_quantized(pool, &qkv, input, &mut [&mut q[..], &mut k[..], &mut v[..]]);
             add_bias_rows(q, b.bq.as_ref());
             add_bias_rows(k, b.bk.as_ref());
@@ -258,7 +293,13 @@ impl LlamaModel {
                 &mut ws_.attn_scratch,
                 attn,
             );
+            if let Some(ob) = obs.as_mut() {
+                ob.hook.attention(li, q, k, v, attn);
+            }
             self.linear(pool, &b.wo, attn, t_total, o, &mut ws_.mm);
+            if let Some(ob) = obs.as_mut() {
+                ob.hook.attn_out(li, o);
+            }
             let gate_up = [b.w_gate.mat(&self.file), b.w_up.mat(&self.file)];
             let input = fused::add_rms_norm_rows(
                 pool,
@@ -274,9 +315,15 @@ impl LlamaModel {
             let down = b.w_down.mat(&self.file);
             let input = fused::swiglu_rows(pool, gate, up, c.d_ff, &down, &mut ws_.mm);
             matmul_quantized(pool, &[down], input, &mut [&mut o[..]]);
+            if let Some(ob) = obs.as_mut() {
+                ob.hook.mlp_out(li, o);
+            }
         }
         if !self.blocks.is_empty() {
             add_inplace(x, o);
+        }
+        if let Some(ob) = obs.as_mut() {
+            ob.hook.residual(self.blocks.len(), x);
         }
 
         ws_.queries = recycle(queries);

@@ -4,9 +4,15 @@
 //! biases, per-head Q/K norms, RoPE layout) is read from the file as optional tensors and a
 //! per-architecture RoPE style, never a copied loader.
 mod config;
+mod explain;
 mod forward;
+mod hook;
 mod model;
 
 pub use config::{LlamaConfig, LlamaVariant};
+pub use explain::{
+    AttentionRow, DlaPart, DlaProbe, DlaTerm, DlaTerms, PassOutput, Probe, TeacherForced,
+};
 pub use forward::{ForwardWorkspace, LogitsWanted, SeqChunk};
+pub use hook::{ForwardHook, Observer};
 pub use model::LlamaModel;

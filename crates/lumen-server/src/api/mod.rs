@@ -5,6 +5,8 @@ pub mod admin;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
+pub mod explain;
+pub mod explain_out;
 pub mod generate;
 pub mod keys;
 pub mod logprobs;
