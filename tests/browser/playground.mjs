@@ -259,7 +259,18 @@ try {
       }
       const cost = await page.locator('#why-body .cost').allInnerTexts();
       assert.ok(cost.length === 2 && cost.every((c) => /forward passes/.test(c)), String(cost));
+      await page.mouse.move(0, 0);
       await page.screenshot({ path: join(SHOTS, 'why-1280-light.png'), fullPage: true });
+      // A contrast token: the cells become the drop of logprob(token) - logprob(contrast).
+      const contrast = page.getByRole('combobox', { name: 'Rather than' });
+      const alt = await contrast.locator('option').nth(1).getAttribute('value');
+      await contrast.selectOption(alt);
+      await page.getByRole('button', { name: 'Explain' }).click();
+      await page.locator('#why-body .attribution .hint', { hasText: 'rather than' }).waitFor({ timeout: 60_000 });
+      const contrasted = await cells.evaluateAll((els) => els.map((e) => Number(e.dataset.score)));
+      const cref = await api('/v1/explain', { model: MODEL, messages, completion, occlusion: { spans: 'word', contrast: alt } });
+      assert.deepEqual(contrasted, cref.occlusion.contrast_delta[cref.occlusion.contrast_delta.length - 1]);
+      await contrast.selectOption('');
     });
   } else {
     console.log('# skipped: the attribution and lens checks (the server has no /v1/explain)');

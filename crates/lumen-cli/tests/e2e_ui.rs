@@ -53,7 +53,7 @@ fn the_playground_in_a_real_browser() {
     let Some(node) = browser_prerequisites() else {
         return;
     };
-    let server = Server::start(&[]);
+    let server = Server::start(&["--enable-explain"]);
     let shots = root().join("target/playground");
     let started = Instant::now();
     let mut child = Command::new(node)
@@ -63,7 +63,7 @@ fn the_playground_in_a_real_browser() {
         .env("LUMEN_API_KEY", API_KEY)
         .env("LUMEN_ADMIN_KEY", ADMIN_KEY)
         .env("LUMEN_SHOTS", &shots)
-        .env("LUMEN_EXPLAIN", "0")
+        .env("LUMEN_EXPLAIN", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

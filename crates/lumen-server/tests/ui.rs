@@ -17,6 +17,7 @@ fn state() -> AppState {
             max_body_bytes: 1024,
             request_timeout: None,
             max_prompts: 8,
+            explain: false,
         },
     )
 }

@@ -185,6 +185,8 @@ function renderLens(into, answer) {
         top ? visible(top.text) : '',
       );
       td.style.backgroundColor = `rgba(47, 91, 211, ${(p * 0.8).toFixed(3)})`;
+      // Light text where the shade is dark enough to hide dark text.
+      if (p > 0.45) td.classList.add('sure');
       tr.append(td);
     }
     body.append(tr);
