@@ -27,9 +27,9 @@ export function visible(text) {
   return text.replace(/\n/g, '↵').replace(/^ /, '␣').replace(/\t/g, '⇥');
 }
 
-/** A probability as a short percentage. */
+/** A probability as a short percentage (two significant digits below 0.1 %). */
 export function pct(p) {
-  if (p >= 0.995) return `${(p * 100).toFixed(1)}%`;
-  if (p >= 0.001) return `${(p * 100).toFixed(1)}%`;
-  return `${(p * 100).toExponential(1)}%`;
+  const v = p * 100;
+  if (v >= 0.1) return `${v.toFixed(1)}%`;
+  return `${Number(v.toPrecision(2))}%`;
 }

@@ -14,6 +14,9 @@ import { ApiError, json } from './api.js';
 /** Lens positions shown (the engine allows 256 cells; 8 × 31 layers fit a 30-block model). */
 const LENS_WINDOW = 8;
 
+/** `/v1/explain` explains at most this many completion tokens (its documented limit). */
+const MAX_COMPLETION = 32;
+
 let picked = null;
 let generation = 0;
 
@@ -71,6 +74,11 @@ async function run() {
   const attribution = h('section', { class: 'attribution', 'aria-label': 'Attribution' }, h('p', { class: 'busy' }, 'Masking each span…'));
   const lens = h('section', { class: 'lens-section', 'aria-label': 'Logit lens' });
   $('why-body').replaceChildren(attribution, lens);
+  if (index >= MAX_COMPLETION) {
+    // Asking would only earn a 400: say so at once.
+    attribution.replaceChildren(h('p', { class: 'hint' }, `Explanations cover the first ${MAX_COMPLETION} tokens of an answer; this is token ${index + 1}.`));
+    return;
+  }
   const occlusion = { spans: granularity };
   if (contrast) occlusion.contrast = contrast;
   let answer;
