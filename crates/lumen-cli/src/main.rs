@@ -3,6 +3,7 @@
 
 mod bench;
 mod embed;
+mod explain;
 mod keys;
 mod models;
 mod perplexity;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Generate from a model in the terminal: one prompt, or an interactive chat.
     Run(run::RunArgs),
+    /// Explain a completion: a heatmap of the prompt by occlusion, `--lens`, `--json`.
+    Explain(explain::ExplainArgs),
     /// Fetch a model from the built-in catalog, or import a local GGUF file or folder.
     Pull(models::PullArgs),
     /// List the installed models (architecture, quantization, parameters, size, context).
@@ -76,6 +79,7 @@ fn main() {
         .init();
     let result: Result<()> = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Explain(args) => explain::explain(args),
         Command::Pull(args) => models::pull(args),
         Command::List => models::list(),
         Command::Show { name } => models::show(&name),

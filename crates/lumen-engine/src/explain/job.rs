@@ -255,7 +255,8 @@ impl ExplainJob {
         });
         let targets: Vec<usize> = match &self.v.attention {
             None => Vec::new(),
-            Some((t, _, _)) => t
+            Some(a) => a
+                .targets
                 .clone()
                 .unwrap_or_else(|| vec![p - 1])
                 .into_iter()
@@ -310,7 +311,8 @@ impl ExplainJob {
                 terms: terms.terms,
             });
         }
-        if let Some((_, heads, k)) = &self.v.attention {
+        if let Some(a) = &self.v.attention {
+            let (heads, k) = (&a.heads, &a.top_k);
             let group = model.config().n_heads / model.config().n_kv_heads.max(1);
             for (&target, rows) in targets.iter().zip(&pass.attention) {
                 let mut layers = Vec::new();

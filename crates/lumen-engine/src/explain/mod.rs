@@ -7,7 +7,7 @@
 //! ordinary request) [`ValidExplain::with_completion`] makes the [`ExplainJob`] the engine
 //! thread runs. Every error names the parameter (`occlusion.spans`, `logit_lens.top_k`, …).
 //!
-//! The engine runs a job as a series of small forward passes ([`job`]) on its own thread, at
+//! The engine runs a job as a series of small forward passes ([`ExplainJob`]) on its own thread, at
 //! lower priority than generation (only when no sequence is scheduled, or one pass every few
 //! steps), each in a KV cache of its own (`lumen_models::LlamaModel::explain_pass`), so
 //! explanations never take blocks from, or evict, interactive requests.
@@ -137,6 +137,17 @@ pub struct ExplainModel {
     pub vocab_size: usize,
 }
 
+/// The attention summary, checked.
+#[derive(Clone, Debug)]
+pub(crate) struct ValidAttention {
+    /// Target positions (`None`: the row predicting the first completion token).
+    pub targets: Option<Vec<usize>>,
+    /// Heads reported one by one (`None`: their mean).
+    pub heads: Option<Vec<usize>>,
+    /// Keys per layer.
+    pub top_k: usize,
+}
+
 /// An explanation whose every limit holds; the completion may still be to generate.
 #[derive(Clone, Debug)]
 pub struct ValidExplain {
@@ -150,7 +161,7 @@ pub struct ValidExplain {
     pub(crate) occlusion: bool,
     pub(crate) lens: Option<(Option<Vec<usize>>, usize)>,
     pub(crate) dla: Option<(Option<usize>, Option<u32>)>,
-    pub(crate) attention: Option<(Option<Vec<usize>>, Option<Vec<usize>>, usize)>,
+    pub(crate) attention: Option<ValidAttention>,
     pub(crate) model: ExplainModel,
     pub(crate) warnings: Vec<String>,
 }
@@ -327,7 +338,11 @@ impl ExplainParams {
                         Some(positions("attention.heads", h, model.n_heads)?)
                     }
                 };
-                Some((targets, heads, k))
+                Some(ValidAttention {
+                    targets,
+                    heads,
+                    top_k: k,
+                })
             }
         };
         // What the passes will cost, before any of them runs.
@@ -354,13 +369,11 @@ impl ExplainParams {
             }),
             dla.is_some()
                 .then_some(model.n_layers * (model.n_heads + 2) + 1),
-            attention.as_ref().map(|(t, h, k)| {
-                (
-                    t.as_ref().map_or(1, Vec::len)
-                        * model.n_layers
-                        * h.as_ref().map_or(1, Vec::len),
-                    *k,
-                )
+            attention.as_ref().map(|a| {
+                let rows = a.targets.as_ref().map_or(1, Vec::len)
+                    * model.n_layers
+                    * a.heads.as_ref().map_or(1, Vec::len);
+                (rows, a.top_k)
             }),
         );
         if bytes > MAX_EXPLAIN_RESPONSE_BYTES {

@@ -93,8 +93,8 @@ pub(super) fn build(
             let mut current: Vec<usize> = Vec::new();
             let mut prev_protected = true;
             let mut boundary = false;
-            for i in 0..prompt.len() {
-                if protected[i] {
+            for (i, &prot) in protected.iter().enumerate() {
+                if prot {
                     if !current.is_empty() {
                         spans.push(std::mem::take(&mut current));
                     }

@@ -27,7 +27,7 @@ pub struct SamplingParams {
     /// Return this many most likely alternatives with each token (0..=20).
     pub logprobs: Option<usize>,
     /// Measure each chosen token's uncertainty (`lumen_uncertainty`; see
-    /// [`super::uncertainty`]).
+    /// [`TokenUncertainty`](super::TokenUncertainty)).
     pub uncertainty: bool,
 }
 

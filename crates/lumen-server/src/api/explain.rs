@@ -16,13 +16,13 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use lumen_engine::explain::{
     protected_tokens, AttentionParams, DlaParams, ExplainParams, HeadsSpec, LensParams,
-    OcclusionMode, OcclusionParams, SpanSpec,
+    OcclusionMode, OcclusionParams, SpanSpec, ValidExplain,
 };
 use lumen_engine::{Event, GenerationParams, PriorityInput, Tokenizer, Usage};
 use serde::Deserialize;
 
 use super::chat::{convert_messages, MessageIn};
-use super::explain_out::{build, Context};
+use super::explain_out::{build, Context, ExplainResponse};
 use super::generate::check_model;
 use super::{prepare, Meta};
 use crate::error::ServerError;
@@ -334,6 +334,83 @@ async fn generate(
     Ok(out)
 }
 
+/// A request read, tokenized and checked against every limit, nothing computed yet.
+pub struct Prepared {
+    valid: ValidExplain,
+    tokenized: Tokenized,
+    mode: &'static str,
+    asked: [bool; 4],
+}
+
+impl Prepared {
+    /// The forward tokens the explanation may cost (generation included), for admission.
+    pub fn cost(&self) -> u64 {
+        let generate = if self.valid.completion().is_some() {
+            0
+        } else {
+            self.valid.prompt().len() + self.valid.max_completion()
+        };
+        (self.valid.forward_tokens() + generate) as u64
+    }
+}
+
+/// Renders, tokenizes and validates `body` for `model` (blocking work: run it off the async
+/// workers).
+pub fn prepare_explain(body: &ExplainBody, model: &ChatServed) -> Result<Prepared, ServerError> {
+    let tokenized = tokenize(body, model)?;
+    let p = params(body, &tokenized, model.handle.tokenizer())?;
+    let mode = match p.occlusion.as_ref().map(|o| o.mode) {
+        Some(OcclusionMode::Delete) => "delete",
+        _ => "mask",
+    };
+    let asked = [
+        p.occlusion.is_some(),
+        p.logit_lens.is_some(),
+        p.dla.is_some(),
+        p.attention.is_some(),
+    ];
+    let valid = p.validate(model.handle.explain_model(), model.handle.tokenizer())?;
+    Ok(Prepared {
+        valid,
+        tokenized,
+        mode,
+        asked,
+    })
+}
+
+/// Generates the completion when none was given, runs the explanation on the model's engine
+/// thread and shapes the answer (`lumen explain` calls this in-process).
+pub async fn run_explain(model: &ChatServed, p: Prepared) -> Result<ExplainResponse, ServerError> {
+    let (completion, generated) = match p.valid.completion() {
+        Some(c) => (c.to_vec(), 0),
+        None => {
+            let c = generate(model, p.valid.prompt().to_vec(), p.valid.max_completion()).await?;
+            let n = c.len();
+            (c, n)
+        }
+    };
+    let job = p.valid.with_completion(completion)?;
+    let reply = model.handle.explain(job)?;
+    let out = reply
+        .await
+        .map_err(|_| ServerError::EngineStopped)?
+        .map_err(ServerError::from)?;
+    let tok = model.handle.tokenizer().clone();
+    Ok(build(
+        Context {
+            tok: &tok,
+            model: model.name.clone(),
+            prompt: &p.tokenized.prompt,
+            offsets: &p.tokenized.offsets,
+            protected: &p.tokenized.protected,
+            mode: p.mode,
+            asked: p.asked,
+            generated,
+        },
+        out,
+    ))
+}
+
 /// The handler.
 pub async fn explain(
     State(state): State<AppState>,
@@ -351,35 +428,13 @@ pub async fn explain(
     state.ensure_accepting()?;
     let m = model.clone();
     // Template, tokenization and every limit, before any compute.
-    let (valid, tokenized, mode, asked) = prepare(move || {
-        let t = tokenize(&body, &m)?;
-        let p = params(&body, &t, m.handle.tokenizer())?;
-        let mode = match p.occlusion.as_ref().map(|o| o.mode) {
-            Some(OcclusionMode::Delete) => "delete",
-            _ => "mask",
-        };
-        let asked = [
-            p.occlusion.is_some(),
-            p.logit_lens.is_some(),
-            p.dla.is_some(),
-            p.attention.is_some(),
-        ];
-        let valid = p.validate(m.handle.explain_model(), m.handle.tokenizer())?;
-        Ok((valid, t, mode, asked))
-    })
-    .await?;
-    let generate_tokens = if valid.completion().is_some() {
-        0
-    } else {
-        valid.prompt().len() + valid.max_completion()
-    };
-    let cost = (valid.forward_tokens() + generate_tokens) as u64;
+    let prepared = prepare(move || prepare_explain(&body, &m)).await?;
     let meta = Meta::new(&state, "explain", &model.name);
     let mut meter = state
         .tenancy()
         .admit(
             ctx.as_deref(),
-            cost,
+            prepared.cost(),
             EventInfo {
                 request_id: meta.id.clone(),
                 model: model.name.clone(),
@@ -388,39 +443,12 @@ pub async fn explain(
             },
         )
         .await?;
-    let (completion, generated) = match valid.completion() {
-        Some(c) => (c.to_vec(), 0),
-        None => {
-            let c = generate(&model, valid.prompt().to_vec(), valid.max_completion()).await?;
-            let n = c.len();
-            (c, n)
-        }
-    };
-    let job = valid.with_completion(completion)?;
-    let reply = model.handle.explain(job)?;
-    let out = reply
-        .await
-        .map_err(|_| ServerError::EngineStopped)?
-        .map_err(ServerError::from)?;
+    let response = run_explain(&model, prepared).await?;
     meter.set_usage(Usage {
-        prompt_tokens: out.forward_tokens,
+        prompt_tokens: response.usage.forward_tokens,
         cached_prompt_tokens: 0,
-        completion_tokens: generated,
+        completion_tokens: response.usage.generated_tokens,
     });
     meter.set_outcome(lumen_store::Outcome::Ok);
-    let tok = model.handle.tokenizer().clone();
-    let response = build(
-        Context {
-            tok: &tok,
-            model: model.name.clone(),
-            prompt: &tokenized.prompt,
-            offsets: &tokenized.offsets,
-            protected: &tokenized.protected,
-            mode,
-            asked,
-            generated,
-        },
-        out,
-    );
     Ok(Json(response).into_response())
 }
