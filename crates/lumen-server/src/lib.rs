@@ -27,6 +27,8 @@
 //!   and `--admin-key` keys ([`tenancy`]); each request is admitted against its key's limits
 //!   before it reaches the engine ([`admission`]) and metered by a guard whose drop refunds
 //!   the unused reservation and queues its usage event for the batch writer ([`ledger`]).
+//! - **A page, not a second API.** The playground at `/` ([`ui`]) is static files compiled
+//!   into the binary that call the public endpoints like any client.
 
 pub mod admission;
 pub mod api;
@@ -42,7 +44,8 @@ pub mod server;
 pub mod sse;
 pub mod state;
 pub mod tenancy;
+pub mod ui;
 
 pub use error::ServerError;
-pub use server::{router, run, serve, ServerConfig, DEFAULT_MODELS};
+pub use server::{app, router, run, serve, ServerConfig, DEFAULT_MODELS};
 pub use state::AppState;

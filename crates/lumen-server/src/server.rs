@@ -84,6 +84,8 @@ pub struct ServerConfig {
     pub conn: ConnLimits,
     /// Where named models are looked up (`$LUMEN_HOME`).
     pub home: PathBuf,
+    /// Serve the playground at `/` (`--no-ui` turns it off).
+    pub ui: bool,
     /// Serve `POST /v1/explain`.
     pub enable_explain: bool,
 }
@@ -122,13 +124,19 @@ impl ServerConfig {
             conn: ConnLimits::default(),
             weight_layout: lumen_engine::WeightLayout::default(),
             home,
+            ui: true,
             enable_explain: false,
         }
     }
 }
 
-/// The router over `state`.
+/// The router over `state`: the API alone, without the playground.
 pub fn router(state: AppState) -> Router {
+    app(state, false)
+}
+
+/// The whole router over `state`, with the playground's page and assets when `ui`.
+pub fn app(state: AppState, ui: bool) -> Router {
     let limit = state.limits().max_body_bytes;
     let api = Router::new()
         .route("/v1/chat/completions", post(handler::<Chat>))
@@ -173,9 +181,11 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             refuse_while_draining,
         ));
-    Router::new()
-        .merge(api)
-        .route("/health", get(ops::health))
+    let mut root = Router::new().merge(api);
+    if ui {
+        root = root.merge(crate::ui::routes());
+    }
+    root.route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
@@ -331,8 +341,14 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     };
     let manager = manager(&config)?;
     let state = AppState::with_manager(tenancy, limits, manager.clone());
-    let conns = Connections::start(listener, router(state.clone()), config.conn);
+    let conns = Connections::start(listener, app(state.clone(), config.ui), config.conn);
     tracing::info!("listening on http://{addr}");
+    if config.ui {
+        tracing::info!(
+            "playground on http://{addr}/ ({} KB; --no-ui turns it off)",
+            crate::ui::page_bytes() / 1000
+        );
+    }
     manager.spawn_reaper();
     tracing::info!(
         models = ?manager.statuses().iter().map(|s| s.name.clone()).collect::<Vec<_>>(),

@@ -343,7 +343,7 @@ fn run_pytest(
     }
 }
 
-fn collect_output(child: &mut Child) -> std::thread::JoinHandle<String> {
+pub fn collect_output(child: &mut Child) -> std::thread::JoinHandle<String> {
     let mut stdout = child.stdout.take().expect("stdout piped");
     let mut stderr = child.stderr.take().expect("stderr piped");
     std::thread::spawn(move || {
@@ -359,7 +359,7 @@ fn collect_output(child: &mut Child) -> std::thread::JoinHandle<String> {
     })
 }
 
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let start = Instant::now();
     loop {
         if let Ok(Some(s)) = child.try_wait() {
