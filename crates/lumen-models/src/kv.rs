@@ -5,6 +5,7 @@ use half::f16;
 use lumen_kernels::attention::KvGeometry;
 
 /// Keys and values for every layer, `n_blocks` blocks each.
+#[derive(Clone)]
 pub struct KvStorage {
     geo: KvGeometry,
     n_blocks: usize,
@@ -56,6 +57,18 @@ impl KvStorage {
         for layer in 0..self.k.len() {
             self.k[layer].copy_within(f..f + n, t);
             self.v[layer].copy_within(f..f + n, t);
+        }
+    }
+
+    /// Copies the first `n` blocks (all layers) of `other`, a cache of the same geometry and
+    /// depth: a later pass starting from an earlier one's rows.
+    pub fn copy_blocks_from(&mut self, other: &KvStorage, n: usize) {
+        let len = n * self.geo.block_elems();
+        for (dst, src) in self.k.iter_mut().zip(&other.k) {
+            dst[..len].copy_from_slice(&src[..len]);
+        }
+        for (dst, src) in self.v.iter_mut().zip(&other.v) {
+            dst[..len].copy_from_slice(&src[..len]);
         }
     }
 }

@@ -14,6 +14,6 @@ pub use error::ModelError;
 pub use kv::KvStorage;
 pub use llama::{
     AttentionRow, DlaPart, DlaProbe, DlaTerm, DlaTerms, ForwardHook, ForwardWorkspace, LlamaConfig,
-    LlamaModel, LogitsWanted, Observer, PassOutput, Probe, SeqChunk, TeacherForced,
+    LlamaModel, LogitsWanted, Observer, PassCache, PassOutput, Probe, SeqChunk, TeacherForced,
 };
 pub use weights::WeightLayout;

@@ -182,3 +182,71 @@ fn scores_change_when_weights_are_randomised() {
     assert!(diff > 0.01, "attribution unchanged by randomised weights");
     assert_ne!(base.attention[0][0].probs, rbase.attention[0][0].probs);
 }
+
+#[test]
+fn variants_sharing_the_baseline_rows_score_as_if_run_whole() {
+    // Occlusion's variants agree with the text up to their span; starting them from the
+    // baseline pass's cache must give exactly the logits a pass from scratch gives, for masked
+    // (positions kept) and deleted (positions shifted) spans, early and late in the prompt.
+    let path = fixtures().join("tiny_llama_q8_0.gguf");
+    let pool = ThreadPool::new(2);
+    let model = open(&path);
+    let text: Vec<u32> = (0..60u32).map(|i| (i * 37 + 11) % 250).collect();
+    let prompt = 52;
+    let mut ws = ForwardWorkspace::new();
+    let mut base = model
+        .explain_pass(
+            &pool,
+            &[TeacherForced {
+                tokens: &text,
+                rope_positions: None,
+                prompt_len: prompt,
+                logits_from: prompt - 1,
+            }],
+            &Probe::default(),
+            &mut ws,
+        )
+        .expect("baseline pass");
+    let cache = base.cache.take().expect("the baseline keeps its cache");
+    let spans = [2..5, 17..20, 35..41, 49..52];
+    let kept: Vec<Vec<usize>> = spans
+        .iter()
+        .map(|s| (0..text.len()).filter(|i| !s.contains(i)).collect())
+        .collect();
+    let toks: Vec<Vec<u32>> = kept
+        .iter()
+        .map(|k| k.iter().map(|&i| text[i]).collect())
+        .collect();
+    let mut variants = Vec::new();
+    for mask in [true, false] {
+        for ((k, t), s) in kept.iter().zip(&toks).zip(&spans) {
+            let n_kept = prompt - s.len();
+            variants.push(TeacherForced {
+                tokens: t,
+                rope_positions: mask.then_some(k.as_slice()),
+                prompt_len: n_kept,
+                logits_from: n_kept - 1,
+            });
+        }
+    }
+    let whole = model
+        .explain_pass(&pool, &variants, &Probe::default(), &mut ws)
+        .expect("variants from scratch");
+    let shared = model
+        .explain_pass_shared(&pool, &variants, &cache, &mut ws)
+        .expect("variants from the baseline's rows");
+    assert_eq!(shared.logits, whole.logits);
+    assert!(shared.cache.is_none());
+    // Whole blocks of the rows before each span are reused, never the span or what follows.
+    let reused: Vec<usize> = variants.iter().map(|v| cache.reusable(v)).collect();
+    assert_eq!(reused, [0, 16, 32, 48, 0, 16, 32, 48]);
+    // A text that differs from the cached one reuses nothing.
+    let other: Vec<u32> = text.iter().map(|t| (t + 1) % 250).collect();
+    let stranger = TeacherForced {
+        tokens: &other,
+        rope_positions: None,
+        prompt_len: prompt,
+        logits_from: prompt - 1,
+    };
+    assert_eq!(cache.reusable(&stranger), 0);
+}

@@ -101,6 +101,36 @@ def test_occlusion_baseline_equals_echo_logprobs_and_delete_equals_two_requests(
     assert mask["occlusion"]["delta"][0][:6] != occ["delta"][0]
 
 
+def test_occlusion_variants_start_from_the_baseline_rows():
+    # A prompt of several KV blocks: each variant reuses the baseline's rows before its span
+    # (whole blocks), so the explanation runs far fewer tokens than recomputing every
+    # variant, and the scores are still those of two independent requests.
+    prompt = ("The old lighthouse keeper climbed the spiral stairs every evening at dusk, "
+              "lit the great lamp, wrote the weather in his logbook, and watched the ships "
+              "pass safely along the rocky northern coast until the sun came up, and then he")
+    completion = " slept."
+    e = explain({"prompt": prompt, "completion": completion,
+                 "occlusion": {"spans": "word", "mode": "delete"}})
+    p, comp = ids(e, "prompt"), ids(e, "completion")
+    assert len(p) >= 40
+    spans = e["occlusion"]["spans"]
+    whole = len(p) + len(comp) + sum(len(p) - (s["end"] - s["start"]) + len(comp) - 1 for s in spans)
+    used = e["usage"]["forward_tokens"]
+    print(f"occlusion over {len(spans)} spans: {used} forward tokens, {whole} without sharing")
+    assert used < 0.75 * whole, (used, whole)
+    [echo] = echo_logprobs([p + comp])
+    late = [i for i, s in enumerate(spans) if s["start"] >= 32][:4]
+    assert late
+    picked = [(spans[i]["start"], spans[i]["end"]) for i in late]
+    variants = echo_logprobs([p[:a] + p[b:] + comp for a, b in picked])
+    for k, (a, b) in enumerate(picked):
+        n = len(p) - (b - a)
+        for j in range(len(comp)):
+            want = echo[len(p) + j] - variants[k][n + j]
+            got = e["occlusion"]["delta"][j][late[k]]
+            assert abs(got - want) < 1e-4, (a, b, j, got, want)
+
+
 def top_span(e, j):
     d = e["occlusion"]["delta"][j]
     return e["occlusion"]["spans"][max(range(len(d)), key=lambda i: d[i])]["text"]

@@ -6,7 +6,9 @@
 //! holds at most one pass's logits at a time.
 
 use lumen_kernels::ThreadPool;
-use lumen_models::{DlaProbe, DlaTerm, ForwardWorkspace, LlamaModel, Probe, TeacherForced};
+use lumen_models::{
+    DlaProbe, DlaTerm, ForwardWorkspace, LlamaModel, PassCache, Probe, TeacherForced,
+};
 
 use super::{OcclusionMode, ValidExplain};
 use crate::error::EngineError;
@@ -125,8 +127,29 @@ pub struct ExplainJob {
     started: bool,
     next_span: usize,
     base: Vec<(f32, f32)>,
+    /// The baseline pass's cache: each occlusion variant starts where it departs from it.
+    prefix: Option<PassCache>,
     variants: Vec<Vec<(f32, f32)>>,
     out: ExplainOutput,
+}
+
+/// One occlusion variant: the prompt without a span, then the completion.
+struct Variant {
+    toks: Vec<u32>,
+    /// Each token's position in the whole text (the RoPE positions `mask` keeps).
+    pos: Vec<usize>,
+    n_kept: usize,
+}
+
+impl Variant {
+    fn teacher(&self, mask: bool) -> TeacherForced<'_> {
+        TeacherForced {
+            tokens: &self.toks,
+            rope_positions: mask.then_some(self.pos.as_slice()),
+            prompt_len: self.n_kept,
+            logits_from: self.n_kept - 1,
+        }
+    }
 }
 
 /// Logprob of `t` and of `contrast` in a logits row.
@@ -163,6 +186,7 @@ impl ExplainJob {
             started: false,
             next_span: 0,
             base: Vec::new(),
+            prefix: None,
             variants: Vec::new(),
             out,
         }
@@ -274,9 +298,15 @@ impl ExplainJob {
             prompt_len: p,
             logits_from: p - 1,
         };
-        let pass = model.explain_pass(pool, &[seq], &probe, ws)?;
+        let mut pass = model.explain_pass(pool, &[seq], &probe, ws)?;
         self.out.forward_passes += 1;
         self.out.forward_tokens += total;
+        // Only occlusion runs variants of the text; nothing else needs the cache kept.
+        self.prefix = if self.v.occlusion {
+            pass.cache.take()
+        } else {
+            None
+        };
         let vocab = model.config().vocab_size;
         let contrast = self.v.contrast;
         self.base = (0..c)
@@ -367,39 +397,37 @@ impl ExplainJob {
         let (p, c) = (self.n_prompt(), self.n_completion());
         // The last completion token is never input: no row after it is scored.
         let tail = &self.out.completion[..c - 1];
-        let mut owned: Vec<(Vec<u32>, Vec<usize>, usize)> = Vec::new();
+        let mask = self.v.mode == OcclusionMode::Mask;
+        let prefix = self
+            .prefix
+            .as_ref()
+            .ok_or_else(|| EngineError::Model("occlusion ran before its baseline pass".into()))?;
+        let mut owned: Vec<Variant> = Vec::new();
         let mut tokens = 0;
         while self.next_span < self.v.spans.len() {
             let span = &self.v.spans[self.next_span];
             let kept: Vec<usize> = (0..p).filter(|i| span.binary_search(i).is_err()).collect();
-            let len = kept.len() + tail.len();
-            if !owned.is_empty() && tokens + len > UNIT_TOKENS {
-                break;
-            }
             let mut toks: Vec<u32> = kept.iter().map(|&i| self.v.prompt[i]).collect();
             toks.extend_from_slice(tail);
             let mut pos = kept.clone();
             pos.extend(p..p + tail.len());
-            owned.push((toks, pos, kept.len()));
+            let n_kept = kept.len();
+            let variant = Variant { toks, pos, n_kept };
+            // What this variant costs: the rows after the ones the baseline already holds.
+            let len = variant.toks.len() - prefix.reusable(&variant.teacher(mask));
+            if !owned.is_empty() && tokens + len > UNIT_TOKENS {
+                break;
+            }
+            owned.push(variant);
             tokens += len;
             self.next_span += 1;
         }
-        let mask = self.v.mode == OcclusionMode::Mask;
-        let seqs: Vec<TeacherForced<'_>> = owned
-            .iter()
-            .map(|(toks, pos, n_kept)| TeacherForced {
-                tokens: toks,
-                rope_positions: mask.then_some(pos.as_slice()),
-                prompt_len: *n_kept,
-                logits_from: n_kept - 1,
-            })
-            .collect();
-        let pass = model.explain_pass(pool, &seqs, &Probe::default(), ws)?;
+        let seqs: Vec<TeacherForced<'_>> = owned.iter().map(|v| v.teacher(mask)).collect();
+        let pass = model.explain_pass_shared(pool, &seqs, prefix, ws)?;
         self.out.forward_passes += 1;
         self.out.forward_tokens += tokens;
         let vocab = model.config().vocab_size;
-        for (v, rows) in owned.iter().zip(pass.logits.chunks_exact(c * vocab)) {
-            let _ = v;
+        for rows in pass.logits.chunks_exact(c * vocab).take(owned.len()) {
             let scores = (0..c)
                 .map(|j| {
                     row_logprobs(

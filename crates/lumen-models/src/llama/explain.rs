@@ -30,6 +30,7 @@ use half::f16;
 use lumen_kernels::ops::rms_norm;
 use lumen_kernels::{matmul, MatmulScratch, ThreadPool};
 
+use super::explain_prefix::PassCache;
 use super::forward::{ForwardWorkspace, LogitsWanted, SeqChunk};
 use super::hook::{ForwardHook, Observer};
 use super::model::LlamaModel;
@@ -124,6 +125,9 @@ pub struct AttentionRow {
 pub struct PassOutput {
     /// Logits rows, `vocab_size` each: per sequence in batch order, rows `logits_from..len`.
     pub logits: Vec<f32>,
+    /// Sequence 0's keys and values, for later passes over its variants (a pass that itself
+    /// shared a prefix keeps none).
+    pub cache: Option<PassCache>,
     /// Per lens position, per layer `0..=n_layers`, a logits row (`vocab_size` each).
     pub lens: Vec<Vec<f32>>,
     /// The attribution, when probed.
@@ -240,7 +244,8 @@ impl LlamaModel {
     }
 
     /// Runs `seqs` teacher-forced through the forward pass in a cache of their own, capturing
-    /// what `probe` asks of sequence 0.
+    /// what `probe` asks of sequence 0; the output keeps sequence 0's cache
+    /// ([`PassOutput::cache`]) for [`explain_pass_shared`](Self::explain_pass_shared).
     pub fn explain_pass(
         &self,
         pool: &ThreadPool,
@@ -248,7 +253,35 @@ impl LlamaModel {
         probe: &Probe,
         ws: &mut ForwardWorkspace,
     ) -> Result<PassOutput, ModelError> {
+        self.pass(pool, seqs, probe, None, ws)
+    }
+
+    /// Like [`explain_pass`](Self::explain_pass) without probes, each sequence starting from
+    /// the rows it shares with `prefix` ([`PassCache::reusable`]) instead of recomputing
+    /// them: the logits are the same, the work is what follows the shared rows.
+    pub fn explain_pass_shared(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[TeacherForced<'_>],
+        prefix: &PassCache,
+        ws: &mut ForwardWorkspace,
+    ) -> Result<PassOutput, ModelError> {
+        self.pass(pool, seqs, &Probe::default(), Some(prefix), ws)
+    }
+
+    fn pass(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[TeacherForced<'_>],
+        probe: &Probe,
+        prefix: Option<&PassCache>,
+        ws: &mut ForwardWorkspace,
+    ) -> Result<PassOutput, ModelError> {
         let c = &self.config;
+        let geo = self.kv_geometry(BLOCK);
+        if prefix.is_some_and(|p| p.block != BLOCK || p.kv.geometry() != geo) {
+            return Err(bad("a cache from another model"));
+        }
         let first = seqs.first().ok_or_else(|| bad("no sequences"))?;
         let len0 = first.tokens.len();
         let probed = probe.lens.iter().chain(&probe.attention);
@@ -265,9 +298,8 @@ impl LlamaModel {
         {
             return Err(bad("the attributed token is outside the vocabulary"));
         }
-        let mut n_blocks = 0;
-        let mut tables = Vec::with_capacity(seqs.len());
-        let mut rope = Vec::new();
+        // Rows each sequence takes from `prefix` (whole blocks, the cache's first blocks).
+        let mut skip = Vec::with_capacity(seqs.len());
         for s in seqs {
             if s.tokens.is_empty() || s.logits_from > s.tokens.len() {
                 return Err(bad("an empty sequence or logits past its end"));
@@ -275,22 +307,34 @@ impl LlamaModel {
             if s.rope_positions.is_some_and(|p| p.len() != s.tokens.len()) {
                 return Err(bad("one RoPE position per token is needed"));
             }
-            let blocks = s.tokens.len().div_ceil(BLOCK);
-            tables.push((n_blocks as u32..(n_blocks + blocks) as u32).collect::<Vec<u32>>());
+            skip.push(prefix.map_or(0, |p| p.reusable(s)));
+        }
+        let shared_blocks = skip.iter().max().map_or(0, |&n| n / BLOCK);
+        let mut n_blocks = shared_blocks;
+        let mut tables = Vec::with_capacity(seqs.len());
+        let mut rope = Vec::new();
+        for (s, &skip) in seqs.iter().zip(&skip) {
+            let blocks = s.tokens.len().div_ceil(BLOCK) - skip / BLOCK;
+            let mut table: Vec<u32> = (0..(skip / BLOCK) as u32).collect();
+            table.extend(n_blocks as u32..(n_blocks + blocks) as u32);
+            tables.push(table);
             n_blocks += blocks;
             match s.rope_positions {
-                Some(p) => rope.extend_from_slice(p),
-                None => rope.extend(0..s.tokens.len()),
+                Some(p) => rope.extend_from_slice(&p[skip..]),
+                None => rope.extend(skip..s.tokens.len()),
             }
         }
-        let mut kv = KvStorage::new(self.kv_geometry(BLOCK), c.n_layers, n_blocks);
+        let mut kv = KvStorage::new(geo, c.n_layers, n_blocks);
+        if let Some(p) = prefix {
+            kv.copy_blocks_from(&p.kv, shared_blocks);
+        }
         let mut chunks = Vec::with_capacity(2 * seqs.len());
-        for (s, table) in seqs.iter().zip(&tables) {
+        for ((s, table), &skip) in seqs.iter().zip(&tables).zip(&skip) {
             let split = s.logits_from.min(s.tokens.len());
-            if split > 0 {
+            if split > skip {
                 chunks.push(SeqChunk {
-                    tokens: &s.tokens[..split],
-                    start_pos: 0,
+                    tokens: &s.tokens[skip..split],
+                    start_pos: skip,
                     block_table: table,
                     logits: LogitsWanted::None,
                     prompt_len: s.prompt_len,
@@ -337,7 +381,16 @@ impl LlamaModel {
                 },
             )?
             .to_vec();
-        drop(kv);
+        // Sequence 0's rows are blocks `0..` in order only when nothing was shared.
+        let cache = prefix.is_none().then(|| PassCache {
+            kv,
+            tokens: first.tokens.to_vec(),
+            positions: first
+                .rope_positions
+                .map_or_else(|| (0..len0).collect(), <[usize]>::to_vec),
+            prompt_len: first.prompt_len,
+            block: BLOCK,
+        });
         let lens = cap
             .lens_resid
             .iter()
@@ -347,6 +400,7 @@ impl LlamaModel {
         let attention = self.attention_rows(&cap);
         Ok(PassOutput {
             logits,
+            cache,
             lens,
             dla,
             attention,

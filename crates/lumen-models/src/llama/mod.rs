@@ -5,6 +5,7 @@
 //! per-architecture RoPE style, never a copied loader.
 mod config;
 mod explain;
+mod explain_prefix;
 mod forward;
 mod hook;
 mod model;
@@ -13,6 +14,7 @@ pub use config::{LlamaConfig, LlamaVariant};
 pub use explain::{
     AttentionRow, DlaPart, DlaProbe, DlaTerm, DlaTerms, PassOutput, Probe, TeacherForced,
 };
+pub use explain_prefix::PassCache;
 pub use forward::{ForwardWorkspace, LogitsWanted, SeqChunk};
 pub use hook::{ForwardHook, Observer};
 pub use model::LlamaModel;
