@@ -70,7 +70,12 @@ def reps_for(batch):
 def lumen(batch):
     out = subprocess.run([lumen_bin, str(batch), str(threads), str(reps_for(batch))],
                          input="\n".join(SENTENCES) + "\n", capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["sentences_per_s"]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    PATH_RAN.add(f"{result['precision']} linear layers, kernels at {result['cpu_level']}")
+    return result["sentences_per_s"]
+
+
+PATH_RAN = set()
 
 
 def st(batch):
@@ -96,6 +101,7 @@ for r in range(rounds):
         results[b]["st"].append(s)
         print(f"  round {r + 1} batch {b:>3}: lumen {lu:8.1f}/s  sentence-transformers {s:8.1f}/s")
 print()
+print(f"Lumen ran: {', '.join(sorted(PATH_RAN))} (LUMEN_EMBED_PRECISION=f32 for the f32 path)")
 print("| batch | Lumen sentences/s | sentence-transformers sentences/s | ratio |")
 print("| ---: | ---: | ---: | ---: |")
 for b in BATCHES:

@@ -57,9 +57,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         n += run()?;
     }
     let dt = t0.elapsed().as_secs_f64();
+    // The arithmetic and kernel level that ran, so every figure says which path it measures.
     println!(
-        "{{\"batch\":{batch},\"threads\":{threads},\"reps\":{reps},\"seconds\":{dt:.6},\"sentences_per_s\":{:.2}}}",
-        n as f64 / dt
+        "{{\"batch\":{batch},\"threads\":{threads},\"reps\":{reps},\"seconds\":{dt:.6},\"sentences_per_s\":{:.2},\"precision\":\"{}\",\"cpu_level\":\"{}\"}}",
+        n as f64 / dt,
+        em.model.precision(),
+        lumen_kernels::simd_level()
     );
     Ok(())
 }

@@ -82,6 +82,7 @@ pub mod fused;
 pub mod ops;
 
 mod act;
+mod bf16_gemm;
 mod blocks;
 mod cpu;
 mod dequant;
@@ -100,6 +101,7 @@ mod quantize;
 mod x86;
 
 pub use act::activation_roundtrip;
+pub use bf16_gemm::{bf16_supported, matmul_bf16, matmul_bf16_reference, Bf16Matrix, BF16_BLOCK};
 pub use blocks::get_scale_min_k4;
 pub use cpu::{simd_level, CpuLevel};
 pub use dequant::dequantize_row;

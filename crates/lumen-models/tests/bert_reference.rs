@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use sentence_reference::{assert_matches, Reference};
 
 use lumen_kernels::ThreadPool;
-use lumen_models::bert::{BertModel, PoolingMode};
+use lumen_models::bert::{BertModel, EncoderPrecision, PoolingMode};
 use lumen_models::ModelError;
 
 /// The model, loaded once for all tests; `None` (with a note) when it is not installed.
@@ -52,6 +52,31 @@ fn embeddings_match_sentence_transformers() {
     let batch: Vec<&[u32]> = refs.iter().map(|r| r.ids.as_slice()).collect();
     let got = model.embed_batch(&pool, &batch).unwrap();
     assert_matches(&refs, &got, 384);
+}
+
+#[test]
+fn both_precisions_match_sentence_transformers() {
+    // The default is bf16 where the CPU has AVX-512 BF16 and f32 elsewhere; whichever this
+    // machine picked, the other one it can run must hold the same bound.
+    let Some(dir) = lumen_testkit::embedding_dir() else {
+        return;
+    };
+    let refs = references();
+    let batch: Vec<&[u32]> = refs.iter().map(|r| r.ids.as_slice()).collect();
+    let pool = ThreadPool::new(2);
+    let mut precisions = vec![EncoderPrecision::F32];
+    if lumen_kernels::bf16_supported() {
+        precisions.push(EncoderPrecision::Bf16);
+    }
+    for p in precisions {
+        let model = BertModel::load_with(&dir, p).unwrap();
+        assert_eq!(model.precision(), p);
+        eprintln!("precision {p}:");
+        assert_matches(&refs, &model.embed_batch(&pool, &batch).unwrap(), 384);
+    }
+    // Asking for bf16 where it cannot run gives f32, never a failure.
+    let model = BertModel::load_with(&dir, EncoderPrecision::Bf16).unwrap();
+    assert_eq!(model.precision(), EncoderPrecision::auto());
 }
 
 #[test]

@@ -20,6 +20,7 @@
 //! - [`tag`]: the weight-format tags the tiles take as const generic parameters.
 
 pub(crate) mod act_quant;
+pub(crate) mod bf16_tiles;
 mod block32_tiles;
 mod block32_unpack;
 mod float_tiles;

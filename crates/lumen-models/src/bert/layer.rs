@@ -10,18 +10,21 @@
 
 use std::ops::Range;
 
-use lumen_kernels::{matmul, MatmulScratch, ThreadPool};
+use lumen_kernels::{matmul, matmul_bf16, Bf16Matrix, MatmulScratch, ThreadPool};
 
 use super::attention::{attention, Heads};
 use super::config::{Activation, BertConfig, Family};
 use super::mpnet::RelativeBias;
 use super::ops::{bias_activate, layer_norm_inplace, par_rows};
+use super::precision::EncoderPrecision;
 use super::weights::{MatSlot, WeightFile};
 use crate::error::ModelError;
 
-/// A linear layer `y = x Wᵀ + b`, weight left in the file.
+/// A linear layer `y = x Wᵀ + b`: the weight left in the file, or rounded to bf16 when the
+/// model computes in bf16.
 pub(crate) struct Linear {
     w: MatSlot,
+    bf16: Option<Bf16Matrix>,
     b: Vec<f32>,
 }
 
@@ -32,9 +35,21 @@ impl Linear {
         name: &str,
         out: usize,
         inp: usize,
+        precision: EncoderPrecision,
     ) -> Result<Linear, ModelError> {
+        let w = file.matrix(&format!("{name}.weight"), out, inp)?;
+        let bf16 = match precision {
+            EncoderPrecision::F32 => None,
+            EncoderPrecision::Bf16 => {
+                let m = file.mat_ref(&w)?;
+                Some(Bf16Matrix::from_rows(out, inp, |j, row| {
+                    m.dequantize_row(j, row)
+                }))
+            }
+        };
         Ok(Linear {
-            w: file.matrix(&format!("{name}.weight"), out, inp)?,
+            w,
+            bf16,
             b: file.vector(&format!("{name}.bias"), out)?,
         })
     }
@@ -47,6 +62,11 @@ impl Linear {
         m: usize,
         out: &mut [f32],
     ) -> Result<(), ModelError> {
+        if let Some(w) = &self.bf16 {
+            let (x, out) = (&x[..m * w.cols()], &mut out[..m * w.rows()]);
+            matmul_bf16(cx.pool, w, x, m, out, &mut cx.bf16);
+            return Ok(());
+        }
         let w = cx.file.mat_ref(&self.w)?;
         matmul(
             cx.pool,
@@ -98,6 +118,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) pool: &'a ThreadPool,
     pub(crate) file: &'a WeightFile,
     pub(crate) scratch: &'a mut MatmulScratch,
+    /// The bf16-rounded input of the bf16 products.
+    pub(crate) bf16: Vec<u16>,
     pub(crate) heads: Heads,
     pub(crate) eps: f32,
     pub(crate) act: Activation,
@@ -187,18 +209,24 @@ pub(crate) struct Layer {
 
 impl Layer {
     /// Loads layer `i` and checks every shape against `cfg`.
-    pub(crate) fn load(file: &WeightFile, cfg: &BertConfig, i: usize) -> Result<Layer, ModelError> {
+    pub(crate) fn load(
+        file: &WeightFile,
+        cfg: &BertConfig,
+        i: usize,
+        precision: EncoderPrecision,
+    ) -> Result<Layer, ModelError> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let linear = |name: String, out, inp| Linear::load(file, &name, out, inp, precision);
         let p = format!("encoder.layer.{i}");
         let a = AttentionNames::of(cfg.family);
         Ok(Layer {
-            query: Linear::load(file, &format!("{p}.{}", a.query), h, h)?,
-            key: Linear::load(file, &format!("{p}.{}", a.key), h, h)?,
-            value: Linear::load(file, &format!("{p}.{}", a.value), h, h)?,
-            attn_out: Linear::load(file, &format!("{p}.{}", a.out), h, h)?,
+            query: linear(format!("{p}.{}", a.query), h, h)?,
+            key: linear(format!("{p}.{}", a.key), h, h)?,
+            value: linear(format!("{p}.{}", a.value), h, h)?,
+            attn_out: linear(format!("{p}.{}", a.out), h, h)?,
             attn_norm: Norm::load(file, &format!("{p}.{}", a.norm), h)?,
-            inter: Linear::load(file, &format!("{p}.intermediate.dense"), f, h)?,
-            out: Linear::load(file, &format!("{p}.output.dense"), h, f)?,
+            inter: linear(format!("{p}.intermediate.dense"), f, h)?,
+            out: linear(format!("{p}.output.dense"), h, f)?,
             out_norm: Norm::load(file, &format!("{p}.output.LayerNorm"), h)?,
         })
     }

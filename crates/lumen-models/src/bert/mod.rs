@@ -45,6 +45,7 @@ mod layer;
 mod mpnet;
 mod ops;
 mod pooling;
+mod precision;
 mod sentence;
 mod weights;
 
@@ -56,6 +57,7 @@ use lumen_kernels::{MatmulScratch, ThreadPool};
 
 pub use config::{Activation, BertConfig, Family};
 pub use pooling::{PoolingConfig, PoolingMode};
+pub use precision::EncoderPrecision;
 
 use attention::Heads;
 use layer::{Buffers, Cx, Layer, Norm};
@@ -83,6 +85,7 @@ pub struct BertModel {
     layers: Vec<Layer>,
     /// MPNet's relative-position bias.
     rel_bias: Option<RelativeBias>,
+    precision: EncoderPrecision,
 }
 
 impl fmt::Debug for BertModel {
@@ -96,8 +99,19 @@ impl fmt::Debug for BertModel {
 
 impl BertModel {
     /// Loads the model in folder `dir` (`config.json`, `model.safetensors`, and optionally the
-    /// sentence-transformers files).
+    /// sentence-transformers files), in the precision `LUMEN_EMBED_PRECISION` asks for
+    /// ([`EncoderPrecision::from_env`]: bf16 where the CPU has AVX-512 BF16, else f32).
     pub fn load(dir: &Path) -> Result<BertModel, ModelError> {
+        BertModel::load_with(dir, EncoderPrecision::from_env())
+    }
+
+    /// [`load`](Self::load) in a given precision (bf16 needs [`lumen_kernels::bf16_supported`];
+    /// without it the model computes in f32).
+    pub fn load_with(dir: &Path, precision: EncoderPrecision) -> Result<BertModel, ModelError> {
+        let precision = match precision {
+            EncoderPrecision::Bf16 if !lumen_kernels::bf16_supported() => EncoderPrecision::F32,
+            p => p,
+        };
         let config = BertConfig::load(&dir.join("config.json"))?;
         let sentence = SentenceConfig::load(dir, config.hidden_size, config.max_tokens())?;
         let file = WeightFile::open(&dir.join("model.safetensors"))?;
@@ -130,7 +144,7 @@ impl BertModel {
         };
         let emb_norm = Norm::load(&file, "embeddings.LayerNorm", h)?;
         let layers = (0..config.num_layers)
-            .map(|i| Layer::load(&file, &config, i))
+            .map(|i| Layer::load(&file, &config, i, precision))
             .collect::<Result<Vec<_>, _>>()?;
         tracing::debug!(dir = %dir.display(), family = ?config.family, layers = config.num_layers, hidden = h, "loaded encoder");
         Ok(BertModel {
@@ -143,7 +157,13 @@ impl BertModel {
             emb_norm,
             layers,
             rel_bias,
+            precision,
         })
+    }
+
+    /// The arithmetic of the linear layers.
+    pub fn precision(&self) -> EncoderPrecision {
+        self.precision
     }
 
     /// The encoder's hyper-parameters.
@@ -251,6 +271,7 @@ impl BertModel {
             pool,
             file: &self.file,
             scratch,
+            bf16: Vec::new(),
             heads: Heads {
                 n_heads: self.config.num_heads,
                 head_dim: self.config.head_dim(),

@@ -119,7 +119,7 @@ pub fn start(
             {
                 let _ = handle.embed_blocking(ids);
             }
-            tracing::info!(model = %em.name, path = %loc.path.display(), dims = handle.info().dims, max_seq_len = handle.info().max_seq_len, secs = started.elapsed().as_secs_f32(), "embedding model loaded");
+            tracing::info!(model = %em.name, path = %loc.path.display(), dims = handle.info().dims, max_seq_len = handle.info().max_seq_len, precision = %em.model.precision(), secs = started.elapsed().as_secs_f32(), "embedding model loaded");
             let served = EmbeddingServed {
                 name: em.name,
                 handle,
