@@ -25,7 +25,7 @@ use crate::auth::ApiKeys;
 use crate::error::ServerError;
 use crate::ledger::Ledger;
 use cache::KeyCache;
-pub use meter::Meter;
+pub use meter::{BatchItemCtx, EventSlot, Meter};
 
 /// The authenticated caller of one request.
 #[derive(Clone, Debug)]
@@ -126,6 +126,10 @@ pub fn clamp_priority(
 pub struct RequestCtx {
     /// The caller.
     pub principal: Principal,
+    /// Set when the request is a batch item run by the batch executor: it runs at batch
+    /// priority, is admitted against the token budget only (rpm, tpm and parallel limits
+    /// protect interactive traffic), and its usage event goes to the item's slot.
+    pub batch: Option<BatchItemCtx>,
     rate: Mutex<Option<RateSnapshot>>,
 }
 
@@ -134,6 +138,16 @@ impl RequestCtx {
     pub fn new(principal: Principal) -> Self {
         RequestCtx {
             principal,
+            batch: None,
+            rate: Mutex::new(None),
+        }
+    }
+
+    /// The context of batch item `batch` run as `principal`.
+    pub fn for_batch_item(principal: Principal, batch: BatchItemCtx) -> Self {
+        RequestCtx {
+            principal,
+            batch: Some(batch),
             rate: Mutex::new(None),
         }
     }
@@ -273,7 +287,14 @@ impl Tenancy {
             l.ensure_room()?;
         }
         let principal = ctx.map_or(&Principal::Open, |c| &c.principal);
-        let grant = match principal.key() {
+        let batch = ctx.and_then(|c| c.batch.clone());
+        // A batch item is checked against the budget alone: the same key with its per-minute
+        // and parallel limits lifted.
+        let budget_only = match (principal.key(), &batch) {
+            (Some(k), Some(_)) => Some(Arc::new(budget_only(k))),
+            _ => None,
+        };
+        let grant = match budget_only.as_ref().or(principal.key()) {
             Some(k) => {
                 let (result, snap) = match &self.shared {
                     Some(shared) => shared.admit(&self.admission, k, cost).await,
@@ -292,8 +313,23 @@ impl Tenancy {
             }
             None => None,
         };
-        Ok(Meter::new(grant, self.ledger.clone(), principal, event))
+        Ok(Meter::new(grant, self.ledger.clone(), principal, event).for_batch(batch))
     }
+}
+
+/// `key` with only its (and its tenant's) token budget: what a batch item is admitted against.
+fn budget_only(key: &ApiKey) -> ApiKey {
+    let mut k = key.clone();
+    let lift = |l: &mut lumen_store::KeyLimits| {
+        l.rpm = None;
+        l.tpm = None;
+        l.max_parallel = None;
+    };
+    lift(&mut k.limits);
+    if let Some(t) = k.tenant_limits.as_mut() {
+        lift(t);
+    }
+    k
 }
 
 /// Prunes raw usage events older than the retention (rollups stay), at start and hourly.
