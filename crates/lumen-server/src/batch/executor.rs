@@ -319,18 +319,11 @@ impl Executor {
             }
         };
         let ok = (200..300).contains(&status);
-        let request_id = body
-            .get("id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        let request_id = serde_json::from_slice::<IdOnly>(&body)
+            .ok()
+            .and_then(|b| b.id)
             .unwrap_or_else(|| self.state.new_id("req"));
-        let line = json!({
-            "id": format!("batch_req_{}_{}", it.batch_id.trim_start_matches("batch_"), it.line),
-            "custom_id": it.custom_id,
-            "response": {"status_code": status, "request_id": request_id, "body": body},
-            "error": null,
-        })
-        .to_string();
+        let line = result_line(&it, status, &request_id, &body);
         // Requests refused before admission have no meter: record them all the same, so
         // every item has exactly one usage event.
         let event = slot.take().unwrap_or_else(|| {
@@ -393,7 +386,7 @@ impl Executor {
         it: &ClaimedItem,
         principal: Principal,
         slot: EventSlot,
-    ) -> Result<(u16, Value), ServerError> {
+    ) -> Result<(u16, Bytes), ServerError> {
         let ctx = Arc::new(RequestCtx::for_batch_item(
             principal,
             BatchItemCtx {
@@ -437,13 +430,71 @@ fn batch_body(text: &str) -> Bytes {
     }
 }
 
-/// A response's body as JSON (a body that is not JSON becomes a string).
-async fn read_body(resp: axum::response::Response) -> Value {
+/// The `id` of a response body, if it has one.
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    id: Option<String>,
+}
+
+/// A response's body bytes.
+async fn read_body(resp: axum::response::Response) -> Bytes {
     match axum::body::to_bytes(resp.into_body(), MAX_RESPONSE).await {
-        Ok(b) => serde_json::from_slice(&b)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into_owned())),
-        Err(e) => {
+        Ok(b) => b,
+        Err(e) => Bytes::from(
             json!({"error": {"message": format!("could not read the answer: {e}"), "type": "server_error", "param": null, "code": "internal_error"}})
-        }
+                .to_string(),
+        ),
+    }
+}
+
+/// One line of the output or error file (OpenAI's format). The body is spliced in as the
+/// handler wrote it: parsing and printing it again would change float digits, and the line
+/// must equal what the live endpoint returns. A body that is not one line of JSON (never
+/// from these handlers) is carried as a string instead.
+fn result_line(it: &ClaimedItem, status: u16, request_id: &str, body: &[u8]) -> String {
+    let id = format!(
+        "batch_req_{}_{}",
+        it.batch_id.trim_start_matches("batch_"),
+        it.line
+    );
+    let head = json!({"id": id, "custom_id": it.custom_id}).to_string();
+    let one_json_line =
+        !body.contains(&b'\n') && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+    let body = if one_json_line {
+        String::from_utf8_lossy(body).into_owned()
+    } else {
+        Value::String(String::from_utf8_lossy(body).into_owned()).to_string()
+    };
+    // `head` is `{"id":…,"custom_id":…}`: drop its closing brace and continue the object.
+    format!(
+        "{},\"response\":{{\"status_code\":{status},\"request_id\":{},\"body\":{body}}},\"error\":null}}",
+        &head[..head.len() - 1],
+        Value::String(request_id.to_string())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_line_carries_the_body_bytes_unchanged() {
+        let it = ClaimedItem {
+            batch_id: "batch_ab".into(),
+            line: 7,
+            custom_id: "q\"1".into(),
+            body: String::new(),
+        };
+        let body = br#"{"id":"chatcmpl-1","x":-2.6723079e-33}"#;
+        let line = result_line(&it, 200, "chatcmpl-1", body);
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["id"], "batch_req_ab_7");
+        assert_eq!(v["custom_id"], "q\"1");
+        assert_eq!(v["response"]["status_code"], 200);
+        assert_eq!(v["error"], Value::Null);
+        assert!(line.contains(r#""body":{"id":"chatcmpl-1","x":-2.6723079e-33}"#));
+        let odd = result_line(&it, 500, "r", b"not\njson");
+        let v: Value = serde_json::from_str(&odd).unwrap();
+        assert_eq!(v["response"]["body"], "not\njson");
     }
 }
