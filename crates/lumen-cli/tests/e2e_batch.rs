@@ -475,3 +475,131 @@ fn lines_left_when_the_window_ends_are_batch_expired() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn lumen(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lumen"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run lumen")
+}
+
+fn read_lines(p: &Path) -> Vec<Value> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+/// The answer of a result line, without what differs between two runs.
+fn answer_of(line: &Value) -> Value {
+    let mut b = line["response"]["body"].clone();
+    for k in ["id", "created"] {
+        b.as_object_mut().map(|o| o.remove(k));
+    }
+    b["usage"]
+        .as_object_mut()
+        .map(|u| u.remove("prompt_tokens_details"));
+    b
+}
+
+#[test]
+fn the_batch_command_submits_follows_fetches_and_runs_offline_resumably() {
+    if common::prerequisites().is_none() {
+        return;
+    }
+    let _turn = serial();
+    let dir = temp_dir("batch-cli");
+    let server = start(&dir, &[]);
+    let input = dir.join("in.jsonl");
+    let n = 60;
+    let text: String = (0..n).map(|i| chat_line(i, 16) + "\n").collect();
+    std::fs::write(&input, &text).unwrap();
+    let env = [
+        ("LUMEN_URL", server.base.clone()),
+        ("LUMEN_API_KEY", API_KEY.to_string()),
+    ];
+    let input_s = input.to_str().unwrap();
+    let out = lumen(&["batch", "submit", input_s, "--wait"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(id.starts_with("batch_"), "{id}");
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(progress.contains(&format!("{n}/{n}")), "{progress}");
+    let out = lumen(&["batch", "status", &id], &env);
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(status["status"], "completed");
+    let results = dir.join("results.jsonl");
+    let out = lumen(
+        &["batch", "results", &id, "-o", results.to_str().unwrap()],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let served = read_lines(&results);
+    assert_eq!(served.len(), n);
+    drop(server);
+
+    // Offline: killed part-way, then resumed with the same output.
+    let offline = dir.join("offline.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lumen"))
+        .args([
+            "batch",
+            "run",
+            input_s,
+            "-o",
+            offline.to_str().unwrap(),
+            "--concurrency",
+            "8",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn lumen batch run");
+    let t = Instant::now();
+    while read_lines(&offline).len() < 10 && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let partial = std::fs::read_to_string(&offline).unwrap_or_default();
+    let before = partial.lines().count();
+    assert!(before < n, "killed before the end ({before} lines)");
+    let out = lumen(
+        &["batch", "run", input_s, "-o", offline.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"));
+    let lines = read_lines(&offline);
+    let ids: HashSet<&str> = lines
+        .iter()
+        .filter_map(|l| l["custom_id"].as_str())
+        .collect();
+    assert_eq!((lines.len(), ids.len()), (n, n), "every custom_id once");
+    // The same seeded bodies give the same answers offline as through the server.
+    let by_id = |v: &[Value], id: &str| {
+        v.iter()
+            .find(|l| l["custom_id"] == id)
+            .map(answer_of)
+            .expect("line")
+    };
+    for i in [0, 7, 33, 59] {
+        let id = format!("c{i}");
+        assert_eq!(by_id(&served, &id), by_id(&lines, &id), "{id}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -56,7 +56,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Whether a refusal means "not now" rather than an answer for the item.
-fn is_transient(e: &ServerError) -> bool {
+pub fn is_transient(e: &ServerError) -> bool {
     matches!(
         e,
         ServerError::QueueFull
@@ -319,11 +319,15 @@ impl Executor {
             }
         };
         let ok = (200..300).contains(&status);
-        let request_id = serde_json::from_slice::<IdOnly>(&body)
-            .ok()
-            .and_then(|b| b.id)
-            .unwrap_or_else(|| self.state.new_id("req"));
-        let line = result_line(&it, status, &request_id, &body);
+        let request_id = request_id_of(&body).unwrap_or_else(|| self.state.new_id("req"));
+        let line = result_line(
+            &it.batch_id,
+            it.line,
+            &it.custom_id,
+            status,
+            &request_id,
+            &body,
+        );
         // Requests refused before admission have no meter: record them all the same, so
         // every item has exactly one usage event.
         let event = slot.take().unwrap_or_else(|| {
@@ -397,24 +401,61 @@ impl Executor {
                 slot,
             },
         ));
-        let body = batch_body(&it.body);
-        let state = self.state.clone();
-        let resp = match batch.endpoint.as_str() {
-            "/v1/chat/completions" => generate::serve::<Chat>(state, Some(ctx), body).await?,
-            "/v1/completions" => generate::serve::<Completions>(state, Some(ctx), body).await?,
-            "/v1/embeddings" => {
-                let req: EmbeddingsBody = parse_json(&body)?;
-                embeddings::serve(state, Some(ctx), req).await?
-            }
-            other => {
-                return Err(ServerError::Internal(format!(
-                    "batch endpoint '{other}' is not served"
-                )))
-            }
-        };
-        let status = resp.status().as_u16();
-        Ok((status, read_body(resp).await))
+        run_body(self.state.clone(), &batch.endpoint, &it.body, Some(ctx)).await
     }
+}
+
+/// Runs one line's `body` on `endpoint` through the live endpoint's handler core (as
+/// `ctx`'s caller; none: an open server's). `(status, body)` of the answer, or the refusal.
+pub async fn run_body(
+    state: AppState,
+    endpoint: &str,
+    body: &str,
+    ctx: Option<Arc<RequestCtx>>,
+) -> Result<(u16, Bytes), ServerError> {
+    let body = batch_body(body);
+    let resp = match endpoint {
+        "/v1/chat/completions" => generate::serve::<Chat>(state, ctx, body).await?,
+        "/v1/completions" => generate::serve::<Completions>(state, ctx, body).await?,
+        "/v1/embeddings" => {
+            let req: EmbeddingsBody = parse_json(&body)?;
+            embeddings::serve(state, ctx, req).await?
+        }
+        other => {
+            return Err(ServerError::param(
+                "url",
+                format!("batch lines may call /v1/chat/completions, /v1/completions or /v1/embeddings, not '{other}'"),
+            ))
+        }
+    };
+    let status = resp.status().as_u16();
+    Ok((status, read_body(resp).await))
+}
+
+/// [`run_body`], with a final refusal turned into its error answer (status and OpenAI error
+/// body, as the live endpoint sends it); `Err` only for refusals that mean "retry later".
+pub async fn answer(
+    state: AppState,
+    endpoint: &str,
+    body: &str,
+    ctx: Option<Arc<RequestCtx>>,
+) -> Result<(u16, Bytes), ServerError> {
+    match run_body(state, endpoint, body, ctx).await {
+        Ok(r) => Ok(r),
+        Err(e) if is_transient(&e) => Err(e),
+        Err(e) => {
+            let resp = e.into_response();
+            let status = resp.status().as_u16();
+            Ok((status, read_body(resp).await))
+        }
+    }
+}
+
+/// The `id` of an answer's body (its request id), if it has one.
+pub fn request_id_of(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<IdOnly>(body)
+        .ok()
+        .and_then(|b| b.id)
 }
 
 /// The body a batch line sends: its own, without `stream` and `stream_options` (a batch
@@ -451,13 +492,16 @@ async fn read_body(resp: axum::response::Response) -> Bytes {
 /// handler wrote it: parsing and printing it again would change float digits, and the line
 /// must equal what the live endpoint returns. A body that is not one line of JSON (never
 /// from these handlers) is carried as a string instead.
-fn result_line(it: &ClaimedItem, status: u16, request_id: &str, body: &[u8]) -> String {
-    let id = format!(
-        "batch_req_{}_{}",
-        it.batch_id.trim_start_matches("batch_"),
-        it.line
-    );
-    let head = json!({"id": id, "custom_id": it.custom_id}).to_string();
+pub fn result_line(
+    batch_id: &str,
+    line: u64,
+    custom_id: &str,
+    status: u16,
+    request_id: &str,
+    body: &[u8],
+) -> String {
+    let id = format!("batch_req_{}_{line}", batch_id.trim_start_matches("batch_"));
+    let head = json!({"id": id, "custom_id": custom_id}).to_string();
     let one_json_line =
         !body.contains(&b'\n') && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
     let body = if one_json_line {
@@ -479,21 +523,16 @@ mod tests {
 
     #[test]
     fn a_result_line_carries_the_body_bytes_unchanged() {
-        let it = ClaimedItem {
-            batch_id: "batch_ab".into(),
-            line: 7,
-            custom_id: "q\"1".into(),
-            body: String::new(),
-        };
         let body = br#"{"id":"chatcmpl-1","x":-2.6723079e-33}"#;
-        let line = result_line(&it, 200, "chatcmpl-1", body);
+        let line = result_line("batch_ab", 7, "q\"1", 200, "chatcmpl-1", body);
+        assert_eq!(request_id_of(body).as_deref(), Some("chatcmpl-1"));
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["id"], "batch_req_ab_7");
         assert_eq!(v["custom_id"], "q\"1");
         assert_eq!(v["response"]["status_code"], 200);
         assert_eq!(v["error"], Value::Null);
         assert!(line.contains(r#""body":{"id":"chatcmpl-1","x":-2.6723079e-33}"#));
-        let odd = result_line(&it, 500, "r", b"not\njson");
+        let odd = result_line("batch_ab", 7, "x", 500, "r", b"not\njson");
         let v: Value = serde_json::from_str(&odd).unwrap();
         assert_eq!(v["response"]["body"], "not\njson");
     }
