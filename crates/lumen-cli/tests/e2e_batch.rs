@@ -603,3 +603,58 @@ fn the_batch_command_submits_follows_fetches_and_runs_offline_resumably() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn two_servers_on_one_postgres_share_one_batch() {
+    if common::prerequisites().is_none() {
+        return;
+    }
+    let Some(pg) = lumen_testkit::pg::PgCluster::start() else {
+        return;
+    };
+    let _turn = serial();
+    let url = pg.create_database("batch_replicas");
+    let dir = temp_dir("batch-replicas");
+    let files = dir.join("files");
+    let args = [
+        "--files-dir",
+        files.to_str().unwrap(),
+        "--batch-concurrency",
+        "8",
+    ];
+    let opts = StartOptions {
+        database: Some(PathBuf::from(&url)),
+        ..Default::default()
+    };
+    let a = Server::start_with(&args, &opts);
+    let b = Server::start_with(&args, &opts);
+    let n = 160;
+    let text: String = (0..n).map(|i| chat_line(i, 16) + "\n").collect();
+    let file = upload_text(a.port, &text);
+    let id = create_batch(a.port, &file);
+    // Followed through the other server: the batch is the database's, not a process's.
+    let done = wait_batch(&b, &id, &["completed"], Duration::from_secs(300));
+    assert_eq!(done["request_counts"]["completed"], n as u64, "{done}");
+    let out = file_lines(b.port, done["output_file_id"].as_str());
+    let ids: HashSet<&str> = out.iter().filter_map(|l| l["custom_id"].as_str()).collect();
+    assert_eq!((out.len(), ids.len()), (n, n));
+    // Response ids start with their server's id base (`chatcmpl-<16 hex><counter>`): both
+    // servers answered lines of this one batch.
+    let mut by_server: BTreeMap<String, usize> = BTreeMap::new();
+    for l in &out {
+        let rid = l["response"]["request_id"].as_str().unwrap_or("");
+        let base = rid.trim_start_matches("chatcmpl-").get(..16).unwrap_or("");
+        *by_server.entry(base.to_string()).or_default() += 1;
+    }
+    eprintln!("lines answered per server: {by_server:?}");
+    assert_eq!(
+        by_server.len(),
+        2,
+        "both servers claimed lines: {by_server:?}"
+    );
+    let events = events_by_item(a.port, &id);
+    assert_eq!(events.len(), n);
+    assert!(events.values().all(|&c| c == 1));
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
