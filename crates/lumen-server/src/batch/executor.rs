@@ -123,19 +123,26 @@ impl Executor {
     async fn run(self: Arc<Self>) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut last_look = Instant::now() - Duration::from_secs(60);
+        // Whether some batch is in progress: without one there is nothing to claim, and no
+        // write transaction is spent finding that out.
+        let mut running = false;
         loop {
             if self.state.is_draining() {
                 return;
             }
             if last_look.elapsed() >= Duration::from_millis(500) {
                 last_look = Instant::now();
-                if let Err(e) = self.look_after_batches().await {
-                    tracing::warn!(error = %e, "batch housekeeping failed");
+                match self.look_after_batches().await {
+                    Ok(r) => running = r,
+                    Err(e) => {
+                        running = true;
+                        tracing::warn!(error = %e, "batch housekeeping failed");
+                    }
                 }
             }
             let free = slots.available_permits();
             let mut claimed = 0;
-            if free > 0 && self.state.is_ready() {
+            if running && free > 0 && self.state.is_ready() {
                 let now = self.config.clock.real_ms();
                 let until = now + self.config.lease.as_millis() as u64;
                 match self.store.claim_items(&self.owner, free, now, until).await {
@@ -168,13 +175,20 @@ impl Executor {
         }
     }
 
-    /// Moves every active batch along its lifecycle as far as it can go now.
-    async fn look_after_batches(self: &Arc<Self>) -> Result<(), ServerError> {
+    /// Moves every active batch along its lifecycle as far as it can go now; whether one is
+    /// left in progress (with items to claim).
+    async fn look_after_batches(self: &Arc<Self>) -> Result<bool, ServerError> {
         let now = self.config.clock.now_secs();
+        let mut running = false;
         for b in self.store.active_batches().await? {
             match b.status.as_str() {
-                "validating" => self.spawn_validation(b),
+                "validating" => {
+                    // Its items appear when validation ends: look again soon.
+                    running = true;
+                    self.spawn_validation(b)
+                }
                 "in_progress" => {
+                    running = true;
                     if now >= b.expires_at {
                         if self.store.expire_batch(&b.id, now).await? {
                             tracing::info!(batch = %b.id, "batch window ended; unanswered lines expire");
@@ -197,7 +211,7 @@ impl Executor {
                 _ => {}
             }
         }
-        Ok(())
+        Ok(running)
     }
 
     async fn finalize(&self, id: &str) -> Result<(), ServerError> {
