@@ -294,16 +294,37 @@ pub async fn delete(
     Ok(Json(json!({"id": f.id, "object": "file", "deleted": true})).into_response())
 }
 
-/// At start-up: deletes every partial upload, and every file on disk that has no row (a
-/// crash between the rename and the insert).
+/// How old a leftover must be before a server on a shared (PostgreSQL) database removes it:
+/// another server may be writing it right now.
+const SHARED_LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// At start-up: deletes partial uploads, and files on disk without a row (a crash between
+/// the rename and the insert). On SQLite the database, and so the folder, serves this one
+/// server, and every leftover goes; on PostgreSQL, servers sharing the folder may be
+/// uploading now, so only leftovers older than an hour go.
 pub async fn sweep(store: &Store, config: &BatchConfig) -> Result<(), ServerError> {
+    let min_age = match store.backend() {
+        lumen_store::Backend::Sqlite => std::time::Duration::ZERO,
+        lumen_store::Backend::Postgres => SHARED_LEFTOVER_AGE,
+    };
+    let old_enough = |p: &Path| {
+        p.metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age >= min_age)
+    };
     let partial = config.partial_dir();
-    if partial.exists() {
-        let _ = tokio::fs::remove_dir_all(&partial).await;
-    }
     tokio::fs::create_dir_all(&partial)
         .await
         .map_err(|e| ServerError::Startup(format!("cannot create {}: {e}", partial.display())))?;
+    if let Ok(mut dir) = tokio::fs::read_dir(&partial).await {
+        while let Ok(Some(entry)) = dir.next_entry().await {
+            if is_file(&entry.path()) && old_enough(&entry.path()) {
+                let _ = tokio::fs::remove_file(entry.path()).await;
+            }
+        }
+    }
     let known: std::collections::HashSet<String> = store
         .all_file_ids()
         .await
@@ -315,9 +336,14 @@ pub async fn sweep(store: &Store, config: &BatchConfig) -> Result<(), ServerErro
         .map_err(|e| ServerError::Startup(format!("cannot read the files folder: {e}")))?;
     while let Ok(Some(entry)) = dir.next_entry().await {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("file-") && !known.contains(&name) && is_file(&entry.path()) {
+        let path = entry.path();
+        if name.starts_with("file-")
+            && !known.contains(&name)
+            && is_file(&path)
+            && old_enough(&path)
+        {
             tracing::info!(file = %name, "removing a file without a row (left by a crash)");
-            let _ = tokio::fs::remove_file(entry.path()).await;
+            let _ = tokio::fs::remove_file(path).await;
         }
     }
     Ok(())
