@@ -109,6 +109,11 @@ pub struct ServeArgs {
     /// to fill the engine's batch, well under --max-queued-requests.
     #[arg(long, env = "LUMEN_BATCH_CONCURRENCY", default_value_t = 32)]
     pub batch_concurrency: usize,
+    /// Batch-job lines kept running while interactive requests are in flight: every running
+    /// sequence decodes in every engine step, so fewer batch lines keep interactive tokens
+    /// fast (the rest wait for idle capacity).
+    #[arg(long, env = "LUMEN_BATCH_CONCURRENCY_BUSY", default_value_t = 4)]
+    pub batch_concurrency_busy: usize,
     /// Seconds a batch line's claim lasts without renewal: after a server dies, its lines
     /// run again elsewhere (or after its restart) once this passes.
     #[arg(long, env = "LUMEN_BATCH_LEASE", default_value_t = 30)]
@@ -243,6 +248,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     config.weight_layout = args.weight_layout;
     config.enable_explain = args.enable_explain;
     config.batch_concurrency = args.batch_concurrency.max(1);
+    config.batch_concurrency_busy = args.batch_concurrency_busy.max(1);
     config.batch_lease = Duration::from_secs(args.batch_lease.max(1));
     config.test_clock_file = args.test_clock_file.clone();
     config.files_dir = args.files_dir.clone();

@@ -91,6 +91,8 @@ pub struct ServerConfig {
     pub enable_explain: bool,
     /// Batch items this server runs at once.
     pub batch_concurrency: usize,
+    /// Batch items it keeps running while interactive requests are in flight.
+    pub batch_concurrency_busy: usize,
     /// How long a batch item's claim lasts without renewal.
     pub batch_lease: Duration,
     /// A file holding seconds added to the batch clock (tests of the completion window).
@@ -139,6 +141,7 @@ impl ServerConfig {
             ui: true,
             enable_explain: false,
             batch_concurrency: 32,
+            batch_concurrency_busy: 4,
             batch_lease: Duration::from_secs(30),
             test_clock_file: None,
             files_dir: None,
@@ -381,6 +384,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     let state = AppState::with_manager(tenancy, limits, manager.clone());
     let mut batch_config = batch::BatchConfig::new(&config.home);
     batch_config.concurrency = config.batch_concurrency.max(1);
+    batch_config.busy_concurrency = config.batch_concurrency_busy.max(1);
     batch_config.lease = config.batch_lease;
     batch_config.clock = batch::Clock::new(config.test_clock_file.clone());
     if let Some(dir) = &config.files_dir {

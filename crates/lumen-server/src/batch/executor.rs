@@ -140,7 +140,7 @@ impl Executor {
                     }
                 }
             }
-            let free = slots.available_permits();
+            let free = self.free_slots(&slots);
             let mut claimed = 0;
             if running && free > 0 && self.state.is_ready() {
                 let now = self.config.clock.real_ms();
@@ -173,6 +173,20 @@ impl Executor {
                 _ = tokio::time::sleep(pause) => {}
             }
         }
+    }
+
+    /// How many more items to claim now: up to `--batch-concurrency` in flight on an
+    /// otherwise idle server, up to `--batch-concurrency-busy` while other (interactive)
+    /// requests are in flight.
+    fn free_slots(&self, slots: &Semaphore) -> usize {
+        let full = self.config.concurrency.max(1);
+        let in_use = full - slots.available_permits().min(full);
+        let target = if self.state.tenancy().interactive_in_flight() > 0 {
+            self.config.busy_concurrency.clamp(1, full)
+        } else {
+            full
+        };
+        target.saturating_sub(in_use)
     }
 
     /// Moves every active batch along its lifecycle as far as it can go now; whether one is

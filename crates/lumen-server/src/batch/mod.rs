@@ -76,6 +76,10 @@ pub struct BatchConfig {
     pub files_dir: PathBuf,
     /// Items one server runs at once.
     pub concurrency: usize,
+    /// Items it keeps running while other (interactive) requests are in flight: every
+    /// running sequence decodes in every engine step, so batch lines beyond a few slow each
+    /// interactive token down.
+    pub busy_concurrency: usize,
     /// How long a claim lasts without renewal (a dead server's items are redone after it).
     pub lease: Duration,
     /// Batch time.
@@ -85,11 +89,13 @@ pub struct BatchConfig {
 }
 
 impl BatchConfig {
-    /// Defaults under `home`: 32 items at once, 30-second leases, the wall clock.
+    /// Defaults under `home`: 32 items at once (4 while interactive requests run), 30-second
+    /// leases, the wall clock.
     pub fn new(home: &std::path::Path) -> Self {
         BatchConfig {
             files_dir: home.join("files"),
             concurrency: 32,
+            busy_concurrency: 4,
             lease: Duration::from_secs(30),
             clock: Clock::default(),
             wake: Default::default(),

@@ -62,6 +62,8 @@ pub struct Meter {
     ledger: Option<Ledger>,
     /// Set for a batch item: the event goes here, not to the ledger.
     batch: Option<BatchItemCtx>,
+    /// A count of live requests this one is in (decremented on drop).
+    live: Option<Arc<std::sync::atomic::AtomicU64>>,
     info: EventInfo,
     key_id: String,
     tenant_id: String,
@@ -84,6 +86,7 @@ impl Meter {
             grant,
             ledger,
             batch: None,
+            live: None,
             info,
             key_id: principal.key_id().to_string(),
             tenant_id: principal.tenant_id().to_string(),
@@ -97,6 +100,13 @@ impl Meter {
     /// This meter for batch item `batch`: its event goes to the item's slot.
     pub fn for_batch(mut self, batch: Option<BatchItemCtx>) -> Self {
         self.batch = batch;
+        self
+    }
+
+    /// Counts this request in `live` until the meter drops.
+    pub fn counted_in(mut self, live: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.live = Some(live);
         self
     }
 
@@ -123,6 +133,9 @@ impl Meter {
 
 impl Drop for Meter {
     fn drop(&mut self) {
+        if let Some(live) = self.live.take() {
+            live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let u = self.usage;
         if let Some(g) = self.grant.as_mut() {
             g.set_used((u.prompt_tokens + u.completion_tokens) as u64);

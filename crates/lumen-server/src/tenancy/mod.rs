@@ -186,6 +186,9 @@ pub struct Tenancy {
     /// Prices per model (`--price`), for the `cost` of usage reports.
     pub prices: std::collections::BTreeMap<String, lumen_store::Price>,
     store_has_keys: AtomicBool,
+    /// Admitted requests that are not batch items and have not ended (the batch executor
+    /// runs fewer lines while there are any).
+    interactive: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Tenancy {
@@ -218,7 +221,13 @@ impl Tenancy {
             retention_days: None,
             prices: Default::default(),
             store_has_keys: AtomicBool::new(store_has_keys),
+            interactive: Default::default(),
         }
+    }
+
+    /// Admitted requests, other than batch items, that have not ended yet.
+    pub fn interactive_in_flight(&self) -> u64 {
+        self.interactive.load(Ordering::Relaxed)
     }
 
     /// Whether no key is needed.
@@ -313,7 +322,11 @@ impl Tenancy {
             }
             None => None,
         };
-        Ok(Meter::new(grant, self.ledger.clone(), principal, event).for_batch(batch))
+        let meter = Meter::new(grant, self.ledger.clone(), principal, event);
+        Ok(match batch {
+            Some(b) => meter.for_batch(Some(b)),
+            None => meter.counted_in(self.interactive.clone()),
+        })
     }
 }
 
@@ -382,6 +395,47 @@ pub fn spawn_key_watch(t: Arc<Tenancy>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info() -> meter::EventInfo {
+        meter::EventInfo {
+            request_id: "r".into(),
+            model: "m".into(),
+            endpoint: "chat.completions",
+            arrived: std::time::Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn interactive_requests_are_counted_until_their_meter_drops_batch_items_never() {
+        let t = Tenancy::static_only(ApiKeys::default());
+        let a = t.admit(None, 10, info()).await.unwrap();
+        let ctx = RequestCtx::new(Principal::Open);
+        let b = t.admit(Some(&ctx), 10, info()).await.unwrap();
+        assert_eq!(t.interactive_in_flight(), 2);
+        let slot = EventSlot::default();
+        let item = RequestCtx::for_batch_item(
+            Principal::Open,
+            BatchItemCtx {
+                item: lumen_store::BatchRef {
+                    batch_id: "batch_x".into(),
+                    custom_id: "c".into(),
+                },
+                slot: slot.clone(),
+            },
+        );
+        let c = t.admit(Some(&item), 10, info()).await.unwrap();
+        assert_eq!(
+            t.interactive_in_flight(),
+            2,
+            "a batch item is not interactive"
+        );
+        drop((a, b));
+        assert_eq!(t.interactive_in_flight(), 0);
+        drop(c);
+        // The batch item's usage event went to its slot, naming the item.
+        let e = slot.take().expect("event in the slot");
+        assert_eq!(e.batch.map(|b| b.custom_id).as_deref(), Some("c"));
+    }
 
     #[test]
     fn max_priority_demotes_more_urgent_requests() {
