@@ -293,6 +293,23 @@ mod tests {
     }
 
     #[test]
+    fn more_than_fifty_thousand_lines_are_refused() {
+        let mut text = String::new();
+        for i in 0..MAX_LINES {
+            text.push_str(&line(&i.to_string(), EP));
+            text.push('\n');
+        }
+        assert_eq!(run(&text).unwrap().len(), MAX_LINES);
+        text.push_str(&line("one-more", EP));
+        let errs = run(&text).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(
+            (errs[0].code, errs[0].line),
+            ("too_many_lines", Some(MAX_LINES as u64 + 1))
+        );
+    }
+
+    #[test]
     fn a_line_over_the_limit_is_refused_without_reading_it_whole() {
         let big = format!("{}\n", "x".repeat(5000));
         let errs = run(&format!("{}\n{big}", line("a", EP))).unwrap_err();
