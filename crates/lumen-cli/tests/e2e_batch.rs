@@ -267,6 +267,7 @@ fn a_batch_killed_ten_times_answers_every_line_exactly_once() {
     let file = upload_text(server.port, &text);
     let id = create_batch(server.port, &file);
     let mut statuses = Vec::new();
+    let mut redone = 0;
     for kill in 0..10 {
         // The first kill lands during validation; the others anywhere in the run.
         let wait_ms = if kill == 0 {
@@ -285,8 +286,15 @@ fn a_batch_killed_ten_times_answers_every_line_exactly_once() {
         sigkill(&server);
         server.wait_exit(Duration::from_secs(10));
         server = start(&dir, &flags);
+        // The new process says when it found lines a killed one was running.
+        if server.log().contains("left running by an earlier process") {
+            redone += 1;
+        }
     }
-    eprintln!("at each kill (status, completed): {statuses:?}");
+    eprintln!(
+        "at each kill (status, completed): {statuses:?}; restarts that redid lines: {redone}"
+    );
+    assert!(redone >= 1, "no kill landed while lines were running");
     let b = wait_batch(&server, &id, &["completed"], Duration::from_secs(300));
     let counts = &b["request_counts"];
     let (total, completed, failed) = (
