@@ -63,13 +63,14 @@ fn not_found(id: &str) -> StoreError {
 }
 
 impl Store {
-    /// Records `file` (its bytes are already in place); an existing row with the same id is
-    /// kept (a batch's result files are written again after a crash with the same ids).
+    /// Records `file` (its bytes are already in place). A row with the same id (a batch's
+    /// result file written again after a crash) takes the new size and digest.
     pub async fn insert_file(&self, file: &FileRow) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO files (id, owner, filename, purpose, bytes, sha256, status, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (id) DO UPDATE SET bytes = excluded.bytes, sha256 = excluded.sha256",
         )
         .bind(&file.id)
         .bind(&file.owner)

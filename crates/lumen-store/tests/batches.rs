@@ -78,12 +78,12 @@ async fn files_belong_to_their_owner(store: &Store) {
     store.insert_file(&file("file-a", "t1", 100)).await.unwrap();
     store.insert_file(&file("file-b", "t1", 101)).await.unwrap();
     store.insert_file(&file("file-c", "t2", 102)).await.unwrap();
-    // Inserting the same id again keeps the row (finalizing twice).
-    store.insert_file(&file("file-a", "t1", 999)).await.unwrap();
-    assert_eq!(
-        store.get_file("t1", "file-a").await.unwrap().created_at,
-        100
-    );
+    // Inserting the same id again (finalizing twice) keeps the row, with the new size.
+    let mut again = file("file-a", "t1", 999);
+    again.bytes = 11;
+    store.insert_file(&again).await.unwrap();
+    let a = store.get_file("t1", "file-a").await.unwrap();
+    assert_eq!((a.created_at, a.bytes), (100, 11));
     assert!(matches!(
         store.get_file("t2", "file-a").await,
         Err(StoreError::NotFound { .. })

@@ -1,7 +1,7 @@
 //! Writes a finished batch's output and error files from its item rows, then ends it.
 //!
 //! Idempotent by construction: the files' ids are derived from the batch id, each file is
-//! written to a temporary name and renamed, and its row is inserted only if missing; the
+//! written to a temporary name and renamed, and its row is inserted or updated to match; the
 //! batch's final status is set last. A crash at any point leaves the batch `finalizing` (or
 //! `cancelling`) and the next pass writes the same files again.
 
@@ -141,4 +141,98 @@ pub async fn finalize(
         tracing::info!(batch = %b.id, status = %b.status, completed = b.counts.completed, failed = b.counts.failed, "batch finished");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lumen_store::{NewBatch, NewItem};
+
+    /// A kill after the output file was written (here: a stale file and row under its id)
+    /// and before the status changed: finalizing again writes the right files and ends it.
+    #[tokio::test]
+    async fn finalizing_again_after_a_crash_writes_the_same_files() {
+        let dir = std::env::temp_dir().join(format!(
+            "lumen-finalize-{}-{}",
+            std::process::id(),
+            lumen_store::secret::random_hex(4)
+        ));
+        let store = Store::open(&dir.join("lumen.db").to_string_lossy())
+            .await
+            .unwrap();
+        let config = BatchConfig::new(&dir);
+        std::fs::create_dir_all(config.partial_dir()).unwrap();
+        store
+            .create_batch(&NewBatch {
+                id: "batch_f".into(),
+                owner: "o".into(),
+                key_id: String::new(),
+                endpoint: "/v1/embeddings".into(),
+                input_file_id: "file-in".into(),
+                completion_window: "24h".into(),
+                metadata: None,
+                created_at: 1,
+                expires_at: 2,
+            })
+            .await
+            .unwrap();
+        let items: Vec<NewItem> = (1..=3)
+            .map(|line| NewItem {
+                line,
+                custom_id: format!("c{line}"),
+                body: "{}".into(),
+            })
+            .collect();
+        store.start_batch("batch_f", &items, 1).await.unwrap();
+        for it in store.claim_items("w", 10, 0, u64::MAX / 2).await.unwrap() {
+            let outcome = if it.line == 2 {
+                ItemOutcome::Error
+            } else {
+                ItemOutcome::Ok
+            };
+            let line = format!("{{\"custom_id\":\"{}\"}}", it.custom_id);
+            assert!(store
+                .answer_item("batch_f", it.line, "w", outcome, &line, None)
+                .await
+                .unwrap());
+        }
+        assert!(store.begin_finalizing("batch_f", 1).await.unwrap());
+        // What a crash mid-finalizing could leave: a stale file and its row.
+        std::fs::write(config.path_of("file-f-output"), "stale").unwrap();
+        store
+            .insert_file(&FileRow {
+                id: "file-f-output".into(),
+                object: "file",
+                bytes: 5,
+                created_at: 1,
+                filename: "x".into(),
+                purpose: "batch_output".into(),
+                status: "processed".into(),
+                owner: "o".into(),
+                sha256: "00".into(),
+            })
+            .await
+            .unwrap();
+        let b = store.batch_by_id("batch_f").await.unwrap();
+        finalize(&store, &config, &b).await.unwrap();
+        let b = store.batch_by_id("batch_f").await.unwrap();
+        assert_eq!(b.status, "completed");
+        assert_eq!(b.output_file_id.as_deref(), Some("file-f-output"));
+        assert_eq!(b.error_file_id.as_deref(), Some("file-f-errors"));
+        let out = std::fs::read_to_string(config.path_of("file-f-output")).unwrap();
+        assert_eq!(out, "{\"custom_id\":\"c1\"}\n{\"custom_id\":\"c3\"}\n");
+        let row = store.get_file("o", "file-f-output").await.unwrap();
+        assert_eq!(
+            row.bytes,
+            out.len() as u64,
+            "the row matches the file written"
+        );
+        let err = std::fs::read_to_string(config.path_of("file-f-errors")).unwrap();
+        assert_eq!(err.lines().count(), 1);
+        assert!(std::fs::read_dir(config.partial_dir())
+            .unwrap()
+            .next()
+            .is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
