@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use lumen_engine::registry::lumen_home;
 use lumen_server::auth::ApiKeys;
-use lumen_server::batch::executor::{answer, request_id_of, result_line};
+use lumen_server::batch::line::{answer, request_id_of, result_line};
 use lumen_server::state::Limits;
 use lumen_server::tenancy::Tenancy;
 use lumen_server::{AppState, ServerConfig};

@@ -7,7 +7,7 @@
 //!   `validating`; [`validate`] checks every line and moves the job to `in_progress` (or
 //!   `failed` with line numbers).
 //! - **The executor** ([`executor`]) is one task per server. It claims items under a lease,
-//!   runs each through the live endpoint's own handler core at batch priority (so an answer
+//!   runs each through the live endpoint's own handler core ([`line`]) at batch priority (so an answer
 //!   equals what the endpoint returns for the same body, and the scheduler fills only the
 //!   capacity interactive requests leave), and records each answer with its usage event in
 //!   one transaction. It also expires, cancels and finalizes jobs ([`finalize`] writes the
@@ -20,6 +20,7 @@ pub mod api;
 pub mod executor;
 pub mod files;
 pub mod finalize;
+pub mod line;
 pub mod validate;
 
 use std::path::PathBuf;
