@@ -34,6 +34,7 @@ pub mod batches;
 pub mod clock;
 mod error;
 pub mod files;
+pub mod items;
 pub mod keys;
 pub mod migrate;
 pub mod secret;
@@ -48,12 +49,11 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 
-pub use batches::{
-    BatchRow, ClaimedItem, ItemOutcome, ItemResult, NewBatch, NewItem, RequestCounts,
-};
+pub use batches::{BatchRow, NewBatch, NewItem, RequestCounts};
 pub use clock::{Period, Width};
 pub use error::{Result, StoreError};
 pub use files::FileRow;
+pub use items::{ClaimedItem, ItemOutcome, ItemResult};
 pub use keys::{ApiKey, KeyLimits, KeyPatch, NewKey, Role};
 pub use tenants::Tenant;
 pub use usage::{BatchRef, GroupBy, Outcome, Price, UsageEvent, UsagePage, UsageQuery};
