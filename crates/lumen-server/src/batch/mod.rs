@@ -7,8 +7,9 @@
 //!   `validating`; [`validate`] checks every line and moves the job to `in_progress` (or
 //!   `failed` with line numbers).
 //! - **The executor** ([`executor`]) is one task per server. It claims items under a lease,
-//!   runs each through the live endpoint's own handler core ([`line`]) at batch priority (so an answer
-//!   equals what the endpoint returns for the same body, and the scheduler fills only the
+//!   runs each through the live endpoint's own handler core ([`mod@line`]) at batch
+//!   priority (so an answer equals what the endpoint returns for the same body, and the
+//!   scheduler fills only the
 //!   capacity interactive requests leave), and records each answer with its usage event in
 //!   one transaction. It also expires, cancels and finalizes jobs ([`finalize`] writes the
 //!   output and error files from the item rows, with ids derived from the batch id, so a
