@@ -79,6 +79,13 @@ clippy:
 
 ## Lumen vs llama.cpp side by side (builds llama.cpp into target/ once; THREADS, REPS, ROUNDS,
 ## MODEL, or MODELS=a.gguf,b.gguf for a row per model and figure).
+## Batch jobs versus interactive traffic: interactive TTFT/ITL p50 at 4 streams with a
+## 2,000-line batch running versus idle, and the batch's tokens/s versus alone.
+.PHONY: bench-batch
+bench-batch: models
+	$(CARGO) build --release -q -p lumen-cli
+	THREADS=$(THREADS) $(PYTHON) scripts/bench-batch.py
+
 .PHONY: bench-compare
 bench-compare: models
 	THREADS=$(THREADS) MODELS="$(MODELS)" ./scripts/bench-compare.sh

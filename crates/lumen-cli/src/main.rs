@@ -1,6 +1,7 @@
 //! `lumen`: the command-line front end. Each subcommand is a thin shell over the library
 //! crates; the logic lives there so the server and tests share it.
 
+mod batch;
 mod bench;
 mod embed;
 mod explain;
@@ -45,6 +46,8 @@ enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Batch jobs: submit a JSONL file to a server, follow it, fetch results, or run offline.
+    Batch(batch::BatchArgs),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
     /// Create, list, revoke and rotate API keys in the store.
@@ -85,6 +88,7 @@ fn main() {
         Command::Show { name } => models::show(&name),
         Command::Rm { names } => models::rm(&names),
         Command::Serve(args) => serve::serve(args),
+        Command::Batch(args) => batch::batch(args),
         Command::Keys(args) => keys::keys(args),
         Command::Tenants(args) => keys::tenants(args),
         Command::Usage(args) => keys::usage(args),

@@ -105,6 +105,27 @@ pub struct ServeArgs {
     /// docs/explain.md). Explanations run below generation, but each costs many forward passes.
     #[arg(long, env = "LUMEN_ENABLE_EXPLAIN")]
     pub enable_explain: bool,
+    /// Batch-job lines (`/v1/batches`) this server runs at once, at batch priority: enough
+    /// to fill the engine's batch, well under --max-queued-requests.
+    #[arg(long, env = "LUMEN_BATCH_CONCURRENCY", default_value_t = 32)]
+    pub batch_concurrency: usize,
+    /// Batch-job lines kept running while interactive requests are in flight: every running
+    /// sequence decodes in every engine step, so fewer batch lines keep interactive tokens
+    /// fast (the rest wait for idle capacity).
+    #[arg(long, env = "LUMEN_BATCH_CONCURRENCY_BUSY", default_value_t = 4)]
+    pub batch_concurrency_busy: usize,
+    /// Seconds a batch line's claim lasts without renewal: after a server dies, its lines
+    /// run again elsewhere (or after its restart) once this passes.
+    #[arg(long, env = "LUMEN_BATCH_LEASE", default_value_t = 30)]
+    pub batch_lease: u64,
+    /// Where uploaded files and batch results are kept (default `$LUMEN_HOME/files`); one
+    /// folder per database: at start, files in it without a row in the database are deleted.
+    #[arg(long, env = "LUMEN_FILES_DIR")]
+    pub files_dir: Option<std::path::PathBuf>,
+    /// Tests only: a file holding seconds added to the batch clock (moves batches past
+    /// their completion window).
+    #[arg(long, env = "LUMEN_TEST_CLOCK_FILE", hide = true)]
+    pub test_clock_file: Option<std::path::PathBuf>,
     /// Seconds after which a request is cancelled: a generation ends with finish_reason
     /// "cancelled" and what it has, an embedding request is answered 504; 0: never.
     #[arg(long, env = "LUMEN_REQUEST_TIMEOUT", default_value_t = 600)]
@@ -226,6 +247,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     };
     config.weight_layout = args.weight_layout;
     config.enable_explain = args.enable_explain;
+    config.batch_concurrency = args.batch_concurrency.max(1);
+    config.batch_concurrency_busy = args.batch_concurrency_busy.max(1);
+    config.batch_lease = Duration::from_secs(args.batch_lease.max(1));
+    config.test_clock_file = args.test_clock_file.clone();
+    config.files_dir = args.files_dir.clone();
     config.speculative = SpecConfig {
         tokens: args.num_speculative_tokens as usize,
         max_seqs: args.speculative_max_seqs as usize,

@@ -176,6 +176,7 @@ mod tests {
             latency_ms: 1,
             ttft_ms: None,
             compute_us: 0,
+            batch: None,
         }
     }
 

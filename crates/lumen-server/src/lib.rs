@@ -27,12 +27,17 @@
 //!   and `--admin-key` keys ([`tenancy`]); each request is admitted against its key's limits
 //!   before it reaches the engine ([`admission`]) and metered by a guard whose drop refunds
 //!   the unused reservation and queues its usage event for the batch writer ([`ledger`]).
+//! - **Batch jobs in the same process.** [`batch`] serves OpenAI's Files and Batches APIs and
+//!   runs each batch line through the live endpoint's own handler core at batch priority,
+//!   with every line's state in the store so a killed server finishes its batches exactly
+//!   once after a restart.
 //! - **A page, not a second API.** The playground at `/` ([`ui`]) is static files compiled
 //!   into the binary that call the public endpoints like any client.
 
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod batch;
 pub mod conn;
 pub mod error;
 pub mod extract;

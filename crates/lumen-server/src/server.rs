@@ -24,6 +24,7 @@ use crate::api::completions::Completions;
 use crate::api::generate::handler;
 use crate::api::{admin, embeddings, explain, keys, models, ops, usage};
 use crate::auth::{authenticate, require_admin, ApiKeys};
+use crate::batch;
 use crate::conn::{ConnLimits, Connections};
 use crate::error::ServerError;
 use crate::ledger::Ledger;
@@ -88,7 +89,20 @@ pub struct ServerConfig {
     pub ui: bool,
     /// Serve `POST /v1/explain`.
     pub enable_explain: bool,
+    /// Batch items this server runs at once.
+    pub batch_concurrency: usize,
+    /// Batch items it keeps running while interactive requests are in flight.
+    pub batch_concurrency_busy: usize,
+    /// How long a batch item's claim lasts without renewal.
+    pub batch_lease: Duration,
+    /// A file holding seconds added to the batch clock (tests of the completion window).
+    pub test_clock_file: Option<PathBuf>,
+    /// Where files live (`None`: `$LUMEN_HOME/files`).
+    pub files_dir: Option<PathBuf>,
 }
+
+/// Largest `POST /v1/files` body: the largest file plus room for the multipart framing.
+const UPLOAD_BODY_LIMIT: usize = batch::MAX_FILE_BYTES as usize + (1 << 20);
 
 /// The models `make models` installs: a chat model and an embedding model.
 pub const DEFAULT_MODELS: &[&str] = &["smollm2", "all-minilm-l6-v2"];
@@ -126,6 +140,11 @@ impl ServerConfig {
             home,
             ui: true,
             enable_explain: false,
+            batch_concurrency: 32,
+            batch_concurrency_busy: 4,
+            batch_lease: Duration::from_secs(30),
+            test_clock_file: None,
+            files_dir: None,
         }
     }
 }
@@ -145,6 +164,24 @@ pub fn app(state: AppState, ui: bool) -> Router {
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{id}", get(models::get_model))
         .route("/v1/usage", get(usage::own_usage))
+        .route(
+            "/v1/files",
+            post(batch::files::upload)
+                .get(batch::files::list)
+                // Uploads stream to disk and count their own bytes (up to 200 MB).
+                .layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT)),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(batch::files::get).delete(batch::files::delete),
+        )
+        .route("/v1/files/{id}/content", get(batch::files::content))
+        .route(
+            "/v1/batches",
+            post(batch::api::create).get(batch::api::list),
+        )
+        .route("/v1/batches/{id}", get(batch::api::get))
+        .route("/v1/batches/{id}/cancel", post(batch::api::cancel))
         .route("/tokenize", post(models::tokenize))
         .route("/detokenize", post(models::detokenize));
     // Explanations cost many forward passes: only where the operator turned them on.
@@ -218,7 +255,11 @@ async fn refuse_oversized(
     req: axum::extract::Request,
     next: middleware::Next,
 ) -> Result<axum::response::Response, ServerError> {
-    let limit = state.limits().max_body_bytes;
+    let limit = if req.uri().path() == "/v1/files" {
+        UPLOAD_BODY_LIMIT
+    } else {
+        state.limits().max_body_bytes
+    };
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -341,6 +382,26 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     };
     let manager = manager(&config)?;
     let state = AppState::with_manager(tenancy, limits, manager.clone());
+    let mut batch_config = batch::BatchConfig::new(&config.home);
+    batch_config.concurrency = config.batch_concurrency.max(1);
+    batch_config.busy_concurrency = config.batch_concurrency_busy.max(1);
+    batch_config.lease = config.batch_lease;
+    batch_config.clock = batch::Clock::new(config.test_clock_file.clone());
+    if let Some(dir) = &config.files_dir {
+        batch_config.files_dir = dir.clone();
+    }
+    tokio::fs::create_dir_all(&batch_config.files_dir)
+        .await
+        .map_err(|e| {
+            ServerError::Startup(format!(
+                "cannot create {}: {e}",
+                batch_config.files_dir.display()
+            ))
+        })?;
+    batch::files::sweep(&store, &batch_config).await?;
+    let batch_config = Arc::new(batch_config);
+    state.set_batch(batch_config.clone());
+    batch::executor::Executor::start(state.clone(), store.clone(), batch_config).await?;
     let conns = Connections::start(listener, app(state.clone(), config.ui), config.conn);
     tracing::info!("listening on http://{addr}");
     if config.ui {

@@ -114,6 +114,8 @@ struct Inner {
     limits: Limits,
     next_id: AtomicU64,
     id_base: u64,
+    /// Batch jobs, once the server has set them up (they need the store).
+    batch: std::sync::OnceLock<Arc<crate::batch::BatchConfig>>,
 }
 
 /// Shared server state (cheap to clone).
@@ -154,6 +156,7 @@ impl AppState {
             limits,
             next_id: AtomicU64::new(0),
             id_base,
+            batch: std::sync::OnceLock::new(),
         };
         AppState {
             inner: Arc::new(inner),
@@ -258,6 +261,27 @@ impl AppState {
     /// Request limits.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// Turns on the Files and Batches APIs with `config` (once).
+    pub fn set_batch(&self, config: Arc<crate::batch::BatchConfig>) {
+        let _ = self.inner.batch.set(config);
+    }
+
+    /// The batch configuration, or 503 when this server runs no batch jobs.
+    pub fn batch(&self) -> Result<Arc<crate::batch::BatchConfig>, ServerError> {
+        self.inner
+            .batch
+            .get()
+            .cloned()
+            .ok_or_else(|| ServerError::StoreUnavailable("this server runs no batch jobs".into()))
+    }
+
+    /// Wakes the batch executor (new work or a cancellation).
+    pub fn batch_wake(&self) {
+        if let Some(b) = self.inner.batch.get() {
+            b.wake.notify_one();
+        }
     }
 
     /// A fresh response id such as `chatcmpl-…`.

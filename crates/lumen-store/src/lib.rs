@@ -1,4 +1,5 @@
-//! Lumen's durable state: tenants, API keys, and the usage ledger with its rollups.
+//! Lumen's durable state: tenants, API keys, the usage ledger with its rollups, and batch
+//! jobs (uploaded files, batches and their items; see [`batches`]).
 //!
 //! Design choices:
 //!
@@ -29,8 +30,11 @@
 //!   schema uses; lists cross into PostgreSQL functions as JSON text.
 
 pub mod admission;
+pub mod batches;
 pub mod clock;
 mod error;
+pub mod files;
+pub mod items;
 pub mod keys;
 pub mod migrate;
 pub mod secret;
@@ -45,11 +49,14 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 
+pub use batches::{BatchRow, NewBatch, NewItem, RequestCounts};
 pub use clock::{Period, Width};
 pub use error::{Result, StoreError};
+pub use files::FileRow;
+pub use items::{ClaimedItem, ItemOutcome, ItemResult};
 pub use keys::{ApiKey, KeyLimits, KeyPatch, NewKey, Role};
 pub use tenants::Tenant;
-pub use usage::{GroupBy, Outcome, Price, UsageEvent, UsagePage, UsageQuery};
+pub use usage::{BatchRef, GroupBy, Outcome, Price, UsageEvent, UsagePage, UsageQuery};
 
 /// The database file under `$LUMEN_HOME`.
 pub const DEFAULT_FILE: &str = "lumen.db";

@@ -26,6 +26,8 @@ const SQLITE: &[(i64, &str)] = &[
         3,
         include_str!("../migrations/sqlite/0003_compute_time.sql"),
     ),
+    // Version 4 is PostgreSQL's shared admission, which SQLite does not have.
+    (5, include_str!("../migrations/sqlite/0005_batches.sql")),
 ];
 
 /// The PostgreSQL list (same versions for the same changes).
@@ -43,6 +45,7 @@ const POSTGRES: &[(i64, &str)] = &[
         4,
         include_str!("../migrations/postgres/0004_shared_admission.sql"),
     ),
+    (5, include_str!("../migrations/postgres/0005_batches.sql")),
 ];
 
 /// An arbitrary constant naming Lumen's migration lock among PostgreSQL advisory locks.

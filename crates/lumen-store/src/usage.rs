@@ -62,6 +62,18 @@ pub struct UsageEvent {
     /// Engine time attributed to the request, microseconds (shown as `compute_ms`).
     #[serde(rename = "compute_ms", serialize_with = "us_as_ms")]
     pub compute_us: u64,
+    /// The batch item this request answered, when it came from a batch job.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchRef>,
+}
+
+/// Which batch item a usage event belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BatchRef {
+    /// `batch_…`.
+    pub batch_id: String,
+    /// The input line's `custom_id`.
+    pub custom_id: String,
 }
 
 /// Writes microseconds as (fractional) milliseconds.
@@ -241,78 +253,7 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
-        if self.backend == crate::Backend::Postgres {
-            // Ledger ids must grow in commit order, or a reader paging by id could pass an id
-            // that another server's batch commits later. Holding this lock from the first
-            // insert to the commit serializes writers (one short transaction per batch per
-            // server), as SQLite's `BEGIN IMMEDIATE` does.
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(LEDGER_LOCK)
-                .execute(&mut *tx)
-                .await?;
-        }
-        // (width, bucket, key, tenant, model) to input, cached, output, requests, compute.
-        type RollupKey<'a> = (Width, u64, &'a str, &'a str, &'a str);
-        let mut rollups: BTreeMap<RollupKey<'_>, [u64; 5]> = BTreeMap::new();
-        for e in events {
-            sqlx::query(
-                "INSERT INTO usage_events (request_id, created_at_ms, key_id, tenant_id, model, endpoint, \
-                 prompt_tokens, cached_tokens, completion_tokens, status, latency_ms, ttft_ms, compute_us) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(&e.request_id)
-            .bind(e.created_at_ms as i64)
-            .bind(&e.key_id)
-            .bind(&e.tenant_id)
-            .bind(&e.model)
-            .bind(&e.endpoint)
-            .bind(e.prompt_tokens as i64)
-            .bind(e.cached_tokens as i64)
-            .bind(e.completion_tokens as i64)
-            .bind(e.status.as_str())
-            .bind(e.latency_ms as i64)
-            .bind(e.ttft_ms.map(|t| t as i64))
-            .bind(e.compute_us as i64)
-            .execute(&mut *tx)
-            .await?;
-            let secs = e.created_at_ms / 1000;
-            for w in Width::ALL {
-                let sum = rollups
-                    .entry((w, w.floor(secs), &*e.key_id, &*e.tenant_id, &*e.model))
-                    .or_default();
-                sum[0] += e.prompt_tokens;
-                sum[1] += e.cached_tokens;
-                sum[2] += e.completion_tokens;
-                sum[3] += 1;
-                sum[4] += e.compute_us;
-            }
-        }
-        // One upsert per rollup row the batch touches, not per event.
-        for ((w, bucket, key, tenant, model), sum) in rollups {
-            sqlx::query(
-                "INSERT INTO usage_rollups (width, bucket_start, key_id, tenant_id, model, \
-                 input_tokens, cached_tokens, output_tokens, requests, compute_us) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                 ON CONFLICT (width, bucket_start, key_id, tenant_id, model) DO UPDATE SET \
-                 input_tokens = usage_rollups.input_tokens + excluded.input_tokens, \
-                 cached_tokens = usage_rollups.cached_tokens + excluded.cached_tokens, \
-                 output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
-                 requests = usage_rollups.requests + excluded.requests, \
-                 compute_us = usage_rollups.compute_us + excluded.compute_us",
-            )
-            .bind(w.as_str())
-            .bind(bucket as i64)
-            .bind(key)
-            .bind(tenant)
-            .bind(model)
-            .bind(sum[0] as i64)
-            .bind(sum[1] as i64)
-            .bind(sum[2] as i64)
-            .bind(sum[3] as i64)
-            .bind(sum[4] as i64)
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_events(&mut tx, self.backend, events).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -497,6 +438,16 @@ impl Store {
                         latency_ms: n("latency_ms")?,
                         ttft_ms: ttft.map(|t| t.max(0) as u64),
                         compute_us: n("compute_us")?,
+                        batch: match (
+                            r.try_get::<Option<String>, _>("batch_id")?,
+                            r.try_get::<Option<String>, _>("custom_id")?,
+                        ) {
+                            (Some(batch_id), Some(custom_id)) => Some(BatchRef {
+                                batch_id,
+                                custom_id,
+                            }),
+                            _ => None,
+                        },
                     },
                 })
             })
@@ -513,6 +464,92 @@ impl Store {
         tx.commit().await?;
         Ok(r.rows_affected())
     }
+}
+
+/// Inserts `events` and adds them to their rollups inside the write transaction `tx` (the
+/// ledger's batches and a batch item's answer both use it, so an answer and its usage commit
+/// together).
+pub(crate) async fn insert_events(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: crate::Backend,
+    events: &[UsageEvent],
+) -> Result<()> {
+    if backend == crate::Backend::Postgres {
+        // Ledger ids must grow in commit order, or a reader paging by id could pass an id
+        // that another server's batch commits later. Holding this lock from the first
+        // insert to the commit serializes writers (one short transaction per batch per
+        // server), as SQLite's `BEGIN IMMEDIATE` does.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(LEDGER_LOCK)
+            .execute(&mut **tx)
+            .await?;
+    }
+    // (width, bucket, key, tenant, model) to input, cached, output, requests, compute.
+    type RollupKey<'a> = (Width, u64, &'a str, &'a str, &'a str);
+    let mut rollups: BTreeMap<RollupKey<'_>, [u64; 5]> = BTreeMap::new();
+    for e in events {
+        sqlx::query(
+                "INSERT INTO usage_events (request_id, created_at_ms, key_id, tenant_id, model, endpoint, \
+                 prompt_tokens, cached_tokens, completion_tokens, status, latency_ms, ttft_ms, compute_us, \
+                 batch_id, custom_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            )
+            .bind(&e.request_id)
+            .bind(e.created_at_ms as i64)
+            .bind(&e.key_id)
+            .bind(&e.tenant_id)
+            .bind(&e.model)
+            .bind(&e.endpoint)
+            .bind(e.prompt_tokens as i64)
+            .bind(e.cached_tokens as i64)
+            .bind(e.completion_tokens as i64)
+            .bind(e.status.as_str())
+            .bind(e.latency_ms as i64)
+            .bind(e.ttft_ms.map(|t| t as i64))
+            .bind(e.compute_us as i64)
+            .bind(e.batch.as_ref().map(|b| b.batch_id.clone()))
+            .bind(e.batch.as_ref().map(|b| b.custom_id.clone()))
+            .execute(&mut **tx)
+            .await?;
+        let secs = e.created_at_ms / 1000;
+        for w in Width::ALL {
+            let sum = rollups
+                .entry((w, w.floor(secs), &*e.key_id, &*e.tenant_id, &*e.model))
+                .or_default();
+            sum[0] += e.prompt_tokens;
+            sum[1] += e.cached_tokens;
+            sum[2] += e.completion_tokens;
+            sum[3] += 1;
+            sum[4] += e.compute_us;
+        }
+    }
+    // One upsert per rollup row the batch touches, not per event.
+    for ((w, bucket, key, tenant, model), sum) in rollups {
+        sqlx::query(
+            "INSERT INTO usage_rollups (width, bucket_start, key_id, tenant_id, model, \
+                 input_tokens, cached_tokens, output_tokens, requests, compute_us) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (width, bucket_start, key_id, tenant_id, model) DO UPDATE SET \
+                 input_tokens = usage_rollups.input_tokens + excluded.input_tokens, \
+                 cached_tokens = usage_rollups.cached_tokens + excluded.cached_tokens, \
+                 output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
+                 requests = usage_rollups.requests + excluded.requests, \
+                 compute_us = usage_rollups.compute_us + excluded.compute_us",
+        )
+        .bind(w.as_str())
+        .bind(bucket as i64)
+        .bind(key)
+        .bind(tenant)
+        .bind(model)
+        .bind(sum[0] as i64)
+        .bind(sum[1] as i64)
+        .bind(sum[2] as i64)
+        .bind(sum[3] as i64)
+        .bind(sum[4] as i64)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -70,6 +70,7 @@ fn event(key: &str, model: &str, at_ms: u64, p: u64, c: u64) -> UsageEvent {
         latency_ms: 5,
         ttft_ms: Some(2),
         compute_us: 1500,
+        batch: None,
     }
 }
 

@@ -210,8 +210,16 @@ pub async fn embeddings(
     ctx: Option<Extension<Arc<RequestCtx>>>,
     OpenAiJson(req): OpenAiJson<EmbeddingsBody>,
 ) -> Result<Response, ServerError> {
+    serve(state, ctx.map(|Extension(c)| c), req).await
+}
+
+/// Serves one embeddings request (the handler's core; batch items call it too).
+pub async fn serve(
+    state: AppState,
+    ctx: Option<Arc<RequestCtx>>,
+    req: EmbeddingsBody,
+) -> Result<Response, ServerError> {
     let arrived = std::time::Instant::now();
-    let ctx = ctx.map(|Extension(c)| c);
     let principal = ctx
         .as_ref()
         .map_or(Principal::Open, |c| c.principal.clone());

@@ -167,6 +167,11 @@ where
         params.priority.take(),
         principal.key().and_then(|k| k.limits.max_priority),
     );
+    if ctx.as_ref().is_some_and(|c| c.batch.is_some()) {
+        // A batch item always runs at the lowest priority: the scheduler gives it only the
+        // capacity interactive requests leave free, and preempts it first.
+        params.priority = Some(lumen_engine::PriorityInput::Name("batch".into()));
+    }
     E::map_params(&req, &mut params);
     params.constraint = constraint;
     let mut valid = model.handle.validate(params)?;

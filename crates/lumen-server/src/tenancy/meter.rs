@@ -6,10 +6,11 @@
 //! refunds the unused reservation and is recorded. A meter never told how the request ended
 //! records it as `cancelled` with the counts it was given.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lumen_engine::{ComputeTime, Usage};
-use lumen_store::{Outcome, UsageEvent};
+use lumen_store::{BatchRef, Outcome, UsageEvent};
 
 use super::Principal;
 use crate::admission::Grant;
@@ -28,11 +29,41 @@ pub struct EventInfo {
     pub arrived: Instant,
 }
 
+/// Where a batch item's meter leaves its usage event instead of the ledger: the batch
+/// executor writes it in the transaction that records the item's answer, so an answer and
+/// its usage commit together or not at all.
+#[derive(Clone, Debug, Default)]
+pub struct EventSlot(Arc<Mutex<Option<UsageEvent>>>);
+
+impl EventSlot {
+    /// The event left by the meter, if it has dropped.
+    pub fn take(&self) -> Option<UsageEvent> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn put(&self, e: UsageEvent) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+}
+
+/// A batch item a request answers: its usage event names it and goes to `slot`.
+#[derive(Clone, Debug)]
+pub struct BatchItemCtx {
+    /// The batch and the line's `custom_id`.
+    pub item: BatchRef,
+    /// Where the usage event goes.
+    pub slot: EventSlot,
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct Meter {
     grant: Option<Grant>,
     ledger: Option<Ledger>,
+    /// Set for a batch item: the event goes here, not to the ledger.
+    batch: Option<BatchItemCtx>,
+    /// A count of live requests this one is in (decremented on drop).
+    live: Option<Arc<std::sync::atomic::AtomicU64>>,
     info: EventInfo,
     key_id: String,
     tenant_id: String,
@@ -54,6 +85,8 @@ impl Meter {
         Meter {
             grant,
             ledger,
+            batch: None,
+            live: None,
             info,
             key_id: principal.key_id().to_string(),
             tenant_id: principal.tenant_id().to_string(),
@@ -62,6 +95,19 @@ impl Meter {
             ttft: None,
             compute: Vec::new(),
         }
+    }
+
+    /// This meter for batch item `batch`: its event goes to the item's slot.
+    pub fn for_batch(mut self, batch: Option<BatchItemCtx>) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// Counts this request in `live` until the meter drops.
+    pub fn counted_in(mut self, live: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.live = Some(live);
+        self
     }
 
     /// Updates the token counts so far (what a cancelled request is charged).
@@ -87,32 +133,42 @@ impl Meter {
 
 impl Drop for Meter {
     fn drop(&mut self) {
+        if let Some(live) = self.live.take() {
+            live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let u = self.usage;
         if let Some(g) = self.grant.as_mut() {
             g.set_used((u.prompt_tokens + u.completion_tokens) as u64);
         }
         // The grant is released here, before the event is queued.
         self.grant = None;
-        if let Some(ledger) = &self.ledger {
-            ledger.send(UsageEvent {
-                request_id: std::mem::take(&mut self.info.request_id),
-                created_at_ms: lumen_store::clock::unix_ms(),
-                key_id: std::mem::take(&mut self.key_id),
-                tenant_id: std::mem::take(&mut self.tenant_id),
-                model: std::mem::take(&mut self.info.model),
-                endpoint: self.info.endpoint.to_string(),
-                prompt_tokens: u.prompt_tokens as u64,
-                cached_tokens: u.cached_prompt_tokens as u64,
-                completion_tokens: u.completion_tokens as u64,
-                status: self.outcome,
-                latency_ms: self.info.arrived.elapsed().as_millis() as u64,
-                ttft_ms: self.ttft.map(|t| t.as_millis() as u64),
-                compute_us: self
-                    .compute
-                    .iter()
-                    .map(|c| c.get().as_micros() as u64)
-                    .sum(),
-            });
+        if self.ledger.is_none() && self.batch.is_none() {
+            return;
+        }
+        let event = UsageEvent {
+            request_id: std::mem::take(&mut self.info.request_id),
+            created_at_ms: lumen_store::clock::unix_ms(),
+            key_id: std::mem::take(&mut self.key_id),
+            tenant_id: std::mem::take(&mut self.tenant_id),
+            model: std::mem::take(&mut self.info.model),
+            endpoint: self.info.endpoint.to_string(),
+            prompt_tokens: u.prompt_tokens as u64,
+            cached_tokens: u.cached_prompt_tokens as u64,
+            completion_tokens: u.completion_tokens as u64,
+            status: self.outcome,
+            latency_ms: self.info.arrived.elapsed().as_millis() as u64,
+            ttft_ms: self.ttft.map(|t| t.as_millis() as u64),
+            compute_us: self
+                .compute
+                .iter()
+                .map(|c| c.get().as_micros() as u64)
+                .sum(),
+            batch: self.batch.as_ref().map(|b| b.item.clone()),
+        };
+        match (&self.batch, &self.ledger) {
+            (Some(b), _) => b.slot.put(event),
+            (None, Some(ledger)) => ledger.send(event),
+            (None, None) => {}
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::auth::ApiKeys;
 use crate::error::ServerError;
 use crate::ledger::Ledger;
 use cache::KeyCache;
-pub use meter::Meter;
+pub use meter::{BatchItemCtx, EventSlot, Meter};
 
 /// The authenticated caller of one request.
 #[derive(Clone, Debug)]
@@ -126,6 +126,10 @@ pub fn clamp_priority(
 pub struct RequestCtx {
     /// The caller.
     pub principal: Principal,
+    /// Set when the request is a batch item run by the batch executor: it runs at batch
+    /// priority, is admitted against the token budget only (rpm, tpm and parallel limits
+    /// protect interactive traffic), and its usage event goes to the item's slot.
+    pub batch: Option<BatchItemCtx>,
     rate: Mutex<Option<RateSnapshot>>,
 }
 
@@ -134,6 +138,16 @@ impl RequestCtx {
     pub fn new(principal: Principal) -> Self {
         RequestCtx {
             principal,
+            batch: None,
+            rate: Mutex::new(None),
+        }
+    }
+
+    /// The context of batch item `batch` run as `principal`.
+    pub fn for_batch_item(principal: Principal, batch: BatchItemCtx) -> Self {
+        RequestCtx {
+            principal,
+            batch: Some(batch),
             rate: Mutex::new(None),
         }
     }
@@ -172,6 +186,9 @@ pub struct Tenancy {
     /// Prices per model (`--price`), for the `cost` of usage reports.
     pub prices: std::collections::BTreeMap<String, lumen_store::Price>,
     store_has_keys: AtomicBool,
+    /// Admitted requests that are not batch items and have not ended (the batch executor
+    /// runs fewer lines while there are any).
+    interactive: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Tenancy {
@@ -204,7 +221,13 @@ impl Tenancy {
             retention_days: None,
             prices: Default::default(),
             store_has_keys: AtomicBool::new(store_has_keys),
+            interactive: Default::default(),
         }
+    }
+
+    /// Admitted requests, other than batch items, that have not ended yet.
+    pub fn interactive_in_flight(&self) -> u64 {
+        self.interactive.load(Ordering::Relaxed)
     }
 
     /// Whether no key is needed.
@@ -273,7 +296,14 @@ impl Tenancy {
             l.ensure_room()?;
         }
         let principal = ctx.map_or(&Principal::Open, |c| &c.principal);
-        let grant = match principal.key() {
+        let batch = ctx.and_then(|c| c.batch.clone());
+        // A batch item is checked against the budget alone: the same key with its per-minute
+        // and parallel limits lifted.
+        let budget_only = match (principal.key(), &batch) {
+            (Some(k), Some(_)) => Some(Arc::new(budget_only(k))),
+            _ => None,
+        };
+        let grant = match budget_only.as_ref().or(principal.key()) {
             Some(k) => {
                 let (result, snap) = match &self.shared {
                     Some(shared) => shared.admit(&self.admission, k, cost).await,
@@ -292,8 +322,27 @@ impl Tenancy {
             }
             None => None,
         };
-        Ok(Meter::new(grant, self.ledger.clone(), principal, event))
+        let meter = Meter::new(grant, self.ledger.clone(), principal, event);
+        Ok(match batch {
+            Some(b) => meter.for_batch(Some(b)),
+            None => meter.counted_in(self.interactive.clone()),
+        })
     }
+}
+
+/// `key` with only its (and its tenant's) token budget: what a batch item is admitted against.
+fn budget_only(key: &ApiKey) -> ApiKey {
+    let mut k = key.clone();
+    let lift = |l: &mut lumen_store::KeyLimits| {
+        l.rpm = None;
+        l.tpm = None;
+        l.max_parallel = None;
+    };
+    lift(&mut k.limits);
+    if let Some(t) = k.tenant_limits.as_mut() {
+        lift(t);
+    }
+    k
 }
 
 /// Prunes raw usage events older than the retention (rollups stay), at start and hourly.
@@ -346,6 +395,47 @@ pub fn spawn_key_watch(t: Arc<Tenancy>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info() -> meter::EventInfo {
+        meter::EventInfo {
+            request_id: "r".into(),
+            model: "m".into(),
+            endpoint: "chat.completions",
+            arrived: std::time::Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn interactive_requests_are_counted_until_their_meter_drops_batch_items_never() {
+        let t = Tenancy::static_only(ApiKeys::default());
+        let a = t.admit(None, 10, info()).await.unwrap();
+        let ctx = RequestCtx::new(Principal::Open);
+        let b = t.admit(Some(&ctx), 10, info()).await.unwrap();
+        assert_eq!(t.interactive_in_flight(), 2);
+        let slot = EventSlot::default();
+        let item = RequestCtx::for_batch_item(
+            Principal::Open,
+            BatchItemCtx {
+                item: lumen_store::BatchRef {
+                    batch_id: "batch_x".into(),
+                    custom_id: "c".into(),
+                },
+                slot: slot.clone(),
+            },
+        );
+        let c = t.admit(Some(&item), 10, info()).await.unwrap();
+        assert_eq!(
+            t.interactive_in_flight(),
+            2,
+            "a batch item is not interactive"
+        );
+        drop((a, b));
+        assert_eq!(t.interactive_in_flight(), 0);
+        drop(c);
+        // The batch item's usage event went to its slot, naming the item.
+        let e = slot.take().expect("event in the slot");
+        assert_eq!(e.batch.map(|b| b.custom_id).as_deref(), Some("c"));
+    }
 
     #[test]
     fn max_priority_demotes_more_urgent_requests() {
