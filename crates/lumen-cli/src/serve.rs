@@ -109,10 +109,11 @@ pub struct ServeArgs {
     /// to fill the engine's batch, well under --max-queued-requests.
     #[arg(long, env = "LUMEN_BATCH_CONCURRENCY", default_value_t = 32)]
     pub batch_concurrency: usize,
-    /// Batch-job lines kept running while interactive requests are in flight: every running
-    /// sequence decodes in every engine step, so fewer batch lines keep interactive tokens
-    /// fast (the rest wait for idle capacity).
-    #[arg(long, env = "LUMEN_BATCH_CONCURRENCY_BUSY", default_value_t = 4)]
+    /// Batch-job lines that advance while interactive requests are in flight: the server
+    /// keeps only this many running, and the engine lets only this many batch sequences
+    /// decode in a step (none prefill) while any interactive sequence runs or waits, since
+    /// every row of a step costs the streams time. The rest wait for idle capacity.
+    #[arg(long, env = "LUMEN_BATCH_CONCURRENCY_BUSY", default_value_t = 2)]
     pub batch_concurrency_busy: usize,
     /// Seconds a batch line's claim lasts without renewal: after a server dies, its lines
     /// run again elsewhere (or after its restart) once this passes.
@@ -242,6 +243,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     config.scheduler = SchedulerConfig {
         max_num_batched_tokens: args.max_num_batched_tokens as usize,
         max_num_seqs: args.max_num_seqs as usize,
+        busy_batch_seqs: args.batch_concurrency_busy.max(1),
         // The engine turns it on where the model allows it.
         ..SchedulerConfig::default()
     };

@@ -11,6 +11,13 @@
 //! (the engine's sampler, channels…) so this module stays pure scheduling, and its tests
 //! (`tests.rs`) drive it with a bare [`BlockPool`] and no model.
 //!
+//! **Batch work yields.** While any interactive sequence runs or waits, batch-priority
+//! sequences neither start nor prefill, and at most `busy_batch_seqs` of them decode in a
+//! step; the others keep their blocks and simply sit out the step. On a CPU every row of a
+//! step costs time (about a millisecond per row for SmolLM2-135M on two cores), so this, not
+//! the admission order alone, is what keeps a batch job from slowing the streams people
+//! watch. When the interactive work is done, every batch sequence runs again.
+//!
 //! **Draft tokens.** A decoding sequence may carry unverified proposals at the end of its
 //! tokens ([`Sequence::draft`], speculative decoding): its decode chunk then covers them too,
 //! so one forward pass scores them all. Drafts are a bonus, never a cost to others: they are
@@ -34,6 +41,9 @@ pub struct SchedulerConfig {
     /// turn of a conversation, whose prompt holds this turn's answer, finds them. Only sound
     /// when decoding computes the same KV a prefill would (the engine sets it from the model).
     pub cache_generated: bool,
+    /// Batch-priority sequences that decode in a step while any interactive sequence runs or
+    /// waits (see the module docs: batch work yields to interactive work).
+    pub busy_batch_seqs: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -46,6 +56,7 @@ impl Default for SchedulerConfig {
             max_num_batched_tokens: 256,
             max_num_seqs: 64,
             cache_generated: false,
+            busy_batch_seqs: 2,
         }
     }
 }
@@ -266,6 +277,12 @@ impl<T> Scheduler<T> {
         let mut budget = self.config.max_num_batched_tokens;
         self.running.sort_by_key(order_key);
         let mut plan = Vec::new();
+        let busy = self
+            .running
+            .iter()
+            .chain(&self.waiting)
+            .any(|s| s.priority == Priority::Interactive);
+        let mut batch_rows = 0;
         // Decodes first, then continuing prefills, each in priority order.
         for pass_decode in [true, false] {
             let mut i = 0;
@@ -274,7 +291,10 @@ impl<T> Scheduler<T> {
                 let pending = self.running[i].pending();
                 let is_decode = pending == 1 + draft;
                 let already = plan.iter().any(|c: &Chunk| c.index == i);
-                if is_decode != pass_decode || already || pending == 0 {
+                let is_batch = self.running[i].priority == Priority::Batch;
+                let sits_out =
+                    busy && is_batch && (!is_decode || batch_rows >= self.config.busy_batch_seqs);
+                if is_decode != pass_decode || already || pending == 0 || sits_out {
                     i += 1;
                     continue;
                 }
@@ -295,11 +315,21 @@ impl<T> Scheduler<T> {
                         len,
                     });
                     budget -= len;
+                    batch_rows += usize::from(is_batch);
                     i += 1;
                 }
             }
         }
         while budget > 0 && self.running.len() < self.config.max_num_seqs {
+            if busy
+                && self
+                    .waiting
+                    .front()
+                    .is_some_and(|s| s.priority == Priority::Batch)
+            {
+                // Waiting is in priority order: every interactive sequence is in already.
+                break;
+            }
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };

@@ -46,7 +46,7 @@ fn sched(max_num_batched_tokens: usize, max_num_seqs: usize) -> Scheduler<Job> {
     Scheduler::new(SchedulerConfig {
         max_num_batched_tokens,
         max_num_seqs,
-        cache_generated: false,
+        ..SchedulerConfig::default()
     })
 }
 
@@ -217,15 +217,18 @@ fn when_blocks_run_out_the_newest_sequence_is_preempted() {
 
 #[test]
 fn when_blocks_run_out_the_lowest_priority_sequence_is_preempted_first() {
-    // The batch job is older than the third (interactive) sequence, but it goes first.
-    let (mut s, mut pool) = full_pool([
-        Priority::Interactive,
-        Priority::Batch,
-        Priority::Interactive,
-    ]);
-    let plan = step(&mut s, &mut pool);
-    assert_eq!(plan, [(1, 8, 1), (3, 8, 1)]);
-    assert_eq!(waiting(&s), [2]);
+    // A batch line started on an idle engine (2 blocks of a 5-block pool); an interactive
+    // request joins and takes the rest. When the interactive sequence needs one more block,
+    // the batch line is the victim although it is older.
+    let mut pool = BlockPool::new(5, BS);
+    let mut s = sched(256, 8);
+    s.add(seq(Priority::Batch, 1, 8));
+    assert_eq!(step(&mut s, &mut pool), [(1, 0, 8)]);
+    s.add(seq(Priority::Interactive, 2, 8));
+    assert_eq!(step(&mut s, &mut pool), [(1, 8, 1), (2, 0, 8)]);
+    assert_eq!(pool.available(), 0);
+    assert_eq!(step(&mut s, &mut pool), [(2, 8, 1)]);
+    assert_eq!(waiting(&s), [1]);
     assert_eq!(s.waiting().next().unwrap().priority, Priority::Batch);
 }
 
@@ -462,6 +465,7 @@ fn a_draft_rides_in_the_decode_chunk_and_only_verified_blocks_are_published() {
         max_num_batched_tokens: 256,
         max_num_seqs: 4,
         cache_generated: true,
+        ..SchedulerConfig::default()
     });
     s.add(seq(Priority::Interactive, 1, 6));
     step(&mut s, &mut pool);
@@ -527,4 +531,30 @@ fn a_preempted_sequence_forgets_its_draft() {
     let gone = s.waiting().next().expect("one preempted");
     assert_eq!(gone.data.id, 2);
     assert_eq!((gone.draft, gone.tokens.len()), (0, before));
+}
+
+#[test]
+fn batch_sequences_yield_to_interactive_ones() {
+    let mut pool = BlockPool::new(64, BS);
+    let mut s = sched(256, 16);
+    for a in 1..=4 {
+        s.add(seq(Priority::Batch, a, 3));
+    }
+    // Alone, the batch runs whole: all four prefill, then all four decode.
+    assert_eq!(step(&mut s, &mut pool).len(), 4);
+    assert_eq!(step(&mut s, &mut pool).len(), 4);
+    // An interactive request arrives, with one more batch line: the interactive prompt is
+    // admitted, the new batch line waits, and only `busy_batch_seqs` (2) batch lines decode.
+    s.add(seq(Priority::Batch, 5, 3));
+    s.add(seq(Priority::Interactive, 6, 3));
+    assert_eq!(step(&mut s, &mut pool), [(1, 4, 1), (2, 4, 1), (6, 0, 3)]);
+    assert_eq!(waiting(&s), [5]);
+    assert_eq!(step(&mut s, &mut pool), [(6, 3, 1), (1, 5, 1), (2, 5, 1)]);
+    // Batch lines 3 and 4 kept their blocks while they sat out.
+    assert!(s.running().iter().all(|q| !q.block_table.is_empty()));
+    // Once the interactive sequence is done, every batch line runs and line 5 is admitted.
+    s.finish_running(0, &mut pool);
+    let plan = step(&mut s, &mut pool);
+    assert_eq!(plan.len(), 5, "{plan:?}");
+    assert_eq!(plan[4], (5, 0, 3));
 }

@@ -67,9 +67,7 @@ unsafe fn tile<const R: usize, const C: usize>(
         // SAFETY: k < stride and every row holds `stride` values (caller's `# Safety`).
         unsafe {
             let wv: [__m512bh; R] = std::array::from_fn(|r| {
-                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
-                    wp[r].add(k).cast(),
-                ))
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(wp[r].add(k).cast()))
             });
             for c in 0..C {
                 let xv = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
