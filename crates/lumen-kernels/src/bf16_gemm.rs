@@ -112,21 +112,36 @@ pub fn matmul_bf16(
     if m == 0 || w.rows == 0 {
         return;
     }
-    scratch.clear();
-    scratch.resize(m * w.stride, 0);
-    for (src, dst) in x
-        .chunks_exact(w.cols.max(1))
-        .zip(scratch.chunks_exact_mut(w.stride.max(1)))
-    {
-        round_row(src, &mut dst[..w.cols]);
-    }
-    let xs: &[u16] = scratch;
     let macs = m.saturating_mul(w.rows).saturating_mul(w.cols);
     let n = if macs < PARALLEL_MIN_MACS {
         1
     } else {
         pool.n_threads().min(w.rows.div_ceil(4))
     };
+    scratch.clear();
+    scratch.resize(m * w.stride, 0);
+    // Rounding the input is a pass over every row: shared out like the product (each part
+    // rounds whole rows of its own, so which part did it never changes a bit).
+    let xs_ptr = PartsPtr(scratch.as_mut_ptr());
+    let round_part = |p: usize, parts: usize| {
+        for i in split_range(m, parts, p) {
+            // SAFETY: row i of the scratch (m rows of `stride`) belongs to this part alone.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(xs_ptr.get().add(i * w.stride), w.cols) };
+            round_row(&x[i * w.cols..(i + 1) * w.cols], dst);
+        }
+    };
+    let round_parts = if m >= 2 * n { n } else { 1 };
+    if round_parts == 1 {
+        round_part(0, 1);
+    } else {
+        pool.run(|p, _| {
+            if p < round_parts {
+                round_part(p, round_parts);
+            }
+        });
+    }
+    let xs: &[u16] = scratch;
     let ptr = PartsPtr(out.as_mut_ptr());
     let part = |p: usize| {
         // Whole tiles of four weight rows per part, so no tile shape depends on the split.

@@ -16,7 +16,7 @@ use std::ops::Range;
 use lumen_kernels::{split_range, ThreadPool};
 
 use super::mpnet::RelativeBias;
-use super::ops::{dot, par_chunks, par_rows};
+use super::ops::{dot, exp_nonpos, par_chunks, par_rows};
 
 /// Shapes shared by every attention call of one model.
 #[derive(Clone, Copy, Debug)]
@@ -128,8 +128,31 @@ impl Head<'_> {
     }
 }
 
-/// Attention of one head over the rows `seq`, written to `out` (`seq.len() × d`).
+/// Attention of one head over the rows `seq`, written to `out` (`seq.len() × d`): compiled
+/// for AVX-512 where the CPU has it (the same operations per element, no fused
+/// multiply-adds: the same bits either way).
 fn attend(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if lumen_kernels::CpuLevel::detect() >= lumen_kernels::CpuLevel::Avx512 {
+        // SAFETY: the CPU has AVX-512 F (the level implies it).
+        unsafe { attend_avx512(head, seq, out, scores) };
+        return;
+    }
+    attend_portable(head, seq, out, scores);
+}
+
+/// [`attend_portable`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_avx512(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f32>) {
+    attend_portable(head, seq, out, scores);
+}
+
+#[inline(always)]
+fn attend_portable(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f32>) {
     let n = seq.len();
     scores.resize(n, 0.0);
     for (i, o) in out.chunks_exact_mut(head.d).enumerate() {
@@ -144,9 +167,13 @@ fn attend(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f
         }
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let mut sum = 0.0f32;
+        // Branch-free exp (every argument is ≤ 0), so this loop vectorizes; the sum stays
+        // in order.
         for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+            *s = exp_nonpos(*s - max);
+        }
+        for &s in scores.iter() {
+            sum += s;
         }
         let inv = 1.0 / sum;
         o.fill(0.0);
