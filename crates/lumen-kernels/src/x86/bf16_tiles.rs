@@ -61,7 +61,8 @@ unsafe fn tile<const R: usize, const C: usize>(
     ors: usize,
 ) {
     let wp: [*const u16; R] = std::array::from_fn(|r| w.row_bits(j + r).as_ptr());
-    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    // acc[c][r]: input row c against weight row r.
+    let mut acc = [[_mm512_setzero_ps(); R]; C];
     let mut k = 0;
     while k < stride {
         // SAFETY: k < stride and every row holds `stride` values (caller's `# Safety`).
@@ -69,19 +70,19 @@ unsafe fn tile<const R: usize, const C: usize>(
             let wv: [__m512bh; R] = std::array::from_fn(|r| {
                 std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(wp[r].add(k).cast()))
             });
-            for c in 0..C {
+            for (c, row) in acc.iter_mut().enumerate() {
                 let xv = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
                     x.add(c * stride + k).cast(),
                 ));
-                for r in 0..R {
-                    acc[r][c] = _mm512_dpbf16_ps(acc[r][c], wv[r], xv);
+                for (a, &wr) in row.iter_mut().zip(&wv) {
+                    *a = _mm512_dpbf16_ps(*a, wr, xv);
                 }
             }
         }
         k += BF16_BLOCK;
     }
-    for (r, row) in acc.iter().enumerate() {
-        for (c, a) in row.iter().enumerate() {
+    for (c, row) in acc.iter().enumerate() {
+        for (r, a) in row.iter().enumerate() {
             // SAFETY: output (i + c, j + r) is in this call's columns (caller's `# Safety`).
             unsafe { *out.add(c * ors + r) = _mm512_reduce_add_ps(*a) };
         }
