@@ -21,7 +21,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{http, temp_dir, Server, StartOptions, API_KEY, MODEL};
+use common::{body, http, status, temp_dir, Server, StartOptions, API_KEY, MODEL};
 use serde_json::{json, Value};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -42,18 +42,6 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
             ..Default::default()
         },
     )
-}
-
-fn status(raw: &str) -> u16 {
-    raw.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-fn body(raw: &str) -> Value {
-    let json = raw.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {raw}"))
 }
 
 /// Streams a multipart upload of `len` bytes made by `fill` (never held whole) and returns

@@ -10,21 +10,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{http_with_key, Server, StartOptions, ADMIN_KEY};
+use common::{body, http_with_key, status, Server, StartOptions, ADMIN_KEY};
 use lumen_testkit::pg::PgCluster;
-use serde_json::Value;
-
-fn status(raw: &str) -> u16 {
-    raw.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-fn body(raw: &str) -> Value {
-    let json = raw.split("\r\n\r\n").nth(1).unwrap_or("");
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {raw}"))
-}
 
 fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
     let head = raw.split("\r\n\r\n").next()?;

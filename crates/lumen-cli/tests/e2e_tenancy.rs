@@ -9,20 +9,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{http_with_key, Server, StartOptions, ADMIN_KEY};
+use common::{body, http_with_key, status, Server, StartOptions, ADMIN_KEY};
 use serde_json::Value;
-
-fn body(raw: &str) -> Value {
-    let json = raw.split("\r\n\r\n").nth(1).unwrap_or("");
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {raw}"))
-}
-
-fn status(raw: &str) -> u16 {
-    raw.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
 
 #[test]
 fn tenancy_with_the_official_client() {

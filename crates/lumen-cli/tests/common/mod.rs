@@ -424,6 +424,21 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> String {
     http_with_key(port, key, method, path, body)
 }
 
+/// The status code of a raw response from [`http`] (0 when there is none).
+pub fn status(raw: &str) -> u16 {
+    raw.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The JSON body of a raw response from [`http`]; panics, showing the response, when it is
+/// not JSON.
+pub fn body(raw: &str) -> serde_json::Value {
+    let json = raw.split_once("\r\n\r\n").map_or("", |x| x.1);
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {raw}"))
+}
+
 /// [`http`] with the bearer key `key`.
 pub fn http_with_key(port: u16, key: &str, method: &str, path: &str, body: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
