@@ -72,9 +72,14 @@ impl Bf16Matrix {
         self.cols
     }
 
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.data.len() * 2
+    /// Row `j`'s padded bf16 bits.
+    pub(crate) fn row_bits(&self, j: usize) -> &[u16] {
+        &self.data[j * self.stride..(j + 1) * self.stride]
+    }
+
+    /// Padded row length.
+    pub(crate) fn stride(&self) -> usize {
+        self.stride
     }
 }
 
@@ -188,18 +193,6 @@ pub fn matmul_bf16_reference(w: &Bf16Matrix, x: &[f32], m: usize) -> Vec<f32> {
         }
     }
     out
-}
-
-impl Bf16Matrix {
-    /// Row `j`'s padded bf16 bits.
-    pub(crate) fn row_bits(&self, j: usize) -> &[u16] {
-        &self.data[j * self.stride..(j + 1) * self.stride]
-    }
-
-    /// Padded row length.
-    pub(crate) fn stride(&self) -> usize {
-        self.stride
-    }
 }
 
 #[cfg(test)]
