@@ -65,6 +65,7 @@ enum Command {
 }
 
 fn main() {
+    lumen_kernels::mem::limit_allocator_arenas();
     let cli = Cli::parse();
     // Logs go to stderr only, so stdout carries nothing but the model's output; the server
     // logs at info by default (where it listens, when it is ready).

@@ -432,20 +432,31 @@ fn two_hundred_load_unload_cycles_do_not_leak() {
         for m in models {
             assert!(wait_state(port, m, "unloaded", Duration::from_secs(10)));
         }
-        (loaded, server.proc_status_kib("VmRSS").expect("VmRSS"))
+        let threads = server.proc_status_kib("Threads").expect("Threads");
+        (
+            loaded,
+            server.proc_status_kib("VmRSS").expect("VmRSS"),
+            threads,
+        )
     };
-    let (loaded_first, unloaded_first) = cycle();
+    let (loaded_first, unloaded_first, threads_first) = cycle();
     let started = Instant::now();
-    let mut last = (0, 0);
+    let mut last = (0, 0, 0);
     for _ in 0..200 {
         last = cycle();
     }
-    let (loaded_last, unloaded_last) = last;
+    let (loaded_last, unloaded_last, threads_last) = last;
     eprintln!(
         "VmRSS with both models loaded: {loaded_first} KiB at the first cycle, {loaded_last} KiB at the 201st ({:+.1} %); \
-         unloaded: {unloaded_first} KiB, then {unloaded_last} KiB; 200 cycles in {:.1} s",
+         unloaded: {unloaded_first} KiB, then {unloaded_last} KiB; threads unloaded: {threads_first}, then {threads_last}; 200 cycles in {:.1} s",
         (loaded_last as f64 / loaded_first as f64 - 1.0) * 100.0,
         started.elapsed().as_secs_f64()
+    );
+    // Each load starts engine and compute threads: a cycle that left one behind would show
+    // 200 more here (the runtime's idle blocking threads come and go by a few).
+    assert!(
+        threads_last <= threads_first + 4,
+        "threads after unloading went from {threads_first} to {threads_last}"
     );
     // A leak of anything a load allocates (weights, KV cache, engine threads, buffers)
     // accumulates over 200 cycles; allocator noise does not reach 10 %.

@@ -346,17 +346,20 @@ impl ModelManager {
     /// Marks each unloaded model `Unloaded` once its engine is gone (dropping joins the
     /// engine thread, so it runs on a blocking thread).
     fn finish_unloads(&self, unloaded: Vec<(String, Box<Loaded>)>) {
-        for (name, loaded) in unloaded {
-            let held = loaded.loaded_at.elapsed();
-            drop(loaded);
+        let held: Vec<(String, Duration)> = unloaded
+            .into_iter()
+            .map(|(name, loaded)| (name, loaded.loaded_at.elapsed()))
+            .collect();
+        // Hand the freed weights' and buffers' heap pages back, or the allocator's arenas
+        // keep the high-water mark of every model ever loaded. Before the models show as
+        // unloaded, so that "unloaded" means the memory is back (the budget counts on it).
+        lumen_kernels::mem::release_free_memory();
+        for (name, held) in held {
             if let Some(e) = self.lock().get_mut(&name) {
                 e.slot = Slot::Unloaded;
             }
             tracing::info!(model = %name, held_secs = held.as_secs_f32(), "model unloaded");
         }
-        // Hand the freed weights' and buffers' heap pages back, or the allocator's arenas
-        // keep the high-water mark of every model ever loaded.
-        lumen_kernels::mem::release_free_memory();
         self.changed.notify_waiters();
     }
 
@@ -407,6 +410,10 @@ impl ModelManager {
             let started = Instant::now();
             let result = load::start(&loc, &me.config.load, &me.pool, &metrics);
             let secs = started.elapsed().as_secs_f64();
+            // Loading frees what it only needed on the way (file buffers, the f32 copy of
+            // weights stored in another precision or layout): return those pages too, so
+            // RSS with a model loaded is the model.
+            lumen_kernels::mem::release_free_memory();
             let mut entries = me.lock();
             if let Some(e) = entries.get_mut(&loc.name) {
                 match result {
