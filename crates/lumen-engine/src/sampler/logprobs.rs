@@ -3,22 +3,14 @@
 //! NaN logits (a model bug) are treated as impossible tokens (−∞) rather than poisoning
 //! the whole distribution.
 
-/// `log(sum(exp(logits)))`, computed stably in f64; −∞ for an empty or all −∞ input.
+/// `log(sum(exp(logits)))`, shifted by the maximum (exponentials in f32, their sum in f64);
+/// −∞ for an empty or all −∞ input.
 pub fn logsumexp(logits: &[f32]) -> f32 {
-    let max = logits
-        .iter()
-        .copied()
-        .filter(|x| !x.is_nan())
-        .fold(f32::NEG_INFINITY, f32::max);
+    let max = super::softmax::max(logits);
     if !max.is_finite() {
         return max;
     }
-    let sum: f64 = logits
-        .iter()
-        .filter(|x| !x.is_nan())
-        .map(|&x| f64::from(x - max).exp())
-        .sum();
-    (f64::from(max) + sum.ln()) as f32
+    (f64::from(max) + super::softmax::exp_sum(logits, max).ln()) as f32
 }
 
 /// The `n` most likely tokens as `(id, logprob)`, most likely first (ties: lower id first).

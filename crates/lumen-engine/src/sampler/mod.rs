@@ -29,6 +29,7 @@ mod logprobs;
 mod params;
 mod penalties;
 mod rng;
+mod softmax;
 mod uncertainty;
 
 pub use logprobs::{log_softmax_top_n, logsumexp};
@@ -64,6 +65,8 @@ pub struct Sampler {
     penalties: Option<PenaltyState>,
     /// Scratch: candidate (id, scaled logit) pairs.
     cand: Vec<(u32, f32)>,
+    /// Scratch: the unnormalized probabilities the draw picks from.
+    weights: Vec<f32>,
 }
 
 impl Sampler {
@@ -79,7 +82,8 @@ impl Sampler {
             seed,
             penalties,
             vocab_size,
-            cand: Vec::with_capacity(if params.is_greedy() { 0 } else { vocab_size }),
+            cand: Vec::new(),
+            weights: Vec::new(),
             params,
         })
     }
@@ -156,6 +160,18 @@ impl Sampler {
     fn draw(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         let inv_t = 1.0 / p.temperature;
+        if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            // The whole vocabulary: weights straight from the row, no candidate list.
+            // (Scaling by a positive number keeps the maximum where it was.)
+            let max = softmax::max(logits) * inv_t;
+            if max == f32::NEG_INFINITY {
+                return argmax(logits);
+            }
+            let total = softmax::exp_weights(logits, inv_t, max, &mut self.weights);
+            let target = self.rng.next_f64() * total;
+            return softmax::pick(&self.weights, target)
+                .map_or_else(|| argmax(logits), |i| i as u32);
+        }
         self.cand.clear();
         self.cand.extend(
             logits
@@ -183,19 +199,12 @@ impl Sampler {
             let floor = max + p.min_p.ln();
             self.cand.retain(|c| c.1 >= floor);
         }
-        let total: f64 = self.cand.iter().map(|c| f64::from(c.1 - max).exp()).sum();
-        let target = self.rng.next_f64() * total;
-        let mut acc = 0.0f64;
-        for &(id, l) in &self.cand {
-            acc += f64::from(l - max).exp();
-            if acc > target {
-                return id;
-            }
-        }
-        self.cand
-            .last()
-            .map(|c| c.0)
-            .unwrap_or_else(|| argmax(logits))
+        self.weights.clear();
+        self.weights
+            .extend(self.cand.iter().map(|c| softmax::weight(c.1 - max)));
+        let target = self.rng.next_f64() * softmax::sum(&self.weights);
+        let at = softmax::pick(&self.weights, target).unwrap_or(self.cand.len() - 1);
+        self.cand[at].0
     }
 }
 
@@ -209,7 +218,10 @@ fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 /// prefix of the candidates, since the kept set is usually small.
 fn top_p(cand: &mut Vec<(u32, f32)>, top_p: f32) {
     let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
-    let total: f64 = cand.iter().map(|c| f64::from(c.1 - max).exp()).sum();
+    let total: f64 = cand
+        .iter()
+        .map(|c| f64::from(softmax::weight(c.1 - max)))
+        .sum();
     let limit = f64::from(top_p) * total;
     let mut sorted = 0;
     let mut m = 64.min(cand.len());
@@ -224,7 +236,7 @@ fn top_p(cand: &mut Vec<(u32, f32)>, top_p: f32) {
                 cand.truncate(i.max(1));
                 return;
             }
-            acc += f64::from(cand[i].1 - max).exp();
+            acc += f64::from(softmax::weight(cand[i].1 - max));
         }
         sorted = m;
         if m == cand.len() {
@@ -236,17 +248,7 @@ fn top_p(cand: &mut Vec<(u32, f32)>, top_p: f32) {
 
 /// Index of the largest logit, ties to the lowest id; NaN never wins.
 fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
-    let mut best_val = f32::NEG_INFINITY;
-    let mut found = false;
-    for (i, &l) in logits.iter().enumerate() {
-        if !l.is_nan() && (!found || l > best_val) {
-            best = i;
-            best_val = l;
-            found = true;
-        }
-    }
-    best as u32
+    softmax::argmax(logits)
 }
 
 #[cfg(test)]
