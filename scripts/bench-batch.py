@@ -87,7 +87,7 @@ def main():
          "--preload", MODEL, "--database-url", os.path.join(tmp, "lumen.db"),
          "--files-dir", os.path.join(tmp, "files"), "--no-ui",
          "--batch-concurrency", BATCH_CONCURRENCY,
-         "--batch-concurrency-busy", BATCH_CONCURRENCY_BUSY],
+         "--batch-concurrency-busy", BATCH_CONCURRENCY_BUSY] + os.environ.get("SERVER_FLAGS", "").split(),
         stdout=log, stderr=log,
     )
     try:

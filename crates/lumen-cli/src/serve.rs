@@ -115,6 +115,11 @@ pub struct ServeArgs {
     /// every row of a step costs the streams time. The rest wait for idle capacity.
     #[arg(long, env = "LUMEN_BATCH_CONCURRENCY_BUSY", default_value_t = 2)]
     pub batch_concurrency_busy: usize,
+    /// Milliseconds batch work keeps yielding after the last interactive request ended, so
+    /// that a client's next request, sent a moment later, does not wait behind a step full
+    /// of batch prefills.
+    #[arg(long, env = "LUMEN_BATCH_YIELD_GRACE_MS", default_value_t = 50)]
+    pub batch_yield_grace_ms: u64,
     /// Seconds a batch line's claim lasts without renewal: after a server dies, its lines
     /// run again elsewhere (or after its restart) once this passes.
     #[arg(long, env = "LUMEN_BATCH_LEASE", default_value_t = 30)]
@@ -244,6 +249,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         max_num_batched_tokens: args.max_num_batched_tokens as usize,
         max_num_seqs: args.max_num_seqs as usize,
         busy_batch_seqs: args.batch_concurrency_busy.max(1),
+        busy_grace: Duration::from_millis(args.batch_yield_grace_ms),
         // The engine turns it on where the model allows it.
         ..SchedulerConfig::default()
     };

@@ -169,8 +169,17 @@ impl Worker {
                 self.explains.run_one(&self.model, &self.threads);
             }
             if !self.sched.is_idle() {
-                self.step();
-                self.explains.stepped();
+                if self.step() {
+                    self.explains.stepped();
+                } else if let Some(wait) = self.sched.held_back_for() {
+                    // Only yielding batch work is left: sleep out the grace, unless a
+                    // request comes first.
+                    if let Ok(cmd) = commands.recv_timeout(wait) {
+                        if !self.handle(cmd) {
+                            return;
+                        }
+                    }
+                }
             }
             self.publish_stats();
         }
@@ -326,11 +335,12 @@ impl Worker {
         }
     }
 
-    fn step(&mut self) {
+    /// Plans and computes one step; false when nothing could be scheduled.
+    fn step(&mut self) -> bool {
         self.propose_drafts();
         let plan = self.sched.schedule(&mut self.pool);
         if plan.is_empty() {
-            return;
+            return false;
         }
         let running = self.sched.running();
         let mut kinds = Vec::with_capacity(plan.len());
@@ -385,12 +395,13 @@ impl Worker {
                 for id in ids {
                     self.fail(id, e.to_string());
                 }
-                return;
+                return true;
             }
         };
         self.stats.steps.fetch_add(1, Relaxed);
         self.sched.complete(&plan, &mut self.pool);
         self.consume(&plan, &kinds, &logits);
+        true
     }
 
     fn fail(&mut self, id: u64, message: String) {

@@ -16,7 +16,10 @@
 //! step; the others keep their blocks and simply sit out the step. On a CPU every row of a
 //! step costs time (about a millisecond per row for SmolLM2-135M on two cores), so this, not
 //! the admission order alone, is what keeps a batch job from slowing the streams people
-//! watch. When the interactive work is done, every batch sequence runs again.
+//! watch. When the interactive work is done, every batch sequence runs again, after a short
+//! grace (`busy_grace`): a client sends its next request a moment after the last answer
+//! ended, and a batch-only step begun in that moment (the whole token budget of batch
+//! prefills, and every batch row) would hold that request's first token back.
 //!
 //! **Draft tokens.** A decoding sequence may carry unverified proposals at the end of its
 //! tokens ([`Sequence::draft`], speculative decoding): its decode chunk then covers them too,
@@ -26,6 +29,7 @@
 //! them ([`Scheduler::verified`]).
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use crate::kv::{block_hash, chain, BlockHash, BlockPool};
 use crate::request::Priority;
@@ -44,6 +48,8 @@ pub struct SchedulerConfig {
     /// Batch-priority sequences that decode in a step while any interactive sequence runs or
     /// waits (see the module docs: batch work yields to interactive work).
     pub busy_batch_seqs: usize,
+    /// How long batch work keeps yielding after the last interactive sequence left.
+    pub busy_grace: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -57,6 +63,7 @@ impl Default for SchedulerConfig {
             max_num_seqs: 64,
             cache_generated: false,
             busy_batch_seqs: 2,
+            busy_grace: Duration::from_millis(50),
         }
     }
 }
@@ -125,6 +132,8 @@ pub struct Scheduler<T> {
     waiting: VecDeque<Sequence<T>>,
     running: Vec<Sequence<T>>,
     preemptions: u64,
+    /// When a step last held an interactive sequence (the start of `busy_grace`).
+    interactive_at: Option<Instant>,
 }
 
 fn order_key<T>(s: &Sequence<T>) -> (Priority, u64) {
@@ -139,6 +148,7 @@ impl<T> Scheduler<T> {
             waiting: VecDeque::new(),
             running: Vec::new(),
             preemptions: 0,
+            interactive_at: None,
         }
     }
 
@@ -272,16 +282,43 @@ impl<T> Scheduler<T> {
         true
     }
 
+    /// Whether batch work yields now: an interactive sequence runs or waits, or the last one
+    /// left less than `busy_grace` ago.
+    fn yields_to_interactive(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .running
+            .iter()
+            .chain(&self.waiting)
+            .any(|s| s.priority == Priority::Interactive)
+        {
+            self.interactive_at = Some(now);
+            return true;
+        }
+        self.yield_left(now).is_some()
+    }
+
+    /// What is left of the grace in which batch work still yields, if any.
+    fn yield_left(&self, now: Instant) -> Option<Duration> {
+        let since = now.duration_since(self.interactive_at?);
+        self.config
+            .busy_grace
+            .checked_sub(since)
+            .filter(|d| !d.is_zero())
+    }
+
+    /// How long the engine may sleep when a plan came back empty because batch work is
+    /// yielding: until the grace ends (a new request wakes it sooner).
+    pub fn held_back_for(&self) -> Option<Duration> {
+        self.yield_left(Instant::now())
+    }
+
     /// Plans the next step. Chunks refer to `running()` indices as they are after this call.
     pub fn schedule(&mut self, pool: &mut BlockPool) -> Vec<Chunk> {
         let mut budget = self.config.max_num_batched_tokens;
         self.running.sort_by_key(order_key);
         let mut plan = Vec::new();
-        let busy = self
-            .running
-            .iter()
-            .chain(&self.waiting)
-            .any(|s| s.priority == Priority::Interactive);
+        let busy = self.yields_to_interactive();
         let mut batch_rows = 0;
         // Decodes first, then continuing prefills, each in priority order.
         for pass_decode in [true, false] {

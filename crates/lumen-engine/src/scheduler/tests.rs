@@ -42,10 +42,13 @@ fn with_tokens(priority: Priority, arrival: u64, tokens: Vec<u32>) -> Sequence<J
     }
 }
 
+/// A scheduler without the grace after interactive work (these tests run no clock; the
+/// grace has its own test).
 fn sched(max_num_batched_tokens: usize, max_num_seqs: usize) -> Scheduler<Job> {
     Scheduler::new(SchedulerConfig {
         max_num_batched_tokens,
         max_num_seqs,
+        busy_grace: Duration::ZERO,
         ..SchedulerConfig::default()
     })
 }
@@ -557,4 +560,50 @@ fn batch_sequences_yield_to_interactive_ones() {
     let plan = step(&mut s, &mut pool);
     assert_eq!(plan.len(), 5, "{plan:?}");
     assert_eq!(plan[4], (5, 0, 3));
+}
+
+#[test]
+fn batch_work_keeps_yielding_for_the_grace_after_interactive_work_left() {
+    let grace = Duration::from_millis(300);
+    let mut pool = BlockPool::new(64, BS);
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_num_batched_tokens: 256,
+        max_num_seqs: 16,
+        busy_grace: grace,
+        ..SchedulerConfig::default()
+    });
+    assert_eq!(s.held_back_for(), None, "no interactive work seen yet");
+    for a in 1..=3 {
+        s.add(seq(Priority::Batch, a, 3));
+    }
+    s.add(seq(Priority::Interactive, 9, 3));
+    assert_eq!(step(&mut s, &mut pool), [(9, 0, 3)]);
+    let i = s
+        .running()
+        .iter()
+        .position(|q| q.data.id == 9)
+        .expect("running");
+    s.finish_running(i, &mut pool);
+    // The interactive request is gone, but its client may send the next one any moment:
+    // the batch lines still wait, and the engine is told how long to sleep.
+    let started = Instant::now();
+    assert!(step(&mut s, &mut pool).is_empty());
+    let left = s.held_back_for().expect("within the grace");
+    assert!(
+        left <= grace && left + started.elapsed() >= grace / 2,
+        "{left:?}"
+    );
+    // A new interactive request in the grace runs at once; the batch still waits.
+    s.add(seq(Priority::Interactive, 10, 3));
+    assert_eq!(step(&mut s, &mut pool), [(10, 0, 3)]);
+    let i = s
+        .running()
+        .iter()
+        .position(|q| q.data.id == 10)
+        .expect("running");
+    s.finish_running(i, &mut pool);
+    // Past the grace the whole batch is admitted.
+    std::thread::sleep(grace);
+    assert_eq!(s.held_back_for(), None);
+    assert_eq!(step(&mut s, &mut pool).len(), 3);
 }
