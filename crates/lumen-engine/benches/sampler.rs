@@ -2,7 +2,7 @@
 //! vocabulary (SmolLM2's) with logits shaped like a language model's (a few likely tokens, a
 //! long tail). Every sampled row of a step pays this while the compute threads wait.
 //!
-//! `cargo bench -p lumen-engine --bench sampler`; prints the median µs per row.
+//! `cargo bench -p lumen-engine --bench sampler [-- NAME]`; prints the median µs per row.
 
 use std::time::Instant;
 
@@ -56,21 +56,29 @@ fn main() {
             },
         ),
     ];
+    // `cargo bench … -- NAME` runs only the cases whose name contains NAME (for perf).
+    let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     for (name, params) in cases {
+        if only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
         let params = SamplingParams {
             seed: Some(7),
             ..params
         };
         let mut sampler = Sampler::new(params, VOCAB).expect("valid parameters");
         let mut logits = row.clone();
-        let mut times = Vec::with_capacity(400);
-        for _ in 0..400 {
+        let mut times = Vec::with_capacity(4000);
+        for _ in 0..4000 {
             logits.copy_from_slice(&row);
             let t = Instant::now();
             std::hint::black_box(sampler.sample(&mut logits, &[]));
             times.push(t.elapsed().as_secs_f64() * 1e6);
         }
         times.sort_by(f64::total_cmp);
-        println!("{name:<28} {:>8.1} µs per row (median of 400)", times[200]);
+        println!(
+            "{name:<28} {:>8.1} µs per row (median of 4000)",
+            times[2000]
+        );
     }
 }

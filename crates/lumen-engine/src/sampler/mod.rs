@@ -160,41 +160,64 @@ impl Sampler {
     fn draw(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         let inv_t = 1.0 / p.temperature;
-        if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
-            // The whole vocabulary: weights straight from the row, no candidate list.
-            // (Scaling by a positive number keeps the maximum where it was.)
+        if p.top_k == 0 {
+            // Weights straight from the row. (Scaling by a positive number keeps the
+            // maximum where it was; the most likely token's weight is exactly 1.)
             let max = softmax::max(logits) * inv_t;
             if max == f32::NEG_INFINITY {
                 return argmax(logits);
             }
             let total = softmax::exp_weights(logits, inv_t, max, &mut self.weights);
-            let target = self.rng.next_f64() * total;
-            return softmax::pick(&self.weights, target)
-                .map_or_else(|| argmax(logits), |i| i as u32);
+            if p.top_p >= 1.0 && p.min_p <= 0.0 {
+                // The whole vocabulary: no candidate list at all.
+                let target = self.rng.next_f64() * total;
+                return softmax::pick(&self.weights, target)
+                    .map_or_else(|| argmax(logits), |i| i as u32);
+            }
+            // Only tokens at or above a weight whose mass already reaches top_p can be
+            // kept, so the candidates are those (usually a few hundred, not the vocabulary).
+            let limit = f64::from(p.top_p.min(1.0)) * total;
+            let cutoff = softmax::cutoff_holding(&self.weights, limit);
+            self.cand.clear();
+            self.cand.extend(
+                self.weights
+                    .iter()
+                    .zip(logits)
+                    .enumerate()
+                    .filter(|(_, (&w, _))| w >= cutoff && w > 0.0)
+                    .map(|(i, (_, &l))| (i as u32, l * inv_t)),
+            );
+            if p.top_p < 1.0 {
+                top_p(&mut self.cand, limit, max);
+            }
+        } else {
+            self.cand.clear();
+            self.cand.extend(
+                logits
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| **l > f32::NEG_INFINITY) // also drops NaN
+                    .map(|(i, &l)| (i as u32, l * inv_t)),
+            );
+            if self.cand.is_empty() {
+                return argmax(logits);
+            }
+            if p.top_k < self.cand.len() {
+                self.cand.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
+                self.cand.truncate(p.top_k);
+            }
+            if p.top_p < 1.0 {
+                // Top-p over the top-k tokens' own distribution.
+                let max = max_logit(&self.cand);
+                let total: f64 = self
+                    .cand
+                    .iter()
+                    .map(|c| f64::from(softmax::weight(c.1 - max)))
+                    .sum();
+                top_p(&mut self.cand, f64::from(p.top_p) * total, max);
+            }
         }
-        self.cand.clear();
-        self.cand.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| **l > f32::NEG_INFINITY) // also drops NaN
-                .map(|(i, &l)| (i as u32, l * inv_t)),
-        );
-        if self.cand.is_empty() {
-            return argmax(logits);
-        }
-        if p.top_k > 0 && p.top_k < self.cand.len() {
-            self.cand.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
-            self.cand.truncate(p.top_k);
-        }
-        if p.top_p < 1.0 {
-            top_p(&mut self.cand, p.top_p);
-        }
-        let max = self
-            .cand
-            .iter()
-            .map(|c| c.1)
-            .fold(f32::NEG_INFINITY, f32::max);
+        let max = max_logit(&self.cand);
         if p.min_p > 0.0 {
             let floor = max + p.min_p.ln();
             self.cand.retain(|c| c.1 >= floor);
@@ -208,21 +231,21 @@ impl Sampler {
     }
 }
 
+/// The largest scaled logit among the candidates.
+fn max_logit(cand: &[(u32, f32)]) -> f32 {
+    cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// Descending by logit, ties to the lower id.
 fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
-/// Keeps the most likely candidates until their mass reaches `top_p` (vLLM's rule: a
-/// token stays if the mass ranked above it is below `top_p`). Sorts only a growing
-/// prefix of the candidates, since the kept set is usually small.
-fn top_p(cand: &mut Vec<(u32, f32)>, top_p: f32) {
-    let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
-    let total: f64 = cand
-        .iter()
-        .map(|c| f64::from(softmax::weight(c.1 - max)))
-        .sum();
-    let limit = f64::from(top_p) * total;
+/// Keeps the most likely candidates until their mass, in weights `exp(logit − max)`,
+/// reaches `limit` (top_p times the distribution's total; vLLM's rule: a token stays if
+/// the mass ranked above it is below top_p). Sorts only a growing prefix of the
+/// candidates, since the kept set is usually small.
+fn top_p(cand: &mut Vec<(u32, f32)>, limit: f64, max: f32) {
     let mut sorted = 0;
     let mut m = 64.min(cand.len());
     let mut acc = 0.0f64;

@@ -109,6 +109,39 @@ fn exp_sum(xs: &[f32], shift: f32) -> f64 {
 }
 }
 
+avx2_or_baseline! {
+/// The mass of the weights at or above `cutoff`.
+fn mass_at_least(ws: &[f32], cutoff: f32) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let chunks = ws.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &w) in acc.iter_mut().zip(c) {
+            *a += f64::from(if w >= cutoff { w } else { 0.0 });
+        }
+    }
+    acc.iter().sum::<f64>() + tail.iter().filter(|&&w| w >= cutoff).map(|&w| f64::from(w)).sum::<f64>()
+}
+}
+
+/// A weight such that the weights at or above it hold at least `limit` of the mass
+/// (the largest weight being 1): 2^-10, 2^-20, … of the largest, or 0 (every weight)
+/// when `limit` needs them all. Rounding is covered by a margin of one part in 10^6.
+pub fn cutoff_holding(ws: &[f32], limit: f64) -> f32 {
+    let want = limit * (1.0 + 1e-6);
+    let mut cutoff = 1.0f32;
+    for _ in 0..12 {
+        cutoff *= 1.0 / 1024.0;
+        if cutoff < 1e-30 {
+            break;
+        }
+        if mass_at_least(ws, cutoff) >= want {
+            return cutoff;
+        }
+    }
+    0.0
+}
+
 /// The first index at which the running sum of `ws` passes `target` (a draw in
 /// `[0, total)`); when rounding leaves the running sum short of it, the last index with
 /// a weight. `None` only when no weight is positive.
@@ -151,14 +184,18 @@ fn exp_nonpos(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let z = x * std::f32::consts::LOG2_E + ROUND;
+    let n = z - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // `n` read from z's low mantissa bits (z is 1.5 · 2^23 + n): integer lanes, where
+    // `n as i32` would be a scalar, saturating conversion per value.
+    let k = (z.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    e * f32::from_bits(((k + 127) as u32) << 23)
 }
 
 avx2_or_baseline! {
@@ -239,5 +276,25 @@ mod tests {
         // Past the total (rounding): the last weighted index, never a zero after it.
         assert_eq!(pick(&ws, 4.0), Some(1500));
         assert_eq!(pick(&[0.0; 8], 0.0), None);
+    }
+
+    #[test]
+    fn the_cutoff_keeps_at_least_the_mass_asked_for() {
+        // One sure token, a few likely ones, a long flat tail.
+        let mut ws = vec![1e-5f32; 50_000];
+        ws[7] = 1.0;
+        for w in &mut ws[100..110] {
+            *w = 0.05;
+        }
+        let total = sum(&ws);
+        for top_p in [0.1, 0.5, 0.6, 0.9, 0.99, 1.0] {
+            let limit = top_p * total;
+            let c = cutoff_holding(&ws, limit);
+            assert!(mass_at_least(&ws, c) >= limit, "top_p {top_p}: cutoff {c}");
+        }
+        // Half the mass is in the tail: 0.9 needs every weight.
+        assert!(cutoff_holding(&ws, 0.9 * total) <= 1e-5);
+        assert_eq!(cutoff_holding(&ws, 1.01 * total), 0.0);
+        assert!(cutoff_holding(&ws, 0.5 * total) > 1e-5);
     }
 }
