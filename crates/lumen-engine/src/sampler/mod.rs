@@ -176,8 +176,13 @@ impl Sampler {
             }
             // Only tokens at or above a weight whose mass already reaches top_p can be
             // kept, so the candidates are those (usually a few hundred, not the vocabulary).
-            let limit = f64::from(p.top_p.min(1.0)) * total;
-            let cutoff = softmax::cutoff_holding(&self.weights, limit);
+            // Min-p alone keeps every weighted token as a candidate.
+            let limit = f64::from(p.top_p) * total;
+            let cutoff = if p.top_p < 1.0 {
+                softmax::cutoff_holding(&self.weights, limit)
+            } else {
+                0.0
+            };
             self.cand.clear();
             self.cand.extend(
                 self.weights

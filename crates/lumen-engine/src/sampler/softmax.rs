@@ -93,34 +93,14 @@ avx2_or_baseline! {
 /// The sum of `exp(x − shift)` over the values, as [`exp_weights`] would give, without
 /// keeping the weights.
 fn exp_sum(xs: &[f32], shift: f32) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += f64::from(weight(x - shift));
-        }
-    }
-    acc.iter().sum::<f64>()
-        + tail
-            .iter()
-            .map(|&x| f64::from(weight(x - shift)))
-            .sum::<f64>()
+    lane_sum(xs, |x| weight(x - shift))
 }
 }
 
 avx2_or_baseline! {
 /// The mass of the weights at or above `cutoff`.
 fn mass_at_least(ws: &[f32], cutoff: f32) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let chunks = ws.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &w) in acc.iter_mut().zip(c) {
-            *a += f64::from(if w >= cutoff { w } else { 0.0 });
-        }
-    }
-    acc.iter().sum::<f64>() + tail.iter().filter(|&&w| w >= cutoff).map(|&w| f64::from(w)).sum::<f64>()
+    lane_sum(ws, |w| if w >= cutoff { w } else { 0.0 })
 }
 }
 
@@ -201,16 +181,24 @@ fn exp_nonpos(x: f32) -> f32 {
 avx2_or_baseline! {
 /// Sum in f64, lane by lane, then the lanes in order.
 fn sum(ws: &[f32]) -> f64 {
+    lane_sum(ws, |w| w)
+}
+}
+
+/// The sum of `f(x)` in f64: [`LANES`] partial sums over whole chunks, then the partial
+/// sums and the tail in order (a fixed order, so the same values give the same bits).
+/// Inlined into each caller's AVX2 or baseline build.
+#[inline(always)]
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut acc = [0.0f64; LANES];
-    let chunks = ws.chunks_exact(LANES);
+    let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder();
     for c in chunks {
-        for (a, &w) in acc.iter_mut().zip(c) {
-            *a += f64::from(w);
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f64::from(f(x));
         }
     }
-    acc.iter().sum::<f64>() + tail.iter().map(|&w| f64::from(w)).sum::<f64>()
-}
+    acc.iter().sum::<f64>() + tail.iter().map(|&x| f64::from(f(x))).sum::<f64>()
 }
 
 #[cfg(test)]

@@ -562,6 +562,16 @@ fn batch_sequences_yield_to_interactive_ones() {
     assert_eq!(plan[4], (5, 0, 3));
 }
 
+/// Finishes the running sequence `id`, as the engine does when it is done.
+fn finish(s: &mut Scheduler<Job>, pool: &mut BlockPool, id: u64) {
+    let i = s
+        .running()
+        .iter()
+        .position(|q| q.data.id == id)
+        .expect("running");
+    s.finish_running(i, pool);
+}
+
 #[test]
 fn batch_work_keeps_yielding_for_the_grace_after_interactive_work_left() {
     let grace = Duration::from_millis(300);
@@ -578,12 +588,7 @@ fn batch_work_keeps_yielding_for_the_grace_after_interactive_work_left() {
     }
     s.add(seq(Priority::Interactive, 9, 3));
     assert_eq!(step(&mut s, &mut pool), [(9, 0, 3)]);
-    let i = s
-        .running()
-        .iter()
-        .position(|q| q.data.id == 9)
-        .expect("running");
-    s.finish_running(i, &mut pool);
+    finish(&mut s, &mut pool, 9);
     // The interactive request is gone, but its client may send the next one any moment:
     // the batch lines still wait, and the engine is told how long to sleep.
     let started = Instant::now();
@@ -596,12 +601,7 @@ fn batch_work_keeps_yielding_for_the_grace_after_interactive_work_left() {
     // A new interactive request in the grace runs at once; the batch still waits.
     s.add(seq(Priority::Interactive, 10, 3));
     assert_eq!(step(&mut s, &mut pool), [(10, 0, 3)]);
-    let i = s
-        .running()
-        .iter()
-        .position(|q| q.data.id == 10)
-        .expect("running");
-    s.finish_running(i, &mut pool);
+    finish(&mut s, &mut pool, 10);
     // Past the grace the whole batch is admitted.
     std::thread::sleep(grace);
     assert_eq!(s.held_back_for(), None);

@@ -348,12 +348,19 @@ impl ModelManager {
     fn finish_unloads(&self, unloaded: Vec<(String, Box<Loaded>)>) {
         let held: Vec<(String, Duration)> = unloaded
             .into_iter()
-            .map(|(name, loaded)| (name, loaded.loaded_at.elapsed()))
+            .map(|(name, loaded)| {
+                let held = loaded.loaded_at.elapsed();
+                drop(loaded);
+                (name, held)
+            })
             .collect();
         // Hand the freed weights' and buffers' heap pages back, or the allocator's arenas
         // keep the high-water mark of every model ever loaded. Before the models show as
         // unloaded, so that "unloaded" means the memory is back (the budget counts on it).
-        lumen_kernels::mem::release_free_memory();
+        // (A load with nothing to evict trims once, after loading.)
+        if !held.is_empty() {
+            lumen_kernels::mem::release_free_memory();
+        }
         for (name, held) in held {
             if let Some(e) = self.lock().get_mut(&name) {
                 e.slot = Slot::Unloaded;
