@@ -276,8 +276,10 @@ def test_explain_alone_equals_explain_beside_16_busy_streams():
     alone = explain(body)
     ends = []
 
+    # 256 tokens each, so the streams outlast the explanation timed beside them: at 64 they
+    # could all end first once sampling got cheaper.
     def stream(i):
-        s = c.chat.completions.create(model=MODEL, max_tokens=64, temperature=0.8, seed=i, stream=True,
+        s = c.chat.completions.create(model=MODEL, max_tokens=256, temperature=0.8, seed=i, stream=True,
                                       messages=[{"role": "user", "content": f"Tell me a story about {i}."}],
                                       extra_body={"ignore_eos": True})
         for _ in s:
