@@ -150,26 +150,9 @@ log "stream-read bandwidth ($threads threads)"
 out_all="$out"
 model_dir() { echo "$out_all/m$1-$(basename "${models[$1]}" .gguf)"; }
 
-# run_llama DIR NAME OUTFILE TOOL ARGS...: runs a llama.cpp tool. Killed by a signal (exit
-# status above 128), it runs again with repacking off, and the model keeps that flag for the
-# rest of the run (DIR/llama-no-repack names the tool that crashed, for the table's note).
-run_llama() {
-  local dir="$1" name="$2" outfile="$3" tool="$4" rc=0
-  shift 4
-  local off=(-nr)
-  [[ "$tool" == llama-bench ]] && off=(--repack 0)
-  local extra=()
-  [[ -f "$dir/llama-no-repack" ]] && extra=("${off[@]}")
-  timeout 2400 "$llama_bin/$tool" "$@" "${extra[@]}" >"$outfile" 2>"$dir/$name.err" || rc=$?
-  if ((rc > 128 && rc != 124 + 128)) && [[ ! -f "$dir/llama-no-repack" ]]; then
-    log "$tool crashed (exit $rc); again with ${off[*]}"
-    cp "$dir/$name.err" "$dir/$name.crash.err"
-    echo "$tool exit $rc" >"$dir/llama-no-repack"
-    rc=0
-    timeout 2400 "$llama_bin/$tool" "$@" "${off[@]}" >"$outfile" 2>"$dir/$name.err" || rc=$?
-  fi
-  ((rc == 0)) || log "$tool failed (exit $rc, see $dir/$name.err)"
-}
+# run_llama DIR NAME OUTFILE TOOL ARGS...: a llama.cpp tool, run again with repacking off
+# if it dies by a signal (see the library for why).
+source "$root/scripts/lib/llama-retry.sh"
 
 # 1 and 2, ROUNDS times; within a round every model, Lumen then llama.cpp each time (the
 # report pairs each round's two, so both share that moment's noise).
