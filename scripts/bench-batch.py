@@ -15,7 +15,7 @@ target/bench/batch.json. Not a test: nothing here asserts a timing.
 Environment: LUMEN (binary, default target/release/lumen), THREADS (default 2), MODEL
 (default smollm2), LINES (2000), BATCH_TOKENS (64), REQUESTS (32), MAX_TOKENS (64),
 ALONE_S (20), BATCH_CONCURRENCY (the server's --batch-concurrency, 32),
-BATCH_CONCURRENCY_BUSY (its --batch-concurrency-busy, 2).
+BATCH_CONCURRENCY_BUSY (its --batch-concurrency-busy, 1).
 """
 
 import json
@@ -38,7 +38,7 @@ REQUESTS = os.environ.get("REQUESTS", "32")
 MAX_TOKENS = os.environ.get("MAX_TOKENS", "64")
 ALONE_S = float(os.environ.get("ALONE_S", "20"))
 BATCH_CONCURRENCY = os.environ.get("BATCH_CONCURRENCY", "32")
-BATCH_CONCURRENCY_BUSY = os.environ.get("BATCH_CONCURRENCY_BUSY", "2")
+BATCH_CONCURRENCY_BUSY = os.environ.get("BATCH_CONCURRENCY_BUSY", "1")
 
 
 def free_port():

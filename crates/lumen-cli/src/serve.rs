@@ -110,10 +110,11 @@ pub struct ServeArgs {
     #[arg(long, env = "LUMEN_BATCH_CONCURRENCY", default_value_t = 32)]
     pub batch_concurrency: usize,
     /// Batch-job lines that advance while interactive requests are in flight: the server
-    /// keeps only this many running, and the engine lets only this many batch sequences
-    /// decode in a step (none prefill) while any interactive sequence runs or waits, since
-    /// every row of a step costs the streams time. The rest wait for idle capacity.
-    #[arg(long, env = "LUMEN_BATCH_CONCURRENCY_BUSY", default_value_t = 2)]
+    /// keeps only this many running, and the engine gives batch sequences only this many
+    /// tokens of a step (decode rows and prompt tokens alike) while any interactive sequence
+    /// runs or waits, since every row of a step costs the streams time. The rest wait for
+    /// idle capacity. 0 pauses batch work entirely while interactive work runs.
+    #[arg(long, env = "LUMEN_BATCH_CONCURRENCY_BUSY", default_value_t = 1)]
     pub batch_concurrency_busy: usize,
     /// Milliseconds batch work keeps yielding after the last interactive request ended, so
     /// that a client's next request, sent a moment later, does not wait behind a step full
@@ -248,7 +249,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     config.scheduler = SchedulerConfig {
         max_num_batched_tokens: args.max_num_batched_tokens as usize,
         max_num_seqs: args.max_num_seqs as usize,
-        busy_batch_seqs: args.batch_concurrency_busy.max(1),
+        busy_batch_tokens: args.batch_concurrency_busy,
         busy_grace: Duration::from_millis(args.batch_yield_grace_ms),
         // The engine turns it on where the model allows it.
         ..SchedulerConfig::default()

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use common::{collect, engine, greedy, prompt, run_all, smollm2, submit, Req};
 use lumen_engine::registry::{resolve, ChatModel};
-use lumen_engine::{Engine, EngineConfig, SpecConfig, WeightLayout};
+use lumen_engine::{Engine, EngineConfig, PriorityInput, SpecConfig, WeightLayout};
 
 /// A prompt that repeats itself, so the model's continuation repeats it too.
 fn repetitive(seed: u64) -> Vec<u32> {
@@ -126,4 +126,39 @@ fn the_exact_layout_never_speculates() {
     let eng = engine_with(&chat, SpecConfig::default());
     run_all(&eng, vec![greedy(repetitive(1), 32)]);
     assert_eq!(eng.handle().stats().spec_draft_tokens.load(SeqCst), 0);
+}
+
+#[test]
+fn an_interactive_stream_keeps_speculating_beside_a_batch_job() {
+    let Some(chat) = smollm2() else { return };
+    let plain = engine_with(
+        &chat,
+        SpecConfig {
+            tokens: 0,
+            ..SpecConfig::default()
+        },
+    );
+    let spec = engine_with(&chat, SpecConfig::default());
+    // Eight batch sequences (more than the four that speculate), then one interactive stream
+    // that repeats its prompt. The batch yields to it (a row or two a step), so it must not
+    // count: the stream speculates as on an idle engine, and the batch never does.
+    let reqs = || {
+        let mut reqs: Vec<Req> = (0..8)
+            .map(|i| {
+                let mut r = greedy(prompt(20 + i, 24), 128);
+                r.params.priority = Some(PriorityInput::Name("batch".into()));
+                r
+            })
+            .collect();
+        reqs.push(greedy(repetitive(1), 64));
+        reqs
+    };
+    let want = run_all(&plain, reqs());
+    let got = run_all(&spec, reqs());
+    assert_eq!(got, want);
+    assert!(
+        accepted(&spec) >= 16,
+        "the interactive stream speculated: {} accepted",
+        accepted(&spec)
+    );
 }

@@ -141,7 +141,7 @@ impl ServerConfig {
             ui: true,
             enable_explain: false,
             batch_concurrency: 32,
-            batch_concurrency_busy: 2,
+            batch_concurrency_busy: 1,
             batch_lease: Duration::from_secs(30),
             test_clock_file: None,
             files_dir: None,

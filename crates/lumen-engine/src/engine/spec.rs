@@ -20,7 +20,9 @@
 //! edits, quoting, summaries and structured output repeat long runs of their input, where the
 //! lookup guesses right. Two guards keep it from costing anything elsewhere:
 //! - **Only while the batch is small** ([`SpecConfig::max_seqs`]) and nothing waits: a full
-//!   batch already uses the weights it reads, and its budget belongs to the queue.
+//!   batch already uses the weights it reads, and its budget belongs to the queue. Only the
+//!   foreground class is counted: beside interactive streams a batch job yields (a row or two
+//!   a step), so its sequences neither turn the streams' speculation off nor speculate.
 //! - **Draft as far as guesses hold**: each scored draft token costs a fraction of a decode
 //!   step (about an eighth for the 135M model on two cores), so a long draft that fails early
 //!   is waste. A sequence starts at [`START_LEN`] tokens, doubles its length after a draft

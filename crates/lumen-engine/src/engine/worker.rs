@@ -310,15 +310,27 @@ impl Worker {
     }
 
     /// Appends prompt-lookup drafts to the decoding sequences that may speculate this step.
+    ///
+    /// Only the foreground class counts and speculates: beside interactive streams, batch
+    /// sequences add at most a row or two to a step (they yield), so a batch job in the
+    /// background must not take speculation away from the streams, nor get it itself.
     fn propose_drafts(&mut self) {
         let k = self.spec.tokens;
-        let running = self.sched.running().len();
-        if k == 0 || running == 0 || running > self.spec.max_seqs || self.sched.num_waiting() > 0 {
+        let fg = self.sched.foreground();
+        let running = self
+            .sched
+            .running()
+            .iter()
+            .filter(|s| s.priority == fg)
+            .count();
+        let waiting = self.sched.waiting().any(|s| s.priority == fg);
+        if k == 0 || running == 0 || running > self.spec.max_seqs || waiting {
             return;
         }
         let ctx = self.model.config().context_len;
         for seq in self.sched.running_mut() {
-            let decoding = seq.pending() == 1 && seq.tokens.len() > seq.prompt_len;
+            let decoding =
+                seq.priority == fg && seq.pending() == 1 && seq.tokens.len() > seq.prompt_len;
             if !decoding || seq.draft > 0 || seq.data.pending_forks > 0 || !seq.data.spec.ready() {
                 continue;
             }

@@ -12,14 +12,20 @@
 //! (`tests.rs`) drive it with a bare [`BlockPool`] and no model.
 //!
 //! **Batch work yields.** While any interactive sequence runs or waits, batch-priority
-//! sequences neither start nor prefill, and at most `busy_batch_seqs` of them decode in a
-//! step; the others keep their blocks and simply sit out the step. On a CPU every row of a
-//! step costs time (about a millisecond per row for SmolLM2-135M on two cores), so this, not
-//! the admission order alone, is what keeps a batch job from slowing the streams people
-//! watch. When the interactive work is done, every batch sequence runs again, after a short
-//! grace (`busy_grace`): a client sends its next request a moment after the last answer
-//! ended, and a batch-only step begun in that moment (the whole token budget of batch
-//! prefills, and every batch row) would hold that request's first token back.
+//! sequences get only an allowance of `busy_batch_tokens` beside the step's interactive
+//! budget, decode rows and prompt tokens alike: the oldest batch sequences decode first, what
+//! is left prefills (or admits) the next one a few tokens at a time, and the others keep
+//! their blocks and sit out the step. On a CPU every row of a step costs time (about three
+//! quarters of a millisecond per row for SmolLM2-135M on two cores, prompt token or decode
+//! row), so this, not the admission order alone, is what keeps a batch job from slowing the
+//! streams people watch; and because new lines still start within the allowance, a batch
+//! keeps moving under steady interactive traffic instead of stalling once the lines it had
+//! begun are done. (An allowance in proportion to the step's interactive tokens was tried:
+//! it more than doubled the streams' time to first token.) When the interactive
+//! work is done, every batch sequence runs again, after a short grace (`busy_grace`): a
+//! client sends its next request a moment after the last answer ended, and a batch-only step
+//! begun in that moment (the whole token budget of batch prefills, and every batch row)
+//! would hold that request's first token back.
 //!
 //! **Draft tokens.** A decoding sequence may carry unverified proposals at the end of its
 //! tokens ([`Sequence::draft`], speculative decoding): its decode chunk then covers them too,
@@ -45,9 +51,10 @@ pub struct SchedulerConfig {
     /// turn of a conversation, whose prompt holds this turn's answer, finds them. Only sound
     /// when decoding computes the same KV a prefill would (the engine sets it from the model).
     pub cache_generated: bool,
-    /// Batch-priority sequences that decode in a step while any interactive sequence runs or
-    /// waits (see the module docs: batch work yields to interactive work).
-    pub busy_batch_seqs: usize,
+    /// Tokens (decode rows and prompt tokens alike) that batch-priority sequences may have in
+    /// a step while any interactive sequence runs or waits (see the module docs: batch work
+    /// yields to interactive work).
+    pub busy_batch_tokens: usize,
     /// How long batch work keeps yielding after the last interactive sequence left.
     pub busy_grace: Duration,
 }
@@ -62,7 +69,7 @@ impl Default for SchedulerConfig {
             max_num_batched_tokens: 256,
             max_num_seqs: 64,
             cache_generated: false,
-            busy_batch_seqs: 2,
+            busy_batch_tokens: 1,
             busy_grace: Duration::from_millis(50),
         }
     }
@@ -136,6 +143,34 @@ pub struct Scheduler<T> {
     interactive_at: Option<Instant>,
 }
 
+/// Tokens a step may still take, per class: the step's budget for interactive work, and the
+/// batch allowance beside it while batch work yields (without interactive work, the batch
+/// gets the budget).
+struct StepBudget {
+    interactive: usize,
+    batch: usize,
+}
+
+impl StepBudget {
+    fn of(&self, class: Priority) -> usize {
+        match class {
+            Priority::Interactive => self.interactive,
+            Priority::Batch => self.batch,
+        }
+    }
+
+    fn take(&mut self, class: Priority, len: usize) {
+        match class {
+            Priority::Interactive => self.interactive -= len,
+            Priority::Batch => self.batch -= len,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.interactive > 0 || self.batch > 0
+    }
+}
+
 fn order_key<T>(s: &Sequence<T>) -> (Priority, u64) {
     (s.priority, s.arrival)
 }
@@ -181,6 +216,17 @@ impl<T> Scheduler<T> {
     /// Number of queued sequences.
     pub fn num_waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// The class that runs unhindered now: interactive while any interactive sequence runs
+    /// or waits (batch work then yields, see the module docs), batch otherwise.
+    pub fn foreground(&self) -> Priority {
+        self.running
+            .iter()
+            .chain(&self.waiting)
+            .map(|s| s.priority)
+            .min()
+            .unwrap_or_default()
     }
 
     /// Whether nothing is queued or running.
@@ -315,23 +361,27 @@ impl<T> Scheduler<T> {
 
     /// Plans the next step. Chunks refer to `running()` indices as they are after this call.
     pub fn schedule(&mut self, pool: &mut BlockPool) -> Vec<Chunk> {
-        let mut budget = self.config.max_num_batched_tokens;
         self.running.sort_by_key(order_key);
         let mut plan = Vec::new();
-        let busy = self.yields_to_interactive();
-        let mut batch_rows = 0;
+        // Without interactive work only batch sequences exist, and they get the whole step.
+        let mut left = StepBudget {
+            interactive: self.config.max_num_batched_tokens,
+            batch: if self.yields_to_interactive() {
+                self.config.busy_batch_tokens
+            } else {
+                self.config.max_num_batched_tokens
+            },
+        };
         // Decodes first, then continuing prefills, each in priority order.
         for pass_decode in [true, false] {
             let mut i = 0;
-            while i < self.running.len() && budget > 0 {
+            while i < self.running.len() && left.any() {
                 let draft = self.running[i].draft;
                 let pending = self.running[i].pending();
                 let is_decode = pending == 1 + draft;
                 let already = plan.iter().any(|c: &Chunk| c.index == i);
-                let is_batch = self.running[i].priority == Priority::Batch;
-                let sits_out =
-                    busy && is_batch && (!is_decode || batch_rows >= self.config.busy_batch_seqs);
-                if is_decode != pass_decode || already || pending == 0 || sits_out {
+                let class = self.running[i].priority;
+                if is_decode != pass_decode || already || pending == 0 || left.of(class) == 0 {
                     i += 1;
                     continue;
                 }
@@ -339,37 +389,32 @@ impl<T> Scheduler<T> {
                 if draft > 0 {
                     let blocks = (start + pending).div_ceil(pool.block_size());
                     let more = blocks.saturating_sub(self.running[i].block_table.len());
-                    if pending > budget || more > pool.available() {
+                    if pending > left.of(class) || more > pool.available() {
                         self.running[i].drop_draft();
                     }
                 }
-                let pending = self.running[i].pending();
-                let len = pending.min(budget);
+                let len = self.running[i].pending().min(left.of(class));
                 if self.reserve(i, start + len, &mut plan, pool) {
                     plan.push(Chunk {
                         index: i,
                         start,
                         len,
                     });
-                    budget -= len;
-                    batch_rows += usize::from(is_batch);
+                    left.take(class, len);
                     i += 1;
                 }
             }
         }
-        while budget > 0 && self.running.len() < self.config.max_num_seqs {
-            if busy
-                && self
-                    .waiting
-                    .front()
-                    .is_some_and(|s| s.priority == Priority::Batch)
-            {
-                // Waiting is in priority order: every interactive sequence is in already.
-                break;
-            }
+        while left.any() && self.running.len() < self.config.max_num_seqs {
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
+            let class = seq.priority;
+            if left.of(class) == 0 {
+                // Waiting is in priority order: nothing behind it may jump the queue.
+                self.waiting.push_front(seq);
+                break;
+            }
             if seq.block_table.is_empty() && seq.use_prefix_cache {
                 // Never reuse the whole prompt: the last token must run to give logits.
                 let bs = pool.block_size();
@@ -380,7 +425,7 @@ impl<T> Scheduler<T> {
                 seq.hashes = hashes[..hits.len()].to_vec();
                 seq.block_table = hits;
             }
-            let len = seq.pending().min(budget);
+            let len = seq.pending().min(left.of(class));
             let needed = (seq.num_computed + len)
                 .div_ceil(pool.block_size())
                 .saturating_sub(seq.block_table.len());
@@ -403,7 +448,7 @@ impl<T> Scheduler<T> {
                 start: seq.num_computed,
                 len,
             });
-            budget -= len;
+            left.take(class, len);
             self.running.push(seq);
         }
         plan

@@ -49,6 +49,7 @@ fn sched(max_num_batched_tokens: usize, max_num_seqs: usize) -> Scheduler<Job> {
         max_num_batched_tokens,
         max_num_seqs,
         busy_grace: Duration::ZERO,
+        busy_batch_tokens: 2,
         ..SchedulerConfig::default()
     })
 }
@@ -272,9 +273,10 @@ fn a_sequence_planned_this_step_is_never_the_victim_and_the_plan_stays_consisten
     // A batch job starts first and decodes with room left in its only block...
     s.add(seq(Priority::Batch, 1, 2));
     step(&mut s, &mut pool);
-    // ...an interactive prompt takes the other two blocks...
+    // ...an interactive prompt takes the other two blocks (the batch row rides beside the
+    // interactive budget)...
     s.add(seq(Priority::Interactive, 2, 16));
-    assert_eq!(step(&mut s, &mut pool), [(1, 2, 1), (2, 0, 7)]);
+    assert_eq!(step(&mut s, &mut pool), [(1, 2, 1), (2, 0, 8)]);
     // ...and needs two more for its next chunk. The batch decode was planned first, so the
     // prefill is the one preempted, and the decode's chunk index follows it down to 0.
     let plan = s.schedule(&mut pool);
@@ -406,7 +408,20 @@ fn a_busy_workload_respects_every_limit_and_returns_every_block() {
             s.add(q);
         }
         let plan = s.schedule(&mut pool);
-        assert!(plan.iter().map(|c| c.len).sum::<usize>() <= budget);
+        let tokens = |p: Priority| -> usize {
+            plan.iter()
+                .filter(|c| s.running()[c.index].priority == p)
+                .map(|c| c.len)
+                .sum()
+        };
+        let (interactive, batch) = (tokens(Priority::Interactive), tokens(Priority::Batch));
+        assert!(interactive <= budget);
+        // Beside interactive work the batch gets its allowance of 2 tokens.
+        let allowance = if interactive > 0 { 2 } else { budget };
+        assert!(
+            batch <= allowance,
+            "{batch} batch tokens beside {interactive}"
+        );
         assert!(s.running().len() <= max_seqs);
         let mut seen = std::collections::HashSet::new();
         for q in s.running() {
@@ -547,7 +562,8 @@ fn batch_sequences_yield_to_interactive_ones() {
     assert_eq!(step(&mut s, &mut pool).len(), 4);
     assert_eq!(step(&mut s, &mut pool).len(), 4);
     // An interactive request arrives, with one more batch line: the interactive prompt is
-    // admitted, the new batch line waits, and only `busy_batch_seqs` (2) batch lines decode.
+    // admitted, and the batch gets `busy_batch_tokens` (2) of the step: its two oldest lines
+    // decode, and the new line waits.
     s.add(seq(Priority::Batch, 5, 3));
     s.add(seq(Priority::Interactive, 6, 3));
     assert_eq!(step(&mut s, &mut pool), [(1, 4, 1), (2, 4, 1), (6, 0, 3)]);
@@ -576,10 +592,12 @@ fn finish(s: &mut Scheduler<Job>, pool: &mut BlockPool, id: u64) {
 fn batch_work_keeps_yielding_for_the_grace_after_interactive_work_left() {
     let grace = Duration::from_millis(300);
     let mut pool = BlockPool::new(64, BS);
+    // No batch share at all while busy (`--batch-concurrency-busy 0`): batch work pauses.
     let mut s = Scheduler::new(SchedulerConfig {
         max_num_batched_tokens: 256,
         max_num_seqs: 16,
         busy_grace: grace,
+        busy_batch_tokens: 0,
         ..SchedulerConfig::default()
     });
     assert_eq!(s.held_back_for(), None, "no interactive work seen yet");
@@ -606,4 +624,28 @@ fn batch_work_keeps_yielding_for_the_grace_after_interactive_work_left() {
     std::thread::sleep(grace);
     assert_eq!(s.held_back_for(), None);
     assert_eq!(step(&mut s, &mut pool).len(), 3);
+}
+
+#[test]
+fn under_steady_interactive_work_new_batch_lines_start_within_the_batch_share() {
+    let mut pool = BlockPool::new(64, BS);
+    let mut s = sched(256, 16);
+    s.add(seq(Priority::Interactive, 1, 3));
+    assert_eq!(step(&mut s, &mut pool), [(1, 0, 3)]);
+    // Two batch lines arrive while the stream decodes: the first one prefills two prompt
+    // tokens a step (the share), the second waits.
+    s.add(seq(Priority::Batch, 2, 5));
+    s.add(seq(Priority::Batch, 3, 5));
+    assert_eq!(step(&mut s, &mut pool), [(1, 3, 1), (2, 0, 2)]);
+    assert_eq!(waiting(&s), [3]);
+    assert_eq!(step(&mut s, &mut pool), [(1, 4, 1), (2, 2, 2)]);
+    // The last prompt token of line 2 leaves one token of the share: line 3 starts with it.
+    assert_eq!(step(&mut s, &mut pool), [(1, 5, 1), (2, 4, 1), (3, 0, 1)]);
+    // Line 2 decodes (one row), line 3 prefills with the rest.
+    assert_eq!(step(&mut s, &mut pool), [(1, 6, 1), (2, 5, 1), (3, 1, 1)]);
+    // The stream never waited, and no step gave the batch more than its share.
+    assert!(waiting(&s).is_empty());
+    // Without interactive work (no grace in these tests) the batch takes the whole step.
+    finish(&mut s, &mut pool, 1);
+    assert_eq!(step(&mut s, &mut pool), [(2, 6, 1), (3, 2, 3)]);
 }
