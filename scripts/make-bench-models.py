@@ -8,8 +8,10 @@ per-tensor type choices of a preset such as Q4_K_M and the file layout are exact
 downloaded model has. Weights are normal with std 0.02 and norms 1.0, the scale of trained
 checkpoints, so activations stay finite through every layer in both engines. The tokenizer
 (tokens, merges, types, special ids, chat template) is SmolLM2's, copied from the GGUF that
-`make models` fetches; a vocabulary larger than SmolLM2's is padded with control tokens named
-like Llama 3's reserved ones, which no text ever produces.
+`make models` fetches; a vocabulary larger than SmolLM2's is padded with unused tokens named
+like Llama 3's reserved ones, which no text ever produces. (Unused, not control: 79,000
+control tokens would be refused by Lumen's tokenizer limit of 65,536 special tokens, a bound
+against hostile files; the real Llama 3 has 256.)
 
 The tensors are written one at a time (GGUFWriter's header, then each tensor's data), so an
 8B-shaped F16 file (16 GB) is written with about one tensor (1 GB) in memory.
@@ -57,7 +59,7 @@ def tensor_plan(shape):
 
 
 def copy_tokenizer(writer, path, vocab):
-    """SmolLM2's tokenizer fields, the token lists padded to `vocab` with control tokens."""
+    """SmolLM2's tokenizer fields, the token lists padded to `vocab` with unused tokens."""
     reader = gguf.GGUFReader(path)
     fields = reader.fields
     tokens = [bytes(fields["tokenizer.ggml.tokens"].parts[i]) for i in fields["tokenizer.ggml.tokens"].data]
@@ -67,7 +69,7 @@ def copy_tokenizer(writer, path, vocab):
         sys.exit(f"vocabulary {vocab} is smaller than the tokenizer's {len(tokens)}")
     for i in range(len(tokens), vocab):
         tokens.append(f"<|reserved_special_token_{i}|>".encode())
-        types.append(int(gguf.TokenType.CONTROL))
+        types.append(int(gguf.TokenType.UNUSED))
     writer.add_tokenizer_model(fields["tokenizer.ggml.model"].contents())
     writer.add_tokenizer_pre(fields["tokenizer.ggml.pre"].contents())
     writer.add_token_list(tokens)

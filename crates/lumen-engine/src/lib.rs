@@ -74,7 +74,7 @@ pub use engine::{
     SpecConfig, BLOCK_SIZE,
 };
 pub use error::{ChatTemplateError, EngineError, SamplingError, TokenizerError};
-pub use lumen_models::WeightLayout;
+pub use lumen_models::{Residency, WeightLayout};
 pub use request::limits::{
     MAX_CHOICES, MAX_GRAMMAR_BYTES, MAX_GUIDED_CHOICES, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_STOP,
     MAX_STOP_BYTES, MAX_TOOLS,

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use crate::bytes::FileBytes;
+use crate::bytes::{FileBytes, Residency};
 
 use crate::error::GgufError;
 use crate::metadata::Metadata;
@@ -68,14 +68,23 @@ impl GgufFile {
     /// data to `rewrite`, which may transform it in place (same length) and returns whether it
     /// did; [`GgufFile::is_rewritten`] reports that afterwards. For a model loader that keeps
     /// weights in a layout of its own without holding a second copy of them.
+    ///
+    /// `residency` says whether the bytes are read into the process's own memory or mapped
+    /// copy-on-write from the page cache (see [`Residency`]).
     pub fn load_rewriting<E>(
         path: &Path,
+        residency: Residency,
         mut rewrite: impl FnMut(&TensorInfo, &mut [u8]) -> Result<bool, E>,
     ) -> Result<GgufFile, E>
     where
         E: From<GgufError>,
     {
-        let mut bytes = FileBytes::read_writable(path).map_err(GgufError::from)?;
+        let len = std::fs::metadata(path).map_err(GgufError::from)?.len();
+        let bytes = match residency.resolve(len) {
+            Residency::Mapped => FileBytes::map_writable(path),
+            _ => FileBytes::read_writable(path),
+        };
+        let mut bytes = bytes.map_err(GgufError::from)?;
         let p = parse(bytes.bytes_mut()).map_err(E::from)?;
         let mut rewritten = vec![false; p.tensors.len()];
         for (t, done) in p.tensors.iter().zip(rewritten.iter_mut()) {

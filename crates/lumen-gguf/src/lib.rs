@@ -73,7 +73,7 @@ mod tensor;
 mod types;
 mod value;
 
-pub use bytes::FileBytes;
+pub use bytes::{FileBytes, Residency, MAP_FROM_BYTES};
 pub use error::GgufError;
 pub use file::{GgufFile, ALIGNMENT_KEY, DEFAULT_ALIGNMENT};
 pub use metadata::Metadata;

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{every_value_type, f32_bytes, pattern, sample_builder, Builder, Tensor};
-use lumen_gguf::{GgmlType, GgufError, GgufFile, Value};
+use lumen_gguf::{GgmlType, GgufError, GgufFile, Residency, Value};
 
 fn check_sample(version: u32) {
     let bytes = sample_builder(version).build();
@@ -267,14 +267,18 @@ fn load_rewriting_transforms_chosen_tensors_in_place() {
 
     // Reverse the Q8_0 tensor's bytes, leave the F32 one alone.
     let mut seen = Vec::new();
-    let f = GgufFile::load_rewriting(&path, |t, data| -> Result<bool, GgufError> {
-        seen.push((t.name.clone(), data.len() as u64 == t.n_bytes));
-        if t.name == "b.q8_0" {
-            data.reverse();
-            return Ok(true);
-        }
-        Ok(false)
-    })
+    let f = GgufFile::load_rewriting(
+        &path,
+        Residency::Resident,
+        |t, data| -> Result<bool, GgufError> {
+            seen.push((t.name.clone(), data.len() as u64 == t.n_bytes));
+            if t.name == "b.q8_0" {
+                data.reverse();
+                return Ok(true);
+            }
+            Ok(false)
+        },
+    )
     .unwrap();
     assert_eq!(
         seen,
@@ -296,13 +300,17 @@ fn load_rewriting_transforms_chosen_tensors_in_place() {
             Refused
         }
     }
-    let r = GgufFile::load_rewriting(&path, |_, _| -> Result<bool, Refused> { Err(Refused) });
+    let r = GgufFile::load_rewriting(&path, Residency::Mapped, |_, _| -> Result<bool, Refused> {
+        Err(Refused)
+    });
     assert_eq!(r.err(), Some(Refused));
     // A file that does not parse fails before any tensor is handed out.
     std::fs::write(dir.join("bad.gguf"), b"GGUF").unwrap();
-    let r = GgufFile::load_rewriting(&dir.join("bad.gguf"), |_, _| -> Result<bool, GgufError> {
-        panic!("no tensors to rewrite")
-    });
+    let r = GgufFile::load_rewriting(
+        &dir.join("bad.gguf"),
+        Residency::Mapped,
+        |_, _| -> Result<bool, GgufError> { panic!("no tensors to rewrite") },
+    );
     assert!(matches!(r, Err(GgufError::Truncated { .. })));
     std::fs::remove_dir_all(&dir).unwrap();
 }

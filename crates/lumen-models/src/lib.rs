@@ -16,4 +16,5 @@ pub use llama::{
     AttentionRow, DlaPart, DlaProbe, DlaTerm, DlaTerms, ForwardHook, ForwardWorkspace, LlamaConfig,
     LlamaModel, LogitsWanted, Observer, PassCache, PassOutput, Probe, SeqChunk, TeacherForced,
 };
+pub use lumen_gguf::Residency;
 pub use weights::WeightLayout;

@@ -19,7 +19,7 @@
 use std::path::Path;
 
 use half::{bf16, f16};
-use lumen_gguf::{GgmlType, GgufFile, TensorInfo};
+use lumen_gguf::{GgmlType, GgufFile, Residency, TensorInfo};
 use lumen_kernels::attention::AttnArith;
 use lumen_kernels::{pack_group, packs, MatRef, WeightFormat, PACK_ROWS};
 
@@ -78,10 +78,12 @@ impl std::str::FromStr for WeightLayout {
     }
 }
 
-/// Reads the GGUF file at `path` into resident memory for computing, with its linear weights
-/// in `layout`.
+/// Loads the GGUF file at `path` for computing, with its linear weights in `layout`: read
+/// into the process's own memory, or mapped from the page cache where `LUMEN_WEIGHTS_MEMORY`
+/// says `mapped` (see [`Residency`]).
 pub fn load_gguf(path: &Path, layout: WeightLayout) -> Result<GgufFile, ModelError> {
-    GgufFile::load_rewriting(path, |t, data| {
+    let residency = Residency::from_env().map_err(ModelError::BadConfig)?;
+    GgufFile::load_rewriting(path, residency, |t, data| {
         if layout == WeightLayout::Packed {
             pack_in_place(t, data)
         } else {

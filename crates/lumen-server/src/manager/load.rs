@@ -89,7 +89,7 @@ pub fn start(
                 .map_err(|e| failed(format!("starting its engine: {e}")))?;
             let handle = engine.handle();
             warm_up(&handle);
-            tracing::info!(model = %chat.name, path = %loc.path.display(), kv_blocks = handle.info().kv_blocks, context = handle.info().context_len, max_num_batched_tokens = config.scheduler.max_num_batched_tokens, max_num_seqs = config.scheduler.max_num_seqs, weight_layout = %config.weight_layout, speculative_tokens = config.speculative.tokens, secs = started.elapsed().as_secs_f32(), "model loaded");
+            tracing::info!(model = %chat.name, path = %loc.path.display(), kv_blocks = handle.info().kv_blocks, context = handle.info().context_len, max_num_batched_tokens = config.scheduler.max_num_batched_tokens, max_num_seqs = config.scheduler.max_num_seqs, weight_layout = %config.weight_layout, weights_memory = weights_memory(&loc.path), speculative_tokens = config.speculative.tokens, secs = started.elapsed().as_secs_f32(), "model loaded");
             let served = ChatServed {
                 name: chat.name,
                 handle,
@@ -152,4 +152,11 @@ fn warm_up(handle: &lumen_engine::EngineHandle) {
             }
         }
     }
+}
+
+/// How the weights of the file at `path` are held (`LUMEN_WEIGHTS_MEMORY` resolved for its
+/// size), for the load log line.
+fn weights_memory(path: &std::path::Path) -> &'static str {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    lumen_engine::Residency::from_env().map_or("invalid", |r| r.resolve(len).name())
 }
