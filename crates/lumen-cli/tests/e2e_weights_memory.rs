@@ -1,0 +1,78 @@
+//! Two servers on one model file share its pages when the weights are mapped
+//! (`LUMEN_WEIGHTS_MEMORY=mapped`, what `auto` picks for files from 1 GiB on): each one's
+//! proportional share of the file's mapping is half of what it has mapped, and both answer.
+//! Read in (`resident`) there is no mapping of the file at all. The exact layout rewrites no
+//! tensor, so the whole file stays the page cache's.
+//!
+//! One test in its own binary: it sets the variable for the servers it starts.
+
+mod common;
+
+use std::path::Path;
+
+use common::{http_with_key, status, Server, API_KEY};
+
+/// `(rss, pss)` in KiB over process `pid`'s mappings of `path` (Linux smaps).
+fn file_mapping_kib(pid: u32, path: &Path) -> (u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+    let name = path.canonicalize().expect("model path");
+    let (mut inside, mut rss, mut pss) = (false, 0, 0);
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            inside = fields.nth(4).is_some_and(|p| Path::new(p) == name);
+        } else if inside {
+            let kib = fields.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            match first {
+                "Rss:" => rss += kib,
+                "Pss:" => pss += kib,
+                _ => {}
+            }
+        }
+    }
+    (rss, pss)
+}
+
+fn answers(server: &Server) {
+    let body = r#"{"model":"smollm2","messages":[{"role":"user","content":"Hi"}],"max_tokens":4}"#;
+    let r = http_with_key(server.port, API_KEY, "POST", "/v1/chat/completions", body);
+    assert_eq!(status(&r), 200, "{r}");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn two_servers_share_a_mapped_model_file() {
+    if common::prerequisites().is_none() {
+        return;
+    }
+    let model = lumen_testkit::chat_gguf().expect("chat model");
+    let size_kib = std::fs::metadata(&model).expect("model").len() / 1024;
+
+    std::env::set_var("LUMEN_WEIGHTS_MEMORY", "resident");
+    let resident = Server::start(&["--weight-layout", "exact"]);
+    answers(&resident);
+    assert_eq!(file_mapping_kib(resident.pid(), &model), (0, 0));
+    assert!(resident.log().contains("resident"), "{}", resident.log());
+    drop(resident);
+
+    std::env::set_var("LUMEN_WEIGHTS_MEMORY", "mapped");
+    let first = Server::start(&["--weight-layout", "exact"]);
+    let (rss_alone, pss_alone) = file_mapping_kib(first.pid(), &model);
+    // Every page is mapped at load, and this process alone holds them.
+    assert!(rss_alone + 8 >= size_kib, "{rss_alone} of {size_kib} KiB mapped");
+    assert!(pss_alone + 8 >= rss_alone, "pss {pss_alone}, rss {rss_alone}");
+
+    let second = Server::start(&["--weight-layout", "exact"]);
+    answers(&first);
+    answers(&second);
+    for s in [&first, &second] {
+        let (rss, pss) = file_mapping_kib(s.pid(), &model);
+        assert!(rss + 8 >= size_kib, "{rss} of {size_kib} KiB mapped");
+        // Shared by two: each is charged half (a few pages may be private to one).
+        assert!(
+            pss <= rss / 2 + rss / 20,
+            "pss {pss} KiB of rss {rss} KiB: the pages are not shared"
+        );
+    }
+}
