@@ -23,7 +23,10 @@ fn file_mapping_kib(pid: u32, path: &Path) -> (u64, u64) {
         if first.contains('-') && !first.ends_with(':') {
             inside = fields.nth(4).is_some_and(|p| Path::new(p) == name);
         } else if inside {
-            let kib = fields.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let kib = fields
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
             match first {
                 "Rss:" => rss += kib,
                 "Pss:" => pss += kib,
@@ -60,8 +63,14 @@ fn two_servers_share_a_mapped_model_file() {
     let first = Server::start(&["--weight-layout", "exact"]);
     let (rss_alone, pss_alone) = file_mapping_kib(first.pid(), &model);
     // Every page is mapped at load, and this process alone holds them.
-    assert!(rss_alone + 8 >= size_kib, "{rss_alone} of {size_kib} KiB mapped");
-    assert!(pss_alone + 8 >= rss_alone, "pss {pss_alone}, rss {rss_alone}");
+    assert!(
+        rss_alone + 8 >= size_kib,
+        "{rss_alone} of {size_kib} KiB mapped"
+    );
+    assert!(
+        pss_alone + 8 >= rss_alone,
+        "pss {pss_alone}, rss {rss_alone}"
+    );
 
     let second = Server::start(&["--weight-layout", "exact"]);
     answers(&first);

@@ -388,11 +388,11 @@ unsafe fn pairs_avx2<const F: Tag, const R: usize, const C: usize>(
     unsafe { pairs_body::<F, false, R, C>(rows, act, b, i0, out, ors) }
 }
 
-/// [`pairs_body`] compiled for AVX2 plus AVX512-VNNI on 256-bit registers.
+/// [`pairs_body`] compiled for AVX2 plus AVX-512 (VNNI, and 512-bit dots: [`dots512`]).
 ///
 /// # Safety
-/// As [`pairs`], and the CPU must have AVX512-VNNI and AVX512-VL.
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+/// As [`pairs`], and the CPU must have AVX512-F, -BW, -VL and -VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
 unsafe fn pairs_vnni<const F: Tag, const R: usize, const C: usize>(
     rows: *const KRow,
     act: &ActBuf,
@@ -421,40 +421,14 @@ unsafe fn pairs_body<const F: Tag, const V: bool, const R: usize, const C: usize
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
     // `# Safety` section; every intrinsic, load and store below relies on exactly those.
     unsafe {
-        let (cols, nb) = (act.cols, act.nb);
+        let nb = act.nb;
         let np = R * C;
-        let mut acc = [_mm256_setzero_si256(); 8];
-        let xb = act.qs.as_ptr().add(i0 * cols + b * 256);
-        for s in 0..8 {
-            let mut xv = [_mm256_setzero_si256(); C];
-            for (c, v) in xv.iter_mut().enumerate() {
-                *v = _mm256_loadu_si256(xb.add(c * cols + 32 * s).cast());
-            }
-            for r in 0..R {
-                let kr = &*rows.add(r);
-                let wv = _mm256_load_si256(kr.q.as_ptr().add(32 * s).cast());
-                let sc = _mm256_load_si256(kr.scv[s].as_ptr().cast());
-                // IQ4_XS: |w| times x with w's sign (no i16 overflow: |w|, |x| <= 127).
-                let wu = if F == tag::IQ4_XS {
-                    _mm256_abs_epi8(wv)
-                } else {
-                    wv
-                };
-                for c in 0..C {
-                    let xs = if F == tag::IQ4_XS {
-                        _mm256_sign_epi8(xv[c], wv)
-                    } else {
-                        xv[c]
-                    };
-                    let q = _mm256_maddubs_epi16(wu, xs);
-                    acc[c * R + r] = if V {
-                        _mm256_dpwssd_epi32(acc[c * R + r], q, sc)
-                    } else {
-                        _mm256_add_epi32(acc[c * R + r], _mm256_madd_epi16(q, sc))
-                    };
-                }
-            }
-        }
+        // IQ4_XS moves its signs with `vpsignb`, which has no 512-bit form.
+        let mut acc = if V && F != tag::IQ4_XS {
+            dots512::<R, C>(rows, act, b, i0)
+        } else {
+            dots256::<F, V, R, C>(rows, act, b, i0)
+        };
         if F == tag::Q6_K || F == tag::Q3_K {
             for c in 0..C {
                 let bs = _mm256_loadu_si256(act.bs16.as_ptr().add(((i0 + c) * nb + b) * 16).cast());
@@ -498,6 +472,104 @@ unsafe fn pairs_body<const F: Tag, const V: bool, const R: usize, const C: usize
             }
         }
         finish::<F, R, C>(sumi, reduce8_128(mv), &dw, &dm, act, b, i0, out, ors);
+    }
+}
+
+/// The scaled integer dots of a tile's pairs over one super-block, in 256-bit registers: for
+/// each 32-value sub-block `madd(maddubs(q, x), scale)` (`vpdpwssd` where `V`). Lane sums of
+/// `acc[c * R + r]` give pair (r, c)'s dot.
+///
+/// # Safety
+/// As [`pairs`].
+#[inline(always)]
+unsafe fn dots256<const F: Tag, const V: bool, const R: usize, const C: usize>(
+    rows: *const KRow,
+    act: &ActBuf,
+    b: usize,
+    i0: usize,
+) -> [__m256i; 8] {
+    // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+    // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+    unsafe {
+        let cols = act.cols;
+        let mut acc = [_mm256_setzero_si256(); 8];
+        let xb = act.qs.as_ptr().add(i0 * cols + b * 256);
+        for s in 0..8 {
+            let mut xv = [_mm256_setzero_si256(); C];
+            for (c, v) in xv.iter_mut().enumerate() {
+                *v = _mm256_loadu_si256(xb.add(c * cols + 32 * s).cast());
+            }
+            for r in 0..R {
+                let kr = &*rows.add(r);
+                let wv = _mm256_load_si256(kr.q.as_ptr().add(32 * s).cast());
+                let sc = _mm256_load_si256(kr.scv[s].as_ptr().cast());
+                // IQ4_XS: |w| times x with w's sign (no i16 overflow: |w|, |x| <= 127).
+                let wu = if F == tag::IQ4_XS {
+                    _mm256_abs_epi8(wv)
+                } else {
+                    wv
+                };
+                for c in 0..C {
+                    let xs = if F == tag::IQ4_XS {
+                        _mm256_sign_epi8(xv[c], wv)
+                    } else {
+                        xv[c]
+                    };
+                    let q = _mm256_maddubs_epi16(wu, xs);
+                    acc[c * R + r] = if V {
+                        _mm256_dpwssd_epi32(acc[c * R + r], q, sc)
+                    } else {
+                        _mm256_add_epi32(acc[c * R + r], _mm256_madd_epi16(q, sc))
+                    };
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// [`dots256`] in 512-bit registers, two sub-blocks per instruction (AVX512-BW and VNNI; every
+/// format but IQ4_XS): the quants, activations and scale vectors of sub-blocks `2k` and
+/// `2k + 1` lie next to each other, so one load takes both. The halves are added at the end,
+/// which gives the same exact lane sums as [`dots256`] (the products and their pairing are
+/// the same, and i32 sums of them cannot overflow), so results stay bit-identical.
+///
+/// # Safety
+/// As [`pairs`], and the CPU must have AVX512-F, AVX512-BW and AVX512-VNNI.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+unsafe fn dots512<const R: usize, const C: usize>(
+    rows: *const KRow,
+    act: &ActBuf,
+    b: usize,
+    i0: usize,
+) -> [__m256i; 8] {
+    // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
+    // `# Safety` section; every intrinsic, load and store below relies on exactly those.
+    unsafe {
+        let cols = act.cols;
+        let mut acc = [_mm512_setzero_si512(); 8];
+        let xb = act.qs.as_ptr().add(i0 * cols + b * 256);
+        for k in 0..4 {
+            let mut xv = [_mm512_setzero_si512(); C];
+            for (c, v) in xv.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(xb.add(c * cols + 64 * k).cast());
+            }
+            for r in 0..R {
+                let kr = &*rows.add(r);
+                let wv = _mm512_loadu_si512(kr.q.as_ptr().add(64 * k).cast());
+                let sc = _mm512_loadu_si512(kr.scv[2 * k].as_ptr().cast());
+                for c in 0..C {
+                    let q = _mm512_maddubs_epi16(wv, xv[c]);
+                    acc[c * R + r] = _mm512_dpwssd_epi32(acc[c * R + r], q, sc);
+                }
+            }
+        }
+        let mut out = [_mm256_setzero_si256(); 8];
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a));
+        }
+        out
     }
 }
 
