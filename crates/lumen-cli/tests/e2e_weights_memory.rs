@@ -11,30 +11,12 @@ mod common;
 use std::path::Path;
 
 use common::{http_with_key, status, Server, API_KEY};
+use lumen_testkit::smaps::file_mapping;
 
-/// `(rss, pss)` in KiB over process `pid`'s mappings of `path` (Linux smaps).
+/// `(rss, pss)` in KiB over process `pid`'s mappings of `path`.
 fn file_mapping_kib(pid: u32, path: &Path) -> (u64, u64) {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
-    let name = path.canonicalize().expect("model path");
-    let (mut inside, mut rss, mut pss) = (false, 0, 0);
-    for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        let first = fields.next().unwrap_or("");
-        if first.contains('-') && !first.ends_with(':') {
-            inside = fields.nth(4).is_some_and(|p| Path::new(p) == name);
-        } else if inside {
-            let kib = fields
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            match first {
-                "Rss:" => rss += kib,
-                "Pss:" => pss += kib,
-                _ => {}
-            }
-        }
-    }
-    (rss, pss)
+    let m = file_mapping(&pid.to_string(), path);
+    (m.rss, m.pss)
 }
 
 fn answers(server: &Server) {

@@ -32,6 +32,18 @@ fn engine_with(chat: &ChatModel, spec: SpecConfig) -> Engine {
     Engine::start(chat.model.clone(), chat.tokenizer.clone(), cfg).expect("engine")
 }
 
+/// An engine without speculation and one with the default, to compare their outputs.
+fn plain_and_speculating(chat: &ChatModel) -> (Engine, Engine) {
+    let off = SpecConfig {
+        tokens: 0,
+        ..SpecConfig::default()
+    };
+    (
+        engine_with(chat, off),
+        engine_with(chat, SpecConfig::default()),
+    )
+}
+
 fn requests() -> Vec<Req> {
     let mut reqs = vec![greedy(repetitive(1), 64), greedy(prompt(5, 40), 48)];
     let mut sampled = greedy(repetitive(2), 64);
@@ -56,14 +68,7 @@ fn accepted(e: &Engine) -> u64 {
 #[test]
 fn speculation_gives_the_same_tokens_alone_and_batched() {
     let Some(chat) = smollm2() else { return };
-    let plain = engine_with(
-        &chat,
-        SpecConfig {
-            tokens: 0,
-            ..SpecConfig::default()
-        },
-    );
-    let spec = engine_with(&chat, SpecConfig::default());
+    let (plain, spec) = plain_and_speculating(&chat);
     // One at a time: every request may speculate.
     for r in requests() {
         let n = r.params.n.unwrap_or(1) as usize;
@@ -131,14 +136,7 @@ fn the_exact_layout_never_speculates() {
 #[test]
 fn an_interactive_stream_keeps_speculating_beside_a_batch_job() {
     let Some(chat) = smollm2() else { return };
-    let plain = engine_with(
-        &chat,
-        SpecConfig {
-            tokens: 0,
-            ..SpecConfig::default()
-        },
-    );
-    let spec = engine_with(&chat, SpecConfig::default());
+    let (plain, spec) = plain_and_speculating(&chat);
     // Eight batch sequences (more than the four that speculate), then one interactive stream
     // that repeats its prompt. The batch yields to it (a row or two a step), so it must not
     // count: the stream speculates as on an idle engine, and the batch never does.

@@ -8,6 +8,7 @@ mod common;
 
 use common::{f32_bytes, Builder, Tensor};
 use lumen_gguf::{GgufError, GgufFile, Residency};
+use lumen_testkit::smaps::{file_mapping, FileMapping};
 
 /// A file with a 1 MiB tensor the loader keeps and a 64 KiB one it rewrites.
 fn sample(dir: &std::path::Path) -> std::path::PathBuf {
@@ -38,31 +39,6 @@ fn load(path: &std::path::Path, residency: Residency) -> GgufFile {
         Ok(false)
     })
     .unwrap()
-}
-
-/// `(rss, anonymous)` in bytes over this process's mappings of `path` (Linux smaps).
-fn mapped_bytes(path: &std::path::Path) -> (u64, u64) {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let name = path.canonicalize().unwrap();
-    let (mut inside, mut rss, mut anon) = (false, 0, 0);
-    for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        let first = fields.next().unwrap_or("");
-        if first.contains('-') && !first.ends_with(':') {
-            // A mapping's header: address range, perms, offset, device, inode, path.
-            inside = fields
-                .nth(4)
-                .is_some_and(|p| std::path::Path::new(p) == name);
-        } else if inside {
-            let kib = |f: Option<&str>| f.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024;
-            match first {
-                "Rss:" => rss += kib(fields.next()),
-                "Anonymous:" => anon += kib(fields.next()),
-                _ => {}
-            }
-        }
-    }
-    (rss, anon)
 }
 
 #[test]
@@ -105,11 +81,12 @@ fn a_mapped_load_keeps_the_untouched_pages_in_the_page_cache() {
 
     let resident = load(&path, Residency::Resident);
     // Read into anonymous memory: no mapping of the file is left.
-    assert_eq!(mapped_bytes(&path), (0, 0));
+    assert_eq!(file_mapping("self", &path), FileMapping::default());
     drop(resident);
 
     let mapped = load(&path, Residency::Mapped);
-    let (rss, anon) = mapped_bytes(&path);
+    let m = file_mapping("self", &path);
+    let (rss, anon) = (m.rss * 1024, m.anonymous * 1024);
     // Every page is mapped at load (populated); only the rewritten tensor's pages (and at
     // most the page it shares with its neighbour on each side) became the process's own.
     assert!(rss >= kept + rewritten, "rss {rss}");

@@ -25,6 +25,7 @@
 //! This crate is a dev-dependency only (`publish = false`); nothing in the request path uses it.
 
 pub mod pg;
+pub mod smaps;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
