@@ -1,5 +1,6 @@
 //! The engine thread's loop: commands in, one scheduled step at a time, events out.
 
+mod drafts;
 mod explain;
 mod sampling;
 
@@ -11,7 +12,7 @@ use lumen_kernels::ThreadPool;
 use lumen_models::{ForwardWorkspace, KvStorage, LlamaModel, LogitsWanted, SeqChunk};
 use tokio::sync::mpsc as tmpsc;
 
-use super::spec::{self, SpecConfig, SpecState};
+use super::spec::{SpecConfig, SpecState};
 
 use super::compute::{attribute, ComputeTime};
 use super::{Command, EngineConfig, EngineStats, BLOCK_SIZE};
@@ -307,44 +308,6 @@ impl Worker {
         s.prefix_queries.store(ps.query_tokens, Relaxed);
         s.prefix_hits.store(ps.hit_tokens, Relaxed);
         s.preemptions.store(self.sched.preemptions(), Relaxed);
-    }
-
-    /// Appends prompt-lookup drafts to the decoding sequences that may speculate this step.
-    ///
-    /// Only the foreground class counts and speculates: beside interactive streams, batch
-    /// sequences add at most a row or two to a step (they yield), so a batch job in the
-    /// background must not take speculation away from the streams, nor get it itself.
-    fn propose_drafts(&mut self) {
-        let k = self.spec.tokens;
-        let fg = self.sched.foreground();
-        let running = self
-            .sched
-            .running()
-            .iter()
-            .filter(|s| s.priority == fg)
-            .count();
-        let waiting = self.sched.waiting().any(|s| s.priority == fg);
-        if k == 0 || running == 0 || running > self.spec.max_seqs || waiting {
-            return;
-        }
-        let ctx = self.model.config().context_len;
-        for seq in self.sched.running_mut() {
-            let decoding =
-                seq.priority == fg && seq.pending() == 1 && seq.tokens.len() > seq.prompt_len;
-            if !decoding || seq.draft > 0 || seq.data.pending_forks > 0 || !seq.data.spec.ready() {
-                continue;
-            }
-            // Never past the context, nor past what `max_tokens` leaves.
-            let room = ctx
-                .saturating_sub(seq.tokens.len() + 1)
-                .min(seq.data.output.remaining().saturating_sub(1))
-                .min(seq.data.spec.draft_len(k));
-            let draft = spec::propose(&seq.tokens, room).to_vec();
-            if !draft.is_empty() {
-                seq.draft = draft.len();
-                seq.tokens.extend_from_slice(&draft);
-            }
-        }
     }
 
     /// Plans and computes one step; false when nothing could be scheduled.

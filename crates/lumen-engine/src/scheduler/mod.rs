@@ -332,12 +332,7 @@ impl<T> Scheduler<T> {
     /// left less than `busy_grace` ago.
     fn yields_to_interactive(&mut self) -> bool {
         let now = Instant::now();
-        if self
-            .running
-            .iter()
-            .chain(&self.waiting)
-            .any(|s| s.priority == Priority::Interactive)
-        {
+        if self.foreground() == Priority::Interactive {
             self.interactive_at = Some(now);
             return true;
         }
