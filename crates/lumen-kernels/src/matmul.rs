@@ -13,11 +13,14 @@ use crate::{KernelError, WeightFormat};
 /// Weight rows are handed to threads in whole tiles of this many rows (ggml layout).
 pub(crate) const TILE_ROWS: usize = 8;
 
-/// Rows per tile handed out for `w`: two groups for the packed layout, whose widest kernel
-/// tiles take groups in pairs (a chunk ending inside a pair leaves a lone group to a tile
-/// half as wide; with 576-row matrices in eight chunks, every chunk did).
+/// Rows per tile handed out for `w`: two groups for the packed 32-value formats, whose widest
+/// kernel tiles take groups in pairs (a chunk ending inside a pair leaves a lone group to a
+/// tile half as wide; with 576-row matrices in eight chunks, every chunk did), one group of
+/// sixteen for the packed K-quants.
 fn tile_rows(w: &MatRef) -> usize {
-    if w.packed {
+    if w.packed && crate::kpacked::kpacks(w.format) {
+        crate::kpacked::KPACK_ROWS
+    } else if w.packed {
         2 * crate::packed::PACK_ROWS
     } else {
         TILE_ROWS
@@ -52,7 +55,8 @@ impl<'a> MatRef<'a> {
         Self::with_layout(format, rows, cols, data, false, total, "weight data bytes")
     }
 
-    /// Wraps `data` in the row-interleaved layout made by [`crate::pack`] (Q4_0, Q4_1, Q8_0),
+    /// Wraps `data` in the row-interleaved layout made by [`crate::pack`] (Q4_0, Q4_1, Q8_0,
+    /// Q4_K, Q6_K),
     /// checking its length against the shape.
     pub fn packed(
         format: WeightFormat,

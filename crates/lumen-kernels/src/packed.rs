@@ -44,6 +44,7 @@
 
 use crate::act::ActBuf;
 use crate::blocks::{f16_at, QK};
+use crate::kpacked::{self, KPACK_ROWS};
 use crate::{KernelError, WeightFormat};
 
 /// Rows per interleaved group.
@@ -67,13 +68,26 @@ pub(crate) const fn record_bytes(format: WeightFormat) -> Option<usize> {
     }
 }
 
-/// Whether `format` has a packed layout (the 32-value block formats).
+/// Whether `format` has a packed layout: the 32-value block formats here, Q4_K and Q6_K in
+/// [`crate::kpacked`].
 pub fn packs(format: WeightFormat) -> bool {
-    record_bytes(format).is_some()
+    record_bytes(format).is_some() || kpacked::kpacks(format)
+}
+
+/// Rows per packed group of `format`: [`PACK_ROWS`], or [`KPACK_ROWS`] for the K-quants.
+pub fn pack_rows(format: WeightFormat) -> usize {
+    if kpacked::kpacks(format) {
+        KPACK_ROWS
+    } else {
+        PACK_ROWS
+    }
 }
 
 /// Bytes of one packed group of `cols` columns.
 pub fn packed_group_bytes(format: WeightFormat, cols: usize) -> Result<usize, KernelError> {
+    if kpacked::kpacks(format) {
+        return kpacked::group_bytes(format, cols);
+    }
     let rec = record_bytes(format).ok_or(KernelError::Unsupported {
         op: "packed layout",
         format: format.name(),
@@ -95,7 +109,7 @@ pub fn packed_group_bytes(format: WeightFormat, cols: usize) -> Result<usize, Ke
 /// Bytes of a packed `rows x cols` matrix (rows rounded up to whole groups).
 pub fn packed_len(format: WeightFormat, rows: usize, cols: usize) -> Result<usize, KernelError> {
     packed_group_bytes(format, cols)?
-        .checked_mul(rows.div_ceil(PACK_ROWS))
+        .checked_mul(rows.div_ceil(pack_rows(format)))
         .ok_or(KernelError::TooLarge {
             format: format.name(),
             rows,
@@ -103,7 +117,7 @@ pub fn packed_len(format: WeightFormat, rows: usize, cols: usize) -> Result<usiz
         })
 }
 
-/// Packs up to [`PACK_ROWS`] consecutive ggml-layout rows (`src`, whole rows) into one group
+/// Packs up to [`pack_rows`] consecutive ggml-layout rows (`src`, whole rows) into one group
 /// (`dst`, [`packed_group_bytes`] long). Missing rows are zero (they compute to 0).
 pub fn pack_group(
     format: WeightFormat,
@@ -112,12 +126,11 @@ pub fn pack_group(
     dst: &mut [u8],
 ) -> Result<(), KernelError> {
     let group = packed_group_bytes(format, cols)?;
-    let (Some(rec), Some(rb)) = (record_bytes(format), format.row_bytes(cols)) else {
-        return Err(KernelError::Unsupported {
-            op: "packed layout",
-            format: format.name(),
-        });
+    let unsupported = KernelError::Unsupported {
+        op: "packed layout",
+        format: format.name(),
     };
+    let rb = format.row_bytes(cols).ok_or(unsupported.clone())?;
     if dst.len() != group {
         return Err(KernelError::ShapeMismatch {
             what: "packed group bytes",
@@ -125,13 +138,19 @@ pub fn pack_group(
             actual: dst.len(),
         });
     }
-    if !src.len().is_multiple_of(rb.max(1)) || src.len() > PACK_ROWS * rb {
+    let n = pack_rows(format);
+    if !src.len().is_multiple_of(rb.max(1)) || src.len() > n * rb {
         return Err(KernelError::ShapeMismatch {
             what: "rows packed into one group",
-            expected: PACK_ROWS * rb,
+            expected: n * rb,
             actual: src.len(),
         });
     }
+    if kpacked::kpacks(format) {
+        kpacked::pack_group(format, cols, src, dst);
+        return Ok(());
+    }
+    let rec = record_bytes(format).ok_or(unsupported)?;
     dst.fill(0);
     let (bb, sb) = (format.block_bytes(), scale_bytes(format));
     // The ggml block starts with d (and m for Q4_1), then the quants.
@@ -167,7 +186,7 @@ pub fn pack(
     if group > 0 {
         for (dst, src) in out
             .chunks_exact_mut(group)
-            .zip(src.chunks(PACK_ROWS * rb.max(1)))
+            .zip(src.chunks(pack_rows(format) * rb.max(1)))
         {
             pack_group(format, cols, src, dst)?;
         }
@@ -218,6 +237,9 @@ pub(crate) fn dequantize_row(
     r: usize,
     out: &mut [f32],
 ) {
+    if kpacked::kpacks(format) {
+        return kpacked::dequantize_row(format, data, cols, r, out);
+    }
     let (j, records) = row_records(format, data, cols, r);
     for (b, rd) in records.enumerate() {
         let d = f16_at(rd, 2 * j);
@@ -243,6 +265,9 @@ pub(crate) fn dot(
     a: &ActBuf,
     i: usize,
 ) -> f32 {
+    if kpacked::kpacks(format) {
+        return kpacked::dot(format, data, cols, r, a, i);
+    }
     let (j, records) = row_records(format, data, cols, r);
     let xq = a.row_qs(i);
     let mut acc = 0.0f32;

@@ -5,11 +5,22 @@ mod common;
 
 use common::{matmul_at, random_f32, random_weights, reference, rng};
 use lumen_kernels::{
-    matmul_many, pack, pack_group, packed_len, packs, CpuLevel, KernelError, MatRef, MatmulScratch,
+    matmul_many, pack, pack_group, pack_rows, packed_len, packs, CpuLevel, KernelError, MatRef, MatmulScratch,
     ThreadPool, WeightFormat, ALL_FORMATS, PACK_ROWS,
 };
 
-const FORMATS: [WeightFormat; 3] = [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0];
+const FORMATS: [WeightFormat; 5] = [
+    WeightFormat::Q4_0,
+    WeightFormat::Q4_1,
+    WeightFormat::Q8_0,
+    WeightFormat::Q4_K,
+    WeightFormat::Q6_K,
+];
+
+/// The K-quants, whose packed layout keeps the ggml layout's arithmetic exactly.
+fn is_kquant(f: WeightFormat) -> bool {
+    matches!(f, WeightFormat::Q4_K | WeightFormat::Q6_K)
+}
 const COLS: usize = 512;
 
 fn levels() -> Vec<CpuLevel> {
@@ -21,12 +32,14 @@ fn bits(v: &[f32]) -> Vec<u32> {
 }
 
 #[test]
-fn only_the_32_value_block_formats_pack() {
+fn only_the_listed_formats_pack() {
     for f in ALL_FORMATS {
         assert_eq!(packs(f), FORMATS.contains(&f), "{f}");
+        let rows = if packs(f) { pack_rows(f) } else { 0 };
+        assert_eq!(rows, if is_kquant(f) { 16 } else if packs(f) { 8 } else { 0 });
     }
     assert!(matches!(
-        pack(WeightFormat::Q4_K, 1, 256, &[0; 144]),
+        pack(WeightFormat::Q5_K, 1, 256, &[0; 176]),
         Err(KernelError::Unsupported { .. })
     ));
 }
@@ -34,17 +47,18 @@ fn only_the_32_value_block_formats_pack() {
 #[test]
 fn packed_rows_dequantize_like_ggml_rows() {
     for (fi, format) in FORMATS.into_iter().enumerate() {
-        for rows in [1, 8, 13, 24] {
+        let cols = if is_kquant(format) { 512 } else { 96 };
+        for rows in [1, 8, 13, 24, 33] {
             let mut r = rng(10 + fi as u64 + rows as u64);
-            let data = random_weights(&mut r, format, rows, 96);
-            let packed = pack(format, rows, 96, &data).unwrap();
-            assert_eq!(packed.len(), packed_len(format, rows, 96).unwrap());
+            let data = random_weights(&mut r, format, rows, cols);
+            let packed = pack(format, rows, cols, &data).unwrap();
+            assert_eq!(packed.len(), packed_len(format, rows, cols).unwrap());
             let (g, p) = (
-                MatRef::new(format, rows, 96, &data).unwrap(),
-                MatRef::packed(format, rows, 96, &packed).unwrap(),
+                MatRef::new(format, rows, cols, &data).unwrap(),
+                MatRef::packed(format, rows, cols, &packed).unwrap(),
             );
             assert!(p.is_packed() && !g.is_packed());
-            let (mut a, mut b) = (vec![0.0f32; 96], vec![1.0f32; 96]);
+            let (mut a, mut b) = (vec![0.0f32; cols], vec![1.0f32; cols]);
             for j in 0..rows {
                 g.dequantize_row(j, &mut a);
                 p.dequantize_row(j, &mut b);
@@ -213,4 +227,38 @@ fn bad_packed_shapes_are_errors() {
     assert!(pack_group(f, 64, &vec![0u8; rb + 1], &mut group).is_err());
     assert!(pack_group(f, 64, &vec![0u8; rb], &mut group[1..]).is_err());
     assert!(pack(f, 3, 64, &vec![0u8; 2 * rb]).is_err());
+}
+
+/// A packed K-quant matrix gives exactly the bits of its ggml-layout original (whose tiles
+/// are bit-identical to the scalar reference), at every level, batch size and thread count,
+/// with the matrix ending inside a group.
+#[test]
+fn packed_kquants_equal_their_ggml_layout_bit_for_bit() {
+    let pools: Vec<ThreadPool> = (1..=2).map(ThreadPool::new).collect();
+    for (fi, format) in [WeightFormat::Q4_K, WeightFormat::Q6_K].into_iter().enumerate() {
+        for &(rows, m) in &[(16, 1), (45, 1), (32, 2), (37, 5), (64, 9), (80, 70)] {
+            let mut r = rng(500 + fi as u64 * 7 + rows as u64);
+            let data = random_weights(&mut r, format, rows, COLS);
+            let packed = pack(format, rows, COLS, &data).unwrap();
+            let g = MatRef::new(format, rows, COLS, &data).unwrap();
+            let p = MatRef::packed(format, rows, COLS, &packed).unwrap();
+            let x = random_f32(&mut r, m * COLS, 2.0);
+            let want = bits(&matmul_at(&pools[0], CpuLevel::Scalar, &g, &x, m));
+            for level in levels() {
+                for pool in &pools {
+                    assert_eq!(
+                        bits(&matmul_at(pool, level, &p, &x, m)),
+                        want,
+                        "{format} {level} {rows}x{m}, {} threads",
+                        pool.n_threads()
+                    );
+                }
+                assert_eq!(
+                    bits(&matmul_at(&pools[0], level, &g, &x, m)),
+                    want,
+                    "ggml layout {format} {level} {rows}x{m}"
+                );
+            }
+        }
+    }
 }

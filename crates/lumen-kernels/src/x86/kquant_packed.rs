@@ -1,0 +1,660 @@
+//! Tiles for the packed K-quant layout ([`crate::kpacked`]): one weight row per 32-bit lane,
+//! sixteen rows per 512-bit register with AVX512-VNNI, eight per 256-bit register (the two
+//! halves of a group in turn) with AVX2.
+//!
+//! Per (group, super-block) the scales and mins are decoded once into lane vectors and the
+//! tile then walks the activation rows of the chunk [`C`] (or [`C_AVX2`]) at a time:
+//!
+//! - each quant vector is loaded once per tile and split into its nibbles (Q6_K adds the two
+//!   high bits), and each piece is dotted with four activation bytes broadcast to all lanes
+//!   (`vpdpbusd`, or `maddubs` + `madd` on AVX2), into one accumulator per sub-block;
+//! - a sub-block's exact sum is multiplied by its scale lane-wise (`vpmulld`) into `sumi`;
+//! - the mins (Q4_K) and the -32 offset (Q6_K) are `vpdpwssd` of word pairs with the
+//!   activations' sub-block sums;
+//! - one float update per super-block, in the reference's order, goes to a per-chunk buffer
+//!   that is written out when the group is done (the matrix may end inside it).
+//!
+//! The integer sums are the ggml layout's exact sums, so the output has the same bits as the
+//! ggml-layout tiles and the scalar reference.
+//!
+//! Both register widths share one body through [`Lanes`]: what differs is an instruction
+//! or two per operation, not the algorithm.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::tag::{self, Tag};
+use super::M_CHUNK;
+use crate::act::ActBuf;
+use crate::cpu::CpuLevel;
+use crate::kpacked::{q4k, q6k, record_bytes, KPACK_ROWS};
+use crate::matmul::MatRef;
+
+/// Activation rows per 512-bit tile (the Q6_K tile holds five accumulators per row).
+const C: usize = 4;
+
+/// Activation rows per 256-bit tile (AVX2 has sixteen registers).
+const C_AVX2: usize = 2;
+
+/// Records ahead that a group's first tile prefetches.
+const PREFETCH_RECORDS: usize = 2;
+
+/// One register width's operations on lanes of i32 (and f32), each lane one weight row.
+trait Lanes {
+    type I: Copy;
+    type F: Copy;
+    /// Rows per register.
+    const N: usize;
+
+    unsafe fn zero() -> Self::I;
+    unsafe fn splat(v: i32) -> Self::I;
+    /// `4 * N` bytes.
+    unsafe fn load(p: *const u8) -> Self::I;
+    unsafe fn and(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn or(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn add(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn sub(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn mullo(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn srli16<const K: u32>(a: Self::I) -> Self::I;
+    unsafe fn slli16<const K: u32>(a: Self::I) -> Self::I;
+    unsafe fn srli32<const K: u32>(a: Self::I) -> Self::I;
+    unsafe fn slli32<const K: u32>(a: Self::I) -> Self::I;
+    /// `acc + sum of the four u8 x i8 products` per lane (`vpdpbusd`).
+    unsafe fn dot4(acc: Self::I, w: Self::I, x: Self::I) -> Self::I;
+    /// `acc + sum of the two i16 x i16 products` per lane (`vpdpwssd`).
+    unsafe fn dot2(acc: Self::I, a: Self::I, b: Self::I) -> Self::I;
+    /// Four bytes at `p` in every lane.
+    unsafe fn bcast(p: *const u8) -> Self::I;
+    /// `N` bytes at `p`, zero- (`signed` = false) or sign-extended to the lanes.
+    unsafe fn widen(p: *const u8, signed: bool) -> Self::I;
+    /// `N` f16 at `p`.
+    unsafe fn f16s(p: *const u8) -> Self::F;
+    unsafe fn splatf(v: f32) -> Self::F;
+    unsafe fn cvt(a: Self::I) -> Self::F;
+    unsafe fn mulf(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn addf(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn subf(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn loadf(p: *const f32) -> Self::F;
+    unsafe fn storef(p: *mut f32, v: Self::F);
+}
+
+/// Sixteen rows per 512-bit register (AVX512-F, -BW and -VNNI).
+struct Z;
+
+/// Eight rows per 256-bit register (AVX2).
+struct Y;
+
+// Both impls: every method is an intrinsic or two; callers run them only inside functions
+// compiled for (and called on CPUs with) the features named in the type's doc, and pass
+// pointers valid for the bytes each method reads or writes. With a constant count, LLVM
+// emits the immediate form of AVX2's shifts by register.
+impl Lanes for Z {
+    type I = __m512i;
+    type F = __m512;
+    const N: usize = 16;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_setzero_si512() }
+    }
+    #[inline(always)]
+    unsafe fn splat(v: i32) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_set1_epi32(v) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_loadu_si512(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn and(a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_and_si512(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn or(a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_or_si512(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_add_epi32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_sub_epi32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mullo(a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_mullo_epi32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn srli16<const K: u32>(a: __m512i) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_srli_epi16::<K>(a) }
+    }
+    #[inline(always)]
+    unsafe fn slli16<const K: u32>(a: __m512i) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_slli_epi16::<K>(a) }
+    }
+    #[inline(always)]
+    unsafe fn srli32<const K: u32>(a: __m512i) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_srli_epi32::<K>(a) }
+    }
+    #[inline(always)]
+    unsafe fn slli32<const K: u32>(a: __m512i) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_slli_epi32::<K>(a) }
+    }
+    #[inline(always)]
+    unsafe fn dot4(acc: __m512i, w: __m512i, x: __m512i) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_dpbusd_epi32(acc, w, x) }
+    }
+    #[inline(always)]
+    unsafe fn dot2(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_dpwssd_epi32(acc, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn bcast(p: *const u8) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_set1_epi32(std::ptr::read_unaligned(p.cast::<i32>())) }
+    }
+    #[inline(always)]
+    unsafe fn widen(p: *const u8, signed: bool) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe {
+            let b = _mm_loadu_si128(p.cast());
+            if signed {
+                _mm512_cvtepi8_epi32(b)
+            } else {
+                _mm512_cvtepu8_epi32(b)
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn f16s(p: *const u8) -> __m512 {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+    #[inline(always)]
+    unsafe fn splatf(v: f32) -> __m512 {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_set1_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn cvt(a: __m512i) -> __m512 {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_cvtepi32_ps(a) }
+    }
+    #[inline(always)]
+    unsafe fn mulf(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn addf(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn subf(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn loadf(p: *const f32) -> __m512 {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn storef(p: *mut f32, v: __m512) {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+}
+
+impl Lanes for Y {
+    type I = __m256i;
+    type F = __m256;
+    const N: usize = 8;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_setzero_si256() }
+    }
+    #[inline(always)]
+    unsafe fn splat(v: i32) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_set1_epi32(v) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn and(a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_and_si256(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn or(a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_or_si256(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_add_epi32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_sub_epi32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mullo(a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_mullo_epi32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn srli16<const K: u32>(a: __m256i) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_srl_epi16(a, _mm_cvtsi32_si128(K as i32)) }
+    }
+    #[inline(always)]
+    unsafe fn slli16<const K: u32>(a: __m256i) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_sll_epi16(a, _mm_cvtsi32_si128(K as i32)) }
+    }
+    #[inline(always)]
+    unsafe fn srli32<const K: u32>(a: __m256i) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_srl_epi32(a, _mm_cvtsi32_si128(K as i32)) }
+    }
+    #[inline(always)]
+    unsafe fn slli32<const K: u32>(a: __m256i) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_sll_epi32(a, _mm_cvtsi32_si128(K as i32)) }
+    }
+    #[inline(always)]
+    unsafe fn dot4(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        // Pairs of nibble or 6-bit products fit i16 (at most 2 * 63 * 128), so the sum is exact.
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe {
+            _mm256_add_epi32(
+                acc,
+                _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot2(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)) }
+    }
+    #[inline(always)]
+    unsafe fn bcast(p: *const u8) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_set1_epi32(std::ptr::read_unaligned(p.cast::<i32>())) }
+    }
+    #[inline(always)]
+    unsafe fn widen(p: *const u8, signed: bool) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe {
+            let b = _mm_loadl_epi64(p.cast());
+            if signed {
+                _mm256_cvtepi8_epi32(b)
+            } else {
+                _mm256_cvtepu8_epi32(b)
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn f16s(p: *const u8) -> __m256 {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+    #[inline(always)]
+    unsafe fn splatf(v: f32) -> __m256 {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_set1_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn cvt(a: __m256i) -> __m256 {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_cvtepi32_ps(a) }
+    }
+    #[inline(always)]
+    unsafe fn mulf(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn addf(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn subf(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn loadf(p: *const f32) -> __m256 {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn storef(p: *mut f32, v: __m256) {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+}
+
+/// Computes columns `r` (whole groups: `r.start` is a multiple of 16) of every output row.
+///
+/// # Safety
+/// As [`super::compute_rows`], and `w` must be packed in format `F` (Q4_K or Q6_K).
+pub(crate) unsafe fn rows<const F: Tag>(
+    level: CpuLevel,
+    w: &MatRef,
+    act: &ActBuf,
+    r: Range<usize>,
+    out: *mut f32,
+) {
+    // SAFETY: the caller's contract; `level` says which instructions the CPU has.
+    unsafe {
+        if level >= CpuLevel::Avx512Vnni {
+            rows_512::<F>(w, act, r, out)
+        } else {
+            rows_256::<F>(w, act, r, out)
+        }
+    }
+}
+
+/// [`rows_with`] in 512-bit registers.
+///
+/// # Safety
+/// As [`rows`], and the CPU must have AVX512-F, -BW, -VL and -VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn rows_512<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+    // SAFETY: forwarded unchanged; this build has the features `Z` needs.
+    unsafe { rows_with::<F, Z, C>(w, act, r, out) }
+}
+
+/// [`rows_with`] in 256-bit registers.
+///
+/// # Safety
+/// As [`rows`], and the CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_256<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
+    // SAFETY: forwarded unchanged; this build has the features `Y` needs.
+    unsafe { rows_with::<F, Y, C_AVX2>(w, act, r, out) }
+}
+
+/// Walks the groups of `r`: per chunk of activation rows and group, every super-block's
+/// scales are decoded once per lane half and its tiles of `T` activation rows are
+/// accumulated into `acc`, then the group's rows are written out.
+///
+/// # Safety
+/// As [`rows`], with the CPU features of `L`.
+#[inline(always)]
+unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize>(
+    w: &MatRef,
+    act: &ActBuf,
+    r: Range<usize>,
+    out: *mut f32,
+) {
+    // SAFETY: the caller's contract: `w` is a packed F matrix whose groups `r` covers, `act`
+    // holds its Q8_K activations and `out` the m x rows outputs, columns `r` ours alone.
+    unsafe {
+        debug_assert!(r.start.is_multiple_of(KPACK_ROWS));
+        let (ors, m, nb) = (w.rows(), act.m, act.nb);
+        let rec = record_bytes(tag::format(F));
+        let gb = nb * rec;
+        let base = w.data().as_ptr();
+        let mut acc = [0.0f32; M_CHUNK * KPACK_ROWS];
+        let mut i0 = 0;
+        while i0 < m {
+            let i1 = m.min(i0 + M_CHUNK);
+            for g in r.start / KPACK_ROWS..r.end.div_ceil(KPACK_ROWS) {
+                acc[..(i1 - i0) * KPACK_ROWS].fill(0.0);
+                let gp = base.add(g * gb);
+                for b in 0..nb {
+                    let rp = gp.add(b * rec);
+                    // Past the matrix's end a prefetch is harmless; `wrapping_add` keeps the
+                    // address arithmetic defined there.
+                    let ahead = rp.wrapping_add(PREFETCH_RECORDS * rec);
+                    for off in (0..rec).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off).cast());
+                    }
+                    for lane0 in (0..KPACK_ROWS).step_by(L::N) {
+                        let blk = Block::<L>::decode::<F>(rp, lane0);
+                        let mut i = i0;
+                        while i < i1 {
+                            let n = (i1 - i).min(T);
+                            let a = acc.as_mut_ptr().add((i - i0) * KPACK_ROWS + lane0);
+                            blk.tile_n::<F, T>(n, rp, lane0, act, b, i, a);
+                            i += n;
+                        }
+                    }
+                }
+                let left = (ors - g * KPACK_ROWS).min(KPACK_ROWS);
+                for i in i0..i1 {
+                    let src = acc.as_ptr().add((i - i0) * KPACK_ROWS);
+                    std::ptr::copy_nonoverlapping(src, out.add(i * ors + g * KPACK_ROWS), left);
+                }
+            }
+            i0 = i1;
+        }
+    }
+}
+
+/// One super-block's per-lane factors for `N` rows of a group.
+struct Block<L: Lanes> {
+    /// Sub-block scales as i32 (8 for Q4_K, 16 for Q6_K).
+    sc: [L::I; 16],
+    /// Word pairs for `dot2`: Q4_K's mins `(m[2k], m[2k+1])`, Q6_K's scales
+    /// `(sc[2k], sc[2k+1])`.
+    pairs: [L::I; 8],
+    d: L::F,
+    dmin: L::F,
+}
+
+impl<L: Lanes> Block<L> {
+    /// Decodes the scales of lanes `lane0..lane0 + N` of record `rp`.
+    ///
+    /// # Safety
+    /// `rp` must be a whole record of format `F`; the CPU must have `L`'s features.
+    #[inline(always)]
+    unsafe fn decode<const F: Tag>(rp: *const u8, lane0: usize) -> Self {
+        // SAFETY: every read is inside the record (offsets from `crate::kpacked`).
+        unsafe {
+            let mut sc = [L::zero(); 16];
+            let mut pairs = [L::zero(); 8];
+            let low16 = L::splat(0xFFFF);
+            if F == tag::Q4_K {
+                let (m4, m3) = (L::splat(0xF), L::splat(3));
+                let mut mn = [L::zero(); 8];
+                for k in 0..4 {
+                    let h = L::widen(rp.add(q4k::HIGH + 16 * k + lane0), false);
+                    for (e, hs) in [h, L::srli32::<4>(h)].into_iter().enumerate() {
+                        let s = 2 * k + e;
+                        let l = L::widen(rp.add(q4k::LOW + 16 * s + lane0), false);
+                        sc[s] = L::or(L::and(l, m4), L::slli32::<4>(L::and(hs, m3)));
+                        mn[s] = L::or(L::srli32::<4>(l), L::slli32::<2>(L::and(hs, L::splat(0xC))));
+                    }
+                    pairs[k] = L::or(mn[2 * k], L::slli32::<16>(mn[2 * k + 1]));
+                }
+                Block {
+                    sc,
+                    pairs,
+                    d: L::f16s(rp.add(q4k::D + 2 * lane0)),
+                    dmin: L::f16s(rp.add(q4k::DMIN + 2 * lane0)),
+                }
+            } else {
+                for (s, v) in sc.iter_mut().enumerate() {
+                    *v = L::widen(rp.add(q6k::SC + 16 * s + lane0), true);
+                }
+                for (k, p) in pairs.iter_mut().enumerate() {
+                    *p = L::or(L::and(sc[2 * k], low16), L::slli32::<16>(sc[2 * k + 1]));
+                }
+                let d = L::f16s(rp.add(q6k::D + 2 * lane0));
+                Block {
+                    sc,
+                    pairs,
+                    d,
+                    dmin: d,
+                }
+            }
+        }
+    }
+
+    /// [`Block::tile`] for `n` (1..=`T`) activation rows.
+    ///
+    /// # Safety
+    /// As [`Block::tile`].
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_n<const F: Tag, const T: usize>(
+        &self,
+        n: usize,
+        rp: *const u8,
+        lane0: usize,
+        act: &ActBuf,
+        b: usize,
+        i0: usize,
+        acc: *mut f32,
+    ) {
+        // SAFETY: forwarded unchanged.
+        unsafe {
+            match n {
+                _ if n >= T => self.tile::<F, T>(rp, lane0, act, b, i0, acc),
+                3 => self.tile::<F, 3>(rp, lane0, act, b, i0, acc),
+                2 => self.tile::<F, 2>(rp, lane0, act, b, i0, acc),
+                _ => self.tile::<F, 1>(rp, lane0, act, b, i0, acc),
+            }
+        }
+    }
+
+    /// Super-block `b` (record `rp`, lanes `lane0..`) times activation rows `i0..i0 + R`:
+    /// adds each pair's float update to `acc[c * 16 ..]`.
+    ///
+    /// # Safety
+    /// `rp` is a whole record of format `F`, `act` holds rows `i0..i0 + R`, `acc` is valid
+    /// for `R` rows of 16 floats; the CPU must have `L`'s features.
+    #[inline(always)]
+    unsafe fn tile<const F: Tag, const R: usize>(
+        &self,
+        rp: *const u8,
+        lane0: usize,
+        act: &ActBuf,
+        b: usize,
+        i0: usize,
+        acc: *mut f32,
+    ) {
+        // SAFETY: as this function's contract.
+        unsafe {
+            let (cols, nb) = (act.cols, act.nb);
+            let xp = act.qs.as_ptr().cast::<u8>().add(i0 * cols + b * 256);
+            let m4 = L::splat(0x0F0F_0F0F);
+            let mut sumi = [L::zero(); R];
+            if F == tag::Q4_K {
+                let qs = rp.add(q4k::QS + 4 * lane0);
+                for c4 in 0..4 {
+                    let (mut lo_acc, mut hi_acc) = ([L::zero(); R], [L::zero(); R]);
+                    for u in 0..8 {
+                        let q = L::load(qs.add(64 * (8 * c4 + u)));
+                        let lo = L::and(q, m4);
+                        let hi = L::and(L::srli16::<4>(q), m4);
+                        for c in 0..R {
+                            let x = xp.add(c * cols + 64 * c4 + 4 * u);
+                            lo_acc[c] = L::dot4(lo_acc[c], lo, L::bcast(x));
+                            hi_acc[c] = L::dot4(hi_acc[c], hi, L::bcast(x.add(32)));
+                        }
+                    }
+                    for c in 0..R {
+                        let s = L::add(
+                            L::mullo(lo_acc[c], self.sc[2 * c4]),
+                            L::mullo(hi_acc[c], self.sc[2 * c4 + 1]),
+                        );
+                        sumi[c] = L::add(sumi[c], s);
+                    }
+                }
+            } else {
+                let (ql, qh) = (rp.add(q6k::QL + 4 * lane0), rp.add(q6k::QH + 4 * lane0));
+                let m30 = L::splat(0x3030_3030);
+                for n in 0..2 {
+                    for h in 0..2 {
+                        // Sub-blocks 8n + h + {0, 2, 4, 6}: ggml's q1..q4 of values 16h..16h+16.
+                        let mut a = [[L::zero(); R]; 4];
+                        for uu in 0..4 {
+                            let u = 4 * h + uu;
+                            let qa = L::load(ql.add(64 * (16 * n + u)));
+                            let qb = L::load(ql.add(64 * (16 * n + 8 + u)));
+                            let hb = L::load(qh.add(64 * (8 * n + u)));
+                            let q = [
+                                L::or(L::and(qa, m4), L::and(L::slli16::<4>(hb), m30)),
+                                L::or(L::and(qb, m4), L::and(L::slli16::<2>(hb), m30)),
+                                L::or(L::and(L::srli16::<4>(qa), m4), L::and(hb, m30)),
+                                L::or(
+                                    L::and(L::srli16::<4>(qb), m4),
+                                    L::and(L::srli16::<2>(hb), m30),
+                                ),
+                            ];
+                            for c in 0..R {
+                                let x = xp.add(c * cols + 128 * n + 4 * u);
+                                for (k, ak) in a.iter_mut().enumerate() {
+                                    ak[c] = L::dot4(ak[c], q[k], L::bcast(x.add(32 * k)));
+                                }
+                            }
+                        }
+                        for c in 0..R {
+                            for (k, ak) in a.iter().enumerate() {
+                                let s = self.sc[8 * n + h + 2 * k];
+                                sumi[c] = L::add(sumi[c], L::mullo(ak[c], s));
+                            }
+                        }
+                    }
+                }
+            }
+            for (c, si) in sumi.iter().enumerate() {
+                let i = i0 + c;
+                let dy = L::splatf(*act.d.as_ptr().add(act.at(b, i)));
+                let t = if F == tag::Q4_K {
+                    let bs = act.bs32.as_ptr().add((i * nb + b) * 8).cast::<u8>();
+                    let mut summ = L::zero();
+                    for (k, p) in self.pairs.iter().take(4).enumerate() {
+                        summ = L::dot2(summ, *p, L::bcast(bs.add(4 * k)));
+                    }
+                    let t = L::mulf(L::mulf(self.d, dy), L::cvt(*si));
+                    L::subf(t, L::mulf(L::mulf(self.dmin, dy), L::cvt(summ)))
+                } else {
+                    // The quants carry +32: take 32 * sum(sc * bsum16) back out, exactly.
+                    let bs = act.bs16.as_ptr().add((i * nb + b) * 16).cast::<u8>();
+                    let mut corr = L::zero();
+                    for (k, p) in self.pairs.iter().enumerate() {
+                        corr = L::dot2(corr, *p, L::bcast(bs.add(4 * k)));
+                    }
+                    L::mulf(
+                        L::mulf(self.d, dy),
+                        L::cvt(L::sub(*si, L::slli32::<5>(corr))),
+                    )
+                };
+                let o = acc.add(c * KPACK_ROWS);
+                L::storef(o, L::addf(L::loadf(o), t));
+            }
+        }
+    }
+}
