@@ -5,8 +5,8 @@ mod common;
 
 use common::{matmul_at, random_f32, random_weights, reference, rng};
 use lumen_kernels::{
-    matmul_many, pack, pack_group, pack_rows, packed_len, packs, CpuLevel, KernelError, MatRef, MatmulScratch,
-    ThreadPool, WeightFormat, ALL_FORMATS, PACK_ROWS,
+    matmul_many, pack, pack_group, pack_rows, packed_len, packs, CpuLevel, KernelError, MatRef,
+    MatmulScratch, ThreadPool, WeightFormat, ALL_FORMATS, PACK_ROWS,
 };
 
 const FORMATS: [WeightFormat; 5] = [
@@ -36,7 +36,16 @@ fn only_the_listed_formats_pack() {
     for f in ALL_FORMATS {
         assert_eq!(packs(f), FORMATS.contains(&f), "{f}");
         let rows = if packs(f) { pack_rows(f) } else { 0 };
-        assert_eq!(rows, if is_kquant(f) { 16 } else if packs(f) { 8 } else { 0 });
+        assert_eq!(
+            rows,
+            if is_kquant(f) {
+                16
+            } else if packs(f) {
+                8
+            } else {
+                0
+            }
+        );
     }
     assert!(matches!(
         pack(WeightFormat::Q5_K, 1, 256, &[0; 176]),
@@ -235,7 +244,10 @@ fn bad_packed_shapes_are_errors() {
 #[test]
 fn packed_kquants_equal_their_ggml_layout_bit_for_bit() {
     let pools: Vec<ThreadPool> = (1..=2).map(ThreadPool::new).collect();
-    for (fi, format) in [WeightFormat::Q4_K, WeightFormat::Q6_K].into_iter().enumerate() {
+    for (fi, format) in [WeightFormat::Q4_K, WeightFormat::Q6_K]
+        .into_iter()
+        .enumerate()
+    {
         for &(rows, m) in &[(16, 1), (45, 1), (32, 2), (37, 5), (64, 9), (80, 70)] {
             let mut r = rng(500 + fi as u64 * 7 + rows as u64);
             let data = random_weights(&mut r, format, rows, COLS);

@@ -22,6 +22,8 @@
 mod common;
 
 use common::{fixtures, Runner};
+use lumen_gguf::GgmlType;
+use lumen_models::weights::load_gguf;
 use lumen_models::{LlamaModel, LogitsWanted, WeightLayout};
 use serde_json::Value;
 
@@ -144,6 +146,29 @@ fn packed_llama_q4_1() {
 #[test]
 fn packed_llama_q8_0() {
     check_layout("tiny_llama_q8_0", APPROX, WeightLayout::Packed);
+}
+
+/// Q4_K and Q6_K matrices are rewritten into their packed layout (whose sums equal the ggml
+/// layout's bit for bit; attention takes the fast arithmetic, hence the 2 % bound). The
+/// Q5_K_M fixture's Q5_K matrices stay in ggml's layout beside its packed Q6_K ones.
+#[test]
+fn packed_llama_k_quants() {
+    for (name, packed_types) in [
+        ("tiny_llama_q4_k_m", &[GgmlType::Q4_K, GgmlType::Q6_K][..]),
+        ("tiny_llama_q5_k_m", &[GgmlType::Q6_K][..]),
+    ] {
+        let path = fixtures().join(format!("{name}.gguf"));
+        let file = load_gguf(&path, WeightLayout::Packed).unwrap();
+        for ty in packed_types {
+            let rewritten = file
+                .tensors()
+                .iter()
+                .filter(|t| t.ggml_type == *ty && file.is_rewritten(t))
+                .count();
+            assert!(rewritten > 0, "{name}: no {ty:?} tensor was packed");
+        }
+        check_layout(name, APPROX, WeightLayout::Packed);
+    }
 }
 
 // The formats llama.cpp's presets fall back to or mix in (issue 23). Q5_0, Q5_1 and IQ4_NL
