@@ -1,4 +1,4 @@
-//! The row-interleaved ("packed") layout of the K-quants Q4_K and Q6_K.
+//! The row-interleaved ("packed") layout of the K-quants Q4_K, Q5_K and Q6_K.
 //!
 //! # Why
 //!
@@ -28,6 +28,13 @@
 //! | 192..256 | byte `16k + j`: the two high bits of scale `2k`, min `2k`, scale `2k+1`, min `2k+1` (bits 0-1, 2-3, 4-5, 6-7) |
 //! | 256..2304 | 32 vectors of 64 bytes; byte `4j + t` of vector `v` is row `j`'s quant byte `4v + t` |
 //!
+//! Q5_K, 2,816 bytes: Q4_K's first 256 bytes, then
+//!
+//! | bytes | what |
+//! | --- | --- |
+//! | 256..768 | 8 vectors: byte `4j + t` of vector `v` is row `j`'s `qh` byte `4v + t` |
+//! | 768..2816 | the nibbles, as Q4_K's quants |
+//!
 //! Q6_K, 3,360 bytes:
 //!
 //! | bytes | what |
@@ -56,7 +63,10 @@ pub const KPACK_ROWS: usize = 16;
 
 /// Whether `format` has this packed layout.
 pub(crate) const fn kpacks(format: WeightFormat) -> bool {
-    matches!(format, WeightFormat::Q4_K | WeightFormat::Q6_K)
+    matches!(
+        format,
+        WeightFormat::Q4_K | WeightFormat::Q5_K | WeightFormat::Q6_K
+    )
 }
 
 /// Values per super-block.
@@ -74,6 +84,12 @@ pub(crate) mod q4k {
     pub(crate) const LOW: usize = 64;
     pub(crate) const HIGH: usize = 192;
     pub(crate) const QS: usize = 256;
+}
+
+/// Q5_K record offsets: Q4_K's scales, then the high bits, then the nibbles.
+pub(crate) mod q5k {
+    pub(crate) const QH: usize = 256;
+    pub(crate) const QS: usize = 768;
 }
 
 /// Q6_K record offsets.
@@ -102,7 +118,7 @@ fn gather(src: &[u8], j: usize, bytes: &mut [u8]) {
 
 /// Writes ggml block `blk` as lane `j` of record `rec`.
 fn put_block(format: WeightFormat, rec: &mut [u8], j: usize, blk: &[u8]) {
-    if format == WeightFormat::Q4_K {
+    if format != WeightFormat::Q6_K {
         rec[q4k::D + 2 * j..][..2].copy_from_slice(&blk[0..2]);
         rec[q4k::DMIN + 2 * j..][..2].copy_from_slice(&blk[2..4]);
         let (sc, mn) = k4_scales_mins(&blk[4..16]);
@@ -116,7 +132,12 @@ fn put_block(format: WeightFormat, rec: &mut [u8], j: usize, blk: &[u8]) {
                 | hi(sc[2 * k + 1]) << 4
                 | hi(mn[2 * k + 1]) << 6;
         }
-        interleave(&mut rec[q4k::QS..], j, &blk[16..144]);
+        if format == WeightFormat::Q5_K {
+            interleave(&mut rec[q5k::QH..q5k::QS], j, &blk[16..48]);
+            interleave(&mut rec[q5k::QS..], j, &blk[48..176]);
+        } else {
+            interleave(&mut rec[q4k::QS..], j, &blk[16..144]);
+        }
     } else {
         rec[q6k::D + 2 * j..][..2].copy_from_slice(&blk[208..210]);
         for s in 0..16 {
@@ -129,7 +150,7 @@ fn put_block(format: WeightFormat, rec: &mut [u8], j: usize, blk: &[u8]) {
 
 /// Rebuilds lane `j` of record `rec` as a ggml block (`blk`, the format's block bytes).
 fn get_block(format: WeightFormat, rec: &[u8], j: usize, blk: &mut [u8]) {
-    if format == WeightFormat::Q4_K {
+    if format != WeightFormat::Q6_K {
         blk[0..2].copy_from_slice(&rec[q4k::D + 2 * j..][..2]);
         blk[2..4].copy_from_slice(&rec[q4k::DMIN + 2 * j..][..2]);
         let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
@@ -146,7 +167,12 @@ fn get_block(format: WeightFormat, rec: &[u8], j: usize, blk: &mut [u8]) {
             blk[8 + k] = mn[k] | (mn[k + 4] >> 4) << 6;
             blk[12 + k] = (sc[k + 4] & 0xF) | (mn[k + 4] & 0xF) << 4;
         }
-        gather(&rec[q4k::QS..], j, &mut blk[16..144]);
+        if format == WeightFormat::Q5_K {
+            gather(&rec[q5k::QH..q5k::QS], j, &mut blk[16..48]);
+            gather(&rec[q5k::QS..], j, &mut blk[48..176]);
+        } else {
+            gather(&rec[q4k::QS..], j, &mut blk[16..144]);
+        }
     } else {
         blk[208..210].copy_from_slice(&rec[q6k::D + 2 * j..][..2]);
         for s in 0..16 {

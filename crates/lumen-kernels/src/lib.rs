@@ -36,7 +36,9 @@
 //! it is scaled, and one convert and one FMA serve eight rows, about 2.4x the throughput for
 //! batches. Its results differ from llama.cpp's by float rounding, so the model loader only
 //! packs when asked (`--weight-layout packed`); both layouts have exact-equality tests between
-//! their scalar and SIMD paths.
+//! their scalar and SIMD paths. Q4_K, Q5_K and Q6_K pack sixteen rows per group (module `kpacked`):
+//! there the lanes take the ggml layout's exact integer sums and float order, so a packed
+//! K-quant matrix gives its original's bits, about twice as fast for batches.
 //!
 //! **Batch invariance.** Every output value is bit-identical whatever m, the other rows of the
 //! call, the tile shape or the thread count. For the quantized formats, each (row, column, block)
@@ -55,11 +57,11 @@
 //!
 //! **Where the code lives.** Block layouts are `blocks.rs` and, for Q5_0, Q5_1, Q2_K, Q3_K,
 //! IQ4_NL and IQ4_XS, `lowbit.rs`. The scalar references are `dot.rs` and `dot_lowbit.rs`
-//! (ggml layout), `packed.rs`
-//! (packed layout), `act.rs` (activation quantizers) and `attention/scalar.rs`; the x86-64
-//! kernels are in `x86/`: `block32_tiles` with `block32_unpack` (ggml-layout 32-value
-//! formats), `packed_tiles` and
-//! `packed_tiles_512` (the packed layout, 256- and 512-bit), `kquant_tiles`, `kquant_lowbit`
+//! (ggml layout), `packed.rs` (packed layout), `kpacked.rs` (the packed K-quant layout),
+//! `act.rs` (activation quantizers) and `attention/scalar.rs`; the x86-64 kernels are in
+//! `x86/`: `block32_tiles` with `block32_unpack` (ggml-layout 32-value formats),
+//! `packed_tiles` and `packed_tiles_512` (the packed layout, 256- and 512-bit),
+//! `kquant_packed` (packed Q4_K/Q5_K/Q6_K), `kquant_tiles`, `kquant_lowbit`
 //! and `kquant_decode` (K-quants and IQ4_XS, batched and single-row), `float_tiles` (F32/F16/BF16),
 //! `act_quant` (activation quantizers), each tile monomorphized per weight format through the
 //! tags of `x86/tag.rs`; attention's are `attention/avx2.rs` and `attention/fast.rs`.

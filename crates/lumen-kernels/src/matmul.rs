@@ -56,7 +56,7 @@ impl<'a> MatRef<'a> {
     }
 
     /// Wraps `data` in the row-interleaved layout made by [`crate::pack`] (Q4_0, Q4_1, Q8_0,
-    /// Q4_K, Q6_K),
+    /// Q4_K, Q5_K, Q6_K),
     /// checking its length against the shape.
     pub fn packed(
         format: WeightFormat,

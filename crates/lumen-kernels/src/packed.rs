@@ -68,7 +68,7 @@ pub(crate) const fn record_bytes(format: WeightFormat) -> Option<usize> {
     }
 }
 
-/// Whether `format` has a packed layout: the 32-value block formats here, Q4_K and Q6_K in
+/// Whether `format` has a packed layout: the 32-value block formats here, Q4_K, Q5_K and Q6_K in
 /// [`crate::kpacked`].
 pub fn packs(format: WeightFormat) -> bool {
     record_bytes(format).is_some() || kpacked::kpacks(format)

@@ -9,17 +9,21 @@ use lumen_kernels::{
     MatmulScratch, ThreadPool, WeightFormat, ALL_FORMATS, PACK_ROWS,
 };
 
-const FORMATS: [WeightFormat; 5] = [
+const FORMATS: [WeightFormat; 6] = [
     WeightFormat::Q4_0,
     WeightFormat::Q4_1,
     WeightFormat::Q8_0,
     WeightFormat::Q4_K,
+    WeightFormat::Q5_K,
     WeightFormat::Q6_K,
 ];
 
 /// The K-quants, whose packed layout keeps the ggml layout's arithmetic exactly.
 fn is_kquant(f: WeightFormat) -> bool {
-    matches!(f, WeightFormat::Q4_K | WeightFormat::Q6_K)
+    matches!(
+        f,
+        WeightFormat::Q4_K | WeightFormat::Q5_K | WeightFormat::Q6_K
+    )
 }
 const COLS: usize = 512;
 
@@ -48,7 +52,7 @@ fn only_the_listed_formats_pack() {
         );
     }
     assert!(matches!(
-        pack(WeightFormat::Q5_K, 1, 256, &[0; 176]),
+        pack(WeightFormat::Q3_K, 1, 256, &[0; 110]),
         Err(KernelError::Unsupported { .. })
     ));
 }

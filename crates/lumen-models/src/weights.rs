@@ -4,9 +4,11 @@
 //!
 //! Two layouts ([`WeightLayout`]), each with the attention arithmetic that goes with it. With
 //! [`WeightLayout::Packed`], the default, Q4_0, Q4_1 and Q8_0 matrices whose row count is a
-//! multiple of eight, and Q4_K and Q6_K ones whose row count is a multiple of sixteen, are rewritten in place at load into the kernels' row-interleaved layout
+//! multiple of eight, and Q4_K, Q5_K and Q6_K ones whose row count is a multiple of sixteen,
+//! are rewritten in place at load into the kernels' row-interleaved layout
 //! ([`lumen_kernels::pack`]): same bytes per row, about 2.4x the multiply throughput for
-//! batches, and outputs that differ from llama.cpp's by float rounding; attention uses its
+//! batches (the K-quants keep their exact sums, about 2x), and outputs that differ from
+//! llama.cpp's by float rounding; attention uses its
 //! fast arithmetic (f32 sums in the cheapest order). With [`WeightLayout::Exact`] matrices
 //! stay as stored, and their matmuls (and attention) reproduce llama.cpp's summation order bit
 //! for bit: what the reference tests use. On a model whose activations have large outliers
@@ -92,8 +94,8 @@ pub fn load_gguf(path: &Path, layout: WeightLayout) -> Result<GgufFile, ModelErr
     })
 }
 
-/// Rewrites a 2-D Q4_0/Q4_1/Q8_0/Q4_K/Q6_K tensor with a whole number of row groups into the packed
-/// layout, one group at a time (a group occupies the same bytes in both layouts). Anything
+/// Rewrites a 2-D Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K tensor with a whole number of row groups into
+/// the packed layout, one group at a time (a group occupies the same bytes in both layouts). Anything
 /// else, including a tensor whose size does not match its shape (reported by the loader that
 /// uses it), is left alone.
 fn pack_in_place(t: &TensorInfo, data: &mut [u8]) -> Result<bool, ModelError> {

@@ -148,14 +148,13 @@ fn packed_llama_q8_0() {
     check_layout("tiny_llama_q8_0", APPROX, WeightLayout::Packed);
 }
 
-/// Q4_K and Q6_K matrices are rewritten into their packed layout (whose sums equal the ggml
-/// layout's bit for bit; attention takes the fast arithmetic, hence the 2 % bound). The
-/// Q5_K_M fixture's Q5_K matrices stay in ggml's layout beside its packed Q6_K ones.
+/// Q4_K, Q5_K and Q6_K matrices are rewritten into their packed layout (whose sums equal the
+/// ggml layout's bit for bit; attention takes the fast arithmetic, hence the 2 % bound).
 #[test]
 fn packed_llama_k_quants() {
     for (name, packed_types) in [
         ("tiny_llama_q4_k_m", &[GgmlType::Q4_K, GgmlType::Q6_K][..]),
-        ("tiny_llama_q5_k_m", &[GgmlType::Q6_K][..]),
+        ("tiny_llama_q5_k_m", &[GgmlType::Q5_K, GgmlType::Q6_K][..]),
     ] {
         let path = fixtures().join(format!("{name}.gguf"));
         let file = load_gguf(&path, WeightLayout::Packed).unwrap();

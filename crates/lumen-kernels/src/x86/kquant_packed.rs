@@ -1,4 +1,4 @@
-//! Tiles for the packed K-quant layout ([`crate::kpacked`]): one weight row per 32-bit lane,
+//! Tiles for the packed K-quant layout ([`crate::kpacked`]: Q4_K, Q5_K, Q6_K): one weight row per 32-bit lane,
 //! sixteen rows per 512-bit register with AVX512-VNNI, eight per 256-bit register (the two
 //! halves of a group in turn) with AVX2.
 //!
@@ -7,9 +7,10 @@
 //!
 //! - each quant vector is loaded once per tile and split into its nibbles (Q6_K adds the two
 //!   high bits), and each piece is dotted with four activation bytes broadcast to all lanes
-//!   (`vpdpbusd`, or `maddubs` + `madd` on AVX2), into one accumulator per sub-block;
+//!   (`vpdpbusd`, or `maddubs` + `madd` on AVX2), into one accumulator per sub-block (Q5_K
+//!   first adds each value's fifth bit from its high-bit vector);
 //! - a sub-block's exact sum is multiplied by its scale lane-wise (`vpmulld`) into `sumi`;
-//! - the mins (Q4_K) and the -32 offset (Q6_K) are `vpdpwssd` of word pairs with the
+//! - the mins (Q4_K, Q5_K) and the -32 offset (Q6_K) are `vpdpwssd` of word pairs with the
 //!   activations' sub-block sums;
 //! - one float update per super-block, in the reference's order, goes to a per-chunk buffer
 //!   that is written out when the group is done (the matrix may end inside it).
@@ -27,7 +28,7 @@ use super::tag::{self, Tag};
 use super::M_CHUNK;
 use crate::act::ActBuf;
 use crate::cpu::CpuLevel;
-use crate::kpacked::{q4k, q6k, record_bytes, KPACK_ROWS};
+use crate::kpacked::{q4k, q5k, q6k, record_bytes, KPACK_ROWS};
 use crate::matmul::MatRef;
 
 /// Activation rows per 512-bit tile (the Q6_K tile holds five accumulators per row).
@@ -57,6 +58,8 @@ trait Lanes {
     unsafe fn mullo(a: Self::I, b: Self::I) -> Self::I;
     unsafe fn srli16<const K: u32>(a: Self::I) -> Self::I;
     unsafe fn slli16<const K: u32>(a: Self::I) -> Self::I;
+    /// Each 16-bit lane shifted right by `n`.
+    unsafe fn srl16(a: Self::I, n: i32) -> Self::I;
     unsafe fn srli32<const K: u32>(a: Self::I) -> Self::I;
     unsafe fn slli32<const K: u32>(a: Self::I) -> Self::I;
     /// `acc + sum of the four u8 x i8 products` per lane (`vpdpbusd`).
@@ -142,6 +145,11 @@ impl Lanes for Z {
     unsafe fn slli16<const K: u32>(a: __m512i) -> __m512i {
         // SAFETY: the impl's CPU features, and pointers the caller vouches for.
         unsafe { _mm512_slli_epi16::<K>(a) }
+    }
+    #[inline(always)]
+    unsafe fn srl16(a: __m512i, n: i32) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_srl_epi16(a, _mm_cvtsi32_si128(n)) }
     }
     #[inline(always)]
     unsafe fn srli32<const K: u32>(a: __m512i) -> __m512i {
@@ -278,6 +286,11 @@ impl Lanes for Y {
         unsafe { _mm256_sll_epi16(a, _mm_cvtsi32_si128(K as i32)) }
     }
     #[inline(always)]
+    unsafe fn srl16(a: __m256i, n: i32) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_srl_epi16(a, _mm_cvtsi32_si128(n)) }
+    }
+    #[inline(always)]
     unsafe fn srli32<const K: u32>(a: __m256i) -> __m256i {
         // SAFETY: the impl's CPU features, and pointers the caller vouches for.
         unsafe { _mm256_srl_epi32(a, _mm_cvtsi32_si128(K as i32)) }
@@ -365,7 +378,7 @@ impl Lanes for Y {
 /// Computes columns `r` (whole groups: `r.start` is a multiple of 16) of every output row.
 ///
 /// # Safety
-/// As [`super::compute_rows`], and `w` must be packed in format `F` (Q4_K or Q6_K).
+/// As [`super::compute_rows`], and `w` must be packed in format `F` (Q4_K, Q5_K or Q6_K).
 pub(crate) unsafe fn rows<const F: Tag>(
     level: CpuLevel,
     w: &MatRef,
@@ -463,9 +476,9 @@ unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize>(
 
 /// One super-block's per-lane factors for `N` rows of a group.
 struct Block<L: Lanes> {
-    /// Sub-block scales as i32 (8 for Q4_K, 16 for Q6_K).
+    /// Sub-block scales as i32 (8 for Q4_K and Q5_K, 16 for Q6_K).
     sc: [L::I; 16],
-    /// Word pairs for `dot2`: Q4_K's mins `(m[2k], m[2k+1])`, Q6_K's scales
+    /// Word pairs for `dot2`: Q4_K's and Q5_K's mins `(m[2k], m[2k+1])`, Q6_K's scales
     /// `(sc[2k], sc[2k+1])`.
     pairs: [L::I; 8],
     d: L::F,
@@ -484,7 +497,7 @@ impl<L: Lanes> Block<L> {
             let mut sc = [L::zero(); 16];
             let mut pairs = [L::zero(); 8];
             let low16 = L::splat(0xFFFF);
-            if F == tag::Q4_K {
+            if F != tag::Q6_K {
                 let (m4, m3) = (L::splat(0xF), L::splat(3));
                 let mut mn = [L::zero(); 8];
                 for k in 0..4 {
@@ -570,14 +583,21 @@ impl<L: Lanes> Block<L> {
             let xp = act.qs.as_ptr().cast::<u8>().add(i0 * cols + b * 256);
             let m4 = L::splat(0x0F0F_0F0F);
             let mut sumi = [L::zero(); R];
-            if F == tag::Q4_K {
-                let qs = rp.add(q4k::QS + 4 * lane0);
+            if F != tag::Q6_K {
+                let qs = rp.add(if F == tag::Q5_K { q5k::QS } else { q4k::QS } + 4 * lane0);
+                let (qh, bit5) = (rp.add(q5k::QH + 4 * lane0), L::splat(0x1010_1010));
                 for c4 in 0..4 {
                     let (mut lo_acc, mut hi_acc) = ([L::zero(); R], [L::zero(); R]);
                     for u in 0..8 {
                         let q = L::load(qs.add(64 * (8 * c4 + u)));
-                        let lo = L::and(q, m4);
-                        let hi = L::and(L::srli16::<4>(q), m4);
+                        let mut lo = L::and(q, m4);
+                        let mut hi = L::and(L::srli16::<4>(q), m4);
+                        if F == tag::Q5_K {
+                            // Bits 2 * c4 and 2 * c4 + 1 of the value's qh byte, as bit 4.
+                            let hb = L::srl16(L::load(qh.add(64 * u)), 2 * c4 as i32);
+                            lo = L::or(lo, L::and(L::slli16::<4>(hb), bit5));
+                            hi = L::or(hi, L::and(L::slli16::<3>(hb), bit5));
+                        }
                         for c in 0..R {
                             let x = xp.add(c * cols + 64 * c4 + 4 * u);
                             lo_acc[c] = L::dot4(lo_acc[c], lo, L::bcast(x));
@@ -632,7 +652,7 @@ impl<L: Lanes> Block<L> {
             for (c, si) in sumi.iter().enumerate() {
                 let i = i0 + c;
                 let dy = L::splatf(*act.d.as_ptr().add(act.at(b, i)));
-                let t = if F == tag::Q4_K {
+                let t = if F != tag::Q6_K {
                     let bs = act.bs32.as_ptr().add((i * nb + b) * 8).cast::<u8>();
                     let mut summ = L::zero();
                     for (k, p) in self.pairs.iter().take(4).enumerate() {

@@ -11,7 +11,7 @@
 //! - [`packed_tiles`]: the same formats in the row-interleaved layout of [`crate::packed`],
 //!   one weight row per lane, and [`packed_tiles_512`], its 512-bit tiles for pairs of groups
 //!   (from [`CpuLevel::Avx512Vnni`] up);
-//! - [`kquant_packed`]: Q4_K / Q6_K in the row-interleaved layout of [`crate::kpacked`],
+//! - [`kquant_packed`]: Q4_K / Q5_K / Q6_K in the row-interleaved layout of [`crate::kpacked`],
 //!   sixteen rows per 512-bit register (VNNI) or eight per 256-bit one;
 //! - [`kquant_tiles`]: Q4_K / Q5_K / Q6_K / Q2_K / Q3_K / IQ4_XS super-blocks unpacked once
 //!   per eight rows for every activation row ([`kquant_lowbit`] unpacks the last three), and
@@ -67,9 +67,10 @@ pub(crate) unsafe fn compute_rows(
                 WeightFormat::Q4_1 => packed_tiles::rows::<{ tag::Q4_1 }>(level, w, act, r, out),
                 WeightFormat::Q8_0 => packed_tiles::rows::<{ tag::Q8_0 }>(level, w, act, r, out),
                 WeightFormat::Q4_K => kquant_packed::rows::<{ tag::Q4_K }>(level, w, act, r, out),
+                WeightFormat::Q5_K => kquant_packed::rows::<{ tag::Q5_K }>(level, w, act, r, out),
                 WeightFormat::Q6_K => kquant_packed::rows::<{ tag::Q6_K }>(level, w, act, r, out),
                 other => unreachable!(
-                    "packed {other:?}: MatRef::packed admits only Q4_0, Q4_1, Q8_0, Q4_K, Q6_K"
+                    "packed {other:?}: MatRef::packed admits only Q4_0, Q4_1, Q8_0 and Q4_K, Q5_K, Q6_K"
                 ),
             }
             return;
