@@ -140,9 +140,9 @@ def lumen_test(report, name):
     return None
 
 
-def llama_bench(rows, n_prompt, n_gen):
+def llama_bench(rows, n_prompt, n_gen, depth=0):
     for r in rows or []:
-        if r.get("n_prompt") == n_prompt and r.get("n_gen") == n_gen:
+        if r.get("n_prompt") == n_prompt and r.get("n_gen") == n_gen and r.get("n_depth", 0) == depth:
             return r.get("avg_ts")
     return None
 
@@ -158,6 +158,7 @@ def main():
     ap.add_argument("--layout", default="ggml")
     ap.add_argument("--pp", type=int, default=512)
     ap.add_argument("--tg", type=int, default=128)
+    ap.add_argument("--depth", type=int, default=0, help="context depth of the extra pp row (0: none)")
     ap.add_argument("--ntg", type=int, default=128, help="decode steps of the batched test")
     ap.add_argument("--bandwidth", help="lumen bench bandwidth --json output")
     ap.add_argument("--summary", nargs="+", metavar="JSON", help="print one table of these reports")
@@ -225,6 +226,8 @@ def print_and_save(a):
     per_round = [{
         "lumen_pptg": j(f"lumen-pptg.r{i}.json"),
         "llama_pptg": j(f"llama-pptg.r{i}.json"),
+        "lumen_depth": j(f"lumen-depth.r{i}.json"),
+        "llama_depth": j(f"llama-depth.r{i}.json"),
         "lumen_b": j(f"lumen-batched.r{i}.json"),
         "llama_b": {r.get("pl"): r for r in load_jsonl(os.path.join(d, f"llama-batched.r{i}.jsonl"))},
     } for i in rounds]
@@ -263,6 +266,10 @@ def print_and_save(a):
         row(f"pp{pp} t/s", [(lumen_test(r["lumen_pptg"], f"pp{pp}"), llama_bench(r["llama_pptg"], pp, 0)) for r in per_round], 2.0)
     if tg:
         row(f"tg{tg} t/s", tg_pairs, 1.3)
+    if pp and a.depth:
+        d = a.depth
+        row(f"pp{pp} at depth {d} t/s", [(lumen_test(r["lumen_depth"], f"pp{pp}@d{d}"),
+                                          llama_bench(r["llama_depth"], pp, 0, d)) for r in per_round], 1.5)
     # Each engine's share of the single-stream decode bound, from the median tg figures.
     bw = _dig(load_json(a.bandwidth), ["best_gb_per_s"]) if a.bandwidth else None
     per_token = decode_bytes_per_token(a.model)

@@ -7,6 +7,7 @@
 # Lumen and on llama.cpp right after each other, with the same thread count:
 #
 #   pp512, tg128            lumen bench        vs llama-bench
+#   pp512 at depth D        lumen bench -d D   vs llama-bench -d D (DEPTH, off by default)
 #   batched decode (S_TG)   lumen bench -b     vs llama-batched-bench
 #   16 streaming clients    lumen bench serve  against lumen serve and llama-server
 #   idle peak RSS           /proc/PID/status VmHWM of each server, model loaded, no requests
@@ -30,7 +31,8 @@
 # server and perplexity rows are left out unless SKIP_SERVER=0 / SKIP_PERPLEXITY=0), THREADS
 # (2), REPS (5), BATCHED_REPS (3), ROUNDS (3: how many times the pp/tg and batched pairs run;
 # the report takes the median and the worst of the per-round ratios), PP (512), TG (128),
-# BATCHES (1,16,32), NPP (128), NTG (128), CLIENTS (16), REQUESTS (64), MAX_TOKENS (128),
+# DEPTH (0: with D > 0, also pp at a context of D tokens, as llama-bench -d), BATCHES
+# (1,16,32), NPP (128), NTG (128), CLIENTS (16), REQUESTS (64), MAX_TOKENS (128),
 # LOAD_SECONDS (600: no load-test request starts later), KV_MB (256), ENGINE (1: also
 # time batched generation end to end through Lumen's engine; an extra row, Lumen only),
 # PROFILE (release; `bench` builds with thin LTO and one codegen unit, slower to build, and
@@ -54,6 +56,7 @@ else
 fi
 pp="${PP:-512}"
 tg="${TG:-128}"
+depth="${DEPTH:-0}"
 npp="${NPP:-128}"
 ntg="${NTG:-128}"
 threads="${THREADS:-2}"
@@ -170,6 +173,14 @@ for ((round = 1; round <= rounds; round++)); do
       run_llama "$d" "llama-pptg.r$round" "$d/llama-pptg.r$round.json" llama-bench \
         -m "$m" -p "$pp" -n "$tg" -t "$threads" -r "$reps" -o json
     fi
+    if ((depth > 0 && pp > 0)); then
+      log "$tag: lumen pp$pp at depth $depth"
+      timeout 2400 "$lumen" bench "$m" -p "$pp" -n 0 -b 0 -d "$depth" -r "$reps" -t "$threads" --json \
+        >"$d/lumen-depth.r$round.json" 2>"$d/lumen-depth.r$round.err" || log "lumen bench -d failed (see $d/lumen-depth.r$round.err)"
+      log "$tag: llama-bench pp$pp -d $depth"
+      run_llama "$d" "llama-depth.r$round" "$d/llama-depth.r$round.json" llama-bench \
+        -m "$m" -p "$pp" -n 0 -d "$depth" -t "$threads" -r "$reps" -o json
+    fi
     if [[ -n "$batches" && "$batches" != 0 ]]; then
       # Batched decode: B sequences of NPP prompt tokens, then NTG steps; S_TG.
       log "$tag: lumen batched decode at $batches ${engine_flag[*]}"
@@ -249,7 +260,7 @@ for i in "${!models[@]}"; do
   ((i == 0)) || serve_state=skipped
   "$python" "$root/scripts/bench-compare-report.py" "$d" \
     --model "${models[$i]}" --threads "$threads" --kv-mb "$kv_mb" --clients "$clients" \
-    --lumen-serve "$serve_state" --layout "$LUMEN_WEIGHT_LAYOUT" --pp "$pp" --tg "$tg" --ntg "$ntg" \
+    --lumen-serve "$serve_state" --layout "$LUMEN_WEIGHT_LAYOUT" --pp "$pp" --tg "$tg" --ntg "$ntg" --depth "$depth" \
     --bandwidth "$out_all/bandwidth.json" --json-out "$d/compare.json"
   jsons+=("$d/compare.json")
 done

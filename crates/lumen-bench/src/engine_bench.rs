@@ -131,6 +131,7 @@ pub fn run_engine_bench(
             batch: b,
             n_prompt: config.prompt_tokens,
             n_gen: config.gen_tokens,
+            depth: 0,
             tokens_per_s: Summary::of(&out),
             seconds: Summary::of(&runs.iter().map(|r| r.total_s).collect::<Vec<_>>()),
             prefill_tokens_per_s: Some(Summary::of(&prefill)),

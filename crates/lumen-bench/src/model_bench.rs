@@ -6,6 +6,10 @@
 //!   (llama-bench's `pp`).
 //! - **tgN** is N single-token steps from position 0, logits each step (llama-bench's `tg`,
 //!   which also decodes from an empty context).
+//! - With a **depth** D (llama-bench's `-d`), pp and tg run after D random tokens already in
+//!   the cache (filled once, untimed, and kept: the timed tokens only write positions past
+//!   it), and are named `ppN@dD`, `tgN@dD`: attention over a long context is then part of
+//!   the figure.
 //! - **Batched decode at B** prefills B sequences with `batch_prompt` tokens each (timed
 //!   apart), then runs `batch_gen` steps in which every sequence decodes one token (one
 //!   forward with B one-token chunks); the figure is `B * batch_gen / time`, which is
@@ -56,6 +60,8 @@ pub struct ModelBenchConfig {
     pub max_seconds_per_test: f64,
     /// How the weights are laid out in memory.
     pub layout: WeightLayout,
+    /// Context tokens in the cache before the pp and tg tests (llama-bench's `-d`).
+    pub depth: usize,
 }
 
 impl Default for ModelBenchConfig {
@@ -71,6 +77,7 @@ impl Default for ModelBenchConfig {
             seed: 1234,
             max_seconds_per_test: 300.0,
             layout: WeightLayout::default(),
+            depth: 0,
         }
     }
 }
@@ -102,6 +109,8 @@ pub struct TestResult {
     pub n_prompt: usize,
     /// Generated tokens per sequence (0 for pp).
     pub n_gen: usize,
+    /// Context tokens already in the cache (pp and tg; 0 for batched decode).
+    pub depth: usize,
     /// Tokens/s of the timed phase, over repetitions.
     pub tokens_per_s: Summary,
     /// Seconds of the timed phase, over repetitions.
@@ -141,15 +150,14 @@ pub fn run_model_bench(
     validate(config)?;
     let model = LlamaModel::open_with(path, config.layout)?;
     let c = model.config();
-    let longest =
-        config
-            .prompt_tokens
-            .max(config.gen_tokens)
-            .max(if config.batch_sizes.is_empty() {
-                0
-            } else {
-                config.batch_prompt + config.batch_gen
-            });
+    let after_depth = |n: usize| if n > 0 { n + config.depth } else { 0 };
+    let longest = after_depth(config.prompt_tokens)
+        .max(after_depth(config.gen_tokens))
+        .max(if config.batch_sizes.is_empty() {
+            0
+        } else {
+            config.batch_prompt + config.batch_gen
+        });
     if longest > c.context_len {
         return Err(BenchError::Config(format!(
             "a test needs {longest} positions; the model's context is {}",
@@ -158,8 +166,8 @@ pub fn run_model_bench(
     }
     let per_seq = |n: usize| n.div_ceil(BLOCK).max(1);
     let max_b = config.batch_sizes.iter().copied().max().unwrap_or(0);
-    let n_blocks = per_seq(config.prompt_tokens)
-        .max(per_seq(config.gen_tokens))
+    let n_blocks = per_seq(after_depth(config.prompt_tokens))
+        .max(per_seq(after_depth(config.gen_tokens)))
         .max(max_b * per_seq(config.batch_prompt + config.batch_gen));
     let mut bench = Bench {
         kv: KvStorage::new(model.kv_geometry(BLOCK), c.n_layers, n_blocks),
@@ -168,6 +176,8 @@ pub fn run_model_bench(
         rng: SplitMix64::new(config.seed),
         vocab: c.vocab_size as u64,
         model: &model,
+        depth: config.depth,
+        depth_filled: false,
     };
     let mut results = Vec::new();
     if config.prompt_tokens > 0 {
@@ -225,6 +235,10 @@ struct Bench<'m> {
     pool: ThreadPool,
     rng: SplitMix64,
     vocab: u64,
+    /// Context tokens before pp and tg.
+    depth: usize,
+    /// Whether positions `0..depth` of blocks `0..` hold that context now.
+    depth_filled: bool,
 }
 
 /// One repetition's timings.
@@ -264,10 +278,16 @@ impl Bench<'_> {
                 f64::NAN
             }
         };
+        let at_depth = matches!(kind, TestKind::Prompt | TestKind::Decode) && self.depth > 0;
+        let depth = if at_depth { self.depth } else { 0 };
         let name = match kind {
             TestKind::Prompt => format!("pp{n_prompt}"),
             TestKind::Decode => format!("tg{n_gen}"),
             TestKind::Batched | TestKind::Engine => format!("tg{n_gen}@b{batch}"),
+        } + &if at_depth {
+            format!("@d{depth}")
+        } else {
+            String::new()
         };
         let prefill: Vec<f64> = runs
             .iter()
@@ -279,6 +299,7 @@ impl Bench<'_> {
             batch,
             n_prompt,
             n_gen,
+            depth,
             tokens_per_s: Summary::of(
                 &runs
                     .iter()
@@ -299,15 +320,16 @@ impl Bench<'_> {
     ) -> Result<Timing, BenchError> {
         match kind {
             TestKind::Prompt => {
+                let d = self.fill_depth()?;
                 let toks = self.tokens(n_prompt);
-                let table = block_table(0, n_prompt);
+                let table = block_table(0, d + n_prompt);
                 let t0 = Instant::now();
                 let chunk = SeqChunk {
                     tokens: &toks,
-                    start_pos: 0,
+                    start_pos: d,
                     block_table: &table,
                     logits: LogitsWanted::Last,
-                    prompt_len: n_prompt,
+                    prompt_len: d + n_prompt,
                 };
                 self.model
                     .forward(&self.pool, &[chunk], &mut self.kv, &mut self.ws)?;
@@ -318,16 +340,17 @@ impl Bench<'_> {
                 })
             }
             TestKind::Decode => {
+                let d = self.fill_depth()?;
                 let toks = self.tokens(n_gen);
-                let table = block_table(0, n_gen);
+                let table = block_table(0, d + n_gen);
                 let t0 = Instant::now();
                 for (pos, tok) in toks.iter().enumerate() {
                     let chunk = SeqChunk {
                         tokens: std::slice::from_ref(tok),
-                        start_pos: pos,
+                        start_pos: d + pos,
                         block_table: &table,
                         logits: LogitsWanted::Last,
-                        prompt_len: 0,
+                        prompt_len: d,
                     };
                     self.model
                         .forward(&self.pool, &[chunk], &mut self.kv, &mut self.ws)?;
@@ -342,12 +365,39 @@ impl Bench<'_> {
         }
     }
 
+    /// Puts `depth` random tokens at positions `0..depth` of blocks `0..` unless they are
+    /// there already; returns the depth.
+    fn fill_depth(&mut self) -> Result<usize, BenchError> {
+        let d = self.depth;
+        if d == 0 || self.depth_filled {
+            return Ok(d);
+        }
+        let toks = self.tokens(d);
+        let table = block_table(0, d);
+        for start in (0..d).step_by(MAX_STEP_TOKENS) {
+            let end = d.min(start + MAX_STEP_TOKENS);
+            let chunk = SeqChunk {
+                tokens: &toks[start..end],
+                start_pos: start,
+                block_table: &table,
+                logits: LogitsWanted::None,
+                prompt_len: d,
+            };
+            self.model
+                .forward(&self.pool, &[chunk], &mut self.kv, &mut self.ws)?;
+        }
+        self.depth_filled = true;
+        Ok(d)
+    }
+
     fn batched(
         &mut self,
         batch: usize,
         n_prompt: usize,
         n_gen: usize,
     ) -> Result<Timing, BenchError> {
+        // The sequences' blocks start at 0: the depth context is overwritten.
+        self.depth_filled = false;
         let span = n_prompt + n_gen;
         let tables: Vec<Vec<u32>> = (0..batch)
             .map(|s| block_table(s * span.div_ceil(BLOCK).max(1), span))

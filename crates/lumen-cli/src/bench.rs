@@ -61,6 +61,10 @@ pub struct ModelArgs {
     /// Decode steps of the tg test, from an empty context (0 skips it).
     #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
     pub n_gen: usize,
+    /// Context tokens already in the cache before the pp and tg tests (llama-bench's -d),
+    /// filled once, untimed.
+    #[arg(short = 'd', long = "depth", default_value_t = 0)]
+    pub depth: usize,
     /// Sequence counts for batched decode, comma-separated ("0" or "" skips it).
     #[arg(short = 'b', long = "batch", default_value = "1,8,32,64")]
     pub batch: String,
@@ -85,7 +89,7 @@ pub struct ModelArgs {
     /// Also run each batched test end to end through the engine (scheduler and sampling too).
     #[arg(long)]
     pub engine: bool,
-    /// Weight layout: `packed` (the default: row-interleaved Q4_0/Q4_1/Q8_0
+    /// Weight layout: `packed` (the default: row-interleaved Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K
     /// and the fast attention arithmetic, equal to llama.cpp within float rounding) or
     /// `exact` (llama.cpp's arithmetic, bit for bit).
     #[arg(long, env = "LUMEN_WEIGHT_LAYOUT", default_value_t = WeightLayout::default())]
@@ -207,6 +211,7 @@ fn model(a: ModelArgs) -> Result<()> {
         seed: a.seed,
         max_seconds_per_test: a.max_seconds,
         layout: a.weight_layout,
+        depth: a.depth,
     };
     let mut report = run_model_bench(&loc.path, &config)
         .with_context(|| format!("benchmarking {}", loc.path.display()))?;
