@@ -252,7 +252,15 @@ fn packed_kquants_equal_their_ggml_layout_bit_for_bit() {
         .into_iter()
         .enumerate()
     {
-        for &(rows, m) in &[(16, 1), (45, 1), (32, 2), (37, 5), (64, 9), (80, 70)] {
+        for &(rows, m) in &[
+            (16, 1),
+            (45, 1),
+            (32, 2),
+            (37, 5),
+            (64, 9),
+            (48, 23),
+            (80, 70),
+        ] {
             let mut r = rng(500 + fi as u64 * 7 + rows as u64);
             let data = random_weights(&mut r, format, rows, COLS);
             let packed = pack(format, rows, COLS, &data).unwrap();

@@ -3,10 +3,11 @@
 //! halves of a group in turn) with AVX2.
 //!
 //! Per (group, super-block) the scales and mins are decoded once into lane vectors and the
-//! tile then walks the activation rows of the chunk [`C`] (or [`C_AVX2`]) at a time:
+//! tile then walks the activation rows of the chunk [`C_WIDE`], [`C`] (Q6_K) or [`C_AVX2`] at a time:
 //!
 //! - each quant vector is loaded once per tile and split into its nibbles (Q6_K adds the two
-//!   high bits), and each piece is dotted with four activation bytes broadcast to all lanes
+//!   high bits; Q5_K and Q6_K, whose unpacking costs more, do it once per super-block into a
+//!   buffer that all the chunk's tiles read), and each piece is dotted with four activation bytes broadcast to all lanes
 //!   (`vpdpbusd`, or `maddubs` + `madd` on AVX2), into one accumulator per sub-block (Q5_K
 //!   first adds each value's fifth bit from its high-bit vector);
 //! - a sub-block's exact sum is multiplied by its scale lane-wise (`vpmulld`) into `sumi`;
@@ -33,6 +34,9 @@ use crate::matmul::MatRef;
 
 /// Activation rows per 512-bit tile (the Q6_K tile holds five accumulators per row).
 const C: usize = 4;
+
+/// Activation rows per 512-bit tile for Q4_K and Q5_K (three accumulators per row).
+const C_WIDE: usize = 8;
 
 /// Activation rows per 256-bit tile (AVX2 has sixteen registers).
 const C_AVX2: usize = 2;
@@ -403,7 +407,13 @@ pub(crate) unsafe fn rows<const F: Tag>(
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn rows_512<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     // SAFETY: forwarded unchanged; this build has the features `Z` needs.
-    unsafe { rows_with::<F, Z, C>(w, act, r, out) }
+    unsafe {
+        if F == tag::Q6_K {
+            rows_with::<F, Z, C>(w, act, r, out)
+        } else {
+            rows_with::<F, Z, C_WIDE>(w, act, r, out)
+        }
+    }
 }
 
 /// [`rows_with`] in 256-bit registers.
@@ -417,7 +427,8 @@ unsafe fn rows_256<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out:
 }
 
 /// Walks the groups of `r`: per chunk of activation rows and group, every super-block's
-/// scales are decoded once per lane half and its tiles of `T` activation rows are
+/// scales (and, where it pays, values) are decoded once per lane half and its tiles of `T`
+/// activation rows are
 /// accumulated into `acc`, then the group's rows are written out.
 ///
 /// # Safety
@@ -438,6 +449,7 @@ unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize>(
         let gb = nb * rec;
         let base = w.data().as_ptr();
         let mut acc = [0.0f32; M_CHUNK * KPACK_ROWS];
+        let mut buf = [L::zero(); UNPACKED];
         let mut i0 = 0;
         while i0 < m {
             let i1 = m.min(i0 + M_CHUNK);
@@ -454,11 +466,21 @@ unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize>(
                     }
                     for lane0 in (0..KPACK_ROWS).step_by(L::N) {
                         let blk = Block::<L>::decode::<F>(rp, lane0);
+                        // More than one tile: unpack the values once for all of them, where
+                        // that is dearer than loading them twice (not Q4_K's nibbles).
+                        let shared = F != tag::Q4_K && i1 - i0 > T;
+                        if shared {
+                            unpack::<L, F>(rp, lane0, buf.as_mut_ptr());
+                        }
                         let mut i = i0;
                         while i < i1 {
                             let n = (i1 - i).min(T);
                             let a = acc.as_mut_ptr().add((i - i0) * KPACK_ROWS + lane0);
-                            blk.tile_n::<F, T>(n, rp, lane0, act, b, i, a);
+                            if shared {
+                                blk.tile_n::<F, T, true>(n, rp, lane0, buf.as_ptr(), act, b, i, a);
+                            } else {
+                                blk.tile_n::<F, T, false>(n, rp, lane0, buf.as_ptr(), act, b, i, a);
+                            }
                             i += n;
                         }
                     }
@@ -471,6 +493,96 @@ unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize>(
             }
             i0 = i1;
         }
+    }
+}
+
+/// Vectors of one super-block's values for `N` rows: Q4_K/Q5_K's `(low, high)` pair of
+/// vector `u` of chunk `c4` at `2 * (8 * c4 + u)`, Q6_K's four values of piece `(n, u)` at
+/// `4 * (8 * n + u)`.
+const UNPACKED: usize = 64;
+
+/// Unpacks lanes `lane0..lane0 + N` of record `rp` into `buf` ([`UNPACKED`] vectors).
+///
+/// # Safety
+/// `rp` must be a whole record of format `F`; the CPU must have `L`'s features.
+#[inline(always)]
+unsafe fn unpack<L: Lanes, const F: Tag>(rp: *const u8, lane0: usize, buf: *mut L::I) {
+    // SAFETY: as this function's contract; `buf` holds `UNPACKED` vectors.
+    unsafe {
+        if F == tag::Q6_K {
+            for n in 0..2 {
+                for u in 0..8 {
+                    let q = q6_values::<L>(rp, lane0, n, u);
+                    for (k, v) in q.into_iter().enumerate() {
+                        *buf.add(4 * (8 * n + u) + k) = v;
+                    }
+                }
+            }
+        } else {
+            for c4 in 0..4 {
+                for u in 0..8 {
+                    let (lo, hi) = q45_values::<L, F>(rp, lane0, c4, u);
+                    *buf.add(2 * (8 * c4 + u)) = lo;
+                    *buf.add(2 * (8 * c4 + u) + 1) = hi;
+                }
+            }
+        }
+    }
+}
+
+/// Q4_K/Q5_K: the values of vector `u` of chunk `c4`, lanes `lane0..`: the low nibbles
+/// (sub-block `2 * c4`) and the high ones (`2 * c4 + 1`), Q5_K's fifth bits added.
+///
+/// # Safety
+/// As [`unpack`].
+#[inline(always)]
+unsafe fn q45_values<L: Lanes, const F: Tag>(
+    rp: *const u8,
+    lane0: usize,
+    c4: usize,
+    u: usize,
+) -> (L::I, L::I) {
+    // SAFETY: every read is inside the record (offsets from `crate::kpacked`).
+    unsafe {
+        let m4 = L::splat(0x0F0F_0F0F);
+        let qs = rp.add(if F == tag::Q5_K { q5k::QS } else { q4k::QS } + 4 * lane0);
+        let q = L::load(qs.add(64 * (8 * c4 + u)));
+        let mut lo = L::and(q, m4);
+        let mut hi = L::and(L::srli16::<4>(q), m4);
+        if F == tag::Q5_K {
+            // Bits 2 * c4 and 2 * c4 + 1 of the value's qh byte, as bit 4.
+            let bit5 = L::splat(0x1010_1010);
+            let hb = L::srl16(L::load(rp.add(q5k::QH + 4 * lane0 + 64 * u)), 2 * c4 as i32);
+            lo = L::or(lo, L::and(L::slli16::<4>(hb), bit5));
+            hi = L::or(hi, L::and(L::slli16::<3>(hb), bit5));
+        }
+        (lo, hi)
+    }
+}
+
+/// Q6_K: ggml's q1..q4 (values `128n + 4u ..`, `+ 32`, `+ 64`, `+ 96`, offset by +32) of piece
+/// `(n, u)`, lanes `lane0..`.
+///
+/// # Safety
+/// As [`unpack`].
+#[inline(always)]
+unsafe fn q6_values<L: Lanes>(rp: *const u8, lane0: usize, n: usize, u: usize) -> [L::I; 4] {
+    // SAFETY: every read is inside the record (offsets from `crate::kpacked`).
+    unsafe {
+        let (m4, m30) = (L::splat(0x0F0F_0F0F), L::splat(0x3030_3030));
+        let (ql, qh) = (rp.add(q6k::QL + 4 * lane0), rp.add(q6k::QH + 4 * lane0));
+        let qa = L::load(ql.add(64 * (16 * n + u)));
+        let qb = L::load(ql.add(64 * (16 * n + 8 + u)));
+        let hb = L::load(qh.add(64 * (8 * n + u)));
+        [
+            L::or(L::and(qa, m4), L::and(L::slli16::<4>(hb), m30)),
+            L::or(L::and(qb, m4), L::and(L::slli16::<2>(hb), m30)),
+            L::or(L::and(L::srli16::<4>(qa), m4), L::and(hb, m30)),
+            L::or(
+                L::and(L::srli16::<4>(qb), m4),
+                L::and(L::srli16::<2>(hb), m30),
+            ),
+        ]
     }
 }
 
@@ -540,11 +652,12 @@ impl<L: Lanes> Block<L> {
     /// As [`Block::tile`].
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_n<const F: Tag, const T: usize>(
+    unsafe fn tile_n<const F: Tag, const T: usize, const BUF: bool>(
         &self,
         n: usize,
         rp: *const u8,
         lane0: usize,
+        buf: *const L::I,
         act: &ActBuf,
         b: usize,
         i0: usize,
@@ -553,25 +666,33 @@ impl<L: Lanes> Block<L> {
         // SAFETY: forwarded unchanged.
         unsafe {
             match n {
-                _ if n >= T => self.tile::<F, T>(rp, lane0, act, b, i0, acc),
-                3 => self.tile::<F, 3>(rp, lane0, act, b, i0, acc),
-                2 => self.tile::<F, 2>(rp, lane0, act, b, i0, acc),
-                _ => self.tile::<F, 1>(rp, lane0, act, b, i0, acc),
+                _ if n >= T => self.tile::<F, T, BUF>(rp, lane0, buf, act, b, i0, acc),
+                7 => self.tile::<F, 7, BUF>(rp, lane0, buf, act, b, i0, acc),
+                6 => self.tile::<F, 6, BUF>(rp, lane0, buf, act, b, i0, acc),
+                5 => self.tile::<F, 5, BUF>(rp, lane0, buf, act, b, i0, acc),
+                4 => self.tile::<F, 4, BUF>(rp, lane0, buf, act, b, i0, acc),
+                3 => self.tile::<F, 3, BUF>(rp, lane0, buf, act, b, i0, acc),
+                2 => self.tile::<F, 2, BUF>(rp, lane0, buf, act, b, i0, acc),
+                _ => self.tile::<F, 1, BUF>(rp, lane0, buf, act, b, i0, acc),
             }
         }
     }
 
     /// Super-block `b` (record `rp`, lanes `lane0..`) times activation rows `i0..i0 + R`:
-    /// adds each pair's float update to `acc[c * 16 ..]`.
+    /// adds each pair's float update to `acc[c * 16 ..]`. With `BUF` the values come
+    /// ready from `buf` ([`unpack`]'s), otherwise from the record.
     ///
     /// # Safety
     /// `rp` is a whole record of format `F`, `act` holds rows `i0..i0 + R`, `acc` is valid
-    /// for `R` rows of 16 floats; the CPU must have `L`'s features.
+    /// for `R` rows of 16 floats, `buf` (with `BUF`) for [`UNPACKED`] vectors; the CPU must
+    /// have `L`'s features.
     #[inline(always)]
-    unsafe fn tile<const F: Tag, const R: usize>(
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const F: Tag, const R: usize, const BUF: bool>(
         &self,
         rp: *const u8,
         lane0: usize,
+        buf: *const L::I,
         act: &ActBuf,
         b: usize,
         i0: usize,
@@ -581,23 +702,17 @@ impl<L: Lanes> Block<L> {
         unsafe {
             let (cols, nb) = (act.cols, act.nb);
             let xp = act.qs.as_ptr().cast::<u8>().add(i0 * cols + b * 256);
-            let m4 = L::splat(0x0F0F_0F0F);
             let mut sumi = [L::zero(); R];
             if F != tag::Q6_K {
-                let qs = rp.add(if F == tag::Q5_K { q5k::QS } else { q4k::QS } + 4 * lane0);
-                let (qh, bit5) = (rp.add(q5k::QH + 4 * lane0), L::splat(0x1010_1010));
                 for c4 in 0..4 {
                     let (mut lo_acc, mut hi_acc) = ([L::zero(); R], [L::zero(); R]);
                     for u in 0..8 {
-                        let q = L::load(qs.add(64 * (8 * c4 + u)));
-                        let mut lo = L::and(q, m4);
-                        let mut hi = L::and(L::srli16::<4>(q), m4);
-                        if F == tag::Q5_K {
-                            // Bits 2 * c4 and 2 * c4 + 1 of the value's qh byte, as bit 4.
-                            let hb = L::srl16(L::load(qh.add(64 * u)), 2 * c4 as i32);
-                            lo = L::or(lo, L::and(L::slli16::<4>(hb), bit5));
-                            hi = L::or(hi, L::and(L::slli16::<3>(hb), bit5));
-                        }
+                        let (lo, hi) = if BUF {
+                            let v = 2 * (8 * c4 + u);
+                            (*buf.add(v), *buf.add(v + 1))
+                        } else {
+                            q45_values::<L, F>(rp, lane0, c4, u)
+                        };
                         for c in 0..R {
                             let x = xp.add(c * cols + 64 * c4 + 4 * u);
                             lo_acc[c] = L::dot4(lo_acc[c], lo, L::bcast(x));
@@ -613,26 +728,23 @@ impl<L: Lanes> Block<L> {
                     }
                 }
             } else {
-                let (ql, qh) = (rp.add(q6k::QL + 4 * lane0), rp.add(q6k::QH + 4 * lane0));
-                let m30 = L::splat(0x3030_3030);
                 for n in 0..2 {
                     for h in 0..2 {
                         // Sub-blocks 8n + h + {0, 2, 4, 6}: ggml's q1..q4 of values 16h..16h+16.
                         let mut a = [[L::zero(); R]; 4];
                         for uu in 0..4 {
                             let u = 4 * h + uu;
-                            let qa = L::load(ql.add(64 * (16 * n + u)));
-                            let qb = L::load(ql.add(64 * (16 * n + 8 + u)));
-                            let hb = L::load(qh.add(64 * (8 * n + u)));
-                            let q = [
-                                L::or(L::and(qa, m4), L::and(L::slli16::<4>(hb), m30)),
-                                L::or(L::and(qb, m4), L::and(L::slli16::<2>(hb), m30)),
-                                L::or(L::and(L::srli16::<4>(qa), m4), L::and(hb, m30)),
-                                L::or(
-                                    L::and(L::srli16::<4>(qb), m4),
-                                    L::and(L::srli16::<2>(hb), m30),
-                                ),
-                            ];
+                            let q = if BUF {
+                                let v = 4 * (8 * n + u);
+                                [
+                                    *buf.add(v),
+                                    *buf.add(v + 1),
+                                    *buf.add(v + 2),
+                                    *buf.add(v + 3),
+                                ]
+                            } else {
+                                q6_values::<L>(rp, lane0, n, u)
+                            };
                             for c in 0..R {
                                 let x = xp.add(c * cols + 128 * n + 4 * u);
                                 for (k, ak) in a.iter_mut().enumerate() {
