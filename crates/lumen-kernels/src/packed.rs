@@ -68,8 +68,8 @@ pub(crate) const fn record_bytes(format: WeightFormat) -> Option<usize> {
     }
 }
 
-/// Whether `format` has a packed layout: the 32-value block formats here, Q4_K, Q5_K and Q6_K in
-/// [`crate::kpacked`].
+/// Whether `format` has a packed layout: the 32-value block formats here, and Q4_K, Q5_K and Q6_K
+/// in sixteen-row groups (the `kpacked` module).
 pub fn packs(format: WeightFormat) -> bool {
     record_bytes(format).is_some() || kpacked::kpacks(format)
 }
