@@ -74,6 +74,12 @@ fn main() {
         .unwrap_or(1);
     let pool = ThreadPool::new(threads);
     let budget = Duration::from_millis(400);
+    // Activation rows per matmul: decode batch sizes by default; prompt-sized ones on request
+    // (`LUMEN_BENCH_M=32,128,512`).
+    let ms: Vec<usize> = std::env::var("LUMEN_BENCH_M")
+        .ok()
+        .map(|v| v.split(',').filter_map(|m| m.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 15, 32]);
     println!("CPU level: {}, threads: {threads}", simd_level());
 
     if filter.as_deref().is_none_or(|f| "dispatch".contains(f)) {
@@ -119,7 +125,7 @@ fn main() {
             layouts.push(("packed", MatRef::packed(format, rows, cols, p).unwrap()));
         }
         for (layout, w) in layouts {
-            for m in [1usize, 4, 15, 32] {
+            for &m in &ms {
                 let x: Vec<f32> = (0..m * cols)
                     .map(|k| ((k * 7919) % 1000) as f32 / 500.0 - 1.0)
                     .collect();

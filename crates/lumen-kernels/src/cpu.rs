@@ -30,20 +30,27 @@ pub enum CpuLevel {
     /// AVX-512 plus AVX-512 VNNI: the quantized matmul's integer dots in one `vpdpbusd`
     /// (256-bit for the ggml layout, 512-bit for the packed one).
     Avx512Vnni,
+    /// AVX-512 VNNI plus AMX-INT8 tiles (Intel Sapphire Rapids and later), which Linux hands
+    /// out only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, made once by the detection):
+    /// the packed K-quants' sub-block dots for sixteen activation rows at a time in one
+    /// `tdpbsud` (prompt processing and batched decode). Everything else runs the
+    /// `avx512-vnni` kernels.
+    Amx,
 }
 
 impl CpuLevel {
     /// Every level, lowest first.
-    pub const ALL: [CpuLevel; 5] = [
+    pub const ALL: [CpuLevel; 6] = [
         CpuLevel::Scalar,
         CpuLevel::Avx2,
         CpuLevel::Avx2Vnni,
         CpuLevel::Avx512,
         CpuLevel::Avx512Vnni,
+        CpuLevel::Amx,
     ];
 
     /// The level this process uses: the highest one the CPU supports, capped by the level
-    /// named in `LUMEN_KERNELS` (`scalar`, `avx2`, `avx2-vnni`, `avx512`, `avx512-vnni`; an
+    /// named in `LUMEN_KERNELS` (`scalar`, `avx2`, `avx2-vnni`, `avx512`, `avx512-vnni`, `amx`; an
     /// unknown name caps nothing). Read once.
     pub fn detect() -> CpuLevel {
         static LEVEL: OnceLock<CpuLevel> = OnceLock::new();
@@ -51,7 +58,7 @@ impl CpuLevel {
             let cap = std::env::var("LUMEN_KERNELS")
                 .ok()
                 .and_then(|v| CpuLevel::parse(&v))
-                .unwrap_or(CpuLevel::Avx512Vnni);
+                .unwrap_or(CpuLevel::Amx);
             CpuLevel::supported_up_to(cap)
         })
     }
@@ -78,7 +85,7 @@ impl CpuLevel {
         features::supports(self)
     }
 
-    /// Lower-case name: "scalar", "avx2", "avx2-vnni", "avx512", "avx512-vnni".
+    /// Lower-case name: "scalar", "avx2", "avx2-vnni", "avx512", "avx512-vnni", "amx".
     pub fn name(self) -> &'static str {
         match self {
             CpuLevel::Scalar => "scalar",
@@ -86,6 +93,7 @@ impl CpuLevel {
             CpuLevel::Avx2Vnni => "avx2-vnni",
             CpuLevel::Avx512 => "avx512",
             CpuLevel::Avx512Vnni => "avx512-vnni",
+            CpuLevel::Amx => "amx",
         }
     }
 
@@ -134,6 +142,7 @@ mod features {
             CpuLevel::Avx2Vnni => avx2() && is_x86_feature_detected!("avxvnni"),
             CpuLevel::Avx512 => avx512(),
             CpuLevel::Avx512Vnni => avx512() && is_x86_feature_detected!("avx512vnni"),
+            CpuLevel::Amx => supports(CpuLevel::Avx512Vnni) && crate::x86::amx::available(),
         }
     }
 }

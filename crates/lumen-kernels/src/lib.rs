@@ -72,7 +72,8 @@
 //! < `avx2-vnni` (AVX-VNNI; no kernels of its own yet, it runs the AVX2 ones) < `avx512`
 //! (F + VL + BW + DQ: the 256-bit kernels compiled for 32 registers, the fast attention's
 //! 512-bit steps) < `avx512-vnni` (the quantized matmul's integer dots in `vpdpbusd`, the
-//! K-quant tiles' scaled sums in `vpdpwssd`, 512-bit tiles for the packed layout). `LUMEN_KERNELS=<level>` caps it (`scalar` forces the
+//! K-quant tiles' scaled sums in `vpdpwssd`, 512-bit tiles for the packed layout) < `amx`
+//! (AMX-INT8 tiles, where Linux grants them: the packed K-quants' prompt-sized matmuls). `LUMEN_KERNELS=<level>` caps it (`scalar` forces the
 //! portable code, `avx2` turns the AVX-512 kernels off). Every level gives the scalar
 //! reference's bits wherever the tests compare them exactly.
 

@@ -248,7 +248,7 @@ fn bad_packed_shapes_are_errors() {
 #[test]
 fn packed_kquants_equal_their_ggml_layout_bit_for_bit() {
     let pools: Vec<ThreadPool> = (1..=2).map(ThreadPool::new).collect();
-    for (fi, format) in [WeightFormat::Q4_K, WeightFormat::Q6_K]
+    for (fi, format) in [WeightFormat::Q4_K, WeightFormat::Q5_K, WeightFormat::Q6_K]
         .into_iter()
         .enumerate()
     {
@@ -260,6 +260,7 @@ fn packed_kquants_equal_their_ggml_layout_bit_for_bit() {
             (64, 9),
             (48, 23),
             (80, 70),
+            (32, 130),
         ] {
             let mut r = rng(500 + fi as u64 * 7 + rows as u64);
             let data = random_weights(&mut r, format, rows, COLS);

@@ -32,6 +32,8 @@ use crate::cpu::CpuLevel;
 use crate::kpacked::{q4k, q5k, q6k, record_bytes, KPACK_ROWS};
 use crate::matmul::MatRef;
 
+mod amx_tiles;
+
 /// Activation rows per 512-bit tile (the Q6_K tile holds five accumulators per row).
 const C: usize = 4;
 
@@ -60,6 +62,8 @@ trait Lanes {
     unsafe fn add(a: Self::I, b: Self::I) -> Self::I;
     unsafe fn sub(a: Self::I, b: Self::I) -> Self::I;
     unsafe fn mullo(a: Self::I, b: Self::I) -> Self::I;
+    /// Low halves of the 16-bit lanes' products.
+    unsafe fn mullo16(a: Self::I, b: Self::I) -> Self::I;
     unsafe fn srli16<const K: u32>(a: Self::I) -> Self::I;
     unsafe fn slli16<const K: u32>(a: Self::I) -> Self::I;
     /// Each 16-bit lane shifted right by `n`.
@@ -139,6 +143,11 @@ impl Lanes for Z {
     unsafe fn mullo(a: __m512i, b: __m512i) -> __m512i {
         // SAFETY: the impl's CPU features, and pointers the caller vouches for.
         unsafe { _mm512_mullo_epi32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mullo16(a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_mullo_epi16(a, b) }
     }
     #[inline(always)]
     unsafe fn srli16<const K: u32>(a: __m512i) -> __m512i {
@@ -280,6 +289,11 @@ impl Lanes for Y {
         unsafe { _mm256_mullo_epi32(a, b) }
     }
     #[inline(always)]
+    unsafe fn mullo16(a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_mullo_epi16(a, b) }
+    }
+    #[inline(always)]
     unsafe fn srli16<const K: u32>(a: __m256i) -> __m256i {
         // SAFETY: the impl's CPU features, and pointers the caller vouches for.
         unsafe { _mm256_srl_epi16(a, _mm_cvtsi32_si128(K as i32)) }
@@ -392,26 +406,41 @@ pub(crate) unsafe fn rows<const F: Tag>(
 ) {
     // SAFETY: the caller's contract; `level` says which instructions the CPU has.
     unsafe {
-        if level >= CpuLevel::Avx512Vnni {
-            rows_512::<F>(w, act, r, out)
+        if level >= CpuLevel::Amx && act.m >= amx_tiles::ROWS {
+            rows_512::<F, true>(w, act, r, out)
+        } else if level >= CpuLevel::Avx512Vnni {
+            rows_512::<F, false>(w, act, r, out)
         } else {
             rows_256::<F>(w, act, r, out)
         }
     }
 }
 
-/// [`rows_with`] in 512-bit registers.
+/// [`rows_with`] in 512-bit registers, with sixteen-row AMX tiles where `AMX`.
 ///
 /// # Safety
-/// As [`rows`], and the CPU must have AVX512-F, -BW, -VL and -VNNI.
+/// As [`rows`], and the CPU must have AVX512-F, -BW, -VL and -VNNI (and AMX-INT8, granted,
+/// where `AMX`).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn rows_512<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
-    // SAFETY: forwarded unchanged; this build has the features `Z` needs.
+unsafe fn rows_512<const F: Tag, const AMX: bool>(
+    w: &MatRef,
+    act: &ActBuf,
+    r: Range<usize>,
+    out: *mut f32,
+) {
+    // SAFETY: forwarded unchanged; this build has the features `Z` needs, and the caller
+    // vouches for AMX; the tiles are configured before and released after their use.
     unsafe {
+        if AMX {
+            super::amx::configure(&amx_tiles::config());
+        }
         if F == tag::Q6_K {
-            rows_with::<F, Z, C>(w, act, r, out)
+            rows_with::<F, Z, C, AMX>(w, act, r, out)
         } else {
-            rows_with::<F, Z, C_WIDE>(w, act, r, out)
+            rows_with::<F, Z, C_WIDE, AMX>(w, act, r, out)
+        }
+        if AMX {
+            super::amx::release();
         }
     }
 }
@@ -423,18 +452,19 @@ unsafe fn rows_512<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out:
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_256<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     // SAFETY: forwarded unchanged; this build has the features `Y` needs.
-    unsafe { rows_with::<F, Y, C_AVX2>(w, act, r, out) }
+    unsafe { rows_with::<F, Y, C_AVX2, false>(w, act, r, out) }
 }
 
 /// Walks the groups of `r`: per chunk of activation rows and group, every super-block's
 /// scales (and, where it pays, values) are decoded once per lane half and its tiles of `T`
-/// activation rows are
-/// accumulated into `acc`, then the group's rows are written out.
+/// activation rows (with `AMX`, first as many AMX tiles of sixteen as fit) are accumulated
+/// into `acc`, then the group's rows are written out.
 ///
 /// # Safety
-/// As [`rows`], with the CPU features of `L`.
+/// As [`rows`], with the CPU features of `L` (and, with `AMX`, 512-bit lanes and tiles
+/// configured by [`amx_tiles::config`]).
 #[inline(always)]
-unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize>(
+unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize, const AMX: bool>(
     w: &MatRef,
     act: &ActBuf,
     r: Range<usize>,
@@ -448,11 +478,13 @@ unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize>(
         let rec = record_bytes(tag::format(F));
         let gb = nb * rec;
         let base = w.data().as_ptr();
-        let mut acc = [0.0f32; M_CHUNK * KPACK_ROWS];
+        let chunk = if AMX { amx_tiles::M_AMX } else { M_CHUNK };
+        let mut acc = [0.0f32; amx_tiles::M_AMX * KPACK_ROWS];
         let mut buf = [L::zero(); UNPACKED];
+        let mut planes = [L::zero(); amx_tiles::PLANES];
         let mut i0 = 0;
         while i0 < m {
-            let i1 = m.min(i0 + M_CHUNK);
+            let i1 = m.min(i0 + chunk);
             for g in r.start / KPACK_ROWS..r.end.div_ceil(KPACK_ROWS) {
                 acc[..(i1 - i0) * KPACK_ROWS].fill(0.0);
                 let gp = base.add(g * gb);
@@ -468,11 +500,25 @@ unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize>(
                         let blk = Block::<L>::decode::<F>(rp, lane0);
                         // More than one tile: unpack the values once for all of them, where
                         // that is dearer than loading them twice (not Q4_K's nibbles).
-                        let shared = F != tag::Q4_K && i1 - i0 > T;
+                        let mut i = i0;
+                        if AMX && i1 - i0 >= amx_tiles::ROWS {
+                            amx_tiles::unpack_scaled::<L, F>(rp, &blk, planes.as_mut_ptr());
+                            let p = planes.as_ptr();
+                            while i + 2 * amx_tiles::ROWS <= i1 {
+                                let a = acc.as_mut_ptr().add((i - i0) * KPACK_ROWS);
+                                amx_tiles::tiles::<F, L, 2>(&blk, p, act, b, i, a);
+                                i += 2 * amx_tiles::ROWS;
+                            }
+                            if i + amx_tiles::ROWS <= i1 {
+                                let a = acc.as_mut_ptr().add((i - i0) * KPACK_ROWS);
+                                amx_tiles::tiles::<F, L, 1>(&blk, p, act, b, i, a);
+                                i += amx_tiles::ROWS;
+                            }
+                        }
+                        let shared = !AMX && F != tag::Q4_K && i1 - i0 > T;
                         if shared {
                             unpack::<L, F>(rp, lane0, buf.as_mut_ptr());
                         }
-                        let mut i = i0;
                         while i < i1 {
                             let n = (i1 - i).min(T);
                             let a = acc.as_mut_ptr().add((i - i0) * KPACK_ROWS + lane0);
@@ -700,7 +746,7 @@ impl<L: Lanes> Block<L> {
     ) {
         // SAFETY: as this function's contract.
         unsafe {
-            let (cols, nb) = (act.cols, act.nb);
+            let cols = act.cols;
             let xp = act.qs.as_ptr().cast::<u8>().add(i0 * cols + b * 256);
             let mut sumi = [L::zero(); R];
             if F != tag::Q6_K {
@@ -762,31 +808,51 @@ impl<L: Lanes> Block<L> {
                 }
             }
             for (c, si) in sumi.iter().enumerate() {
-                let i = i0 + c;
-                let dy = L::splatf(*act.d.as_ptr().add(act.at(b, i)));
-                let t = if F != tag::Q6_K {
-                    let bs = act.bs32.as_ptr().add((i * nb + b) * 8).cast::<u8>();
-                    let mut summ = L::zero();
-                    for (k, p) in self.pairs.iter().take(4).enumerate() {
-                        summ = L::dot2(summ, *p, L::bcast(bs.add(4 * k)));
-                    }
-                    let t = L::mulf(L::mulf(self.d, dy), L::cvt(*si));
-                    L::subf(t, L::mulf(L::mulf(self.dmin, dy), L::cvt(summ)))
-                } else {
-                    // The quants carry +32: take 32 * sum(sc * bsum16) back out, exactly.
-                    let bs = act.bs16.as_ptr().add((i * nb + b) * 16).cast::<u8>();
-                    let mut corr = L::zero();
-                    for (k, p) in self.pairs.iter().enumerate() {
-                        corr = L::dot2(corr, *p, L::bcast(bs.add(4 * k)));
-                    }
-                    L::mulf(
-                        L::mulf(self.d, dy),
-                        L::cvt(L::sub(*si, L::slli32::<5>(corr))),
-                    )
-                };
-                let o = acc.add(c * KPACK_ROWS);
-                L::storef(o, L::addf(L::loadf(o), t));
+                self.finish::<F>(*si, act, b, i0 + c, acc.add(c * KPACK_ROWS));
             }
+        }
+    }
+
+    /// Adds super-block `b`'s float update for activation row `i` to `acc` (`N` floats):
+    /// `sumi` is the row's scaled integer sum; the mins (Q4_K, Q5_K) or the +32 offset (Q6_K)
+    /// come off here, in the reference's order.
+    ///
+    /// # Safety
+    /// `act` holds row `i`, `acc` is valid for `N` floats; the CPU must have `L`'s features.
+    #[inline(always)]
+    unsafe fn finish<const F: Tag>(
+        &self,
+        si: L::I,
+        act: &ActBuf,
+        b: usize,
+        i: usize,
+        acc: *mut f32,
+    ) {
+        // SAFETY: as this function's contract.
+        unsafe {
+            let nb = act.nb;
+            let dy = L::splatf(*act.d.as_ptr().add(act.at(b, i)));
+            let t = if F != tag::Q6_K {
+                let bs = act.bs32.as_ptr().add((i * nb + b) * 8).cast::<u8>();
+                let mut summ = L::zero();
+                for (k, p) in self.pairs.iter().take(4).enumerate() {
+                    summ = L::dot2(summ, *p, L::bcast(bs.add(4 * k)));
+                }
+                let t = L::mulf(L::mulf(self.d, dy), L::cvt(si));
+                L::subf(t, L::mulf(L::mulf(self.dmin, dy), L::cvt(summ)))
+            } else {
+                // The quants carry +32: take 32 * sum(sc * bsum16) back out, exactly.
+                let bs = act.bs16.as_ptr().add((i * nb + b) * 16).cast::<u8>();
+                let mut corr = L::zero();
+                for (k, p) in self.pairs.iter().enumerate() {
+                    corr = L::dot2(corr, *p, L::bcast(bs.add(4 * k)));
+                }
+                L::mulf(
+                    L::mulf(self.d, dy),
+                    L::cvt(L::sub(si, L::slli32::<5>(corr))),
+                )
+            };
+            L::storef(acc, L::addf(L::loadf(acc), t));
         }
     }
 }

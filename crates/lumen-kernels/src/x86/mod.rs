@@ -12,7 +12,8 @@
 //!   one weight row per lane, and [`packed_tiles_512`], its 512-bit tiles for pairs of groups
 //!   (from [`CpuLevel::Avx512Vnni`] up);
 //! - [`kquant_packed`]: Q4_K / Q5_K / Q6_K in the row-interleaved layout of [`crate::kpacked`],
-//!   sixteen rows per 512-bit register (VNNI) or eight per 256-bit one;
+//!   sixteen rows per 512-bit register (VNNI) or eight per 256-bit one, and sixteen
+//!   activation rows at a time in AMX tiles ([`amx`], from [`CpuLevel::Amx`] up);
 //! - [`kquant_tiles`]: Q4_K / Q5_K / Q6_K / Q2_K / Q3_K / IQ4_XS super-blocks unpacked once
 //!   per eight rows for every activation row ([`kquant_lowbit`] unpacks the last three), and
 //!   [`kquant_decode`], the register-only path for a single activation row (Q4_K, Q5_K,
@@ -22,6 +23,7 @@
 //! - [`tag`]: the weight-format tags the tiles take as const generic parameters.
 
 pub(crate) mod act_quant;
+pub(crate) mod amx;
 pub(crate) mod bf16_tiles;
 mod block32_tiles;
 mod block32_unpack;
