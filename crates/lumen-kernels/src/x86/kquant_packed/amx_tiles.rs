@@ -92,66 +92,110 @@ pub(super) unsafe fn unpack_scaled<L: Lanes, const F: Tag>(
 
 /// The planes' i32 sums of up to two tiles, as `tilestored` writes them: tile `t`'s low sums
 /// at `[2t]`, high at `[2t + 1]`; row = activation row, lane = weight row.
-#[repr(C, align(64))]
-struct Sums([[i32; ROWS * KPACK_ROWS]; 4]);
+type Sums = [[i32; ROWS * KPACK_ROWS]; 4];
 
-/// Super-block `b` of one group times activation rows `i0..i0 + 16 * T` (`T` is 1 or 2):
-/// adds each row's float update to `acc[c * 16 ..]`, as [`Block::tile`] does. Two tiles
-/// share each load of the planes, and their four accumulators keep the matrix unit busy
-/// where one tile's two chains would wait on each other's latency.
+/// Two [`Sums`], one per pair of tiles in flight, aligned for the tile stores.
+#[repr(C, align(64))]
+struct SumsPair([Sums; 2]);
+
+/// Super-block `b` of one group times activation rows `i0..i0 + 16 * n` (`n` whole tiles):
+/// adds each row's float update to `acc[(i - i0) * 16 ..]`, as [`Block::tile`] does.
+///
+/// Tiles go in pairs that share each load of the planes (their four accumulators also keep
+/// the matrix unit busy where one tile's two chains would wait on each other). A pair's float
+/// updates are computed while the next pair's products run: the vector work and the matrix
+/// unit overlap instead of taking turns.
 ///
 /// # Safety
 /// Tiles configured by [`config`] on this thread; `L` is the 512-bit lanes (sixteen per
 /// register); `planes` holds the super-block as [`unpack_scaled`] wrote it; `act` holds rows
-/// `i0..i0 + 16 * T`; `acc` is valid for `16 * T` rows of sixteen floats.
+/// `i0..i0 + 16 * n`; `acc` is valid for `16 * n` rows of sixteen floats.
 #[inline(always)]
-pub(super) unsafe fn tiles<const F: Tag, L: Lanes, const T: usize>(
+pub(super) unsafe fn tiles<const F: Tag, L: Lanes>(
     blk: &Block<L>,
     planes: *const L::I,
     act: &ActBuf,
     b: usize,
     i0: usize,
+    n: usize,
     acc: *mut f32,
 ) {
-    debug_assert!(L::N == KPACK_ROWS && (T == 1 || T == 2));
+    debug_assert_eq!(L::N, KPACK_ROWS);
     // SAFETY: as this function's contract; every tile row read lies inside `planes` or the
-    // activation rows `i0..i0 + 16 * T` of super-block `b`.
+    // activation rows `i0..i0 + 16 * n` of super-block `b`, and each pair's sums are read
+    // only after its stores and before the buffer is stored to again.
     unsafe {
         let cols = act.cols;
-        let xp = act.qs.as_ptr().cast::<u8>().add(i0 * cols + b * 256);
-        let xq = xp.wrapping_add(ROWS * cols);
         let (lo, hi) = (planes.cast::<u8>(), planes.add(64).cast::<u8>());
-        amx::zero::<0>();
-        amx::zero::<1>();
-        if T == 2 {
-            amx::zero::<6>();
-            amx::zero::<7>();
-        }
-        for j in 0..4 {
-            amx::load::<4>(lo.add(1024 * j), 64);
-            amx::load::<5>(hi.add(1024 * j), 64);
-            amx::load::<2>(xp.add(64 * j), cols);
-            dot_planes::<F, 0, 1, 2>();
-            if T == 2 {
-                amx::load::<3>(xq.add(64 * j), cols);
-                dot_planes::<F, 6, 7, 3>();
+        // Written by the tile stores before any read (zeroing them cost 3 %).
+        let mut sums = std::mem::MaybeUninit::<SumsPair>::uninit();
+        let sums = sums.as_mut_ptr().cast::<Sums>();
+        let mut pending: Option<(usize, usize, *const Sums)> = None;
+        let (mut t, mut k) = (0, 0);
+        while t < n {
+            let pair = n - t >= 2;
+            let i = i0 + ROWS * t;
+            let xp = act.qs.as_ptr().cast::<u8>().add(i * cols + b * 256);
+            amx::zero::<0>();
+            amx::zero::<1>();
+            if pair {
+                amx::zero::<6>();
+                amx::zero::<7>();
             }
+            for j in 0..4 {
+                amx::load::<4>(lo.add(1024 * j), 64);
+                amx::load::<5>(hi.add(1024 * j), 64);
+                amx::load::<2>(xp.add(64 * j), cols);
+                dot_planes::<F, 0, 1, 2>();
+                if pair {
+                    amx::load::<3>(xp.add(ROWS * cols + 64 * j), cols);
+                    dot_planes::<F, 6, 7, 3>();
+                }
+            }
+            if let Some((pi, pn, ps)) = pending {
+                finish_rows::<F, L>(blk, &*ps, act, b, pi, pn, acc.add((pi - i0) * KPACK_ROWS));
+            }
+            let sp = sums.add(k).cast::<[i32; ROWS * KPACK_ROWS]>();
+            amx::store::<0>(sp.cast(), 64);
+            amx::store::<1>(sp.add(1).cast(), 64);
+            if pair {
+                amx::store::<6>(sp.add(2).cast(), 64);
+                amx::store::<7>(sp.add(3).cast(), 64);
+            }
+            let tn = if pair { 2 } else { 1 };
+            pending = Some((i, ROWS * tn, sums.add(k)));
+            (t, k) = (t + tn, k ^ 1);
         }
-        // Written by the tile stores before any read (zeroing 4 KiB per call cost 3 %).
-        let mut sums = std::mem::MaybeUninit::<Sums>::uninit();
-        let sp = sums.as_mut_ptr().cast::<[i32; ROWS * KPACK_ROWS]>();
-        amx::store::<0>(sp.cast(), 64);
-        amx::store::<1>(sp.add(1).cast(), 64);
-        if T == 2 {
-            amx::store::<6>(sp.add(2).cast(), 64);
-            amx::store::<7>(sp.add(3).cast(), 64);
+        if let Some((pi, pn, ps)) = pending {
+            finish_rows::<F, L>(blk, &*ps, act, b, pi, pn, acc.add((pi - i0) * KPACK_ROWS));
         }
-        for c in 0..ROWS * T {
+    }
+}
+
+/// Rows `i..i + n` of one or two tiles' sums: `low + 256 * high` is the scaled integer sum,
+/// then the float update ([`Block::finish`]) goes to `acc[c * 16 ..]`.
+///
+/// # Safety
+/// `act` holds the rows, `acc` is valid for `n` rows of sixteen floats; the CPU has `L`'s
+/// features.
+#[inline(always)]
+unsafe fn finish_rows<const F: Tag, L: Lanes>(
+    blk: &Block<L>,
+    sums: &Sums,
+    act: &ActBuf,
+    b: usize,
+    i: usize,
+    n: usize,
+    acc: *mut f32,
+) {
+    // SAFETY: as this function's contract; `sums` holds 2 * n / 16 planes of sixteen rows.
+    unsafe {
+        for c in 0..n {
             let (t, r) = (c / ROWS, c % ROWS);
-            let l = L::load(sp.add(2 * t).cast::<i32>().add(KPACK_ROWS * r).cast());
-            let h = L::load(sp.add(2 * t + 1).cast::<i32>().add(KPACK_ROWS * r).cast());
+            let l = L::load(sums[2 * t].as_ptr().add(KPACK_ROWS * r).cast());
+            let h = L::load(sums[2 * t + 1].as_ptr().add(KPACK_ROWS * r).cast());
             let si = L::add(l, L::slli32::<8>(h));
-            blk.finish::<F>(si, act, b, i0 + c, acc.add(c * KPACK_ROWS));
+            blk.finish::<F>(si, act, b, i + c, acc.add(c * KPACK_ROWS));
         }
     }
 }
