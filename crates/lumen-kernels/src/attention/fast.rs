@@ -37,6 +37,16 @@ const PREFETCH_BLOCKS: usize = 2;
 /// their accumulators and the block's converted values fit in the registers.
 const TILE: usize = 4;
 
+/// The queries of one tile: `qn` (1..=[`TILE`]) of `hd` values each, `step` values apart
+/// (in the rounded queries and in the accumulators alike): `hd` for the heads of one token
+/// that share a KV head, `heads * hd` for one head of consecutive tokens.
+#[derive(Clone, Copy)]
+struct QTile {
+    qn: usize,
+    hd: usize,
+    step: usize,
+}
+
 /// Scratch of one task: `scores` one row of [`score_stride`] per query, `acc` one `head_dim`
 /// result per query, `qh` one `head_dim` query rounded to f16 per query.
 pub(super) struct FastBufs<'a> {
@@ -66,8 +76,8 @@ pub(super) fn score_stride(max_ctx: usize, block_size: usize) -> usize {
 
 /// The inner steps, per instruction set.
 trait Ops {
-    /// For the `qn` queries in `q` (`q.len() / qn` values each): `out[i * stride + s] =
-    /// dot(query i, key of slot s) * scale` for the `bs` slots of one block's keys `k`
+    /// For the `qn` queries of `tile.hd` values in `q`, `tile.step` apart: `out[i * stride +
+    /// s] = dot(query i, key of slot s) * scale` for the `bs` slots of one block's keys `k`
     /// (`[head_dim][bs]`), asking for `pf`'s lines along the way.
     ///
     /// # Safety
@@ -79,7 +89,7 @@ trait Ops {
         k: &[f16],
         bs: usize,
         q: &[f32],
-        qn: usize,
+        tile: QTile,
         scale: f32,
         out: &mut [f32],
         stride: usize,
@@ -99,8 +109,9 @@ trait Ops {
     /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
     /// pointer argument must be valid for the reads and writes described above.
     unsafe fn round_f16(s: &mut [f32], factor: f32);
-    /// For the `qn` queries: `acc_i += sum_{s < rows} p[i * stride + s] * v row s`, where `v`
-    /// holds `rows` rows of `acc.len() / qn` values, asking for `pf`'s lines along the way.
+    /// For the `tile.qn` queries: `acc_i += sum_{s < rows} p[i * stride + s] * v row s`, where
+    /// `v` holds `rows` rows of `tile.hd` values and query `i`'s accumulators start at
+    /// `acc[i * tile.step]`, asking for `pf`'s lines along the way.
     ///
     /// # Safety
     /// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
@@ -111,7 +122,7 @@ trait Ops {
         stride: usize,
         rows: usize,
         v: &[f16],
-        qn: usize,
+        tile: QTile,
         acc: &mut [f32],
         pf: Ahead,
     );
@@ -210,19 +221,26 @@ unsafe fn run<O: Ops>(inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
             O::prefetch(Ahead::slice(ahead(step), 0, 1));
         }
 
+        // Without grouped heads (one query head per KV head), a tile is one head of up to
+        // four consecutive tokens, so that each key and value converted from f16 serves four
+        // queries instead of one (a 512-token prompt at depth 4096 of a 32-head model spent
+        // most of its time converting). Every query's arithmetic is the same in either tile.
+        let by_tokens = group == 1;
+        let n_ctx = |t: usize| queries[task.first + t].n_ctx;
         for b in 0..n_blocks {
             let next = ahead(b + PREFETCH_BLOCKS);
-            for t in 0..tokens {
-                let n_ctx = queries[task.first + t].n_ctx;
+            for (t0, tn) in tiles(tokens, by_tokens) {
                 for hl in 0..task.n_kv {
-                    if n_ctx <= b * bs {
+                    // A tile's tokens past this block score it too (slots no one reads).
+                    if (t0..t0 + tn).all(|t| n_ctx(t) <= b * bs) {
                         continue;
                     }
                     let at = start(b) + hl * piece;
                     let k = &k_layer[at..at + piece];
                     for g in (0..group).step_by(TILE) {
-                        let (j0, qn) = (t * heads + hl * group + g, TILE.min(group - g));
-                        let pf = if t + 1 == tokens && g == 0 {
+                        let j0 = t0 * heads + hl * group + g;
+                        let tile = q_tile(tn, TILE.min(group - g), hd, heads, by_tokens);
+                        let pf = if t0 + tn == tokens && g == 0 {
                             Ahead::slice(next, hl, task.n_kv)
                         } else {
                             Ahead::NONE
@@ -230,11 +248,11 @@ unsafe fn run<O: Ops>(inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
                         O::scores(
                             k,
                             bs,
-                            &qh[j0 * hd..(j0 + qn) * hd],
-                            qn,
+                            &qh[j0 * hd..],
+                            tile,
                             scale,
                             &mut scores[j0 * stride + b * bs..],
-                            stride,
+                            tile.step / hd * stride,
                             pf,
                         );
                     }
@@ -253,35 +271,84 @@ unsafe fn run<O: Ops>(inputs: &Inputs<'_>, task: Task, bufs: FastBufs<'_>) {
         }
         for b in 0..n_blocks {
             let next = ahead(n_blocks + b + PREFETCH_BLOCKS);
-            for t in 0..tokens {
-                let n_ctx = queries[task.first + t].n_ctx;
+            for (t0, tn) in tiles(tokens, by_tokens) {
                 for hl in 0..task.n_kv {
-                    if n_ctx <= b * bs {
-                        continue;
-                    }
-                    // Only the slots inside the context: past it the cache may hold anything.
-                    let rows = bs.min(n_ctx - b * bs);
+                    let pf = if t0 + tn == tokens {
+                        Ahead::slice(next, hl, task.n_kv)
+                    } else {
+                        Ahead::NONE
+                    };
                     let at = start(b) + hl * piece;
-                    let v = &v_layer[at..at + rows * hd];
-                    for g in (0..group).step_by(TILE) {
-                        let (j0, qn) = (t * heads + hl * group + g, TILE.min(group - g));
-                        let pf = if t + 1 == tokens && g == 0 {
-                            Ahead::slice(next, hl, task.n_kv)
-                        } else {
-                            Ahead::NONE
-                        };
+                    // Only the slots inside the context: past it the cache may hold anything,
+                    // so a tile of tokens shares a block only where it is whole for all of them.
+                    if tn > 1 && (t0..t0 + tn).all(|t| n_ctx(t) >= (b + 1) * bs) {
+                        let j0 = t0 * heads + hl;
+                        let tile = q_tile(tn, 1, hd, heads, true);
                         O::accumulate(
                             &scores[j0 * stride + b * bs..],
-                            stride,
-                            rows,
-                            v,
-                            qn,
-                            &mut acc[j0 * hd..(j0 + qn) * hd],
+                            heads * stride,
+                            bs,
+                            &v_layer[at..at + piece],
+                            tile,
+                            &mut acc[j0 * hd..],
                             pf,
                         );
+                        continue;
+                    }
+                    for t in t0..t0 + tn {
+                        if n_ctx(t) <= b * bs {
+                            continue;
+                        }
+                        let rows = bs.min(n_ctx(t) - b * bs);
+                        let v = &v_layer[at..at + rows * hd];
+                        for g in (0..group).step_by(TILE) {
+                            let j0 = t * heads + hl * group + g;
+                            let tile = q_tile(1, TILE.min(group - g), hd, heads, false);
+                            let pf = if t + 1 == tokens && g == 0 {
+                                pf
+                            } else {
+                                Ahead::NONE
+                            };
+                            O::accumulate(
+                                &scores[j0 * stride + b * bs..],
+                                stride,
+                                rows,
+                                v,
+                                tile,
+                                &mut acc[j0 * hd..],
+                                pf,
+                            );
+                        }
                     }
                 }
             }
+        }
+    }
+}
+
+/// The task's tokens in tiles `(first, count)`: up to [`TILE`] at a time `by_tokens`,
+/// otherwise one by one.
+fn tiles(tokens: usize, by_tokens: bool) -> impl Iterator<Item = (usize, usize)> {
+    let n = if by_tokens { TILE } else { 1 };
+    (0..tokens)
+        .step_by(n)
+        .map(move |t0| (t0, n.min(tokens - t0)))
+}
+
+/// A tile of `tn` tokens' one head (`by_tokens`: queries `heads * hd` apart) or of one token's
+/// `gn` heads (`hd` apart).
+fn q_tile(tn: usize, gn: usize, hd: usize, heads: usize, by_tokens: bool) -> QTile {
+    if by_tokens {
+        QTile {
+            qn: tn,
+            hd,
+            step: heads * hd,
+        }
+    } else {
+        QTile {
+            qn: gn,
+            hd,
+            step: hd,
         }
     }
 }
@@ -325,14 +392,14 @@ impl Ops for Scalar {
         k: &[f16],
         bs: usize,
         q: &[f32],
-        qn: usize,
+        tile: QTile,
         scale: f32,
         out: &mut [f32],
         stride: usize,
         _pf: Ahead,
     ) {
-        let hd = q.len() / qn;
-        for (i, q) in q.chunks_exact(hd).enumerate() {
+        for i in 0..tile.qn {
+            let q = &q[i * tile.step..i * tile.step + tile.hd];
             for s in 0..bs {
                 let dot: f32 = q
                     .iter()
@@ -359,13 +426,13 @@ impl Ops for Scalar {
         stride: usize,
         rows: usize,
         v: &[f16],
-        qn: usize,
+        tile: QTile,
         acc: &mut [f32],
         _pf: Ahead,
     ) {
-        let hd = acc.len() / qn;
-        for (i, acc) in acc.chunks_exact_mut(hd).enumerate() {
-            for (s, row) in v.chunks_exact(hd).take(rows).enumerate() {
+        for i in 0..tile.qn {
+            let acc = &mut acc[i * tile.step..i * tile.step + tile.hd];
+            for (s, row) in v.chunks_exact(tile.hd).take(rows).enumerate() {
                 let w = p[i * stride + s];
                 for (a, x) in acc.iter_mut().zip(row) {
                     *a += w * x.to_f32();

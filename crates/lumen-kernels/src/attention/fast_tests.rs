@@ -141,3 +141,41 @@ fn fast_plan_gives_whole_tasks_only_when_there_are_runs_enough() {
     s.plan(&[one(3), one(9), one(20), one(40)], 3, false, 2);
     assert_eq!(s.tasks.len(), 12);
 }
+
+/// Without grouped heads (SmolLM2-1.7B, Llama 2) a prompt's consecutive tokens share tiles of
+/// one head: each token still gets exactly the bits it gets alone, at every level, matches
+/// the f64 reference, and never reads the NaN slots past any context.
+#[test]
+fn fast_tiles_of_tokens_give_each_token_its_own_bits() {
+    let mut seed = 23u64;
+    for head_dim in [64, 80] {
+        let mut case = make_case(head_dim, 300, 3.0, KeyLayout::Columns, &mut seed);
+        case.geo.n_heads = case.geo.n_kv_heads;
+        let heads = case.geo.n_heads;
+        let q_dim = heads * head_dim;
+        let scale = 0.125;
+        // Runs crossing block edges at different offsets, and a run shorter than a tile.
+        for n_ctxs in [(250..=300).collect::<Vec<_>>(), (13..=35).collect(), vec![40, 41]] {
+            let q: Vec<f32> = (0..n_ctxs.len() * q_dim)
+                .map(|_| lcg(&mut seed) * 3.0)
+                .collect();
+            for level in levels(head_dim) {
+                let together = run_with(AttnArith::Fast, true, &case, level, 2, &n_ctxs, &q, scale);
+                for (t, &n_ctx) in n_ctxs.iter().enumerate() {
+                    let qt = &q[t * q_dim..(t + 1) * q_dim];
+                    let alone =
+                        run_with(AttnArith::Fast, false, &case, level, 1, &[n_ctx], qt, scale);
+                    let got = &together[t * q_dim..(t + 1) * q_dim];
+                    assert_eq!(bits(got), bits(&alone), "{level} hd {head_dim} n_ctx {n_ctx}");
+                    for h in 0..heads {
+                        let qh = &qt[h * head_dim..(h + 1) * head_dim];
+                        let want = reference(qh, &case.ks[h], &case.vs[h], scale, n_ctx);
+                        for (g, w) in got[h * head_dim..].iter().zip(&want) {
+                            assert!((*g as f64 - w).abs() < 5e-4, "{level} n_ctx {n_ctx}: {g} vs {w}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

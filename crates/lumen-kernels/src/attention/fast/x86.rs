@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{Ahead, FastBufs, Inputs, Ops, Task, TILE};
+use super::{Ahead, FastBufs, Inputs, Ops, QTile, Task, TILE};
 use crate::ggml_math::x86::{exp8, hsum8};
 
 /// [`super::run`] with 512-bit vectors.
@@ -180,7 +180,8 @@ impl Lanes for Ymm2 {
 /// dimensions) of every query of a tile in registers at a time.
 struct Simd<L, const D: usize>(std::marker::PhantomData<L>);
 
-/// Scores of `Q` queries for the 16 slots from `k` (dimension `d` at `k + d * bs`): two
+/// Scores of `Q` queries (`hd` values, `qs` apart) for the 16 slots from `k` (dimension `d` at
+/// `k + d * bs`): two
 /// accumulators per query (even and odd dimensions) so that the multiply-adds do not wait
 /// on each other, summed at the end; the same order for every tile a query is in.
 ///
@@ -195,6 +196,7 @@ unsafe fn scores16<L: Lanes, const Q: usize>(
     bs: usize,
     hd: usize,
     q: *const f32,
+    qs: usize,
     scale: f32,
     out: *mut f32,
     stride: usize,
@@ -210,15 +212,15 @@ unsafe fn scores16<L: Lanes, const Q: usize>(
             fetch(pf, d / 2 * per, per);
             let (k0, k1) = (L::load_f16(k.add(d * bs)), L::load_f16(k.add((d + 1) * bs)));
             for (i, a) in a.iter_mut().enumerate() {
-                a[0] = a[0].fma(*q.add(i * hd + d), k0);
-                a[1] = a[1].fma(*q.add(i * hd + d + 1), k1);
+                a[0] = a[0].fma(*q.add(i * qs + d), k0);
+                a[1] = a[1].fma(*q.add(i * qs + d + 1), k1);
             }
             d += 2;
         }
         if d < hd {
             let k0 = L::load_f16(k.add(d * bs));
             for (i, a) in a.iter_mut().enumerate() {
-                a[0] = a[0].fma(*q.add(i * hd + d), k0);
+                a[0] = a[0].fma(*q.add(i * qs + d), k0);
             }
         }
         for (i, a) in a.iter().enumerate() {
@@ -227,7 +229,8 @@ unsafe fn scores16<L: Lanes, const Q: usize>(
     }
 }
 
-/// `acc_i += sum_s p_i[s] * v row s` for `Q` queries, dimensions `d0..d0 + 16 D`.
+/// `acc_i += sum_s p_i[s] * v row s` for `Q` queries (accumulators `acc_step` apart),
+/// dimensions `d0..d0 + 16 D`.
 ///
 /// # Safety
 /// The CPU must support the instructions this code is compiled for (AVX2, FMA and F16C,
@@ -242,6 +245,7 @@ unsafe fn accumulate_lanes<L: Lanes, const Q: usize, const D: usize>(
     v: *const f16,
     hd: usize,
     acc: *mut f32,
+    acc_step: usize,
     d0: usize,
     pf: Ahead,
 ) {
@@ -251,7 +255,7 @@ unsafe fn accumulate_lanes<L: Lanes, const Q: usize, const D: usize>(
         let mut a = [[L::zero(); D]; Q];
         for (i, a) in a.iter_mut().enumerate() {
             for (g, a) in a.iter_mut().enumerate() {
-                *a = L::load(acc.add(i * hd + d0 + 16 * g));
+                *a = L::load(acc.add(i * acc_step + d0 + 16 * g));
             }
         }
         let per = pf.per(rows);
@@ -270,7 +274,7 @@ unsafe fn accumulate_lanes<L: Lanes, const Q: usize, const D: usize>(
         }
         for (i, a) in a.iter().enumerate() {
             for (g, a) in a.iter().enumerate() {
-                a.store(acc.add(i * hd + d0 + 16 * g));
+                a.store(acc.add(i * acc_step + d0 + 16 * g));
             }
         }
     }
@@ -283,6 +287,7 @@ unsafe fn accumulate_lanes<L: Lanes, const Q: usize, const D: usize>(
 /// plus any AVX-512 feature its `#[target_feature]`, or its caller's, names), and every
 /// pointer argument must be valid for the reads and writes described above.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn accumulate_q<L: Lanes, const Q: usize, const D: usize>(
     p: *const f32,
     stride: usize,
@@ -290,6 +295,7 @@ unsafe fn accumulate_q<L: Lanes, const Q: usize, const D: usize>(
     v: *const f16,
     hd: usize,
     acc: *mut f32,
+    acc_step: usize,
     pf: Ahead,
 ) {
     // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
@@ -305,6 +311,7 @@ unsafe fn accumulate_q<L: Lanes, const Q: usize, const D: usize>(
                 v,
                 hd,
                 acc,
+                acc_step,
                 d,
                 if d == 0 { pf } else { Ahead::NONE },
             );
@@ -318,6 +325,7 @@ unsafe fn accumulate_q<L: Lanes, const Q: usize, const D: usize>(
                 v,
                 hd,
                 acc,
+                acc_step,
                 d,
                 if d == 0 { pf } else { Ahead::NONE },
             );
@@ -351,7 +359,7 @@ impl<L: Lanes, const D: usize> Ops for Simd<L, D> {
         k: &[f16],
         bs: usize,
         q: &[f32],
-        qn: usize,
+        tile: QTile,
         scale: f32,
         out: &mut [f32],
         stride: usize,
@@ -360,22 +368,24 @@ impl<L: Lanes, const D: usize> Ops for Simd<L, D> {
         // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
         // `# Safety` section; every intrinsic, load and store below relies on exactly those.
         unsafe {
-            let hd = q.len() / qn;
+            let QTile { qn, hd, step } = tile;
             assert!(
                 (1..=TILE).contains(&qn)
                     && bs.is_multiple_of(16)
                     && k.len() >= hd * bs
+                    && q.len() >= (qn - 1) * step + hd
                     && out.len() >= (qn - 1) * stride + bs
             );
             let (kp, qp, op) = (k.as_ptr(), q.as_ptr(), out.as_mut_ptr());
             for c in (0..bs).step_by(16) {
                 let pf = Ahead::slice(Some((pf.ptr, pf.lines)), c / 16, bs / 16);
+                let (kc, oc) = (kp.add(c), op.add(c));
                 // Matches, not closures: closures do not inherit target features.
                 match qn {
-                    1 => scores16::<L, 1>(kp.add(c), bs, hd, qp, scale, op.add(c), stride, pf),
-                    2 => scores16::<L, 2>(kp.add(c), bs, hd, qp, scale, op.add(c), stride, pf),
-                    3 => scores16::<L, 3>(kp.add(c), bs, hd, qp, scale, op.add(c), stride, pf),
-                    _ => scores16::<L, 4>(kp.add(c), bs, hd, qp, scale, op.add(c), stride, pf),
+                    1 => scores16::<L, 1>(kc, bs, hd, qp, step, scale, oc, stride, pf),
+                    2 => scores16::<L, 2>(kc, bs, hd, qp, step, scale, oc, stride, pf),
+                    3 => scores16::<L, 3>(kc, bs, hd, qp, step, scale, oc, stride, pf),
+                    _ => scores16::<L, 4>(kc, bs, hd, qp, step, scale, oc, stride, pf),
                 }
             }
         }
@@ -387,26 +397,27 @@ impl<L: Lanes, const D: usize> Ops for Simd<L, D> {
         stride: usize,
         rows: usize,
         v: &[f16],
-        qn: usize,
+        tile: QTile,
         acc: &mut [f32],
         pf: Ahead,
     ) {
         // SAFETY: the caller guarantees the CPU features and pointer ranges of this function's
         // `# Safety` section; every intrinsic, load and store below relies on exactly those.
         unsafe {
-            let hd = acc.len() / qn;
+            let QTile { qn, hd, step } = tile;
             assert!(
                 (1..=TILE).contains(&qn)
                     && hd.is_multiple_of(16)
                     && v.len() >= rows * hd
+                    && acc.len() >= (qn - 1) * step + hd
                     && (rows == 0 || p.len() >= (qn - 1) * stride + rows)
             );
             let (pp, vp, ap) = (p.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
             match qn {
-                1 => accumulate_q::<L, 1, D>(pp, stride, rows, vp, hd, ap, pf),
-                2 => accumulate_q::<L, 2, D>(pp, stride, rows, vp, hd, ap, pf),
-                3 => accumulate_q::<L, 3, D>(pp, stride, rows, vp, hd, ap, pf),
-                _ => accumulate_q::<L, 4, D>(pp, stride, rows, vp, hd, ap, pf),
+                1 => accumulate_q::<L, 1, D>(pp, stride, rows, vp, hd, ap, step, pf),
+                2 => accumulate_q::<L, 2, D>(pp, stride, rows, vp, hd, ap, step, pf),
+                3 => accumulate_q::<L, 3, D>(pp, stride, rows, vp, hd, ap, step, pf),
+                _ => accumulate_q::<L, 4, D>(pp, stride, rows, vp, hd, ap, step, pf),
             }
         }
     }
