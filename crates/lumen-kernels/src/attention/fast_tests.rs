@@ -155,7 +155,11 @@ fn fast_tiles_of_tokens_give_each_token_its_own_bits() {
         let q_dim = heads * head_dim;
         let scale = 0.125;
         // Runs crossing block edges at different offsets, and a run shorter than a tile.
-        for n_ctxs in [(250..=300).collect::<Vec<_>>(), (13..=35).collect(), vec![40, 41]] {
+        for n_ctxs in [
+            (250..=300).collect::<Vec<_>>(),
+            (13..=35).collect(),
+            vec![40, 41],
+        ] {
             let q: Vec<f32> = (0..n_ctxs.len() * q_dim)
                 .map(|_| lcg(&mut seed) * 3.0)
                 .collect();
@@ -166,12 +170,19 @@ fn fast_tiles_of_tokens_give_each_token_its_own_bits() {
                     let alone =
                         run_with(AttnArith::Fast, false, &case, level, 1, &[n_ctx], qt, scale);
                     let got = &together[t * q_dim..(t + 1) * q_dim];
-                    assert_eq!(bits(got), bits(&alone), "{level} hd {head_dim} n_ctx {n_ctx}");
+                    assert_eq!(
+                        bits(got),
+                        bits(&alone),
+                        "{level} hd {head_dim} n_ctx {n_ctx}"
+                    );
                     for h in 0..heads {
                         let qh = &qt[h * head_dim..(h + 1) * head_dim];
                         let want = reference(qh, &case.ks[h], &case.vs[h], scale, n_ctx);
                         for (g, w) in got[h * head_dim..].iter().zip(&want) {
-                            assert!((*g as f64 - w).abs() < 5e-4, "{level} n_ctx {n_ctx}: {g} vs {w}");
+                            assert!(
+                                (*g as f64 - w).abs() < 5e-4,
+                                "{level} n_ctx {n_ctx}: {g} vs {w}"
+                            );
                         }
                     }
                 }
