@@ -267,9 +267,10 @@ def print_and_save(a):
     if tg:
         row(f"tg{tg} t/s", tg_pairs, 1.3)
     if pp and a.depth:
-        d = a.depth
-        row(f"pp{pp} at depth {d} t/s", [(lumen_test(r["lumen_depth"], f"pp{pp}@d{d}"),
-                                          llama_bench(r["llama_depth"], pp, 0, d)) for r in per_round], 1.5)
+        # Not `d`: that is the run folder, read again below.
+        dp = a.depth
+        row(f"pp{pp} at depth {dp} t/s", [(lumen_test(r["lumen_depth"], f"pp{pp}@d{dp}"),
+                                           llama_bench(r["llama_depth"], pp, 0, dp)) for r in per_round], 1.5)
     # Each engine's share of the single-stream decode bound, from the median tg figures.
     bw = _dig(load_json(a.bandwidth), ["best_gb_per_s"]) if a.bandwidth else None
     per_token = decode_bytes_per_token(a.model)
