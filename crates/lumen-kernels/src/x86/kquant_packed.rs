@@ -486,7 +486,14 @@ unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize, const AMX: bool>(
         while i0 < m {
             let i1 = m.min(i0 + chunk);
             for g in r.start / KPACK_ROWS..r.end.div_ceil(KPACK_ROWS) {
-                acc[..(i1 - i0) * KPACK_ROWS].fill(0.0);
+                // AMX tiles start their rows' sums themselves (zeroing all of them cost 2-4 %
+                // of a prompt); the rows the 512-bit tiles take are zeroed here.
+                let amx_rows = if AMX && i1 - i0 >= amx_tiles::ROWS {
+                    (i1 - i0) / amx_tiles::ROWS * amx_tiles::ROWS
+                } else {
+                    0
+                };
+                acc[amx_rows * KPACK_ROWS..(i1 - i0) * KPACK_ROWS].fill(0.0);
                 let gp = base.add(g * gb);
                 for b in 0..nb {
                     let rp = gp.add(b * rec);
@@ -503,7 +510,8 @@ unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize, const AMX: bool>(
                             amx_tiles::unpack_scaled::<L, F>(rp, &blk, planes.as_mut_ptr());
                             let n = (i1 - i0) / amx_tiles::ROWS;
                             let a = acc.as_mut_ptr();
-                            amx_tiles::tiles::<F, L>(&blk, planes.as_ptr(), act, b, i, n, a);
+                            let first = b == 0;
+                            amx_tiles::tiles::<F, L>(&blk, planes.as_ptr(), act, b, i, n, a, first);
                             i += n * amx_tiles::ROWS;
                         }
                         // More than one tile: unpack the values once for all of them, where
@@ -808,12 +816,13 @@ impl<L: Lanes> Block<L> {
                 }
             }
             for (c, si) in sumi.iter().enumerate() {
-                self.finish::<F>(*si, act, b, i0 + c, acc.add(c * KPACK_ROWS));
+                self.finish::<F>(*si, act, b, i0 + c, acc.add(c * KPACK_ROWS), false);
             }
         }
     }
 
-    /// Adds super-block `b`'s float update for activation row `i` to `acc` (`N` floats):
+    /// Adds super-block `b`'s float update for activation row `i` to `acc` (`N` floats; to
+    /// zero if `first`, without reading `acc`):
     /// `sumi` is the row's scaled integer sum; the mins (Q4_K, Q5_K) or the +32 offset (Q6_K)
     /// come off here, in the reference's order.
     ///
@@ -827,6 +836,7 @@ impl<L: Lanes> Block<L> {
         b: usize,
         i: usize,
         acc: *mut f32,
+        first: bool,
     ) {
         // SAFETY: as this function's contract.
         unsafe {
@@ -852,7 +862,9 @@ impl<L: Lanes> Block<L> {
                     L::cvt(L::sub(si, L::slli32::<5>(corr))),
                 )
             };
-            L::storef(acc, L::addf(L::loadf(acc), t));
+            // The first super-block adds to zero as the reference does (0 + -0 is +0).
+            let before = if first { L::splatf(0.0) } else { L::loadf(acc) };
+            L::storef(acc, L::addf(before, t));
         }
     }
 }

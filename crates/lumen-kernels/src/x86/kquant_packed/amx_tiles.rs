@@ -99,7 +99,8 @@ type Sums = [[i32; ROWS * KPACK_ROWS]; 4];
 struct SumsPair([Sums; 2]);
 
 /// Super-block `b` of one group times activation rows `i0..i0 + 16 * n` (`n` whole tiles):
-/// adds each row's float update to `acc[(i - i0) * 16 ..]`, as [`Block::tile`] does.
+/// adds each row's float update to `acc[(i - i0) * 16 ..]` (to zero if `first`), as
+/// [`Block::tile`] does.
 ///
 /// Tiles go in pairs that share each load of the planes (their four accumulators also keep
 /// the matrix unit busy where one tile's two chains would wait on each other). A pair's float
@@ -119,6 +120,7 @@ pub(super) unsafe fn tiles<const F: Tag, L: Lanes>(
     i0: usize,
     n: usize,
     acc: *mut f32,
+    first: bool,
 ) {
     debug_assert_eq!(L::N, KPACK_ROWS);
     // SAFETY: as this function's contract; every tile row read lies inside `planes` or the
@@ -153,7 +155,16 @@ pub(super) unsafe fn tiles<const F: Tag, L: Lanes>(
                 }
             }
             if let Some((pi, pn, ps)) = pending {
-                finish_rows::<F, L>(blk, &*ps, act, b, pi, pn, acc.add((pi - i0) * KPACK_ROWS));
+                finish_rows::<F, L>(
+                    blk,
+                    &*ps,
+                    act,
+                    b,
+                    pi,
+                    pn,
+                    acc.add((pi - i0) * KPACK_ROWS),
+                    first,
+                );
             }
             let sp = sums.add(k).cast::<[i32; ROWS * KPACK_ROWS]>();
             amx::store::<0>(sp.cast(), 64);
@@ -167,13 +178,22 @@ pub(super) unsafe fn tiles<const F: Tag, L: Lanes>(
             (t, k) = (t + tn, k ^ 1);
         }
         if let Some((pi, pn, ps)) = pending {
-            finish_rows::<F, L>(blk, &*ps, act, b, pi, pn, acc.add((pi - i0) * KPACK_ROWS));
+            finish_rows::<F, L>(
+                blk,
+                &*ps,
+                act,
+                b,
+                pi,
+                pn,
+                acc.add((pi - i0) * KPACK_ROWS),
+                first,
+            );
         }
     }
 }
 
 /// Rows `i..i + n` of one or two tiles' sums: `low + 256 * high` is the scaled integer sum,
-/// then the float update ([`Block::finish`]) goes to `acc[c * 16 ..]`.
+/// then the float update ([`Block::finish`]) goes to `acc[c * 16 ..]` (to zero if `first`).
 ///
 /// # Safety
 /// `act` holds the rows, `acc` is valid for `n` rows of sixteen floats; the CPU has `L`'s
@@ -187,6 +207,7 @@ unsafe fn finish_rows<const F: Tag, L: Lanes>(
     i: usize,
     n: usize,
     acc: *mut f32,
+    first: bool,
 ) {
     // SAFETY: as this function's contract; `sums` holds 2 * n / 16 planes of sixteen rows.
     unsafe {
@@ -195,7 +216,7 @@ unsafe fn finish_rows<const F: Tag, L: Lanes>(
             let l = L::load(sums[2 * t].as_ptr().add(KPACK_ROWS * r).cast());
             let h = L::load(sums[2 * t + 1].as_ptr().add(KPACK_ROWS * r).cast());
             let si = L::add(l, L::slli32::<8>(h));
-            blk.finish::<F>(si, act, b, i + c, acc.add(c * KPACK_ROWS));
+            blk.finish::<F>(si, act, b, i + c, acc.add(c * KPACK_ROWS), first);
         }
     }
 }
