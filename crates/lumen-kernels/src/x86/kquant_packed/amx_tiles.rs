@@ -112,6 +112,7 @@ struct SumsPair([Sums; 2]);
 /// register); `planes` holds the super-block as [`unpack_scaled`] wrote it; `act` holds rows
 /// `i0..i0 + 16 * n`; `acc` is valid for `16 * n` rows of sixteen floats.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn tiles<const F: Tag, L: Lanes>(
     blk: &Block<L>,
     planes: *const L::I,
@@ -199,6 +200,7 @@ pub(super) unsafe fn tiles<const F: Tag, L: Lanes>(
 /// `act` holds the rows, `acc` is valid for `n` rows of sixteen floats; the CPU has `L`'s
 /// features.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn finish_rows<const F: Tag, L: Lanes>(
     blk: &Block<L>,
     sums: &Sums,
