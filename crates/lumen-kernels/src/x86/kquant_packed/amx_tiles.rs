@@ -56,16 +56,6 @@ pub(super) unsafe fn unpack_scaled<L: Lanes, const F: Tag>(
         for (w, sc) in scw.iter_mut().zip(blk.sc.iter()).take(subs) {
             *w = L::or(L::and(*sc, L::splat(0xFFFF)), L::slli32::<16>(*sc));
         }
-        let put = |g: usize, q: L::I, sc: L::I| {
-            let bytes = L::splat(0x00FF_00FF);
-            let even = L::mullo16(L::and(q, bytes), sc);
-            let odd = L::mullo16(L::srli16::<8>(q), sc);
-            *planes.add(g) = L::or(L::and(even, bytes), L::slli16::<8>(odd));
-            *planes.add(64 + g) = L::or(
-                L::and(L::srli16::<8>(even), bytes),
-                L::and(odd, L::splat(0xFF00_FF00u32 as i32)),
-            );
-        };
         if F == tag::Q6_K {
             for n in 0..2 {
                 for u in 0..8 {
@@ -73,7 +63,7 @@ pub(super) unsafe fn unpack_scaled<L: Lanes, const F: Tag>(
                     // 8n + 2k + u / 4.
                     for (k, q) in q6_values::<L>(rp, 0, n, u).into_iter().enumerate() {
                         let g = 32 * n + 8 * k + u;
-                        put(g, q, scw[g / 4]);
+                        put::<L>(planes, g, q, scw[g / 4]);
                     }
                 }
             }
@@ -82,11 +72,32 @@ pub(super) unsafe fn unpack_scaled<L: Lanes, const F: Tag>(
                 for u in 0..8 {
                     // Low nibbles: values 64c4 + 4u.., high ones 32 further.
                     let (lo, hi) = q45_values::<L, F>(rp, 0, c4, u);
-                    put(16 * c4 + u, lo, scw[2 * c4]);
-                    put(16 * c4 + 8 + u, hi, scw[2 * c4 + 1]);
+                    put::<L>(planes, 16 * c4 + u, lo, scw[2 * c4]);
+                    put::<L>(planes, 16 * c4 + 8 + u, hi, scw[2 * c4 + 1]);
                 }
             }
         }
+    }
+}
+
+/// Row `g` of both planes: the values `q` times the scale `sc` (in both 16-bit halves of its
+/// lane), split into low and high bytes. A function, not a closure: closures are compiled
+/// without the caller's target features.
+///
+/// # Safety
+/// `planes` is valid for [`PLANES`] vectors and `g < 64`; the CPU has `L`'s features.
+#[inline(always)]
+unsafe fn put<L: Lanes>(planes: *mut L::I, g: usize, q: L::I, sc: L::I) {
+    // SAFETY: as this function's contract.
+    unsafe {
+        let bytes = L::splat(0x00FF_00FF);
+        let even = L::mullo16(L::and(q, bytes), sc);
+        let odd = L::mullo16(L::srli16::<8>(q), sc);
+        *planes.add(g) = L::or(L::and(even, bytes), L::slli16::<8>(odd));
+        *planes.add(64 + g) = L::or(
+            L::and(L::srli16::<8>(even), bytes),
+            L::and(odd, L::splat(0xFF00_FF00u32 as i32)),
+        );
     }
 }
 
@@ -135,37 +146,35 @@ pub(super) unsafe fn tiles<const F: Tag, L: Lanes>(
         let sums = sums.as_mut_ptr().cast::<Sums>();
         let mut pending: Option<(usize, usize, *const Sums)> = None;
         let (mut t, mut k) = (0, 0);
-        while t < n {
-            let pair = n - t >= 2;
+        // One pass more than there are pairs: the last finishes what the one before stored.
+        loop {
+            let pair = t + 2 <= n;
             let i = i0 + ROWS * t;
-            let xp = act.qs.as_ptr().cast::<u8>().add(i * cols + b * 256);
-            amx::zero::<0>();
-            amx::zero::<1>();
-            if pair {
-                amx::zero::<6>();
-                amx::zero::<7>();
-            }
-            for j in 0..4 {
-                amx::load::<4>(lo.add(1024 * j), 64);
-                amx::load::<5>(hi.add(1024 * j), 64);
-                amx::load::<2>(xp.add(64 * j), cols);
-                dot_planes::<F, 0, 1, 2>();
+            if t < n {
+                let xp = act.qs.as_ptr().cast::<u8>().add(i * cols + b * 256);
+                amx::zero::<0>();
+                amx::zero::<1>();
                 if pair {
-                    amx::load::<3>(xp.add(ROWS * cols + 64 * j), cols);
-                    dot_planes::<F, 6, 7, 3>();
+                    amx::zero::<6>();
+                    amx::zero::<7>();
+                }
+                for j in 0..4 {
+                    amx::load::<4>(lo.add(1024 * j), 64);
+                    amx::load::<5>(hi.add(1024 * j), 64);
+                    amx::load::<2>(xp.add(64 * j), cols);
+                    dot_planes::<F, 0, 1, 2>();
+                    if pair {
+                        amx::load::<3>(xp.add(ROWS * cols + 64 * j), cols);
+                        dot_planes::<F, 6, 7, 3>();
+                    }
                 }
             }
             if let Some((pi, pn, ps)) = pending {
-                finish_rows::<F, L>(
-                    blk,
-                    &*ps,
-                    act,
-                    b,
-                    pi,
-                    pn,
-                    acc.add((pi - i0) * KPACK_ROWS),
-                    first,
-                );
+                let a = acc.add((pi - i0) * KPACK_ROWS);
+                finish_rows::<F, L>(blk, &*ps, act, b, pi, pn, a, first);
+            }
+            if t == n {
+                break;
             }
             let sp = sums.add(k).cast::<[i32; ROWS * KPACK_ROWS]>();
             amx::store::<0>(sp.cast(), 64);
@@ -177,18 +186,6 @@ pub(super) unsafe fn tiles<const F: Tag, L: Lanes>(
             let tn = if pair { 2 } else { 1 };
             pending = Some((i, ROWS * tn, sums.add(k)));
             (t, k) = (t + tn, k ^ 1);
-        }
-        if let Some((pi, pn, ps)) = pending {
-            finish_rows::<F, L>(
-                blk,
-                &*ps,
-                act,
-                b,
-                pi,
-                pn,
-                acc.add((pi - i0) * KPACK_ROWS),
-                first,
-            );
         }
     }
 }
