@@ -94,6 +94,7 @@ mod dot_lowbit;
 mod error;
 mod format;
 mod ggml_math;
+mod i16_gemm;
 mod kpacked;
 mod lowbit;
 mod matmul;
@@ -111,6 +112,10 @@ pub use cpu::{simd_level, CpuLevel};
 pub use dequant::dequantize_row;
 pub use error::KernelError;
 pub use format::{WeightFormat, ALL_FORMATS};
+pub use i16_gemm::{
+    i16_supported, matmul_i16, matmul_i16_reference, I16Matrix, I16Scratch, I16_ACT_MAX, I16_CHUNK,
+    I16_WEIGHT_MAX,
+};
 pub use kpacked::KPACK_ROWS;
 pub use matmul::{matmul, matmul_many, matmul_quantized, MatRef, MatmulScratch, QuantizedInput};
 pub use packed::{pack, pack_group, pack_rows, packed_group_bytes, packed_len, packs, PACK_ROWS};

@@ -55,28 +55,43 @@ fn embeddings_match_sentence_transformers() {
 }
 
 #[test]
-fn both_precisions_match_sentence_transformers() {
-    // The default is bf16 where the CPU has AVX-512 BF16 and f32 elsewhere; whichever this
-    // machine picked, the other one it can run must hold the same bound.
+fn every_precision_matches_sentence_transformers() {
+    // The default is bf16 where the CPU has AVX-512 BF16, 16-bit integers where it has AVX2,
+    // f32 elsewhere; whichever this machine picked, every other one it can run must hold the
+    // same bound.
     let Some(dir) = lumen_testkit::embedding_dir() else {
         return;
     };
     let refs = references();
     let batch: Vec<&[u32]> = refs.iter().map(|r| r.ids.as_slice()).collect();
     let pool = ThreadPool::new(2);
-    let mut precisions = vec![EncoderPrecision::F32];
-    if lumen_kernels::bf16_supported() {
-        precisions.push(EncoderPrecision::Bf16);
-    }
-    for p in precisions {
+    let all = [
+        EncoderPrecision::F32,
+        EncoderPrecision::Bf16,
+        EncoderPrecision::Int16,
+    ];
+    for p in all.into_iter().filter(|p| p.supported()) {
         let model = BertModel::load_with(&dir, p).unwrap();
         assert_eq!(model.precision(), p);
         eprintln!("precision {p}:");
         assert_matches(&refs, &model.embed_batch(&pool, &batch).unwrap(), 384);
     }
-    // Asking for bf16 where it cannot run gives f32, never a failure.
-    let model = BertModel::load_with(&dir, EncoderPrecision::Bf16).unwrap();
-    assert_eq!(model.precision(), EncoderPrecision::auto());
+    // Asking for a precision the CPU cannot run gives f32, never a failure.
+    for p in all {
+        let model = BertModel::load_with(&dir, p).unwrap();
+        let want = if p.supported() {
+            p
+        } else {
+            EncoderPrecision::F32
+        };
+        assert_eq!(model.precision(), want);
+    }
+    assert!(EncoderPrecision::auto().supported());
+    assert_eq!(
+        EncoderPrecision::parse("int16"),
+        Some(EncoderPrecision::Int16)
+    );
+    assert_eq!(EncoderPrecision::parse("fp8"), None);
 }
 
 #[test]

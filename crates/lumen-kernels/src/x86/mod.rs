@@ -28,6 +28,7 @@ pub(crate) mod bf16_tiles;
 mod block32_tiles;
 mod block32_unpack;
 mod float_tiles;
+pub(crate) mod i16_tiles;
 mod kquant_decode;
 mod kquant_lowbit;
 mod kquant_packed;

@@ -129,15 +129,34 @@ impl Head<'_> {
 }
 
 /// Attention of one head over the rows `seq`, written to `out` (`seq.len() × d`): compiled
-/// for AVX-512 where the CPU has it (the same operations per element, no fused
+/// for AVX-512 or AVX2 where the CPU has it (the same operations per element, no fused
 /// multiply-adds: the same bits either way).
 fn attend(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
-    if lumen_kernels::CpuLevel::detect() >= lumen_kernels::CpuLevel::Avx512 {
-        // SAFETY: the CPU has AVX-512 F (the level implies it).
-        unsafe { attend_avx512(head, seq, out, scores) };
-        return;
+    {
+        use lumen_kernels::CpuLevel;
+        let level = CpuLevel::detect();
+        if level >= CpuLevel::Avx512 {
+            // SAFETY: the CPU has AVX-512 F (the level implies it).
+            unsafe { attend_avx512(head, seq, out, scores) };
+            return;
+        }
+        if level >= CpuLevel::Avx2 {
+            // SAFETY: the CPU has AVX2 (the level implies it).
+            unsafe { attend_avx2(head, seq, out, scores) };
+            return;
+        }
     }
+    attend_portable(head, seq, out, scores);
+}
+
+/// [`attend_portable`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_avx2(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f32>) {
     attend_portable(head, seq, out, scores);
 }
 

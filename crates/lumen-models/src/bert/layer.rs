@@ -10,7 +10,9 @@
 
 use std::ops::Range;
 
-use lumen_kernels::{matmul, matmul_bf16, Bf16Matrix, MatmulScratch, ThreadPool};
+use lumen_kernels::{
+    matmul, matmul_bf16, matmul_i16, Bf16Matrix, I16Matrix, I16Scratch, MatmulScratch, ThreadPool,
+};
 
 use super::attention::{attention, Heads};
 use super::config::{Activation, BertConfig, Family};
@@ -20,12 +22,20 @@ use super::precision::EncoderPrecision;
 use super::weights::{MatSlot, WeightFile};
 use crate::error::ModelError;
 
-/// A linear layer `y = x Wᵀ + b`: the weight left in the file, or rounded to bf16 when the
-/// model computes in bf16.
+/// A linear layer `y = x Wᵀ + b`: the weight left in the file, or rounded once to the
+/// arithmetic the model computes in.
 pub(crate) struct Linear {
     w: MatSlot,
-    bf16: Option<Bf16Matrix>,
+    rounded: Rounded,
     b: Vec<f32>,
+}
+
+/// A linear layer's weight in the model's arithmetic, when that is not f32.
+enum Rounded {
+    /// f32: the product reads the file's matrix.
+    None,
+    Bf16(Bf16Matrix),
+    Int16(I16Matrix),
 }
 
 impl Linear {
@@ -38,18 +48,16 @@ impl Linear {
         precision: EncoderPrecision,
     ) -> Result<Linear, ModelError> {
         let w = file.matrix(&format!("{name}.weight"), out, inp)?;
-        let bf16 = match precision {
-            EncoderPrecision::F32 => None,
-            EncoderPrecision::Bf16 => {
-                let m = file.mat_ref(&w)?;
-                Some(Bf16Matrix::from_rows(out, inp, |j, row| {
-                    m.dequantize_row(j, row)
-                }))
-            }
+        let m = file.mat_ref(&w)?;
+        let fill = |j: usize, row: &mut [f32]| m.dequantize_row(j, row);
+        let rounded = match precision {
+            EncoderPrecision::F32 => Rounded::None,
+            EncoderPrecision::Bf16 => Rounded::Bf16(Bf16Matrix::from_rows(out, inp, fill)),
+            EncoderPrecision::Int16 => Rounded::Int16(I16Matrix::from_rows(out, inp, fill)),
         };
         Ok(Linear {
             w,
-            bf16,
+            rounded,
             b: file.vector(&format!("{name}.bias"), out)?,
         })
     }
@@ -62,10 +70,18 @@ impl Linear {
         m: usize,
         out: &mut [f32],
     ) -> Result<(), ModelError> {
-        if let Some(w) = &self.bf16 {
-            let (x, out) = (&x[..m * w.cols()], &mut out[..m * w.rows()]);
-            matmul_bf16(cx.pool, w, x, m, out, &mut cx.bf16);
-            return Ok(());
+        match &self.rounded {
+            Rounded::Bf16(w) => {
+                let (x, out) = (&x[..m * w.cols()], &mut out[..m * w.rows()]);
+                matmul_bf16(cx.pool, w, x, m, out, &mut cx.bf16);
+                return Ok(());
+            }
+            Rounded::Int16(w) => {
+                let (x, out) = (&x[..m * w.cols()], &mut out[..m * w.rows()]);
+                matmul_i16(cx.pool, w, x, m, out, &mut cx.int16);
+                return Ok(());
+            }
+            Rounded::None => {}
         }
         let w = cx.file.mat_ref(&self.w)?;
         matmul(
@@ -120,6 +136,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) scratch: &'a mut MatmulScratch,
     /// The bf16-rounded input of the bf16 products.
     pub(crate) bf16: Vec<u16>,
+    /// The integer input of the 16-bit integer products.
+    pub(crate) int16: I16Scratch,
     pub(crate) heads: Heads,
     pub(crate) eps: f32,
     pub(crate) act: Activation,

@@ -100,18 +100,16 @@ impl fmt::Debug for BertModel {
 impl BertModel {
     /// Loads the model in folder `dir` (`config.json`, `model.safetensors`, and optionally the
     /// sentence-transformers files), in the precision `LUMEN_EMBED_PRECISION` asks for
-    /// ([`EncoderPrecision::from_env`]: bf16 where the CPU has AVX-512 BF16, else f32).
+    /// ([`EncoderPrecision::from_env`]: bf16 where the CPU has AVX-512 BF16, else 16-bit
+    /// integers where it has AVX2, else f32).
     pub fn load(dir: &Path) -> Result<BertModel, ModelError> {
         BertModel::load_with(dir, EncoderPrecision::from_env())
     }
 
-    /// [`load`](Self::load) in a given precision (bf16 needs [`lumen_kernels::bf16_supported`];
-    /// without it the model computes in f32).
+    /// [`load`](Self::load) in a given precision (one the CPU cannot run
+    /// ([`EncoderPrecision::supported`]) computes in f32).
     pub fn load_with(dir: &Path, precision: EncoderPrecision) -> Result<BertModel, ModelError> {
-        let precision = match precision {
-            EncoderPrecision::Bf16 if !lumen_kernels::bf16_supported() => EncoderPrecision::F32,
-            p => p,
-        };
+        let precision = precision.or_f32();
         let config = BertConfig::load(&dir.join("config.json"))?;
         let sentence = SentenceConfig::load(dir, config.hidden_size, config.max_tokens())?;
         let file = WeightFile::open(&dir.join("model.safetensors"))?;
@@ -272,6 +270,7 @@ impl BertModel {
             file: &self.file,
             scratch,
             bf16: Vec::new(),
+            int16: lumen_kernels::I16Scratch::default(),
             heads: Heads {
                 n_heads: self.config.num_heads,
                 head_dim: self.config.head_dim(),

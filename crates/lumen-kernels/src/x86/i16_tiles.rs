@@ -1,0 +1,247 @@
+//! AVX2 tiles for [`crate::i16_gemm`]: `vpmaddwd` of a broadcast input pair against a
+//! packed panel of 16 weight rows.
+//!
+//! A tile is up to six input rows × one panel: 12 accumulators of eight i32, two panel
+//! registers, one broadcast and one product, all sixteen ymm registers (four rows × 24
+//! columns needed seventeen, and the compiler spilled an accumulator every step). Its integer sums are exact, so
+//! only the float steps after each chunk (convert, add in chunk order, scale) could differ
+//! between tile shapes, and they are the same per output in every shape.
+//!
+//! The loops run input rows in blocks of [`M_BLOCK`], and within a block chunk by chunk,
+//! panel by panel: a panel's chunk (16 × 256 values, 8 KiB) stays in L1 while the block's
+//! rows pass it, the block's rounded rows (64 × 512 bytes per chunk) in L2, and the block's
+//! partial sums live in `out` itself between chunks.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use crate::i16_gemm::{scale_of, I16Matrix, Quantized, I16_ACT_MAX, I16_CHUNK, PANEL};
+
+/// Input rows per block.
+const M_BLOCK: usize = 64;
+/// Rows per tile.
+const MR: usize = 6;
+
+/// What a tile does with a chunk's sums.
+#[derive(Clone, Copy)]
+struct Finish {
+    /// Add them to the partial sums already in `out` (not the first chunk).
+    add: bool,
+    /// Scale the total by weight × input scale (the last chunk).
+    scale: bool,
+}
+
+/// Computes the columns of `panels` for the `m` output rows.
+///
+/// # Safety
+/// The CPU has AVX2; `x` holds `m` rounded rows of `w`'s padded width; `out` points to
+/// `m × w.rows()` f32 of which this call alone writes the columns of `panels`.
+pub(crate) unsafe fn rows(
+    w: &I16Matrix,
+    x: &Quantized<'_>,
+    m: usize,
+    panels: Range<usize>,
+    out: *mut f32,
+) {
+    let (pairs, ors) = (w.pairs(), w.rows());
+    let chunk_pairs = I16_CHUNK / 2;
+    let xp = x.values.as_ptr();
+    let mut i0 = 0;
+    while i0 < m {
+        let i1 = m.min(i0 + M_BLOCK);
+        let mut q0 = 0;
+        while q0 < pairs {
+            let q1 = pairs.min(q0 + chunk_pairs);
+            let finish = Finish {
+                add: q0 > 0,
+                scale: q1 == pairs,
+            };
+            for p in panels.clone() {
+                let wp = w.panel_at(p, q0);
+                let j0 = p * PANEL;
+                let width = PANEL.min(ors - j0);
+                let sw = &w.scales()[j0..j0 + width];
+                let mut i = i0;
+                while i < i1 {
+                    let r = MR.min(i1 - i);
+                    let tile = Tile {
+                        x: xp.wrapping_add(i * x.stride + 2 * q0),
+                        stride: x.stride,
+                        w: wp,
+                        pairs: q1 - q0,
+                        sa: &x.scales[i..i + r],
+                        sw,
+                    };
+                    let o = out.wrapping_add(i * ors + j0);
+                    // SAFETY: rows i..i+r and the panel's columns are in range by the loop
+                    // bounds; the caller guarantees the features and buffers (`# Safety`).
+                    unsafe {
+                        match r {
+                            6 => tile.run::<6>(o, ors, finish),
+                            5 => tile.run::<5>(o, ors, finish),
+                            4 => tile.run::<4>(o, ors, finish),
+                            3 => tile.run::<3>(o, ors, finish),
+                            2 => tile.run::<2>(o, ors, finish),
+                            _ => tile.run::<1>(o, ors, finish),
+                        }
+                    }
+                    i += r;
+                }
+            }
+            q0 = q1;
+        }
+        i0 = i1;
+    }
+}
+
+/// One tile's operands.
+struct Tile<'a> {
+    /// The first input row's values from the chunk's first pair.
+    x: *const i16,
+    /// Integers per input row.
+    stride: usize,
+    /// The panel from the chunk's first pair.
+    w: *const i16,
+    /// Pairs in the chunk.
+    pairs: usize,
+    /// The tile's input rows' scales.
+    sa: &'a [f32],
+    /// The panel's weight rows' scales (fewer than 16 in a last, partial panel).
+    sw: &'a [f32],
+}
+
+impl Tile<'_> {
+    /// Runs the chunk for `R` input rows into `out` (row stride `ors`).
+    ///
+    /// # Safety
+    /// As [`rows`]; `out` holds the tile's `R` rows of `sw.len()` columns.
+    unsafe fn run<const R: usize>(&self, out: *mut f32, ors: usize, finish: Finish) {
+        if self.sw.len() == PANEL {
+            // SAFETY: as this function's.
+            unsafe { self.chunk::<R>(out, ors, finish) }
+        } else {
+            // A partial panel: through a whole tile on the stack, then its real columns.
+            let mut buf = [0.0f32; MR * PANEL];
+            let width = self.sw.len();
+            for r in 0..R {
+                for c in 0..width {
+                    // SAFETY: row r, column c < width of the tile is in `out` (`# Safety`).
+                    buf[r * PANEL + c] = unsafe { *out.add(r * ors + c) };
+                }
+            }
+            // SAFETY: the buffer holds R rows of PANEL columns; `sw` is read only up to its
+            // length by `chunk` (padded scales are 0 there).
+            unsafe { self.chunk::<R>(buf.as_mut_ptr(), PANEL, finish) };
+            for r in 0..R {
+                for c in 0..width {
+                    // SAFETY: as above.
+                    unsafe { *out.add(r * ors + c) = buf[r * PANEL + c] };
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn chunk<const R: usize>(&self, out: *mut f32, ors: usize, finish: Finish) {
+        // SAFETY: the caller guarantees the features and the buffers (`run`'s `# Safety`).
+        unsafe {
+            let mut acc = [[_mm256_setzero_si256(); 2]; R];
+            let (mut xp, mut wp) = (self.x, self.w);
+            for _ in 0..self.pairs {
+                let w0 = _mm256_loadu_si256(wp.cast());
+                let w1 = _mm256_loadu_si256(wp.add(16).cast());
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let b =
+                        _mm256_set1_epi32(xp.add(r * self.stride).cast::<i32>().read_unaligned());
+                    a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(b, w0));
+                    a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(b, w1));
+                }
+                xp = xp.add(2);
+                wp = wp.add(2 * PANEL);
+            }
+            let mut sw = [0.0f32; PANEL];
+            if finish.scale {
+                sw[..self.sw.len()].copy_from_slice(self.sw);
+            }
+            for (r, a) in acc.iter().enumerate() {
+                let o = out.add(r * ors);
+                let sa = _mm256_set1_ps(if finish.scale { self.sa[r] } else { 0.0 });
+                for (c, &v) in a.iter().enumerate() {
+                    let mut t = _mm256_cvtepi32_ps(v);
+                    if finish.add {
+                        t = _mm256_add_ps(_mm256_loadu_ps(o.add(8 * c)), t);
+                    }
+                    if finish.scale {
+                        let s = _mm256_mul_ps(_mm256_loadu_ps(sw.as_ptr().add(8 * c)), sa);
+                        t = _mm256_mul_ps(t, s);
+                    }
+                    _mm256_storeu_ps(o.add(8 * c), t);
+                }
+            }
+        }
+    }
+}
+
+/// Rounds one input row to integers in ±[`I16_ACT_MAX`] (`dst`, as long as `src`) and returns
+/// its scale: the same values and scale as the reference's `row_scale` and `round_to`.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn round_row(src: &[f32], dst: &mut [i16]) -> f32 {
+    debug_assert_eq!(src.len(), dst.len());
+    let n = src.len();
+    let body = n / 16 * 16;
+    // SAFETY: every load reads src[k..k + 16] with k + 16 <= body <= n, every store writes
+    // dst[k..k + 16] likewise; AVX2 is present (`# Safety`).
+    unsafe {
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let (mut vmax, mut bad) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for k in (0..body).step_by(8) {
+            let a = _mm256_and_ps(_mm256_loadu_ps(src.as_ptr().add(k)), abs_mask);
+            vmax = _mm256_max_ps(vmax, a);
+            // |v| >= inf is true for infinities; unordered (NaN) compares true as well.
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(a, inf));
+        }
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), vmax);
+        let mut amax = lanes.iter().fold(0.0f32, |m, &v| m.max(v));
+        let mut nonfinite = _mm256_movemask_ps(bad) != 0;
+        for &v in &src[body..] {
+            amax = amax.max(v.abs());
+            nonfinite |= !v.is_finite();
+        }
+        let (scale, inv) = scale_of(amax, nonfinite, I16_ACT_MAX);
+        if inv == 0.0 {
+            dst.fill(0);
+            return scale;
+        }
+        let vinv = _mm256_set1_ps(inv);
+        let (lo, hi) = (
+            _mm256_set1_epi32(-I16_ACT_MAX),
+            _mm256_set1_epi32(I16_ACT_MAX),
+        );
+        for k in (0..body).step_by(16) {
+            let a = round8(_mm256_loadu_ps(src.as_ptr().add(k)), vinv, lo, hi);
+            let b = round8(_mm256_loadu_ps(src.as_ptr().add(k + 8)), vinv, lo, hi);
+            // packs interleaves 128-bit halves: a0-3 b0-3 a4-7 b4-7; put them back in order.
+            let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(k).cast(), packed);
+        }
+        for k in body..n {
+            dst[k] = crate::i16_gemm::round_to(src[k], inv, I16_ACT_MAX);
+        }
+        scale
+    }
+}
+
+/// Eight values times `inv`, rounded to nearest (ties to even, the default MXCSR mode) and
+/// clamped to `lo..=hi`. A function, not a closure: closures in a `#[target_feature]`
+/// function do not inherit its features.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn round8(v: __m256, inv: __m256, lo: __m256i, hi: __m256i) -> __m256i {
+    let q = _mm256_cvtps_epi32(_mm256_mul_ps(v, inv));
+    _mm256_min_epi32(_mm256_max_epi32(q, lo), hi)
+}
