@@ -201,10 +201,14 @@ pub fn matmul_i16(
         pool.n_threads().min(panels)
     };
     let stride = 2 * w.pairs;
-    scratch.values.clear();
-    scratch.values.resize(m * stride, 0);
-    scratch.scales.clear();
-    scratch.scales.resize(m, 0.0);
+    // Every value is written below (the rounding fills each row, the odd column's pad is
+    // zeroed there), so the buffers only grow: zeroing them was 1-2 % of an embedding batch.
+    if scratch.values.len() < m * stride {
+        scratch.values.resize(m * stride, 0);
+    }
+    if scratch.scales.len() < m {
+        scratch.scales.resize(m, 0.0);
+    }
     // Rounding the input is a pass over every row, shared out by whole rows.
     let (vp, sp) = (
         PartsPtr(scratch.values.as_mut_ptr()),
@@ -216,9 +220,11 @@ pub fn matmul_i16(
             // part alone; AVX2 is present (asserted above).
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                let dst = std::slice::from_raw_parts_mut(vp.get().add(i * stride), w.cols);
+                let dst = std::slice::from_raw_parts_mut(vp.get().add(i * stride), stride);
+                let (values, pad) = dst.split_at_mut(w.cols);
                 *sp.get().add(i) =
-                    crate::x86::i16_tiles::round_row(&x[i * w.cols..][..w.cols], dst);
+                    crate::x86::i16_tiles::round_row(&x[i * w.cols..][..w.cols], values);
+                pad.fill(0);
             }
             #[cfg(not(target_arch = "x86_64"))]
             let _ = (i, &vp, &sp);

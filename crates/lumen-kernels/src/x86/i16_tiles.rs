@@ -9,7 +9,7 @@
 //!
 //! The loops run input rows in blocks of [`M_BLOCK`], and within a block chunk by chunk,
 //! panel by panel: a panel's chunk (16 × 256 values, 8 KiB) stays in L1 while the block's
-//! rows pass it, the block's rounded rows (64 × 512 bytes per chunk) in L2, and the block's
+//! rows pass it, the block's rounded rows (60 × 512 bytes per chunk) in L2, and the block's
 //! partial sums live in `out` itself between chunks.
 
 use std::arch::x86_64::*;
@@ -17,8 +17,9 @@ use std::ops::Range;
 
 use crate::i16_gemm::{scale_of, I16Matrix, Quantized, I16_ACT_MAX, I16_CHUNK, PANEL};
 
-/// Input rows per block.
-const M_BLOCK: usize = 64;
+/// Input rows per block: a multiple of the tile's six rows (at 64, every block's last four
+/// rows ran in a narrower tile, 7 % of the product's time).
+const M_BLOCK: usize = 60;
 /// Rows per tile.
 const MR: usize = 6;
 
@@ -147,17 +148,16 @@ impl Tile<'_> {
         unsafe {
             let mut acc = [[_mm256_setzero_si256(); 2]; R];
             let (mut xp, mut wp) = (self.x, self.w);
-            for _ in 0..self.pairs {
-                let w0 = _mm256_loadu_si256(wp.cast());
-                let w1 = _mm256_loadu_si256(wp.add(16).cast());
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let b =
-                        _mm256_set1_epi32(xp.add(r * self.stride).cast::<i32>().read_unaligned());
-                    a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(b, w0));
-                    a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(b, w1));
-                }
-                xp = xp.add(2);
-                wp = wp.add(2 * PANEL);
+            // Two pairs per iteration: the loop's own instructions compete with the twelve
+            // multiply-adds for the same dispatch slots.
+            for _ in 0..self.pairs / 2 {
+                pair_step(&mut acc, xp, self.stride, wp);
+                pair_step(&mut acc, xp.add(2), self.stride, wp.add(2 * PANEL));
+                xp = xp.add(4);
+                wp = wp.add(4 * PANEL);
+            }
+            if self.pairs % 2 == 1 {
+                pair_step(&mut acc, xp, self.stride, wp);
             }
             let mut sw = [0.0f32; PANEL];
             if finish.scale {
@@ -178,6 +178,29 @@ impl Tile<'_> {
                     _mm256_storeu_ps(o.add(8 * c), t);
                 }
             }
+        }
+    }
+}
+
+/// One input pair of `R` rows against one pair of the panel's 16 rows.
+///
+/// # Safety
+/// AVX2; `x` (row stride `stride`) and `w` hold the pair for every row.
+#[inline(always)]
+unsafe fn pair_step<const R: usize>(
+    acc: &mut [[__m256i; 2]; R],
+    x: *const i16,
+    stride: usize,
+    w: *const i16,
+) {
+    // SAFETY: as this function's (`# Safety`); called only from AVX2 code.
+    unsafe {
+        let w0 = _mm256_loadu_si256(w.cast());
+        let w1 = _mm256_loadu_si256(w.add(16).cast());
+        for (r, a) in acc.iter_mut().enumerate() {
+            let b = _mm256_set1_epi32(x.add(r * stride).cast::<i32>().read_unaligned());
+            a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(b, w0));
+            a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(b, w1));
         }
     }
 }

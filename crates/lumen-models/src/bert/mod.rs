@@ -70,7 +70,7 @@ use weights::{MatSlot, WeightFile};
 use crate::error::ModelError;
 
 /// Tokens per forward step; a batch with more is run in several steps.
-pub const STEP_ROWS: usize = 2048;
+pub const STEP_ROWS: usize = 512;
 
 /// A loaded BERT-family encoder with its sentence-transformers pooling.
 pub struct BertModel {
