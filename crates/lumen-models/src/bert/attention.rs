@@ -16,6 +16,8 @@ use std::ops::Range;
 use lumen_kernels::{split_range, ThreadPool};
 
 use super::mpnet::RelativeBias;
+#[cfg(target_arch = "x86_64")]
+use super::ops::dot_avx2;
 use super::ops::{dot, exp_nonpos, par_chunks, par_rows};
 
 /// Shapes shared by every attention call of one model.
@@ -147,7 +149,7 @@ fn attend(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f
             return;
         }
     }
-    attend_portable(head, seq, out, scores);
+    attend_portable::<false>(head, seq, out, scores);
 }
 
 /// [`attend_portable`] compiled for AVX2.
@@ -157,7 +159,7 @@ fn attend(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn attend_avx2(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f32>) {
-    attend_portable(head, seq, out, scores);
+    attend_portable::<true>(head, seq, out, scores);
 }
 
 /// [`attend_portable`] compiled for AVX-512.
@@ -167,17 +169,34 @@ unsafe fn attend_avx2(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn attend_avx512(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f32>) {
-    attend_portable(head, seq, out, scores);
+    attend_portable::<true>(head, seq, out, scores);
 }
 
+/// The attention of one head; `SIMD` (set only by callers compiled for AVX2 or more) takes
+/// the scores from [`dot_avx2`], which gives [`dot`]'s bits.
 #[inline(always)]
-fn attend_portable(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f32>) {
+fn attend_portable<const SIMD: bool>(
+    head: Head<'_>,
+    seq: Range<usize>,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
     let n = seq.len();
     scores.resize(n, 0.0);
     for (i, o) in out.chunks_exact_mut(head.d).enumerate() {
         let qi = head.row(head.q, seq.start + i);
         for (j, s) in scores.iter_mut().enumerate() {
-            *s = dot(qi, head.row(head.k, seq.start + j)) * head.scale;
+            let kj = head.row(head.k, seq.start + j);
+            #[cfg(target_arch = "x86_64")]
+            let d = if SIMD {
+                // SAFETY: SIMD is set only by callers compiled for AVX2 on a CPU with it.
+                unsafe { dot_avx2(qi, kj) }
+            } else {
+                dot(qi, kj)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let d = dot(qi, kj);
+            *s = d * head.scale;
         }
         if let Some((bias, h)) = head.bias {
             for (s, &b) in scores.iter_mut().zip(bias.row(h, i, n)) {

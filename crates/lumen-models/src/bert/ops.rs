@@ -71,17 +71,57 @@ where
     });
 }
 
-/// LayerNorm of one row in place: `x = (x - mean) / sqrt(var + eps) * weight + bias`.
+/// LayerNorm of one row in place: `x = (x - mean) / sqrt(var + eps) * weight + bias`,
+/// compiled for AVX2 where the CPU has it (the same operations either way).
 pub(crate) fn layer_norm_inplace(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if lumen_kernels::CpuLevel::detect() >= lumen_kernels::CpuLevel::Avx2 {
+        // SAFETY: the CPU has AVX2 (the level implies it).
+        unsafe { layer_norm_avx2(x, weight, bias, eps) };
+        return;
+    }
+    layer_norm_portable(x, weight, bias, eps);
+}
+
+/// [`layer_norm_portable`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn layer_norm_avx2(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    layer_norm_portable(x, weight, bias, eps);
+}
+
+#[inline(always)]
+fn layer_norm_portable(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     let n = x.len() as f64;
-    // f64 sums keep the statistics exact enough that summation order stops mattering.
-    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    // f64 sums keep the statistics exact enough that summation order stops mattering, so
+    // they run in four independent lanes: one f64 chain was a 3-cycle add per element.
+    let mean = sum4(x, f64::from) / n;
+    let var = sum4(x, |v| (f64::from(v) - mean).powi(2)) / n;
     let inv = (1.0 / (var + eps as f64).sqrt()) as f32;
     let mean = mean as f32;
     for ((v, &w), &b) in x.iter_mut().zip(weight).zip(bias) {
         *v = (*v - mean) * inv * w + b;
     }
+}
+
+/// The sum of `f(v)` over `x` in four lanes (element k into lane k % 4), lanes added pairwise.
+#[inline(always)]
+fn sum4(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut lanes = [0.0f64; 4];
+    let chunks = x.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(c) {
+            *lane += f(v);
+        }
+    }
+    for (lane, &v) in lanes.iter_mut().zip(rest) {
+        *lane += f(v);
+    }
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
 }
 
 /// Error function, Abramowitz–Stegun 7.1.26 (absolute error below 1.5e-7).
@@ -217,6 +257,42 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// [`dot`] in AVX2 intrinsics: the same operations in the same order (eight lanes, each
+/// summed from zero chunk by chunk, the same tree, the tail last), so the same bits. The
+/// compiler's version of [`dot`] for short rows (a head's 32 values) shuffled its lanes
+/// through 128-bit halves, and attention spent most of its time there.
+///
+/// # Safety
+/// The CPU has AVX2, and the caller is compiled for it (inline only into such code).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let body = n / 8 * 8;
+    // SAFETY: loads read a[k..k + 8] and b[k..k + 8] with k + 8 <= body <= both lengths;
+    // AVX2 is present (`# Safety`).
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        for k in (0..body).step_by(8) {
+            let p = _mm256_mul_ps(
+                _mm256_loadu_ps(a.as_ptr().add(k)),
+                _mm256_loadu_ps(b.as_ptr().add(k)),
+            );
+            acc = _mm256_add_ps(acc, p);
+        }
+        let mut tail = 0.0f32;
+        for k in body..n {
+            tail += a[k] * b[k];
+        }
+        // (l0 + l4, l1 + l5, l2 + l6, l3 + l7), then ((0) + (1)) + ((2) + (3)).
+        let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let pairs = _mm_add_ps(h, _mm_movehdup_ps(h)); // (h0 + h1, _, h2 + h3, _)
+        let high = _mm_movehl_ps(pairs, pairs); // (h2 + h3, ...)
+        _mm_cvtss_f32(_mm_add_ss(pairs, high)) + tail
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +352,26 @@ mod tests {
         let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32).collect();
         let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert!((dot(&a, &b) - naive).abs() < 1e-3);
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn dot_avx2_gives_dots_bits() {
+        if lumen_kernels::CpuLevel::detect() < lumen_kernels::CpuLevel::Avx2 {
+            return;
+        }
+        let mut s = 9u32;
+        let mut v = || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for n in [0usize, 1, 7, 8, 9, 32, 64, 77] {
+            let a: Vec<f32> = (0..n).map(|_| v() * 1e3).collect();
+            let b: Vec<f32> = (0..n).map(|_| v() * 1e-3).collect();
+            // SAFETY: the CPU has AVX2 (checked above).
+            let got = unsafe { dot_avx2(&a, &b) };
+            assert_eq!(got.to_bits(), dot(&a, &b).to_bits(), "n = {n}");
+        }
     }
 
     #[test]
