@@ -206,13 +206,14 @@ unsafe fn pair_step<const R: usize>(
     }
 }
 
-/// Rounds one input row to integers in ±[`I16_ACT_MAX`] (`dst`, as long as `src`) and returns
-/// its scale: the same values and scale as the reference's `row_scale` and `round_to`.
+/// Rounds one row to integers in ±`max` (`dst`, as long as `src`; inputs per call, weights
+/// at load) and returns its scale: the same values and scale as the reference's `row_scale`
+/// and `round_to`.
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn round_row(src: &[f32], dst: &mut [i16]) -> f32 {
+pub(crate) unsafe fn round_row(src: &[f32], dst: &mut [i16], max: i32) -> f32 {
     debug_assert_eq!(src.len(), dst.len());
     let n = src.len();
     let body = n / 16 * 16;
@@ -236,16 +237,13 @@ pub(crate) unsafe fn round_row(src: &[f32], dst: &mut [i16]) -> f32 {
             amax = amax.max(v.abs());
             nonfinite |= !v.is_finite();
         }
-        let (scale, inv) = scale_of(amax, nonfinite, I16_ACT_MAX);
+        let (scale, inv) = scale_of(amax, nonfinite, max);
         if inv == 0.0 {
             dst.fill(0);
             return scale;
         }
         let vinv = _mm256_set1_ps(inv);
-        let (lo, hi) = (
-            _mm256_set1_epi32(-I16_ACT_MAX),
-            _mm256_set1_epi32(I16_ACT_MAX),
-        );
+        let (lo, hi) = (_mm256_set1_epi32(-max), _mm256_set1_epi32(max));
         for k in (0..body).step_by(16) {
             let a = round8(_mm256_loadu_ps(src.as_ptr().add(k)), vinv, lo, hi);
             let b = round8(_mm256_loadu_ps(src.as_ptr().add(k + 8)), vinv, lo, hi);
@@ -254,7 +252,7 @@ pub(crate) unsafe fn round_row(src: &[f32], dst: &mut [i16]) -> f32 {
             _mm256_storeu_si256(dst.as_mut_ptr().add(k).cast(), packed);
         }
         for k in body..n {
-            dst[k] = crate::i16_gemm::round_to(src[k], inv, I16_ACT_MAX);
+            dst[k] = crate::i16_gemm::round_to(src[k], inv, max);
         }
         scale
     }
