@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use crate::i16_gemm::{scale_of, I16Matrix, Quantized, I16_ACT_MAX, I16_CHUNK, PANEL};
+use crate::i16_gemm::{scale_of, I16Matrix, Quantized, I16_CHUNK, PANEL};
 
 /// Input rows per block: a multiple of the tile's six rows (at 64, every block's last four
 /// rows ran in a narrower tile, 7 % of the product's time), small enough that the block's
