@@ -5,31 +5,16 @@
 //! size (default 2), `LUMEN_BENCH_M=10,320,2560` for the input rows (tokens in the batch).
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lumen_kernels::{
     bf16_supported, i16_supported, matmul, matmul_bf16, matmul_i16, simd_level, Bf16Matrix,
     I16Matrix, I16Scratch, MatRef, MatmulScratch, ThreadPool, WeightFormat,
 };
 
-/// Seconds per call: the fastest of ~2 ms windows over about `budget`.
-fn time_it(budget: Duration, mut f: impl FnMut()) -> f64 {
-    f();
-    let t = Instant::now();
-    f();
-    let one = t.elapsed().as_secs_f64().max(1e-8);
-    let per_window = ((2e-3 / one) as u64).max(1);
-    let start = Instant::now();
-    let mut best = f64::MAX;
-    while start.elapsed() < budget {
-        let t = Instant::now();
-        for _ in 0..per_window {
-            f();
-        }
-        best = best.min(t.elapsed().as_secs_f64() / per_window as f64);
-    }
-    best
-}
+#[path = "common/timing.rs"]
+mod timing;
+use timing::time_it;
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed;

@@ -323,18 +323,7 @@ pub fn matmul_i16_reference(w: &I16Matrix, x: &[f32], m: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-            })
-            .collect()
-    }
+    use crate::test_values::values;
 
     #[test]
     fn matches_the_reference_bit_for_bit_and_is_batch_invariant() {

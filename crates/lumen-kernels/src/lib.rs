@@ -102,6 +102,8 @@ pub mod mem;
 mod packed;
 mod pool;
 mod quantize;
+#[cfg(test)]
+mod test_values;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
