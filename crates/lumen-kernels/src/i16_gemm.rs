@@ -26,6 +26,8 @@
 //! for each pair of inputs the 16 rows' two values side by side, which is the operand order
 //! `vpmaddwd` wants against a broadcast pair of input values.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use crate::pool::{split_range, PartsPtr, ThreadPool};
 
 /// Largest magnitude of a rounded input value (13 bits).
@@ -40,6 +42,9 @@ pub const PANEL: usize = 16;
 
 const _: () =
     assert!((I16_ACT_MAX as i64) * (I16_WEIGHT_MAX as i64) * (I16_CHUNK as i64) < (1i64 << 31));
+
+/// Chunks of panels per thread (see [`matmul_i16`]).
+const CHUNKS_PER_THREAD: usize = 6;
 
 /// Below this many multiply-adds a product runs on the calling thread alone.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
@@ -264,12 +269,25 @@ pub fn matmul_i16(
         stride,
     };
     let ptr = PartsPtr(out.as_mut_ptr());
-    let part = |p: usize| {
-        // Whole panels per part, so no tile shape depends on the split.
-        let mine = split_range(panels, n, p);
+    // Whole panels per chunk, so no tile shape depends on the split; a few chunks per thread,
+    // claimed from a counter, so a thread that loses its core for a while (a busy neighbour
+    // on a shared machine) holds back one chunk, not half the product. Which thread computes
+    // a chunk never changes its values.
+    let n_chunks = if n == 1 {
+        1
+    } else {
+        panels.min(n * CHUNKS_PER_THREAD)
+    };
+    let next = AtomicUsize::new(0);
+    let job = || loop {
+        let c = next.fetch_add(1, Ordering::Relaxed);
+        if c >= n_chunks {
+            return;
+        }
+        let mine = split_range(panels, n_chunks, c);
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2 is present (asserted above); `xs` holds m rounded rows, and this part
-        // alone writes the columns of panels `mine` of `out` (m x rows).
+        // SAFETY: AVX2 is present (asserted above); `xs` holds m rounded rows, and only the
+        // claimer of chunk c writes the columns of panels `mine` of `out` (m x rows).
         unsafe {
             crate::x86::i16_tiles::rows(w, &xs, m, mine, ptr.get())
         };
@@ -277,13 +295,9 @@ pub fn matmul_i16(
         let _ = (mine, &ptr, &xs);
     };
     if n == 1 {
-        part(0);
+        job();
     } else {
-        pool.run(|p, _| {
-            if p < n {
-                part(p);
-            }
-        });
+        pool.run(|_, _| job());
     }
 }
 
