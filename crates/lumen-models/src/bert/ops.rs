@@ -148,9 +148,13 @@ fn erf_lanes<const N: usize>(x: [f32; N]) -> [f32; N] {
         -1.453_152_1,
         1.061_405_4,
     ];
+    // -x² held at -80 or above: past that `1 - r·t·e` rounds to exactly 1 in f32 either way
+    // (`e^-80 < 2^-115`), so erf is unchanged, but `r·t·e` stays a normal float. From `e^-87`
+    // it was subnormal, and subnormal products take a microcode assist (GELU of a value
+    // beyond ±13 cost ten times the others).
     let mut e = [0.0f32; N];
     for (e, &x) in e.iter_mut().zip(&x) {
-        *e = -x * x;
+        *e = (-x * x).max(-80.0);
     }
     let e = exp_nonpos_lanes(e);
     let mut t = [0.0f32; N];
