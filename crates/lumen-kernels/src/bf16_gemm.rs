@@ -13,7 +13,7 @@
 //! whatever the tile, the batch or the thread count: a sentence embeds to the same bits alone
 //! and in any batch. Rows are padded to whole 32-value blocks with zeros, which add nothing.
 
-use crate::pool::{split_range, PartsPtr, ThreadPool};
+use crate::pool::{for_rows_in_parts, split_range, PartsPtr, ThreadPool};
 
 /// Values per block: one 512-bit register of bf16.
 pub const BF16_BLOCK: usize = 32;
@@ -128,24 +128,11 @@ pub fn matmul_bf16(
     // Rounding the input is a pass over every row: shared out like the product (each part
     // rounds whole rows of its own, so which part did it never changes a bit).
     let xs_ptr = PartsPtr(scratch.as_mut_ptr());
-    let round_part = |p: usize, parts: usize| {
-        for i in split_range(m, parts, p) {
-            // SAFETY: row i of the scratch (m rows of `stride`) belongs to this part alone.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(xs_ptr.get().add(i * w.stride), w.cols) };
-            round_row(&x[i * w.cols..(i + 1) * w.cols], dst);
-        }
-    };
-    let round_parts = if m >= 2 * n { n } else { 1 };
-    if round_parts == 1 {
-        round_part(0, 1);
-    } else {
-        pool.run(|p, _| {
-            if p < round_parts {
-                round_part(p, round_parts);
-            }
-        });
-    }
+    for_rows_in_parts(pool, m, n, |i| {
+        // SAFETY: row i of the scratch (m rows of `stride`) is visited by one part alone.
+        let dst = unsafe { std::slice::from_raw_parts_mut(xs_ptr.get().add(i * w.stride), w.cols) };
+        round_row(&x[i * w.cols..(i + 1) * w.cols], dst);
+    });
     let xs: &[u16] = scratch;
     let ptr = PartsPtr(out.as_mut_ptr());
     let part = |p: usize| {

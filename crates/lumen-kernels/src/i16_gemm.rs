@@ -28,7 +28,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::pool::{split_range, PartsPtr, ThreadPool};
+use crate::pool::{for_rows_in_parts, split_range, PartsPtr, ThreadPool};
 
 /// Largest magnitude of a rounded input value (13 bits).
 pub const I16_ACT_MAX: i32 = 4095;
@@ -234,35 +234,20 @@ pub fn matmul_i16(
         PartsPtr(scratch.values.as_mut_ptr()),
         PartsPtr(scratch.scales.as_mut_ptr()),
     );
-    let round_part = |p: usize, parts: usize| {
-        for i in split_range(m, parts, p) {
-            // SAFETY: row i of the values (m rows of `stride`) and scale i belong to this
-            // part alone; AVX2 is present (asserted above).
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                let dst = std::slice::from_raw_parts_mut(vp.get().add(i * stride), stride);
-                let (values, pad) = dst.split_at_mut(w.cols);
-                *sp.get().add(i) = crate::x86::i16_tiles::round_row(
-                    &x[i * w.cols..][..w.cols],
-                    values,
-                    I16_ACT_MAX,
-                );
-                pad.fill(0);
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (i, &vp, &sp);
+    for_rows_in_parts(pool, m, n, |i| {
+        // SAFETY: row i of the values (m rows of `stride`) and scale i are visited by one
+        // part alone; AVX2 is present (asserted above).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            let dst = std::slice::from_raw_parts_mut(vp.get().add(i * stride), stride);
+            let (values, pad) = dst.split_at_mut(w.cols);
+            *sp.get().add(i) =
+                crate::x86::i16_tiles::round_row(&x[i * w.cols..][..w.cols], values, I16_ACT_MAX);
+            pad.fill(0);
         }
-    };
-    let round_parts = if m >= 2 * n { n } else { 1 };
-    if round_parts == 1 {
-        round_part(0, 1);
-    } else {
-        pool.run(|p, _| {
-            if p < round_parts {
-                round_part(p, round_parts);
-            }
-        });
-    }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (i, &vp, &sp);
+    });
     let xs = Quantized {
         values: &scratch.values,
         scales: &scratch.scales,

@@ -405,6 +405,28 @@ impl<T> PartsPtr<T> {
     }
 }
 
+/// Runs `f(row)` for every row of `0..m`, the rows cut into `parts` contiguous pieces run on
+/// the pool's threads (`parts` at most its size), or all on the calling thread when there are
+/// fewer than two rows per piece (waking the pool would cost more). Each row is visited
+/// exactly once, whoever runs it: a row-wise pass gives the same bits however it is split.
+pub(crate) fn for_rows_in_parts(
+    pool: &ThreadPool,
+    m: usize,
+    parts: usize,
+    f: impl Fn(usize) + Sync,
+) {
+    let parts = if m >= 2 * parts { parts } else { 1 };
+    if parts <= 1 {
+        (0..m).for_each(&f);
+        return;
+    }
+    pool.run(|p, _| {
+        if p < parts {
+            split_range(m, parts, p).for_each(&f);
+        }
+    });
+}
+
 /// The `index`-th of `parts` even, contiguous pieces of `0..len` (earlier pieces get the extras).
 pub fn split_range(len: usize, parts: usize, index: usize) -> Range<usize> {
     let parts = parts.max(1);
