@@ -18,7 +18,7 @@ use lumen_kernels::{split_range, ThreadPool};
 use super::mpnet::RelativeBias;
 #[cfg(target_arch = "x86_64")]
 use super::ops::dot_avx2;
-use super::ops::{dot, exp_nonpos, par_chunks, par_rows};
+use super::ops::{dot, exp_nonpos, par_chunks, par_rows, per_cpu};
 
 /// Shapes shared by every attention call of one model.
 #[derive(Clone, Copy, Debug)]
@@ -130,46 +130,12 @@ impl Head<'_> {
     }
 }
 
-/// Attention of one head over the rows `seq`, written to `out` (`seq.len() × d`): compiled
-/// for AVX-512 or AVX2 where the CPU has it (the same operations per element, no fused
-/// multiply-adds: the same bits either way).
-fn attend(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f32>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use lumen_kernels::CpuLevel;
-        let level = CpuLevel::detect();
-        if level >= CpuLevel::Avx512 {
-            // SAFETY: the CPU has AVX-512 F (the level implies it).
-            unsafe { attend_avx512(head, seq, out, scores) };
-            return;
-        }
-        if level >= CpuLevel::Avx2 {
-            // SAFETY: the CPU has AVX2 (the level implies it).
-            unsafe { attend_avx2(head, seq, out, scores) };
-            return;
-        }
+per_cpu! {
+    /// Attention of one head over the rows `seq`, written to `out` (`seq.len() × d`).
+    fn attend(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f32>) {
+        simd: attend_portable::<true>(head, seq, out, scores),
+        portable: attend_portable::<false>(head, seq, out, scores),
     }
-    attend_portable::<false>(head, seq, out, scores);
-}
-
-/// [`attend_portable`] compiled for AVX2.
-///
-/// # Safety
-/// The CPU has AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn attend_avx2(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f32>) {
-    attend_portable::<true>(head, seq, out, scores);
-}
-
-/// [`attend_portable`] compiled for AVX-512.
-///
-/// # Safety
-/// The CPU has AVX-512 F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn attend_avx512(head: Head<'_>, seq: Range<usize>, out: &mut [f32], scores: &mut Vec<f32>) {
-    attend_portable::<true>(head, seq, out, scores);
 }
 
 /// The attention of one head; `SIMD` (set only by callers compiled for AVX2 or more) takes

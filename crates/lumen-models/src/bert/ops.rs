@@ -10,6 +10,47 @@ use lumen_kernels::{split_range, ThreadPool};
 
 use super::config::Activation;
 
+/// Defines a function that runs `simd` compiled for AVX-512 or for AVX2, whichever the CPU
+/// has, and `portable` elsewhere. `simd` and `portable` call one `#[inline(always)]` body, so
+/// each copy is the same operations in wider registers (no fused multiply-adds: the same
+/// bits on every CPU); the body may also take a flag saying it is compiled for AVX2 or more.
+macro_rules! per_cpu {
+    (
+        $(#[$doc:meta])*
+        $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) {
+            simd: $simd:expr,
+            portable: $portable:expr $(,)?
+        }
+    ) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use lumen_kernels::CpuLevel;
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $simd
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $simd
+                }
+                let level = CpuLevel::detect();
+                if level >= CpuLevel::Avx512 {
+                    // SAFETY: the CPU has AVX-512 F (the level implies it).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if level >= CpuLevel::Avx2 {
+                    // SAFETY: the CPU has AVX2 (the level implies it).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $portable
+        }
+    };
+}
+pub(crate) use per_cpu;
+
 /// Below this many elements a pass runs on the calling thread; waking the pool costs more.
 const PAR_MIN_ELEMS: usize = 8 * 1024;
 
@@ -71,26 +112,12 @@ where
     });
 }
 
-/// LayerNorm of one row in place: `x = (x - mean) / sqrt(var + eps) * weight + bias`,
-/// compiled for AVX2 where the CPU has it (the same operations either way).
-pub(crate) fn layer_norm_inplace(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if lumen_kernels::CpuLevel::detect() >= lumen_kernels::CpuLevel::Avx2 {
-        // SAFETY: the CPU has AVX2 (the level implies it).
-        unsafe { layer_norm_avx2(x, weight, bias, eps) };
-        return;
+per_cpu! {
+    /// LayerNorm of one row in place: `x = (x - mean) / sqrt(var + eps) * weight + bias`.
+    pub(crate) fn layer_norm_inplace(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+        simd: layer_norm_portable(x, weight, bias, eps),
+        portable: layer_norm_portable(x, weight, bias, eps),
     }
-    layer_norm_portable(x, weight, bias, eps);
-}
-
-/// [`layer_norm_portable`] compiled for AVX2.
-///
-/// # Safety
-/// The CPU has AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn layer_norm_avx2(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-    layer_norm_portable(x, weight, bias, eps);
 }
 
 #[inline(always)]
@@ -243,48 +270,15 @@ pub(crate) fn activate(act: Activation, x: f32) -> f32 {
     }
 }
 
-/// `row[i] = act(row[i] + bias[i])`, the activation chosen once outside the loop so that
-/// each arm compiles to a vectorized loop, 16 lanes wide where the CPU has AVX-512 and 8
-/// with AVX2 (the same IEEE operations per element at any width, and no fused
-/// multiply-adds: the same bits on every CPU).
-pub(crate) fn bias_activate(act: Activation, row: &mut [f32], bias: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use lumen_kernels::CpuLevel;
-        let level = CpuLevel::detect();
-        if level >= CpuLevel::Avx512 {
-            // SAFETY: the CPU has AVX-512 F (the level implies it).
-            unsafe { bias_activate_avx512(act, row, bias) };
-            return;
-        }
-        if level >= CpuLevel::Avx2 {
-            // SAFETY: the CPU has AVX2 (the level implies it).
-            unsafe { bias_activate_avx2(act, row, bias) };
-            return;
-        }
+per_cpu! {
+    /// `row[i] = act(row[i] + bias[i])`, the activation chosen once outside the loop so that
+    /// each arm compiles to a vectorized loop, 16 lanes wide where the CPU has AVX-512 and 8
+    /// with AVX2 (GELU is a tenth of an embedding batch on an AVX2 CPU; the baseline build
+    /// vectorizes it only four lanes wide).
+    pub(crate) fn bias_activate(act: Activation, row: &mut [f32], bias: &[f32]) {
+        simd: bias_activate_portable(act, row, bias),
+        portable: bias_activate_portable(act, row, bias),
     }
-    bias_activate_portable(act, row, bias);
-}
-
-/// [`bias_activate_portable`] compiled for AVX2 (GELU is a tenth of an embedding batch on
-/// an AVX2 CPU; the baseline build vectorizes it only four lanes wide).
-///
-/// # Safety
-/// The CPU has AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn bias_activate_avx2(act: Activation, row: &mut [f32], bias: &[f32]) {
-    bias_activate_portable(act, row, bias);
-}
-
-/// [`bias_activate_portable`] compiled for AVX-512.
-///
-/// # Safety
-/// The CPU has AVX-512 F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn bias_activate_avx512(act: Activation, row: &mut [f32], bias: &[f32]) {
-    bias_activate_portable(act, row, bias);
 }
 
 #[inline(always)]
