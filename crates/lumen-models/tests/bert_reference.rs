@@ -65,11 +65,7 @@ fn every_precision_matches_sentence_transformers() {
     let refs = references();
     let batch: Vec<&[u32]> = refs.iter().map(|r| r.ids.as_slice()).collect();
     let pool = ThreadPool::new(2);
-    let all = [
-        EncoderPrecision::F32,
-        EncoderPrecision::Bf16,
-        EncoderPrecision::Int16,
-    ];
+    let all = EncoderPrecision::ALL;
     for p in all.into_iter().filter(|p| p.supported()) {
         let model = BertModel::load_with(&dir, p).unwrap();
         assert_eq!(model.precision(), p);

@@ -24,6 +24,13 @@ pub enum EncoderPrecision {
 }
 
 impl EncoderPrecision {
+    /// Every precision, whether or not this CPU runs it.
+    pub const ALL: [EncoderPrecision; 3] = [
+        EncoderPrecision::F32,
+        EncoderPrecision::Bf16,
+        EncoderPrecision::Int16,
+    ];
+
     /// The fastest precision this CPU runs that keeps the embedding tests' cosine: bf16 with
     /// AVX-512 BF16, else 16-bit integers with AVX2, else f32.
     pub fn auto() -> EncoderPrecision {
@@ -56,13 +63,7 @@ impl EncoderPrecision {
 
     /// A precision by its [`name`](Self::name).
     pub fn parse(name: &str) -> Option<EncoderPrecision> {
-        [
-            EncoderPrecision::F32,
-            EncoderPrecision::Bf16,
-            EncoderPrecision::Int16,
-        ]
-        .into_iter()
-        .find(|p| p.name() == name)
+        EncoderPrecision::ALL.into_iter().find(|p| p.name() == name)
     }
 
     /// `LUMEN_EMBED_PRECISION` (`f32`, `bf16`, `int16` or `auto`, the default). Asking for a
