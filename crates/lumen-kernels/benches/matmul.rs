@@ -91,6 +91,11 @@ fn main() {
         (WeightFormat::Q4_K, 32768, 2048),
         (WeightFormat::Q4_K, 8192, 8192),
         (WeightFormat::Q6_K, 49152, 2048),
+        // The same layer in Q6_K: QKV, attention output, gate/up, down.
+        (WeightFormat::Q6_K, 6144, 2048),
+        (WeightFormat::Q6_K, 2048, 2048),
+        (WeightFormat::Q6_K, 16384, 2048),
+        (WeightFormat::Q6_K, 2048, 8192),
         (WeightFormat::Q8_0, 32768, 2048),
     ];
     for &f in &ALL_FORMATS {

@@ -10,6 +10,13 @@ pub(super) trait Lanes {
     type F: Copy;
     /// Rows per register.
     const N: usize;
+    /// Whether the tiles fold each sub-block's scale into the product sums
+    /// ([`Lanes::dot4_scaled`]) rather than summing a sub-block apart and scaling it once
+    /// (`vpmulld`): with AVX2 a four-product sum is two instructions either way
+    /// (`maddubs` + `madd`), so multiplying by the scale's word pair instead of ones is free and
+    /// leaves one accumulator per activation row instead of one per sub-block; with VNNI it
+    /// would turn one `vpdpbusd` into two instructions.
+    const FOLD: bool;
 
     unsafe fn zero() -> Self::I;
     unsafe fn splat(v: i32) -> Self::I;
@@ -30,6 +37,10 @@ pub(super) trait Lanes {
     unsafe fn slli32<const K: u32>(a: Self::I) -> Self::I;
     /// `acc + sum of the four u8 x i8 products` per lane (`vpdpbusd`).
     unsafe fn dot4(acc: Self::I, w: Self::I, x: Self::I) -> Self::I;
+    /// `acc + s * (sum of the four u8 x i8 products)` per lane, where `s` holds the lane's
+    /// scale in both of its 16-bit halves; exact while a pair of products fits i16 (6-bit
+    /// weights: at most 2 * 63 * 128) and `s` is a byte.
+    unsafe fn dot4_scaled(acc: Self::I, w: Self::I, x: Self::I, s: Self::I) -> Self::I;
     /// `acc + sum of the two i16 x i16 products` per lane (`vpdpwssd`).
     unsafe fn dot2(acc: Self::I, a: Self::I, b: Self::I) -> Self::I;
     /// Four bytes at `p` in every lane.
@@ -61,6 +72,7 @@ impl Lanes for Z {
     type I = __m512i;
     type F = __m512;
     const N: usize = 16;
+    const FOLD: bool = false;
 
     #[inline(always)]
     unsafe fn zero() -> __m512i {
@@ -138,6 +150,11 @@ impl Lanes for Z {
         unsafe { _mm512_dpbusd_epi32(acc, w, x) }
     }
     #[inline(always)]
+    unsafe fn dot4_scaled(acc: __m512i, w: __m512i, x: __m512i, s: __m512i) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(w, x), s) }
+    }
+    #[inline(always)]
     unsafe fn dot2(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
         // SAFETY: the impl's CPU features, and pointers the caller vouches for.
         unsafe { _mm512_dpwssd_epi32(acc, a, b) }
@@ -205,6 +222,7 @@ impl Lanes for Y {
     type I = __m256i;
     type F = __m256;
     const N: usize = 8;
+    const FOLD: bool = true;
 
     #[inline(always)]
     unsafe fn zero() -> __m256i {
@@ -286,6 +304,11 @@ impl Lanes for Y {
                 _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)),
             )
         }
+    }
+    #[inline(always)]
+    unsafe fn dot4_scaled(acc: __m256i, w: __m256i, x: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), s)) }
     }
     #[inline(always)]
     unsafe fn dot2(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
