@@ -88,8 +88,15 @@ impl GgufFile {
         let p = parse(bytes.bytes_mut()).map_err(E::from)?;
         let mut rewritten = vec![false; p.tensors.len()];
         for (t, done) in p.tensors.iter().zip(rewritten.iter_mut()) {
-            if let Some(data) = tensor_range(t).and_then(|r| bytes.bytes_mut().get_mut(r)) {
+            let Some(range) = tensor_range(t).filter(|r| r.end <= bytes.bytes_mut().len()) else {
+                continue;
+            };
+            bytes.own(range.clone()).map_err(GgufError::from)?;
+            if let Some(data) = bytes.bytes_mut().get_mut(range.clone()) {
                 *done = rewrite(t, data)?;
+            }
+            if !*done {
+                bytes.disown(range).map_err(GgufError::from)?;
             }
         }
         let storage = bytes.freeze().map_err(GgufError::from)?;

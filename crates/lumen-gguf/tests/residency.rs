@@ -117,3 +117,95 @@ fn the_environment_names_the_residency_or_is_refused() {
         "{err}"
     );
 }
+
+/// The path of the mapping holding `addr` in this process (empty for anonymous memory).
+#[cfg(target_os = "linux")]
+fn mapping_of(addr: usize) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let range = fields.next().unwrap();
+        let (lo, hi) = range.split_once('-').unwrap();
+        let (lo, hi) = (
+            usize::from_str_radix(lo, 16).unwrap(),
+            usize::from_str_radix(hi, 16).unwrap(),
+        );
+        if (lo..hi).contains(&addr) {
+            return fields.nth(4).unwrap_or("").to_string();
+        }
+    }
+    panic!("{addr:#x} is not mapped")
+}
+
+/// Rewritten tensors of a huge page or more get memory of the process's own (in huge pages
+/// where the kernel gives them) instead of 4 KiB copy-on-write copies of the file's pages; a
+/// big tensor the loader offered back stays the page cache's; every byte is the same as a
+/// resident load's, and the file is never written.
+#[cfg(target_os = "linux")]
+#[test]
+fn big_rewritten_tensors_leave_the_file_map() {
+    let dir = std::env::temp_dir().join(format!("lumen-gguf-own-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.gguf");
+    // 3.1 MiB rewritten, 2.5 MiB offered but left alone, a small one between them.
+    let (big, declined, small) = (1024 * 797, 1024 * 640, 1024 * 3);
+    let file = Builder::version(3)
+        .kv(
+            "general.architecture",
+            lumen_gguf::Value::String("llama".into()),
+        )
+        .tensor(Tensor::new("small", &[1024, 3], 0, f32_bytes(small)))
+        .tensor(Tensor::new("big", &[1024, 797], 0, f32_bytes(big)))
+        .tensor(Tensor::new(
+            "declined",
+            &[1024, 640],
+            0,
+            f32_bytes(declined),
+        ))
+        .build();
+    std::fs::write(&path, &file).unwrap();
+    let load = |residency| {
+        GgufFile::load_rewriting(&path, residency, |t, data| -> Result<bool, GgufError> {
+            if t.name == "big" || t.name == "small" {
+                data.reverse();
+                data[0] ^= 0x5a;
+                return Ok(true);
+            }
+            Ok(false)
+        })
+        .unwrap()
+    };
+    let resident = load(Residency::Resident);
+    let mapped = load(Residency::Mapped);
+    for name in ["small", "big", "declined"] {
+        let (a, b) = (resident.tensor(name).unwrap(), mapped.tensor(name).unwrap());
+        assert!(
+            resident.tensor_data(a) == mapped.tensor_data(b),
+            "{name}: the bytes differ"
+        );
+    }
+    let canonical = path.canonicalize().unwrap();
+    let name = canonical.to_str().unwrap();
+    let at = |t: &str, frac: usize| {
+        let d = mapped.tensor_data(mapped.tensor(t).unwrap());
+        d.as_ptr() as usize + d.len() * frac / 4
+    };
+    // The middle of the big tensor is anonymous memory; the declined one is the file's.
+    assert_eq!(mapping_of(at("big", 2)), "", "big tensor");
+    assert_eq!(mapping_of(at("declined", 2)), name, "declined tensor");
+    // The small one is a copy-on-write copy inside the file map, as before.
+    assert_eq!(mapping_of(at("small", 2)), name, "small tensor");
+    let m = file_mapping("self", &path);
+    let page = 4096;
+    assert!(
+        m.anonymous * 1024 <= small as u64 * 4 + 4 * page,
+        "the file map holds {} KiB of copies",
+        m.anonymous
+    );
+    drop((resident, mapped));
+    assert!(
+        std::fs::read(&path).unwrap() == file,
+        "the file was written"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
