@@ -90,6 +90,8 @@ fn main() {
         // Q4_K_M, streamed from memory like a model's layers: gate/up, down, the output.
         (WeightFormat::Q4_K, 32768, 2048),
         (WeightFormat::Q4_K, 8192, 8192),
+        // 151 MB: no last-level cache holds part of it between calls (37 MB ones partly stay).
+        (WeightFormat::Q4_K, 131072, 2048),
         (WeightFormat::Q6_K, 49152, 2048),
         // The same layer in Q6_K: QKV, attention output, gate/up, down.
         (WeightFormat::Q6_K, 6144, 2048),

@@ -51,9 +51,6 @@ const C_WIDE: usize = 8;
 /// one accumulator, and four rows beat two by 5-9 % (Q4_K, Q6_K at 128 rows on Zen 3).
 const C_AVX2: usize = 4;
 
-/// Records ahead that a group's first tile prefetches.
-const PREFETCH_RECORDS: usize = 2;
-
 /// Computes columns `r` (whole groups: `r.start` is a multiple of 16) of every output row.
 ///
 /// # Safety
@@ -162,9 +159,11 @@ unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize, const AMX: bool>(
                     let rp = gp.add(b * rec);
                     // Past the matrix's end a prefetch is harmless; `wrapping_add` keeps the
                     // address arithmetic defined there.
-                    let ahead = rp.wrapping_add(PREFETCH_RECORDS * rec);
-                    for off in (0..rec).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off).cast());
+                    if L::PREFETCH_RECORDS > 0 {
+                        let ahead = rp.wrapping_add(L::PREFETCH_RECORDS * rec);
+                        for off in (0..rec).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off).cast());
+                        }
                     }
                     if single_row {
                         let lo = Block::<L>::decode::<F>(rp, 0);
@@ -225,8 +224,8 @@ unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize, const AMX: bool>(
 /// with a `vpmulld` per sub-block; here each line is used whole where it is loaded, the
 /// activations' broadcasts serve both halves and the scales are folded in. With Q6_K's
 /// pieces in reading order ([`crate::kpacked`]) a Q6_K stream from memory went from 10 to
-/// 13 GB/s on one Zen 3 core (the ggml layout's 14), and Q4_K 32768 x 2048 on two cores from
-/// 26 to 37 GB/s (`cargo bench -p lumen-kernels --bench matmul`, m = 1).
+/// 13 GB/s on one Zen 3 core (the ggml layout's 14), and to 15.5 without software prefetch
+/// ([`Lanes::PREFETCH_RECORDS`]; `cargo bench -p lumen-kernels --bench matmul`, m = 1).
 ///
 /// # Safety
 /// `rp` is a whole record of format `F`, `lo` and `hi` its blocks of lanes `0..8` and `8..16`,
