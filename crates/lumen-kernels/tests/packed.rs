@@ -287,3 +287,55 @@ fn packed_kquants_equal_their_ggml_layout_bit_for_bit() {
         }
     }
 }
+
+/// The largest sums the K-quant tiles can meet: every quant at its top value (Q4_K 15, Q5_K
+/// 31, Q6_K 63), the biggest scales, and activations that quantize to -128 (all -1 or all 1)
+/// or to 127 with one -128 per block. The AVX2 tiles add a sub-block's two-product sums in
+/// 16-bit lanes before widening (Q4_K: 8 * 2 * 15 * 128 = 30720), so an overflow there would
+/// show as a difference from the scalar reference's 32-bit sums.
+#[test]
+fn packed_kquants_hold_their_largest_sums() {
+    let pool = ThreadPool::new(2);
+    let d = half::f16::from_f32(0.001).to_bits().to_le_bytes();
+    for format in [WeightFormat::Q4_K, WeightFormat::Q5_K, WeightFormat::Q6_K] {
+        for scale_byte in [0xFFu8, 0x80, 0x7F] {
+            let rows = 32;
+            let bb = format.block_bytes();
+            let mut data = vec![0xFFu8; rows * (COLS / 256) * bb];
+            for blk in data.chunks_exact_mut(bb) {
+                if format == WeightFormat::Q6_K {
+                    blk[192..208].fill(scale_byte);
+                    blk[208..210].copy_from_slice(&d);
+                } else {
+                    blk[0..2].copy_from_slice(&d);
+                    blk[2..4].copy_from_slice(&d);
+                    blk[4..16].fill(scale_byte);
+                }
+            }
+            let packed = pack(format, rows, COLS, &data).unwrap();
+            let g = MatRef::new(format, rows, COLS, &data).unwrap();
+            let p = MatRef::packed(format, rows, COLS, &packed).unwrap();
+            for m in [1usize, 7, 13] {
+                let mut x = Vec::with_capacity(m * COLS);
+                for i in 0..m {
+                    for k in 0..COLS {
+                        x.push(match i % 3 {
+                            0 => -1.0,
+                            1 => 1.0,
+                            _ if k % 256 == 5 => -1.0,
+                            _ => 1.0,
+                        });
+                    }
+                }
+                let want = bits(&matmul_at(&pool, CpuLevel::Scalar, &g, &x, m));
+                for level in levels() {
+                    assert_eq!(
+                        bits(&matmul_at(&pool, level, &p, &x, m)),
+                        want,
+                        "{format} {level} scales {scale_byte:#x} m={m}"
+                    );
+                }
+            }
+        }
+    }
+}

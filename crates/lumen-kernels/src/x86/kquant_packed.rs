@@ -48,8 +48,9 @@ const C: usize = 4;
 const C_WIDE: usize = 8;
 
 /// Activation rows per 256-bit tile: with the scales folded in ([`Lanes::FOLD`]) a row needs
-/// one accumulator, and four rows beat two by 5-9 % (Q4_K, Q6_K at 128 rows on Zen 3).
-const C_AVX2: usize = 4;
+/// one accumulator (Q4_K two more, of 16-bit sums), and six rows beat two by 5-25 % (Q4_K,
+/// Q5_K, Q6_K at 128 rows on Zen 3; eight spill).
+const C_AVX2: usize = 6;
 
 /// Computes columns `r` (whole groups: `r.start` is a multiple of 16) of every output row.
 ///
@@ -511,7 +512,27 @@ impl<L: Lanes> Block<L> {
             let cols = act.cols;
             let xp = act.qs.as_ptr().cast::<u8>().add(i0 * cols + b * 256);
             let mut sumi = [L::zero(); R];
-            if F != tag::Q6_K {
+            if L::FOLD && F == tag::Q4_K {
+                // A sub-block is eight of a lane's four-value pieces: its two-product sums
+                // add up in 16-bit lanes (at most 8 * 2 * 15 * 128 = 30720), and one `madd`
+                // with the scale's word pair widens and scales them. Half the multiplies of
+                // a `dot4_scaled` per piece, on the two pipes that run them.
+                for c4 in 0..4 {
+                    let (mut lo16, mut hi16) = ([L::zero(); R], [L::zero(); R]);
+                    for u in 0..8 {
+                        let (lo, hi) = q45_values::<L, F>(rp, lane0, c4, u);
+                        for c in 0..R {
+                            let x = xp.add(c * cols + 64 * c4 + 4 * u);
+                            lo16[c] = L::dot2_words(lo16[c], lo, L::bcast(x));
+                            hi16[c] = L::dot2_words(hi16[c], hi, L::bcast(x.add(32)));
+                        }
+                    }
+                    for c in 0..R {
+                        sumi[c] = L::dot2(sumi[c], lo16[c], self.sc16[2 * c4]);
+                        sumi[c] = L::dot2(sumi[c], hi16[c], self.sc16[2 * c4 + 1]);
+                    }
+                }
+            } else if F != tag::Q6_K {
                 for c4 in 0..4 {
                     let (mut lo_acc, mut hi_acc) = ([L::zero(); R], [L::zero(); R]);
                     for u in 0..8 {

@@ -47,6 +47,9 @@ pub(super) trait Lanes {
     /// scale in both of its 16-bit halves; exact while a pair of products fits i16 (6-bit
     /// weights: at most 2 * 63 * 128) and `s` is a byte.
     unsafe fn dot4_scaled(acc: Self::I, w: Self::I, x: Self::I, s: Self::I) -> Self::I;
+    /// `acc` plus the two-product sums of `w`'s u8 and `x`'s i8 bytes, in 16-bit lanes
+    /// (`maddubs` + `paddw`): exact while the sums fit i16, which the caller bounds.
+    unsafe fn dot2_words(acc: Self::I, w: Self::I, x: Self::I) -> Self::I;
     /// `acc + sum of the two i16 x i16 products` per lane (`vpdpwssd`).
     unsafe fn dot2(acc: Self::I, a: Self::I, b: Self::I) -> Self::I;
     /// Four bytes at `p` in every lane.
@@ -155,6 +158,11 @@ impl Lanes for Z {
     unsafe fn dot4(acc: __m512i, w: __m512i, x: __m512i) -> __m512i {
         // SAFETY: the impl's CPU features, and pointers the caller vouches for.
         unsafe { _mm512_dpbusd_epi32(acc, w, x) }
+    }
+    #[inline(always)]
+    unsafe fn dot2_words(acc: __m512i, w: __m512i, x: __m512i) -> __m512i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm512_add_epi16(acc, _mm512_maddubs_epi16(w, x)) }
     }
     #[inline(always)]
     unsafe fn dot4_scaled(acc: __m512i, w: __m512i, x: __m512i, s: __m512i) -> __m512i {
@@ -312,6 +320,11 @@ impl Lanes for Y {
                 _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)),
             )
         }
+    }
+    #[inline(always)]
+    unsafe fn dot2_words(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        // SAFETY: the impl's CPU features, and pointers the caller vouches for.
+        unsafe { _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, x)) }
     }
     #[inline(always)]
     unsafe fn dot4_scaled(acc: __m256i, w: __m256i, x: __m256i, s: __m256i) -> __m256i {
