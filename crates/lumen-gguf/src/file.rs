@@ -70,10 +70,14 @@ impl GgufFile {
     /// weights in a layout of its own without holding a second copy of them.
     ///
     /// `residency` says whether the bytes are read into the process's own memory or mapped
-    /// copy-on-write from the page cache (see [`Residency`]).
+    /// copy-on-write from the page cache (see [`Residency`]). `may_rewrite` says, from a
+    /// tensor's descriptor alone, whether `rewrite` might change it: in a map, only those
+    /// tensors are first read into memory of the process's own (the others stay the page
+    /// cache's without being read at load).
     pub fn load_rewriting<E>(
         path: &Path,
         residency: Residency,
+        may_rewrite: impl Fn(&TensorInfo) -> bool,
         mut rewrite: impl FnMut(&TensorInfo, &mut [u8]) -> Result<bool, E>,
     ) -> Result<GgufFile, E>
     where
@@ -91,11 +95,14 @@ impl GgufFile {
             let Some(range) = tensor_range(t).filter(|r| r.end <= bytes.bytes_mut().len()) else {
                 continue;
             };
-            bytes.own(range.clone()).map_err(GgufError::from)?;
+            let owned = may_rewrite(t);
+            if owned {
+                bytes.own(range.clone()).map_err(GgufError::from)?;
+            }
             if let Some(data) = bytes.bytes_mut().get_mut(range.clone()) {
                 *done = rewrite(t, data)?;
             }
-            if !*done {
+            if owned && !*done {
                 bytes.disown(range).map_err(GgufError::from)?;
             }
         }

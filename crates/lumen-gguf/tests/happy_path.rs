@@ -270,6 +270,7 @@ fn load_rewriting_transforms_chosen_tensors_in_place() {
     let f = GgufFile::load_rewriting(
         &path,
         Residency::Resident,
+        |_| true,
         |t, data| -> Result<bool, GgufError> {
             seen.push((t.name.clone(), data.len() as u64 == t.n_bytes));
             if t.name == "b.q8_0" {
@@ -300,15 +301,19 @@ fn load_rewriting_transforms_chosen_tensors_in_place() {
             Refused
         }
     }
-    let r = GgufFile::load_rewriting(&path, Residency::Mapped, |_, _| -> Result<bool, Refused> {
-        Err(Refused)
-    });
+    let r = GgufFile::load_rewriting(
+        &path,
+        Residency::Mapped,
+        |_| true,
+        |_, _| -> Result<bool, Refused> { Err(Refused) },
+    );
     assert_eq!(r.err(), Some(Refused));
     // A file that does not parse fails before any tensor is handed out.
     std::fs::write(dir.join("bad.gguf"), b"GGUF").unwrap();
     let r = GgufFile::load_rewriting(
         &dir.join("bad.gguf"),
         Residency::Mapped,
+        |_| true,
         |_, _| -> Result<bool, GgufError> { panic!("no tensors to rewrite") },
     );
     assert!(matches!(r, Err(GgufError::Truncated { .. })));

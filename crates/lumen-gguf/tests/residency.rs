@@ -7,7 +7,7 @@
 mod common;
 
 use common::{f32_bytes, Builder, Tensor};
-use lumen_gguf::{GgufError, GgufFile, Residency};
+use lumen_gguf::{GgufError, GgufFile, Residency, TensorInfo};
 use lumen_testkit::smaps::{file_mapping, FileMapping};
 
 /// A file with a 1 MiB tensor the loader keeps and a 64 KiB one it rewrites.
@@ -31,13 +31,18 @@ fn sample(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn load(path: &std::path::Path, residency: Residency) -> GgufFile {
-    GgufFile::load_rewriting(path, residency, |t, data| -> Result<bool, GgufError> {
-        if t.name == "rewritten" {
-            data.reverse();
-            return Ok(true);
-        }
-        Ok(false)
-    })
+    GgufFile::load_rewriting(
+        path,
+        residency,
+        |_| true,
+        |t, data| -> Result<bool, GgufError> {
+            if t.name == "rewritten" {
+                data.reverse();
+                return Ok(true);
+            }
+            Ok(false)
+        },
+    )
     .unwrap()
 }
 
@@ -147,7 +152,8 @@ fn big_rewritten_tensors_leave_the_file_map() {
     let dir = std::env::temp_dir().join(format!("lumen-gguf-own-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("model.gguf");
-    // 3.1 MiB rewritten, 2.5 MiB offered but left alone, a small one between them.
+    // 3.1 MiB rewritten, 2.5 MiB offered but left alone, a small one between them, and 2.5
+    // MiB the loader says up front it will not rewrite.
     let (big, declined, small) = (1024 * 797, 1024 * 640, 1024 * 3);
     let file = Builder::version(3)
         .kv(
@@ -162,30 +168,47 @@ fn big_rewritten_tensors_leave_the_file_map() {
             0,
             f32_bytes(declined),
         ))
+        .tensor(Tensor::new(
+            "untouchable",
+            &[1024, 640],
+            0,
+            f32_bytes(declined),
+        ))
         .build();
     std::fs::write(&path, &file).unwrap();
+    let canonical = path.canonicalize().unwrap();
+    let name = canonical.to_str().unwrap();
     let load = |residency| {
-        GgufFile::load_rewriting(&path, residency, |t, data| -> Result<bool, GgufError> {
-            if t.name == "big" || t.name == "small" {
-                data.reverse();
-                data[0] ^= 0x5a;
-                return Ok(true);
-            }
-            Ok(false)
-        })
+        let may = |t: &TensorInfo| t.name != "untouchable";
+        GgufFile::load_rewriting(
+            &path,
+            residency,
+            may,
+            |t, data| -> Result<bool, GgufError> {
+                if residency == Residency::Mapped && t.name == "untouchable" {
+                    // Never read into memory of its own, not even for a moment.
+                    let middle = data.as_ptr() as usize + data.len() / 2;
+                    assert_eq!(mapping_of(middle), name, "a tensor never offered");
+                }
+                if t.name == "big" || t.name == "small" {
+                    data.reverse();
+                    data[0] ^= 0x5a;
+                    return Ok(true);
+                }
+                Ok(false)
+            },
+        )
         .unwrap()
     };
     let resident = load(Residency::Resident);
     let mapped = load(Residency::Mapped);
-    for name in ["small", "big", "declined"] {
+    for name in ["small", "big", "declined", "untouchable"] {
         let (a, b) = (resident.tensor(name).unwrap(), mapped.tensor(name).unwrap());
         assert!(
             resident.tensor_data(a) == mapped.tensor_data(b),
             "{name}: the bytes differ"
         );
     }
-    let canonical = path.canonicalize().unwrap();
-    let name = canonical.to_str().unwrap();
     let at = |t: &str, frac: usize| {
         let d = mapped.tensor_data(mapped.tensor(t).unwrap());
         d.as_ptr() as usize + d.len() * frac / 4
@@ -193,6 +216,11 @@ fn big_rewritten_tensors_leave_the_file_map() {
     // The middle of the big tensor is anonymous memory; the declined one is the file's.
     assert_eq!(mapping_of(at("big", 2)), "", "big tensor");
     assert_eq!(mapping_of(at("declined", 2)), name, "declined tensor");
+    assert_eq!(
+        mapping_of(at("untouchable", 2)),
+        name,
+        "a tensor never offered"
+    );
     // The small one is a copy-on-write copy inside the file map, as before.
     assert_eq!(mapping_of(at("small", 2)), name, "small tensor");
     let m = file_mapping("self", &path);

@@ -85,13 +85,19 @@ impl std::str::FromStr for WeightLayout {
 /// says `mapped` (see [`Residency`]).
 pub fn load_gguf(path: &Path, layout: WeightLayout) -> Result<GgufFile, ModelError> {
     let residency = Residency::from_env().map_err(ModelError::BadConfig)?;
-    GgufFile::load_rewriting(path, residency, |t, data| {
-        if layout == WeightLayout::Packed {
-            pack_in_place(t, data)
-        } else {
-            Ok(false)
-        }
-    })
+    let packed = layout == WeightLayout::Packed;
+    GgufFile::load_rewriting(
+        path,
+        residency,
+        |t| packed && weight_format(t.ggml_type).is_some_and(packs),
+        |t, data| {
+            if packed {
+                pack_in_place(t, data)
+            } else {
+                Ok(false)
+            }
+        },
+    )
 }
 
 /// Rewrites a 2-D Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K tensor with a whole number of row groups into
