@@ -3,7 +3,12 @@
 //!
 //! A tile is up to six input rows × one panel: 12 accumulators of eight i32, two panel
 //! registers, one broadcast and one product, all sixteen ymm registers (four rows × 24
-//! columns needed seventeen, and the compiler spilled an accumulator every step). Its integer sums are exact, so
+//! columns needed seventeen). The compiler spilled even the six-row tile (see `six_rows`), so
+//! its loop is assembly; narrower tiles (a block's last rows) stay intrinsics. Per twelve
+//! multiply-adds the tile loads two panel vectors and six broadcasts, and on Zen 3 those
+//! loads, not the multipliers, bound it: the same loop with broadcasts held in registers runs
+//! 1.6x faster, and shapes with more loads per multiply-add (4 × 3 with one panel operand
+//! from memory, 2 × 6) ran slower. Its integer sums are exact, so
 //! only the float steps after each chunk (convert, add in chunk order, scale) could differ
 //! between tile shapes, and they are the same per output in every shape.
 //!
@@ -148,17 +153,24 @@ impl Tile<'_> {
         // SAFETY: the caller guarantees the features and the buffers (`run`'s `# Safety`).
         unsafe {
             let mut acc = [[_mm256_setzero_si256(); 2]; R];
-            let (mut xp, mut wp) = (self.x, self.w);
-            // Two pairs per iteration: the loop's own instructions compete with the twelve
-            // multiply-adds for the same dispatch slots.
-            for _ in 0..self.pairs / 2 {
-                pair_step(&mut acc, xp, self.stride, wp);
-                pair_step(&mut acc, xp.add(2), self.stride, wp.add(2 * PANEL));
-                xp = xp.add(4);
-                wp = wp.add(4 * PANEL);
-            }
-            if self.pairs % 2 == 1 {
-                pair_step(&mut acc, xp, self.stride, wp);
+            if R == 6 {
+                // A whole tile: the assembly loop (see `six_rows`). R is 6, so `acc` is
+                // the array it takes.
+                let acc6 = &mut *acc.as_mut_ptr().cast::<[[__m256i; 2]; 6]>();
+                six_rows(acc6, self.x, self.stride, self.w, self.pairs);
+            } else {
+                let (mut xp, mut wp) = (self.x, self.w);
+                // Two pairs per iteration: the loop's own instructions compete with the
+                // multiply-adds for the same dispatch slots.
+                for _ in 0..self.pairs / 2 {
+                    pair_step(&mut acc, xp, self.stride, wp);
+                    pair_step(&mut acc, xp.add(2), self.stride, wp.add(2 * PANEL));
+                    xp = xp.add(4);
+                    wp = wp.add(4 * PANEL);
+                }
+                if self.pairs % 2 == 1 {
+                    pair_step(&mut acc, xp, self.stride, wp);
+                }
             }
             let mut sw = [0.0f32; PANEL];
             if finish.scale {
@@ -180,6 +192,98 @@ impl Tile<'_> {
                 }
             }
         }
+    }
+}
+
+/// Every pair of a chunk for a six-row tile, in assembly: its twelve accumulators, the two
+/// panel registers, the broadcast and the product take all sixteen ymm registers, and the
+/// compiler, given the same loop as intrinsics, kept four panel registers live over its
+/// two-pair unrolling and spilled two accumulators to the stack every pair (a store and two
+/// loads more per twelve multiply-adds, on a core whose loads already limit the tile).
+///
+/// # Safety
+/// AVX2; `x` (row stride `stride` integers) holds `pairs` pairs for six rows, `w` `pairs`
+/// pairs of the panel.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn six_rows(
+    acc: &mut [[__m256i; 2]; 6],
+    x: *const i16,
+    stride: usize,
+    w: *const i16,
+    pairs: usize,
+) {
+    if pairs == 0 {
+        return;
+    }
+    let [[a0, a1], [a2, a3], [a4, a5], [a6, a7], [a8, a9], [a10, a11]] = acc;
+    let s = stride * 2;
+    // SAFETY: the loop reads `pairs` pairs of the six rows (x, x + s, x + 2s and the three
+    // from x + 3s) and `pairs · 64` bytes of the panel, in range by the caller's contract;
+    // it writes only the named registers and the loop counters.
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "vmovdqu ymm12, ymmword ptr [{w}]",
+            "vmovdqu ymm13, ymmword ptr [{w} + 32]",
+            "vpbroadcastd ymm14, dword ptr [{xa}]",
+            "vpmaddwd ymm15, ymm14, ymm12",
+            "vpaddd ymm0, ymm0, ymm15",
+            "vpmaddwd ymm14, ymm14, ymm13",
+            "vpaddd ymm1, ymm1, ymm14",
+            "vpbroadcastd ymm14, dword ptr [{xa} + {s}]",
+            "vpmaddwd ymm15, ymm14, ymm12",
+            "vpaddd ymm2, ymm2, ymm15",
+            "vpmaddwd ymm14, ymm14, ymm13",
+            "vpaddd ymm3, ymm3, ymm14",
+            "vpbroadcastd ymm14, dword ptr [{xa} + 2*{s}]",
+            "vpmaddwd ymm15, ymm14, ymm12",
+            "vpaddd ymm4, ymm4, ymm15",
+            "vpmaddwd ymm14, ymm14, ymm13",
+            "vpaddd ymm5, ymm5, ymm14",
+            "vpbroadcastd ymm14, dword ptr [{xb}]",
+            "vpmaddwd ymm15, ymm14, ymm12",
+            "vpaddd ymm6, ymm6, ymm15",
+            "vpmaddwd ymm14, ymm14, ymm13",
+            "vpaddd ymm7, ymm7, ymm14",
+            "vpbroadcastd ymm14, dword ptr [{xb} + {s}]",
+            "vpmaddwd ymm15, ymm14, ymm12",
+            "vpaddd ymm8, ymm8, ymm15",
+            "vpmaddwd ymm14, ymm14, ymm13",
+            "vpaddd ymm9, ymm9, ymm14",
+            "vpbroadcastd ymm14, dword ptr [{xb} + 2*{s}]",
+            "vpmaddwd ymm15, ymm14, ymm12",
+            "vpaddd ymm10, ymm10, ymm15",
+            "vpmaddwd ymm14, ymm14, ymm13",
+            "vpaddd ymm11, ymm11, ymm14",
+            "add {xa}, 4",
+            "add {xb}, 4",
+            "add {w}, 64",
+            "dec {n}",
+            "jnz 2b",
+            xa = inout(reg) x => _,
+            xb = inout(reg) x.wrapping_byte_add(3 * s) => _,
+            s = in(reg) s,
+            w = inout(reg) w => _,
+            n = inout(reg) pairs => _,
+            inout("ymm0") *a0,
+            inout("ymm1") *a1,
+            inout("ymm2") *a2,
+            inout("ymm3") *a3,
+            inout("ymm4") *a4,
+            inout("ymm5") *a5,
+            inout("ymm6") *a6,
+            inout("ymm7") *a7,
+            inout("ymm8") *a8,
+            inout("ymm9") *a9,
+            inout("ymm10") *a10,
+            inout("ymm11") *a11,
+            out("ymm12") _,
+            out("ymm13") _,
+            out("ymm14") _,
+            out("ymm15") _,
+            options(nostack, readonly),
+        );
     }
 }
 
