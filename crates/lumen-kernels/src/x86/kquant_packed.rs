@@ -18,7 +18,7 @@
 //!   rows on one Zen 3 core: 64 / 66 / 62 GMAC/s summing each piece to 32 bits, 92 / 87 / 75
 //!   with the runs and six-row tiles);
 //! - a single activation row (decode of one sequence) on AVX2 takes both halves of a record
-//!   in one pass ([`single`]);
+//!   in one pass ([`single()`]);
 //! - the mins (Q4_K, Q5_K) and the -32 offset (Q6_K) are `vpdpwssd` of word pairs with the
 //!   activations' sub-block sums;
 //! - one float update per super-block, in the reference's order, goes to a per-chunk buffer
@@ -42,8 +42,11 @@ use crate::matmul::MatRef;
 
 mod amx_tiles;
 mod lanes;
+mod single;
+mod sums;
 
 use lanes::{Lanes, Y, Z};
+use single::single;
 
 /// Activation rows per 512-bit tile (the Q6_K tile holds five accumulators per row).
 const C: usize = 4;
@@ -217,69 +220,6 @@ unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize, const AMX: bool>(
             }
             i0 = i1;
         }
-    }
-}
-
-/// Super-block `b` (record `rp`) of all sixteen rows of a group times the one activation row
-/// `i`, in two register halves ([`Lanes::FOLD`] lanes of eight rows): adds the float updates to
-/// `acc[..16]`.
-///
-/// Decoding one sequence streams every weight from memory once. The tile path walks a
-/// record a half at a time (the first 32 bytes of every cache line, then back for the rest)
-/// with a `vpmulld` per sub-block; here each line is used whole where it is loaded, the
-/// activations' broadcasts serve both halves and the scales are folded in. With Q6_K's
-/// pieces in reading order ([`crate::kpacked`]) a Q6_K stream from memory went from 10 to
-/// 13 GB/s on one Zen 3 core (the ggml layout's 14), and to 15.5 without software prefetch
-/// ([`Lanes::PREFETCH_RECORDS`]; `cargo bench -p lumen-kernels --bench matmul`, m = 1).
-///
-/// # Safety
-/// `rp` is a whole record of format `F`, `lo` and `hi` its blocks of lanes `0..8` and `8..16`,
-/// `act` holds row `i`, `acc` is valid for 16 floats; the CPU must have `L`'s features.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn single<const F: Tag, L: Lanes>(
-    lo: &Block<L>,
-    hi: &Block<L>,
-    rp: *const u8,
-    act: &ActBuf,
-    b: usize,
-    i: usize,
-    acc: *mut f32,
-) {
-    // SAFETY: as this function's contract.
-    unsafe {
-        let xp = act.qs.as_ptr().cast::<u8>().add(i * act.cols + b * 256);
-        let (mut s0, mut s1) = (L::zero(), L::zero());
-        if F == tag::Q6_K {
-            for n in 0..2 {
-                for u in 0..8 {
-                    let q0 = q6_values::<L>(rp, 0, n, u);
-                    let q1 = q6_values::<L>(rp, L::N, n, u);
-                    let x = xp.add(128 * n + 4 * u);
-                    for k in 0..4 {
-                        let xk = L::bcast(x.add(32 * k));
-                        let sub = 8 * n + u / 4 + 2 * k;
-                        s0 = L::dot4_scaled(s0, q0[k], xk, lo.sc16[sub]);
-                        s1 = L::dot4_scaled(s1, q1[k], xk, hi.sc16[sub]);
-                    }
-                }
-            }
-        } else {
-            for c4 in 0..4 {
-                for u in 0..8 {
-                    let (l0, h0) = q45_values::<L, F>(rp, 0, c4, u);
-                    let (l1, h1) = q45_values::<L, F>(rp, L::N, c4, u);
-                    let x = xp.add(64 * c4 + 4 * u);
-                    let (xl, xh) = (L::bcast(x), L::bcast(x.add(32)));
-                    s0 = L::dot4_scaled(s0, l0, xl, lo.sc16[2 * c4]);
-                    s0 = L::dot4_scaled(s0, h0, xh, lo.sc16[2 * c4 + 1]);
-                    s1 = L::dot4_scaled(s1, l1, xl, hi.sc16[2 * c4]);
-                    s1 = L::dot4_scaled(s1, h1, xh, hi.sc16[2 * c4 + 1]);
-                }
-            }
-        }
-        lo.finish::<F>(s0, act, b, i, acc, false);
-        hi.finish::<F>(s1, act, b, i, acc.add(L::N), false);
     }
 }
 
@@ -575,135 +515,6 @@ impl<L: Lanes> Block<L> {
             } else {
                 q6_values::<L>(rp, lane0, n, u)
             }
-        }
-    }
-
-    /// The scaled integer sums of activation rows `xp`, `xp + cols`, .. (`R` of them) with
-    /// [`Lanes::FOLD`] lanes (AVX2, where a four-product sum is `maddubs` + `madd` anyway):
-    /// the two-product sums of `maddubs` add up in 16-bit lanes over a run of pieces of one
-    /// sub-block, and one `madd` with the scale's word pair widens and scales the run. A run
-    /// is as long as its values keep the 16-bit sum exact (activations down to -128): Q4_K
-    /// eight pieces (8 * 2 * 15 * 128 = 30720), Q5_K four (4 * 2 * 31 * 128 = 31744), Q6_K
-    /// two (2 * 2 * 63 * 128 = 32256). Per piece that is one multiply plus a share of one,
-    /// where summing each piece to 32 bits took two.
-    ///
-    /// # Safety
-    /// As [`Block::tile`], with `xp` the first row's bytes of super-block `b`.
-    #[inline(always)]
-    unsafe fn word_sums<const F: Tag, const R: usize, const BUF: bool>(
-        &self,
-        rp: *const u8,
-        lane0: usize,
-        buf: *const L::I,
-        xp: *const u8,
-        cols: usize,
-    ) -> [L::I; R] {
-        // SAFETY: as this function's contract.
-        unsafe {
-            let mut sumi = [L::zero(); R];
-            if F != tag::Q6_K {
-                let run = if F == tag::Q4_K { 8 } else { 4 };
-                for c4 in 0..4 {
-                    let (mut lo16, mut hi16) = ([L::zero(); R], [L::zero(); R]);
-                    for u in 0..8 {
-                        let (lo, hi) = Self::q45::<F, BUF>(rp, lane0, buf, c4, u);
-                        for c in 0..R {
-                            let x = xp.add(c * cols + 64 * c4 + 4 * u);
-                            lo16[c] = L::dot2_words(lo16[c], lo, L::bcast(x));
-                            hi16[c] = L::dot2_words(hi16[c], hi, L::bcast(x.add(32)));
-                        }
-                        if (u + 1) % run == 0 {
-                            for c in 0..R {
-                                sumi[c] = L::dot2(sumi[c], lo16[c], self.sc16[2 * c4]);
-                                sumi[c] = L::dot2(sumi[c], hi16[c], self.sc16[2 * c4 + 1]);
-                                (lo16[c], hi16[c]) = (L::zero(), L::zero());
-                            }
-                        }
-                    }
-                }
-            } else {
-                // Pieces u, u + 1 of sub-blocks 8n + h + {0, 2, 4, 6} (ggml's q1..q4).
-                for n in 0..2 {
-                    for u in (0..8).step_by(2) {
-                        let qa = Self::q6::<BUF>(rp, lane0, buf, n, u);
-                        let qb = Self::q6::<BUF>(rp, lane0, buf, n, u + 1);
-                        for k in 0..4 {
-                            let s = self.sc16[8 * n + u / 4 + 2 * k];
-                            for (c, si) in sumi.iter_mut().enumerate() {
-                                let xk = xp.add(c * cols + 128 * n + 4 * u + 32 * k);
-                                let w = L::dot2_words(L::zero(), qa[k], L::bcast(xk));
-                                let w = L::dot2_words(w, qb[k], L::bcast(xk.add(4)));
-                                *si = L::dot2(*si, w, s);
-                            }
-                        }
-                    }
-                }
-            }
-            sumi
-        }
-    }
-
-    /// [`Block::word_sums`] for lanes without [`Lanes::FOLD`] (AVX512-VNNI): each
-    /// sub-block summed to 32 bits by `vpdpbusd`, then scaled lane-wise (`vpmulld`).
-    ///
-    /// # Safety
-    /// As [`Block::word_sums`].
-    #[inline(always)]
-    unsafe fn dword_sums<const F: Tag, const R: usize, const BUF: bool>(
-        &self,
-        rp: *const u8,
-        lane0: usize,
-        buf: *const L::I,
-        xp: *const u8,
-        cols: usize,
-    ) -> [L::I; R] {
-        // SAFETY: as this function's contract.
-        unsafe {
-            let mut sumi = [L::zero(); R];
-            if F != tag::Q6_K {
-                for c4 in 0..4 {
-                    let (mut lo_acc, mut hi_acc) = ([L::zero(); R], [L::zero(); R]);
-                    for u in 0..8 {
-                        let (lo, hi) = Self::q45::<F, BUF>(rp, lane0, buf, c4, u);
-                        for c in 0..R {
-                            let x = xp.add(c * cols + 64 * c4 + 4 * u);
-                            lo_acc[c] = L::dot4(lo_acc[c], lo, L::bcast(x));
-                            hi_acc[c] = L::dot4(hi_acc[c], hi, L::bcast(x.add(32)));
-                        }
-                    }
-                    for c in 0..R {
-                        let s = L::add(
-                            L::mullo(lo_acc[c], self.sc[2 * c4]),
-                            L::mullo(hi_acc[c], self.sc[2 * c4 + 1]),
-                        );
-                        sumi[c] = L::add(sumi[c], s);
-                    }
-                }
-            } else {
-                for n in 0..2 {
-                    for h in 0..2 {
-                        // Sub-blocks 8n + h + {0, 2, 4, 6}: ggml's q1..q4 of values 16h..16h+16.
-                        let mut a = [[L::zero(); R]; 4];
-                        for uu in 0..4 {
-                            let u = 4 * h + uu;
-                            let q = Self::q6::<BUF>(rp, lane0, buf, n, u);
-                            for c in 0..R {
-                                let x = xp.add(c * cols + 128 * n + 4 * u);
-                                for (k, ak) in a.iter_mut().enumerate() {
-                                    ak[c] = L::dot4(ak[c], q[k], L::bcast(x.add(32 * k)));
-                                }
-                            }
-                        }
-                        for c in 0..R {
-                            for (k, ak) in a.iter().enumerate() {
-                                let s = self.sc[8 * n + h + 2 * k];
-                                sumi[c] = L::add(sumi[c], L::mullo(ak[c], s));
-                            }
-                        }
-                    }
-                }
-            }
-            sumi
         }
     }
 
