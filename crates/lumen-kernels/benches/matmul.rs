@@ -76,6 +76,10 @@ fn main() {
         println!("pool dispatch (2 threads, empty job): {:.0} ns", s * 1e9);
     }
 
+    if filter.as_deref().is_some_and(|f| "layers".contains(f)) {
+        layer_stream(&pool);
+    }
+
     let mut shapes: Vec<(WeightFormat, usize, usize)> = vec![
         (WeightFormat::Q4_1, 576, 576),
         (WeightFormat::Q4_1, 1536, 576),
@@ -132,4 +136,47 @@ fn main() {
             }
         }
     }
+}
+
+/// A decode step's matmuls as a model runs them: the 1.7B shape's layer (Q/K/V together,
+/// attention output, gate/up together, down) for eight layers in Q4_K (300 MB, more than any
+/// last-level cache), each matrix once per step, one activation row, in the packed layout.
+/// Unlike one big matrix, every call starts cold and ends with the pool's tail, as in the
+/// model; the gap between the two figures is what per-call costs take from decode.
+/// `cargo bench -p lumen-kernels --bench matmul layers` (`LUMEN_BENCH_THREADS`).
+fn layer_stream(pool: &ThreadPool) {
+    let (hidden, ffn, layers) = (2048usize, 8192usize, 8usize);
+    let shapes = [
+        (3 * hidden, hidden),
+        (hidden, hidden),
+        (2 * ffn, hidden),
+        (hidden, ffn),
+    ];
+    let format = WeightFormat::Q4_K;
+    let mut mats = Vec::new();
+    for _ in 0..layers {
+        for &(rows, cols) in &shapes {
+            let data = weights(format, rows, cols);
+            let packed = lumen_kernels::pack(format, rows, cols, &data).unwrap();
+            mats.push((rows, cols, data.len(), packed));
+        }
+    }
+    let bytes: usize = mats.iter().map(|m| m.2).sum();
+    let x: Vec<f32> = (0..ffn)
+        .map(|k| ((k * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let mut out = vec![0.0f32; 2 * ffn];
+    let mut scratch = MatmulScratch::new();
+    let s = time_it(Duration::from_millis(2000), || {
+        for (rows, cols, _, p) in &mats {
+            let w = MatRef::packed(format, *rows, *cols, p).unwrap();
+            matmul(pool, &w, &x[..*cols], 1, &mut out[..*rows], &mut scratch);
+        }
+    });
+    println!(
+        "decode layers (1.7B shape, Q4_K, {layers} layers, {} MB) m=1 {:>9.1} us  {:>6.2} GB/s weights",
+        bytes / 1_000_000,
+        s * 1e6,
+        bytes as f64 / s / 1e9
+    );
 }
