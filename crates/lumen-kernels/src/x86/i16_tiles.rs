@@ -13,9 +13,9 @@
 //! between tile shapes, and they are the same per output in every shape.
 //!
 //! The loops run input rows in blocks of [`M_BLOCK`], and within a block chunk by chunk,
-//! panel by panel: a panel's chunk (16 × 256 values, 8 KiB) and the block's rounded rows
-//! (48 × 512 bytes per chunk) fit a 32 KiB L1 together while the block's tiles pass the
-//! panel, and the block's partial sums live in `out` itself between chunks.
+//! panel by panel: a panel's chunk (16 × 512 values, 16 KiB) stays in L1 while the block's
+//! tiles pass it, the block's rounded rows (48 × 1 KiB per chunk) come from L2, and the
+//! block's partial sums live in `out` itself between chunks.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -23,8 +23,9 @@ use std::ops::Range;
 use crate::i16_gemm::{scale_of, I16Matrix, Quantized, I16_CHUNK, PANEL};
 
 /// Input rows per block: a multiple of the tile's six rows (at 64, every block's last four
-/// rows ran in a narrower tile, 7 % of the product's time), small enough that the block's
-/// chunk of input and a panel's share L1 (36 to 60 rows measured alike within noise on Zen 3).
+/// rows ran in a narrower tile, 7 % of the product's time). With 256-input chunks 36 to 60
+/// rows measured alike on Zen 3; with 512, 24 rows (whose chunk of input and a panel's
+/// share L1) were no faster than 48.
 const M_BLOCK: usize = 48;
 /// Rows per tile.
 const MR: usize = 6;

@@ -5,7 +5,7 @@
 //! twice the multiplies per instruction, so they are the default wherever the CPU has
 //! AVX-512 BF16. Without it (AVX2 CPUs: Zen 3, older Xeons) an emulated bf16 would be no
 //! faster than f32, but 16-bit integers are: `vpmaddwd` does twice an FMA's multiplies, and
-//! 13-bit inputs against 12-bit weights with exact integer sums keep cosine ≥ 0.99998 (see
+//! 13-bit inputs against 11-bit weights with exact integer sums keep cosine ≥ 0.99996 (see
 //! `lumen_kernels::i16_gemm`), so they are the default there. f32 remains for CPUs with
 //! neither, and on request.
 
@@ -18,7 +18,7 @@ pub enum EncoderPrecision {
     F32,
     /// Weights and activations rounded to bf16, products summed in f32 (AVX-512 BF16 only).
     Bf16,
-    /// Weights rounded to 12-bit and activations to 13-bit integers, one scale per row,
+    /// Weights rounded to 11-bit and activations to 13-bit integers, one scale per row,
     /// products summed exactly in i32 (AVX2).
     Int16,
 }
