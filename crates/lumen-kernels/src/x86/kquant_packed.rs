@@ -3,7 +3,8 @@
 //! halves of a group in turn) with AVX2.
 //!
 //! Per (group, super-block) the scales and mins are decoded once into lane vectors and the
-//! tile then walks the activation rows of the chunk [`C_WIDE`], [`C`] (Q6_K) or [`C_AVX2`] at a time:
+//! tile then walks the activation rows of the chunk [`C_WIDE`], [`C`] (Q6_K), [`C_AVX2`] or
+//! [`C_AVX2_Q6K`] at a time:
 //!
 //! - each quant vector is loaded once per tile and split into its nibbles (Q6_K adds the two
 //!   high bits; Q5_K and Q6_K, whose unpacking costs more, do it once per super-block into a
@@ -58,6 +59,12 @@ const C_WIDE: usize = 8;
 /// one accumulator (Q4_K two more, of 16-bit sums), and six rows beat two by 5-25 % (Q4_K,
 /// Q5_K, Q6_K at 128 rows on Zen 3; eight spill).
 const C_AVX2: usize = 6;
+
+/// Activation rows per 256-bit Q6_K tile: its eight value vectors per pair of pieces and four
+/// rows' sums fit the sixteen registers, where six rows spilled. One Zen 3 core, 1536 x 1536,
+/// GMAC/s at 16 / 128 / 512 rows: 63 / 74 / 73 at six rows, 66-70 / 77-79 / 72-74 at four
+/// (four alternating runs; 32 rows alike).
+const C_AVX2_Q6K: usize = 4;
 
 /// Computes columns `r` (whole groups: `r.start` is a multiple of 16) of every output row.
 ///
@@ -118,7 +125,13 @@ unsafe fn rows_512<const F: Tag, const AMX: bool>(
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_256<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     // SAFETY: forwarded unchanged; this build has the features `Y` needs.
-    unsafe { rows_with::<F, Y, C_AVX2, false>(w, act, r, out) }
+    unsafe {
+        if F == tag::Q6_K {
+            rows_with::<F, Y, C_AVX2_Q6K, false>(w, act, r, out)
+        } else {
+            rows_with::<F, Y, C_AVX2, false>(w, act, r, out)
+        }
+    }
 }
 
 /// Walks the groups of `r`: per chunk of activation rows and group, every super-block's
