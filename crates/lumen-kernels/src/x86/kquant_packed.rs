@@ -17,7 +17,7 @@
 //!   pieces of one sub-block in 16-bit lanes, as long a run as stays exact, and one `madd`
 //!   with the scale's word pair widens and scales it into `sumi` (Q4_K, Q5_K, Q6_K at 128
 //!   rows on one Zen 3 core: 64 / 66 / 62 GMAC/s summing each piece to 32 bits, 92 / 87 / 75
-//!   with the runs and six-row tiles);
+//!   with the runs and six-row tiles, Q6_K 77-79 with four-row ones);
 //! - a single activation row (decode of one sequence) on AVX2 takes both halves of a record
 //!   in one pass ([`single()`]);
 //! - the mins (Q4_K, Q5_K) and the -32 offset (Q6_K) are `vpdpwssd` of word pairs with the
@@ -55,9 +55,10 @@ const C: usize = 4;
 /// Activation rows per 512-bit tile for Q4_K and Q5_K (three accumulators per row).
 const C_WIDE: usize = 8;
 
-/// Activation rows per 256-bit tile: with the scales folded in ([`Lanes::FOLD`]) a row needs
-/// one accumulator (Q4_K two more, of 16-bit sums), and six rows beat two by 5-25 % (Q4_K,
-/// Q5_K, Q6_K at 128 rows on Zen 3; eight spill).
+/// Activation rows per 256-bit Q4_K and Q5_K tile (Q6_K takes [`C_AVX2_Q6K`]): with the
+/// scales folded in ([`Lanes::FOLD`]) a row needs one accumulator (Q4_K two more, of 16-bit
+/// sums), and six rows beat two by 5-25 % (Q4_K, Q5_K, Q6_K at 128 rows on Zen 3; eight
+/// spill).
 const C_AVX2: usize = 6;
 
 /// Activation rows per 256-bit Q6_K tile: its eight value vectors per pair of pieces and four
