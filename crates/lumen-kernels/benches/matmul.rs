@@ -90,6 +90,8 @@ fn main() {
         // Bigger than the last-level cache: weights stream from memory, as in a model.
         (WeightFormat::Q4_1, 65536, 576),
         (WeightFormat::Q8_0, 49152, 576),
+        // llama.cpp's Q4_K_M falls back to Q5_0 for rows that are not whole super-blocks.
+        (WeightFormat::Q5_0, 65536, 576),
         // The 1.7B shape's decode (hidden 2048, FFN 8192, vocabulary 49152) in the formats of
         // Q4_K_M, streamed from memory like a model's layers: gate/up, down, the output.
         (WeightFormat::Q4_K, 32768, 2048),

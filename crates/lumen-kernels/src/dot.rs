@@ -84,12 +84,6 @@ pub(crate) fn q32_values(format: WeightFormat, blk: &[u8]) -> [i8; QK] {
     q
 }
 
-/// Whether a 32-value format carries a min (`m`, f16 at byte 2) dotted with Q8_1's `s`.
-#[inline]
-fn has_min(format: WeightFormat) -> bool {
-    matches!(format, WeightFormat::Q4_1 | WeightFormat::Q5_1)
-}
-
 /// ggml's AVX2 `vec_dot_q4_0_q8_0` / `_q4_1_q8_1` / `_q8_0_q8_0` / `_q5_0_q8_0` /
 /// `_q5_1_q8_1` / `_iq4_nl_q8_0` arithmetic, lane by lane.
 ///
@@ -116,7 +110,7 @@ fn dot_q32(format: WeightFormat, w: &[u8], a: &ActBuf, i: usize) -> f32 {
             let s: i32 = (4 * l..4 * l + 4).map(|e| q[e] as i32 * x[e] as i32).sum();
             *lane = (s as f32).mul_add(dd, *lane);
         }
-        if has_min(format) {
+        if format.has_min() {
             summs = f16_at(blk, 2).mul_add(a.s[k], summs);
         }
     }
@@ -136,7 +130,7 @@ fn dot_q32(format: WeightFormat, w: &[u8], a: &ActBuf, i: usize) -> f32 {
         let s: i32 = (0..QK).map(|e| q[e] as i32 * x[e] as i32).sum();
         h = (f16_at(blk, 0) * a.d[a.at(b, i)]).mul_add(s as f32, h);
     }
-    if has_min(format) {
+    if format.has_min() {
         h + summs
     } else {
         h

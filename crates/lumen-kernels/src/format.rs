@@ -65,6 +65,12 @@ impl WeightFormat {
         }
     }
 
+    /// Whether a 32-value format's blocks carry a min `m` (an f16 after `d`) that is dotted
+    /// with Q8_1's `s` (Q4_1, Q5_1).
+    pub(crate) const fn has_min(self) -> bool {
+        matches!(self, Self::Q4_1 | Self::Q5_1)
+    }
+
     /// Bytes per block.
     pub fn block_bytes(self) -> usize {
         match self {

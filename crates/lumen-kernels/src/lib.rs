@@ -32,7 +32,8 @@
 //! **A second, faster layout, opt-in.** Exactness has a price: per (weight row, activation
 //! row, block) llama.cpp's order needs an integer dot, a convert and an FMA of eight lanes, and
 //! a 32-row batch is bound by that. [`pack`] interleaves eight rows so that each SIMD lane is
-//! one row ([`MatRef::packed`], module `packed`): the block's integer dot is finished before
+//! one row ([`MatRef::packed`], module `packed`; Q4_0, Q4_1, Q8_0, Q5_0, Q5_1): the block's
+//! integer dot is finished before
 //! it is scaled, and one convert and one FMA serve eight rows, about 2.4x the throughput for
 //! batches. Its results differ from llama.cpp's by float rounding, so the model loader only
 //! packs when asked (`--weight-layout packed`); both layouts have exact-equality tests between

@@ -56,8 +56,7 @@ impl<'a> MatRef<'a> {
     }
 
     /// Wraps `data` in the row-interleaved layout made by [`crate::pack`] (Q4_0, Q4_1, Q8_0,
-    /// Q4_K, Q5_K, Q6_K),
-    /// checking its length against the shape.
+    /// Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), checking its length against the shape.
     pub fn packed(
         format: WeightFormat,
         rows: usize,

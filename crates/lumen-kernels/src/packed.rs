@@ -19,24 +19,33 @@
 //! # The record
 //!
 //! Group `g` (rows `8g..8g+8`, zero rows padding the last group) stores its blocks one after
-//! the other, so a thread streaming its groups reads memory linearly. Record `(g, b)`:
+//! the other, so a thread streaming its groups reads memory linearly. Record `(g, b)` is
+//! exactly as long as the eight rows' ggml blocks (so a matrix is rewritten in place):
 //!
-//! | bytes | Q4_0 | Q4_1 | Q8_0 |
-//! | --- | --- | --- | --- |
-//! | `d`, eight f16 | 0..16 | 0..16 | 0..16 |
-//! | `m`, eight f16 | - | 16..32 | - |
-//! | quants | 16..144 | 32..160 | 16..272 |
+//! | bytes | Q4_0 | Q4_1 | Q8_0 | Q5_0 | Q5_1 |
+//! | --- | --- | --- | --- | --- | --- |
+//! | `d`, eight f16 | 0..16 | 0..16 | 0..16 | 0..16 | 0..16 |
+//! | `m`, eight f16 | - | 16..32 | - | - | 16..32 |
+//! | fifth bits | - | - | - | 16..48 | 32..64 |
+//! | quants | 16..144 | 32..160 | 16..272 | 48..176 | 64..192 |
 //!
 //! Quants are 32-byte vectors; byte `4j + t` of vector `v` is row `j`'s byte `4v + t` of the
-//! block's ggml quants. For the 4-bit formats that byte carries elements `4v + t` (low nibble)
-//! and `16 + 4v + t` (high nibble), so vectors `0..4` pair with activation chunks `v` and
-//! `v + 4`; for Q8_0 vector `v` holds elements `4v..4v + 4`.
+//! block's ggml quants. For the 4- and 5-bit formats that byte carries elements `4v + t` (low
+//! nibble) and `16 + 4v + t` (high nibble), so vectors `0..4` pair with activation chunks `v`
+//! and `v + 4`; for Q8_0 vector `v` holds elements `4v..4v + 4`.
+//!
+//! The fifth bits (ggml's `qh`, one 32-bit word per row and block) are re-laid as one 32-byte
+//! vector in the quants' byte order: bit `2v` of byte `4j + t` is the fifth bit of the low
+//! nibble of quant vector `v`'s byte `4j + t`, bit `2v + 1` that of its high nibble. A tile
+//! then moves vector `v`'s fifth bits to bit 4 of every byte with one 16-bit shift and one
+//! mask each (bits that cross a byte boundary in the shift never reach bit 4), where ggml's
+//! word needs a shuffle, a compare and a mask per eight values.
 //!
 //! # The arithmetic
 //!
 //! Per (weight row, activation row) pair and block `b`, with `isum` the exact integer dot of
 //! the block's signed weight values with the activation quants:
-//! `acc = fma(isum as f32, d_w * d_x, acc)`, then for Q4_1 `acc = fma(m_w, s_x, acc)`;
+//! `acc = fma(isum as f32, d_w * d_x, acc)`, then for Q4_1 and Q5_1 `acc = fma(m_w, s_x, acc)`;
 //! the output is `acc` after the last block. [`dot`] is that, one pair at a time, and every
 //! SIMD tile evaluates it lane-wise in the same order, so all paths agree bit for bit and no
 //! result depends on which rows share a call. It is not llama.cpp's summation order (that
@@ -50,12 +59,27 @@ use crate::{KernelError, WeightFormat};
 /// Rows per interleaved group.
 pub const PACK_ROWS: usize = 8;
 
-/// Bytes before the quants in a record (the scales).
+/// Bytes before the quants in a record (the scales, and the fifth bits of Q5_0 and Q5_1).
 pub(crate) const fn scale_bytes(format: WeightFormat) -> usize {
     match format {
         WeightFormat::Q4_1 => 32,
+        WeightFormat::Q5_0 => 48,
+        WeightFormat::Q5_1 => 64,
         _ => 16,
     }
+}
+
+/// Where a record's fifth-bit vector starts (Q5_0, Q5_1; the module doc's layout).
+pub(crate) const fn fifth_bits_at(format: WeightFormat) -> usize {
+    match format {
+        WeightFormat::Q5_1 => 32,
+        _ => 16,
+    }
+}
+
+/// Whether the format's values have a fifth bit (Q5_0, Q5_1).
+pub(crate) const fn has_fifth_bit(format: WeightFormat) -> bool {
+    matches!(format, WeightFormat::Q5_0 | WeightFormat::Q5_1)
 }
 
 /// Bytes of one (group, block) record, or `None` for a format without a packed layout.
@@ -64,6 +88,8 @@ pub(crate) const fn record_bytes(format: WeightFormat) -> Option<usize> {
         WeightFormat::Q4_0 => Some(144),
         WeightFormat::Q4_1 => Some(160),
         WeightFormat::Q8_0 => Some(272),
+        WeightFormat::Q5_0 => Some(176),
+        WeightFormat::Q5_1 => Some(192),
         _ => None,
     }
 }
@@ -153,14 +179,27 @@ pub fn pack_group(
     let rec = record_bytes(format).ok_or(unsupported)?;
     dst.fill(0);
     let (bb, sb) = (format.block_bytes(), scale_bytes(format));
-    // The ggml block starts with d (and m for Q4_1), then the quants.
-    let q_off = if format == WeightFormat::Q4_1 { 4 } else { 2 };
+    // The ggml block starts with d (and m for Q4_1 and Q5_1), then Q5's `qh`, then the quants.
+    let m_bytes = if format.has_min() { 2 } else { 0 };
+    let qh_off = 2 + m_bytes;
+    let q_off = qh_off + if has_fifth_bit(format) { 4 } else { 0 };
     for (j, row) in src.chunks_exact(rb.max(1)).enumerate() {
         for (b, blk) in row.chunks_exact(bb).enumerate() {
             let r = &mut dst[b * rec..(b + 1) * rec];
             r[2 * j..2 * j + 2].copy_from_slice(&blk[0..2]);
-            if format == WeightFormat::Q4_1 {
+            if format.has_min() {
                 r[16 + 2 * j..16 + 2 * j + 2].copy_from_slice(&blk[2..4]);
+            }
+            if has_fifth_bit(format) {
+                let qh = u32::from_le_bytes([
+                    blk[qh_off],
+                    blk[qh_off + 1],
+                    blk[qh_off + 2],
+                    blk[qh_off + 3],
+                ]);
+                for t in 0..4 {
+                    r[fifth_bits_at(format) + 4 * j + t] = fifth_bits_byte(qh, t);
+                }
             }
             let qs = &blk[q_off..];
             for v in 0..qs.len() / 4 {
@@ -170,6 +209,16 @@ pub fn pack_group(
         }
     }
     Ok(())
+}
+
+/// Byte `t` of a row's fifth-bit lane from its ggml `qh`: bit `2v` is element `4v + t`'s fifth
+/// bit, bit `2v + 1` element `16 + 4v + t`'s.
+fn fifth_bits_byte(qh: u32, t: usize) -> u8 {
+    (0..4).fold(0u8, |byte, v| {
+        let lo = (qh >> (4 * v + t)) & 1;
+        let hi = (qh >> (16 + 4 * v + t)) & 1;
+        byte | ((lo as u8) << (2 * v)) | ((hi as u8) << (2 * v + 1))
+    })
 }
 
 /// Packs a whole ggml-layout matrix.
@@ -211,21 +260,25 @@ fn row_records(
     )
 }
 
-/// Signed weight value `e` (0..32) of row `j` in record `r`, as ggml defines it.
+/// Weight value `e` (0..32) of row `j` in record `r`, as ggml defines it (Q4_1 and Q5_1
+/// unsigned, the others signed).
 #[inline]
 fn value(format: WeightFormat, r: &[u8], j: usize, e: usize) -> i32 {
     let sb = scale_bytes(format);
+    if format == WeightFormat::Q8_0 {
+        return r[sb + 32 * (e / 4) + 4 * j + e % 4] as i8 as i32;
+    }
+    let (v, t, high) = ((e % 16) / 4, e % 4, e >= 16);
+    let byte = r[sb + 32 * v + 4 * j + t];
+    let mut q = if high { byte >> 4 } else { byte & 0xF } as i32;
+    if has_fifth_bit(format) {
+        let bits = r[fifth_bits_at(format) + 4 * j + t];
+        q |= (((bits >> (2 * v + high as usize)) & 1) as i32) << 4;
+    }
     match format {
-        WeightFormat::Q8_0 => r[sb + 32 * (e / 4) + 4 * j + e % 4] as i8 as i32,
-        _ => {
-            let byte = r[sb + 32 * ((e % 16) / 4) + 4 * j + e % 4];
-            let nib = if e < 16 { byte & 0xF } else { byte >> 4 } as i32;
-            if format == WeightFormat::Q4_0 {
-                nib - 8
-            } else {
-                nib
-            }
-        }
+        WeightFormat::Q4_0 => q - 8,
+        WeightFormat::Q5_0 => q - 16,
+        _ => q,
     }
 }
 
@@ -245,8 +298,8 @@ pub(crate) fn dequantize_row(
         let d = f16_at(rd, 2 * j);
         for e in 0..QK {
             let v = value(format, rd, j, e) as f32 * d;
-            // As ggml: only Q4_1 adds its min (adding 0.0 would turn -0.0 into 0.0).
-            out[b * QK + e] = if format == WeightFormat::Q4_1 {
+            // As ggml: only Q4_1 and Q5_1 add their min (adding 0.0 would turn -0.0 into 0.0).
+            out[b * QK + e] = if format.has_min() {
                 v + f16_at(rd, 16 + 2 * j)
             } else {
                 v
@@ -276,7 +329,7 @@ pub(crate) fn dot(
         let isum: i32 = (0..QK).map(|e| value(format, rd, j, e) * x[e] as i32).sum();
         let k = a.at(b, i);
         acc = (isum as f32).mul_add(f16_at(rd, 2 * j) * a.d[k], acc);
-        if format == WeightFormat::Q4_1 {
+        if format.has_min() {
             acc = f16_at(rd, 16 + 2 * j).mul_add(a.s[k], acc);
         }
     }

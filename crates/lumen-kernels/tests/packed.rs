@@ -9,10 +9,12 @@ use lumen_kernels::{
     MatmulScratch, ThreadPool, WeightFormat, ALL_FORMATS, PACK_ROWS,
 };
 
-const FORMATS: [WeightFormat; 6] = [
+const FORMATS: [WeightFormat; 8] = [
     WeightFormat::Q4_0,
     WeightFormat::Q4_1,
     WeightFormat::Q8_0,
+    WeightFormat::Q5_0,
+    WeightFormat::Q5_1,
     WeightFormat::Q4_K,
     WeightFormat::Q5_K,
     WeightFormat::Q6_K,
@@ -335,6 +337,55 @@ fn packed_kquants_hold_their_largest_sums() {
                         "{format} {level} scales {scale_byte:#x} m={m}"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// The 32-value formats at their largest unsigned quants (all bits set: Q4 15, Q5 31) against
+/// activations of ±127: the AVX2 tiles add `maddubs` pairs in 16-bit lanes before widening
+/// (four 4-bit steps of 2 * 2 * 15 * 127, two 5-bit ones of 2 * 2 * 31 * 127), so an overflow
+/// there would show as a difference from the scalar reference's 32-bit sums.
+#[test]
+fn packed_block32_hold_their_largest_sums() {
+    let pool = ThreadPool::new(2);
+    let d = half::f16::from_f32(0.001).to_bits().to_le_bytes();
+    for format in [
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
+        WeightFormat::Q5_0,
+        WeightFormat::Q5_1,
+    ] {
+        let rows = 24;
+        let bb = format.block_bytes();
+        let mut data = vec![0xFFu8; rows * (COLS / 32) * bb];
+        for blk in data.chunks_exact_mut(bb) {
+            blk[0..2].copy_from_slice(&d);
+            if matches!(format, WeightFormat::Q4_1 | WeightFormat::Q5_1) {
+                blk[2..4].copy_from_slice(&d);
+            }
+        }
+        let packed = pack(format, rows, COLS, &data).unwrap();
+        let p = MatRef::packed(format, rows, COLS, &packed).unwrap();
+        for m in [1usize, 4, 13] {
+            let mut x = Vec::with_capacity(m * COLS);
+            for i in 0..m {
+                for k in 0..COLS {
+                    x.push(match i % 3 {
+                        0 => -1.0,
+                        1 => 1.0,
+                        _ if k % 32 == 5 => -1.0,
+                        _ => 1.0,
+                    });
+                }
+            }
+            let want = bits(&matmul_at(&pool, CpuLevel::Scalar, &p, &x, m));
+            for level in levels() {
+                assert_eq!(
+                    bits(&matmul_at(&pool, level, &p, &x, m)),
+                    want,
+                    "{format} {level} m={m}"
+                );
             }
         }
     }

@@ -149,12 +149,16 @@ fn packed_llama_q8_0() {
 }
 
 /// Q4_K, Q5_K and Q6_K matrices are rewritten into their packed layout (whose sums equal the
-/// ggml layout's bit for bit; attention takes the fast arithmetic, hence the 2 % bound).
+/// ggml layout's bit for bit), and so are Q5_0 and Q5_1 ones (llama.cpp's fallbacks for rows
+/// that are not whole super-blocks; the packed 32-value order of sums); attention takes the
+/// fast arithmetic, hence the 2 % bound.
 #[test]
-fn packed_llama_k_quants() {
+fn packed_layouts_are_rewritten() {
     for (name, packed_types) in [
         ("tiny_llama_q4_k_m", &[GgmlType::Q4_K, GgmlType::Q6_K][..]),
         ("tiny_llama_q5_k_m", &[GgmlType::Q5_K, GgmlType::Q6_K][..]),
+        ("tiny_llama_q5_0", &[GgmlType::Q5_0][..]),
+        ("tiny_llama_q5_1", &[GgmlType::Q5_1][..]),
     ] {
         let path = fixtures().join(format!("{name}.gguf"));
         let file = load_gguf(&path, WeightLayout::Packed).unwrap();
@@ -208,13 +212,11 @@ fn llama_iq4_xs() {
     check("tiny_llama_iq4_xs", APPROX);
 }
 
-/// The default (packed) layout loads the new formats too: they stay in ggml's layout (no
-/// packed tiles for them yet) while attention takes the fast arithmetic, hence the 2 % bound.
+/// The default (packed) layout loads the other formats too: they stay in ggml's layout (no
+/// packed tiles for them) while attention takes the fast arithmetic, hence the 2 % bound.
 #[test]
 fn packed_layout_loads_the_issue_23_formats() {
     for name in [
-        "tiny_llama_q5_0",
-        "tiny_llama_q5_1",
         "tiny_llama_iq4_nl",
         "tiny_llama_q2_k",
         "tiny_llama_q3_k_m",

@@ -18,7 +18,7 @@ pub(super) const fn block_bytes(f: Tag) -> usize {
 
 /// Whether the format's quants are unsigned with a min term (`m * s` on the side).
 pub(super) const fn has_min(f: Tag) -> bool {
-    f == tag::Q4_1 || f == tag::Q5_1
+    tag::format(f).has_min()
 }
 
 /// What the VNNI build adds to each signed weight to make it unsigned (as an i8 pattern:

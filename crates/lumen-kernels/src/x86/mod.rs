@@ -8,7 +8,7 @@
 //! - [`block32_tiles`]: ggml-layout Q4_0 / Q4_1 / Q8_0 / Q5_0 / Q5_1 / IQ4_NL against
 //!   Q8_0 / Q8_1 activations, llama.cpp's arithmetic (VNNI build from
 //!   [`CpuLevel::Avx512Vnni`] up), with [`block32_unpack`], each format's block as bytes;
-//! - [`packed_tiles`]: the same formats in the row-interleaved layout of [`crate::packed`],
+//! - [`packed_tiles`]: the same formats but IQ4_NL in the row-interleaved layout of [`crate::packed`],
 //!   one weight row per lane, and [`packed_tiles_512`], its 512-bit tiles for pairs of groups
 //!   (from [`CpuLevel::Avx512Vnni`] up);
 //! - [`kquant_packed`]: Q4_K / Q5_K / Q6_K in the row-interleaved layout of [`crate::kpacked`],
@@ -69,11 +69,13 @@ pub(crate) unsafe fn compute_rows(
                 WeightFormat::Q4_0 => packed_tiles::rows::<{ tag::Q4_0 }>(level, w, act, r, out),
                 WeightFormat::Q4_1 => packed_tiles::rows::<{ tag::Q4_1 }>(level, w, act, r, out),
                 WeightFormat::Q8_0 => packed_tiles::rows::<{ tag::Q8_0 }>(level, w, act, r, out),
+                WeightFormat::Q5_0 => packed_tiles::rows::<{ tag::Q5_0 }>(level, w, act, r, out),
+                WeightFormat::Q5_1 => packed_tiles::rows::<{ tag::Q5_1 }>(level, w, act, r, out),
                 WeightFormat::Q4_K => kquant_packed::rows::<{ tag::Q4_K }>(level, w, act, r, out),
                 WeightFormat::Q5_K => kquant_packed::rows::<{ tag::Q5_K }>(level, w, act, r, out),
                 WeightFormat::Q6_K => kquant_packed::rows::<{ tag::Q6_K }>(level, w, act, r, out),
                 other => unreachable!(
-                    "packed {other:?}: MatRef::packed admits only Q4_0, Q4_1, Q8_0 and Q4_K, Q5_K, Q6_K"
+                    "packed {other:?}: MatRef::packed admits only Q4_0, Q4_1, Q8_0, Q5_0, Q5_1 and Q4_K, Q5_K, Q6_K"
                 ),
             }
             return;
@@ -160,7 +162,8 @@ pub(crate) mod test_support {
         (WeightFormat::Q8_0, ActKind::Q8_0),
     ];
 
-    /// The 32-value formats added for llama.cpp's fallbacks (no packed layout yet).
+    /// The 32-value formats added for llama.cpp's fallbacks (Q5_0 and Q5_1 have a packed
+    /// layout, IQ4_NL has none).
     pub(crate) const LOWBIT32_FORMATS: [(WeightFormat, ActKind); 3] = [
         (WeightFormat::Q5_0, ActKind::Q8_0),
         (WeightFormat::Q5_1, ActKind::Q8_1),

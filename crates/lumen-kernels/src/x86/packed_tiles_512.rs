@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::packed_tiles::{record, scales, PREFETCH_TILES};
+use super::packed_tiles::{fifth, fifth_at, has_min, offset, record, scales, PREFETCH_TILES};
 use super::tag::{self, Tag};
 use crate::act::ActBuf;
 use crate::packed::PACK_ROWS;
@@ -118,7 +118,6 @@ unsafe fn tile<const F: Tag, const N: usize>(
     unsafe {
         let (rec, sb, nb, cols) = (record(F), scales(F), act.nb, act.cols);
         let xp = act.qs.as_ptr().add(i0 * cols);
-        let m4 = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); N];
         let ahead = w.wrapping_add(PREFETCH_TILES * 2 * gb);
         for b in 0..nb {
@@ -132,8 +131,8 @@ unsafe fn tile<const F: Tag, const N: usize>(
                 }
             }
             let mut isum = [_mm512_setzero_si512(); N];
-            if F == tag::Q4_0 || F == tag::Q8_0 {
-                let k = if F == tag::Q4_0 { 8 } else { 128 };
+            let k = offset(F, true);
+            if k != 0 {
                 for (c, s) in isum.iter_mut().enumerate() {
                     *s = _mm512_set1_epi32(-k * *act.isum.as_ptr().add(act.at(b, i0 + c)));
                 }
@@ -148,10 +147,13 @@ unsafe fn tile<const F: Tag, const N: usize>(
                     }
                 }
             } else {
+                let qh = if fifth(F) {
+                    load2(w.add(b * rec + fifth_at(F)), gb)
+                } else {
+                    _mm512_setzero_si512()
+                };
                 for v in 0..4 {
-                    let q = load2(qrow.add(32 * v), gb);
-                    let lo = _mm512_and_si512(q, m4);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
+                    let (lo, hi) = values::<F>(load2(qrow.add(32 * v), gb), qh, v);
                     for (c, s) in isum.iter_mut().enumerate() {
                         *s = _mm512_dpbusd_epi32(*s, lo, bcast16(xrow.add(c * cols + 4 * v)));
                         *s = _mm512_dpbusd_epi32(*s, hi, bcast16(xrow.add(c * cols + 16 + 4 * v)));
@@ -160,7 +162,7 @@ unsafe fn tile<const F: Tag, const N: usize>(
             }
             let sp = w.add(b * rec);
             let dw = scales2(sp, gb);
-            let mw = if F == tag::Q4_1 {
+            let mw = if has_min(F) {
                 scales2(sp.add(16), gb)
             } else {
                 dw
@@ -169,7 +171,7 @@ unsafe fn tile<const F: Tag, const N: usize>(
                 let k = act.at(b, i0 + c);
                 let dd = _mm512_mul_ps(dw, _mm512_set1_ps(*act.d.as_ptr().add(k)));
                 *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*s), dd, *a);
-                if F == tag::Q4_1 {
+                if has_min(F) {
                     *a = _mm512_fmadd_ps(mw, _mm512_set1_ps(*act.s.as_ptr().add(k)), *a);
                 }
             }
@@ -185,6 +187,36 @@ unsafe fn tile<const F: Tag, const N: usize>(
                 std::ptr::copy_nonoverlapping(t.as_ptr(), o, n);
             }
         }
+    }
+}
+
+/// [`super::packed_tiles`]'s `values` for two groups side by side: quant vector `v`'s low and
+/// high nibbles, with Q5's fifth bits from `qh` moved to bit 4.
+///
+/// # Safety
+/// The CPU must support AVX512-F and -BW.
+#[inline(always)]
+unsafe fn values<const F: Tag>(q: __m512i, qh: __m512i, v: usize) -> (__m512i, __m512i) {
+    // SAFETY: register operations only, on a CPU with AVX512-F and -BW (the caller's contract).
+    unsafe {
+        let m4 = _mm512_set1_epi8(0x0F);
+        let lo = _mm512_and_si512(q, m4);
+        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
+        if !fifth(F) {
+            return (lo, hi);
+        }
+        // A 16-bit shift by at most 4 never carries a neighbour byte's bit into bit 4.
+        let (l5, h5) = match v {
+            0 => (_mm512_slli_epi16::<4>(qh), _mm512_slli_epi16::<3>(qh)),
+            1 => (_mm512_slli_epi16::<2>(qh), _mm512_slli_epi16::<1>(qh)),
+            2 => (qh, _mm512_srli_epi16::<1>(qh)),
+            _ => (_mm512_srli_epi16::<2>(qh), _mm512_srli_epi16::<3>(qh)),
+        };
+        let b4 = _mm512_set1_epi8(0x10);
+        (
+            _mm512_or_si512(lo, _mm512_and_si512(l5, b4)),
+            _mm512_or_si512(hi, _mm512_and_si512(h5, b4)),
+        )
     }
 }
 
