@@ -3,7 +3,9 @@
 //! `cargo bench -p lumen-kernels --bench attention`; `LUMEN_BENCH_THREADS=n` for the pool size
 //! (default 2). The shape is SmolLM2-135M's (9 query heads, 3 KV heads of 64, 30 layers); each
 //! layer has its own cache so that, as in a model, keys and values stream from memory rather
-//! than from the last-level cache.
+//! than from the last-level cache. The `prompt` case is one layer of a 512-token prompt after
+//! 4096 cached tokens in SmolLM2-1.7B's shape (32 heads of 64, no grouping), with the fast
+//! arithmetic: `llama-bench -d 4096`'s attention.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -43,6 +45,9 @@ fn main() {
         keys: KeyLayout::Rows,
     };
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if filter.as_deref().is_none_or(|f| "prompt".contains(f)) {
+        prompt_at_depth(&pool);
+    }
     for (batch, n_ctx, interleaved) in [
         (1usize, 192usize, false),
         (32, 192, false),
@@ -134,4 +139,68 @@ fn main() {
             );
         }
     }
+}
+
+/// A 512-token prompt after 4096 cached tokens, one layer in SmolLM2-1.7B's attention shape.
+fn prompt_at_depth(pool: &ThreadPool) {
+    let depth: usize = std::env::var("DEPTH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4096);
+    let n = 512usize;
+    let geo = KvGeometry {
+        block_size: 16,
+        n_heads: 32,
+        n_kv_heads: 32,
+        head_dim: 64,
+        keys: AttnArith::Fast.key_layout(),
+    };
+    let n_ctx = depth + n;
+    let table: Vec<u32> = (0..n_ctx.div_ceil(geo.block_size) as u32).collect();
+    let elems = table.len() * geo.block_elems();
+    let mut seed = 11u32;
+    let mut cache = || -> Vec<f16> {
+        (0..elems)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                f16::from_f32((seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5)
+            })
+            .collect()
+    };
+    let (k, v) = (cache(), cache());
+    let queries: Vec<AttnQuery<'_>> = (0..n)
+        .map(|t| AttnQuery {
+            n_ctx: depth + t + 1,
+            block_table: &table,
+            prompt: true,
+        })
+        .collect();
+    let q: Vec<f32> = (0..n * geo.n_heads * geo.head_dim)
+        .map(|k| ((k * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let mut out = vec![0.0f32; q.len()];
+    let mut scratch = AttnScratch::new();
+    let s = best_of(Duration::from_millis(3000), || {
+        paged_attention(
+            pool,
+            AttnArith::Fast,
+            geo,
+            &queries,
+            &q,
+            &k,
+            &v,
+            0.125,
+            &mut scratch,
+            &mut out,
+        );
+        black_box(&out);
+    });
+    // Scores and weighted values: two multiply-adds per (query head, position, dimension).
+    let macs: usize =
+        queries.iter().map(|t| 2 * t.n_ctx).sum::<usize>() * geo.n_heads * geo.head_dim;
+    println!(
+        "prompt {n} at depth {depth}, 32 heads, 1 layer, Fast {:>8.3} ms  {:>6.2} GMAC/s",
+        s * 1e3,
+        macs as f64 / s / 1e9
+    );
 }
