@@ -89,7 +89,7 @@ pub struct ModelArgs {
     /// Also run each batched test end to end through the engine (scheduler and sampling too).
     #[arg(long)]
     pub engine: bool,
-    /// Weight layout: `packed` (the default: row-interleaved Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K
+    /// Weight layout: `packed` (the default: row-interleaved Q4_0/Q4_1/Q8_0/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K
     /// and the fast attention arithmetic, equal to llama.cpp within float rounding) or
     /// `exact` (llama.cpp's arithmetic, bit for bit).
     #[arg(long, env = "LUMEN_WEIGHT_LAYOUT", default_value_t = WeightLayout::default())]

@@ -86,7 +86,7 @@ pub struct ServeArgs {
     /// Most sequences one engine step runs at once.
     #[arg(long, env = "LUMEN_MAX_NUM_SEQS", default_value_t = SchedulerConfig::default().max_num_seqs as u32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_num_seqs: u32,
-    /// Weight layout of chat models: `packed` (the default: row-interleaved Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K
+    /// Weight layout of chat models: `packed` (the default: row-interleaved Q4_0/Q4_1/Q8_0/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K
     /// and the fast attention arithmetic, equal to llama.cpp within float rounding) or
     /// `exact` (llama.cpp's arithmetic, bit for bit).
     #[arg(long, env = "LUMEN_WEIGHT_LAYOUT", default_value_t = WeightLayout::default())]

@@ -100,10 +100,10 @@ pub fn load_gguf(path: &Path, layout: WeightLayout) -> Result<GgufFile, ModelErr
     )
 }
 
-/// Rewrites a 2-D Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K tensor with a whole number of row groups into
-/// the packed layout, one group at a time (a group occupies the same bytes in both layouts). Anything
-/// else, including a tensor whose size does not match its shape (reported by the loader that
-/// uses it), is left alone.
+/// Rewrites a 2-D Q4_0/Q4_1/Q8_0/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K tensor with a whole number of row
+/// groups into the packed layout, one group at a time (a group occupies the same bytes in both
+/// layouts). Anything else, including a tensor whose size does not match its shape (reported by
+/// the loader that uses it), is left alone.
 fn pack_in_place(t: &TensorInfo, data: &mut [u8]) -> Result<bool, ModelError> {
     let Some(format) = weight_format(t.ggml_type).filter(|&f| packs(f)) else {
         return Ok(false);
