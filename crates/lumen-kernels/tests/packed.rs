@@ -317,27 +317,41 @@ fn packed_kquants_hold_their_largest_sums() {
             let packed = pack(format, rows, COLS, &data).unwrap();
             let g = MatRef::new(format, rows, COLS, &data).unwrap();
             let p = MatRef::packed(format, rows, COLS, &packed).unwrap();
-            for m in [1usize, 7, 13] {
-                let mut x = Vec::with_capacity(m * COLS);
-                for i in 0..m {
-                    for k in 0..COLS {
-                        x.push(match i % 3 {
-                            0 => -1.0,
-                            1 => 1.0,
-                            _ if k % 256 == 5 => -1.0,
-                            _ => 1.0,
-                        });
-                    }
-                }
-                let want = bits(&matmul_at(&pool, CpuLevel::Scalar, &g, &x, m));
-                for level in levels() {
-                    assert_eq!(
-                        bits(&matmul_at(&pool, level, &p, &x, m)),
-                        want,
-                        "{format} {level} scales {scale_byte:#x} m={m}"
-                    );
-                }
+            let label = format!("{format} scales {scale_byte:#x}");
+            every_level_matches_at_extremes(&pool, &p, &g, &[1, 7, 13], &label);
+        }
+    }
+}
+
+/// Every level's `w` against the scalar path's `reference` at activations of ±127 (rows of
+/// -1, of +1, and of +1 with a -1 in every block), for each batch size of `ms`.
+fn every_level_matches_at_extremes(
+    pool: &ThreadPool,
+    w: &MatRef,
+    reference: &MatRef,
+    ms: &[usize],
+    label: &str,
+) {
+    let block = w.format().block_elems();
+    for &m in ms {
+        let mut x = Vec::with_capacity(m * COLS);
+        for i in 0..m {
+            for k in 0..COLS {
+                x.push(match i % 3 {
+                    0 => -1.0,
+                    1 => 1.0,
+                    _ if k % block == 5 => -1.0,
+                    _ => 1.0,
+                });
             }
+        }
+        let want = bits(&matmul_at(pool, CpuLevel::Scalar, reference, &x, m));
+        for level in levels() {
+            assert_eq!(
+                bits(&matmul_at(pool, level, w, &x, m)),
+                want,
+                "{label} {level} m={m}"
+            );
         }
     }
 }
@@ -367,26 +381,6 @@ fn packed_block32_hold_their_largest_sums() {
         }
         let packed = pack(format, rows, COLS, &data).unwrap();
         let p = MatRef::packed(format, rows, COLS, &packed).unwrap();
-        for m in [1usize, 4, 13] {
-            let mut x = Vec::with_capacity(m * COLS);
-            for i in 0..m {
-                for k in 0..COLS {
-                    x.push(match i % 3 {
-                        0 => -1.0,
-                        1 => 1.0,
-                        _ if k % 32 == 5 => -1.0,
-                        _ => 1.0,
-                    });
-                }
-            }
-            let want = bits(&matmul_at(&pool, CpuLevel::Scalar, &p, &x, m));
-            for level in levels() {
-                assert_eq!(
-                    bits(&matmul_at(&pool, level, &p, &x, m)),
-                    want,
-                    "{format} {level} m={m}"
-                );
-            }
-        }
+        every_level_matches_at_extremes(&pool, &p, &p, &[1, 4, 13], &format.to_string());
     }
 }

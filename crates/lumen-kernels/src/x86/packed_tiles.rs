@@ -498,7 +498,6 @@ mod tests {
     use crate::pack;
     use crate::pool::ThreadPool;
     use crate::x86::test_support::{random_rows, Lcg, LOWBIT32_FORMATS, Q32_FORMATS};
-    use crate::WeightFormat;
 
     /// Every level's build gives the scalar reference's bits for every format, with the
     /// matrix ending inside a group and tiles of every shape (on VNNI cores the pairs of
@@ -532,45 +531,10 @@ mod tests {
                     .filter(|l| *l >= CpuLevel::Avx2)
                 {
                     let mut out = vec![f32::NAN; m * rows];
-                    // SAFETY: the level is supported; `out` holds m x rows values.
+                    // SAFETY: the level is supported; `out` holds m x rows values, and the
+                    // packed matrix reaches this module's tiles.
                     unsafe {
-                        match format {
-                            WeightFormat::Q4_0 => super::rows::<{ tag::Q4_0 }>(
-                                level,
-                                &w,
-                                &act,
-                                0..rows,
-                                out.as_mut_ptr(),
-                            ),
-                            WeightFormat::Q4_1 => super::rows::<{ tag::Q4_1 }>(
-                                level,
-                                &w,
-                                &act,
-                                0..rows,
-                                out.as_mut_ptr(),
-                            ),
-                            WeightFormat::Q5_0 => super::rows::<{ tag::Q5_0 }>(
-                                level,
-                                &w,
-                                &act,
-                                0..rows,
-                                out.as_mut_ptr(),
-                            ),
-                            WeightFormat::Q5_1 => super::rows::<{ tag::Q5_1 }>(
-                                level,
-                                &w,
-                                &act,
-                                0..rows,
-                                out.as_mut_ptr(),
-                            ),
-                            _ => super::rows::<{ tag::Q8_0 }>(
-                                level,
-                                &w,
-                                &act,
-                                0..rows,
-                                out.as_mut_ptr(),
-                            ),
-                        }
+                        crate::x86::compute_rows(level, &w, &x, &act, 0..rows, out.as_mut_ptr())
                     }
                     assert_eq!(
                         out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(),
