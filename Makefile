@@ -91,7 +91,8 @@ bench-compare: models
 	THREADS=$(THREADS) MODELS="$(MODELS)" ./scripts/bench-compare.sh
 
 ## The realistic-shape benchmark set (1.7B and 8B shapes, random weights, quantized by
-## llama-quantize) under $(LUMEN_HOME)/bench-models; not in CI, ~25 GB of disk while it runs.
+## llama-quantize, and SmolLM2-135M re-quantized to Q4_K_M, whose rows fall back to Q5_0)
+## under $(LUMEN_HOME)/bench-models; not in CI, ~25 GB of disk while it runs.
 .PHONY: bench-models
 bench-models: models
 	THREADS=$(THREADS) ./scripts/make-bench-models.sh

@@ -6,6 +6,10 @@
 #
 #   smollm2-1.7b  hidden 2048, 24 layers, 32/32 heads, FFN 8192, vocab 49152  Q4_K_M Q6_K Q8_0
 #   llama3-8b     hidden 4096, 32 layers, 32/8 heads, FFN 14336, vocab 128256 Q4_K_M
+#   smollm2-135m  the default model's real weights, re-quantized from its Q4_1     Q4_K_M
+#
+# The last is what a user gets from llama-quantize for a model whose rows (576) are not whole
+# 256-value super-blocks: most of its matrices fall back to Q5_0 (and Q6_K's to Q8_0).
 #
 # make-bench-models.py writes each shape once in F16 (from the `gguf` package, with SmolLM2's
 # tokenizer), llama-quantize makes each format, and the F16 file is deleted afterwards (the 8B
@@ -21,10 +25,11 @@ dest="$home/bench-models"
 tokenizer="$home/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 venv="$root/target/bench-venv"
 threads="${THREADS:-2}"
-shapes="${SHAPES:-smollm2-1.7b llama3-8b}"
+shapes="${SHAPES:-smollm2-1.7b llama3-8b smollm2-135m}"
 declare -A formats=(
   [smollm2-1.7b]="${FORMATS_smollm2_1_7b:-Q4_K_M Q6_K Q8_0}"
   [llama3-8b]="${FORMATS_llama3_8b:-Q4_K_M}"
+  [smollm2-135m]="${FORMATS_smollm2_135m:-Q4_K_M}"
 )
 
 log() { echo "bench-models: $*" >&2; }
@@ -40,6 +45,12 @@ mkdir -p "$dest"
 
 for shape in $shapes; do
   f16="$dest/$shape-F16.gguf"
+  requantize=()
+  if [[ "$shape" == smollm2-135m ]]; then
+    # Real weights: the downloaded model is the source, quantized once more.
+    f16="$tokenizer"
+    requantize=(--allow-requantize)
+  fi
   for fmt in ${formats[$shape]}; do
     out="$dest/$shape-$fmt.gguf"
     if [[ -f "$out" ]]; then
@@ -53,12 +64,13 @@ for shape in $shapes; do
       mv "$f16.part" "$f16"
     fi
     log "quantizing $shape to $fmt"
-    "$quantize" "$f16" "$out.part" "$fmt" "$threads" >"$dest/$shape-$fmt.quantize.log" 2>&1 || {
+    "$quantize" "${requantize[@]}" "$f16" "$out.part" "$fmt" "$threads" \
+      >"$dest/$shape-$fmt.quantize.log" 2>&1 || {
       tail -20 "$dest/$shape-$fmt.quantize.log" >&2
       exit 1
     }
     mv "$out.part" "$out"
   done
-  rm -f "$f16"
+  [[ "$f16" == "$tokenizer" ]] || rm -f "$f16"
 done
 ls -l "$dest"/*.gguf
