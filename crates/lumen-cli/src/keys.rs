@@ -62,6 +62,19 @@ struct CreateArgs {
     /// A model the key may use; repeatable. Default: every model.
     #[arg(long = "model")]
     models: Vec<String>,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Highest scheduling priority the key may use.
+    #[arg(long)]
+    max_priority: Option<i64>,
+    /// Unix time after which the key is refused.
+    #[arg(long)]
+    expires_at: Option<u64>,
+}
+
+/// The limits a key or a tenant takes (a tenant's hold over all its keys together).
+#[derive(Args, Debug)]
+struct LimitArgs {
     /// Requests per minute.
     #[arg(long)]
     rpm: Option<u64>,
@@ -77,12 +90,19 @@ struct CreateArgs {
     /// `day` or `month` (default month).
     #[arg(long, value_parser = parse_period)]
     budget_period: Option<Period>,
-    /// Highest scheduling priority the key may use.
-    #[arg(long)]
-    max_priority: Option<i64>,
-    /// Unix time after which the key is refused.
-    #[arg(long)]
-    expires_at: Option<u64>,
+}
+
+impl LimitArgs {
+    fn limits(self, max_priority: Option<i64>) -> KeyLimits {
+        KeyLimits {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_parallel: self.max_parallel,
+            budget_tokens: self.budget_tokens,
+            budget_period: self.budget_period,
+            max_priority,
+        }
+    }
 }
 
 /// `lumen tenants …`.
@@ -96,25 +116,12 @@ pub struct TenantsArgs {
 
 #[derive(Subcommand, Debug)]
 enum TenantsCommand {
-    /// Create a tenant, optionally with limits shared by all its keys; prints it as JSON.
+    /// Create a tenant, optionally with limits over all its keys together; prints it as JSON.
     Create {
         /// Its unique name.
         name: String,
-        /// Requests per minute over all its keys.
-        #[arg(long)]
-        rpm: Option<u64>,
-        /// Tokens per minute over all its keys.
-        #[arg(long)]
-        tpm: Option<u64>,
-        /// Requests in flight over all its keys.
-        #[arg(long)]
-        max_parallel: Option<u64>,
-        /// Tokens per budget period over all its keys.
-        #[arg(long)]
-        budget_tokens: Option<u64>,
-        /// `day` or `month` (default month).
-        #[arg(long, value_parser = parse_period)]
-        budget_period: Option<Period>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// List tenants.
     List,
@@ -206,14 +213,7 @@ pub fn keys(args: KeysArgs) -> Result<()> {
                         role: Some(c.role),
                         tenant: c.tenant,
                         models: (!c.models.is_empty()).then_some(c.models),
-                        limits: KeyLimits {
-                            rpm: c.rpm,
-                            tpm: c.tpm,
-                            max_parallel: c.max_parallel,
-                            budget_tokens: c.budget_tokens,
-                            budget_period: c.budget_period,
-                            max_priority: c.max_priority,
-                        },
+                        limits: c.limits.limits(c.max_priority),
                         expires_at: c.expires_at,
                     })
                     .await?;
@@ -269,28 +269,9 @@ pub fn tenants(args: TenantsArgs) -> Result<()> {
     block_on(async move {
         let store = open(&args.db).await?;
         match args.command {
-            TenantsCommand::Create {
-                name,
-                rpm,
-                tpm,
-                max_parallel,
-                budget_tokens,
-                budget_period,
-            } => print_json(
-                &store
-                    .create_tenant(
-                        &name,
-                        KeyLimits {
-                            rpm,
-                            tpm,
-                            max_parallel,
-                            budget_tokens,
-                            budget_period,
-                            max_priority: None,
-                        },
-                    )
-                    .await?,
-            )?,
+            TenantsCommand::Create { name, limits } => {
+                print_json(&store.create_tenant(&name, limits.limits(None)).await?)?
+            }
             TenantsCommand::List => {
                 for t in store.list_tenants().await? {
                     println!("{}\t{}", t.id, t.name);
