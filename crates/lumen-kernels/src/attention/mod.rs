@@ -228,8 +228,9 @@ impl AttnScratch {
 
     /// Splits the batch into runs of consecutive tokens of one sequence, times KV heads:
     /// one task per KV head, or, when `whole` and there are runs enough to keep `threads`
-    /// busy, one task for all of a run's heads (it then reads each cache block as one
-    /// contiguous piece, which streams from memory faster: see `fast.rs`).
+    /// busy, one task for all of a run's heads (a one-token task then reads each cache block
+    /// as one contiguous piece, which streams from memory faster: see `fast.rs`; a longer
+    /// run still goes head by head inside its task, see [`run_fast_tasks`]).
     fn plan(&mut self, queries: &[AttnQuery<'_>], n_kv_heads: usize, whole: bool, threads: usize) {
         self.runs.clear();
         let mut first = 0;
