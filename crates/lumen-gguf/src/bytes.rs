@@ -35,6 +35,18 @@ impl FileBytes {
         Ok(FileBytes::Mapped(map))
     }
 
+    /// [`FileBytes::map`], with every page mapped now, for reading (as `Writable::freeze`
+    /// does for a map a loader rewrote): for a file about to run, whose first requests should
+    /// not fault its pages in one by one.
+    pub fn map_populated(path: &Path) -> std::io::Result<FileBytes> {
+        let bytes = FileBytes::map(path)?;
+        #[cfg(target_os = "linux")]
+        if let FileBytes::Mapped(m) = &bytes {
+            populate(m);
+        }
+        Ok(bytes)
+    }
+
     /// Reads the whole file at `path` into anonymous memory advised for transparent huge pages,
     /// then makes it read-only.
     ///
@@ -173,13 +185,20 @@ impl Writable {
             Writable::Mapped(m, _) => {
                 let m = m.make_read_only()?;
                 #[cfg(target_os = "linux")]
-                if m.advise(memmap2::Advice::PopulateRead).is_err() {
-                    let _ = m.advise(memmap2::Advice::WillNeed);
-                }
+                populate(&m);
                 FileBytes::Mapped(m)
             }
             Writable::Owned(v) => FileBytes::Owned(v),
         })
+    }
+}
+
+/// Maps every page of `m` for reading now; on a kernel without `MADV_POPULATE_READ` (before
+/// 5.14) only reads them ahead.
+#[cfg(target_os = "linux")]
+fn populate(m: &Mmap) {
+    if m.advise(memmap2::Advice::PopulateRead).is_err() {
+        let _ = m.advise(memmap2::Advice::WillNeed);
     }
 }
 

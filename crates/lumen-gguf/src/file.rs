@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::bytes::{FileBytes, Residency};
+use crate::cache::{CacheOutcome, RewriteCache};
 
 use crate::error::GgufError;
 use crate::metadata::Metadata;
@@ -25,6 +26,28 @@ fn tensor_range(t: &TensorInfo) -> Option<std::ops::Range<usize>> {
     Some(start..start.checked_add(len)?)
 }
 
+/// The file held by `cache`'s copy of `path` (`meta` its metadata), as `residency` says, if
+/// the cache has a valid one; `outcome` is what it reports.
+fn from_copy<E: From<GgufError>>(
+    cache: &RewriteCache,
+    path: &Path,
+    meta: &std::fs::Metadata,
+    residency: Residency,
+    outcome: CacheOutcome,
+) -> Result<Option<GgufFile>, E> {
+    let Some(entry) = cache.find(path, meta) else {
+        return Ok(None);
+    };
+    let storage = match residency {
+        Residency::Mapped => FileBytes::map_populated(&entry.copy),
+        _ => FileBytes::read_resident(&entry.copy),
+    };
+    let storage = storage.map_err(GgufError::from)?;
+    let p = parse(&storage[..]).map_err(E::from)?;
+    Ok((entry.rewritten.len() == p.tensors.len())
+        .then(|| GgufFile::from_parts(storage, p, entry.rewritten, outcome)))
+}
+
 /// Fewest bytes one metadata entry can occupy: key length, value type, a one-byte value.
 const MIN_KV_SIZE: u64 = 8 + 4 + 1;
 
@@ -33,6 +56,8 @@ pub struct GgufFile {
     storage: FileBytes,
     /// Per tensor: whether a loader rewrote its bytes ([`GgufFile::load_rewriting`]).
     rewritten: Vec<bool>,
+    /// What the rewrite cache did for this load ([`GgufFile::load_rewriting_cached`]).
+    cache: CacheOutcome,
     version: u32,
     metadata: Metadata,
     tensors: Vec<TensorInfo>,
@@ -78,13 +103,39 @@ impl GgufFile {
         path: &Path,
         residency: Residency,
         may_rewrite: impl Fn(&TensorInfo) -> bool,
+        rewrite: impl FnMut(&TensorInfo, &mut [u8]) -> Result<bool, E>,
+    ) -> Result<GgufFile, E>
+    where
+        E: From<GgufError>,
+    {
+        GgufFile::load_rewriting_cached(path, residency, None, may_rewrite, rewrite)
+    }
+
+    /// [`GgufFile::load_rewriting`] with a [`RewriteCache`]: where it holds a rewritten copy
+    /// of this very file (same path, length, modification time and inode) made under its
+    /// tag, that copy is loaded as it is (mapped read-only, or read in, as `residency` says)
+    /// and `rewrite` is not called; otherwise the file is rewritten as without a cache and,
+    /// if any tensor was, the copy is stored for the next load (and, mapped, this load
+    /// serves from it too). A copy that cannot be stored (no space, no permission) is
+    /// reported by [`GgufFile::cache_outcome`], not as an error.
+    pub fn load_rewriting_cached<E>(
+        path: &Path,
+        residency: Residency,
+        cache: Option<&RewriteCache>,
+        may_rewrite: impl Fn(&TensorInfo) -> bool,
         mut rewrite: impl FnMut(&TensorInfo, &mut [u8]) -> Result<bool, E>,
     ) -> Result<GgufFile, E>
     where
         E: From<GgufError>,
     {
-        let len = std::fs::metadata(path).map_err(GgufError::from)?.len();
-        let bytes = match residency.resolve(len) {
+        let meta = std::fs::metadata(path).map_err(GgufError::from)?;
+        let residency = residency.resolve(meta.len());
+        if let Some(c) = cache {
+            if let Some(f) = from_copy::<E>(c, path, &meta, residency, CacheOutcome::Hit)? {
+                return Ok(f);
+            }
+        }
+        let bytes = match residency {
             Residency::Mapped => FileBytes::map_writable(path),
             _ => FileBytes::read_writable(path),
         };
@@ -106,8 +157,31 @@ impl GgufFile {
                 bytes.disown(range).map_err(GgufError::from)?;
             }
         }
+        let outcome = match cache {
+            None => CacheOutcome::Off,
+            Some(_) if !rewritten.contains(&true) => CacheOutcome::NothingRewritten,
+            Some(c) => match c.store(path, &meta, bytes.bytes_mut(), &rewritten) {
+                Ok(()) => {
+                    // Mapped, this process too serves from the copy, whose pages the next
+                    // processes share, instead of from memory of its own.
+                    if residency == Residency::Mapped {
+                        let stored = CacheOutcome::Stored;
+                        if let Ok(Some(f)) = from_copy::<E>(c, path, &meta, residency, stored) {
+                            return Ok(f);
+                        }
+                    }
+                    CacheOutcome::Stored
+                }
+                Err(why) => CacheOutcome::NotStored(why),
+            },
+        };
         let storage = bytes.freeze().map_err(GgufError::from)?;
-        Ok(GgufFile::from_parts(storage, p, rewritten))
+        Ok(GgufFile::from_parts(storage, p, rewritten, outcome))
+    }
+
+    /// What the rewrite cache did for this load (see [`GgufFile::load_rewriting_cached`]).
+    pub fn cache_outcome(&self) -> &CacheOutcome {
+        &self.cache
     }
 
     /// Whether `t`'s bytes were rewritten by the loader (see [`GgufFile::load_rewriting`]).
@@ -127,13 +201,24 @@ impl GgufFile {
     fn with_storage(storage: FileBytes) -> Result<GgufFile, GgufError> {
         let p = parse(&storage[..])?;
         let rewritten = vec![false; p.tensors.len()];
-        Ok(GgufFile::from_parts(storage, p, rewritten))
+        Ok(GgufFile::from_parts(
+            storage,
+            p,
+            rewritten,
+            CacheOutcome::Off,
+        ))
     }
 
-    fn from_parts(storage: FileBytes, p: Parsed, rewritten: Vec<bool>) -> GgufFile {
+    fn from_parts(
+        storage: FileBytes,
+        p: Parsed,
+        rewritten: Vec<bool>,
+        cache: CacheOutcome,
+    ) -> GgufFile {
         GgufFile {
             storage,
             rewritten,
+            cache,
             version: p.version,
             metadata: p.metadata,
             tensors: p.tensors,

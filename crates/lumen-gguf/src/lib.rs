@@ -43,6 +43,13 @@
 //! (decode streams every weight each step, and 2 MiB pages spare it most TLB misses); the
 //! API is the same.
 //!
+//! **Rewritten copies.** A loader that keeps weights in a layout of its own rewrites them in
+//! place at load ([`GgufFile::load_rewriting`]); for a big file that takes seconds and makes
+//! the rewritten pages the process's own. A [`RewriteCache`] keeps the rewritten file on
+//! disk, named after the source and the rewriting's tag and tied to the source's length,
+//! modification time and inode, so later loads map the copy, rewrite nothing, and share its
+//! pages with every other process serving it ([`GgufFile::load_rewriting_cached`]).
+//!
 //! # Format
 //!
 //! Little-endian: magic `GGUF`, `u32` version, `u64` tensor count, `u64` metadata count,
@@ -65,6 +72,7 @@
 )]
 
 mod bytes;
+mod cache;
 mod error;
 mod file;
 mod metadata;
@@ -74,6 +82,7 @@ mod types;
 mod value;
 
 pub use bytes::{FileBytes, Residency, MAP_FROM_BYTES};
+pub use cache::{CacheOutcome, RewriteCache};
 pub use error::GgufError;
 pub use file::{GgufFile, ALIGNMENT_KEY, DEFAULT_ALIGNMENT};
 pub use metadata::Metadata;
