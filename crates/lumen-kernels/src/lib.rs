@@ -121,6 +121,9 @@ pub use i16_gemm::{
 };
 pub use kpacked::KPACK_ROWS;
 pub use matmul::{matmul, matmul_many, matmul_quantized, MatRef, MatmulScratch, QuantizedInput};
-pub use packed::{pack, pack_group, pack_rows, packed_group_bytes, packed_len, packs, PACK_ROWS};
+pub use packed::{
+    pack, pack_group, pack_rows, packed_group_bytes, packed_len, packs, PACKED_LAYOUT_VERSION,
+    PACK_ROWS,
+};
 pub use pool::{split_range, ThreadPool, Turn};
 pub use quantize::quantize_row;

@@ -59,6 +59,13 @@ use crate::{KernelError, WeightFormat};
 /// Rows per interleaved group.
 pub const PACK_ROWS: usize = 8;
 
+/// Version of the bytes [`pack_group`] writes, for every format. Packed copies of model files
+/// kept on disk are named after it (`lumen_models`' packed cache), so a build whose layout
+/// differs never computes with an older build's bytes: change it with any change to a packed
+/// record (the `packed_bytes_are_versioned` test holds a digest of each format's layout and
+/// fails until both are updated).
+pub const PACKED_LAYOUT_VERSION: u32 = 1;
+
 /// Bytes before the quants in a record (the scales, and the fifth bits of Q5_0 and Q5_1).
 pub(crate) const fn scale_bytes(format: WeightFormat) -> usize {
     match format {

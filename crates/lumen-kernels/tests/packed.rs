@@ -384,3 +384,41 @@ fn packed_block32_hold_their_largest_sums() {
         every_level_matches_at_extremes(&pool, &p, &p, &[1, 4, 13], &format.to_string());
     }
 }
+
+/// A digest of each format's packed bytes for fixed input bytes: it changes exactly when a
+/// packed record does, and then [`lumen_kernels::PACKED_LAYOUT_VERSION`] must change with it
+/// (packed copies of model files on disk are named after the version; an old copy used by a
+/// new layout would compute garbage).
+#[test]
+fn packed_bytes_are_versioned() {
+    const DIGESTS: [(WeightFormat, u64); 8] = [
+        (WeightFormat::Q4_0, 0xa84a_905a_611d_6616),
+        (WeightFormat::Q4_1, 0x9324_6c0f_a8cb_fbac),
+        (WeightFormat::Q8_0, 0x57a3_0d3e_8d0d_077b),
+        (WeightFormat::Q5_0, 0xa79e_2309_0476_51db),
+        (WeightFormat::Q5_1, 0x21a7_02d1_8b54_d9e5),
+        (WeightFormat::Q4_K, 0x5463_334d_894f_03ff),
+        (WeightFormat::Q5_K, 0xcdd5_4ae2_d402_e4e6),
+        (WeightFormat::Q6_K, 0x21de_59d3_57e6_2dcf),
+    ];
+    let (rows, cols) = (16, 512);
+    let mut got = Vec::new();
+    for (format, _) in DIGESTS {
+        let rb = format.row_bytes(cols).unwrap();
+        // Input bytes from a fixed formula, so the digest depends on nothing but the layout.
+        let src: Vec<u8> = (0..rows * rb)
+            .map(|k| ((k as u32).wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let packed = pack(format, rows, cols, &src).unwrap();
+        let digest = packed.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        got.push((format, digest));
+    }
+    assert_eq!(
+        got,
+        DIGESTS,
+        "a packed layout changed: bump PACKED_LAYOUT_VERSION (now {}) and update DIGESTS",
+        lumen_kernels::PACKED_LAYOUT_VERSION
+    );
+}
