@@ -36,16 +36,7 @@ pub struct ModelLocation {
     pub path: PathBuf,
 }
 
-/// `$LUMEN_HOME`, or `~/.lumen` when unset.
-pub fn lumen_home() -> PathBuf {
-    match std::env::var_os("LUMEN_HOME") {
-        Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join(".lumen"),
-    }
-}
+pub use lumen_models::lumen_home;
 
 fn classify_dir(dir: &Path) -> Option<(ModelKind, PathBuf)> {
     if dir.join("config.json").is_file() && dir.join("model.safetensors").is_file() {

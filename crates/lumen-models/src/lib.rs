@@ -8,6 +8,7 @@ pub mod bert;
 pub mod error;
 pub mod kv;
 pub mod llama;
+pub mod packed_cache;
 pub mod weights;
 
 pub use error::ModelError;
@@ -16,5 +17,6 @@ pub use llama::{
     AttentionRow, DlaPart, DlaProbe, DlaTerm, DlaTerms, ForwardHook, ForwardWorkspace, LlamaConfig,
     LlamaModel, LogitsWanted, Observer, PassCache, PassOutput, Probe, SeqChunk, TeacherForced,
 };
-pub use lumen_gguf::Residency;
+pub use lumen_gguf::{CacheOutcome, Residency};
+pub use packed_cache::{lumen_home, PackedCachePolicy};
 pub use weights::WeightLayout;

@@ -25,6 +25,7 @@ use lumen_gguf::{GgmlType, GgufFile, Residency, TensorInfo};
 use lumen_kernels::attention::AttnArith;
 use lumen_kernels::{pack_group, pack_rows, packs, MatRef, WeightFormat};
 
+use crate::packed_cache::packed_cache;
 use crate::ModelError;
 
 /// How the 32-value block formats' matrices are laid out in memory.
@@ -82,13 +83,20 @@ impl std::str::FromStr for WeightLayout {
 
 /// Loads the GGUF file at `path` for computing, with its linear weights in `layout`: read
 /// into the process's own memory, or mapped from the page cache where `LUMEN_WEIGHTS_MEMORY`
-/// says `mapped` (see [`Residency`]).
+/// says `mapped` (see [`Residency`]). In the packed layout a big file is rewritten once and
+/// its packed copy kept for the next load ([`crate::packed_cache`]); the file's
+/// [`GgufFile::cache_outcome`] says what happened.
 pub fn load_gguf(path: &Path, layout: WeightLayout) -> Result<GgufFile, ModelError> {
     let residency = Residency::from_env().map_err(ModelError::BadConfig)?;
     let packed = layout == WeightLayout::Packed;
-    GgufFile::load_rewriting(
+    let cache = match std::fs::metadata(path) {
+        Ok(meta) if packed => packed_cache(meta.len()).map_err(ModelError::BadConfig)?,
+        _ => None,
+    };
+    GgufFile::load_rewriting_cached(
         path,
         residency,
+        cache.as_ref(),
         |t| packed && weight_format(t.ggml_type).is_some_and(packs),
         |t, data| {
             if packed {

@@ -89,7 +89,7 @@ pub fn start(
                 .map_err(|e| failed(format!("starting its engine: {e}")))?;
             let handle = engine.handle();
             warm_up(&handle);
-            tracing::info!(model = %chat.name, path = %loc.path.display(), kv_blocks = handle.info().kv_blocks, context = handle.info().context_len, max_num_batched_tokens = config.scheduler.max_num_batched_tokens, max_num_seqs = config.scheduler.max_num_seqs, weight_layout = %config.weight_layout, weights_memory = weights_memory(&loc.path), speculative_tokens = config.speculative.tokens, secs = started.elapsed().as_secs_f32(), "model loaded");
+            tracing::info!(model = %chat.name, path = %loc.path.display(), kv_blocks = handle.info().kv_blocks, context = handle.info().context_len, max_num_batched_tokens = config.scheduler.max_num_batched_tokens, max_num_seqs = config.scheduler.max_num_seqs, weight_layout = %config.weight_layout, weights_memory = weights_memory(&loc.path), packed_cache = %chat.model.file().cache_outcome(), speculative_tokens = config.speculative.tokens, secs = started.elapsed().as_secs_f32(), "model loaded");
             let served = ChatServed {
                 name: chat.name,
                 handle,
