@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{http_with_key, status, temp_dir, Server, API_KEY};
+use common::{answers, temp_dir, Server};
 use lumen_testkit::smaps::file_mapping;
 
 /// The server's log without terminal colours.
@@ -29,12 +29,6 @@ fn plain_log(server: &Server) -> String {
         }
     }
     out
-}
-
-fn answers(server: &Server) {
-    let body = r#"{"model":"smollm2","messages":[{"role":"user","content":"Hi"}],"max_tokens":4}"#;
-    let r = http_with_key(server.port, API_KEY, "POST", "/v1/chat/completions", body);
-    assert_eq!(status(&r), 200, "{r}");
 }
 
 #[cfg(target_os = "linux")]

@@ -10,19 +10,13 @@ mod common;
 
 use std::path::Path;
 
-use common::{http_with_key, status, Server, API_KEY};
+use common::{answers, Server};
 use lumen_testkit::smaps::file_mapping;
 
 /// `(rss, pss)` in KiB over process `pid`'s mappings of `path`.
 fn file_mapping_kib(pid: u32, path: &Path) -> (u64, u64) {
     let m = file_mapping(&pid.to_string(), path);
     (m.rss, m.pss)
-}
-
-fn answers(server: &Server) {
-    let body = r#"{"model":"smollm2","messages":[{"role":"user","content":"Hi"}],"max_tokens":4}"#;
-    let r = http_with_key(server.port, API_KEY, "POST", "/v1/chat/completions", body);
-    assert_eq!(status(&r), 200, "{r}");
 }
 
 #[cfg(target_os = "linux")]

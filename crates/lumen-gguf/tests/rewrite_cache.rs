@@ -47,6 +47,15 @@ fn sample(path: &Path, seed: usize) {
     std::fs::write(path, file).unwrap();
 }
 
+/// A scratch directory named after `name` holding `sample`'s file, and a cache in it.
+fn setup(name: &str) -> (Dir, PathBuf, RewriteCache) {
+    let dir = Dir::new(name);
+    let model = dir.0.join("model.gguf");
+    sample(&model, 0);
+    let cache = RewriteCache::new(dir.0.join("cache"), "test-1");
+    (dir, model, cache)
+}
+
 /// Loads `path` through `cache`, counting the rewriter's calls in `calls`.
 fn load(
     path: &Path,
@@ -94,10 +103,7 @@ fn contents(f: &GgufFile) -> Vec<(String, Vec<u8>, bool)> {
 
 #[test]
 fn a_stored_copy_is_used_instead_of_rewriting() {
-    let dir = Dir::new("cache-hit");
-    let model = dir.0.join("model.gguf");
-    sample(&model, 0);
-    let cache = RewriteCache::new(dir.0.join("cache"), "test-1");
+    let (_dir, model, cache) = setup("cache-hit");
     let calls = Cell::new(0);
     let plain = contents(&load(&model, Residency::Resident, None, &calls));
 
@@ -143,10 +149,7 @@ fn copies_of_deleted_models_are_removed() {
 
 #[test]
 fn a_changed_source_another_tag_or_a_damaged_id_is_a_miss() {
-    let dir = Dir::new("cache-miss");
-    let model = dir.0.join("model.gguf");
-    sample(&model, 0);
-    let cache = RewriteCache::new(dir.0.join("cache"), "test-1");
+    let (_dir, model, cache) = setup("cache-miss");
     let calls = Cell::new(0);
     let stored = load(&model, Residency::Mapped, Some(&cache), &calls);
     assert_eq!(stored.cache_outcome(), &CacheOutcome::Stored);
@@ -197,10 +200,7 @@ fn a_changed_source_another_tag_or_a_damaged_id_is_a_miss() {
 
 #[test]
 fn nothing_rewritten_stores_nothing_and_an_unwritable_cache_still_loads() {
-    let dir = Dir::new("cache-none");
-    let model = dir.0.join("model.gguf");
-    sample(&model, 0);
-    let cache = RewriteCache::new(dir.0.join("cache"), "test-1");
+    let (_dir, model, cache) = setup("cache-none");
     let f = GgufFile::load_rewriting_cached(
         &model,
         Residency::Mapped,
@@ -230,10 +230,7 @@ fn nothing_rewritten_stores_nothing_and_an_unwritable_cache_still_loads() {
 #[test]
 fn mapped_loads_serve_from_the_copy() {
     use lumen_testkit::smaps::file_mapping;
-    let dir = Dir::new("cache-shared");
-    let model = dir.0.join("model.gguf");
-    sample(&model, 0);
-    let cache = RewriteCache::new(dir.0.join("cache"), "test-1");
+    let (_dir, model, cache) = setup("cache-shared");
     let calls = Cell::new(0);
     let stored = load(&model, Residency::Mapped, Some(&cache), &calls);
     let hit = load(&model, Residency::Mapped, Some(&cache), &calls);

@@ -454,3 +454,10 @@ pub fn http_with_key(port: u16, key: &str, method: &str, path: &str, body: &str)
     let _ = s.read_to_string(&mut raw);
     raw
 }
+
+/// Asserts that `server` answers a four-token chat request to the default model.
+pub fn answers(server: &Server) {
+    let body = r#"{"model":"smollm2","messages":[{"role":"user","content":"Hi"}],"max_tokens":4}"#;
+    let r = http_with_key(server.port, API_KEY, "POST", "/v1/chat/completions", body);
+    assert_eq!(status(&r), 200, "{r}");
+}
