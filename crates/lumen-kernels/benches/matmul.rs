@@ -105,6 +105,11 @@ fn main() {
         (WeightFormat::Q6_K, 16384, 2048),
         (WeightFormat::Q6_K, 2048, 8192),
         (WeightFormat::Q8_0, 32768, 2048),
+        // The Llama-3-8B shape's attention output and down projection (rows of 4096 and
+        // 14336 values) in the formats of Q4_K_M.
+        (WeightFormat::Q4_K, 4096, 4096),
+        (WeightFormat::Q4_K, 4096, 14336),
+        (WeightFormat::Q6_K, 4096, 14336),
     ];
     for &f in &ALL_FORMATS {
         shapes.push((f, 1536, 1536));
