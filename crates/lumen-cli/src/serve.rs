@@ -33,7 +33,7 @@ pub struct ServeArgs {
     /// Memory all loaded models may hold together (weights and KV caches), like `8GiB`,
     /// `512MiB` or a byte count; loading past it unloads the least recently used idle model.
     /// Default: 75 % of RAM.
-    #[arg(long, env = "LUMEN_MAX_MEMORY", value_parser = parse_bytes)]
+    #[arg(long, env = "LUMEN_MAX_MEMORY", value_parser = lumen_models::parse_byte_size)]
     pub max_memory: Option<u64>,
     /// Seconds a request waits for its model to load before a 503.
     #[arg(long, env = "LUMEN_LOAD_TIMEOUT", default_value_t = 600.0, value_parser = positive_secs)]
@@ -195,31 +195,6 @@ fn parse_alias(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// A byte size: a plain count or a number with a unit (`kB`, `MB`, `GB`, `KiB`, `MiB`, `GiB`).
-fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("not a size: '{s}'"))?;
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown size unit '{other}' in '{s}'")),
-    };
-    let v = n * scale;
-    if !v.is_finite() || !(1.0..=1e18).contains(&v) {
-        return Err(format!("size out of range: '{s}'"));
-    }
-    Ok(v as u64)
-}
-
 pub fn serve(args: ServeArgs) -> Result<()> {
     let mut config = ServerConfig::new(lumen_home());
     config.host = args.host;
@@ -296,13 +271,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_and_aliases() {
-        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_bytes("2GB"), Ok(2_000_000_000));
-        assert_eq!(parse_bytes("1000"), Ok(1000));
-        for bad in ["", "x", "5 parsecs", "0", "-1GiB"] {
-            assert!(parse_bytes(bad).is_err(), "{bad}");
-        }
+    fn aliases() {
         assert_eq!(parse_alias("a=b"), Ok(("a".into(), "b".into())));
         assert!(parse_alias("a=").is_err() && parse_alias("ab").is_err());
     }

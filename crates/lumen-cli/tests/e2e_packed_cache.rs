@@ -2,7 +2,8 @@
 //! rewrites it and stores the packed copy, a second one maps that copy without rewriting
 //! anything, and both serve from its pages, shared (each is charged about half of them).
 //! `LUMEN_PACKED_CACHE=always` so the small test model gets a copy (by default only files
-//! from 1 GiB on do).
+//! from 1 GiB on do). Then a server whose `LUMEN_PACKED_CACHE_MAX` is below the model's size
+//! stores no copy and still serves.
 //!
 //! One test in its own binary: it sets the variables for the servers it starts.
 
@@ -76,4 +77,19 @@ fn a_second_server_maps_the_first_ones_packed_copy() {
     }
     drop((first, second));
     let _ = std::fs::remove_dir_all(&cache);
+
+    // A cache bounded below the model's size stores nothing, and the server still serves
+    // (rewriting at load, as without a cache).
+    let small = temp_dir("e2e-packed-cache-small");
+    std::env::set_var("LUMEN_PACKED_CACHE_DIR", &small);
+    std::env::set_var("LUMEN_PACKED_CACHE_MAX", format!("{}KiB", size_kib / 2));
+    let bounded = Server::start(&[]);
+    answers(&bounded);
+    let log = plain_log(&bounded);
+    assert!(log.contains("packed_cache=not stored"), "{log}");
+    assert!(log.contains("limit"), "{log}");
+    let copies = std::fs::read_dir(&small).map_or(0, |d| d.count());
+    assert_eq!(copies, 0, "a copy over the limit was stored");
+    drop(bounded);
+    let _ = std::fs::remove_dir_all(&small);
 }

@@ -16,7 +16,11 @@
 //! flushed to disk and renamed before its `.id` is written the same way, so a crash leaves
 //! either a whole entry or one that no longer matches; a changed source, a copy replaced by
 //! another process, or a different tag (a new rewriting) make a miss, and the entry is
-//! written again. Entries come from this machine's own loads, so they are trusted as much
+//! written again. A cache may be given a limit on the bytes its copies take: storing a copy
+//! first removes the least recently used others (a hit counts as a use, recorded as the
+//! `.id`'s modification time) until the new one fits, and a copy bigger than the limit is not
+//! stored. A process still serving a removed copy keeps its mapping (the file lives on until
+//! it is unmapped); its next start is a miss. Entries come from this machine's own loads, so they are trusted as much
 //! as the directory they live in; their header and tensor table are still parsed and
 //! validated like any model file's.
 
@@ -38,6 +42,7 @@ const SPARE_BYTES: u64 = 256 << 20;
 pub struct RewriteCache {
     dir: PathBuf,
     tag: String,
+    limit: Option<u64>,
 }
 
 /// What the cache did for one load ([`crate::GgufFile::cache_outcome`]).
@@ -143,7 +148,21 @@ impl RewriteCache {
         RewriteCache {
             dir: dir.into(),
             tag,
+            limit: None,
         }
+    }
+
+    /// The same cache holding at most `bytes` of copies (`None`: no limit). Storing a copy
+    /// removes the least recently used others until it fits; one bigger than the whole limit
+    /// is not stored.
+    pub fn with_limit(mut self, bytes: Option<u64>) -> RewriteCache {
+        self.limit = bytes;
+        self
+    }
+
+    /// The limit on the bytes the copies take, if any.
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
     }
 
     /// The directory the copies live in.
@@ -196,7 +215,16 @@ impl RewriteCache {
                 _ => None,
             })
             .collect::<Option<Vec<bool>>>()?;
-        matches.then_some(Entry { copy, rewritten })
+        if !matches {
+            return None;
+        }
+        // The `.id`'s modification time records the last use, for the limit's eviction; a
+        // cache that cannot be written still serves its copies.
+        let _ = File::options()
+            .write(true)
+            .open(&id)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        Some(Entry { copy, rewritten })
     }
 
     /// Stores `bytes`, the rewritten image of `source` (`meta` its metadata as loaded), with
@@ -225,6 +253,17 @@ impl RewriteCache {
             }
         }
         self.prune(&source);
+        if let Some(limit) = self.limit {
+            let size = bytes.len() as u64;
+            if size > limit {
+                return Err(format!(
+                    "a copy needs {} MiB, more than the cache's limit of {} MiB",
+                    size.div_ceil(1 << 20),
+                    limit >> 20
+                ));
+            }
+            self.evict(&source, limit.saturating_sub(size));
+        }
         let (copy, id) = self.paths(&source);
         // The old `.id` goes first, so the old one never describes the new copy.
         match std::fs::remove_file(&id) {
@@ -281,6 +320,38 @@ impl RewriteCache {
             if other_tag || gone {
                 let _ = std::fs::remove_file(&id);
                 let _ = std::fs::remove_file(id.with_extension("gguf"));
+            }
+        }
+    }
+}
+
+impl RewriteCache {
+    /// Removes the least recently used entries other than `source`'s (which a store is about
+    /// to replace) until their copies take at most `room` bytes. Best effort, like `prune`.
+    fn evict(&self, source: &Path, room: u64) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let (_, own) = self.paths(source);
+        let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = dir
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "id") && *p != own)
+            .filter_map(|id| {
+                let used = std::fs::metadata(&id).and_then(|m| m.modified()).ok()?;
+                let size = std::fs::metadata(id.with_extension("gguf")).map_or(0, |m| m.len());
+                Some((used, size, id))
+            })
+            .collect();
+        entries.sort();
+        let mut total: u64 = entries.iter().map(|e| e.1).sum();
+        for (_, size, id) in entries {
+            if total <= room {
+                break;
+            }
+            let _ = std::fs::remove_file(&id);
+            if std::fs::remove_file(id.with_extension("gguf")).is_ok() {
+                total = total.saturating_sub(size);
             }
         }
     }

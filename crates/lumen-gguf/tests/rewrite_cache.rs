@@ -247,3 +247,57 @@ fn mapped_loads_serve_from_the_copy() {
     assert_eq!(m.anonymous, 0, "{m:?}");
     assert_eq!(file_mapping("self", &model), Default::default());
 }
+
+/// A limited cache keeps the most recently used copies that fit: storing a third copy where
+/// two fit removes the one used longest ago (a hit counts as a use), and a copy bigger than
+/// the whole limit is not stored while the model still loads rewritten.
+#[test]
+fn a_limited_cache_evicts_the_least_recently_used_copy() {
+    let dir = Dir::new("cache-limit");
+    let models: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let p = dir.0.join(format!("{n}.gguf"));
+            sample(&p, i);
+            p
+        })
+        .collect();
+    let size = std::fs::metadata(&models[0]).unwrap().len();
+    let cache = RewriteCache::new(dir.0.join("cache"), "test-1").with_limit(Some(2 * size + 1));
+    let calls = Cell::new(0);
+    let outcome = |m: &Path| {
+        load(m, Residency::Mapped, Some(&cache), &calls)
+            .cache_outcome()
+            .clone()
+    };
+    // Modification times can be coarse: let each use be clearly later than the one before.
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(outcome(&models[0]), CacheOutcome::Stored);
+    pause();
+    assert_eq!(outcome(&models[1]), CacheOutcome::Stored);
+    pause();
+    assert_eq!(outcome(&models[0]), CacheOutcome::Hit);
+    pause();
+    assert_eq!(outcome(&models[2]), CacheOutcome::Stored);
+    assert_eq!(
+        outcome(&models[0]),
+        CacheOutcome::Hit,
+        "the recently used copy went"
+    );
+    assert_eq!(outcome(&models[2]), CacheOutcome::Hit);
+    assert_eq!(entries(cache.dir()).len(), 4, "more than two copies kept");
+    assert_eq!(
+        outcome(&models[1]),
+        CacheOutcome::Stored,
+        "b's copy was kept"
+    );
+
+    let small = RewriteCache::new(dir.0.join("small"), "test-1").with_limit(Some(size - 1));
+    let f = load(&models[0], Residency::Mapped, Some(&small), &calls);
+    let CacheOutcome::NotStored(why) = f.cache_outcome() else {
+        panic!("{:?}", f.cache_outcome());
+    };
+    assert!(why.contains("limit"), "{why}");
+    assert!(f.is_rewritten(f.tensor("rewritten").unwrap()));
+}

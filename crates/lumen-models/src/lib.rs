@@ -5,12 +5,14 @@
 //! runs the forward pass over a ragged batch on the kernels crate. It never owns the KV block
 //! pool's bookkeeping or sampling (that is `lumen-engine`); [`KvStorage`] is only the memory.
 pub mod bert;
+pub mod byte_size;
 pub mod error;
 pub mod kv;
 pub mod llama;
 pub mod packed_cache;
 pub mod weights;
 
+pub use byte_size::parse_byte_size;
 pub use error::ModelError;
 pub use kv::KvStorage;
 pub use llama::{

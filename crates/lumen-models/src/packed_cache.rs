@@ -10,6 +10,9 @@
 //! packed layout rewrites; `off` none. `LUMEN_PACKED_CACHE_DIR` says where (default
 //! `$LUMEN_HOME/cache/packed`). A copy is as big as its model, one per model file and
 //! [`lumen_kernels::PACKED_LAYOUT_VERSION`]; deleting the directory is always safe.
+//! `LUMEN_PACKED_CACHE_MAX` (a size such as `40GiB`) bounds the directory: storing a copy
+//! removes the least recently used others until it fits, and a model bigger than the bound
+//! is rewritten at every start instead, as without the cache.
 
 use std::path::PathBuf;
 
@@ -68,7 +71,18 @@ pub fn packed_cache(len: u64) -> Result<Option<RewriteCache>, String> {
         _ => lumen_home().join("cache").join("packed"),
     };
     let tag = format!("packed-{}", lumen_kernels::PACKED_LAYOUT_VERSION);
-    Ok(Some(RewriteCache::new(dir, &tag)))
+    let limit = cache_limit(std::env::var("LUMEN_PACKED_CACHE_MAX").ok().as_deref())?;
+    Ok(Some(RewriteCache::new(dir, &tag).with_limit(limit)))
+}
+
+/// The bound `LUMEN_PACKED_CACHE_MAX` sets on the cache's bytes: none when unset or empty.
+fn cache_limit(value: Option<&str>) -> Result<Option<u64>, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => crate::parse_byte_size(v)
+            .map(Some)
+            .map_err(|e| format!("LUMEN_PACKED_CACHE_MAX: {e}")),
+    }
 }
 
 /// `$LUMEN_HOME`, or `~/.lumen` when unset or empty (`./.lumen` without a `HOME`).
@@ -98,5 +112,14 @@ mod tests {
         assert!(PackedCachePolicy::Auto.covers(big));
         assert!(PackedCachePolicy::Always.covers(1));
         assert!(!PackedCachePolicy::Off.covers(big));
+    }
+
+    #[test]
+    fn the_limit_is_a_size_or_none() {
+        assert_eq!(cache_limit(None), Ok(None));
+        assert_eq!(cache_limit(Some(" ")), Ok(None));
+        assert_eq!(cache_limit(Some("40GiB")), Ok(Some(40 << 30)));
+        let err = cache_limit(Some("lots")).unwrap_err();
+        assert!(err.contains("LUMEN_PACKED_CACHE_MAX"), "{err}");
     }
 }
