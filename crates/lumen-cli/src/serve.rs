@@ -196,6 +196,8 @@ fn parse_alias(s: &str) -> Result<(String, String), String> {
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
+    // Models load on demand, perhaps long after the start: a bad setting is refused now.
+    lumen_models::check_load_env().map_err(anyhow::Error::msg)?;
     let mut config = ServerConfig::new(lumen_home());
     config.host = args.host;
     config.port = args.port;

@@ -1,5 +1,5 @@
-//! Scheduler limits and the weight layout from the command line: values out of range are
-//! refused before anything loads, and good ones reach the engine, which still serves
+//! Scheduler limits and the weight layout from the command line, and the loader's settings
+//! from the environment: values out of range are refused before anything loads, and good ones reach the engine, which still serves
 //! concurrent prompts longer than one step's token budget, one sequence at a time, with its
 //! weights in the packed layout.
 
@@ -25,6 +25,23 @@ fn scheduler_limits_and_layout_from_flags() {
         assert!(
             err.contains(&format!("invalid value '{value}' for '{flag}")),
             "{flag} {value}: {err}"
+        );
+    }
+
+    // The loader's settings from the environment are refused as early.
+    for (var, value) in [
+        ("LUMEN_WEIGHTS_MEMORY", "sometimes"),
+        ("LUMEN_PACKED_CACHE", "sometimes"),
+        ("LUMEN_PACKED_CACHE_MAX", "lots"),
+    ] {
+        let err = refused(
+            Command::new(env!("CARGO_BIN_EXE_lumen"))
+                .args(["serve", "--port", "0"])
+                .env(var, value),
+        );
+        assert!(
+            err.contains(var) && err.contains(value),
+            "{var}={value}: {err}"
         );
     }
 
@@ -97,4 +114,34 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// The stderr of `cmd`, which must exit unsuccessfully within a few seconds (a server that
+/// accepted its settings would run on: it is stopped and the test fails).
+fn refused(cmd: &mut Command) -> String {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lumen serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for lumen serve") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} started serving: the setting was not refused");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(!status.success(), "{cmd:?} exited successfully");
+    err
 }

@@ -21,4 +21,4 @@ pub use llama::{
 };
 pub use lumen_gguf::{CacheOutcome, Residency};
 pub use packed_cache::{lumen_home, PackedCachePolicy};
-pub use weights::WeightLayout;
+pub use weights::{check_load_env, WeightLayout};

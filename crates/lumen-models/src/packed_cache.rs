@@ -71,8 +71,14 @@ pub fn packed_cache(len: u64) -> Result<Option<RewriteCache>, String> {
         _ => lumen_home().join("cache").join("packed"),
     };
     let tag = format!("packed-{}", lumen_kernels::PACKED_LAYOUT_VERSION);
-    let limit = cache_limit(std::env::var("LUMEN_PACKED_CACHE_MAX").ok().as_deref())?;
-    Ok(Some(RewriteCache::new(dir, &tag).with_limit(limit)))
+    Ok(Some(
+        RewriteCache::new(dir, &tag).with_limit(limit_from_env()?),
+    ))
+}
+
+/// The bound `LUMEN_PACKED_CACHE_MAX` sets, if any.
+pub fn limit_from_env() -> Result<Option<u64>, String> {
+    cache_limit(std::env::var("LUMEN_PACKED_CACHE_MAX").ok().as_deref())
 }
 
 /// The bound `LUMEN_PACKED_CACHE_MAX` sets on the cache's bytes: none when unset or empty.

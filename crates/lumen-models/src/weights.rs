@@ -81,6 +81,16 @@ impl std::str::FromStr for WeightLayout {
     }
 }
 
+/// Checks the environment variables [`load_gguf`] reads (`LUMEN_WEIGHTS_MEMORY`,
+/// `LUMEN_PACKED_CACHE`, `LUMEN_PACKED_CACHE_MAX`), so that a server refuses a bad value when
+/// it starts rather than at its first model load.
+pub fn check_load_env() -> Result<(), String> {
+    Residency::from_env()?;
+    crate::packed_cache::PackedCachePolicy::from_env()?;
+    crate::packed_cache::limit_from_env()?;
+    Ok(())
+}
+
 /// Loads the GGUF file at `path` for computing, with its linear weights in `layout`: read
 /// into the process's own memory, or mapped from the page cache where `LUMEN_WEIGHTS_MEMORY`
 /// says `mapped` (see [`Residency`]). In the packed layout a big file is rewritten once and
