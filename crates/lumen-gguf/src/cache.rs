@@ -20,7 +20,8 @@
 //! first removes the least recently used others (a hit counts as a use, recorded as the
 //! `.id`'s modification time) until the new one fits, and a copy bigger than the limit is not
 //! stored. A process still serving a removed copy keeps its mapping (the file lives on until
-//! it is unmapped); its next start is a miss. Entries come from this machine's own loads, so they are trusted as much
+//! it is unmapped); its next start is a miss. A store also removes what interrupted ones
+//! left: temporary files of writers no longer running, and old copies without an `.id`. Entries come from this machine's own loads, so they are trusted as much
 //! as the directory they live in; their header and tensor table are still parsed and
 //! validated like any model file's.
 
@@ -33,6 +34,10 @@ const ID_FORMAT: &str = "lumen-rewrite-cache 1";
 
 /// Largest `.id` file read: a line per field and one character per tensor.
 const MAX_ID_BYTES: u64 = 1 << 20;
+
+/// Age from which a copy without an `.id` counts as left by a crash (a store writes the
+/// `.id` milliseconds after the copy).
+const ORPHAN_SECS: u64 = 600;
 
 /// Disk space left free after writing a copy.
 const SPARE_BYTES: u64 = 256 << 20;
@@ -296,6 +301,7 @@ impl RewriteCache {
     /// most one copy per model file that still exists. Best effort: an entry that cannot be
     /// read or removed stays.
     fn prune(&self, source: &Path) {
+        self.remove_leftovers();
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return;
         };
@@ -326,6 +332,37 @@ impl RewriteCache {
 }
 
 impl RewriteCache {
+    /// Removes what interrupted stores left: temporary files of writers that are no longer
+    /// running, and copies without an `.id` (a crash between the copy's rename and its
+    /// `.id`'s) older than [`ORPHAN_SECS`], so that no other store can still be about to
+    /// write their `.id`. Neither is ever used, and the limit's eviction does not see them.
+    fn remove_leftovers(&self) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let now = std::time::SystemTime::now();
+        for entry in dir.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = if let Some((_, pid)) = name.rsplit_once(".tmp-") {
+                pid.parse().is_ok_and(|pid| !process_alive(pid))
+            } else if path.extension().is_some_and(|e| e == "gguf") {
+                !path.with_extension("id").exists()
+                    && entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| now.duration_since(t).ok())
+                        .is_some_and(|age| age.as_secs() >= ORPHAN_SECS)
+            } else {
+                false
+            };
+            if stale {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
     /// Removes the least recently used entries other than `source`'s (which a store is about
     /// to replace) until their copies take at most `room` bytes. Best effort, like `prune`.
     fn evict(&self, source: &Path, room: u64) {
@@ -372,6 +409,27 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
         let _ = std::fs::remove_file(&tmp);
         format!("writing {}: {e}", path.display())
     })
+}
+
+/// Whether process `pid` exists (where the OS cannot say: assumed so, and its files stay).
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        if pid <= 0 {
+            return false;
+        }
+        // SAFETY: signal 0 only checks that the process exists and may be signalled.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
 }
 
 /// The contents of `path` if it is a small text file.

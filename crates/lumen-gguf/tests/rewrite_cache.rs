@@ -301,3 +301,32 @@ fn a_limited_cache_evicts_the_least_recently_used_copy() {
     assert!(why.contains("limit"), "{why}");
     assert!(f.is_rewritten(f.tensor("rewritten").unwrap()));
 }
+
+/// A store clears what interrupted stores left: a temporary file of a writer that is gone and
+/// an old copy without an `.id`; a recent copy without one (another store may be about to
+/// write it) and a live writer's temporary file stay.
+#[test]
+fn a_store_removes_what_crashed_stores_left() {
+    let (_dir, model, cache) = setup("cache-leftovers");
+    std::fs::create_dir_all(cache.dir()).unwrap();
+    let put = |name: &str, age_secs: u64| {
+        let p = cache.dir().join(name);
+        let f = std::fs::File::create(&p).unwrap();
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs);
+        f.set_modified(t).unwrap();
+        p
+    };
+    // No process has a pid above the kernel's limit (2^22).
+    let dead_tmp = put("0123456789abcdef-test-1.gguf.tmp-99999999", 0);
+    let live_tmp = put(
+        &format!("1123456789abcdef-test-1.gguf.tmp-{}", std::process::id()),
+        0,
+    );
+    let old_orphan = put("2123456789abcdef-test-1.gguf", 3600);
+    let new_orphan = put("3123456789abcdef-test-1.gguf", 0);
+    let calls = Cell::new(0);
+    let f = load(&model, Residency::Mapped, Some(&cache), &calls);
+    assert_eq!(f.cache_outcome(), &CacheOutcome::Stored);
+    assert!(!dead_tmp.exists() && !old_orphan.exists());
+    assert!(live_tmp.exists() && new_orphan.exists());
+}
