@@ -10,24 +10,7 @@ use std::path::{Path, PathBuf};
 
 use common::{f32_bytes, Builder, Tensor};
 use lumen_gguf::{CacheOutcome, GgufError, GgufFile, Residency, RewriteCache};
-
-/// A scratch directory removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("lumen-gguf-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use lumen_testkit::ScratchDir;
 
 /// A file with a tensor the rewriter keeps and one it reverses; `seed` varies the values.
 fn sample(path: &Path, seed: usize) {
@@ -48,11 +31,11 @@ fn sample(path: &Path, seed: usize) {
 }
 
 /// A scratch directory named after `name` holding `sample`'s file, and a cache in it.
-fn setup(name: &str) -> (Dir, PathBuf, RewriteCache) {
-    let dir = Dir::new(name);
-    let model = dir.0.join("model.gguf");
+fn setup(name: &str) -> (ScratchDir, PathBuf, RewriteCache) {
+    let dir = ScratchDir::new(&format!("gguf-{name}"));
+    let model = dir.path().join("model.gguf");
     sample(&model, 0);
-    let cache = RewriteCache::new(dir.0.join("cache"), "test-1");
+    let cache = RewriteCache::new(dir.path().join("cache"), "test-1");
     (dir, model, cache)
 }
 
@@ -125,11 +108,11 @@ fn a_stored_copy_is_used_instead_of_rewriting() {
 /// Storing a copy removes the copies of model files that are gone.
 #[test]
 fn copies_of_deleted_models_are_removed() {
-    let dir = Dir::new("cache-prune");
-    let (a, b) = (dir.0.join("a.gguf"), dir.0.join("b.gguf"));
+    let dir = ScratchDir::new("gguf-cache-prune");
+    let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
     sample(&a, 0);
     sample(&b, 1);
-    let cache = RewriteCache::new(dir.0.join("cache"), "test-1");
+    let cache = RewriteCache::new(dir.path().join("cache"), "test-1");
     let calls = Cell::new(0);
     drop(load(&a, Residency::Mapped, Some(&cache), &calls));
     assert_eq!(entries(cache.dir()).len(), 2);
@@ -253,18 +236,19 @@ fn mapped_loads_serve_from_the_copy() {
 /// the whole limit is not stored while the model still loads rewritten.
 #[test]
 fn a_limited_cache_evicts_the_least_recently_used_copy() {
-    let dir = Dir::new("cache-limit");
+    let dir = ScratchDir::new("gguf-cache-limit");
     let models: Vec<PathBuf> = ["a", "b", "c"]
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let p = dir.0.join(format!("{n}.gguf"));
+            let p = dir.path().join(format!("{n}.gguf"));
             sample(&p, i);
             p
         })
         .collect();
     let size = std::fs::metadata(&models[0]).unwrap().len();
-    let cache = RewriteCache::new(dir.0.join("cache"), "test-1").with_limit(Some(2 * size + 1));
+    let cache =
+        RewriteCache::new(dir.path().join("cache"), "test-1").with_limit(Some(2 * size + 1));
     let calls = Cell::new(0);
     let outcome = |m: &Path| {
         load(m, Residency::Mapped, Some(&cache), &calls)
@@ -293,7 +277,7 @@ fn a_limited_cache_evicts_the_least_recently_used_copy() {
         "b's copy was kept"
     );
 
-    let small = RewriteCache::new(dir.0.join("small"), "test-1").with_limit(Some(size - 1));
+    let small = RewriteCache::new(dir.path().join("small"), "test-1").with_limit(Some(size - 1));
     let f = load(&models[0], Residency::Mapped, Some(&small), &calls);
     let CacheOutcome::NotStored(why) = f.cache_outcome() else {
         panic!("{:?}", f.cache_outcome());

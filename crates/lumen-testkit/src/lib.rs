@@ -25,10 +25,13 @@
 //! This crate is a dev-dependency only (`publish = false`); nothing in the request path uses it.
 
 pub mod pg;
+mod scratch;
 pub mod smaps;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
+
+pub use scratch::ScratchDir;
 
 /// Name of the default chat model under `$LUMEN_HOME/models`.
 pub const CHAT_MODEL: &str = "smollm2";

@@ -196,27 +196,13 @@ fn read_json_opt<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>,
 mod tests {
     use super::*;
 
-    struct TempDir(std::path::PathBuf);
+    use lumen_testkit::ScratchDir;
 
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let dir = std::env::temp_dir().join(format!("lumen-st-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-
-        fn write(&self, rel: &str, text: &str) {
-            let p = self.0.join(rel);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// Writes `text` to `rel` under `d`, making its folders.
+    fn write(d: &ScratchDir, rel: &str, text: &str) {
+        let p = d.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
     }
 
     const MODULES: &str = r#"[
@@ -226,8 +212,8 @@ mod tests {
 
     #[test]
     fn defaults_without_files() {
-        let d = TempDir::new("empty");
-        let c = SentenceConfig::load(&d.0, 8, 64).unwrap();
+        let d = ScratchDir::new("st-empty");
+        let c = SentenceConfig::load(d.path(), 8, 64).unwrap();
         assert_eq!(
             c,
             SentenceConfig {
@@ -240,18 +226,20 @@ mod tests {
 
     #[test]
     fn reads_minilm_style_files() {
-        let d = TempDir::new("minilm");
-        d.write("modules.json", MODULES);
-        d.write(
+        let d = ScratchDir::new("st-minilm");
+        write(&d, "modules.json", MODULES);
+        write(
+            &d,
             "1_Pooling/config.json",
             r#"{"word_embedding_dimension": 8, "pooling_mode_cls_token": true,
                 "pooling_mode_mean_tokens": false}"#,
         );
-        d.write(
+        write(
+            &d,
             "sentence_bert_config.json",
             r#"{"max_seq_length": 32, "do_lower_case": false}"#,
         );
-        let c = SentenceConfig::load(&d.0, 8, 64).unwrap();
+        let c = SentenceConfig::load(d.path(), 8, 64).unwrap();
         assert_eq!(c.pooling.modes(), &[PoolingMode::Cls]);
         assert!(c.normalize);
         assert_eq!(c.max_seq_len, 32);
@@ -259,9 +247,16 @@ mod tests {
 
     #[test]
     fn clamps_max_seq_len_to_positions() {
-        let d = TempDir::new("clamp");
-        d.write("sentence_bert_config.json", r#"{"max_seq_length": 4096}"#);
-        assert_eq!(SentenceConfig::load(&d.0, 8, 64).unwrap().max_seq_len, 64);
+        let d = ScratchDir::new("st-clamp");
+        write(
+            &d,
+            "sentence_bert_config.json",
+            r#"{"max_seq_length": 4096}"#,
+        );
+        assert_eq!(
+            SentenceConfig::load(d.path(), 8, 64).unwrap().max_seq_len,
+            64
+        );
     }
 
     #[test]
@@ -286,18 +281,18 @@ mod tests {
             ("lasttok", MODULES, r#"{"pooling_mode_lasttoken": true}"#),
         ];
         for (tag, modules, pooling) in cases {
-            let d = TempDir::new(tag);
-            d.write("modules.json", modules);
+            let d = ScratchDir::new(&format!("st-{tag}"));
+            write(&d, "modules.json", modules);
             if !pooling.is_empty() {
-                d.write("1_Pooling/config.json", pooling);
+                write(&d, "1_Pooling/config.json", pooling);
             }
-            let err = SentenceConfig::load(&d.0, 8, 64).unwrap_err();
+            let err = SentenceConfig::load(d.path(), 8, 64).unwrap_err();
             assert!(matches!(err, ModelError::BadConfig(_)), "{tag}: {err}");
         }
-        let d = TempDir::new("badjson");
-        d.write("modules.json", "{not json");
+        let d = ScratchDir::new("st-badjson");
+        write(&d, "modules.json", "{not json");
         assert!(matches!(
-            SentenceConfig::load(&d.0, 8, 64),
+            SentenceConfig::load(d.path(), 8, 64),
             Err(ModelError::BadJson { .. })
         ));
     }
