@@ -125,18 +125,8 @@ fn refused(cmd: &mut Command) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run lumen serve");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for lumen serve") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} started serving: the setting was not refused");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = common::wait_with_timeout(&mut child, std::time::Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("{cmd:?} started serving: the setting was not refused"));
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         use std::io::Read;
