@@ -241,12 +241,21 @@ impl RewriteCache {
         bytes: &[u8],
         rewritten: &[bool],
     ) -> Result<(), String> {
+        // Decided from the size alone, before touching the disk.
+        let size = bytes.len() as u64;
+        if let Some(limit) = self.limit.filter(|&l| size > l) {
+            return Err(format!(
+                "a copy needs {} MiB, more than the cache's limit of {} MiB",
+                size.div_ceil(1 << 20),
+                limit >> 20
+            ));
+        }
         let source = source
             .canonicalize()
             .map_err(|e| format!("resolving {}: {e}", source.display()))?;
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
-        let need = (bytes.len() as u64).saturating_add(SPARE_BYTES);
+        let need = size.saturating_add(SPARE_BYTES);
         if let Some(free) = free_bytes(&self.dir) {
             if free < need {
                 return Err(format!(
@@ -259,14 +268,6 @@ impl RewriteCache {
         }
         self.prune(&source);
         if let Some(limit) = self.limit {
-            let size = bytes.len() as u64;
-            if size > limit {
-                return Err(format!(
-                    "a copy needs {} MiB, more than the cache's limit of {} MiB",
-                    size.div_ceil(1 << 20),
-                    limit >> 20
-                ));
-            }
             self.evict(&source, limit.saturating_sub(size));
         }
         let (copy, id) = self.paths(&source);
