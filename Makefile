@@ -7,6 +7,12 @@ VENV := target/venv
 FIXTURE_VENV := target/fixture-venv
 THREADS ?= 2
 
+# CI builds a clean clone once, where incremental compilation only adds the cost of saving
+# its state; locally it keeps rebuilds quick.
+ifdef CI
+export CARGO_INCREMENTAL := 0
+endif
+
 .PHONY: serve test lint models build fixtures fmt clippy bench venv postgres browser
 
 ## Fetch the default models (checksummed), build, and start the server on 127.0.0.1:8080.
