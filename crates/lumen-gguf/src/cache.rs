@@ -21,9 +21,10 @@
 //! `.id`'s modification time) until the new one fits, and a copy bigger than the limit is not
 //! stored. A process still serving a removed copy keeps its mapping (the file lives on until
 //! it is unmapped); its next start is a miss. A store also removes what interrupted ones
-//! left: temporary files of writers no longer running, and old copies without an `.id`. Entries come from this machine's own loads, so they are trusted as much
-//! as the directory they live in; their header and tensor table are still parsed and
-//! validated like any model file's.
+//! left: temporary files of writers no longer running, and old copies without an `.id`.
+//! Entries come from this machine's own loads, so they are trusted as much as the directory
+//! they live in; their header and tensor table are still parsed and validated like any model
+//! file's.
 
 use std::fs::{File, Metadata as FsMetadata};
 use std::io::Write;
@@ -266,6 +267,7 @@ impl RewriteCache {
                 ));
             }
         }
+        self.remove_leftovers();
         self.prune(&source);
         if let Some(limit) = self.limit {
             self.evict(&source, limit.saturating_sub(size));
@@ -302,7 +304,6 @@ impl RewriteCache {
     /// most one copy per model file that still exists. Best effort: an entry that cannot be
     /// read or removed stays.
     fn prune(&self, source: &Path) {
-        self.remove_leftovers();
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return;
         };
