@@ -2,11 +2,10 @@
 //! errors, pooling modes, normalization, tensor-name prefixes, half-precision weights and batch
 //! invariance. Runs everywhere; the real-model comparison is in `bert_reference.rs`.
 
-use std::path::{Path, PathBuf};
-
 use lumen_kernels::ThreadPool;
 use lumen_models::bert::{BertModel, PoolingMode};
 use lumen_models::ModelError;
+use lumen_testkit::ScratchDir;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 const VOCAB: usize = 40;
@@ -39,14 +38,6 @@ impl Default for Spec {
             bad_shape: None,
             missing: None,
         }
-    }
-}
-
-struct TempModel(PathBuf);
-
-impl Drop for TempModel {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -93,9 +84,9 @@ fn tensor_list() -> Vec<(String, Vec<usize>)> {
     t
 }
 
-fn write_model(tag: &str, spec: &Spec) -> TempModel {
-    let dir = std::env::temp_dir().join(format!("lumen-bert-tiny-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn write_model(tag: &str, spec: &Spec) -> ScratchDir {
+    let scratch = ScratchDir::new(&format!("bert-tiny-{tag}"));
+    let dir = scratch.path();
     std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
     let config = serde_json::json!({
         "architectures": ["BertModel"], "model_type": "bert", "hidden_act": "gelu",
@@ -177,12 +168,12 @@ fn write_model(tag: &str, spec: &Spec) -> TempModel {
         )
         .unwrap();
     }
-    TempModel(dir)
+    scratch
 }
 
 fn load(tag: &str, spec: &Spec) -> Result<BertModel, ModelError> {
     let dir = write_model(tag, spec);
-    BertModel::load(Path::new(&dir.0))
+    BertModel::load(dir.path())
 }
 
 const SEQS: [&[u32]; 4] = [
@@ -351,19 +342,19 @@ fn bad_checkpoints_are_errors() {
         }
     }
     let dir = write_model("nofile", &Spec::default());
-    std::fs::remove_file(dir.0.join("model.safetensors")).unwrap();
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
     assert!(matches!(
-        BertModel::load(&dir.0),
+        BertModel::load(dir.path()),
         Err(ModelError::Io { .. })
     ));
-    std::fs::write(dir.0.join("model.safetensors"), b"garbage").unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap();
     assert!(matches!(
-        BertModel::load(&dir.0),
+        BertModel::load(dir.path()),
         Err(ModelError::Safetensors(_))
     ));
-    std::fs::write(dir.0.join("config.json"), r#"{"hidden_size": 8}"#).unwrap();
+    std::fs::write(dir.path().join("config.json"), r#"{"hidden_size": 8}"#).unwrap();
     assert!(matches!(
-        BertModel::load(&dir.0),
+        BertModel::load(dir.path()),
         Err(ModelError::BadJson { .. })
     ));
 }
