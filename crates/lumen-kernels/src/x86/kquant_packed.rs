@@ -19,7 +19,7 @@
 //!   rows on one Zen 3 core: 64 / 66 / 62 GMAC/s summing each piece to 32 bits, 92 / 87 / 75
 //!   with the runs and six-row tiles, Q6_K 77-79 with four-row ones);
 //! - a single activation row (decode of one sequence) on AVX2 takes both halves of a record
-//!   in one pass ([`single()`]);
+//!   in one pass, its scales decoded for all sixteen rows at once ([`single`]);
 //! - the mins (Q4_K, Q5_K) and the -32 offset (Q6_K) are `vpdpwssd` of word pairs with the
 //!   activations' sub-block sums;
 //! - one float update per super-block, in the reference's order, goes to a per-chunk buffer
@@ -47,7 +47,6 @@ mod single;
 mod sums;
 
 use lanes::{Lanes, Y, Z};
-use single::single;
 
 /// Activation rows per 512-bit tile (the Q6_K tile holds five accumulators per row).
 const C: usize = 4;
@@ -127,7 +126,9 @@ unsafe fn rows_512<const F: Tag, const AMX: bool>(
 unsafe fn rows_256<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     // SAFETY: forwarded unchanged; this build has the features `Y` needs.
     unsafe {
-        if F == tag::Q6_K {
+        if act.m == 1 {
+            single::rows::<F>(w, act, r, out)
+        } else if F == tag::Q6_K {
             rows_with::<F, Y, C_AVX2_Q6K, false>(w, act, r, out)
         } else {
             rows_with::<F, Y, C_AVX2, false>(w, act, r, out)
@@ -155,8 +156,6 @@ unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize, const AMX: bool>(
     unsafe {
         debug_assert!(r.start.is_multiple_of(KPACK_ROWS));
         let (ors, m, nb) = (w.rows(), act.m, act.nb);
-        // One activation row in registers of eight lanes: both halves of a record at once.
-        let single_row = L::FOLD && !AMX && m == 1 && 2 * L::N == KPACK_ROWS;
         let rec = record_bytes(tag::format(F));
         let gb = nb * rec;
         let base = w.data().as_ptr();
@@ -187,12 +186,6 @@ unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize, const AMX: bool>(
                             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off).cast());
                         }
                     }
-                    if single_row {
-                        let lo = Block::<L>::decode::<F>(rp, 0);
-                        let hi = Block::<L>::decode::<F>(rp, L::N);
-                        single::<F, L>(&lo, &hi, rp, act, b, i0, acc.as_mut_ptr());
-                        continue;
-                    }
                     for lane0 in (0..KPACK_ROWS).step_by(L::N) {
                         let blk = Block::<L>::decode::<F>(rp, lane0);
                         if n_amx > 0 {
@@ -219,20 +212,33 @@ unsafe fn rows_with<const F: Tag, L: Lanes, const T: usize, const AMX: bool>(
                         }
                     }
                 }
-                let left = (ors - g * KPACK_ROWS).min(KPACK_ROWS);
-                for i in i0..i1 {
-                    let src = acc.as_ptr().add((i - i0) * KPACK_ROWS);
-                    let dst = out.add(i * ors + g * KPACK_ROWS);
-                    if left == KPACK_ROWS {
-                        // A constant length is a register copy; a variable one called
-                        // memmove for each 64 bytes (7 % of a 512-token prompt).
-                        std::ptr::copy_nonoverlapping(src, dst, KPACK_ROWS);
-                    } else {
-                        std::ptr::copy_nonoverlapping(src, dst, left);
-                    }
-                }
+                store_group(&acc, out, i0..i1, g, ors);
             }
             i0 = i1;
+        }
+    }
+}
+
+/// Writes group `g`'s sums for activation rows `rows` (row `i` at `acc[(i - rows.start) * 16
+/// ..]`) to `out` (rows of `ors` outputs), leaving out the rows past the matrix's end.
+///
+/// # Safety
+/// `acc` holds the rows' sums and `out` is valid for `rows.end` output rows.
+#[inline(always)]
+unsafe fn store_group(acc: &[f32], out: *mut f32, rows: Range<usize>, g: usize, ors: usize) {
+    // SAFETY: as this function's contract.
+    unsafe {
+        let left = (ors - g * KPACK_ROWS).min(KPACK_ROWS);
+        for i in rows.clone() {
+            let src = acc.as_ptr().add((i - rows.start) * KPACK_ROWS);
+            let dst = out.add(i * ors + g * KPACK_ROWS);
+            if left == KPACK_ROWS {
+                // A constant length is a register copy; a variable one called
+                // memmove for each 64 bytes (7 % of a 512-token prompt).
+                std::ptr::copy_nonoverlapping(src, dst, KPACK_ROWS);
+            } else {
+                std::ptr::copy_nonoverlapping(src, dst, left);
+            }
         }
     }
 }
@@ -335,6 +341,12 @@ struct Block<L: Lanes> {
     /// The same scales in both 16-bit halves of their lanes, for [`Lanes::dot4_scaled`]
     /// (filled only where [`Lanes::FOLD`]).
     sc16: [L::I; 16],
+    /// What the float update needs.
+    f: Factors<L>,
+}
+
+/// What a super-block's float update ([`Factors::finish`]) needs of `N` rows.
+struct Factors<L: Lanes> {
     /// Word pairs for `dot2`: Q4_K's and Q5_K's mins `(m[2k], m[2k+1])`, Q6_K's scales
     /// `(sc[2k], sc[2k+1])`.
     pairs: [L::I; 8],
@@ -370,9 +382,11 @@ impl<L: Lanes> Block<L> {
                 Block {
                     sc16: Self::halves(&sc),
                     sc,
-                    pairs,
-                    d: L::f16s(rp.add(q4k::D + 2 * lane0)),
-                    dmin: L::f16s(rp.add(q4k::DMIN + 2 * lane0)),
+                    f: Factors {
+                        pairs,
+                        d: L::f16s(rp.add(q4k::D + 2 * lane0)),
+                        dmin: L::f16s(rp.add(q4k::DMIN + 2 * lane0)),
+                    },
                 }
             } else {
                 for (s, v) in sc.iter_mut().enumerate() {
@@ -385,9 +399,7 @@ impl<L: Lanes> Block<L> {
                 Block {
                     sc16: Self::halves(&sc),
                     sc,
-                    pairs,
-                    d,
-                    dmin: d,
+                    f: Factors { pairs, d, dmin: d },
                 }
             }
         }
@@ -475,7 +487,8 @@ impl<L: Lanes> Block<L> {
                 self.dword_sums::<F, R, BUF>(rp, lane0, buf, xp, cols)
             };
             for (c, si) in sumi.iter().enumerate() {
-                self.finish::<F>(*si, act, b, i0 + c, acc.add(c * KPACK_ROWS), false);
+                self.f
+                    .finish::<F>(*si, act, b, i0 + c, acc.add(c * KPACK_ROWS), false);
             }
         }
     }
@@ -531,7 +544,9 @@ impl<L: Lanes> Block<L> {
             }
         }
     }
+}
 
+impl<L: Lanes> Factors<L> {
     /// Adds super-block `b`'s float update for activation row `i` to `acc` (`N` floats; to
     /// zero if `first`, without reading `acc`):
     /// `sumi` is the row's scaled integer sum; the mins (Q4_K, Q5_K) or the +32 offset (Q6_K)

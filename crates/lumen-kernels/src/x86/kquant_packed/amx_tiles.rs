@@ -215,7 +215,8 @@ unsafe fn finish_rows<const F: Tag, L: Lanes>(
             let l = L::load(sums[2 * t].as_ptr().add(KPACK_ROWS * r).cast());
             let h = L::load(sums[2 * t + 1].as_ptr().add(KPACK_ROWS * r).cast());
             let si = L::add(l, L::slli32::<8>(h));
-            blk.finish::<F>(si, act, b, i + c, acc.add(c * KPACK_ROWS), first);
+            blk.f
+                .finish::<F>(si, act, b, i + c, acc.add(c * KPACK_ROWS), first);
         }
     }
 }
