@@ -125,6 +125,8 @@ fn packed_simd_equals_scalar_bit_for_bit() {
             (33, 9),
             (16, 2),
             (45, 1),
+            (45, 2),
+            (29, 3),
             (72, 13),
         ] {
             let mut r = rng(200 + fi as u64 * 31 + rows as u64);
@@ -318,7 +320,7 @@ fn packed_kquants_hold_their_largest_sums() {
             let g = MatRef::new(format, rows, COLS, &data).unwrap();
             let p = MatRef::packed(format, rows, COLS, &packed).unwrap();
             let label = format!("{format} scales {scale_byte:#x}");
-            every_level_matches_at_extremes(&pool, &p, &g, &[1, 7, 13], &label);
+            every_level_matches_at_extremes(&pool, &p, &g, &[1, 2, 3, 7, 13], &label);
         }
     }
 }

@@ -18,8 +18,8 @@
 //!   with the scale's word pair widens and scales it into `sumi` (Q4_K, Q5_K, Q6_K at 128
 //!   rows on one Zen 3 core: 64 / 66 / 62 GMAC/s summing each piece to 32 bits, 92 / 87 / 75
 //!   with the runs and six-row tiles, Q6_K 77-79 with four-row ones);
-//! - a single activation row (decode of one sequence) on AVX2 takes both halves of a record
-//!   in one pass, its scales decoded for all sixteen rows at once ([`single`]);
+//! - one to three activation rows (decode of a few sequences) on AVX2 take both halves of a
+//!   record in one pass, its scales decoded for all sixteen rows at once ([`single`]);
 //! - the mins (Q4_K, Q5_K) and the -32 offset (Q6_K) are `vpdpwssd` of word pairs with the
 //!   activations' sub-block sums;
 //! - one float update per super-block, in the reference's order, goes to a per-chunk buffer
@@ -126,7 +126,7 @@ unsafe fn rows_512<const F: Tag, const AMX: bool>(
 unsafe fn rows_256<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
     // SAFETY: forwarded unchanged; this build has the features `Y` needs.
     unsafe {
-        if act.m == 1 {
+        if act.m <= single::max_rows(F) {
             single::rows::<F>(w, act, r, out)
         } else if F == tag::Q6_K {
             rows_with::<F, Y, C_AVX2_Q6K, false>(w, act, r, out)

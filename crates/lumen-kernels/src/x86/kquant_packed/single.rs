@@ -1,4 +1,5 @@
-//! One activation row against whole records: the decode path of one sequence on AVX2.
+//! One to three activation rows against whole records: the decode path of a few sequences on
+//! AVX2.
 //!
 //! Decoding one sequence streams every weight from memory once. The tile path walks a
 //! record a half at a time (the first 32 bytes of every cache line, then back for the rest)
@@ -13,10 +14,13 @@
 //! word pairs by shuffles, into arrays of their own rather than the tiles' [`Block`]s (whose
 //! unused fields were stored for every record). Decoding lane-wise, each half on its own as
 //! the tiles do ([`Block::decode`]), took ~350 instructions per Q4_K record, ~100 of its ~265
-//! cycles by `llvm-mca -mcpu=znver3` over the compiled loop. One Zen 3 core, m = 1, best of
-//! six alternating rounds, GMAC/s before -> after: Q4_K 1536 x 1536 41.6 -> 50.5, 4096 x 4096
-//! 39.0 -> 51.4, Q5_K 33.5 -> 35.2, Q6_K 28.6 -> 30.0. Summing runs of pieces in 16-bit lanes
-//! first, as the tiles do, was no faster here (Q4_K 46.3 against 43.2).
+//! cycles by `llvm-mca -mcpu=znver3` over the compiled loop. Two or three rows (a few
+//! sequences decoding together) share the pass's decoded scales and unpacked values, as far
+//! as the registers hold their sums ([`max_rows`]). One Zen 3 core, 1536 x 1536, best of four
+//! alternating rounds, GMAC/s before -> after at one / two / three rows: Q4_K 41.5 -> 50.4,
+//! 49.8 -> 62.2, 57.5 -> 63.3; Q5_K 32.5 -> 34.1, 37.6 -> 44.8; Q6_K 29.6 -> 31.8, 37.7 ->
+//! 39.7 (Q4_K 4096 x 4096 at one row 39.0 -> 51.4). Summing runs of pieces in 16-bit lanes
+//! first, as the tiles do, was no faster here (Q4_K 46.3 against 43.2 at one row).
 //!
 //! [`Block`]: super::Block
 //! [`Block::decode`]: super::Block::decode
@@ -31,46 +35,85 @@ use crate::act::ActBuf;
 use crate::kpacked::{q4k, q6k, record_bytes, KPACK_ROWS};
 use crate::matmul::MatRef;
 
-/// Computes columns `r` (whole groups) of the one output row.
+/// Activation rows up to which [`rows`] serves a matmul of format `f`; from there on the
+/// tiles, which unpack a record's values once for more rows, are faster. One Zen 3 core,
+/// 1536 x 1536, best of four or five alternating rounds, GMAC/s here against the tiles: Q4_K
+/// 60.5 / 49.5 at two rows, 60.6 / 55.9 at three; Q5_K 43.6 / 37.9 at two, 47.5 / 49.4 at
+/// three; Q6_K 37.7 / 36.2 at two, 45.0 / 47.4 at three.
+pub(super) const fn max_rows(f: Tag) -> usize {
+    if f == tag::Q4_K {
+        3
+    } else {
+        2
+    }
+}
+
+/// The most rows of any format.
+const MAX_ROWS: usize = 3;
+
+/// Computes columns `r` (whole groups) of the output rows, `act.m` of them.
 ///
 /// # Safety
-/// As [`super::rows`] with `act.m == 1`; the CPU must have AVX2, FMA and F16C.
+/// As [`super::rows`] with `act.m` in `1..=3`; the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn rows<const F: Tag>(w: &MatRef, act: &ActBuf, r: Range<usize>, out: *mut f32) {
-    // SAFETY: the caller's contract: `w` is a packed F matrix whose groups `r` covers, `act`
-    // holds its one Q8_K row and `out` the outputs, columns `r` ours alone.
+    // SAFETY: forwarded unchanged.
     unsafe {
-        debug_assert!(act.m == 1 && r.start.is_multiple_of(KPACK_ROWS));
+        match act.m {
+            1 => rows_of::<F, 1>(w, act, r, out),
+            2 => rows_of::<F, 2>(w, act, r, out),
+            // Right for any format; only Q4_K is sent three (see `max_rows`).
+            _ => rows_of::<F, 3>(w, act, r, out),
+        }
+    }
+}
+
+/// [`rows`] for `R` activation rows.
+///
+/// # Safety
+/// As [`rows`], with `act.m == R`.
+#[inline(always)]
+unsafe fn rows_of<const F: Tag, const R: usize>(
+    w: &MatRef,
+    act: &ActBuf,
+    r: Range<usize>,
+    out: *mut f32,
+) {
+    // SAFETY: the caller's contract: `w` is a packed F matrix whose groups `r` covers, `act`
+    // holds its R Q8_K rows and `out` the R rows of outputs, columns `r` ours alone.
+    unsafe {
+        debug_assert!(act.m == R && r.start.is_multiple_of(KPACK_ROWS));
         let rec = record_bytes(tag::format(F));
         let gb = act.nb * rec;
         let base = w.data().as_ptr();
         for g in r.start / KPACK_ROWS..r.end.div_ceil(KPACK_ROWS) {
-            let mut acc = [0.0f32; KPACK_ROWS];
+            let mut acc = [0.0f32; MAX_ROWS * KPACK_ROWS];
             let gp = base.add(g * gb);
             for b in 0..act.nb {
                 let rp = gp.add(b * rec);
                 if F == tag::Q6_K {
                     let (sc16, lo, hi) = q6_scales(rp);
-                    single::<F>(&sc16, [&lo, &hi], rp, act, b, acc.as_mut_ptr());
+                    pass::<F, R>(&sc16, [&lo, &hi], rp, act, b, acc.as_mut_ptr());
                 } else {
                     let (sc16, lo, hi) = k4_scales(rp);
-                    single::<F>(&sc16, [&lo, &hi], rp, act, b, acc.as_mut_ptr());
+                    pass::<F, R>(&sc16, [&lo, &hi], rp, act, b, acc.as_mut_ptr());
                 }
             }
-            store_group(&acc, out, 0..1, g, w.rows());
+            store_group(&acc, out, 0..R, g, w.rows());
         }
     }
 }
 
-/// Super-block `b` (record `rp`) of all sixteen rows of a group times the activation row:
-/// adds the float updates to `acc[..16]`. `sc16[s]` holds sub-block `s`'s scales as word
-/// pairs ([`Lanes::dot4_scaled`]) for rows `0..8` and `8..16`, `f` the two halves' factors.
+/// Super-block `b` (record `rp`) of all sixteen rows of a group times the `R` activation
+/// rows: adds the float updates to `acc[16 * c..][..16]` for row `c`. `sc16[s]` holds
+/// sub-block `s`'s scales as word pairs ([`Lanes::dot4_scaled`]) for rows `0..8` and
+/// `8..16`, `f` the two halves' factors.
 ///
 /// # Safety
-/// `rp` is a whole record of format `F` and `sc16` and `f` its scales, `act` holds row 0,
-/// `acc` is valid for 16 floats; the CPU must have AVX2.
+/// `rp` is a whole record of format `F` and `sc16` and `f` its scales, `act` holds rows
+/// `0..R`, `acc` is valid for `16 * R` floats; the CPU must have AVX2.
 #[inline(always)]
-unsafe fn single<const F: Tag>(
+unsafe fn pass<const F: Tag, const R: usize>(
     sc16: &[[__m256i; 2]],
     f: [&Factors<Y>; 2],
     rp: *const u8,
@@ -81,18 +124,22 @@ unsafe fn single<const F: Tag>(
     // SAFETY: as this function's contract.
     unsafe {
         let xp = act.qs.as_ptr().cast::<u8>().add(b * 256);
-        let (mut s0, mut s1) = (Y::zero(), Y::zero());
+        let cols = act.cols;
+        // Row c's sums of rows 0..8 and 8..16.
+        let mut s = [[Y::zero(); 2]; R];
         if F == tag::Q6_K {
             for n in 0..2 {
                 for u in 0..8 {
                     let q0 = q6_values::<Y>(rp, 0, n, u);
                     let q1 = q6_values::<Y>(rp, Y::N, n, u);
-                    let x = xp.add(128 * n + 4 * u);
-                    for k in 0..4 {
-                        let xk = Y::bcast(x.add(32 * k));
-                        let sub = 8 * n + u / 4 + 2 * k;
-                        s0 = Y::dot4_scaled(s0, q0[k], xk, sc16[sub][0]);
-                        s1 = Y::dot4_scaled(s1, q1[k], xk, sc16[sub][1]);
+                    for (c, sc) in s.iter_mut().enumerate() {
+                        let x = xp.add(c * cols + 128 * n + 4 * u);
+                        for k in 0..4 {
+                            let xk = Y::bcast(x.add(32 * k));
+                            let sub = &sc16[8 * n + u / 4 + 2 * k];
+                            sc[0] = Y::dot4_scaled(sc[0], q0[k], xk, sub[0]);
+                            sc[1] = Y::dot4_scaled(sc[1], q1[k], xk, sub[1]);
+                        }
                     }
                 }
             }
@@ -101,18 +148,23 @@ unsafe fn single<const F: Tag>(
                 for u in 0..8 {
                     let (l0, h0) = q45_values::<Y, F>(rp, 0, c4, u);
                     let (l1, h1) = q45_values::<Y, F>(rp, Y::N, c4, u);
-                    let x = xp.add(64 * c4 + 4 * u);
-                    let (xl, xh) = (Y::bcast(x), Y::bcast(x.add(32)));
-                    let (a, c) = (sc16[2 * c4], sc16[2 * c4 + 1]);
-                    s0 = Y::dot4_scaled(s0, l0, xl, a[0]);
-                    s0 = Y::dot4_scaled(s0, h0, xh, c[0]);
-                    s1 = Y::dot4_scaled(s1, l1, xl, a[1]);
-                    s1 = Y::dot4_scaled(s1, h1, xh, c[1]);
+                    let (a, e) = (sc16[2 * c4], sc16[2 * c4 + 1]);
+                    for (c, sc) in s.iter_mut().enumerate() {
+                        let x = xp.add(c * cols + 64 * c4 + 4 * u);
+                        let (xl, xh) = (Y::bcast(x), Y::bcast(x.add(32)));
+                        sc[0] = Y::dot4_scaled(sc[0], l0, xl, a[0]);
+                        sc[0] = Y::dot4_scaled(sc[0], h0, xh, e[0]);
+                        sc[1] = Y::dot4_scaled(sc[1], l1, xl, a[1]);
+                        sc[1] = Y::dot4_scaled(sc[1], h1, xh, e[1]);
+                    }
                 }
             }
         }
-        f[0].finish::<F>(s0, act, b, 0, acc, false);
-        f[1].finish::<F>(s1, act, b, 0, acc.add(Y::N), false);
+        for (c, sc) in s.iter().enumerate() {
+            let a = acc.add(c * KPACK_ROWS);
+            f[0].finish::<F>(sc[0], act, b, c, a, false);
+            f[1].finish::<F>(sc[1], act, b, c, a.add(Y::N), false);
+        }
     }
 }
 
