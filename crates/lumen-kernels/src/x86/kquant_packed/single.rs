@@ -48,8 +48,9 @@ pub(super) const fn max_rows(f: Tag) -> usize {
     }
 }
 
-/// The most rows of any format.
+/// The most rows of any format (the size of [`rows_of`]'s sums).
 const MAX_ROWS: usize = 3;
+const _: () = assert!(max_rows(tag::Q4_K) <= MAX_ROWS && max_rows(tag::Q6_K) <= MAX_ROWS);
 
 /// Computes columns `r` (whole groups) of the output rows, `act.m` of them.
 ///
@@ -79,6 +80,8 @@ unsafe fn rows_of<const F: Tag, const R: usize>(
     r: Range<usize>,
     out: *mut f32,
 ) {
+    // `acc` below holds MAX_ROWS rows: a larger R would write past it.
+    const { assert!(R <= MAX_ROWS) };
     // SAFETY: the caller's contract: `w` is a packed F matrix whose groups `r` covers, `act`
     // holds its R Q8_K rows and `out` the R rows of outputs, columns `r` ours alone.
     unsafe {
