@@ -15,7 +15,7 @@
 //! # The record
 //!
 //! Group `g` (rows `16g..16g+16`, zero rows padding the last group) stores its super-blocks one
-//! after the other. A record is exactly the bytes of its sixteen ggml blocks, so the loader
+//! after the other. A record is exactly as long as its sixteen ggml blocks, so the loader
 //! rewrites a matrix in place. Lane `j` below is row `j` of the group.
 //!
 //! Q4_K, 2,304 bytes:
@@ -41,13 +41,20 @@
 //! | --- | --- |
 //! | 0..32 | `d`, sixteen f16 |
 //! | 32..288 | byte `16s + j`: scale `s` (i8) of row `j` |
-//! | 288..3360 | 16 pieces of three vectors: piece `8n + u` holds `ql` vectors `16n + u` and `16n + 8 + u`, then `qh` vector `8n + u`, where byte `4j + t` of `ql` (`qh`) vector `v` is row `j`'s `ql` (`qh`) byte `4v + t` |
+//! | 288..3360 | 16 pieces of three vectors `A`, `B`, `C` (below) |
 //!
-//! So a vector's lane holds the same values a four-byte piece of the ggml block does, and the
-//! kernels decode nibbles and high bits exactly as ggml does, one lane per row. Q6_K's pieces
-//! hold together the three vectors that make one set of values (ggml's q1..q4 of 32 columns),
-//! in the order the kernels read them: with the `ql` and `qh` vectors in two runs a decoding
-//! stream, bound by memory, jumped between three places in every record and ran ~15 % slower.
+//! So a Q4_K or Q5_K vector's lane holds the same values a four-byte piece of the ggml block
+//! does, and the kernels decode nibbles and high bits exactly as ggml does, one lane per row.
+//!
+//! A Q6_K piece `8n + u` holds one set of values (ggml's q1..q4 of 32 columns, built from `ql`
+//! vectors `16n + u` and `16n + 8 + u` and `qh` vector `8n + u`), each value whole in the low
+//! six bits of a byte: byte `4j + t` of `A`, `B` and `C` is row `j`'s q1, q2 and q3 of column
+//! `128n + 4u + t` (+32, as ggml stores them), and their top two bits hold q4's bits 0-1, 2-3
+//! and 4-5 ([`q6_piece`]). A kernel gets q1..q3 with one mask each and q4 with three shifts,
+//! three masks and two ors (11 operations per piece and half, against 17 for ggml's nibbles
+//! and high-bit pairs), the lion's share of a Q6_K decode pass's work. A piece's three vectors
+//! lie together, in the order the kernels read them: with the values in two runs a decoding
+//! stream, bound by memory, jumped between places in every record and ran ~15 % slower.
 //!
 //! # The arithmetic
 //!
@@ -100,38 +107,72 @@ pub(crate) mod q6k {
     pub(crate) const SC: usize = 32;
     /// The pieces of values: three vectors each (see the module's table).
     pub(crate) const VALS: usize = 288;
-
-    /// Where `ql` vector `v` (0..32) sits among the vectors at [`VALS`].
-    pub(crate) const fn ql_slot(v: usize) -> usize {
-        3 * (8 * (v / 16) + v % 8) + (v % 16) / 8
-    }
-
-    /// Where `qh` vector `v` (0..16) sits among the vectors at [`VALS`].
-    pub(crate) const fn qh_slot(v: usize) -> usize {
-        3 * v + 2
-    }
 }
 
-/// Interleaves `bytes` (a multiple of four) of row `j` into the vectors at `dst`, vector `v`
-/// of the row going to vector `slot(v)`.
-fn interleave(dst: &mut [u8], j: usize, bytes: &[u8], slot: fn(usize) -> usize) {
+/// Q6_K piece `8n + u`'s bytes for columns `128n + 4u ..+4` (one byte per column, four at
+/// once) from ggml's `ql` bytes `qa` (vector `16n + u`), `qb` (`16n + 8 + u`) and `qh` bytes
+/// `hb` (vector `8n + u`): `[A, B, C]`, q1..q3 in their low six bits, q4's three bit pairs in
+/// their top two. Each mask is applied before its shift, so no bit crosses into another byte.
+pub(crate) fn q6_piece(qa: u32, qb: u32, hb: u32) -> [u32; 3] {
+    const M2: u32 = 0x0303_0303;
+    const M4: u32 = 0x0F0F_0F0F;
+    let q = [
+        qa & M4 | (hb & M2) << 4,
+        qb & M4 | (hb >> 2 & M2) << 4,
+        qa >> 4 & M4 | (hb >> 4 & M2) << 4,
+        qb >> 4 & M4 | (hb >> 6 & M2) << 4,
+    ];
+    [
+        q[0] | (q[3] & M2) << 6,
+        q[1] | (q[3] >> 2 & M2) << 6,
+        q[2] | (q[3] >> 4 & M2) << 6,
+    ]
+}
+
+/// The inverse of [`q6_piece`]: `(qa, qb, hb)`.
+pub(crate) fn q6_unpiece([a, b, c]: [u32; 3]) -> (u32, u32, u32) {
+    const M2: u32 = 0x0303_0303;
+    const M4: u32 = 0x0F0F_0F0F;
+    const M6: u32 = 0x3F3F_3F3F;
+    let q3 = a >> 6 & M2 | (b >> 6 & M2) << 2 | (c >> 6 & M2) << 4;
+    let q = [a & M6, b & M6, c & M6, q3];
+    (
+        q[0] & M4 | (q[2] & M4) << 4,
+        q[1] & M4 | (q[3] & M4) << 4,
+        q[0] >> 4 & M2 | (q[1] >> 4 & M2) << 2 | (q[2] >> 4 & M2) << 4 | (q[3] >> 4 & M2) << 6,
+    )
+}
+
+/// The four bytes at `at`, little-endian.
+fn word(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Offsets in a ggml Q6_K block of piece `p`'s `ql` bytes (two runs of four) and `qh` bytes.
+fn q6_sources(p: usize) -> (usize, usize, usize) {
+    let (n, u) = (p / 8, p % 8);
+    (
+        4 * (16 * n + u),
+        4 * (16 * n + 8 + u),
+        128 + 4 * (8 * n + u),
+    )
+}
+
+/// Interleaves `bytes` (a multiple of four) of row `j` into the vectors at `dst`: the row's
+/// four-byte piece `v` goes to lane `j` of vector `v`.
+fn interleave(dst: &mut [u8], j: usize, bytes: &[u8]) {
     for (v, piece) in bytes.chunks_exact(4).enumerate() {
-        let at = 64 * slot(v) + 4 * j;
+        let at = 64 * v + 4 * j;
         dst[at..at + 4].copy_from_slice(piece);
     }
 }
 
 /// The inverse of [`interleave`].
-fn gather(src: &[u8], j: usize, bytes: &mut [u8], slot: fn(usize) -> usize) {
+fn gather(src: &[u8], j: usize, bytes: &mut [u8]) {
     for (v, piece) in bytes.chunks_exact_mut(4).enumerate() {
-        let at = 64 * slot(v) + 4 * j;
+        let at = 64 * v + 4 * j;
         piece.copy_from_slice(&src[at..at + 4]);
     }
-}
-
-/// Vectors in the order of the row's bytes.
-fn in_order(v: usize) -> usize {
-    v
 }
 
 /// Writes ggml block `blk` as lane `j` of record `rec`.
@@ -151,18 +192,24 @@ fn put_block(format: WeightFormat, rec: &mut [u8], j: usize, blk: &[u8]) {
                 | hi(mn[2 * k + 1]) << 6;
         }
         if format == WeightFormat::Q5_K {
-            interleave(&mut rec[q5k::QH..q5k::QS], j, &blk[16..48], in_order);
-            interleave(&mut rec[q5k::QS..], j, &blk[48..176], in_order);
+            interleave(&mut rec[q5k::QH..q5k::QS], j, &blk[16..48]);
+            interleave(&mut rec[q5k::QS..], j, &blk[48..176]);
         } else {
-            interleave(&mut rec[q4k::QS..], j, &blk[16..144], in_order);
+            interleave(&mut rec[q4k::QS..], j, &blk[16..144]);
         }
     } else {
         rec[q6k::D + 2 * j..][..2].copy_from_slice(&blk[208..210]);
         for s in 0..16 {
             rec[q6k::SC + 16 * s + j] = blk[192 + s];
         }
-        interleave(&mut rec[q6k::VALS..], j, &blk[0..128], q6k::ql_slot);
-        interleave(&mut rec[q6k::VALS..], j, &blk[128..192], q6k::qh_slot);
+        for p in 0..16 {
+            let (a, b, h) = q6_sources(p);
+            let abc = q6_piece(word(blk, a), word(blk, b), word(blk, h));
+            for (k, v) in abc.into_iter().enumerate() {
+                let at = q6k::VALS + 64 * (3 * p + k) + 4 * j;
+                rec[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
     }
 }
 
@@ -186,18 +233,24 @@ fn get_block(format: WeightFormat, rec: &[u8], j: usize, blk: &mut [u8]) {
             blk[12 + k] = (sc[k + 4] & 0xF) | (mn[k + 4] & 0xF) << 4;
         }
         if format == WeightFormat::Q5_K {
-            gather(&rec[q5k::QH..q5k::QS], j, &mut blk[16..48], in_order);
-            gather(&rec[q5k::QS..], j, &mut blk[48..176], in_order);
+            gather(&rec[q5k::QH..q5k::QS], j, &mut blk[16..48]);
+            gather(&rec[q5k::QS..], j, &mut blk[48..176]);
         } else {
-            gather(&rec[q4k::QS..], j, &mut blk[16..144], in_order);
+            gather(&rec[q4k::QS..], j, &mut blk[16..144]);
         }
     } else {
         blk[208..210].copy_from_slice(&rec[q6k::D + 2 * j..][..2]);
         for s in 0..16 {
             blk[192 + s] = rec[q6k::SC + 16 * s + j];
         }
-        gather(&rec[q6k::VALS..], j, &mut blk[0..128], q6k::ql_slot);
-        gather(&rec[q6k::VALS..], j, &mut blk[128..192], q6k::qh_slot);
+        for p in 0..16 {
+            let (a, b, h) = q6_sources(p);
+            let at = |k: usize| word(rec, q6k::VALS + 64 * (3 * p + k) + 4 * j);
+            let (qa, qb, hb) = q6_unpiece([at(0), at(1), at(2)]);
+            for (o, v) in [(a, qa), (b, qb), (h, hb)] {
+                blk[o..o + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
     }
 }
 

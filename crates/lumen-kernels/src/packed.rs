@@ -64,7 +64,7 @@ pub const PACK_ROWS: usize = 8;
 /// differs never computes with an older build's bytes: change it with any change to a packed
 /// record (the `packed_bytes_are_versioned` test holds a digest of each format's layout and
 /// fails until both are updated).
-pub const PACKED_LAYOUT_VERSION: u32 = 1;
+pub const PACKED_LAYOUT_VERSION: u32 = 2;
 
 /// Bytes before the quants in a record (the scales, and the fifth bits of Q5_0 and Q5_1).
 pub(crate) const fn scale_bytes(format: WeightFormat) -> usize {

@@ -401,7 +401,7 @@ fn packed_bytes_are_versioned() {
         (WeightFormat::Q5_1, 0x21a7_02d1_8b54_d9e5),
         (WeightFormat::Q4_K, 0x5463_334d_894f_03ff),
         (WeightFormat::Q5_K, 0xcdd5_4ae2_d402_e4e6),
-        (WeightFormat::Q6_K, 0x21de_59d3_57e6_2dcf),
+        (WeightFormat::Q6_K, 0xcbd5_7a15_1189_5d5d),
     ];
     let (rows, cols) = (16, 512);
     let mut got = Vec::new();

@@ -308,7 +308,8 @@ unsafe fn q45_values<L: Lanes, const F: Tag>(
 }
 
 /// Q6_K: ggml's q1..q4 (values `128n + 4u ..`, `+ 32`, `+ 64`, `+ 96`, offset by +32) of piece
-/// `(n, u)`, lanes `lane0..`.
+/// `(n, u)`, lanes `lane0..`: q1..q3 are the low six bits of the piece's three vectors, q4 the
+/// three top bit pairs put together ([`crate::kpacked`]'s `q6_piece`).
 ///
 /// # Safety
 /// As [`unpack`].
@@ -316,21 +317,20 @@ unsafe fn q45_values<L: Lanes, const F: Tag>(
 unsafe fn q6_values<L: Lanes>(rp: *const u8, lane0: usize, n: usize, u: usize) -> [L::I; 4] {
     // SAFETY: every read is inside the record (offsets from `crate::kpacked`).
     unsafe {
-        let (m4, m30) = (L::splat(0x0F0F_0F0F), L::splat(0x3030_3030));
-        // Piece 8n + u: `ql` vectors 16n + u and 16n + 8 + u, then `qh` vector 8n + u.
+        let m6 = L::splat(0x3F3F_3F3F);
         let piece = rp.add(q6k::VALS + 4 * lane0 + 3 * 64 * (8 * n + u));
-        let qa = L::load(piece);
-        let qb = L::load(piece.add(64));
-        let hb = L::load(piece.add(128));
-        [
-            L::or(L::and(qa, m4), L::and(L::slli16::<4>(hb), m30)),
-            L::or(L::and(qb, m4), L::and(L::slli16::<2>(hb), m30)),
-            L::or(L::and(L::srli16::<4>(qa), m4), L::and(hb, m30)),
+        let a = L::load(piece);
+        let b = L::load(piece.add(64));
+        let c = L::load(piece.add(128));
+        // 16-bit shifts: the bits a byte takes from its neighbour fall outside each mask.
+        let q4 = L::or(
             L::or(
-                L::and(L::srli16::<4>(qb), m4),
-                L::and(L::srli16::<2>(hb), m30),
+                L::and(L::srli16::<6>(a), L::splat(0x0303_0303)),
+                L::and(L::srli16::<4>(b), L::splat(0x0C0C_0C0C)),
             ),
-        ]
+            L::and(L::srli16::<2>(c), L::splat(0x3030_3030)),
+        );
+        [L::and(a, m6), L::and(b, m6), L::and(c, m6), q4]
     }
 }
 
