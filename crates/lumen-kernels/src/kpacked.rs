@@ -109,13 +109,16 @@ pub(crate) mod q6k {
     pub(crate) const VALS: usize = 288;
 }
 
+/// Each byte's low two, low four and low six bits, four bytes at a time.
+const M2: u32 = 0x0303_0303;
+const M4: u32 = 0x0F0F_0F0F;
+const M6: u32 = 0x3F3F_3F3F;
+
 /// Q6_K piece `8n + u`'s bytes for columns `128n + 4u ..+4` (one byte per column, four at
 /// once) from ggml's `ql` bytes `qa` (vector `16n + u`), `qb` (`16n + 8 + u`) and `qh` bytes
 /// `hb` (vector `8n + u`): `[A, B, C]`, q1..q3 in their low six bits, q4's three bit pairs in
 /// their top two. Each mask is applied before its shift, so no bit crosses into another byte.
 pub(crate) fn q6_piece(qa: u32, qb: u32, hb: u32) -> [u32; 3] {
-    const M2: u32 = 0x0303_0303;
-    const M4: u32 = 0x0F0F_0F0F;
     let q = [
         qa & M4 | (hb & M2) << 4,
         qb & M4 | (hb >> 2 & M2) << 4,
@@ -131,9 +134,6 @@ pub(crate) fn q6_piece(qa: u32, qb: u32, hb: u32) -> [u32; 3] {
 
 /// The inverse of [`q6_piece`]: `(qa, qb, hb)`.
 pub(crate) fn q6_unpiece([a, b, c]: [u32; 3]) -> (u32, u32, u32) {
-    const M2: u32 = 0x0303_0303;
-    const M4: u32 = 0x0F0F_0F0F;
-    const M6: u32 = 0x3F3F_3F3F;
     let q3 = a >> 6 & M2 | (b >> 6 & M2) << 2 | (c >> 6 & M2) << 4;
     let q = [a & M6, b & M6, c & M6, q3];
     (
